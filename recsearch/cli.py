@@ -1,0 +1,69 @@
+"""`recsearch <command> [<subcommand>] ...`: dispatch to each command module's main(argv).
+
+Command modules are imported only when their command runs, so `recsearch data synth` does not
+pay for importing TorchRec.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+
+def commands() -> dict[tuple[str, ...], tuple[str, str]]:
+    """(command words) -> (module exposing main(argv) -> int, one-line help)."""
+    return {
+        ("data", "synth"): ("recsearch.data.synthetic", "generate Criteo-like data with a known ceiling"),
+        ("data", "preprocess"): ("recsearch.data.criteo", "Criteo TSV -> TorchRec npy layout"),
+        ("data", "stats"): ("recsearch.data.stats", "per-table statistics for placement"),
+        ("train",): ("recsearch.train.trainer", "train a DLRM from a config"),
+        ("place", "measure"): ("recsearch.placement.measure", "measure real table-lookup costs"),
+        ("place", "eval"): ("recsearch.placement.evaluate", "compare placers by measured cost"),
+        ("search",): ("recsearch.search.loop", "architecture and hyperparameter search"),
+        ("report",): ("recsearch.search.report", "report of a finished search"),
+    }
+
+
+def usage() -> str:
+    lines = ["usage: recsearch <command> [args]", "", "commands:"]
+    for words, (_, help_text) in commands().items():
+        lines.append(f"  {' '.join(words):<18} {help_text}")
+    lines.append("")
+    lines.append("run `recsearch <command> --help` for a command's options")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        from recsearch import __version__
+
+        print(__version__)
+        return 0
+    table = commands()
+    for n_words in (2, 1):
+        words = tuple(argv[:n_words])
+        if words in table:
+            module_name = table[words][0]
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError as err:
+                if err.name and err.name.startswith("recsearch"):
+                    print(f"recsearch: `{' '.join(words)}` is not available in this build", file=sys.stderr)
+                    return 2
+                raise
+            return int(module.main(argv[n_words:]) or 0)
+    group = [w for w in table if w[0] == argv[0] and len(w) > 1]
+    if group:
+        subs = ", ".join(w[1] for w in group)
+        print(f"recsearch {argv[0]}: expected one of: {subs}", file=sys.stderr)
+    else:
+        print(f"recsearch: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The on-disk dataset layout: TorchRec's npy files plus a `meta.json` that marks completion.
+
+A dataset directory holds, for each day ``i``::
+
+    day_{i}_dense.npy     float32 [N, 13]   dense features, already transformed (see DenseTransform)
+    day_{i}_sparse.npy    int32/int64 [N, 26]  one categorical id per feature (TorchRec's layout)
+    day_{i}_labels.npy    int32 [N, 1]      click labels 0/1
+    day_{i}_sparse_multi_hot.npy  int32 [N, sum(multi_hot_sizes)]  only for multi-hot datasets:
+                          feature t's ids are columns [off_t, off_t + multi_hot_sizes[t])
+
+and ``meta.json`` (DatasetMeta), written last and atomically: a directory without it is incomplete.
+Directories preprocessed by TorchRec's own scripts (no meta.json) are read with ``infer_meta``.
+
+Splits follow TorchRec's InMemoryBinaryCriteoIterDataPipe: ``train`` is every day but the last,
+``val`` the first half of the last day and ``test`` its second half.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from recsearch.types import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
+
+META_FILE = "meta.json"
+FORMAT_NAME = "recsearch-criteo-npy"
+FORMAT_VERSION = 1
+SPLITS = ("train", "val", "test")
+PARTIAL_SUFFIX = ".partial"
+DENSE_TRANSFORMS = ("log1p", "torchrec")
+
+
+@dataclass(frozen=True)
+class SplitBayes:
+    """The ceiling of one split: metrics of the true click probabilities (synthetic data only)."""
+
+    auc: float
+    log_loss: float
+    rows: int
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    source: str  # "synthetic", "criteo_kaggle", "criteo_terabyte", "torchrec_npy"
+    day_rows: tuple[int, ...]  # rows in day_0, day_1, ...
+    num_embeddings_per_feature: tuple[int, ...]  # id range of each categorical feature
+    # "log1p": log(1 + max(x, 0)) (facebookresearch/dlrm, MLPerf);
+    # "torchrec": log(x - min(file) + 2) (torchrec.datasets.criteo.BinaryCriteoUtils.tsv_to_npys).
+    dense_transform: str = "log1p"
+    multi_hot_sizes: tuple[int, ...] | None = None  # ids per sample of each feature, when multi-hot
+    sparse_dtype: str = "int32"
+    bayes: dict[str, SplitBayes] = field(default_factory=dict)  # split -> ceiling (synthetic)
+    extra: dict[str, object] = field(default_factory=dict)  # source-specific facts (seed, options)
+
+    def __post_init__(self) -> None:
+        if len(self.num_embeddings_per_feature) != NUM_SPARSE_FEATURES:
+            raise ValueError(
+                f"num_embeddings_per_feature needs {NUM_SPARSE_FEATURES} values, "
+                f"got {len(self.num_embeddings_per_feature)}"
+            )
+        if self.multi_hot_sizes is not None and len(self.multi_hot_sizes) != NUM_SPARSE_FEATURES:
+            raise ValueError(f"multi_hot_sizes needs {NUM_SPARSE_FEATURES} values")
+        if self.dense_transform not in DENSE_TRANSFORMS:
+            raise ValueError(
+                f"dense_transform must be one of {DENSE_TRANSFORMS}, got {self.dense_transform!r}"
+            )
+        if len(self.day_rows) < 1:
+            raise ValueError("a dataset needs at least one day file")
+
+    @property
+    def num_days(self) -> int:
+        return len(self.day_rows)
+
+    @property
+    def total_rows(self) -> int:
+        return sum(self.day_rows)
+
+    def to_json(self) -> dict[str, object]:
+        out = dataclasses.asdict(self)
+        out["format"] = FORMAT_NAME
+        out["version"] = FORMAT_VERSION
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, object], origin: str = META_FILE) -> DatasetMeta:
+        if raw.get("format") != FORMAT_NAME:
+            raise ValueError(f"{origin}: not a recsearch dataset (format={raw.get('format')!r})")
+        if raw.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{origin}: unsupported format version {raw.get('version')!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in raw.items() if k in known}
+        try:
+            kwargs["day_rows"] = tuple(int(x) for x in kwargs["day_rows"])  # type: ignore[union-attr]
+            kwargs["num_embeddings_per_feature"] = tuple(
+                int(x) for x in kwargs["num_embeddings_per_feature"]  # type: ignore[union-attr]
+            )
+            if kwargs.get("multi_hot_sizes") is not None:
+                kwargs["multi_hot_sizes"] = tuple(
+                    int(x) for x in kwargs["multi_hot_sizes"]  # type: ignore[union-attr]
+                )
+            kwargs["bayes"] = {
+                k: SplitBayes(**v)  # type: ignore[arg-type]
+                for k, v in dict(kwargs.get("bayes") or {}).items()  # type: ignore[call-overload]
+            }
+            return cls(**kwargs)  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{origin}: malformed dataset metadata: {err}") from err
+
+
+def day_file(root: Path | str, day: int, kind: str) -> Path:
+    """Path of one npy file; kind is dense, sparse, labels or sparse_multi_hot."""
+    return Path(root) / f"day_{day}_{kind}.npy"
+
+
+def write_meta(root: Path | str, meta: DatasetMeta) -> Path:
+    """Atomically write meta.json: the last step of producing a dataset."""
+    path = Path(root) / META_FILE
+    write_text_atomic(path, json.dumps(meta.to_json(), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_meta(root: Path | str) -> DatasetMeta:
+    path = Path(root) / META_FILE
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found: {root} is not a finished recsearch dataset "
+            "(an interrupted run leaves no meta.json; for data preprocessed by TorchRec's "
+            "scripts, pass the table sizes so the layout can be inferred)"
+        )
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    return DatasetMeta.from_json(raw, origin=str(path))
+
+
+def infer_meta(root: Path | str, num_embeddings_per_feature: tuple[int, ...]) -> DatasetMeta:
+    """Describe a directory of day_{i}_*.npy files written by TorchRec's preprocessing scripts."""
+    root = Path(root)
+    days = sorted(
+        int(m.group(1))
+        for p in root.glob("day_*_labels.npy")
+        if (m := re.fullmatch(r"day_(\d+)_labels\.npy", p.name))
+    )
+    if not days or days != list(range(len(days))):
+        raise FileNotFoundError(f"{root}: expected day_0.._labels.npy files, found days {days}")
+    rows = tuple(
+        int(np.load(day_file(root, d, "labels"), mmap_mode="r").shape[0]) for d in days
+    )
+    sparse_dtype = str(np.load(day_file(root, 0, "sparse"), mmap_mode="r").dtype)
+    return DatasetMeta(
+        source="torchrec_npy",
+        day_rows=rows,
+        num_embeddings_per_feature=tuple(num_embeddings_per_feature),
+        dense_transform="torchrec",
+        sparse_dtype=sparse_dtype,
+    )
+
+
+def split_ranges(meta: DatasetMeta, split: str) -> list[tuple[int, int, int]]:
+    """(day, first_row, stop_row) slices that make up a split, in TorchRec's convention."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    last = meta.num_days - 1
+    if split == "train":
+        if meta.num_days < 2:
+            raise ValueError("a dataset with one day file has no train split (need >= 2 days)")
+        return [(d, 0, meta.day_rows[d]) for d in range(last)]
+    half = (meta.day_rows[last] + 1) // 2  # TorchRec: val gets the extra row of an odd day
+    if split == "val":
+        return [(last, 0, half)]
+    return [(last, half, meta.day_rows[last])]
+
+
+def split_rows(meta: DatasetMeta, split: str) -> int:
+    return sum(stop - start for _, start, stop in split_ranges(meta, split))
+
+
+def write_text_atomic(path: Path | str, text: str) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def partial_path(path: Path | str) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + PARTIAL_SUFFIX)
+
+
+def commit_partials(paths: list[Path]) -> None:
+    """Rename each finished ``<path>.partial`` to ``<path>``."""
+    for path in paths:
+        os.replace(partial_path(path), path)
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...], header_bytes: int) -> bytes:
+    """A version-1.0 npy header padded with spaces to exactly header_bytes (incl. 10-byte prefix)."""
+    descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
+    body = repr({"descr": descr, "fortran_order": False, "shape": tuple(shape)})
+    body_len = header_bytes - 10
+    if len(body) + 1 > body_len:
+        raise ValueError(f"npy header for shape {shape} does not fit in {header_bytes} bytes")
+    body = body.ljust(body_len - 1) + "\n"
+    return b"\x93NUMPY\x01\x00" + body_len.to_bytes(2, "little") + body.encode("latin1")
+
+
+class NpyAppendWriter:
+    """Writes a C-order npy file row block by row block when the row count is not known upfront.
+
+    The file is written as ``<path>.partial``; ``close()`` fixes the header's shape and fsyncs, and
+    ``commit_partials`` moves it into place. Memory use is one block, whatever the file size.
+    """
+
+    _HEADER_BYTES = 128  # room for any shape up to 10^18 rows
+
+    def __init__(self, path: Path | str, dtype: np.dtype | str, row_shape: tuple[int, ...]):
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(row_shape)
+        self.rows = 0
+        self._fh: BinaryIO | None = open(partial_path(self.path), "wb")
+        self._fh.write(_npy_header(self.dtype, (0, *self.row_shape), self._HEADER_BYTES))
+
+    def append(self, block: np.ndarray) -> None:
+        if self._fh is None:
+            raise ValueError(f"{self.path}: writer is closed")
+        if tuple(block.shape[1:]) != self.row_shape:
+            raise ValueError(
+                f"{self.path}: block rows have shape {block.shape[1:]}, expected {self.row_shape}"
+            )
+        self._fh.write(np.ascontiguousarray(block, dtype=self.dtype).tobytes())
+        self.rows += block.shape[0]
+
+    def close(self) -> None:
+        if self._fh is None:
+            return
+        self._fh.seek(0)
+        self._fh.write(_npy_header(self.dtype, (self.rows, *self.row_shape), self._HEADER_BYTES))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        self._fh = None
+
+    def __enter__(self) -> NpyAppendWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def dense_row_shape() -> tuple[int, ...]:
+    return (NUM_DENSE_FEATURES,)

@@ -1,0 +1,61 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from recsearch import config
+from recsearch.types import ArchSpec, HParams, Interaction
+
+
+@dataclass(frozen=True)
+class _Run:
+    name: str
+    arch: ArchSpec = field(default_factory=ArchSpec)
+    hparams: HParams = field(default_factory=HParams)
+    rows: int | None = None
+
+
+def test_builds_nested_dataclasses_with_enums_and_tuples(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "name: a\narch:\n  embedding_dim: 8\n  bottom_mlp: [32, 8]\n  interaction: dcn\n"
+        "hparams:\n  dense_lr: 1\n"
+    )
+    run = config.load(_Run, path, ["hparams.batch_size=64", "rows=100"])
+    assert run.arch.bottom_mlp == (32, 8)
+    assert run.arch.interaction is Interaction.DCN
+    assert run.hparams.dense_lr == 1.0 and isinstance(run.hparams.dense_lr, float)
+    assert run.hparams.batch_size == 64
+    assert run.rows == 100
+    assert config.to_dict(run)["arch"]["interaction"] == "dcn"
+
+
+def test_reports_every_problem_with_file_and_key(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("arch:\n  embeding_dim: 8\nhparams:\n  batch_size: big\n  seed: true\n")
+    with pytest.raises(config.ConfigError) as err:
+        config.load(_Run, path)
+    problems = err.value.problems
+    assert any("arch.embeding_dim: unknown key" in p and "embedding_dim" in p for p in problems)
+    assert any("hparams.batch_size: expected an integer" in p for p in problems)
+    assert any("hparams.seed: expected an integer" in p for p in problems)
+    assert any("name: required key is missing" in p for p in problems)
+    assert all(p.startswith(str(path)) for p in problems)
+
+
+def test_value_errors_from_dataclass_checks_are_reported(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\narch:\n  embedding_dim: 8\n  bottom_mlp: [32, 16]\n")
+    with pytest.raises(config.ConfigError, match="bottom_mlp must end in embedding_dim=8"):
+        config.load(_Run, path)
+
+
+def test_bad_override_and_bad_yaml(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: a\n")
+    with pytest.raises(config.ConfigError, match="not of the form key=value"):
+        config.load(_Run, path, ["rows"])
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load(_Run, path)
+    with pytest.raises(config.ConfigError, match="file not found"):
+        config.load(_Run, tmp_path / "missing.yaml")

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Creates a virtual environment (default .venv) and installs recsearch with its pinned stack:
+# torch 2.13.0, FBGEMM 1.8.0 (fbgemm-gpu-cpu without a GPU, fbgemm-gpu with one), torchrec 1.8.0
+# (with --no-deps: it declares the CUDA-only fbgemm-gpu, which would replace the CPU build), torchx,
+# tensorboard. Every version comes from requirements/lock.txt. Safe to re-run: an environment
+# already built from the same lock file is kept.
+#
+#   tools/install.sh            # -> .venv
+#   VENV=/path/env tools/install.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  FBGEMM="fbgemm-gpu==1.8.0"
+else
+  FBGEMM="fbgemm-gpu-cpu==1.8.0"
+fi
+stamp_want="$(cat requirements/lock.txt requirements/base.txt setup.cfg | sha256sum | cut -c1-16) $FBGEMM"
+stamp_file="$VENV/.recsearch-installed"
+if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_want" ]; then
+  echo "recsearch: environment $VENV is up to date"
+  exit 0
+fi
+
+echo "recsearch: creating $VENV with $("$PY" --version) and $FBGEMM"
+"$PY" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q --upgrade pip
+# The lock pins fbgemm-gpu-cpu; on a GPU machine that line is swapped for the CUDA build.
+lock=$(mktemp)
+trap 'rm -f "$lock"' EXIT
+grep -v -i '^fbgemm' requirements/lock.txt > "$lock"
+"${PIP[@]}" install -q -c "$lock" -r requirements/base.txt "$FBGEMM"
+"${PIP[@]}" install -q --no-deps torchrec==1.8.0
+"${PIP[@]}" install -q --no-deps --no-build-isolation -e .
+"$VENV/bin/python" - <<'PY'
+import fbgemm_gpu, torch, torchrec  # noqa: F401  (fails loudly if the FBGEMM build does not load)
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist  # noqa: F401
+print(f"recsearch: torch {torch.__version__}, torchrec ok, fbgemm_gpu ok")
+PY
+echo "$stamp_want" > "$stamp_file"
+echo "recsearch: installed; activate with: source $VENV/bin/activate"
