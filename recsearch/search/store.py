@@ -1,0 +1,210 @@
+"""The durable trial store: an append-only JSON-lines journal, replayed on open.
+
+Every change is one line, appended under an exclusive file lock, flushed and fsynced before the call
+returns, so a search killed at any instant (SIGKILL included) loses nothing it was told had
+happened. On open the journal is replayed; a torn last line (the process died mid-write) is
+ignored and cut off before the next append. Workers that stop heartbeating are found with
+`fail_stale`, and their trials are marked failed, so a resumed search never waits on a dead worker.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from recsearch import config
+from recsearch.types import TrialResult, TrialSpec, TrialState
+
+JOURNAL_FILE = "journal.jsonl"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """A trial as the journal knows it."""
+
+    spec: TrialSpec
+    state: TrialState = TrialState.PENDING
+    result: TrialResult | None = None
+    created_at_s: float = 0.0
+    updated_at_s: float = 0.0
+    heartbeat_at_s: float = 0.0
+    attempts: int = 0  # times it was set RUNNING
+    notes: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def trial_id(self) -> int:
+        return self.spec.trial_id
+
+
+class JournalStore:
+    """Trials of one search, persisted in `<root>/journal.jsonl`."""
+
+    def __init__(self, root: Path | str, clock: Any = time.time):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.path = self.root / JOURNAL_FILE
+        self._clock = clock
+        self._records: dict[int, TrialRecord] = {}
+        self._valid_bytes = 0  # journal prefix made of whole lines
+        self.path.touch(exist_ok=True)
+        with self._locked():
+            self._replay()
+
+    # ---- reading -------------------------------------------------------------------------------
+    def trials(self, states: tuple[TrialState, ...] | None = None) -> list[TrialRecord]:
+        """All trials in id order (optionally only those in `states`); re-reads new lines first."""
+        with self._locked():
+            self._replay()
+        records = [self._records[k] for k in sorted(self._records)]
+        return [r for r in records if states is None or r.state in states]
+
+    def get(self, trial_id: int) -> TrialRecord:
+        with self._locked():
+            self._replay()
+        if trial_id not in self._records:
+            raise KeyError(f"no trial {trial_id} in {self.path}")
+        return self._records[trial_id]
+
+    # ---- writing -------------------------------------------------------------------------------
+    def create_trial(self, spec: TrialSpec) -> TrialRecord:
+        """Record a new PENDING trial. The spec's trial_id is replaced by the next free id."""
+        with self._locked():
+            self._replay()
+            trial_id = max(self._records, default=-1) + 1
+            spec = replace(spec, trial_id=trial_id)
+            self._append({"op": "create", "trial_id": trial_id, "spec": config.to_dict(spec)})
+        return self._records[trial_id]
+
+    def set_state(
+        self,
+        trial_id: int,
+        state: TrialState,
+        result: TrialResult | None = None,
+        notes: dict[str, Any] | None = None,
+    ) -> TrialRecord:
+        with self._locked():
+            self._replay()
+            if trial_id not in self._records:
+                raise KeyError(f"no trial {trial_id} in {self.path}")
+            entry: dict[str, Any] = {"op": "state", "trial_id": trial_id, "state": state.name}
+            if result is not None:
+                entry["result"] = config.to_dict(result)
+            if notes:
+                entry["notes"] = notes
+            self._append(entry)
+        return self._records[trial_id]
+
+    def heartbeat(self, trial_id: int) -> None:
+        with self._locked():
+            self._replay()
+            self._append({"op": "heartbeat", "trial_id": trial_id})
+
+    def fail_stale(self, timeout_s: float) -> list[int]:
+        """Mark RUNNING trials without a heartbeat for timeout_s as FAILED; return their ids."""
+        now = self._clock()
+        failed = []
+        with self._locked():
+            self._replay()
+            for record in list(self._records.values()):
+                if record.state != TrialState.RUNNING:
+                    continue
+                last_alive = max(record.heartbeat_at_s, record.updated_at_s)
+                if now - last_alive > timeout_s:
+                    error = f"worker stopped heartbeating for {now - last_alive:.0f}s (stale)"
+                    result = TrialResult(trial_id=record.trial_id, state=TrialState.FAILED, error=error)
+                    self._append(
+                        {
+                            "op": "state",
+                            "trial_id": record.trial_id,
+                            "state": TrialState.FAILED.name,
+                            "result": config.to_dict(result),
+                        }
+                    )
+                    failed.append(record.trial_id)
+        return failed
+
+    # ---- journal mechanics ---------------------------------------------------------------------
+    def _locked(self) -> _FileLock:
+        return _FileLock(self.root / (JOURNAL_FILE + ".lock"))
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        entry["time_s"] = self._clock()
+        line = (json.dumps(entry, sort_keys=True) + "\n").encode()
+        with open(self.path, "r+b") as fh:
+            fh.seek(self._valid_bytes)
+            fh.truncate()  # drop a torn tail left by a killed writer
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._apply(entry, line_no=-1)
+        self._valid_bytes += len(line)
+
+    def _replay(self) -> None:
+        """Apply the lines appended since the last replay (by this or another process)."""
+        with open(self.path, "rb") as fh:
+            fh.seek(self._valid_bytes)
+            tail = fh.read()
+        offset = 0
+        for raw in tail.splitlines(keepends=True):
+            if not raw.endswith(b"\n"):
+                break  # torn last line: the writer died mid-append; ignored, cut off on next append
+            try:
+                entry = json.loads(raw)
+            except json.JSONDecodeError as err:
+                raise ValueError(
+                    f"{self.path}: corrupt journal line at byte {self._valid_bytes + offset}: {err}"
+                ) from err
+            self._apply(entry, line_no=self._valid_bytes + offset)
+            offset += len(raw)
+        self._valid_bytes += offset
+
+    def _apply(self, entry: dict[str, Any], line_no: int) -> None:
+        op, trial_id, now = entry.get("op"), entry.get("trial_id"), float(entry.get("time_s", 0.0))
+        if op == "create":
+            spec = config.build(TrialSpec, entry["spec"], origin=f"{self.path} (byte {line_no})")
+            self._records[trial_id] = TrialRecord(spec=spec, created_at_s=now, updated_at_s=now)
+            return
+        record = self._records.get(trial_id)
+        if record is None:
+            raise ValueError(f"{self.path}: byte {line_no}: {op} for unknown trial {trial_id}")
+        if op == "heartbeat":
+            self._records[trial_id] = replace(record, heartbeat_at_s=now)
+        elif op == "state":
+            state = TrialState[entry["state"]]
+            result = record.result
+            if "result" in entry:
+                result = config.build(TrialResult, entry["result"], origin=str(self.path))
+            self._records[trial_id] = replace(
+                record,
+                state=state,
+                result=result,
+                updated_at_s=now,
+                attempts=record.attempts + (state == TrialState.RUNNING),
+                notes={**record.notes, **entry.get("notes", {})},
+            )
+        else:
+            raise ValueError(f"{self.path}: byte {line_no}: unknown journal op {op!r}")
+
+
+class _FileLock:
+    """An exclusive flock on a side file: serializes writers across processes and threads."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+
+    def __enter__(self) -> _FileLock:
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._fd is not None
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None

@@ -1,0 +1,126 @@
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from recsearch.search.store import JournalStore
+from recsearch.types import ArchSpec, HParams, Topology, TrialResult, TrialSpec, TrialState
+
+
+def _spec(lr: float = 0.1) -> TrialSpec:
+    return TrialSpec(
+        trial_id=-1,
+        arch=ArchSpec(embedding_dim=8, bottom_mlp=(32, 8), top_mlp=(16, 1)),
+        hparams=HParams(dense_lr=lr),
+        train_rows=1000,
+        topology=Topology(world_size=2, device_memory_bytes=1 << 30),
+        extra={"note": "x"},
+    )
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_trials_survive_reopen_with_states_and_results(tmp_path):
+    store = JournalStore(tmp_path)
+    a = store.create_trial(_spec(0.1))
+    b = store.create_trial(_spec(0.2))
+    assert (a.trial_id, b.trial_id) == (0, 1)
+    store.set_state(0, TrialState.RUNNING)
+    result = TrialResult(trial_id=0, state=TrialState.COMPLETE, auc=0.79, log_loss=0.45)
+    store.set_state(0, TrialState.COMPLETE, result=result, notes={"run_dir": "t0"})
+    reopened = JournalStore(tmp_path)
+    records = reopened.trials()
+    assert [r.state for r in records] == [TrialState.COMPLETE, TrialState.PENDING]
+    assert records[0].result == result and records[0].notes == {"run_dir": "t0"}
+    assert records[0].attempts == 1
+    assert records[1].spec == TrialSpec(**{**_spec(0.2).__dict__, "trial_id": 1})
+    assert reopened.trials(states=(TrialState.PENDING,))[0].trial_id == 1
+
+
+def test_torn_last_line_is_ignored_and_overwritten(tmp_path):
+    store = JournalStore(tmp_path)
+    store.create_trial(_spec())
+    with open(store.path, "ab") as fh:
+        fh.write(b'{"op": "create", "trial_id": 1, "sp')  # writer killed mid-line
+    reopened = JournalStore(tmp_path)
+    assert len(reopened.trials()) == 1
+    reopened.create_trial(_spec())
+    lines = store.path.read_text().splitlines()
+    assert len(lines) == 2 and all(line.startswith("{") and line.endswith("}") for line in lines)
+    assert [r.trial_id for r in JournalStore(tmp_path).trials()] == [0, 1]
+
+
+def test_corrupt_middle_line_is_a_clear_error(tmp_path):
+    store = JournalStore(tmp_path)
+    store.create_trial(_spec())
+    with open(store.path, "ab") as fh:
+        fh.write(b"not json\n")
+    with pytest.raises(ValueError, match="corrupt journal line at byte"):
+        JournalStore(tmp_path)
+
+
+def test_stale_running_trials_are_failed(tmp_path):
+    clock = _Clock()
+    store = JournalStore(tmp_path, clock=clock)
+    for _ in range(3):
+        store.create_trial(_spec())
+    store.set_state(0, TrialState.RUNNING)
+    store.set_state(1, TrialState.RUNNING)
+    clock.now += 50
+    store.heartbeat(1)
+    clock.now += 50
+    assert store.fail_stale(timeout_s=60) == [0]
+    record = store.get(0)
+    assert record.state == TrialState.FAILED and "stale" in record.result.error
+    assert store.get(1).state == TrialState.RUNNING and store.get(2).state == TrialState.PENDING
+
+
+def _create_many(root: str, n: int) -> None:
+    store = JournalStore(root)
+    for _ in range(n):
+        store.create_trial(_spec())
+
+
+@pytest.mark.multiproc
+def test_concurrent_writers_get_unique_ids(tmp_path):
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_create_many, args=(str(tmp_path), 15)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    assert [r.trial_id for r in JournalStore(tmp_path).trials()] == list(range(30))
+
+
+@pytest.mark.multiproc
+def test_sigkill_mid_write_loses_no_acknowledged_trial(tmp_path):
+    child = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {os.getcwd()!r})
+        from tests.search.test_store import _spec
+        from recsearch.search.store import JournalStore
+        store = JournalStore({str(tmp_path)!r})
+        while True:
+            rec = store.create_trial(_spec())
+            print(rec.trial_id, flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", child], stdout=subprocess.PIPE, text=True)
+    acknowledged = [int(proc.stdout.readline()) for _ in range(40)]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    ids = [r.trial_id for r in JournalStore(tmp_path).trials()]
+    assert ids == list(range(len(ids)))  # no gaps, no duplicates
+    assert set(acknowledged) <= set(ids)  # every acknowledged create survived
