@@ -1,0 +1,158 @@
+"""The search space: what a controller may choose, as a fixed sequence of discrete decisions.
+
+Every dimension is a finite list of options (numeric ranges are given as explicit lists or as a
+log-scale grid), so one representation serves all controllers: random search samples option
+indices, the actor-critic policy emits them autoregressively, and the Bayesian baseline sees them
+as categorical parameters. `SearchSpace.decode(choices)` turns a vector of option indices into a
+TrialSpec; constraints between dimensions (the bottom MLP must end in the embedding dim) are
+satisfied by construction, never by rejection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from recsearch.types import ArchSpec, HParams, Interaction, Topology, TrialSpec
+
+
+@dataclass(frozen=True)
+class LogGrid:
+    """`num` values spaced evenly in log scale between low and high (both included)."""
+
+    low: float
+    high: float
+    num: int = 5
+
+    def values(self) -> tuple[float, ...]:
+        if not (0 < self.low <= self.high) or self.num < 1:
+            raise ValueError(f"log grid needs 0 < low <= high and num >= 1, got {self}")
+        if self.num == 1 or self.low == self.high:
+            return (self.low,)
+        step = (math.log(self.high) - math.log(self.low)) / (self.num - 1)
+        return tuple(float(f"{math.exp(math.log(self.low) + i * step):.6g}") for i in range(self.num))
+
+
+@dataclass(frozen=True)
+class SpaceConfig:
+    """The YAML `space:` section. Each list is the options of one decision."""
+
+    embedding_dim: tuple[int, ...] = (16,)
+    bottom_depth: tuple[int, ...] = (2, 3)  # hidden layers before the final (embedding_dim) layer
+    bottom_width: tuple[int, ...] = (128, 256, 512)
+    top_depth: tuple[int, ...] = (1, 2)  # hidden layers before the final logit
+    top_width: tuple[int, ...] = (256, 512)
+    interaction: tuple[Interaction, ...] = (Interaction.DOT, Interaction.DCN)
+    dcn_num_layers: tuple[int, ...] = (1, 2, 3)
+    dcn_low_rank_dim: tuple[int, ...] = (64, 256)
+    batch_size: tuple[int, ...] = (1024, 2048, 4096)
+    embedding_optimizer: tuple[str, ...] = ("rowwise_adagrad",)
+    embedding_lr: LogGrid = LogGrid(0.01, 0.3, 4)
+    dense_optimizer: tuple[str, ...] = ("adagrad",)
+    dense_lr: LogGrid = LogGrid(0.003, 0.1, 4)
+    warmup_steps: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class Decision:
+    name: str
+    options: tuple[object, ...]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    space: SpaceConfig
+    topology: Topology
+    train_rows: int
+    seed: int = 0
+    decisions: tuple[Decision, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        decisions = []
+        for name in SpaceConfig.__dataclass_fields__:
+            raw = getattr(self.space, name)
+            options = raw.values() if isinstance(raw, LogGrid) else tuple(raw)
+            if not options:
+                raise ValueError(f"search space: {name} has no options (an empty list)")
+            if len(set(options)) != len(options):
+                raise ValueError(f"search space: {name} lists an option twice: {list(options)}")
+            decisions.append(Decision(name, options))
+        object.__setattr__(self, "decisions", tuple(decisions))
+        for name in ("embedding_dim", "bottom_width", "top_width", "batch_size", "dcn_low_rank_dim"):
+            if any(int(v) <= 0 for v in getattr(self.space, name)):
+                raise ValueError(f"search space: {name} options must be positive")
+        for name in ("bottom_depth", "top_depth", "dcn_num_layers", "warmup_steps"):
+            if any(int(v) < 0 for v in getattr(self.space, name)):
+                raise ValueError(f"search space: {name} options must be >= 0")
+        if self.train_rows <= 0:
+            raise ValueError(f"search space: train_rows must be positive, got {self.train_rows}")
+        smallest_batch = min(self.space.batch_size)
+        if smallest_batch * self.topology.world_size > self.train_rows:
+            raise ValueError(
+                f"search space: train_rows={self.train_rows} is smaller than one global batch "
+                f"(batch {smallest_batch} x {self.topology.world_size} ranks)"
+            )
+
+    @property
+    def sizes(self) -> tuple[int, ...]:
+        """Number of options of each decision, in order."""
+        return tuple(len(d.options) for d in self.decisions)
+
+    @property
+    def cardinality(self) -> int:
+        return math.prod(self.sizes)
+
+    def decode(self, choices: tuple[int, ...], trial_id: int = -1) -> TrialSpec:
+        if len(choices) != len(self.decisions):
+            raise ValueError(f"expected {len(self.decisions)} choices, got {len(choices)}")
+        value = {}
+        for decision, index in zip(self.decisions, choices):
+            if not 0 <= index < len(decision.options):
+                raise ValueError(f"{decision.name}: option {index} out of range")
+            value[decision.name] = decision.options[index]
+        dim = int(value["embedding_dim"])
+        bottom = (int(value["bottom_width"]),) * int(value["bottom_depth"]) + (dim,)
+        top = (int(value["top_width"]),) * int(value["top_depth"]) + (1,)
+        arch = ArchSpec(
+            embedding_dim=dim,
+            bottom_mlp=bottom,
+            top_mlp=top,
+            interaction=Interaction(value["interaction"]),
+            dcn_num_layers=int(value["dcn_num_layers"]),
+            dcn_low_rank_dim=int(value["dcn_low_rank_dim"]),
+        )
+        hparams = HParams(
+            batch_size=int(value["batch_size"]),
+            embedding_optimizer=str(value["embedding_optimizer"]),
+            embedding_lr=float(value["embedding_lr"]),
+            dense_optimizer=str(value["dense_optimizer"]),
+            dense_lr=float(value["dense_lr"]),
+            warmup_steps=int(value["warmup_steps"]),
+            seed=self.seed,
+        )
+        return TrialSpec(
+            trial_id=trial_id,
+            arch=arch,
+            hparams=hparams,
+            train_rows=self.train_rows,
+            topology=self.topology,
+            extra={"choices": ",".join(str(c) for c in choices)},
+        )
+
+    def choices_of(self, spec: TrialSpec) -> tuple[int, ...]:
+        """The option indices a spec was decoded from (recorded in spec.extra)."""
+        raw = spec.extra.get("choices")
+        if raw is None:
+            raise ValueError(f"trial {spec.trial_id} was not produced by a search space")
+        return tuple(int(c) for c in raw.split(","))
+
+    def relevant(self, choices: tuple[int, ...]) -> tuple[bool, ...]:
+        """Which decisions affect the model (DCN knobs matter only for the DCN interaction)."""
+        interaction = self.decisions[self._index("interaction")].options[
+            choices[self._index("interaction")]
+        ]
+        dcn = Interaction(interaction) is Interaction.DCN
+        return tuple(dcn or not d.name.startswith("dcn_") for d in self.decisions)
+
+    def _index(self, name: str) -> int:
+        return next(i for i, d in enumerate(self.decisions) if d.name == name)
