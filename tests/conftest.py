@@ -7,6 +7,10 @@ import pytest
 
 from recsearch.data import layout
 
+# ../shared/data beside the checkout: small real Criteo samples (see SOURCES.md there).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+KAGGLE_SAMPLE = SHARED_DATA / "criteo_kaggle_sample100_paddlerec.tsv"
+
 
 def write_dataset(
     root: Path,
