@@ -46,7 +46,7 @@ from recsearch.types import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 NUM_FIELDS = 1 + NUM_DENSE_FEATURES + NUM_SPARSE_FEATURES
 FIELD_NAMES = ("label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27)))
 INT_PATTERN = r"^-?[0-9]{1,18}$"
-NIBBLES = np.full(256, -1, dtype=np.int64)  # ASCII byte -> hex digit value, -1 if not a hex digit
+NIBBLES = np.full(256, -1, dtype=np.int8)  # ASCII byte -> hex digit value, -1 if not a hex digit
 NIBBLES[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
 NIBBLES[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
 NIBBLES[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
@@ -408,8 +408,8 @@ def _process_chunk(task: ChunkTask) -> ChunkResult:
     if task.mode == "count":
         result.counts = [tuple(np.unique(ids[:, t], return_counts=True)) for t in range(NUM_SPARSE_FEATURES)]
         return result
-    labels = _int_column(columns[0])[good].astype(np.int32).reshape(-1, 1)
-    dense_raw = np.stack([_int_column(c) for c in columns[1 : 1 + NUM_DENSE_FEATURES]], axis=1)[good]
+    labels = _int_column(columns[0], bad)[good].astype(np.int32).reshape(-1, 1)  # type: ignore[index]
+    dense_raw = np.stack([_int_column(c, bad) for c in columns[1 : 1 + NUM_DENSE_FEATURES]], axis=1)[good]  # type: ignore[misc]
     if opts.dense_transform == "torchrec":
         result.dense = dense_raw.astype(np.int32)  # TorchRec casts to int32 before its transform
         result.dense_min = int(result.dense.min()) if len(result.dense) else 0
@@ -471,6 +471,8 @@ def _validate(columns: list[pa.ChunkedArray]) -> tuple[np.ndarray, dict[int, str
     mark(~label_ok, 0, "label must be 0 or 1", columns[0])
     for i in range(1, 1 + NUM_DENSE_FEATURES):
         col = columns[i]
+        if _int_column(col) is not None:
+            continue  # the fast cast succeeded: every value is an integer or empty
         ok = pc.or_(pc.equal(col, ""), pc.match_substring_regex(col, INT_PATTERN))
         mark(~ok.to_numpy(zero_copy_only=False), i, "not an integer", col)
     ids, hex_bad = _hex_columns(columns[1 + NUM_DENSE_FEATURES :])
@@ -480,10 +482,18 @@ def _validate(columns: list[pa.ChunkedArray]) -> tuple[np.ndarray, dict[int, str
     return bad, reasons, ids
 
 
-def _int_column(column: pa.ChunkedArray) -> np.ndarray:
-    """Validated integer strings -> int64 (empty -> 0; invalid rows are filtered by the caller)."""
-    filled = pc.if_else(pc.match_substring_regex(column, INT_PATTERN), column, "0")
-    return pc.cast(filled, pa.int64()).to_numpy(zero_copy_only=False)
+def _int_column(column: pa.ChunkedArray, bad_rows: np.ndarray | None = None) -> np.ndarray | None:
+    """Integer strings -> int64 (empty -> 0). Returns None when some value is not an integer,
+    unless bad_rows (rows already known to be malformed) is given: those rows then read as 0."""
+    filled = pc.if_else(pc.equal(column, ""), "0", column)
+    if bad_rows is not None and bad_rows.any():
+        filled = pc.if_else(pa.array(bad_rows), "0", filled)
+    try:
+        return pc.cast(filled, pa.int64()).to_numpy(zero_copy_only=False)
+    except pa.ArrowInvalid:
+        if bad_rows is not None:
+            raise
+        return None
 
 
 def _hex_columns(columns: list[pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray]:
@@ -491,24 +501,45 @@ def _hex_columns(columns: list[pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray
     n = len(columns[0])
     values = np.empty((n, len(columns)), dtype=np.int64)
     bad = np.zeros((n, len(columns)), dtype=bool)
-    positions = np.arange(8)
     for t, column in enumerate(columns):
         arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
         data_buf = arr.buffers()[2]
-        data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(1, np.uint8)
-        if data.size == 0:
-            data = np.zeros(1, np.uint8)
+        data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+        # 8 zero bytes in front, so the 8 bytes ending at any string's end can be read.
+        data = np.concatenate([np.zeros(8, np.uint8), data])
         lengths = np.diff(offsets)
-        index = np.minimum(offsets[:-1, None] + positions, data.size - 1)
-        digits = NIBBLES[data[index]]  # [n, 8]
-        in_string = positions < lengths[:, None]
-        bad[:, t] = (lengths > 8) | (in_string & (digits < 0)).any(axis=1)
-        value = np.zeros(n, dtype=np.int64)
-        for j in range(8):
-            value = np.where(in_string[:, j], value * 16 + np.maximum(digits[:, j], 0), value)
+        last8 = np.lib.stride_tricks.sliding_window_view(data, 8)[offsets[1:]]  # [n, 8] copy
+        if ((lengths == 8) | (lengths == 0)).all():
+            value, ok = _hex8(last8)
+        else:
+            value, ok = _hex_any_length(last8, lengths)
+        bad[:, t] = (lengths > 0) & ~ok
         values[:, t] = np.where(lengths == 0, -1, value)
     return values, bad
+
+
+def _hex8(text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of exactly 8 ASCII hex digits -> (value, valid), as 64-bit SWAR arithmetic."""
+    is_digit = (text - np.uint8(48)) < 10  # '0'..'9' (uint8 arithmetic wraps below '0')
+    is_letter = ((text | np.uint8(0x20)) - np.uint8(97)) < 6  # 'a'..'f' or 'A'..'F'
+    ok = (is_digit | is_letter).view(np.uint64)[:, 0] == np.uint64(0x0101010101010101)
+    x = text.view(np.uint64)[:, 0]  # little-endian: the first character is the lowest byte
+    # Each byte -> its digit: the low nibble, plus 9 for letters (bit 6 set in 'A'-'F', 'a'-'f').
+    x = (x & np.uint64(0x0F0F0F0F0F0F0F0F)) + np.uint64(9) * ((x >> np.uint64(6)) & np.uint64(0x0101010101010101))
+    # Pairs of digits -> bytes (first digit high), then pairs of bytes, then pairs of 16-bit words.
+    x = ((x & np.uint64(0x000F000F000F000F)) << np.uint64(4)) | ((x & np.uint64(0x0F000F000F000F00)) >> np.uint64(8))
+    x = ((x & np.uint64(0x000000FF000000FF)) << np.uint64(8)) | ((x & np.uint64(0x00FF000000FF0000)) >> np.uint64(16))
+    x = ((x & np.uint64(0xFFFF)) << np.uint64(16)) | ((x >> np.uint64(32)) & np.uint64(0xFFFF))
+    return x.astype(np.int64), ok
+
+
+def _hex_any_length(last8: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """General case: 1..8 digits right-aligned in last8 (longer strings are invalid)."""
+    digits = NIBBLES[last8].astype(np.int64)  # -1 where not a hex digit
+    digits[np.arange(8) < (8 - lengths)[:, None]] = 0  # bytes before the string's start
+    ok = (lengths <= 8) & (digits >= 0).all(axis=1)
+    return digits @ (16 ** np.arange(7, -1, -1, dtype=np.int64)), ok
 
 
 def _map_ids(ids: np.ndarray, options: PreprocessOptions, vocab_dir: Path | None) -> np.ndarray:
