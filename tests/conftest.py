@@ -19,7 +19,9 @@ def write_dataset(
     multi_hot_sizes: tuple[int, ...] | None = None,
     seed: int = 0,
 ) -> layout.DatasetMeta:
-    """Rows whose values encode their position: dense[:, 0] is the row's global index."""
+    """Rows whose values encode their position: dense[:, 0] is the row's global index. Ids are
+    raw (up to 10x num_embeddings, like unhashed Criteo ids), so readers hash them to
+    num_embeddings; meta records their true range."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
     first = 0
@@ -40,7 +42,7 @@ def write_dataset(
     meta = layout.DatasetMeta(
         source="synthetic",
         day_rows=tuple(day_rows),
-        num_embeddings_per_feature=(num_embeddings,) * 26,
+        num_embeddings_per_feature=(10 * num_embeddings,) * 26,
         multi_hot_sizes=multi_hot_sizes,
     )
     layout.write_meta(root, meta)

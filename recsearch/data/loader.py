@@ -11,6 +11,11 @@ otherwise), so with several ranks only full rounds of full batches are used.
 Shuffling is "in blocks": the order of batch-sized blocks is permuted and the rows inside a block
 are permuted, deterministically from (seed, epoch); each batch is still a single slice + gather.
 
+With `in_memory` (default: when the split takes under a quarter of the machine's available memory)
+the split is read into RAM once and hashed once, as TorchRec's in-memory pipe does; otherwise
+batches are sliced from the memory maps and hashed per batch. Ids are hashed only when the
+requested table sizes are smaller than the dataset's id ranges.
+
 A background thread builds `prefetch_batches` batches ahead (numpy copies release the GIL, so
 this overlaps with the training step), optionally into pinned memory for asynchronous H2D copies.
 """
@@ -60,6 +65,7 @@ class NpyBatchLoader:
         max_rows: int | None = None,
         prefetch_batches: int = 2,
         pin_memory: bool = False,
+        in_memory: bool | None = None,
         meta: layout.DatasetMeta | None = None,
     ):
         if batch_size <= 0:
@@ -81,10 +87,21 @@ class NpyBatchLoader:
         if len(sizes) != NUM_SPARSE_FEATURES or min(sizes) <= 0:
             raise ValueError(f"num_embeddings_per_feature needs {NUM_SPARSE_FEATURES} positive sizes")
         self.hotness = self.meta.multi_hot_sizes or (1,) * NUM_SPARSE_FEATURES
-        # One modulus per sparse column (a multi-hot feature repeats its table size).
-        self._hash_sizes = np.repeat(np.asarray(sizes, dtype=np.int64), self.hotness)
+        # One modulus per sparse column (a multi-hot feature repeats its table size); None when
+        # every stored id is already inside its table.
+        needs_hash = any(s < m for s, m in zip(sizes, self.meta.num_embeddings_per_feature))
+        self._hash_sizes = np.repeat(np.asarray(sizes, np.int64), self.hotness) if needs_hash else None
         self._days = _open_split(self.root, self.meta, split, max_rows)
         self.num_rows = sum(len(d.labels) for d in self._days)
+        if in_memory is None:
+            in_memory = _split_bytes(self._days) < _available_memory_bytes() // 4
+        if in_memory and self.num_rows:
+            dense, sparse, labels = _slice_rows(self._days, 0, self.num_rows)
+            if self._hash_sizes is not None:
+                sparse = (sparse % self._hash_sizes).astype(sparse.dtype)
+                self._hash_sizes = None
+            self._days = [_DayArrays(0, dense, sparse, labels)]
+        self.in_memory = bool(in_memory)
         if self.num_rows == 0:
             raise ValueError(f"{self.root}: split {split!r} has no rows")
         full_batches = self.num_rows // batch_size
@@ -130,11 +147,13 @@ class NpyBatchLoader:
     def _make_batch(self, block: int) -> Batch:
         start = block * self.batch_size
         stop = min(start + self.batch_size, self.num_rows)
-        dense, sparse, labels = _slice_rows(self._days, start, stop)
         if self.shuffle:
-            rows = np.random.default_rng([self.seed, self.epoch, block]).permutation(stop - start)
-            dense, sparse, labels = dense[rows], sparse[rows], labels[rows]
-        sparse = sparse.astype(np.int64, copy=False) % self._hash_sizes
+            rows = start + np.random.default_rng([self.seed, self.epoch, block]).permutation(stop - start)
+            dense, sparse, labels = _gather_rows(self._days, rows)
+        else:
+            dense, sparse, labels = _slice_rows(self._days, start, stop, copy=not self.in_memory)
+        if self._hash_sizes is not None:
+            sparse = sparse % self._hash_sizes
         batch = Batch(
             dense_features=torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)),
             sparse_features=self._kjt(sparse),
@@ -145,19 +164,20 @@ class NpyBatchLoader:
     def _kjt(self, sparse: np.ndarray) -> KeyedJaggedTensor:
         rows = sparse.shape[0]
         if self.meta.multi_hot_sizes is None:
-            values = sparse.T.reshape(-1)  # key-major: all rows of cat_0, then cat_1, ...
+            # key-major (all rows of cat_0, then cat_1, ...): one copy does transpose and cast
+            values = np.ascontiguousarray(sparse.T, dtype=np.int64).reshape(-1)
         else:
             bounds = np.cumsum((0, *self.hotness))
             values = np.concatenate(
                 [sparse[:, bounds[t] : bounds[t + 1]].reshape(-1) for t in range(NUM_SPARSE_FEATURES)]
-            )
+            ).astype(np.int64, copy=False)
         if rows not in self._kjt_shape_cache:
             lengths = torch.from_numpy(np.repeat(np.asarray(self.hotness, np.int32), rows))
             self._kjt_shape_cache[rows] = (lengths, [h * rows for h in self.hotness])
         lengths, length_per_key = self._kjt_shape_cache[rows]
         return KeyedJaggedTensor(
             keys=list(FEATURE_NAMES),
-            values=torch.from_numpy(np.ascontiguousarray(values)),
+            values=torch.from_numpy(values),
             lengths=lengths,
             stride=rows,
             length_per_key=length_per_key,
@@ -196,8 +216,33 @@ def _open_split(
     return days
 
 
-def _slice_rows(days: list[_DayArrays], start: int, stop: int) -> tuple[np.ndarray, ...]:
-    """Rows [start, stop) of the split, copied out of the day memory maps."""
+def _split_bytes(days: list[_DayArrays]) -> int:
+    return sum(d.dense.nbytes + d.sparse.nbytes + d.labels.nbytes for d in days)
+
+
+def _available_memory_bytes() -> int:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 << 30  # unknown platform: assume a small machine
+
+
+def _gather_rows(days: list[_DayArrays], rows: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Rows at sorted-or-not split positions `rows` (all inside one block), one gather per array."""
+    lo, hi = int(rows.min()), int(rows.max()) + 1
+    dense, sparse, labels = _slice_rows(days, lo, hi, copy=False)
+    local = rows - lo
+    return dense[local], sparse[local], labels[local]
+
+
+def _slice_rows(
+    days: list[_DayArrays], start: int, stop: int, copy: bool = True
+) -> tuple[np.ndarray, ...]:
+    """Rows [start, stop) of the split; a copy out of the memory maps unless copy=False and the
+    rows lie in one day (then views)."""
     pieces = []
     for day in days:
         lo, hi = max(start, day.first_row), min(stop, day.first_row + len(day.labels))
@@ -205,7 +250,7 @@ def _slice_rows(days: list[_DayArrays], start: int, stop: int) -> tuple[np.ndarr
             rows = slice(lo - day.first_row, hi - day.first_row)
             pieces.append((day.dense[rows], day.sparse[rows], day.labels[rows]))
     if len(pieces) == 1:
-        return tuple(np.array(a) for a in pieces[0])  # copy out of the memory map
+        return tuple(np.array(a) for a in pieces[0]) if copy else pieces[0]
     return tuple(np.concatenate(parts) for parts in zip(*pieces))
 
 

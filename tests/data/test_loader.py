@@ -7,6 +7,8 @@ from recsearch.data import layout
 from recsearch.data.loader import FEATURE_NAMES, NpyBatchLoader, read_split_arrays
 from tests.conftest import write_dataset
 
+HASH = (97,) * 26  # the fixture's ids go up to 970
+
 
 def _rows(batch):
     return batch.dense_features[:, 0].long().tolist()
@@ -17,7 +19,7 @@ def _all_rows(loader):
 
 
 def test_batches_are_rows_in_order_across_day_boundary(tiny_dataset):
-    loader = NpyBatchLoader(tiny_dataset, "train", 16, prefetch_batches=0)
+    loader = NpyBatchLoader(tiny_dataset, "train", 16, prefetch_batches=0, num_embeddings_per_feature=HASH)
     batches = list(loader)
     assert len(loader) == len(batches) == 6  # 90 rows: 5 full + 1 partial
     assert _all_rows(loader) == list(range(90))
@@ -46,8 +48,9 @@ def test_ranks_partition_batches_equally(tiny_dataset):
     assert _rows(next(iter(per_rank[1]))) == list(range(8, 16))
 
 
-def test_shuffle_is_a_deterministic_permutation_per_epoch(tiny_dataset):
-    loader = NpyBatchLoader(tiny_dataset, "train", 16, shuffle=True, seed=3)
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_shuffle_is_a_deterministic_permutation_per_epoch(tiny_dataset, in_memory):
+    loader = NpyBatchLoader(tiny_dataset, "train", 16, shuffle=True, seed=3, in_memory=in_memory)
     first = _all_rows(loader)
     assert sorted(first) == list(range(90)) and first != list(range(90))
     assert _all_rows(NpyBatchLoader(tiny_dataset, "train", 16, shuffle=True, seed=3)) == first
@@ -69,14 +72,15 @@ def test_iter_from_resumes_the_same_sequence(tiny_dataset):
         loader.iter_from(len(loader) + 1)
 
 
-def test_hashing_max_rows_and_prefetch_equivalence(tiny_dataset):
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_hashing_max_rows_and_prefetch_equivalence(tiny_dataset, in_memory):
     sizes = [5 + i for i in range(26)]
-    loader = NpyBatchLoader(tiny_dataset, "train", 10, num_embeddings_per_feature=sizes, max_rows=35)
+    loader = NpyBatchLoader(tiny_dataset, "train", 10, num_embeddings_per_feature=sizes, max_rows=35, in_memory=in_memory)
     batches = list(loader)
     assert _all_rows(loader) == list(range(35))
     for t in range(26):
         assert batches[0].sparse_features[f"cat_{t}"].values().max() < sizes[t]
-    sync = NpyBatchLoader(tiny_dataset, "train", 10, num_embeddings_per_feature=sizes, max_rows=35, prefetch_batches=0)
+    sync = NpyBatchLoader(tiny_dataset, "train", 10, num_embeddings_per_feature=sizes, max_rows=35, prefetch_batches=0, in_memory=not in_memory)
     for a, b in zip(batches, sync):
         assert torch.equal(a.dense_features, b.dense_features)
         assert torch.equal(a.sparse_features.values(), b.sparse_features.values())
@@ -85,7 +89,7 @@ def test_hashing_max_rows_and_prefetch_equivalence(tiny_dataset):
 def test_multi_hot_kjt(tmp_path):
     sizes = (2,) * 13 + (1,) * 13
     write_dataset(tmp_path, day_rows=(20, 10), multi_hot_sizes=sizes)
-    batch = next(iter(NpyBatchLoader(tmp_path, "train", 4)))
+    batch = next(iter(NpyBatchLoader(tmp_path, "train", 4, num_embeddings_per_feature=HASH)))
     multi = np.load(layout.day_file(tmp_path, 0, "sparse_multi_hot")) % 97
     kjt = batch.sparse_features
     assert kjt["cat_0"].lengths().tolist() == [2, 2, 2, 2]
@@ -128,7 +132,7 @@ def test_matches_torchrec_in_memory_pipe(tiny_dataset, batch_size, stage):
         stage, paths["dense"], paths["sparse"], paths["labels"], batch_size=batch_size,
         rank=0, world_size=1, hashes=[97] * 26,
     )
-    ours = NpyBatchLoader(tiny_dataset, stage, batch_size)
+    ours = NpyBatchLoader(tiny_dataset, stage, batch_size, num_embeddings_per_feature=HASH)
     pairs = list(zip(ours, theirs, strict=True))
     assert len(pairs) == len(ours)
     for a, b in pairs:
