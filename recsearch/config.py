@@ -179,6 +179,11 @@ def _convert(tp: Any, value: Any, origin: str, key: str, problems: list[str]) ->
     if tp is Any:
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             problems.append(f"{origin}: {key}: expected a number, got {value!r}")
             return None

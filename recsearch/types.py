@@ -102,6 +102,14 @@ class ArchSpec:
             raise ValueError(f"top_mlp must end in 1, got {self.top_mlp}")
         if any(w <= 0 for w in self.bottom_mlp + self.top_mlp):
             raise ValueError("MLP widths must be positive")
+        if Interaction(self.interaction) is Interaction.PROJECTION:
+            for name in ("projection_branch1", "projection_branch2"):
+                branch = getattr(self, name)
+                if not branch or branch[-1] % self.embedding_dim:
+                    raise ValueError(
+                        f"{name} must end in a multiple of embedding_dim={self.embedding_dim}, "
+                        f"got {branch}"
+                    )
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,490 @@
+"""The trainer: one DLRM training run, start to finish. The only code that runs training steps.
+
+`recsearch train --config configs/train/<name>.yaml [key=value ...]`, in one process or under
+`torchrun --nproc_per_node N` (gloo on CPU, nccl on GPU).
+
+Top to bottom: process group -> data loaders -> model on the meta device with its embedding
+optimizer fused into backward -> sharding plan (TorchRec's planner, or a table placement file) ->
+DistributedModelParallel -> dense optimizer -> TrainPipelineSparseDist (copy, input all-to-all and
+forward/backward overlapped) -> train with LR schedule, periodic eval and early stops -> final
+eval on val and test -> inference latency -> result.json (the only thing a search reads) and
+TensorBoard.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import resource
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.utils.tensorboard import SummaryWriter
+from torchrec.datasets.utils import Batch
+from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_wise
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from recsearch import config
+from recsearch.data import layout
+from recsearch.data.loader import NpyBatchLoader
+from recsearch.model.dlrm import EBC_MODULE_PATH, build_model, dense_parameter_count, table_rows
+from recsearch.train.metrics import EvalMetrics, MetricAccumulator
+from recsearch.train.optim import dense_optimizer, embedding_optimizer
+from recsearch.train.schedule import LRSchedule, apply_lr
+from recsearch.types import ArchSpec, HParams
+
+RESULT_FILE = "result.json"
+# What the "torchrec" plan may choose for a table: every sharding but data_parallel, on FBGEMM's
+# fused TBE kernel (see _sharding_plan).
+FUSED_KERNEL_CONSTRAINTS = ParameterConstraints(
+    sharding_types=[
+        ShardingType.TABLE_WISE.value,
+        ShardingType.ROW_WISE.value,
+        ShardingType.COLUMN_WISE.value,
+        ShardingType.TABLE_ROW_WISE.value,
+    ],
+    compute_kernels=[EmbeddingComputeKernel.FUSED.value],
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """`recsearch train` settings (configs/train/*.yaml)."""
+
+    data_dir: str
+    output_dir: str = "runs/train"
+    arch: ArchSpec = field(default_factory=ArchSpec)
+    hparams: HParams = field(default_factory=HParams)
+    max_rows_per_table: int | None = None  # cap table rows (ids are hashed into the cap)
+    train_rows: int | None = None  # use only the first rows of the train split (fidelity)
+    epochs: int = 1
+    max_steps: int | None = None
+    eval_every_steps: int = 0  # 0: evaluate only at the end
+    eval_rows: int | None = None  # rows of val/test used per evaluation (default: all)
+    auc_threshold: float | None = None  # stop once validation AUC reaches it (like MLPerf)
+    plan: str = "torchrec"  # "torchrec" (its planner) or a JSON file {table name: rank}
+    device: str = "auto"  # auto | cpu | cuda
+    log_every_steps: int = 50
+    prefetch_batches: int = 2
+    latency_batch_sizes: tuple[int, ...] = (1, 256)
+    latency_iters: int = 30
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.log_every_steps < 1:
+            raise ValueError("log_every_steps must be >= 1")
+
+
+@dataclass
+class RunState:
+    """What the loop tracks; everything a checkpoint needs besides model and optimizer."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    samples: int = 0
+    train_seconds: float = 0.0
+    data_wait_seconds: float = 0.0
+    status: str = "running"  # -> completed | early_stopped | diverged | failed
+    last_loss: float = math.nan
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Run one training job in this process (one rank of it under torchrun); return the result."""
+    device = _init_distributed(cfg.device)
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    hp = cfg.hparams
+    torch.manual_seed(hp.seed)
+
+    meta = layout.read_meta(cfg.data_dir)
+    rows = table_rows(meta.num_embeddings_per_feature, cfg.max_rows_per_table)
+
+    def loader(split: str, shuffle: bool, max_rows: int | None, batch_size: int = hp.batch_size) -> NpyBatchLoader:
+        return NpyBatchLoader(
+            cfg.data_dir, split, batch_size, rank=rank, world_size=world_size, shuffle=shuffle,
+            seed=hp.seed, num_embeddings_per_feature=rows, max_rows=max_rows,
+            prefetch_batches=cfg.prefetch_batches, pin_memory=device.type == "cuda", meta=meta,
+        )
+
+    train_loader = loader("train", True, cfg.train_rows)
+    if len(train_loader) == 0:
+        raise ValueError(
+            f"no training batch: {train_loader.num_rows} train rows < batch {hp.batch_size} x {world_size} ranks"
+        )
+
+    # Model: tables on the meta device; DMP materializes only this rank's shards.
+    model = build_model(cfg.arch, rows, device="meta")
+    emb_cls, emb_kwargs = embedding_optimizer(hp.embedding_optimizer, hp.embedding_lr)
+    apply_optimizer_in_backward(emb_cls, model.model.sparse_arch.parameters(), emb_kwargs)
+    plan = _sharding_plan(cfg, model, device, world_size)
+    model = DistributedModelParallel(module=model, device=device, plan=plan)
+    dense_opt = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(model.named_parameters())),
+        lambda params: dense_optimizer(hp.dense_optimizer, params, hp.dense_lr),
+    )
+    optimizer = CombinedOptimizer([model.fused_optimizer, dense_opt])
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    schedule = LRSchedule(hp.warmup_steps, hp.decay_start_step, hp.decay_steps)
+
+    writer = SummaryWriter(str(out / "tb")) if cfg.tensorboard and rank == 0 else None
+    state = RunState()
+    max_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * len(train_loader)
+    val_metrics: EvalMetrics | None = None
+    _log(rank, f"training {max_steps} steps of {hp.batch_size} x {world_size} ranks on {device}; plan {cfg.plan}")
+
+    while state.step < max_steps and state.status == "running":
+        # One stretch of training: until the epoch ends, max_steps, or an evaluation is due.
+        train_loader.set_epoch(state.epoch)
+        stretch_end = max_steps
+        if cfg.eval_every_steps:
+            stretch_end = min(stretch_end, (state.step // cfg.eval_every_steps + 1) * cfg.eval_every_steps)
+        pipeline = TrainPipelineSparseDist(model, optimizer, device, execute_all_batches=True)
+        batches = _TimedIterator(train_loader.iter_from(state.batch_in_epoch))
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        losses_in_window = 0
+        window_start = time.perf_counter()
+        while state.step < stretch_end:
+            apply_lr(optimizer, base_lrs, schedule.multiplier(state.step))
+            try:
+                loss, _logits, _labels = pipeline.progress(batches)  # DLRMTrain output, detached
+            except StopIteration:
+                state.epoch += 1
+                state.batch_in_epoch = 0
+                break
+            state.step += 1
+            state.batch_in_epoch += 1
+            state.samples += hp.batch_size * world_size
+            loss_sum += loss.detach()
+            losses_in_window += 1
+            if state.step % cfg.log_every_steps == 0 or state.step == stretch_end:
+                mean_loss = float(loss_sum) / losses_in_window  # one host sync per window
+                state.last_loss = mean_loss
+                if not math.isfinite(mean_loss):
+                    state.status = "diverged"
+                    _log(rank, f"step {state.step}: loss is {mean_loss}; stopping (diverged)")
+                    break
+                elapsed = time.perf_counter() - window_start
+                rate = losses_in_window * hp.batch_size * world_size / max(elapsed, 1e-9)
+                lr_now = optimizer.param_groups[-1]["lr"]
+                state.history.append({"step": state.step, "loss": mean_loss, "samples_per_s": rate})
+                if writer:
+                    writer.add_scalar("train/loss", mean_loss, state.step)
+                    writer.add_scalar("train/lr_dense", lr_now, state.step)
+                    writer.add_scalar("train/samples_per_s", rate, state.step)
+                _log(rank, f"step {state.step}/{max_steps} loss {mean_loss:.4f} {rate:,.0f} samples/s")
+                loss_sum.zero_()
+                losses_in_window = 0
+                window_start = time.perf_counter()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        state.train_seconds += time.perf_counter() - started
+        state.data_wait_seconds += batches.wait_seconds
+        batches.close()
+        model = pipeline.detach()  # the model can be called directly again
+        if state.status != "running":
+            break
+        if state.batch_in_epoch >= len(train_loader):
+            state.epoch += 1
+            state.batch_in_epoch = 0
+        due = cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0 and state.step < max_steps
+        if due:
+            val_metrics = evaluate(model, loader("val", False, cfg.eval_rows), device)
+            _log(rank, f"step {state.step}: val AUC {val_metrics.auc:.4f} log loss {val_metrics.log_loss:.4f}")
+            if writer:
+                _write_eval(writer, "val", val_metrics, state.step)
+            if cfg.auc_threshold is not None and val_metrics.auc >= cfg.auc_threshold:
+                state.status = "early_stopped"
+        if state.epoch >= cfg.epochs and cfg.max_steps is None:
+            break
+    if state.status == "running":
+        state.status = "completed"
+
+    final: dict[str, EvalMetrics] = {}
+    latency: dict[str, dict[str, float]] = {}
+    if state.status != "diverged":
+        for split in ("val", "test"):
+            final[split] = evaluate(model, loader(split, False, cfg.eval_rows), device)
+            if writer:
+                _write_eval(writer, split, final[split], state.step)
+        latency = measure_latency(model, cfg, loader, device)
+    result = _result(cfg, meta, state, final, latency, plan, model, world_size, device)
+    if writer:
+        hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _flat(config.to_dict(cfg)).items()}
+        metrics = {f"final/{s}_{k}": getattr(m, k) for s, m in final.items() for k in ("auc", "log_loss", "accuracy")}
+        writer.add_hparams(hparams, metrics or {"final/diverged": 1.0}, run_name="hparams")
+        writer.close()
+    if rank == 0:
+        write_result(out, result)
+    return result
+
+
+def evaluate(model: torch.nn.Module, loader: NpyBatchLoader, device: torch.device) -> EvalMetrics:
+    """Metrics of the model on a split (every rank takes part: the model's forward is collective)."""
+    was_training = model.training
+    model.eval()
+    acc = MetricAccumulator(device)
+    with torch.no_grad():
+        for batch in loader:
+            batch = batch.to(device, non_blocking=True)
+            _, (_, logits, labels) = model(batch)
+            acc.update(logits, labels)
+    model.train(was_training)
+    return acc.compute()
+
+
+def measure_latency(model, cfg: TrainConfig, make_loader, device: torch.device) -> dict[str, dict[str, float]]:
+    """p50/p99 ms of the trained model's forward at each serving batch size, on this device."""
+    out: dict[str, dict[str, float]] = {}
+    model.eval()
+    with torch.no_grad():
+        for batch_size in cfg.latency_batch_sizes:
+            try:
+                batch = next(iter(make_loader("test", False, None, batch_size)))
+            except (StopIteration, ValueError):
+                continue  # the split is smaller than this batch size
+            batch = batch.to(device)
+            times_ms = []
+            for i in range(cfg.latency_iters + 5):
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                start = time.perf_counter()
+                model(batch)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                if i >= 5:  # warm-up iterations are not timed
+                    times_ms.append((time.perf_counter() - start) * 1000)
+            times = torch.tensor(times_ms)
+            out[str(batch_size)] = {
+                "p50_ms": float(times.quantile(0.5)),
+                "p99_ms": float(times.quantile(0.99)),
+            }
+    model.train()
+    return out
+
+
+# ---- pieces ------------------------------------------------------------------------------------
+def _init_distributed(device_pref: str) -> torch.device:
+    use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is available")
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        backend = "nccl" if use_cuda else "gloo"
+        if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            dist.init_process_group(backend=backend)
+        else:  # a plain single-process run: a world of one
+            dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+    return device
+
+
+def _sharding_plan(cfg: TrainConfig, model, device: torch.device, world_size: int) -> ShardingPlan:
+    if cfg.plan == "torchrec":
+        # Left to itself the planner makes small tables data_parallel with the "dense" kernel: those
+        # are plain DDP parameters that the *dense* optimizer trains, so hparams.embedding_optimizer
+        # and embedding_lr would be silently ignored. Only fused-kernel shardings keep the
+        # embedding optimizer fused into backward.
+        ebc = model.model.sparse_arch.embedding_bag_collection
+        fused_only = {c.name: FUSED_KERNEL_CONSTRAINTS for c in ebc.embedding_bag_configs()}
+        planner = EmbeddingShardingPlanner(
+            topology=Topology(world_size=world_size, compute_device=device.type),
+            batch_size=cfg.hparams.batch_size,
+            constraints=fused_only,
+        )
+        return planner.collective_plan(model, None, dist.GroupMember.WORLD)
+    placement = load_placement(cfg.plan)
+    ebc = model.model.sparse_arch.embedding_bag_collection
+    names = [c.name for c in ebc.embedding_bag_configs()]
+    missing = sorted(set(names) - set(placement))
+    if missing:
+        raise ValueError(f"{cfg.plan}: no rank for tables {missing}")
+    bad = {t: r for t, r in placement.items() if not 0 <= r < world_size}
+    if bad:
+        raise ValueError(f"{cfg.plan}: ranks outside 0..{world_size - 1}: {bad}")
+    module_plan = construct_module_sharding_plan(
+        ebc,
+        per_param_sharding={name: table_wise(rank=placement[name]) for name in names},
+        local_size=world_size if device.type == "cpu" else torch.cuda.device_count(),
+        world_size=world_size,
+        device_type=device.type,
+    )
+    return ShardingPlan({EBC_MODULE_PATH: module_plan})
+
+
+def load_placement(path: str | Path) -> dict[str, int]:
+    """A placement file: JSON {table: rank}, or {"placement": {table: rank}, ...}."""
+    try:
+        raw = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"placement file {path} not found") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    raw = raw.get("placement", raw) if isinstance(raw, dict) else raw
+    if not isinstance(raw, dict) or not all(isinstance(v, int) for v in raw.values()):
+        raise ValueError(f"{path}: expected a JSON object of table name -> rank (int)")
+    return {str(k): int(v) for k, v in raw.items()}
+
+
+class _TimedIterator(Iterator[Batch]):
+    """Counts the time the training loop spends waiting for the next batch."""
+
+    def __init__(self, batches: Iterator[Batch]):
+        self._batches = batches
+        self.wait_seconds = 0.0
+
+    def __next__(self) -> Batch:
+        start = time.perf_counter()
+        try:
+            return next(self._batches)
+        finally:
+            self.wait_seconds += time.perf_counter() - start
+
+    def close(self) -> None:
+        close = getattr(self._batches, "close", None)
+        if close:
+            close()
+
+
+def _plan_summary(plan: ShardingPlan) -> dict[str, dict[str, object]]:
+    summary = {}
+    for module_plan in plan.plan.values():
+        for table, ps in module_plan.items():  # type: ignore[union-attr]
+            summary[table] = {"sharding_type": ps.sharding_type, "ranks": ps.ranks, "compute_kernel": ps.compute_kernel}
+    return summary
+
+
+def _peak_memory_mb(device: torch.device) -> list[float]:
+    if device.type == "cuda":
+        mine = torch.cuda.max_memory_allocated(device) / 2**20
+    else:
+        mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gathered: list[float] = [0.0] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return [round(x, 1) for x in gathered]
+
+
+def _result(cfg, meta, state: RunState, final, latency, plan, model, world_size, device) -> dict:
+    step_ms = 1000 * state.train_seconds / state.step if state.step else math.nan
+    return {
+        "status": state.status,
+        "config": config.to_dict(cfg),
+        "metrics": {split: dataclasses.asdict(m) for split, m in final.items()},
+        "bayes": {k: dataclasses.asdict(v) for k, v in meta.bayes.items()},
+        "steps": state.step,
+        "epochs_completed": state.epoch,
+        "samples": state.samples,
+        "last_loss": state.last_loss,
+        "train_seconds": round(state.train_seconds, 3),
+        "step_time_ms": round(step_ms, 3),
+        "samples_per_s": round(state.samples / state.train_seconds, 1) if state.train_seconds else math.nan,
+        "data_wait_fraction": round(state.data_wait_seconds / state.train_seconds, 4) if state.train_seconds else math.nan,
+        "latency_ms": latency,
+        "plan": _plan_summary(plan),
+        "world_size": world_size,
+        "device": str(device),
+        "dense_parameters": dense_parameter_count(model),
+        "peak_memory_mb_per_rank": _peak_memory_mb(device),
+        "history": state.history,
+    }
+
+
+def write_result(out: Path, result: dict) -> Path:
+    path = out / RESULT_FILE
+    layout.write_text_atomic(path, json.dumps(result, indent=2, default=str, allow_nan=True) + "\n")
+    return path
+
+
+def _write_eval(writer: SummaryWriter, split: str, m: EvalMetrics, step: int) -> None:
+    for key in ("auc", "log_loss", "accuracy"):
+        writer.add_scalar(f"{split}/{key}", getattr(m, key), step)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _log(rank: int, message: str) -> None:
+    if rank == 0:
+        print(f"[recsearch train] {message}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recsearch train", description="Train one DLRM.")
+    parser.add_argument("--config", required=True, help="YAML file of TrainConfig fields (configs/train/)")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. hparams.batch_size=4096")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config.load(TrainConfig, args.config, args.overrides)
+    except config.ConfigError as err:
+        print(f"recsearch train: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = train(cfg)
+    except (FileNotFoundError, ValueError) as err:
+        _write_failure(cfg, err)
+        print(f"recsearch train: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a crashed run still leaves a result file saying so
+        _write_failure(cfg, err)
+        raise
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    metrics = result["metrics"]
+    summary = ", ".join(f"{s} AUC {m['auc']:.4f}" for s, m in metrics.items())
+    print(f"[recsearch train] {result['status']}: {summary or 'no evaluation'}; result in {Path(cfg.output_dir) / RESULT_FILE}")
+    return 0 if result["status"] in ("completed", "early_stopped") else 1
+
+
+def _write_failure(cfg: TrainConfig, err: BaseException) -> None:
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_result(
+        out,
+        {
+            "status": "failed",
+            "error": f"{type(err).__name__}: {err}",
+            "traceback": traceback.format_exc(limit=20),
+            "config": config.to_dict(cfg),
+        },
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,32 @@
+import pytest
+import torch
+
+from recsearch.data.loader import NpyBatchLoader
+from recsearch.model.dlrm import build_model, table_rows, table_specs
+from recsearch.types import ArchSpec, Interaction
+from tests.conftest import write_dataset
+
+
+@pytest.mark.parametrize("interaction", list(Interaction))
+def test_forward_shapes_for_every_interaction(tmp_path, interaction):
+    write_dataset(tmp_path)
+    arch = ArchSpec(embedding_dim=8, bottom_mlp=(16, 8), top_mlp=(16, 1), interaction=interaction,
+                    dcn_num_layers=2, dcn_low_rank_dim=4, projection_branch1=(16, 16), projection_branch2=(16, 8))
+    rows = table_rows([970] * 26, max_rows_per_table=50)
+    assert rows == [50] * 26
+    model = build_model(arch, rows, device="cpu")
+    batch = next(iter(NpyBatchLoader(tmp_path, "train", 12, num_embeddings_per_feature=rows)))
+    loss, (loss_d, logits, labels) = model(batch)
+    assert logits.shape == (12,) and labels.shape == (12,) and loss.ndim == 0
+    loss.backward()
+    ebc = model.model.sparse_arch.embedding_bag_collection
+    assert [c.name for c in ebc.embedding_bag_configs()] == [f"t_cat_{i}" for i in range(26)]
+
+
+def test_table_specs_and_arch_validation():
+    specs = table_specs(ArchSpec(), [10, 20] + [5] * 24)
+    assert specs[1].num_rows == 20 and specs[1].dim == 16 and specs[1].size_bytes == 20 * 16 * 4
+    with pytest.raises(ValueError, match="projection_branch1 must end in a multiple of embedding_dim"):
+        ArchSpec(interaction=Interaction.PROJECTION, projection_branch1=(64, 20))
+    with pytest.raises(ValueError, match="bottom_mlp must end in embedding_dim"):
+        ArchSpec(embedding_dim=8)

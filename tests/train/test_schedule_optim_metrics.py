@@ -1,0 +1,108 @@
+import math
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from recsearch.train.metrics import MetricAccumulator
+from recsearch.train.optim import Lamb, dense_optimizer, embedding_optimizer
+from recsearch.train.schedule import LRSchedule, apply_lr
+
+
+def test_warmup_then_polynomial_decay():
+    s = LRSchedule(warmup_steps=4, decay_start_step=10, decay_steps=10)
+    assert [s.multiplier(i) for i in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert s.multiplier(9) == 1.0
+    assert s.multiplier(15) == pytest.approx((1 - 5 / 10) ** 2)
+    assert s.multiplier(20) == 0.0 and s.multiplier(100) == 0.0
+    assert LRSchedule().multiplier(12345) == 1.0
+    with pytest.raises(ValueError, match="decay_start_step"):
+        LRSchedule(warmup_steps=10, decay_start_step=5, decay_steps=3)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=0.4)
+    apply_lr(opt, [0.4], s.multiplier(15))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_lamb_matches_its_definition_on_one_step():
+    torch.manual_seed(0)
+    w = torch.nn.Parameter(torch.randn(5))
+    w0 = w.detach().clone()
+    w.grad = torch.randn(5)
+    Lamb([w], lr=0.1, eps=0.0).step()
+    update = w.grad / w.grad.abs()  # first Adam step with bias correction: m/sqrt(v) = sign(g)
+    expected = w0 - 0.1 * (w0.norm() / update.norm()) * update
+    torch.testing.assert_close(w.detach(), expected)
+
+
+def test_optimizer_names():
+    assert embedding_optimizer("rowwise_adagrad", 0.1)[1]["lr"] == 0.1
+    assert isinstance(dense_optimizer("lamb", [torch.nn.Parameter(torch.zeros(1))], 0.1), Lamb)
+    with pytest.raises(ValueError, match="embedding optimizer must be one of"):
+        embedding_optimizer("lion", 0.1)
+    with pytest.raises(ValueError, match="dense optimizer must be one of"):
+        dense_optimizer("rmsprop", [], 0.1)
+
+
+def _reference(logits, labels):
+    p = 1 / (1 + np.exp(-logits))
+    order = np.argsort(logits)
+    ranks = np.empty(len(logits))
+    ranks[order] = np.arange(1, len(logits) + 1)
+    pos = labels == 1
+    auc = (ranks[pos].sum() - pos.sum() * (pos.sum() + 1) / 2) / (pos.sum() * (~pos).sum())
+    loss = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    acc = np.mean((logits > 0) == (labels == 1))
+    return auc, loss, acc
+
+
+def _data(n=1000):
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=n)
+    labels = (rng.random(n) < 1 / (1 + np.exp(-2 * logits))).astype(np.float64)
+    return logits, labels
+
+
+def test_metrics_match_numpy_single_process():
+    logits, labels = _data()
+    acc = MetricAccumulator(torch.device("cpu"))
+    for chunk in np.array_split(np.arange(len(logits)), 7):
+        acc.update(torch.tensor(logits[chunk]), torch.tensor(labels[chunk]))
+    m = acc.compute()
+    auc, loss, accuracy = _reference(logits, labels)
+    assert m.rows == 1000
+    assert m.auc == pytest.approx(auc, abs=1e-6)
+    assert m.log_loss == pytest.approx(loss, rel=1e-5)
+    assert m.accuracy == pytest.approx(accuracy)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rank_metrics(rank, port, out):
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    logits, labels = _data()
+    half = slice(0, 600) if rank == 0 else slice(600, 1000)  # uneven shares
+    acc = MetricAccumulator(torch.device("cpu"))
+    acc.update(torch.tensor(logits[half]), torch.tensor(labels[half]))
+    m = acc.compute()
+    out[rank] = (m.auc, m.log_loss, m.accuracy, m.rows)
+    dist.destroy_process_group()
+
+
+@pytest.mark.multiproc
+def test_metrics_are_global_across_two_ranks():
+    out = mp.Manager().dict()
+    mp.spawn(_rank_metrics, args=(_free_port(), out), nprocs=2, join=True)
+    auc, loss, accuracy = _reference(*_data())
+    for rank in (0, 1):
+        got_auc, got_loss, got_acc, rows = out[rank]
+        assert rows == 1000
+        assert got_auc == pytest.approx(auc, abs=1e-6)
+        assert got_loss == pytest.approx(loss, rel=1e-5) and got_acc == pytest.approx(accuracy)
