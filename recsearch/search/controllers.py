@@ -1,0 +1,338 @@
+"""Controllers: what to try next. Ask/tell, like Optuna's and TorchRec's proposers.
+
+    spec = controller.propose()          # a TrialSpec, or None when the controller has nothing left
+    controller.observe(spec, reward)     # reward: the objective (higher is better), None if infeasible
+    controller.state_dict() / load_state_dict(d)   # a resumed search continues where it stopped
+
+Several proposals may be outstanding at once (parallel trials); each is matched to its
+observation by its choices. Rewards come from the search loop: AUC, penalized when the trial
+breaks the latency budget; an infeasible candidate (tables do not fit) is observed with None and
+turned into a penalty below the worst reward seen, so the policy learns to avoid it.
+
+- RandomController: uniform over the space, never repeating a point until all were tried.
+- ActorCriticController: an autoregressive policy (GRU over the decisions, one softmax head per
+  decision) with a critic (value of each partial decision prefix), trained with PPO's clipped
+  objective on batches of observed trials, advantages normalized, plus an entropy bonus.
+- BayesianController: Optuna's TPE sampler over the same categorical decisions (a baseline).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsearch.search.space import SearchSpace
+from recsearch.types import TrialSpec
+
+INFEASIBLE_MARGIN = 0.05  # an infeasible trial's reward: this much below the worst reward seen
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """The policy network is tiny: with several OpenMP threads on a busy machine its backward
+    runs ~35x slower (measured on 2 cores under load), so run it on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+class Controller(Protocol):
+    def propose(self) -> TrialSpec | None: ...
+
+    def observe(self, spec: TrialSpec, reward: float | None) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def _penalized(reward: float | None, history: list[float]) -> float:
+    if reward is not None and math.isfinite(reward):
+        return float(reward)
+    worst = min(history) if history else 0.0
+    return worst - INFEASIBLE_MARGIN
+
+
+class RandomController:
+    def __init__(self, space: SearchSpace, seed: int = 0):
+        self.space = space
+        self._rng = np.random.default_rng(seed)
+        self._seen: set[tuple[int, ...]] = set()
+
+    def propose(self) -> TrialSpec | None:
+        if len(self._seen) >= self.space.cardinality:
+            return None
+        while True:
+            choices = tuple(int(self._rng.integers(n)) for n in self.space.sizes)
+            if choices not in self._seen:
+                self._seen.add(choices)
+                return self.space.decode(choices)
+
+    def observe(self, spec: TrialSpec, reward: float | None) -> None:
+        self._seen.add(self.space.choices_of(spec))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self._rng.bit_generator.state, "seen": sorted(self._seen)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state["rng"]
+        self._seen = {tuple(s) for s in state["seen"]}
+
+
+class _PolicyNet(nn.Module):
+    """GRU over the decision sequence; per-decision option heads (actor) and a value head (critic)."""
+
+    def __init__(self, sizes: tuple[int, ...], hidden: int):
+        super().__init__()
+        self.sizes = sizes
+        self.start = nn.Parameter(torch.zeros(hidden))
+        self.embed = nn.ModuleList(nn.Embedding(n, hidden) for n in sizes)
+        self.cell = nn.GRUCell(hidden, hidden)
+        self.heads = nn.ModuleList(nn.Linear(hidden, n) for n in sizes)
+        self.value = nn.Linear(hidden, 1)
+
+    def forward(self, choices: torch.Tensor | None, generator: torch.Generator | None = None):
+        """Run the sequence. With choices [B, D] given, score them; else sample one sequence.
+
+        Returns (choices [B, D], log_prob [B, D], entropy [B, D], value [B, D])."""
+        batch = 1 if choices is None else choices.shape[0]
+        h = torch.zeros(batch, self.start.numel())
+        x = self.start.expand(batch, -1)
+        picked, logps, ents, values = [], [], [], []
+        for d, head in enumerate(self.heads):
+            h = self.cell(x, h)
+            values.append(self.value(h)[:, 0])
+            dist = torch.distributions.Categorical(logits=head(h))
+            if choices is None:
+                c = torch.multinomial(dist.probs, 1, generator=generator)[:, 0]
+            else:
+                c = choices[:, d]
+            picked.append(c)
+            logps.append(dist.log_prob(c))
+            ents.append(dist.entropy())
+            x = self.embed[d](c)
+        return (torch.stack(picked, 1), torch.stack(logps, 1), torch.stack(ents, 1), torch.stack(values, 1))
+
+
+@dataclass(frozen=True)
+class PPOSettings:
+    hidden: int = 64
+    lr: float = 0.01
+    batch_trials: int = 4  # observed trials per update
+    epochs: int = 4  # passes over a batch
+    clip: float = 0.2
+    entropy_weight: float = 0.02
+    value_weight: float = 0.5
+
+
+class ActorCriticController:
+    def __init__(self, space: SearchSpace, seed: int = 0, settings: PPOSettings = PPOSettings()):
+        self.space = space
+        self.settings = settings
+        torch.manual_seed(seed)
+        self.net = _PolicyNet(space.sizes, settings.hidden)
+        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=settings.lr)
+        self._generator = torch.Generator().manual_seed(seed)
+        self._pending: dict[tuple[int, ...], list[float]] = {}  # choices -> behaviour log-probs
+        self._batch: list[tuple[tuple[int, ...], list[float], float]] = []
+        self.rewards: list[float] = []  # every observed (penalized) reward, in order
+        self.updates = 0
+        self._seen: set[tuple[int, ...]] = set()
+
+    def propose(self) -> TrialSpec | None:
+        if len(self._seen) >= self.space.cardinality:
+            return None
+        with torch.no_grad(), _one_thread():
+            for _ in range(8):
+                choices_t, _, _, _ = self.net(None, self._generator)
+                choices = tuple(int(c) for c in choices_t[0])
+                if choices not in self._seen:
+                    break
+            # A converged policy keeps sampling points already tried: explore around its sample,
+            # changing one decision at a time until the point is new.
+            rng = np.random.default_rng(int(torch.randint(1 << 30, (1,), generator=self._generator)))
+            while choices in self._seen:
+                mutated = list(choices)
+                d = int(rng.integers(len(mutated)))
+                mutated[d] = int(rng.integers(self.space.sizes[d]))
+                choices = tuple(mutated)
+            _, logp, _, _ = self.net(torch.tensor([choices]))  # behaviour log-probs for PPO
+        self._seen.add(choices)
+        self._pending[choices] = [float(x) for x in logp[0]]
+        return self.space.decode(choices)
+
+    def observe(self, spec: TrialSpec, reward: float | None) -> None:
+        choices = self.space.choices_of(spec)
+        self._seen.add(choices)
+        value = _penalized(reward, self.rewards)
+        self.rewards.append(value)
+        old_logp = self._pending.pop(choices, None)
+        if old_logp is None:  # a trial this policy did not propose (e.g. a seed config)
+            with torch.no_grad():
+                _, logp, _, _ = self.net(torch.tensor([choices]))
+            old_logp = [float(x) for x in logp[0]]
+        self._batch.append((choices, old_logp, value))
+        if len(self._batch) >= self.settings.batch_trials:
+            with _one_thread():
+                self._update()
+
+    def _update(self) -> None:
+        s = self.settings
+        choices = torch.tensor([b[0] for b in self._batch])
+        old_logp = torch.tensor([b[1] for b in self._batch])
+        rewards = torch.tensor([b[2] for b in self._batch], dtype=torch.float32)
+        # Rewards (AUCs) differ in the third decimal: standardize with the whole history's spread.
+        history = torch.tensor(self.rewards, dtype=torch.float32)
+        scale = history.std().clamp_min(1e-3) if len(self.rewards) > 1 else torch.tensor(1.0)
+        returns = (rewards - history.mean()) / scale
+        relevant = torch.tensor([self.space.relevant(tuple(c)) for c in choices.tolist()], dtype=torch.float32)
+        for _ in range(s.epochs):
+            _, logp, entropy, values = self.net(choices)
+            advantage = (returns[:, None] - values).detach()
+            ratio = torch.exp(logp - old_logp)
+            clipped = torch.clamp(ratio, 1 - s.clip, 1 + s.clip)
+            # Decisions that do not affect the model (e.g. DCN knobs under a dot interaction)
+            # get no credit, so their choice is not reinforced by an unrelated reward.
+            policy_loss = -(torch.min(ratio * advantage, clipped * advantage) * relevant).sum() / relevant.sum()
+            value_loss = ((values - returns[:, None]) ** 2).mean()
+            loss = policy_loss + s.value_weight * value_loss - s.entropy_weight * entropy.mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            nn.utils.clip_grad_norm_(self.net.parameters(), 1.0)
+            self.optimizer.step()
+        self._batch.clear()
+        self.updates += 1
+
+    def probabilities(self) -> list[list[float]]:
+        """Greedy-path option probabilities of each decision (for reports and tests)."""
+        with torch.no_grad():
+            h = torch.zeros(1, self.settings.hidden)
+            x = self.net.start[None]
+            out = []
+            for d, head in enumerate(self.net.heads):
+                h = self.net.cell(x, h)
+                p = torch.softmax(head(h), -1)[0]
+                out.append([float(v) for v in p])
+                x = self.net.embed[d](p.argmax()[None])
+            return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self._generator.get_state(),
+            "pending": [[list(k), v] for k, v in self._pending.items()],
+            "batch": [[list(c), lp, r] for c, lp, r in self._batch],
+            "rewards": list(self.rewards),
+            "updates": self.updates,
+            "seen": [list(c) for c in sorted(self._seen)],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self._generator.set_state(state["generator"])
+        self._pending = {tuple(k): v for k, v in state["pending"]}
+        self._batch = [(tuple(c), lp, r) for c, lp, r in state["batch"]]
+        self.rewards = list(state["rewards"])
+        self.updates = int(state["updates"])
+        self._seen = {tuple(c) for c in state["seen"]}
+
+
+class BayesianController:
+    """Optuna's TPE over the decisions (each a categorical of option indices)."""
+
+    def __init__(self, space: SearchSpace, seed: int = 0):
+        import optuna  # optional dependency: only the Bayesian baseline needs it
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.space = space
+        self._optuna = optuna
+        self.study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+        self._trials: dict[tuple[int, ...], Any] = {}
+        self.rewards: list[float] = []
+
+    def propose(self) -> TrialSpec | None:
+        trial = self.study.ask()
+        choices = tuple(
+            int(trial.suggest_categorical(d.name, list(range(len(d.options))))) for d in self.space.decisions
+        )
+        self._trials[choices] = trial
+        return self.space.decode(choices)
+
+    def observe(self, spec: TrialSpec, reward: float | None) -> None:
+        choices = self.space.choices_of(spec)
+        value = _penalized(reward, self.rewards)
+        self.rewards.append(value)
+        trial = self._trials.pop(choices, None)
+        if trial is None:
+            distributions = {
+                d.name: self._optuna.distributions.CategoricalDistribution(list(range(len(d.options))))
+                for d in self.space.decisions
+            }
+            params = {d.name: c for d, c in zip(self.space.decisions, choices)}
+            self.study.add_trial(self._optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+        else:
+            self.study.tell(trial, value)
+
+    def state_dict(self) -> dict[str, Any]:
+        # Finished trials are enough: TPE is a function of the observations (and its seed).
+        done = [
+            ([int(t.params[d.name]) for d in self.space.decisions], float(t.value))
+            for t in self.study.trials
+            if t.value is not None
+        ]
+        return {"observations": done, "rewards": list(self.rewards)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        distributions = {
+            d.name: self._optuna.distributions.CategoricalDistribution(list(range(len(d.options))))
+            for d in self.space.decisions
+        }
+        for choices, value in state["observations"]:
+            params = {d.name: c for d, c in zip(self.space.decisions, choices)}
+            self.study.add_trial(self._optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+        self.rewards = list(state["rewards"])
+
+
+def save_state(controller: Controller, path) -> None:
+    """Atomically save a controller's state (tensors and plain values only)."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(controller.state_dict(), buffer)
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_bytes(buffer.getvalue())
+    os.replace(tmp, path)
+
+
+def load_state(controller: Controller, path) -> None:
+    """Load a saved state; weights_only=True, so the file cannot run code."""
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as err:  # a corrupt or foreign file: say which
+        raise ValueError(f"{path}: not a controller state file ({type(err).__name__}: {err})") from err
+    controller.load_state_dict(state)
+
+
+def make_controller(name: str, space: SearchSpace, seed: int = 0) -> Controller:
+    if name == "random":
+        return RandomController(space, seed)
+    if name in ("actor_critic", "ppo"):
+        return ActorCriticController(space, seed)
+    if name in ("bayesian", "tpe"):
+        return BayesianController(space, seed)
+    raise ValueError(f"controller must be random, actor_critic or bayesian, got {name!r}")
