@@ -3,35 +3,41 @@
 `recsearch data preprocess --input FILE [FILE ...] --out DIR [options]`
 
 Input rows: label, 13 integer features, 26 categorical features (up to 8 hex digits), separated by
-tabs; any field may be empty. One Kaggle `train.txt` is split into `--days` contiguous day files
+tabs; any feature may be empty. One Kaggle `train.txt` is split into `--days` contiguous day files
 (7 by default, facebookresearch/dlrm's convention for Kaggle); several Terabyte `day_N` files become
 day_0, day_1, ... in the order given. Splits are then TorchRec's (layout.split_ranges).
 
-Conventions (see docs/DATA.md):
+Conventions (docs/DATA.md, "Preprocessing Criteo TSV"):
 - dense, `--dense-transform log1p` (default): missing or negative -> 0, then log(1 + x), as
-  facebookresearch/dlrm and MLPerf; `torchrec`: missing -> 0, then log(x - min + 2) with min over the
-  whole input file, exactly TorchRec's `BinaryCriteoUtils.tsv_to_npys`. Applied here, stored float32.
-- categorical, default: the hex value itself (missing -> 0), int64, like TorchRec's
-  npy_preproc_criteo; the loader hashes. `--hash-size N`: 1 + (value mod (N - 1)), with index 0
-  reserved for missing. `--vocab-threshold K`: values seen at least K times in the inputs get indices
-  1..V in increasing value order (vocabulary in DIR/vocab_{t}.npy), missing and rarer values -> 0.
+  facebookresearch/dlrm and MLPerf; `torchrec`: missing -> 0, then log(x - min + 2) with min over
+  the whole input file, exactly TorchRec's `BinaryCriteoUtils.tsv_to_npys`. Stored float32.
+- categorical, default ("raw"): the hex value itself, missing -> 0, int64, like TorchRec's
+  npy_preproc_criteo; the loader hashes. `--hash-size N`: 1 + (value mod (N - 1)), index 0 reserved
+  for missing. `--vocab-threshold K`: values seen at least K times get indices 1..V in increasing
+  value order (vocabulary in DIR/vocab_{t}.npy), missing and rarer values -> 0. `--vocab-from DIR`
+  maps with the vocabularies of an earlier run (a held-out file mapped like the training data).
 
-The file is read in byte ranges aligned to line ends, parsed by worker processes with pyarrow (all
-fields as strings, then validated and converted with vectorized numpy), and written in order as
-`.partial` files, committed only when everything succeeded. Memory is bounded by chunk size x
-workers, whatever the input size.
+How: each input is cut into byte ranges that end at line ends; worker processes parse one range at
+a time with pyarrow (every field as bytes), validate and convert with vectorized numpy, and hand the
+arrays back; the parent appends them, in input order, to `.partial` npy files (at most workers + 1
+ranges in flight, so memory does not grow with the input). Everything is committed, and meta.json
+written, only when the whole run succeeded; on any error the run's files are removed.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import io
+import itertools
 import multiprocessing
 import os
+import re
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +51,21 @@ from recsearch.types import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 
 NUM_FIELDS = 1 + NUM_DENSE_FEATURES + NUM_SPARSE_FEATURES
 FIELD_NAMES = ("label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27)))
-INT_PATTERN = r"^-?[0-9]{1,18}$"
+# The stored id of a missing categorical value in every mode (and of a rare value in vocab mode).
+MISSING_ID = 0
+HASH_RULE = "1 + value mod (size - 1); 0 = missing"  # --hash-size, as meta.json states it
+INT_PATTERN = r"^-?[0-9]{1,18}$"  # what counts as an integer field; 18 digits always fit int64
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+MAX_BAD_ROW_EXAMPLES = 5  # skipped rows described in meta.extra (and printed) with --skip-bad-rows
+GZIP_MAGIC = b"\x1f\x8b"
 NIBBLES = np.full(256, -1, dtype=np.int8)  # ASCII byte -> hex digit value, -1 if not a hex digit
 NIBBLES[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
 NIBBLES[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
 NIBBLES[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
 NIBBLES.setflags(write=False)
+_DATASET_FILE = re.compile(
+    r"(day_\d+_(dense|sparse|labels|sparse_multi_hot)\.npy|vocab_\d+\.npy|meta\.json)"
+)
 
 
 class PreprocessError(ValueError):
@@ -60,116 +75,280 @@ class PreprocessError(ValueError):
 @dataclass(frozen=True)
 class PreprocessOptions:
     days: int = 7  # day files a single input is split into (several inputs: one day each)
-    dense_transform: str = "log1p"
-    hash_size: tuple[int, ...] | None = None  # one size for all features, or 26
-    vocab_threshold: int | None = None
+    dense_transform: str = "log1p"  # one of layout.DENSE_TRANSFORMS
+    hash_size: tuple[int, ...] | None = None  # one table size for all features, or 26
+    vocab_threshold: int | None = None  # min occurrences for a value to get its own index
+    vocab_from: Path | None = None  # dataset directory whose vocab_{t}.npy files map the ids
     skip_bad_rows: bool = False
-    workers: int | None = None
-    chunk_bytes: int = 32 << 20
-    force: bool = False
+    workers: int | None = None  # processes; None: all cores
+    chunk_bytes: int = 32 << 20  # input bytes per work item (memory per worker ~ 10x this)
+    force: bool = False  # replace a dataset already in the output directory
+    progress: bool = True  # tqdm bars (bytes) on stderr
 
     def __post_init__(self) -> None:
         if self.dense_transform not in layout.DENSE_TRANSFORMS:
             raise ValueError(f"dense_transform must be one of {layout.DENSE_TRANSFORMS}")
-        if self.hash_size is not None and self.vocab_threshold is not None:
-            raise ValueError("use either --hash-size or --vocab-threshold, not both")
+        chosen = [
+            name
+            for name, value in (
+                ("--hash-size", self.hash_size),
+                ("--vocab-threshold", self.vocab_threshold),
+                ("--vocab-from", self.vocab_from),
+            )
+            if value is not None
+        ]
+        if len(chosen) > 1:
+            raise ValueError(f"choose one categorical mode, got {' and '.join(chosen)}")
         if self.hash_size is not None and (
             len(self.hash_size) not in (1, NUM_SPARSE_FEATURES) or min(self.hash_size) < 2
         ):
-            raise ValueError(f"--hash-size takes 1 or {NUM_SPARSE_FEATURES} values >= 2")
+            raise ValueError(f"--hash-size takes 1 or {NUM_SPARSE_FEATURES} values, each >= 2")
         if self.vocab_threshold is not None and self.vocab_threshold < 1:
             raise ValueError("--vocab-threshold must be >= 1")
         if self.days < 2:
             raise ValueError("--days must be >= 2 (train days + a val/test day)")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError("--workers must be >= 1")
+        if self.chunk_bytes < 1:
+            raise ValueError("chunk_bytes must be positive")
 
-    def hash_sizes(self) -> np.ndarray | None:
+    @property
+    def categorical(self) -> str:
+        """How categorical values are stored: "raw", "hash" or "vocab"."""
+        if self.hash_size is not None:
+            return "hash"
+        if self.vocab_threshold is not None or self.vocab_from is not None:
+            return "vocab"
+        return "raw"
+
+    def hash_sizes(self) -> tuple[int, ...] | None:
         if self.hash_size is None:
             return None
-        sizes = self.hash_size * NUM_SPARSE_FEATURES if len(self.hash_size) == 1 else self.hash_size
-        return np.asarray(sizes, dtype=np.int64)
+        return (
+            tuple(self.hash_size) * NUM_SPARSE_FEATURES
+            if len(self.hash_size) == 1
+            else self.hash_size
+        )
 
 
+# ---- the id conventions, public so that other data can be mapped the same way --------------------
+def hash_ids(values: np.ndarray, hash_sizes: Sequence[int]) -> np.ndarray:
+    """Categorical values [n, 26] (-1 = missing) -> ids in [0, size): 1 + value mod (size - 1),
+    0 for missing. int32 when every size fits, else int64."""
+    sizes = np.asarray(hash_sizes, dtype=np.int64)
+    ids = np.where(values < 0, MISSING_ID, 1 + values % (sizes - 1))
+    return ids.astype(_id_dtype(int(sizes.max())))
+
+
+def load_vocabularies(root: Path | str) -> list[np.ndarray]:
+    """The 26 vocabularies of a `--vocab-threshold` dataset: sorted uint32 values; a value's id is
+    its position + 1."""
+    vocabularies = []
+    for t in range(NUM_SPARSE_FEATURES):
+        path = Path(root) / f"vocab_{t}.npy"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path} not found: {root} was not preprocessed with --vocab-threshold"
+            )
+        vocab = np.load(path, mmap_mode="r")
+        if (
+            vocab.ndim != 1
+            or vocab.dtype != np.uint32
+            or (len(vocab) > 1 and not (np.diff(vocab) > 0).all())
+        ):
+            raise ValueError(
+                f"{path}: expected sorted unique uint32 values, got {vocab.dtype} {vocab.shape}"
+            )
+        vocabularies.append(vocab)
+    return vocabularies
+
+
+def apply_vocabularies(values: np.ndarray, vocabularies: Sequence[np.ndarray]) -> np.ndarray:
+    """Categorical values [n, 26] (-1 = missing) -> vocabulary ids: position + 1 when the value is
+    in its feature's vocabulary, else 0 (missing or rare)."""
+    out = np.zeros(values.shape, dtype=_id_dtype(max(len(v) for v in vocabularies) + 1))
+    for t, vocab in enumerate(vocabularies):
+        if len(vocab) == 0:
+            continue
+        # Query as uint32 (the vocabulary's dtype) so searchsorted does not copy the vocabulary;
+        # missing values (-1) wrap to 2^32 - 1 and are masked below.
+        query = values[:, t].astype(np.uint32)
+        pos = np.searchsorted(vocab, query)
+        hit = (
+            (pos < len(vocab))
+            & (vocab[np.minimum(pos, len(vocab) - 1)] == query)
+            & (values[:, t] >= 0)
+        )
+        out[:, t] = np.where(hit, pos + 1, MISSING_ID)
+    return out
+
+
+def _id_dtype(id_range: int) -> type:
+    """int32 when ids 0..id_range-1 fit, else int64."""
+    return np.int32 if id_range <= INT32_MAX + 1 else np.int64
+
+
+# ---- work items ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ChunkTask:
     path: Path
     file_index: int
-    chunk_index: int
     start_byte: int
     stop_byte: int
-    mode: str  # "parse" (write rows) or "count" (vocabulary pass)
+    count_only: bool  # vocabulary pass: return value counts, not rows
     options: PreprocessOptions
-    vocab_dir: Path | None = None
+    vocab_files: tuple[Path, ...] | None = None  # vocabularies to map ids with (vocab mode)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class ChunkResult:
     task: ChunkTask
-    dense: np.ndarray | None = None  # float32 (log1p) or int32 raw (torchrec transform pending)
+    nbytes: int
+    lines: int  # lines in the byte range (a last line without newline counts)
+    error: tuple[int, str] | None = None  # first bad line (1-based within the range), message
+    error_skippable: bool = True  # whether --skip-bad-rows could have skipped it
+    bad_rows: int = 0  # skipped (with skip_bad_rows)
+    bad_examples: tuple[tuple[int, str], ...] = ()  # first skipped lines (1-based in range), why
+    kept_lines: np.ndarray | None = None  # 0-based line in range of each kept row; None: all lines
+    labels: np.ndarray | None = None  # int32 [n, 1]
+    dense: np.ndarray | None = None  # float32 (log1p), or raw int32 (torchrec: transformed later)
     sparse: np.ndarray | None = None
-    labels: np.ndarray | None = None
-    dense_min: int = 0  # smallest raw dense value (missing counts as 0), for the torchrec transform
-    counts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # vocab pass
-    bad_rows: int = 0
-    error: tuple[int, str] | None = None  # (line within the chunk, message)
-    nbytes: int = 0
+    dense_min: int | None = None  # smallest raw dense value (missing counts as 0), torchrec mode
+    max_ids: np.ndarray | None = None  # int64 [26], largest stored id per feature
+    counts: tuple[tuple[np.ndarray, np.ndarray], ...] | None = None  # per feature: values, counts
 
 
-def preprocess(inputs: list[Path | str], out_dir: Path | str, options: PreprocessOptions) -> layout.DatasetMeta:
-    paths = [Path(p) for p in inputs]
-    for path in paths:
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: input file not found")
-    out = Path(out_dir)
-    if (out / layout.META_FILE).exists() and not options.force:
-        raise FileExistsError(f"{out} already holds a finished dataset; pass --force to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / layout.META_FILE).unlink(missing_ok=True)
+@dataclass(frozen=True)
+class _DaySpan:
+    """Output day `day` holds lines [first_line, stop_line) (0-based) of input `file_index`."""
+
+    file_index: int
+    first_line: int
+    stop_line: int | None  # None: to the end of the file
+
+
+def preprocess(
+    inputs: Sequence[Path | str], out_dir: Path | str, options: PreprocessOptions
+) -> layout.DatasetMeta:
+    """Convert Criteo TSV files into a finished dataset in out_dir; returns its metadata."""
     started = time.perf_counter()
-    workers = max(1, options.workers or os.cpu_count() or 1)
+    paths = _check_inputs(inputs)
+    out = Path(out_dir)
+    source_vocabularies = None
+    if options.vocab_from is not None:  # checked before --force removes anything
+        if Path(options.vocab_from).resolve() == out.resolve():
+            raise ValueError("--vocab-from must name another dataset than --out")
+        source_vocabularies = load_vocabularies(options.vocab_from)
+    _prepare_out_dir(out, options.force)
+    workers = options.workers or os.cpu_count() or 1
     ranges = [_byte_ranges(p, options.chunk_bytes) for p in paths]
-    vocab_sizes = None
-    if options.vocab_threshold is not None:
-        vocab_sizes = _build_vocabularies(paths, ranges, out, options, workers)
-    day_plan = _day_plan(paths, options.days)
-    writers: list[_DayWriter] = []
+    created: list[Path] = []  # every file this run writes, removed again if it fails
     try:
-        stats = _write_days(paths, ranges, out, options, workers, day_plan, writers)
-        files = [f for w in writers for f in w.files]
-        if options.dense_transform == "torchrec":
-            for w in writers:
-                _apply_torchrec_dense(w.files[0], stats.dense_min_per_file[w.file_index])
-        layout.commit_partials(files)
-    except BaseException:
-        for w in writers:
-            w.abort()
+        vocab_files: tuple[Path, ...] | None = None
+        vocab_sizes: list[int] | None = None
+        if options.vocab_threshold is not None:
+            vocab_sizes = _build_vocabularies(paths, ranges, out, options, workers, created)
+        elif source_vocabularies is not None:
+            # A dataset is self-describing: it carries the vocabularies its ids were mapped with.
+            vocab_sizes = [
+                _save_vocabulary(out, t, np.asarray(vocab), created)
+                for t, vocab in enumerate(source_vocabularies)
+            ]
+        if vocab_sizes is not None:
+            vocab_files = tuple(
+                layout.partial_path(out / f"vocab_{t}.npy") for t in range(NUM_SPARSE_FEATURES)
+            )
+        spans = _plan_days(paths, options.days)
+        summary = _write_days(paths, ranges, out, options, workers, spans, vocab_files, created)
+        torchrec_dense = options.dense_transform == "torchrec"
+        if torchrec_dense:
+            for day, span in enumerate(spans):
+                _apply_torchrec_dense(
+                    layout.day_file(out, day, "dense"), summary.dense_min[span.file_index]
+                )
+        if options.categorical == "hash":
+            num_embeddings = options.hash_sizes()
+        elif vocab_sizes is not None:
+            num_embeddings = tuple(size + 1 for size in vocab_sizes)  # + the shared index 0
+        else:
+            num_embeddings = tuple(int(m) + 1 for m in summary.max_ids)
+        meta = layout.DatasetMeta(
+            source="criteo_kaggle" if len(paths) == 1 else "criteo_terabyte",
+            day_rows=tuple(summary.day_rows),
+            num_embeddings_per_feature=num_embeddings,  # type: ignore[arg-type]
+            dense_transform=options.dense_transform,
+            sparse_dtype=summary.sparse_dtype,
+            extra={
+                "inputs": [str(p) for p in paths],
+                "categorical": options.categorical,
+                "missing_id": MISSING_ID,
+                "hash": HASH_RULE if options.categorical == "hash" else None,
+                "vocab_threshold": options.vocab_threshold,
+                "vocab_from": str(options.vocab_from) if options.vocab_from is not None else None,
+                "torchrec_dense_min": summary.dense_min if torchrec_dense else None,
+                "bad_rows_skipped": summary.bad_rows,
+                "bad_row_examples": list(summary.bad_examples),
+                "preprocess_s": round(time.perf_counter() - started, 3),
+                "workers": workers,
+                "chunk_bytes": options.chunk_bytes,
+            },
+        )
+        layout.commit_partials(created)
+        layout.write_meta(out, meta)
+    except BaseException:  # KeyboardInterrupt too: leave nothing that looks like a dataset
+        for path in [*created, out / layout.META_FILE]:
+            layout.partial_path(path).unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         raise
-    if options.hash_size is not None:
-        num_embeddings = tuple(int(x) for x in options.hash_sizes())  # type: ignore[union-attr]
-    elif vocab_sizes is not None:
-        num_embeddings = tuple(v + 1 for v in vocab_sizes)
-    else:
-        num_embeddings = tuple(int(m) + 1 for m in stats.max_ids)
-    elapsed_s = time.perf_counter() - started
-    meta = layout.DatasetMeta(
-        source="criteo_kaggle" if len(paths) == 1 else "criteo_terabyte",
-        day_rows=tuple(w.rows for w in writers),
-        num_embeddings_per_feature=num_embeddings,
-        dense_transform=options.dense_transform,
-        sparse_dtype="int64" if options.hash_size is None and vocab_sizes is None else "int32",
-        extra={
-            "inputs": [str(p) for p in paths],
-            "bad_rows_skipped": stats.bad_rows,
-            "categorical": "vocab" if vocab_sizes else ("hash" if options.hash_size else "raw"),
-            "vocab_threshold": options.vocab_threshold,
-            "preprocess_s": round(elapsed_s, 3),
-            "workers": workers,
-        },
-    )
-    layout.write_meta(out, meta)
     return meta
 
 
 # ---- planning ------------------------------------------------------------------------------------
+def _check_inputs(inputs: Sequence[Path | str]) -> list[Path]:
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise ValueError("no input files given")
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: input file not found")
+        with open(path, "rb") as fh:
+            if fh.read(2) == GZIP_MAGIC:
+                raise PreprocessError(
+                    f"{path}: gzip-compressed; decompress it first (gunzip -k {path}): the file is "
+                    "read in parallel byte ranges, which needs the plain text"
+                )
+    if len({p.resolve() for p in paths}) != len(paths):
+        raise ValueError("an input file is given twice")
+    # Day order decides the split (the last day is val/test), and a shell glob sorts day_10
+    # before day_2: refuse a numeric order that is not ascending rather than guess.
+    numbers = [int(m.group(1)) for p in paths if (m := re.fullmatch(r"day_(\d+)(\.\w+)?", p.name))]
+    if len(numbers) == len(paths) and numbers != sorted(numbers):
+        raise ValueError(
+            f"inputs named day_N must be given in day order, got {[p.name for p in paths]} "
+            "(a glob sorts day_10 before day_2; use e.g. day_{0..23})"
+        )
+    return paths
+
+
+def _prepare_out_dir(out: Path, force: bool) -> None:
+    """Refuse to replace a dataset without force; remove a replaced dataset's files (meta.json
+    first, so an interruption never leaves an old meta.json beside new files) and stale partials."""
+    out.mkdir(parents=True, exist_ok=True)
+    ours = [p for p in out.iterdir() if _DATASET_FILE.fullmatch(p.name)]
+    if ours and not force:
+        what = (
+            "a finished dataset"
+            if (out / layout.META_FILE).exists()
+            else "dataset files without meta.json"
+        )
+        raise FileExistsError(f"{out} already holds {what}; pass --force to replace it")
+    (out / layout.META_FILE).unlink(missing_ok=True)
+    for path in out.iterdir():
+        name = path.name.removesuffix(layout.PARTIAL_SUFFIX)
+        if _DATASET_FILE.fullmatch(name) and (force or path.name != name):
+            path.unlink()
+
+
 def _byte_ranges(path: Path, chunk_bytes: int) -> list[tuple[int, int]]:
     """[start, stop) byte ranges of about chunk_bytes, each ending just after a newline."""
     size = path.stat().st_size
@@ -180,78 +359,46 @@ def _byte_ranges(path: Path, chunk_bytes: int) -> list[tuple[int, int]]:
             if target >= size:
                 bounds.append(size)
                 break
-            fh.seek(target)
-            fh.readline()  # advance to the end of the line that straddles the target
+            fh.seek(target - 1)
+            fh.readline()  # to the end of the line holding byte target-1 (a range ends after \n)
             bounds.append(min(fh.tell(), size))
-    return list(zip(bounds[:-1], bounds[1:]))
+    return list(itertools.pairwise(bounds))
 
 
-def _count_lines(path: Path, stop_byte: int | None = None) -> int:
-    """Lines in the file (or its first stop_byte bytes); a last line without newline counts."""
+def _count_lines(path: Path) -> int:
+    """Lines in the file; a last line without newline counts."""
     lines, last = 0, b"\n"
-    remaining = path.stat().st_size if stop_byte is None else stop_byte
     with open(path, "rb") as fh:
-        while remaining > 0:
-            block = fh.read(min(1 << 24, remaining))
-            if not block:
-                break
+        while block := fh.read(1 << 24):
             lines += block.count(b"\n")
             last = block[-1:]
-            remaining -= len(block)
     return lines + (last != b"\n")
 
 
-def _day_plan(paths: list[Path], days: int) -> list[tuple[int, int]]:
-    """(input file, planned rows) per output day. One input is split like facebookresearch/dlrm."""
+def _plan_days(paths: list[Path], days: int) -> list[_DaySpan]:
+    """One input is cut into `days` contiguous line ranges like facebookresearch/dlrm's Kaggle
+    split (divmod; the first lines % days days one line longer); several inputs are a day each."""
     if len(paths) > 1:
-        return [(i, -1) for i in range(len(paths))]  # one day per file, whatever its length
+        return [_DaySpan(f, 0, None) for f in range(len(paths))]
     total = _count_lines(paths[0])
+    if total < days:
+        raise PreprocessError(f"{paths[0]}: {total} lines, fewer than --days {days}")
     per_day, extra = divmod(total, days)
-    return [(0, per_day + (d < extra)) for d in range(days)]
+    stops = np.cumsum([per_day + (d < extra) for d in range(days)])
+    return [
+        _DaySpan(0, int(stop - per_day - (d < extra)), int(stop)) for d, stop in enumerate(stops)
+    ]
 
 
 # ---- the row pass --------------------------------------------------------------------------------
-@dataclass
-class _PassStats:
-    dense_min_per_file: dict[int, int] = field(default_factory=dict)
-    max_ids: np.ndarray = field(default_factory=lambda: np.zeros(NUM_SPARSE_FEATURES, np.int64))
-    bad_rows: int = 0
-
-
-class _DayWriter:
-    """The npy files of one day, streamed block by block."""
-
-    def __init__(self, out: Path, day: int, file_index: int, planned_rows: int, options: PreprocessOptions):
-        self.file_index = file_index
-        self.planned_rows = planned_rows
-        dense_dtype = np.int32 if options.dense_transform == "torchrec" else np.float32
-        raw_ids = options.hash_size is None and options.vocab_threshold is None
-        self.files = [layout.day_file(out, day, k) for k in ("dense", "sparse", "labels")]
-        self._writers = [
-            layout.NpyAppendWriter(self.files[0], dense_dtype, (NUM_DENSE_FEATURES,)),
-            layout.NpyAppendWriter(self.files[1], np.int64 if raw_ids else np.int32, (NUM_SPARSE_FEATURES,)),
-            layout.NpyAppendWriter(self.files[2], np.int32, (1,)),
-        ]
-
-    @property
-    def rows(self) -> int:
-        return self._writers[2].rows
-
-    def room(self) -> int:
-        return self.planned_rows - self.rows if self.planned_rows >= 0 else 1 << 62
-
-    def append(self, dense: np.ndarray, sparse: np.ndarray, labels: np.ndarray) -> None:
-        for writer, block in zip(self._writers, (dense, sparse, labels)):
-            writer.append(block)
-
-    def close(self) -> None:
-        for writer in self._writers:
-            writer.close()
-
-    def abort(self) -> None:
-        self.close()
-        for path in self.files:
-            layout.partial_path(path).unlink(missing_ok=True)
+@dataclass(frozen=True)
+class _WriteSummary:
+    day_rows: list[int]
+    dense_min: list[int]  # per input file, torchrec mode
+    max_ids: np.ndarray
+    sparse_dtype: str
+    bad_rows: int
+    bad_examples: list[str]
 
 
 def _write_days(
@@ -260,43 +407,78 @@ def _write_days(
     out: Path,
     options: PreprocessOptions,
     workers: int,
-    day_plan: list[tuple[int, int]],
-    writers: list[_DayWriter],
-) -> _PassStats:
-    stats = _PassStats()
-    vocab_dir = out if options.vocab_threshold is not None else None
-    tasks = _tasks(paths, ranges, "parse", options, vocab_dir)
-    day = 0
-    for result in _run(tasks, workers, "preprocess"):
-        _raise_if_bad(result)
-        stats.bad_rows += result.bad_rows
-        f = result.task.file_index
-        stats.dense_min_per_file[f] = min(stats.dense_min_per_file.get(f, 0), result.dense_min)
-        if result.sparse is not None and len(result.sparse):
-            stats.max_ids = np.maximum(stats.max_ids, result.sparse.max(axis=0))
-        rows = (result.dense, result.sparse, result.labels)
-        offset, n = 0, len(result.labels)  # type: ignore[arg-type]
-        while offset < n or not writers:
-            if not writers or writers[-1].room() == 0 or writers[-1].file_index != f:
-                if writers:
-                    writers[-1].close()
-                if day >= len(day_plan):
-                    raise PreprocessError(f"{paths[f]}: more rows than planned (file changed while reading?)")
-                writers.append(_DayWriter(out, day, day_plan[day][0], day_plan[day][1], options))
-                day += 1
+    spans: list[_DaySpan],
+    vocab_files: tuple[Path, ...] | None,
+    created: list[Path],
+) -> _WriteSummary:
+    dense_dtype = np.int32 if options.dense_transform == "torchrec" else np.float32
+    sizes = options.hash_sizes()
+    if sizes is not None:
+        sparse_dtype = np.dtype(_id_dtype(max(sizes)))
+    elif vocab_files is not None:
+        sparse_dtype = np.dtype(
+            _id_dtype(max(len(np.load(f, mmap_mode="r")) for f in vocab_files) + 1)
+        )
+    else:
+        sparse_dtype = np.dtype(np.int64)  # raw hex values reach 2^32 - 1
+    writers: list[tuple[layout.NpyAppendWriter, ...]] = []
+    dense_min = [0] * len(paths)  # TorchRec's min includes the 0 of missing values
+    max_ids = np.zeros(NUM_SPARSE_FEATURES, np.int64)
+    bad_rows, bad_examples = 0, []
+    lines_seen = [0] * len(paths)
+    try:
+        for day in range(len(spans)):
+            files = [layout.day_file(out, day, kind) for kind in ("dense", "sparse", "labels")]
+            created.extend(files)
+            writers.append(
+                (
+                    layout.NpyAppendWriter(files[0], dense_dtype, (NUM_DENSE_FEATURES,)),
+                    layout.NpyAppendWriter(files[1], sparse_dtype, (NUM_SPARSE_FEATURES,)),
+                    layout.NpyAppendWriter(files[2], np.int32, (1,)),
+                )
+            )
+        tasks = _tasks(paths, ranges, False, options, vocab_files)
+        for result, first_line in _checked_results(
+            paths, tasks, workers, "preprocess", options.progress
+        ):
+            f = result.task.file_index
+            lines_seen[f] = first_line + result.lines
+            bad_rows += result.bad_rows
+            for line, why in result.bad_examples:
+                if len(bad_examples) < MAX_BAD_ROW_EXAMPLES:
+                    bad_examples.append(f"{paths[f]}, line {first_line + line}: {why}")
+            if result.labels is None or len(result.labels) == 0:
                 continue
-            take = min(writers[-1].room(), n - offset)
-            writers[-1].append(*(a[offset : offset + take] for a in rows))  # type: ignore[index]
-            offset += take
-    while day < len(day_plan):  # days left empty because rows were skipped
-        if writers:
-            writers[-1].close()
-        writers.append(_DayWriter(out, day, day_plan[day][0], day_plan[day][1], options))
-        day += 1
-    writers[-1].close()
-    if any(w.rows == 0 for w in writers):
-        raise PreprocessError(f"too few rows for {len(writers)} day files: {[w.rows for w in writers]}")
-    return stats
+            if result.dense_min is not None:
+                dense_min[f] = min(dense_min[f], result.dense_min)
+            max_ids = np.maximum(max_ids, result.max_ids)  # type: ignore[arg-type]
+            n = len(result.labels)
+            kept = result.kept_lines if result.kept_lines is not None else np.arange(n)
+            row_lines = first_line + kept  # 0-based line in the file of each row
+            for day, span in enumerate(spans):
+                if span.file_index != f:
+                    continue
+                lo = int(np.searchsorted(row_lines, span.first_line))
+                hi = (
+                    n if span.stop_line is None else int(np.searchsorted(row_lines, span.stop_line))
+                )
+                if hi > lo:
+                    for writer, block in zip(
+                        writers[day], (result.dense, result.sparse, result.labels)
+                    ):
+                        writer.append(block[lo:hi])  # type: ignore[index]
+    finally:
+        for day_writers in writers:
+            for writer in day_writers:
+                writer.close()
+    if spans[-1].stop_line is not None and lines_seen[0] != spans[-1].stop_line:
+        raise PreprocessError(
+            f"{paths[0]}: read {lines_seen[0]} lines, counted {spans[-1].stop_line}; did it change?"
+        )
+    day_rows = [w[2].rows for w in writers]
+    if 0 in day_rows:
+        raise PreprocessError(f"a day file would be empty (rows per day: {day_rows})")
+    return _WriteSummary(day_rows, dense_min, max_ids, str(sparse_dtype), bad_rows, bad_examples)
 
 
 def _apply_torchrec_dense(path: Path, file_min: int) -> None:
@@ -306,6 +488,8 @@ def _apply_torchrec_dense(path: Path, file_min: int) -> None:
     as_float = raw.view(np.float32)
     shift = np.int64(file_min) - 2
     for start in range(0, len(raw), 1 << 20):
+        # int64 so that x - min + 2 cannot wrap; TorchRec's int32 arithmetic equals it whenever
+        # its own result is meaningful (max - min + 2 < 2^31).
         block = raw[start : start + (1 << 20)].astype(np.int64) - shift
         as_float[start : start + len(block)] = np.log(block, dtype=np.float32)
     as_float.flush()
@@ -316,184 +500,324 @@ def _apply_torchrec_dense(path: Path, file_min: int) -> None:
         fh.write(header.replace(b"'<i4'", b"'<f4'"))
 
 
-# ---- the vocabulary pass ---------------------------------------------------------------------------
+# ---- the vocabulary pass -------------------------------------------------------------------------
+class _ValueCounter:
+    """Exact occurrence counts of one feature's values. Chunk counts wait in a list until they
+    outnumber the merged values, so each value is re-sorted O(log chunks) times, not once per chunk.
+    Memory: 12 bytes per distinct value (uint32 value, int64 count), plus a merge's temporaries."""
+
+    def __init__(self, min_merge_values: int = 1 << 20) -> None:
+        self.min_merge_values = min_merge_values  # no merge before this many values wait
+        self.values = np.zeros(0, np.uint32)
+        self.counts = np.zeros(0, np.int64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_len = 0
+
+    def add(self, values: np.ndarray, counts: np.ndarray) -> None:
+        self._pending.append((values, counts))
+        self._pending_len += len(values)
+        if self._pending_len > max(len(self.values), self.min_merge_values):
+            self.merge()
+
+    def merge(self) -> None:
+        if not self._pending:
+            return
+        values = np.concatenate([self.values, *(v for v, _ in self._pending)])
+        counts = np.concatenate([self.counts, *(c for _, c in self._pending)])
+        self._pending, self._pending_len = [], 0
+        order = np.argsort(values, kind="stable")
+        values, counts = values[order], counts[order]
+        starts = np.flatnonzero(np.r_[True, values[1:] != values[:-1]])
+        self.values = values[starts]
+        self.counts = np.add.reduceat(counts, starts) if len(values) else counts
+
+
 def _build_vocabularies(
-    paths: list[Path], ranges: list[list[tuple[int, int]]], out: Path, options: PreprocessOptions, workers: int
+    paths: list[Path],
+    ranges: list[list[tuple[int, int]]],
+    out: Path,
+    options: PreprocessOptions,
+    workers: int,
+    created: list[Path],
 ) -> list[int]:
-    merged: list[tuple[np.ndarray, np.ndarray]] = [
-        (np.zeros(0, np.int64), np.zeros(0, np.int64)) for _ in range(NUM_SPARSE_FEATURES)
-    ]
-    for result in _run(_tasks(paths, ranges, "count", options, None), workers, "vocabulary"):
-        _raise_if_bad(result)
-        for t, (values, counts) in enumerate(result.counts):
-            merged[t] = _merge_counts(merged[t], (values, counts))
+    counters = [_ValueCounter() for _ in range(NUM_SPARSE_FEATURES)]
+    tasks = _tasks(paths, ranges, True, options, None)
+    for result, _ in _checked_results(paths, tasks, workers, "vocabulary", options.progress):
+        for counter, (values, counts) in zip(counters, result.counts or ()):
+            counter.add(values, counts)
     sizes = []
-    for t, (values, counts) in enumerate(merged):
-        keep = values[(counts >= options.vocab_threshold) & (values >= 0)]
-        np.save(out / f"vocab_{t}.npy", keep)  # sorted values; index = position + 1
-        sizes.append(len(keep))
+    for t, counter in enumerate(counters):
+        counter.merge()
+        keep = counter.values[
+            counter.counts >= options.vocab_threshold
+        ]  # sorted: id = position + 1
+        sizes.append(_save_vocabulary(out, t, keep, created))
     return sizes
 
 
-def _merge_counts(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    values = np.concatenate([a[0], b[0]])
-    counts = np.concatenate([a[1], b[1]])
-    unique, inverse = np.unique(values, return_inverse=True)
-    return unique, np.bincount(inverse, weights=counts, minlength=len(unique)).astype(np.int64)
+def _save_vocabulary(out: Path, feature: int, values: np.ndarray, created: list[Path]) -> int:
+    path = out / f"vocab_{feature}.npy"
+    created.append(path)
+    with open(layout.partial_path(path), "wb") as fh:  # a file object: np.save would add ".npy"
+        np.save(fh, values.astype(np.uint32), allow_pickle=False)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return len(values)
 
 
-# ---- workers ---------------------------------------------------------------------------------------
-def _tasks(paths, ranges, mode, options, vocab_dir) -> list[ChunkTask]:
+# ---- running work items --------------------------------------------------------------------------
+def _tasks(
+    paths: list[Path],
+    ranges: list[list[tuple[int, int]]],
+    count_only: bool,
+    options: PreprocessOptions,
+    vocab_files: tuple[Path, ...] | None,
+) -> list[ChunkTask]:
     return [
-        ChunkTask(path, f, c, start, stop, mode, options, vocab_dir)
+        ChunkTask(path, f, start, stop, count_only, options, vocab_files)
         for f, path in enumerate(paths)
-        for c, (start, stop) in enumerate(ranges[f])
+        for start, stop in ranges[f]
     ]
 
 
-def _run(tasks: list[ChunkTask], workers: int, desc: str) -> Iterator[ChunkResult]:
+def _checked_results(
+    paths: list[Path], tasks: list[ChunkTask], workers: int, desc: str, progress: bool
+) -> Iterator[tuple[ChunkResult, int]]:
+    """Results in input order with the 0-based line their range starts at; the first bad line
+    (when rows are not skipped) raises PreprocessError naming the file, the line and the field."""
+    lines_before = [0] * len(paths)
+    with contextlib.closing(_run(tasks, workers, desc, progress)) as results:
+        for result in results:
+            f = result.task.file_index
+            first_line = lines_before[f]
+            lines_before[f] += result.lines
+            if result.error is not None:
+                line, message = result.error
+                hint = (
+                    " (pass --skip-bad-rows to skip and count such rows)"
+                    if result.error_skippable
+                    else ""
+                )
+                raise PreprocessError(f"{paths[f]}, line {first_line + line}: {message}{hint}")
+            yield result, first_line
+
+
+def _run(tasks: list[ChunkTask], workers: int, desc: str, progress: bool) -> Iterator[ChunkResult]:
+    """_process_chunk over tasks, results in task order. With several workers at most workers + 1
+    tasks are in flight, so finished results never pile up in the parent."""
     total = sum(t.stop_byte - t.start_byte for t in tasks)
-    bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, file=sys.stderr)
+    bar = tqdm(
+        total=total, unit="B", unit_scale=True, desc=desc, file=sys.stderr, disable=not progress
+    )
     try:
-        if workers == 1 or len(tasks) == 1:
-            results: Iterator[ChunkResult] = map(_process_chunk, tasks)
-            for r in results:
-                bar.update(r.nbytes)
-                yield r
-        else:
-            ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-            with ctx.Pool(min(workers, len(tasks))) as pool:
-                for r in pool.imap(_process_chunk, tasks):  # imap keeps the file order
-                    bar.update(r.nbytes)
-                    yield r
+        if workers == 1 or len(tasks) <= 1:
+            for task in tasks:
+                result = _process_chunk(task)
+                bar.update(result.nbytes)
+                yield result
+            return
+        # fork: workers start in milliseconds and need nothing from the parent but the task.
+        ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        with ctx.Pool(min(workers, len(tasks))) as pool:  # __exit__ terminates the workers
+            todo = iter(tasks)
+            in_flight = collections.deque(
+                pool.apply_async(_process_chunk, (task,)) for task in _take(todo, workers + 1)
+            )
+            while in_flight:
+                result = in_flight.popleft().get()
+                for task in _take(todo, 1):
+                    in_flight.append(pool.apply_async(_process_chunk, (task,)))
+                bar.update(result.nbytes)
+                yield result
     finally:
         bar.close()
 
 
-def _raise_if_bad(result: ChunkResult) -> None:
-    if result.error is None:
-        return
-    local_line, message = result.error
-    task = result.task
-    line = _count_lines(task.path, task.start_byte) + local_line
-    raise PreprocessError(
-        f"{task.path}, line {line}: {message} (pass --skip-bad-rows to skip and count such rows)"
-    )
+def _take(items: Iterator[ChunkTask], n: int) -> list[ChunkTask]:
+    return [item for _, item in zip(range(n), items)]
 
 
+# ---- one work item -------------------------------------------------------------------------------
 def _process_chunk(task: ChunkTask) -> ChunkResult:
     with open(task.path, "rb") as fh:
         fh.seek(task.start_byte)
         data = fh.read(task.stop_byte - task.start_byte)
-    result = ChunkResult(task=task, nbytes=len(data))
+    lines = data.count(b"\n") + (not data.endswith(b"\n"))
+    base = {"task": task, "nbytes": len(data), "lines": lines}
+    stray_cr = _first_stray_carriage_return(data)
+    if stray_cr is not None:
+        # pyarrow ends a line at a lone \r too, so the file's lines could not be followed.
+        return ChunkResult(
+            **base,
+            error=(stray_cr, "carriage return (\\r) inside a line; not a Criteo TSV file?"),
+            error_skippable=False,
+        )
     table, wrong_width = _parse(data)
-    opts = task.options
     columns = [table.column(i) for i in range(NUM_FIELDS)]
-    bad, reasons, ids = _validate(columns)
-    first_bad_line = None
-    if wrong_width:
-        line, width = wrong_width[0]
-        first_bad_line = (line, f"expected {NUM_FIELDS} tab-separated fields, found {width}")
-    if bad.any():
-        row = int(np.argmax(bad))
-        line = _line_of_row(row, [w[0] for w in wrong_width])
-        if first_bad_line is None or line < first_bad_line[0]:
-            first_bad_line = (line, reasons[row])
-    if first_bad_line is not None and not opts.skip_bad_rows:
-        result.error = first_bad_line
-        return result
-    result.bad_rows = len(wrong_width) + int(bad.sum())
-    good = ~bad
-    ids = ids[good]
-    if task.mode == "count":
-        result.counts = [tuple(np.unique(ids[:, t], return_counts=True)) for t in range(NUM_SPARSE_FEATURES)]
-        return result
-    labels = _int_column(columns[0], bad)[good].astype(np.int32).reshape(-1, 1)  # type: ignore[index]
-    dense_raw = np.stack([_int_column(c, bad) for c in columns[1 : 1 + NUM_DENSE_FEATURES]], axis=1)[good]  # type: ignore[misc]
+    opts = task.options
+    checked = _validate(columns, int32_dense=opts.dense_transform == "torchrec")
+    if len(table) + len(wrong_width) != lines:
+        raise RuntimeError(
+            f"{task.path}: parsed {len(table)} + {len(wrong_width)} rows of {lines} lines"
+        )
+    # The 0-based line (within the range) of each parsed row: lines minus the wrong-width ones.
+    row_lines = np.delete(np.arange(lines), [line - 1 for line, _ in wrong_width])
+    bad_lines = sorted(
+        [
+            (line, f"expected {NUM_FIELDS} tab-separated fields, found {width}")
+            for line, width in wrong_width[:MAX_BAD_ROW_EXAMPLES]
+        ]
+        + [
+            (int(row_lines[r]) + 1, _why_bad(r, columns, checked))
+            for r in np.flatnonzero(checked.bad)[:MAX_BAD_ROW_EXAMPLES]
+        ]
+    )
+    if bad_lines and not opts.skip_bad_rows:
+        return ChunkResult(**base, error=bad_lines[0])
+    kept = ~checked.bad
+    n_bad = len(wrong_width) + int(checked.bad.sum())
+    skipped = {
+        "bad_rows": n_bad,
+        "bad_examples": tuple(bad_lines[:MAX_BAD_ROW_EXAMPLES]),
+        "kept_lines": row_lines[kept] if n_bad else None,
+    }
+    values = checked.values[kept]
+    if task.count_only:
+        counts = []
+        for t in range(NUM_SPARSE_FEATURES):
+            present = values[:, t]
+            present = present[present >= 0].astype(np.uint32)
+            counts.append(tuple(np.unique(present, return_counts=True)))
+        return ChunkResult(**base, **skipped, counts=tuple(counts))  # type: ignore[arg-type]
+    dense_raw = checked.dense[kept]
     if opts.dense_transform == "torchrec":
-        result.dense = dense_raw.astype(np.int32)  # TorchRec casts to int32 before its transform
-        result.dense_min = int(result.dense.min()) if len(result.dense) else 0
+        # Raw values now, the log once the file's minimum is known (TorchRec's int32 values).
+        dense = dense_raw.astype(np.int32)
+        dense_min = int(dense.min()) if len(dense) else None
     else:
-        result.dense = np.log1p(np.maximum(dense_raw, 0)).astype(np.float32)
-    result.sparse = _map_ids(ids, opts, task.vocab_dir)
-    result.labels = labels
-    return result
+        dense = np.log1p(np.maximum(dense_raw, 0)).astype(np.float32)
+        dense_min = None
+    sizes = opts.hash_sizes()
+    if sizes is not None:
+        sparse = hash_ids(values, sizes)
+    elif task.vocab_files is not None:
+        sparse = apply_vocabularies(values, [np.load(f, mmap_mode="r") for f in task.vocab_files])
+    else:
+        sparse = np.maximum(values, MISSING_ID)  # TorchRec's convention: missing -> int("0", 16)
+    max_ids = sparse.max(axis=0) if len(sparse) else np.zeros(NUM_SPARSE_FEATURES)
+    return ChunkResult(
+        **base,
+        **skipped,  # type: ignore[arg-type]
+        labels=checked.labels[kept].reshape(-1, 1),
+        dense=dense,
+        sparse=sparse,
+        dense_min=dense_min,
+        max_ids=max_ids.astype(np.int64),
+    )
+
+
+def _first_stray_carriage_return(data: bytes) -> int | None:
+    """1-based line of the first \\r not followed by \\n (\\r\\n line ends are fine), or None."""
+    if b"\r" not in data or data.count(b"\r") == data.count(b"\r\n"):
+        return None
+    pos = data.find(b"\r")
+    while data[pos + 1 : pos + 2] == b"\n":
+        pos = data.find(b"\r", pos + 1)
+    return data.count(b"\n", 0, pos) + 1
 
 
 def _parse(data: bytes) -> tuple[pa.Table, list[tuple[int, int]]]:
-    """All fields as strings; rows with the wrong field count are set aside as (line, width)."""
+    """Every field as bytes (no UTF-8 check: junk must become a row error, not a crash); rows with
+    the wrong field count are set aside as (1-based line, width). Blank lines stay rows (of empty
+    fields), so table rows and lines correspond."""
     wrong_width: list[tuple[int, int]] = []
 
     def on_invalid(row: pa_csv.InvalidRow) -> str:
+        if row.number is None or row.number < 1:
+            raise RuntimeError("pyarrow did not report the line of a malformed row")
         wrong_width.append((int(row.number), int(row.actual_columns)))
         return "skip"
 
-    if not data.strip():
-        empty = pa.table({name: pa.array([], pa.string()) for name in FIELD_NAMES})
-        return empty, wrong_width
+    if not data:
+        return pa.table({name: pa.array([], pa.binary()) for name in FIELD_NAMES}), wrong_width
     table = pa_csv.read_csv(
         io.BytesIO(data),
-        read_options=pa_csv.ReadOptions(column_names=list(FIELD_NAMES), use_threads=False, block_size=1 << 26),
-        parse_options=pa_csv.ParseOptions(delimiter="\t", quote_char=False, invalid_row_handler=on_invalid),
+        read_options=pa_csv.ReadOptions(
+            column_names=list(FIELD_NAMES),
+            use_threads=False,
+            block_size=max(1 << 20, len(data) + 1),
+        ),
+        parse_options=pa_csv.ParseOptions(
+            delimiter="\t",
+            quote_char=False,
+            ignore_empty_lines=False,
+            invalid_row_handler=on_invalid,
+        ),
         convert_options=pa_csv.ConvertOptions(
-            column_types={name: pa.string() for name in FIELD_NAMES},
-            strings_can_be_null=False,
+            column_types={name: pa.binary() for name in FIELD_NAMES}, strings_can_be_null=False
         ),
     )
     return table, wrong_width
 
 
-def _line_of_row(row: int, skipped_lines: list[int]) -> int:
-    """1-based line within the chunk of parsed row `row`, given lines the parser skipped."""
-    line = row + 1
-    for skipped in sorted(skipped_lines):
-        if skipped <= line:
-            line += 1
-    return line
+@dataclass(frozen=True, eq=False)
+class _Checked:
+    """A parsed range, validated: per row the first problem, and the values of good fields."""
+
+    bad: np.ndarray  # bool [n]
+    problem: np.ndarray  # int16 [n]: index into problems of the row's first bad field, -1 if none
+    problems: tuple[tuple[int, str], ...]  # (field index, what is wrong)
+    labels: np.ndarray  # int32 [n]
+    dense: np.ndarray  # int64 [n, 13], missing and bad fields 0
+    values: np.ndarray  # int64 [n, 26] hex values, -1 missing
 
 
-def _validate(columns: list[pa.ChunkedArray]) -> tuple[np.ndarray, dict[int, str], np.ndarray]:
-    """Per row: is anything malformed, and for bad rows a message naming the first bad field;
-    also the categorical values, parsed on the way."""
+def _validate(columns: list[pa.ChunkedArray], int32_dense: bool) -> _Checked:
     n = len(columns[0])
-    bad = np.zeros(n, dtype=bool)
-    reasons: dict[int, str] = {}
+    problem = np.full(n, -1, dtype=np.int16)
+    problems: list[tuple[int, str]] = []
 
-    def mark(mask: np.ndarray, field_index: int, what: str, column: pa.ChunkedArray) -> None:
-        new = mask & ~bad
-        for row in np.flatnonzero(new)[:1]:
-            reasons[int(row)] = f"field {FIELD_NAMES[field_index]}: {what}, got {column[int(row)].as_py()!r}"
-        for row in np.flatnonzero(new)[1:]:
-            reasons[int(row)] = f"field {FIELD_NAMES[field_index]}: {what}"
-        bad[:] |= mask
+    def mark(mask: np.ndarray, field_index: int, what: str) -> None:
+        if mask.any():
+            problem[mask & (problem < 0)] = len(problems)
+            problems.append((field_index, what))
 
-    label_ok = pc.is_in(columns[0], value_set=pa.array(["0", "1"])).to_numpy(zero_copy_only=False)
-    mark(~label_ok, 0, "label must be 0 or 1", columns[0])
-    for i in range(1, 1 + NUM_DENSE_FEATURES):
-        col = columns[i]
-        if _int_column(col) is not None:
-            continue  # the fast cast succeeded: every value is an integer or empty
-        ok = pc.or_(pc.equal(col, ""), pc.match_substring_regex(col, INT_PATTERN))
-        mark(~ok.to_numpy(zero_copy_only=False), i, "not an integer", col)
-    ids, hex_bad = _hex_columns(columns[1 + NUM_DENSE_FEATURES :])
+    label_col = columns[0]
+    labels_ok = pc.is_in(label_col, value_set=pa.array([b"0", b"1"])).to_numpy(zero_copy_only=False)
+    mark(~labels_ok, 0, "label must be 0 or 1")
+    labels = pc.equal(label_col, b"1").to_numpy(zero_copy_only=False).astype(np.int32)
+    dense = np.empty((n, NUM_DENSE_FEATURES), dtype=np.int64)
+    for j in range(NUM_DENSE_FEATURES):
+        col = columns[1 + j]
+        filled = pc.if_else(pc.equal(col, b""), b"0", col)
+        try:  # the fast path: one cast, which fails if any value is not an integer
+            dense[:, j] = pc.cast(filled, pa.int64()).to_numpy(zero_copy_only=False)
+        except pa.ArrowInvalid:
+            ok = pc.match_substring_regex(filled, INT_PATTERN).to_numpy(zero_copy_only=False)
+            mark(~ok, 1 + j, "not an integer")
+            dense[:, j] = pc.cast(pc.if_else(pa.array(ok), filled, b"0"), pa.int64()).to_numpy(
+                zero_copy_only=False
+            )
+        if int32_dense:
+            outside = (dense[:, j] < INT32_MIN) | (dense[:, j] > INT32_MAX)
+            mark(
+                outside,
+                1 + j,
+                "out of int32 range, which TorchRec's transform stores dense values in",
+            )
+    values, hex_bad = _hex_columns(columns[1 + NUM_DENSE_FEATURES :])
     for t in range(NUM_SPARSE_FEATURES):
-        column = columns[1 + NUM_DENSE_FEATURES + t]
-        mark(hex_bad[:, t], 1 + NUM_DENSE_FEATURES + t, "not a hex id of at most 8 digits", column)
-    return bad, reasons, ids
+        mark(hex_bad[:, t], 1 + NUM_DENSE_FEATURES + t, "not a hex id of at most 8 digits")
+    return _Checked(problem >= 0, problem, tuple(problems), labels, dense, values)
 
 
-def _int_column(column: pa.ChunkedArray, bad_rows: np.ndarray | None = None) -> np.ndarray | None:
-    """Integer strings -> int64 (empty -> 0). Returns None when some value is not an integer,
-    unless bad_rows (rows already known to be malformed) is given: those rows then read as 0."""
-    filled = pc.if_else(pc.equal(column, ""), "0", column)
-    if bad_rows is not None and bad_rows.any():
-        filled = pc.if_else(pa.array(bad_rows), "0", filled)
-    try:
-        return pc.cast(filled, pa.int64()).to_numpy(zero_copy_only=False)
-    except pa.ArrowInvalid:
-        if bad_rows is not None:
-            raise
-        return None
+def _why_bad(row: int, columns: list[pa.ChunkedArray], checked: _Checked) -> str:
+    if all(len(col[row].as_py()) == 0 for col in columns):
+        return f"empty line (expected {NUM_FIELDS} tab-separated fields)"
+    field_index, what = checked.problems[checked.problem[row]]
+    value = columns[field_index][row].as_py().decode("utf-8", "backslashreplace")
+    shown = repr(value if len(value) <= 40 else value[:40] + "...")
+    return f"field {FIELD_NAMES[field_index]}: {what}, got {shown}"
 
 
 def _hex_columns(columns: list[pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray]:
@@ -505,7 +829,11 @@ def _hex_columns(columns: list[pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray
         arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
         offsets = np.frombuffer(arr.buffers()[1], dtype=np.int32)[arr.offset : arr.offset + n + 1]
         data_buf = arr.buffers()[2]
-        data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+        data = (
+            np.frombuffer(data_buf, dtype=np.uint8)
+            if data_buf is not None
+            else np.zeros(0, np.uint8)
+        )
         # 8 zero bytes in front, so the 8 bytes ending at any string's end can be read.
         data = np.concatenate([np.zeros(8, np.uint8), data])
         lengths = np.diff(offsets)
@@ -515,7 +843,7 @@ def _hex_columns(columns: list[pa.ChunkedArray]) -> tuple[np.ndarray, np.ndarray
         else:
             value, ok = _hex_any_length(last8, lengths)
         bad[:, t] = (lengths > 0) & ~ok
-        values[:, t] = np.where(lengths == 0, -1, value)
+        values[:, t] = np.where((lengths == 0) | ~ok, -1, value)
     return values, bad
 
 
@@ -526,10 +854,16 @@ def _hex8(text: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ok = (is_digit | is_letter).view(np.uint64)[:, 0] == np.uint64(0x0101010101010101)
     x = text.view(np.uint64)[:, 0]  # little-endian: the first character is the lowest byte
     # Each byte -> its digit: the low nibble, plus 9 for letters (bit 6 set in 'A'-'F', 'a'-'f').
-    x = (x & np.uint64(0x0F0F0F0F0F0F0F0F)) + np.uint64(9) * ((x >> np.uint64(6)) & np.uint64(0x0101010101010101))
+    x = (x & np.uint64(0x0F0F0F0F0F0F0F0F)) + np.uint64(9) * (
+        (x >> np.uint64(6)) & np.uint64(0x0101010101010101)
+    )
     # Pairs of digits -> bytes (first digit high), then pairs of bytes, then pairs of 16-bit words.
-    x = ((x & np.uint64(0x000F000F000F000F)) << np.uint64(4)) | ((x & np.uint64(0x0F000F000F000F00)) >> np.uint64(8))
-    x = ((x & np.uint64(0x000000FF000000FF)) << np.uint64(8)) | ((x & np.uint64(0x00FF000000FF0000)) >> np.uint64(16))
+    x = ((x & np.uint64(0x000F000F000F000F)) << np.uint64(4)) | (
+        (x & np.uint64(0x0F000F000F000F00)) >> np.uint64(8)
+    )
+    x = ((x & np.uint64(0x000000FF000000FF)) << np.uint64(8)) | (
+        (x & np.uint64(0x00FF000000FF0000)) >> np.uint64(16)
+    )
     x = ((x & np.uint64(0xFFFF)) << np.uint64(16)) | ((x >> np.uint64(32)) & np.uint64(0xFFFF))
     return x.astype(np.int64), ok
 
@@ -542,62 +876,94 @@ def _hex_any_length(last8: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray,
     return digits @ (16 ** np.arange(7, -1, -1, dtype=np.int64)), ok
 
 
-def _map_ids(ids: np.ndarray, options: PreprocessOptions, vocab_dir: Path | None) -> np.ndarray:
-    """Hex values (-1 = missing) -> stored ids by the chosen categorical convention."""
-    missing = ids < 0
-    sizes = options.hash_sizes()
-    if sizes is not None:
-        return np.where(missing, 0, 1 + ids % (sizes - 1)).astype(np.int32)
-    if vocab_dir is not None:
-        out = np.zeros(ids.shape, dtype=np.int32)
-        for t in range(NUM_SPARSE_FEATURES):
-            vocab = np.load(vocab_dir / f"vocab_{t}.npy", mmap_mode="r")
-            pos = np.searchsorted(vocab, ids[:, t])
-            hit = (pos < len(vocab)) & (vocab[np.minimum(pos, max(len(vocab) - 1, 0))] == ids[:, t]) if len(vocab) else np.zeros(len(ids), bool)
-            out[:, t] = np.where(hit & ~missing[:, t], pos + 1, 0)
-        return out
-    return np.where(missing, 0, ids)  # TorchRec's convention: missing -> int("0", 16) = 0
-
-
+# ---- command line --------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="recsearch data preprocess",
-        description="Criteo TSV (Kaggle train.txt or Terabyte day_N) -> TorchRec npy layout.",
+        description="Criteo TSV (Kaggle train.txt, or Terabyte day_0 day_1 ...) -> TorchRec npy "
+        "layout (docs/DATA.md, 'Preprocessing Criteo TSV').",
     )
-    parser.add_argument("--input", nargs="+", required=True, help="train.txt, or day_0 day_1 ...")
-    parser.add_argument("--out", required=True, help="output dataset directory")
-    parser.add_argument("--days", type=int, default=7, help="day files for a single input (default 7)")
-    parser.add_argument("--dense-transform", choices=layout.DENSE_TRANSFORMS, default="log1p")
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        type=Path,
+        help="train.txt, or day_0 day_1 ... in day order",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output dataset directory")
+    parser.add_argument(
+        "--days", type=int, default=None, help="day files a single input is cut into (default 7)"
+    )
+    parser.add_argument(
+        "--dense-transform",
+        choices=layout.DENSE_TRANSFORMS,
+        default="log1p",
+        help="log1p: log(1 + max(x, 0)) (default); torchrec: log(x - min(file) + 2)",
+    )
     group = parser.add_mutually_exclusive_group()
-    group.add_argument("--hash-size", type=int, nargs="+", help="one size, or 26: id -> 1 + v mod (N-1)")
-    group.add_argument("--vocab-threshold", type=int, help="keep values seen >= K times (two passes)")
-    parser.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows")
+    group.add_argument(
+        "--hash-size",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="one table size, or 26: id = 1 + value mod (N - 1), 0 = missing",
+    )
+    group.add_argument(
+        "--vocab-threshold",
+        type=int,
+        metavar="K",
+        help="values seen >= K times get ids 1.. (two passes; DIR/vocab_{t}.npy), others 0",
+    )
+    group.add_argument(
+        "--vocab-from",
+        type=Path,
+        metavar="DIR",
+        help="map ids with the vocabularies of an earlier --vocab-threshold dataset",
+    )
+    parser.add_argument(
+        "--skip-bad-rows", action="store_true", help="skip and count malformed rows"
+    )
     parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
-    parser.add_argument("--chunk-mb", type=float, default=32.0, help="bytes per work item, in MiB")
-    parser.add_argument("--force", action="store_true", help="replace a finished dataset in --out")
+    parser.add_argument(
+        "--chunk-mb", type=float, default=32.0, help="input MiB per work item (default 32)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace a dataset already in --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
+    if args.days is not None and len(args.input) > 1:
+        parser.error("--days applies to a single input; several inputs are one day each")
     try:
         options = PreprocessOptions(
-            days=args.days,
+            days=7 if args.days is None else args.days,
             dense_transform=args.dense_transform,
             hash_size=tuple(args.hash_size) if args.hash_size else None,
             vocab_threshold=args.vocab_threshold,
+            vocab_from=args.vocab_from,
             skip_bad_rows=args.skip_bad_rows,
             workers=args.workers,
             chunk_bytes=max(1, int(args.chunk_mb * (1 << 20))),
             force=args.force,
+            progress=not args.no_progress,
         )
         meta = preprocess(args.input, args.out, options)
     except (PreprocessError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"recsearch data preprocess: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"recsearch data preprocess: interrupted; nothing was left in {args.out}",
+            file=sys.stderr,
+        )
+        return 130
     seconds = float(meta.extra["preprocess_s"])  # type: ignore[arg-type]
     print(
         f"wrote {meta.total_rows:,} rows in {meta.num_days} days to {args.out} in {seconds:.1f}s "
         f"({meta.total_rows / max(seconds, 1e-9):,.0f} rows/s, {meta.extra['workers']} workers)"
     )
     if meta.extra["bad_rows_skipped"]:
-        print(f"skipped {meta.extra['bad_rows_skipped']:,} malformed rows")
+        print(f"skipped {meta.extra['bad_rows_skipped']:,} malformed rows, e.g.:")
+        for example in meta.extra["bad_row_examples"]:  # type: ignore[attr-defined]
+            print(f"  {example}")
     return 0
 
 

@@ -1,29 +1,37 @@
 """Batches for training: whole-batch slices of memory-mapped day files -> torchrec Batch.
 
 No per-sample Python: a batch is one contiguous row range of the split (possibly straddling two day
-files), copied out of the memory maps with a few numpy slices, hashed with one vectorized modulo
-and wrapped in a KeyedJaggedTensor whose lengths/offsets are built once per batch size.
+files), copied out of the memory maps with a few numpy slices, and turned into a KeyedJaggedTensor
+with one fused transpose (+ modulo, when ids are hashed) per batch. Lengths and offsets are
+the same for every batch of a given size, so they are built once.
 
 Sharding across ranks follows TorchRec's InMemoryBinaryCriteoIterDataPipe: global batch b goes to
 rank b % world_size. Every rank must yield the same number of batches (DMP's collectives would hang
-otherwise), so with several ranks only full rounds of full batches are used.
+otherwise), so with several ranks only full rounds of full batches are used; TorchRec instead
+splits the last partial round into smaller, nearly equal batches (sizes may differ by one row).
 
 Shuffling is "in blocks": the order of batch-sized blocks is permuted and the rows inside a block
 are permuted, deterministically from (seed, epoch); each batch is still a single slice + gather.
+The partial block at the end of the split, if any, stays last, so the batches that are dropped
+(drop_last, or several ranks) are always the same tail rows, as in TorchRec.
 
-With `in_memory` (default: when the split takes under a quarter of the machine's available memory)
-the split is read into RAM once and hashed once, as TorchRec's in-memory pipe does; otherwise
-batches are sliced from the memory maps and hashed per batch. Ids are hashed only when the
-requested table sizes are smaller than the dataset's id ranges.
+With `in_memory` (default: when every rank of this host can hold the split in a quarter of the
+available memory) the split is read into RAM once and hashed once, as TorchRec's in-memory pipe
+does; otherwise batches are sliced from the memory maps (shared between ranks through the page
+cache) and hashed per batch. Ids are hashed only when they can exceed the requested table sizes.
 
 A background thread builds `prefetch_batches` batches ahead (numpy copies release the GIL, so
-this overlaps with the training step), optionally into pinned memory for asynchronous H2D copies.
+this overlaps with the training step), optionally straight into pinned memory so the trainer's
+host-to-device copies can be asynchronous.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import queue
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +42,14 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsearch.data import layout
-from recsearch.types import NUM_SPARSE_FEATURES
+from recsearch.types import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 
 FEATURE_NAMES = tuple(f"cat_{i}" for i in range(NUM_SPARSE_FEATURES))  # TorchRec's default keys
+_INDEX_PER_KEY = {name: i for i, name in enumerate(FEATURE_NAMES)}
+# Sources whose meta.json records the true id range of each feature. `infer_meta` (directories
+# written by TorchRec's scripts) can only record the table sizes the caller asked for, so their
+# ids (raw 32-bit Criteo hashes) are always hashed.
+_UNCHECKED_ID_SOURCES = ("torchrec_npy",)
 
 
 @dataclass(frozen=True)
@@ -45,6 +58,16 @@ class _DayArrays:
     dense: np.ndarray
     sparse: np.ndarray  # [rows, 26] or multi-hot [rows, sum(sizes)]
     labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class _KjtShape:
+    """The parts of a KeyedJaggedTensor that depend only on the batch's row count."""
+
+    lengths: torch.Tensor  # int32 [26 * rows]: key t's rows each have hotness[t] ids
+    offsets: torch.Tensor  # int32, cumulative lengths with a leading 0
+    length_per_key: list[int]
+    offset_per_key: list[int]
 
 
 class NpyBatchLoader:
@@ -72,6 +95,8 @@ class NpyBatchLoader:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        if max_rows is not None and max_rows <= 0:
+            raise ValueError(f"max_rows must be positive, got {max_rows}")
         self.root = Path(root)
         self.meta = meta if meta is not None else layout.read_meta(self.root)
         self.split = split
@@ -80,114 +105,195 @@ class NpyBatchLoader:
         self.world_size = world_size
         self.shuffle = shuffle
         self.seed = seed
-        self.prefetch_batches = prefetch_batches
+        self.prefetch_batches = max(0, prefetch_batches)
+        # Pinned memory only exists with an accelerator; on a CPU-only machine it is a no-op.
         self.pin_memory = pin_memory and torch.cuda.is_available()
         self.epoch = 0
-        sizes = num_embeddings_per_feature or self.meta.num_embeddings_per_feature
+        sizes = tuple(
+            int(s)
+            for s in (
+                self.meta.num_embeddings_per_feature
+                if num_embeddings_per_feature is None
+                else num_embeddings_per_feature
+            )
+        )
         if len(sizes) != NUM_SPARSE_FEATURES or min(sizes) <= 0:
-            raise ValueError(f"num_embeddings_per_feature needs {NUM_SPARSE_FEATURES} positive sizes")
+            raise ValueError(
+                f"num_embeddings_per_feature needs {NUM_SPARSE_FEATURES} positive sizes"
+            )
+        self.num_embeddings_per_feature = sizes
         self.hotness = self.meta.multi_hot_sizes or (1,) * NUM_SPARSE_FEATURES
-        # One modulus per sparse column (a multi-hot feature repeats its table size); None when
-        # every stored id is already inside its table.
-        needs_hash = any(s < m for s, m in zip(sizes, self.meta.num_embeddings_per_feature))
-        self._hash_sizes = np.repeat(np.asarray(sizes, np.int64), self.hotness) if needs_hash else None
-        self._days = _open_split(self.root, self.meta, split, max_rows)
-        self.num_rows = sum(len(d.labels) for d in self._days)
-        if in_memory is None:
-            in_memory = _split_bytes(self._days) < _available_memory_bytes() // 4
-        if in_memory and self.num_rows:
-            dense, sparse, labels = _slice_rows(self._days, 0, self.num_rows)
-            if self._hash_sizes is not None:
-                sparse = (sparse % self._hash_sizes).astype(sparse.dtype)
-                self._hash_sizes = None
-            self._days = [_DayArrays(0, dense, sparse, labels)]
-        self.in_memory = bool(in_memory)
+        needs_hash = self.meta.source in _UNCHECKED_ID_SOURCES or any(
+            s < m for s, m in zip(sizes, self.meta.num_embeddings_per_feature, strict=True)
+        )
+        # One modulus per stored sparse column (a multi-hot feature repeats its table size).
+        hash_per_column = np.repeat(np.asarray(sizes, np.int64), self.hotness)
+
+        days = _open_split(self.root, self.meta, split, max_rows)
+        self.num_rows = sum(len(d.labels) for d in days)
         if self.num_rows == 0:
             raise ValueError(f"{self.root}: split {split!r} has no rows")
+        if in_memory is None:
+            # Each rank of this host holds its own copy (torchrun sets LOCAL_WORLD_SIZE).
+            ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+            in_memory = _split_bytes(days) * ranks_here < _available_memory_bytes() // 4
+        self.in_memory = bool(in_memory)
+        if self.in_memory:
+            dense, sparse, labels = _slice_rows(days, 0, self.num_rows)  # fresh, writable copies
+            if needs_hash:
+                # In place: a full-split int64 temporary would double the peak memory.
+                np.remainder(sparse, hash_per_column, out=sparse, casting="same_kind")
+                needs_hash = False
+            days = [_DayArrays(0, dense, sparse, labels)]
+        self._days = days
+        self._hash_per_column = hash_per_column if needs_hash else None
+        # KJT values keep the stored width, as TorchRec's in-memory pipe does: int32 files give
+        # int32 ids (half the bytes to transpose and copy to the device), which EmbeddingBag and
+        # FBGEMM's TBE take with the int32 offsets. Hashed ids are below the table size, so they
+        # still fit.
+        self.values_dtype = torch.int32 if days[0].sparse.dtype == np.int32 else torch.int64
+
         full_batches = self.num_rows // batch_size
         if world_size > 1:
             self._global_batches = full_batches // world_size * world_size
         else:
             self._global_batches = full_batches if drop_last else -(-self.num_rows // batch_size)
-        self._kjt_shape_cache: dict[int, tuple[torch.Tensor, list[int]]] = {}
+        # Only two batch sizes ever occur: full batches and the split's partial tail.
+        self._kjt_shapes = {
+            rows: self._kjt_shape(rows) for rows in {batch_size, self.num_rows % batch_size} if rows
+        }
 
     def __len__(self) -> int:
         return self._global_batches // self.world_size
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the shuffle order of the iterators made from now on."""
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[Batch]:
         return self.iter_from(0)
 
     def iter_from(self, start_batch: int) -> Iterator[Batch]:
-        """This rank's batches of the current epoch, starting at its local batch `start_batch`."""
+        """This rank's batches of the current epoch, starting at its local batch `start_batch`.
+
+        With prefetching, the iterator owns a thread; it stops when the iterator is exhausted,
+        closed (`close()`), or garbage collected.
+        """
         if not 0 <= start_batch <= len(self):
             raise ValueError(f"start_batch {start_batch} outside 0..{len(self)}")
-        block_order = self._block_order()
+        epoch = self.epoch  # fixed now: a later set_epoch must not change this iterator's order
+        block_order = self._block_order(epoch)
         local = range(start_batch, len(self))
-        blocks = (int(block_order[self.rank + i * self.world_size]) for i in local)
-        batches = (self._make_batch(block) for block in blocks)
-        if self.prefetch_batches <= 0:
+        blocks = [int(block_order[self.rank + i * self.world_size]) for i in local]
+        batches = (self._make_batch(block, epoch) for block in blocks)
+        if self.prefetch_batches == 0:
             return batches
         return _Prefetcher(batches, self.prefetch_batches)
 
     # ---- building one batch ----------------------------------------------------------------------
-    def _block_order(self) -> np.ndarray:
+    def _block_order(self, epoch: int) -> np.ndarray:
         blocks = -(-self.num_rows // self.batch_size)
         if not self.shuffle:
             return np.arange(blocks)
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(blocks)
-        if self._global_batches < blocks:
-            # Dropped batches must be the partial block: keep it last so every used block is full.
-            partial = blocks - 1 if self.num_rows % self.batch_size else -1
-            order = np.concatenate([order[order != partial], order[order == partial]])
-        return order
+        if self.num_rows % self.batch_size == 0:
+            return np.random.default_rng([self.seed, epoch]).permutation(blocks)
+        # The partial block stays last: only it may be dropped, and only it is short.
+        full = np.random.default_rng([self.seed, epoch]).permutation(blocks - 1)
+        return np.append(full, blocks - 1)
 
-    def _make_batch(self, block: int) -> Batch:
+    def _make_batch(self, block: int, epoch: int) -> Batch:
         start = block * self.batch_size
         stop = min(start + self.batch_size, self.num_rows)
         if self.shuffle:
-            rows = start + np.random.default_rng([self.seed, self.epoch, block]).permutation(stop - start)
-            dense, sparse, labels = _gather_rows(self._days, rows)
+            order = np.random.default_rng([self.seed, epoch, block]).permutation(stop - start)
+            dense, sparse, labels = _gather_rows(self._days, start, stop, order)
         else:
-            dense, sparse, labels = _slice_rows(self._days, start, stop, copy=not self.in_memory)
-        if self._hash_sizes is not None:
-            sparse = sparse % self._hash_sizes
-        batch = Batch(
-            dense_features=torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)),
+            # Read-only views when the rows lie in one array; _kjt and _to_tensor copy them.
+            dense, sparse, labels = _slice_rows(self._days, start, stop, copy=False)
+        return Batch(
+            dense_features=self._to_tensor(dense, torch.float32),
             sparse_features=self._kjt(sparse),
-            labels=torch.from_numpy(labels.reshape(-1).astype(np.float32)),
+            labels=self._to_tensor(labels.reshape(-1), torch.float32),  # BCEWithLogits takes floats
         )
-        return batch.pin_memory() if self.pin_memory else batch
+
+    def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, pin_memory=self.pin_memory)
+
+    def _to_tensor(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        """A tensor that owns its memory. Read-only arrays are views of the data (memory map or
+        in-memory split) and are copied; a writable array is already this batch's own copy."""
+        if not self.pin_memory and array.flags.writeable and array.flags.c_contiguous:
+            tensor = torch.from_numpy(array)
+            if tensor.dtype == dtype:
+                return tensor
+        out = self._empty(array.shape, dtype)
+        np.copyto(out.numpy(), array, casting="unsafe")
+        return out
 
     def _kjt(self, sparse: np.ndarray) -> KeyedJaggedTensor:
         rows = sparse.shape[0]
+        shape = self._kjt_shapes[rows]
+        values = self._empty((shape.offset_per_key[-1],), self.values_dtype)
+        out = values.numpy()
+        hashes = self._hash_per_column
+        # Key-major values (all rows of cat_0, then cat_1, ...), each key row-major over its ids:
+        # one pass that transposes, casts and hashes at once.
         if self.meta.multi_hot_sizes is None:
-            # key-major (all rows of cat_0, then cat_1, ...): one copy does transpose and cast
-            values = np.ascontiguousarray(sparse.T, dtype=np.int64).reshape(-1)
+            _copy_ids(sparse.T, None if hashes is None else hashes[:, None], out.reshape(-1, rows))
         else:
-            bounds = np.cumsum((0, *self.hotness))
-            values = np.concatenate(
-                [sparse[:, bounds[t] : bounds[t + 1]].reshape(-1) for t in range(NUM_SPARSE_FEATURES)]
-            ).astype(np.int64, copy=False)
-        if rows not in self._kjt_shape_cache:
-            lengths = torch.from_numpy(np.repeat(np.asarray(self.hotness, np.int32), rows))
-            self._kjt_shape_cache[rows] = (lengths, [h * rows for h in self.hotness])
-        lengths, length_per_key = self._kjt_shape_cache[rows]
+            column = 0
+            for t, ids_per_row in enumerate(self.hotness):
+                _copy_ids(
+                    sparse[:, column : column + ids_per_row],
+                    None if hashes is None else hashes[column],
+                    out[shape.offset_per_key[t] : shape.offset_per_key[t + 1]].reshape(rows, -1),
+                )
+                column += ids_per_row
         return KeyedJaggedTensor(
             keys=list(FEATURE_NAMES),
-            values=torch.from_numpy(values),
-            lengths=lengths,
+            values=values,
+            lengths=shape.lengths,
+            offsets=shape.offsets,
             stride=rows,
-            length_per_key=length_per_key,
+            length_per_key=shape.length_per_key,
+            offset_per_key=shape.offset_per_key,
+            index_per_key=_INDEX_PER_KEY,
         )
+
+    def _kjt_shape(self, rows: int) -> _KjtShape:
+        lengths = np.repeat(np.asarray(self.hotness, np.int32), rows)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        length_per_key = [h * rows for h in self.hotness]
+        shape = _KjtShape(
+            lengths=torch.from_numpy(lengths),
+            offsets=torch.from_numpy(offsets),
+            length_per_key=length_per_key,
+            offset_per_key=[0, *np.cumsum(length_per_key).tolist()],
+        )
+        if self.pin_memory:  # pinned once here, instead of per batch by Batch.pin_memory()
+            shape = dataclasses.replace(
+                shape, lengths=shape.lengths.pin_memory(), offsets=shape.offsets.pin_memory()
+            )
+        return shape
+
+
+def _copy_ids(src: np.ndarray, modulus: np.ndarray | np.integer | None, dst: np.ndarray) -> None:
+    """dst[...] = src (% modulus), cast to dst's dtype without a temporary."""
+    if modulus is None:
+        np.copyto(dst, src, casting="unsafe")
+    else:
+        np.remainder(src, modulus, out=dst, casting="unsafe")
 
 
 def read_split_arrays(
-    root: Path | str, split: str, max_rows: int | None = None, meta: layout.DatasetMeta | None = None
+    root: Path | str,
+    split: str,
+    max_rows: int | None = None,
+    meta: layout.DatasetMeta | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The whole split as (dense [N,13], sparse [N,26 or sum(hotness)], labels [N]) numpy arrays."""
+    """The whole split (or its first max_rows rows) as in-memory numpy arrays: dense float32
+    [N, 13], sparse [N, 26] (multi-hot: [N, sum(multi_hot_sizes)]) with the ids as stored (not
+    hashed), labels [N] as stored (int32 0/1)."""
     meta = meta if meta is not None else layout.read_meta(root)
     days = _open_split(Path(root), meta, split, max_rows)
     total = sum(len(d.labels) for d in days)
@@ -198,7 +304,10 @@ def read_split_arrays(
 def _open_split(
     root: Path, meta: layout.DatasetMeta, split: str, max_rows: int | None
 ) -> list[_DayArrays]:
+    """Memory maps of the split's row ranges, cut to its first max_rows rows; checks shapes."""
     sparse_kind = "sparse" if meta.multi_hot_sizes is None else "sparse_multi_hot"
+    sparse_width = sum(meta.multi_hot_sizes or (1,) * NUM_SPARSE_FEATURES)
+    widths = {"dense": NUM_DENSE_FEATURES, sparse_kind: sparse_width, "labels": 1}
     days, first = [], 0
     for day, start, stop in layout.split_ranges(meta, split):
         if max_rows is not None:
@@ -206,11 +315,17 @@ def _open_split(
         if stop <= start:
             break
         arrays = {}
-        for kind in ("dense", sparse_kind, "labels"):
+        for kind, width in widths.items():
             path = layout.day_file(root, day, kind)
             if not path.exists():
                 raise FileNotFoundError(f"{path} is missing: the dataset in {root} is incomplete")
-            arrays[kind] = np.load(path, mmap_mode="r")[start:stop]
+            array = np.load(path, mmap_mode="r")
+            expected = (meta.day_rows[day], width)
+            if array.shape != expected and not (kind == "labels" and array.shape == expected[:1]):
+                raise ValueError(
+                    f"{path}: shape {array.shape} does not match meta.json (expected {expected})"
+                )
+            arrays[kind] = array[start:stop]
         days.append(_DayArrays(first, arrays["dense"], arrays[sparse_kind], arrays["labels"]))
         first += stop - start
     return days
@@ -230,19 +345,20 @@ def _available_memory_bytes() -> int:
     return 4 << 30  # unknown platform: assume a small machine
 
 
-def _gather_rows(days: list[_DayArrays], rows: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Rows at sorted-or-not split positions `rows` (all inside one block), one gather per array."""
-    lo, hi = int(rows.min()), int(rows.max()) + 1
-    dense, sparse, labels = _slice_rows(days, lo, hi, copy=False)
-    local = rows - lo
-    return dense[local], sparse[local], labels[local]
+def _gather_rows(
+    days: list[_DayArrays], start: int, stop: int, order: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Rows start + order of the split (order: a permutation of range(stop - start)): a view of
+    the block when it lies in one array, then one gather per array."""
+    dense, sparse, labels = _slice_rows(days, start, stop, copy=False)
+    return dense[order], sparse[order], labels[order]
 
 
 def _slice_rows(
     days: list[_DayArrays], start: int, stop: int, copy: bool = True
 ) -> tuple[np.ndarray, ...]:
-    """Rows [start, stop) of the split; a copy out of the memory maps unless copy=False and the
-    rows lie in one day (then views)."""
+    """Rows [start, stop) of the split: a copy out of the memory maps, or, with copy=False and the
+    rows in one day, read-only views."""
     pieces = []
     for day in days:
         lo, hi = max(start, day.first_row), min(stop, day.first_row + len(day.labels))
@@ -250,55 +366,76 @@ def _slice_rows(
             rows = slice(lo - day.first_row, hi - day.first_row)
             pieces.append((day.dense[rows], day.sparse[rows], day.labels[rows]))
     if len(pieces) == 1:
-        return tuple(np.array(a) for a in pieces[0]) if copy else pieces[0]
-    return tuple(np.concatenate(parts) for parts in zip(*pieces))
+        if copy:
+            return tuple(np.array(a) for a in pieces[0])
+        views = tuple(a.view(np.ndarray) for a in pieces[0])
+        for view in views:
+            view.flags.writeable = False  # the in-memory split is shared by every batch
+        return views
+    return tuple(np.concatenate(parts) for parts in zip(*pieces, strict=True))
+
+
+# ---- background prefetch -------------------------------------------------------------------------
+_END = object()  # the producer is done
+
+
+@dataclass(frozen=True)
+class _Failure:
+    error: BaseException
+
+
+def _produce(batches: Iterator[Batch], out: queue.Queue, stop: threading.Event) -> None:
+    """Thread body. It holds no reference to the consumer, so an abandoned consumer is collected
+    and its finalizer sets `stop`, which ends this thread at its next hand-off."""
+    try:
+        for batch in batches:
+            if not _offer(out, batch, stop):
+                return
+        _offer(out, _END, stop)
+    except BaseException as err:  # noqa: BLE001 - every failure goes to the consumer
+        _offer(out, _Failure(err), stop)
+
+
+def _offer(out: queue.Queue, item: object, stop: threading.Event) -> bool:
+    """Put item, waiting while the queue is full, unless the consumer has gone."""
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)  # the timeout bounds how long a stopped thread lingers
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 class _Prefetcher(Iterator[Batch]):
     """Runs a batch generator in a daemon thread, `depth` batches ahead of the consumer."""
 
-    _DONE = object()
-
     def __init__(self, batches: Iterator[Batch], depth: int):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._produce, args=(batches,), daemon=True)
-        self._thread.start()
         self._finished = False
-
-    def _produce(self, batches: Iterator[Batch]) -> None:
-        try:
-            for batch in batches:
-                if not self._put(batch):
-                    return
-            self._put(self._DONE)
-        except BaseException as err:  # hand any failure to the consumer
-            self._put(err)
-
-    def _put(self, item: object) -> bool:
-        while not self._stop.is_set():
-            try:
-                self._queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        self._thread = threading.Thread(
+            target=_produce,
+            args=(batches, self._queue, self._stop),
+            name="recsearch-prefetch",
+            daemon=True,
+        )
+        self._thread.start()
+        weakref.finalize(self, self._stop.set)
 
     def __next__(self) -> Batch:
         if self._finished:
             raise StopIteration
         item = self._queue.get()
-        if item is self._DONE:
+        if item is _END:
             self._finished = True
             raise StopIteration
-        if isinstance(item, BaseException):
+        if isinstance(item, _Failure):
             self._finished = True
-            raise item
+            raise item.error
         return item
 
     def close(self) -> None:
+        """Stop the producer thread (it exits within its hand-off timeout)."""
         self._stop.set()
         self._finished = True
-
-    def __del__(self) -> None:
-        self._stop.set()

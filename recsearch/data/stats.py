@@ -1,38 +1,74 @@
 """Per-table statistics that embedding placement needs.
 
-`recsearch data stats DIR [--split train] [--batch-size 65536] [--max-batches 8] [--out stats.json]`
+`recsearch data stats DIR [--split train] [--batch-size 65536] [--max-batches 8]
+[--embedding-dim 16] [--max-rows-per-table N] [--out stats.json]`
 
-For each table: rows (its id range), pooling factor (ids looked up per sample), unique ids seen,
-and DreamShard's access-frequency histogram. Within one batch, a row's *reuse* is how many lookups
-hit it; the histogram is the share of the batch's lookups whose row's reuse falls in the bins
-(0,1], (1,2], (2,4], ..., (2^15, inf) (NUM_REUSE_BINS bins), averaged over batches. The result is
-the same table description the placement module reads (`load_tables`).
+For each table: rows, pooling factor (ids looked up per sample), unique ids seen, and DreamShard's
+access-frequency histogram. Within one batch, a row's *reuse* is how many lookups hit it; the
+histogram is the share of the batch's lookups whose row's reuse falls in the bins
+(0,1], (1,2], (2,4], ..., (2^15, inf) (NUM_REUSE_BINS bins), averaged over batches.
+
+The batches are the training loader's own (NpyBatchLoader, unshuffled, ids hashed into the table
+sizes), so the statistics describe the lookups the model will actually make. The JSON file holds
+one entry per table with TableSpec's fields, read back by `load_tables`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from recsearch.data import layout
-from recsearch.data.loader import read_split_arrays
+from recsearch.data.loader import FEATURE_NAMES, NpyBatchLoader
 from recsearch.types import NUM_REUSE_BINS, NUM_SPARSE_FEATURES, TableSpec
+
+
+@dataclass(frozen=True)
+class TableStats:
+    """One table's statistics: its placement description plus what placement does not use."""
+
+    spec: TableSpec
+    unique_ids: int  # distinct rows looked up in the batches read
+
+
+@dataclass(frozen=True)
+class StatsRun:
+    """What was read to compute the statistics."""
+
+    batch_size: int
+    batches: int
+    rows: int
+    partial_batch: bool  # the split was smaller than one batch: reuse counts are lower than real
+
+
+def reuse_bin_labels() -> list[str]:
+    """Reuse range of each bin: "1", "2", "3-4", "5-8", ..., ">32768"."""
+    labels = ["1", "2"]
+    labels += [f"{2 ** (k - 1) + 1}-{2**k}" for k in range(2, NUM_REUSE_BINS - 1)]
+    return labels + [f">{2 ** (NUM_REUSE_BINS - 2)}"]
 
 
 def reuse_histogram(ids: np.ndarray) -> np.ndarray:
     """Share of lookups per power-of-two reuse bin for one batch of one table's ids."""
     if ids.size == 0:
         return np.zeros(NUM_REUSE_BINS)
-    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    reuse_per_lookup = counts[inverse]
-    # reuse r falls in bin ceil(log2(r)): 1 -> 0, 2 -> 1, 3..4 -> 2, 5..8 -> 3, ...
-    bins = np.minimum(np.ceil(np.log2(reuse_per_lookup)).astype(np.int64), NUM_REUSE_BINS - 1)
-    return np.bincount(bins, minlength=NUM_REUSE_BINS) / ids.size
+    _, reuse = np.unique(ids, return_counts=True)
+    return _histogram_of_counts(reuse)
+
+
+def _histogram_of_counts(reuse: np.ndarray) -> np.ndarray:
+    """Histogram from each looked-up row's reuse count: a row hit r times adds r lookups to bin
+    ceil(log2(r)) (1 -> 0, 2 -> 1, 3..4 -> 2, 5..8 -> 3, ...; the last bin takes the rest)."""
+    bins = np.minimum(np.ceil(np.log2(reuse)).astype(np.int64), NUM_REUSE_BINS - 1)
+    lookups = np.bincount(bins, weights=reuse, minlength=NUM_REUSE_BINS)
+    return lookups / reuse.sum()
 
 
 def table_stats(
@@ -41,69 +77,114 @@ def table_stats(
     batch_size: int = 65536,
     max_batches: int = 8,
     embedding_dim: int = 16,
-) -> list[TableSpec]:
-    meta = layout.read_meta(root)
-    rows_used = min(layout.split_rows(meta, split), batch_size * max_batches)
-    _, sparse, _ = read_split_arrays(root, split, max_rows=rows_used, meta=meta)
-    hotness = meta.multi_hot_sizes or (1,) * NUM_SPARSE_FEATURES
-    bounds = np.cumsum((0, *hotness))
-    batches = max(1, rows_used // batch_size)  # a partial last batch would skew the reuse counts
+    *,
+    num_embeddings_per_feature: Sequence[int] | None = None,
+    meta: layout.DatasetMeta | None = None,
+) -> tuple[list[TableStats], StatsRun]:
+    """Statistics of every table over the first max_batches full batches of a split.
+
+    num_embeddings_per_feature: table sizes the ids are hashed into (default: the dataset's id
+    ranges, i.e. no hashing). meta: for directories without meta.json (layout.infer_meta).
+    """
+    if max_batches <= 0:
+        raise ValueError(f"max_batches must be positive, got {max_batches}")
+    meta = meta if meta is not None else layout.read_meta(root)
+    available = layout.split_rows(meta, split)
+    loader = NpyBatchLoader(
+        root,
+        split,
+        batch_size,
+        # A partial batch would understate reuse; use one only when there is nothing else.
+        drop_last=available >= batch_size,
+        num_embeddings_per_feature=num_embeddings_per_feature,
+        max_rows=batch_size * max_batches,
+        prefetch_batches=0,
+        in_memory=False,  # one batch at a time: multi-hot splits can be large
+        meta=meta,
+    )
+    hist_sums = np.zeros((NUM_SPARSE_FEATURES, NUM_REUSE_BINS))
+    ids_per_table = np.zeros(NUM_SPARSE_FEATURES, np.int64)
+    seen: list[list[np.ndarray]] = [[] for _ in range(NUM_SPARSE_FEATURES)]
+    samples = batches = 0
+    for batch in loader:
+        kjt = batch.sparse_features
+        values, offsets = kjt.values().numpy(), kjt.offset_per_key()
+        for t in range(NUM_SPARSE_FEATURES):
+            rows, reuse = np.unique(values[offsets[t] : offsets[t + 1]], return_counts=True)
+            hist_sums[t] += _histogram_of_counts(reuse)
+            ids_per_table[t] += offsets[t + 1] - offsets[t]
+            seen[t].append(rows)
+        samples += kjt.stride()
+        batches += 1
     tables = []
     for t in range(NUM_SPARSE_FEATURES):
-        n_rows = meta.num_embeddings_per_feature[t]
-        ids = sparse[:, bounds[t] : bounds[t + 1]].astype(np.int64) % n_rows
-        per_batch = [
-            reuse_histogram(ids[b * batch_size : (b + 1) * batch_size].reshape(-1))
-            for b in range(batches)
-        ]
-        tables.append(
-            TableSpec(
-                name=f"t_cat_{t}",
-                num_rows=n_rows,
-                dim=embedding_dim,
-                pooling_factor=float(hotness[t]),
-                reuse_hist=tuple(round(float(x), 6) for x in np.mean(per_batch, axis=0)),
-                feature_names=(f"cat_{t}",),
-            )
+        spec = TableSpec(
+            name=f"t_{FEATURE_NAMES[t]}",
+            num_rows=loader.num_embeddings_per_feature[t],
+            dim=embedding_dim,
+            pooling_factor=float(ids_per_table[t] / samples),
+            reuse_hist=tuple(float(x) for x in hist_sums[t] / batches),
+            feature_names=(FEATURE_NAMES[t],),
         )
-    return tables
+        tables.append(TableStats(spec, unique_ids=int(np.unique(np.concatenate(seen[t])).size)))
+    return tables, StatsRun(batch_size, batches, samples, partial_batch=available < batch_size)
 
 
-def unique_ids(root: Path | str, split: str, max_rows: int) -> list[int]:
-    meta = layout.read_meta(root)
-    _, sparse, _ = read_split_arrays(root, split, max_rows=max_rows, meta=meta)
-    hotness = meta.multi_hot_sizes or (1,) * NUM_SPARSE_FEATURES
-    bounds = np.cumsum((0, *hotness))
-    return [
-        int(np.unique(sparse[:, bounds[t] : bounds[t + 1]] % meta.num_embeddings_per_feature[t]).size)
-        for t in range(NUM_SPARSE_FEATURES)
-    ]
-
-
-def save_tables(path: Path | str, tables: list[TableSpec], info: dict[str, object]) -> None:
-    payload = {**info, "tables": [asdict(t) for t in tables]}
+def save_stats(path: Path | str, tables: list[TableStats], info: dict[str, object]) -> None:
+    """Write the statistics JSON: `info` and `unique_ids` (one count per table, in table order) at
+    the top level, and one entry per table holding exactly TableSpec's fields, so that any reader
+    of TableSpec dicts (recsearch.placement too) can load it."""
+    payload = {
+        **info,
+        "unique_ids": [t.unique_ids for t in tables],
+        "tables": [dataclasses.asdict(t.spec) for t in tables],
+    }
     layout.write_text_atomic(Path(path), json.dumps(payload, indent=2) + "\n")
 
 
 def load_tables(path: Path | str) -> list[TableSpec]:
-    """Tables from a `recsearch data stats` JSON file."""
+    """Tables from a `recsearch data stats` JSON file (keys that are not TableSpec fields are
+    ignored, so files from later versions with more per-table facts still load)."""
     path = Path(path)
+    fields = {f.name for f in dataclasses.fields(TableSpec)}
     try:
         raw = json.loads(path.read_text())
-        return [
-            TableSpec(
-                **{
-                    **t,
-                    "reuse_hist": tuple(t.get("reuse_hist", ())),
-                    "feature_names": tuple(t.get("feature_names", ())),
-                }
-            )
-            for t in raw["tables"]
-        ]
-    except FileNotFoundError:
-        raise
+        tables = []
+        for entry in raw["tables"]:
+            kwargs = {k: v for k, v in entry.items() if k in fields}
+            for key in ("reuse_hist", "feature_names"):
+                kwargs[key] = tuple(kwargs.get(key, ()))
+            tables.append(TableSpec(**kwargs))
+        return tables
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"{path}: not a table statistics file: {err}") from err
+
+
+def _sizes_arg(text: str) -> tuple[int, ...]:
+    """One size for every table, or NUM_SPARSE_FEATURES comma-separated sizes."""
+    sizes = tuple(int(x) for x in text.split(","))
+    if len(sizes) == 1:
+        sizes *= NUM_SPARSE_FEATURES
+    if len(sizes) != NUM_SPARSE_FEATURES or min(sizes) <= 0:
+        raise argparse.ArgumentTypeError(f"need 1 or {NUM_SPARSE_FEATURES} positive sizes")
+    return sizes
+
+
+def format_table(tables: list[TableStats]) -> str:
+    labels = reuse_bin_labels()
+    lines = [
+        f"{'table':<10} {'rows':>12} {'pool':>6} {'unique':>10} {'MB':>9}  "
+        "top reuse bins (reuse: share of lookups)"
+    ]
+    for t in tables:
+        s = t.spec
+        top = np.argsort(s.reuse_hist)[::-1][:3]
+        bins = "  ".join(f"{labels[b]}: {s.reuse_hist[b]:.0%}" for b in top if s.reuse_hist[b] > 0)
+        lines.append(
+            f"{s.name:<10} {s.num_rows:>12,} {s.pooling_factor:>6.2f} {t.unique_ids:>10,} "
+            f"{s.size_bytes / 2**20:>9.2f}  {bins}"
+        )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,37 +193,74 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("root", help="dataset directory")
     parser.add_argument("--split", default="train", choices=layout.SPLITS)
-    parser.add_argument("--batch-size", type=int, default=65536, help="batch for reuse counts")
-    parser.add_argument("--max-batches", type=int, default=8)
-    parser.add_argument("--embedding-dim", type=int, default=16, help="dim recorded per table")
+    parser.add_argument(
+        "--batch-size", type=int, default=65536, help="batch whose reuse is counted"
+    )
+    parser.add_argument("--max-batches", type=int, default=8, help="batches averaged")
+    parser.add_argument(
+        "--embedding-dim", type=int, default=16, help="dim recorded per table (sizes in MB)"
+    )
+    parser.add_argument(
+        "--max-rows-per-table",
+        type=int,
+        help="cap table rows as training does (ids are hashed into the cap)",
+    )
+    parser.add_argument(
+        "--table-sizes",
+        type=_sizes_arg,
+        help=f"N or {NUM_SPARSE_FEATURES} comma-separated table sizes; required for directories "
+        "written by TorchRec's scripts (no meta.json)",
+    )
     parser.add_argument("--out", help="write JSON here (default: print only)")
     args = parser.parse_args(argv)
+    if args.batch_size <= 0 or args.max_batches <= 0 or args.embedding_dim <= 0:
+        parser.error("--batch-size, --max-batches and --embedding-dim must be positive")
     try:
-        meta = layout.read_meta(args.root)
-        tables = table_stats(args.root, args.split, args.batch_size, args.max_batches, args.embedding_dim)
+        if args.table_sizes and not (Path(args.root) / layout.META_FILE).exists():
+            meta = layout.infer_meta(args.root, args.table_sizes)
+        else:
+            meta = layout.read_meta(args.root)
+        sizes = args.table_sizes or meta.num_embeddings_per_feature
+        if args.max_rows_per_table:
+            sizes = tuple(min(n, args.max_rows_per_table) for n in sizes)
+        tables, run = table_stats(
+            args.root,
+            args.split,
+            args.batch_size,
+            args.max_batches,
+            args.embedding_dim,
+            num_embeddings_per_feature=sizes,
+            meta=meta,
+        )
     except (FileNotFoundError, ValueError) as err:
         print(f"recsearch data stats: {err}", file=sys.stderr)
         return 2
-    rows_used = min(layout.split_rows(meta, args.split), args.batch_size * args.max_batches)
-    uniques = unique_ids(args.root, args.split, rows_used)
-    print(f"{args.root} ({meta.source}, {meta.total_rows:,} rows; {args.split}: {rows_used:,} rows, batch {args.batch_size:,})")
-    print(f"{'table':<10} {'rows':>10} {'pool':>5} {'unique':>9} {'MB@dim':>8}  lookups with reuse 1 / 2 / 3-4 / >4")
-    for t, unique in zip(tables, uniques):
-        h = t.reuse_hist
+    print(
+        f"{args.root} ({meta.source}, {meta.total_rows:,} rows): {args.split} split, "
+        f"{run.batches} batch(es) of {run.batch_size:,}, dim {args.embedding_dim}"
+    )
+    if run.partial_batch:
         print(
-            f"{t.name:<10} {t.num_rows:>10,} {t.pooling_factor:>5.1f} {unique:>9,} "
-            f"{t.size_bytes / 2**20:>8.1f}  {h[0]:.2f} / {h[1]:.2f} / {h[2]:.2f} / {sum(h[3:]):.2f}"
+            f"warning: the {args.split} split has only {run.rows:,} rows, fewer than one batch; "
+            "reuse is lower than at the requested batch size",
+            file=sys.stderr,
         )
+    print(format_table(tables))
+    total_mb = sum(t.spec.size_bytes for t in tables) / 2**20
+    print(f"total embedding memory: {total_mb:,.1f} MB (weights only)")
     if meta.bayes:
-        ceilings = ", ".join(f"{k} {v.auc:.4f}" for k, v in meta.bayes.items())
-        print(f"Bayes-optimal AUC: {ceilings}")
+        print("Bayes-optimal AUC: " + ", ".join(f"{k} {v.auc:.4f}" for k, v in meta.bayes.items()))
     if args.out:
-        save_tables(
-            args.out,
-            tables,
-            {"dataset": str(args.root), "split": args.split, "batch_size": args.batch_size,
-             "rows_used": rows_used, "unique_ids": uniques},
-        )
+        info = {
+            "dataset": str(args.root),
+            "source": meta.source,
+            "split": args.split,
+            "batch_size": run.batch_size,
+            "batches": run.batches,
+            "rows": run.rows,
+            "embedding_dim": args.embedding_dim,
+        }
+        save_stats(args.out, tables, info)
         print(f"wrote {args.out}")
     return 0
 
