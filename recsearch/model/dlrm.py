@@ -56,14 +56,16 @@ def build_model(arch: ArchSpec, rows: Sequence[int], device: torch.device | str 
         ],
         device=torch.device(device),
     )
+    # The MLPs are small: with meta tables they are built on the CPU, and DistributedModelParallel's
+    # data-parallel wrapper moves them to the training device.
     dense_device = torch.device("cpu") if torch.device(device).type == "meta" else torch.device(device)
-    common = dict(
-        embedding_bag_collection=ebc,
-        dense_in_features=NUM_DENSE_FEATURES,
-        dense_arch_layer_sizes=list(arch.bottom_mlp),
-        over_arch_layer_sizes=list(arch.top_mlp),
-        dense_device=dense_device,
-    )
+    common = {
+        "embedding_bag_collection": ebc,
+        "dense_in_features": NUM_DENSE_FEATURES,
+        "dense_arch_layer_sizes": list(arch.bottom_mlp),
+        "over_arch_layer_sizes": list(arch.top_mlp),
+        "dense_device": dense_device,
+    }
     if arch.interaction is Interaction.DOT:
         model = DLRM(**common)
     elif arch.interaction is Interaction.DCN:

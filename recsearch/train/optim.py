@@ -10,11 +10,23 @@ from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 EMBEDDING_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
 DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam", "lamb")
 ADAGRAD_EPS = 1e-8
+# FBGEMM's CPU TBE kernels implement only these (exact SGD/Adagrad/row-wise Adagrad); Adam is
+# GPU-only and would fail deep inside DistributedModelParallel with an AssertionError.
+CPU_EMBEDDING_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad")
 
 
-def embedding_optimizer(name: str, lr: float) -> tuple[type[torch.optim.Optimizer], dict[str, float]]:
+def embedding_optimizer(
+    name: str, lr: float, device_type: str | None = None
+) -> tuple[type[torch.optim.Optimizer], dict[str, float]]:
     """(optimizer class, kwargs) for torchrec's apply_optimizer_in_backward: DMP fuses it into the
-    TBE kernels' backward pass."""
+    TBE kernels' backward pass (torchrec maps the class to FBGEMM's EmbOptimType: SGD -> EXACT_SGD,
+    Adagrad -> EXACT_ADAGRAD, RowWiseAdagrad -> EXACT_ROWWISE_ADAGRAD, Adam -> ADAM). With
+    device_type, also checks that FBGEMM has the kernel on that device."""
+    if device_type == "cpu" and name == "adam":
+        raise ValueError(
+            f"embedding optimizer {name!r} needs a GPU: FBGEMM's CPU kernels support "
+            f"{', '.join(CPU_EMBEDDING_OPTIMIZERS)}"
+        )
     if name == "sgd":
         return torch.optim.SGD, {"lr": lr}
     if name == "adagrad":
@@ -53,7 +65,7 @@ class Lamb(torch.optim.Optimizer):
         eps: float = 1e-6,
         weight_decay: float = 0.0,
     ):
-        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]

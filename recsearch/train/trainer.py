@@ -32,8 +32,15 @@ from torch.utils.tensorboard import SummaryWriter
 from torchrec.datasets.utils import Batch
 from torchrec.distributed import DistributedModelParallel
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
-from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_wise
+from torchrec.distributed.planner import (
+    EmbeddingShardingPlanner,
+    ParameterConstraints,
+    Topology,
+)
+from torchrec.distributed.sharding_plan import (
+    construct_module_sharding_plan,
+    table_wise,
+)
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.distributed.types import ShardingPlan, ShardingType
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -43,7 +50,12 @@ from torchrec.optim.optimizers import in_backward_optimizer_filter
 from recsearch import config
 from recsearch.data import layout
 from recsearch.data.loader import NpyBatchLoader
-from recsearch.model.dlrm import EBC_MODULE_PATH, build_model, dense_parameter_count, table_rows
+from recsearch.model.dlrm import (
+    EBC_MODULE_PATH,
+    build_model,
+    dense_parameter_count,
+    table_rows,
+)
 from recsearch.train.metrics import EvalMetrics, MetricAccumulator
 from recsearch.train.optim import dense_optimizer, embedding_optimizer
 from recsearch.train.schedule import LRSchedule, apply_lr
@@ -137,7 +149,7 @@ def train(cfg: TrainConfig) -> dict:
 
     # Model: tables on the meta device; DMP materializes only this rank's shards.
     model = build_model(cfg.arch, rows, device="meta")
-    emb_cls, emb_kwargs = embedding_optimizer(hp.embedding_optimizer, hp.embedding_lr)
+    emb_cls, emb_kwargs = embedding_optimizer(hp.embedding_optimizer, hp.embedding_lr, device.type)
     apply_optimizer_in_backward(emb_cls, model.model.sparse_arch.parameters(), emb_kwargs)
     plan = _sharding_plan(cfg, model, device, world_size)
     model = DistributedModelParallel(module=model, device=device, plan=plan)
@@ -164,41 +176,29 @@ def train(cfg: TrainConfig) -> dict:
         pipeline = TrainPipelineSparseDist(model, optimizer, device, execute_all_batches=True)
         batches = _TimedIterator(train_loader.iter_from(state.batch_in_epoch))
         started = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        losses_in_window = 0
-        window_start = time.perf_counter()
+        window = _LossWindow(device)
         while state.step < stretch_end:
             apply_lr(optimizer, base_lrs, schedule.multiplier(state.step))
             try:
-                loss, _logits, _labels = pipeline.progress(batches)  # DLRMTrain output, detached
-            except StopIteration:
+                # DLRMTrain's output, already detached. zero_grad() inside progress() pushes the
+                # lr just set into the fused embedding kernels before their backward runs.
+                loss, _logits, labels = pipeline.progress(batches)
+            except StopIteration:  # end of the epoch
                 state.epoch += 1
                 state.batch_in_epoch = 0
                 break
             state.step += 1
             state.batch_in_epoch += 1
-            state.samples += hp.batch_size * world_size
-            loss_sum += loss.detach()
-            losses_in_window += 1
-            if state.step % cfg.log_every_steps == 0 or state.step == stretch_end:
-                mean_loss = float(loss_sum) / losses_in_window  # one host sync per window
-                state.last_loss = mean_loss
-                if not math.isfinite(mean_loss):
-                    state.status = "diverged"
-                    _log(rank, f"step {state.step}: loss is {mean_loss}; stopping (diverged)")
-                    break
-                elapsed = time.perf_counter() - window_start
-                rate = losses_in_window * hp.batch_size * world_size / max(elapsed, 1e-9)
-                lr_now = optimizer.param_groups[-1]["lr"]
-                state.history.append({"step": state.step, "loss": mean_loss, "samples_per_s": rate})
-                if writer:
-                    writer.add_scalar("train/loss", mean_loss, state.step)
-                    writer.add_scalar("train/lr_dense", lr_now, state.step)
-                    writer.add_scalar("train/samples_per_s", rate, state.step)
-                _log(rank, f"step {state.step}/{max_steps} loss {mean_loss:.4f} {rate:,.0f} samples/s")
-                loss_sum.zero_()
-                losses_in_window = 0
-                window_start = time.perf_counter()
+            samples = labels.numel() * world_size  # the last batch of an epoch may be short
+            state.samples += samples
+            window.add(loss, samples)
+            log_due = state.step % cfg.log_every_steps == 0
+            if log_due and not _log_window(window, state, optimizer, writer, rank, max_steps):
+                break  # diverged
+        # Whatever ended the stretch (an evaluation, the epoch's end), the steps since the last log
+        # are logged and checked too: a divergence is caught at the first stretch end after it.
+        if window.steps and state.status == "running":
+            _log_window(window, state, optimizer, writer, rank, max_steps)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         state.train_seconds += time.perf_counter() - started
@@ -292,7 +292,7 @@ def _init_distributed(device_pref: str) -> torch.device:
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but no CUDA device is available")
     if use_cuda:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
@@ -351,6 +351,52 @@ def load_placement(path: str | Path) -> dict[str, int]:
     if not isinstance(raw, dict) or not all(isinstance(v, int) for v in raw.values()):
         raise ValueError(f"{path}: expected a JSON object of table name -> rank (int)")
     return {str(k): int(v) for k, v in raw.items()}
+
+
+class _LossWindow:
+    """Losses summed on the device between two logs: one host sync per window, not per step."""
+
+    def __init__(self, device: torch.device):
+        self.loss_sum = torch.zeros((), device=device)
+        self.steps = 0
+        self.samples = 0  # over all ranks
+        self.started = time.perf_counter()
+
+    def add(self, loss: torch.Tensor, samples: int) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.samples += samples
+
+    def reset(self) -> None:
+        self.loss_sum.zero_()
+        self.steps = 0
+        self.samples = 0
+        self.started = time.perf_counter()
+
+
+def _log_window(
+    window: _LossWindow, state: RunState, optimizer, writer, rank: int, max_steps: int
+) -> bool:
+    """Record the window's mean loss and speed; mark the run diverged and return False on a
+    non-finite loss."""
+    mean_loss = float(window.loss_sum) / window.steps
+    state.last_loss = mean_loss
+    if not math.isfinite(mean_loss):
+        state.status = "diverged"
+        _log(rank, f"step {state.step}: loss is {mean_loss}; stopping (diverged)")
+        return False
+    rate = window.samples / max(time.perf_counter() - window.started, 1e-9)
+    # param_groups: the fused embedding optimizers' groups first, the dense optimizer's last.
+    lr_embedding, lr_dense = optimizer.param_groups[0]["lr"], optimizer.param_groups[-1]["lr"]
+    state.history.append({"step": state.step, "loss": mean_loss, "samples_per_s": rate})
+    if writer:
+        writer.add_scalar("train/loss", mean_loss, state.step)
+        writer.add_scalar("train/lr_embedding", lr_embedding, state.step)
+        writer.add_scalar("train/lr_dense", lr_dense, state.step)
+        writer.add_scalar("train/samples_per_s", rate, state.step)
+    _log(rank, f"step {state.step}/{max_steps} loss {mean_loss:.4f} {rate:,.0f} samples/s")
+    window.reset()
+    return True
 
 
 class _TimedIterator(Iterator[Batch]):
@@ -458,7 +504,9 @@ def main(argv: list[str] | None = None) -> int:
         _write_failure(cfg, err)
         print(f"recsearch train: {err}", file=sys.stderr)
         return 2
-    except Exception as err:  # a crashed run still leaves a result file saying so
+    # BaseException: torch.distributed.checkpoint's CheckpointException (and an interrupt) are not
+    # Exceptions, and a crashed run must still leave a result file saying so.
+    except BaseException as err:
         _write_failure(cfg, err)
         raise
     finally:
@@ -480,6 +528,7 @@ def _write_failure(cfg: TrainConfig, err: BaseException) -> None:
         {
             "status": "failed",
             "error": f"{type(err).__name__}: {err}",
+            "metrics": {},
             "traceback": traceback.format_exc(limit=20),
             "config": config.to_dict(cfg),
         },

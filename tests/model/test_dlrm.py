@@ -1,5 +1,4 @@
 import pytest
-import torch
 
 from recsearch.data.loader import NpyBatchLoader
 from recsearch.model.dlrm import build_model, table_rows, table_specs
@@ -16,7 +15,7 @@ def test_forward_shapes_for_every_interaction(tmp_path, interaction):
     assert rows == [50] * 26
     model = build_model(arch, rows, device="cpu")
     batch = next(iter(NpyBatchLoader(tmp_path, "train", 12, num_embeddings_per_feature=rows)))
-    loss, (loss_d, logits, labels) = model(batch)
+    loss, (_, logits, labels) = model(batch)
     assert logits.shape == (12,) and labels.shape == (12,) and loss.ndim == 0
     loss.backward()
     ebc = model.model.sparse_arch.embedding_bag_collection

@@ -1,5 +1,3 @@
-import math
-import os
 import socket
 
 import numpy as np

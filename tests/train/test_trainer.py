@@ -1,3 +1,6 @@
+"""End-to-end runs of the trainer: one process through the CLI, two ranks on gloo, divergence,
+early stopping, bad configs and crashes. Every run leaves result.json, the file a search reads."""
+
 import json
 import os
 import socket
@@ -6,110 +9,208 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import yaml
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from recsearch.data import synthetic
-from recsearch.data.synthetic import SynthConfig
+from recsearch import config
 from recsearch.train import trainer
+from tests.train.conftest import DAY_ROWS
 
 REPO = Path(__file__).resolve().parents[2]
-ARCH = "arch.embedding_dim=8 arch.bottom_mlp=[32,8] arch.top_mlp=[32,1]".split()
+BATCH = 256
+TRAIN_ROWS = sum(DAY_ROWS[:-1])
+VAL_ROWS = DAY_ROWS[-1] // 2
 
 
-@pytest.fixture(scope="module")
-def synth_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synth")
-    cfg = SynthConfig(num_days=3, rows_per_day=8000, cardinalities=(30,) * 26, chunk_rows=8000, seed=1)
-    synthetic.generate(cfg, root, workers=1)
-    return root
-
-
-def _config(tmp_path, data, extra=""):
+def _write_config(tmp_path: Path, data: Path, **settings) -> Path:
+    raw = {
+        "data_dir": str(data),
+        "output_dir": str(tmp_path / "out"),
+        "arch": {"embedding_dim": 8, "bottom_mlp": [16, 8], "top_mlp": [16, 1]},
+        "hparams": {
+            "batch_size": BATCH,
+            "embedding_optimizer": "rowwise_adagrad",
+            "embedding_lr": 0.1,
+            "dense_optimizer": "adagrad",
+            "dense_lr": 0.05,
+        },
+        "epochs": 1,
+        "log_every_steps": 12,
+        "latency_iters": 3,
+        "latency_batch_sizes": [1, 64],
+        "tensorboard": False,
+    }
+    raw.update(settings)
     path = tmp_path / "train.yaml"
-    path.write_text(
-        f"data_dir: {data}\noutput_dir: {tmp_path / 'out'}\n"
-        "hparams:\n  batch_size: 256\n  embedding_optimizer: rowwise_adagrad\n  embedding_lr: 0.1\n"
-        "  dense_optimizer: adagrad\n  dense_lr: 0.05\n"
-        f"epochs: 2\nlog_every_steps: 10\nlatency_iters: 5\nlatency_batch_sizes: [1, 64]\n{extra}"
-    )
+    path.write_text(yaml.safe_dump(raw))
     return path
 
 
-def _env():
-    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+def _result(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "out" / trainer.RESULT_FILE).read_text())
 
 
 @pytest.mark.slow
-def test_single_process_training_learns_and_writes_result(tmp_path, synth_data):
-    cfg = _config(tmp_path, synth_data, "eval_every_steps: 40\n")
+def test_cli_run_learns_and_reports_everything(tmp_path, learnable_data):
+    cfg = _write_config(tmp_path, learnable_data, epochs=2, eval_every_steps=20, tensorboard=True)
     proc = subprocess.run(
-        [sys.executable, "-m", "recsearch.cli", "train", "--config", str(cfg), *ARCH],
-        capture_output=True, text=True, env=_env(), timeout=600,
+        [sys.executable, "-m", "recsearch.cli", "train", "--config", str(cfg), "hparams.seed=3"],
+        capture_output=True, text=True, timeout=600, cwd=REPO, check=False,
+        env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert result["status"] == "completed" and result["steps"] == 2 * (16000 // 256 + 1)
+    assert "completed: val AUC" in proc.stdout
+    result = _result(tmp_path)
+    steps_per_epoch = TRAIN_ROWS // BATCH
+    assert result["status"] == "completed"
+    assert result["steps"] == 2 * steps_per_epoch and result["epochs_completed"] == 2
+    assert result["samples"] == 2 * TRAIN_ROWS
+    assert result["config"]["hparams"]["seed"] == 3 and result["config"]["epochs"] == 2
+
+    # Learning is visible: the loss falls, and AUC is far above chance yet below the ceiling.
     losses = [h["loss"] for h in result["history"]]
-    assert losses[-1] < losses[0] - 0.02
-    val = result["metrics"]["val"]
-    assert 0.58 < val["auc"] < result["bayes"]["val"]["auc"] + 0.01  # chance: 0.5 +- 0.015
-    assert 0.0 < val["log_loss"] < 0.69 and val["rows"] == 4000  # first half of the last day
+    assert [h["step"] for h in result["history"]][-1] == 2 * steps_per_epoch
+    assert losses[-1] < losses[0] - 0.1
+    val, test, bayes = result["metrics"]["val"], result["metrics"]["test"], result["bayes"]
+    assert val["rows"] == VAL_ROWS and test["rows"] == VAL_ROWS
+    assert 0.75 < val["auc"] <= bayes["val"]["auc"] + 0.02  # chance: 0.5 +- 0.02 on 2048 rows
+    assert 0.75 < test["auc"] <= bayes["test"]["auc"] + 0.02
+    assert bayes["val"]["log_loss"] - 0.02 < val["log_loss"] < 0.6
+    assert 0.5 < val["accuracy"] < 1
+
+    # Speed, memory and placement facts.
+    assert result["step_time_ms"] > 0 and result["samples_per_s"] > 0
+    assert result["samples_per_s"] * result["train_seconds"] == pytest.approx(result["samples"], rel=0.01)
+    assert 0 <= result["data_wait_fraction"] < 1
+    assert len(result["peak_memory_mb_per_rank"]) == 1 and result["peak_memory_mb_per_rank"][0] > 50
+    assert sorted(result["plan"]) == sorted(f"t_cat_{i}" for i in range(26))
+    assert {p["compute_kernel"] for p in result["plan"].values()} == {"fused"}
+    assert all(p["ranks"] == [0] for p in result["plan"].values())
     assert set(result["latency_ms"]) == {"1", "64"}
-    assert 0 < result["latency_ms"]["1"]["p50_ms"] <= result["latency_ms"]["1"]["p99_ms"]
-    assert 0 <= result["data_wait_fraction"] < 1 and result["samples_per_s"] > 0
-    assert len(result["plan"]) == 26 and result["peak_memory_mb_per_rank"][0] > 0
-    assert list((tmp_path / "out" / "tb").glob("events.out.tfevents.*"))
+
+    # TensorBoard: training scalars, periodic and final evaluations, and the hparams run.
+    events = EventAccumulator(str(tmp_path / "out" / "tb"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr_embedding", "train/lr_dense", "train/samples_per_s"} <= tags
+    assert {"val/auc", "val/log_loss", "test/auc"} <= tags
+    assert [e.step for e in events.Scalars("val/auc")] == [20, 40, 60, 80, 96]
+    assert list((tmp_path / "out" / "tb" / "hparams").glob("events.out.tfevents.*"))
 
 
-def _free_port():
+def test_early_stop_at_the_auc_threshold(tmp_path, learnable_data):
+    cfg = _write_config(tmp_path, learnable_data, epochs=2, eval_every_steps=10, auc_threshold=0.6)
+    assert trainer.main(["--config", str(cfg), "latency_batch_sizes=[]"]) == 0
+    result = _result(tmp_path)
+    assert result["status"] == "early_stopped"
+    assert result["steps"] % 10 == 0 and result["steps"] < 2 * TRAIN_ROWS // BATCH
+    assert result["metrics"]["val"]["auc"] >= 0.6  # the final evaluation sees the same model
+    assert result["latency_ms"] == {}
+
+
+@pytest.mark.parametrize(
+    ("log_every_steps", "epochs", "stopped_at_step"),
+    [(4, 1, 4), (1000, 2, TRAIN_ROWS // BATCH)],  # the check at the end of the epoch catches it
+)
+def test_a_non_finite_loss_is_recorded_as_diverged(
+    tmp_path, learnable_data, log_every_steps, epochs, stopped_at_step
+):
+    cfg = _write_config(tmp_path, learnable_data, log_every_steps=log_every_steps, epochs=epochs)
+    huge_lrs = [
+        "hparams.embedding_optimizer=sgd", "hparams.embedding_lr=1e30",
+        "hparams.dense_optimizer=sgd", "hparams.dense_lr=1e30",
+    ]
+    assert trainer.main(["--config", str(cfg), *huge_lrs]) == 1
+    result = _result(tmp_path)
+    assert result["status"] == "diverged"
+    assert result["steps"] == stopped_at_step and result["history"] == []  # the first check
+    assert result["metrics"] == {} and result["latency_ms"] == {}
+
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
+def _train_one_rank(rank: int, cfg_path: str, port: int, results) -> None:
+    # The environment torchrun gives each rank: the trainer joins the group from it.
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+    )
+    result = trainer.train(config.load(trainer.TrainConfig, cfg_path))
+    results[rank] = {k: result[k] for k in ("status", "steps", "metrics", "plan", "world_size")}
+    dist.destroy_process_group()
+
+
 @pytest.mark.slow
 @pytest.mark.multiproc
-def test_two_ranks_with_a_table_wise_placement(tmp_path, synth_data):
-    placement = {f"t_cat_{i}": i % 2 for i in range(26)}
+def test_two_ranks_with_a_table_wise_placement_agree(tmp_path, learnable_data):
+    placement = {f"t_cat_{i}": i % 2 for i in range(26)}  # even tables on rank 0, odd on rank 1
     (tmp_path / "placement.json").write_text(json.dumps({"placement": placement}))
-    cfg = _config(tmp_path, synth_data, f"plan: {tmp_path / 'placement.json'}\nepochs: 1\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_port", str(_free_port()), "-m", "recsearch.cli", "train", "--config", str(cfg), *ARCH],
-        capture_output=True, text=True, env=_env(), timeout=600, cwd=tmp_path,
+    # Evaluations every 10 steps detach the pipeline mid-epoch on both ranks.
+    cfg = _write_config(
+        tmp_path, learnable_data, plan=str(tmp_path / "placement.json"), eval_every_steps=10
     )
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert result["status"] == "completed" and result["world_size"] == 2
-    assert result["steps"] == 16000 // (256 * 2)
-    for i in range(26):
-        assert result["plan"][f"t_cat_{i}"]["sharding_type"] == "table_wise"
-        assert result["plan"][f"t_cat_{i}"]["ranks"] == [i % 2]
-    assert result["metrics"]["val"]["rows"] == 4000 - 4000 % 512  # full rounds of full batches
-    assert result["metrics"]["test"]["auc"] > 0.55
-    assert len(result["peak_memory_mb_per_rank"]) == 2
+    results = mp.Manager().dict()
+    mp.spawn(_train_one_rank, args=(str(cfg), _free_port(), results), nprocs=2, join=True)
+
+    rank0, rank1 = results[0], results[1]
+    assert rank0 == rank1  # same status, steps, plan and exactly the same metrics
+    assert rank0["status"] == "completed" and rank0["world_size"] == 2
+    assert rank0["steps"] == TRAIN_ROWS // (2 * BATCH)
+    for table, rank in placement.items():
+        assert rank0["plan"][table]["sharding_type"] == "table_wise"
+        assert rank0["plan"][table]["ranks"] == [rank]
+    assert rank0["metrics"]["val"]["rows"] == VAL_ROWS  # 2048: whole rounds of 2 x 256
+    assert rank0["metrics"]["val"]["auc"] > 0.7
+    written = _result(tmp_path)  # rank 0 writes the file
+    assert written["metrics"] == rank0["metrics"] and len(written["peak_memory_mb_per_rank"]) == 2
 
 
-@pytest.mark.slow
-def test_divergence_is_recorded(tmp_path, synth_data):
-    cfg = _config(tmp_path, synth_data, "epochs: 1\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "recsearch.cli", "train", "--config", str(cfg), *ARCH,
-         "hparams.dense_optimizer=sgd", "hparams.dense_lr=1e30", "hparams.embedding_optimizer=sgd",
-         "hparams.embedding_lr=1e30"],
-        capture_output=True, text=True, env=_env(), timeout=600,
-    )
-    assert proc.returncode == 1
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert result["status"] == "diverged" and result["metrics"] == {}
-    assert result["steps"] <= 10
-
-
-def test_config_errors_and_bad_placement(tmp_path, synth_data, capsys):
-    cfg = _config(tmp_path, synth_data)
+def test_config_errors_name_the_key(tmp_path, learnable_data, capsys):
+    cfg = _write_config(tmp_path, learnable_data)
+    with pytest.raises(config.ConfigError) as err:
+        config.load(trainer.TrainConfig, cfg, ["hparams.batchsize=4", "epochs=two"])
+    assert any("hparams.batchsize: unknown key" in p for p in err.value.problems)
+    assert any("epochs: expected an integer, got 'two'" in p for p in err.value.problems)
     assert trainer.main(["--config", str(cfg), "hparams.batchsize=4"]) == 2
-    assert "hparams.batchsize: unknown key" in capsys.readouterr().err
-    (tmp_path / "p.json").write_text(json.dumps({"t_cat_0": 0}))
-    assert trainer.main(["--config", str(cfg), *ARCH, f"plan={tmp_path / 'p.json'}"]) == 2
-    assert "no rank for tables" in capsys.readouterr().err
-    result = json.loads((tmp_path / "out" / "result.json").read_text())
-    assert result["status"] == "failed" and "no rank for tables" in result["error"]
+    assert "hparams.batchsize: unknown key (did you mean 'batch_size'?)" in capsys.readouterr().err
+    (tmp_path / "no_data.yaml").write_text("epochs: 1\n")
+    assert trainer.main(["--config", str(tmp_path / "no_data.yaml")]) == 2
+    assert "data_dir: required key is missing" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing ran
+
+
+@pytest.mark.parametrize(
+    ("placement", "message"),
+    [({"t_cat_0": 0}, "no rank for tables"), ({f"t_cat_{i}": 1 for i in range(26)}, "ranks outside 0..0")],
+)
+def test_a_bad_placement_fails_with_a_result_file(tmp_path, learnable_data, capsys, placement, message):
+    (tmp_path / "p.json").write_text(json.dumps(placement))
+    cfg = _write_config(tmp_path, learnable_data, plan=str(tmp_path / "p.json"))
+    assert trainer.main(["--config", str(cfg)]) == 2
+    assert message in capsys.readouterr().err
+    result = _result(tmp_path)
+    assert result["status"] == "failed" and message in result["error"]
+    assert result["metrics"] == {} and result["config"]["plan"] == str(tmp_path / "p.json")
+
+
+class _NotAnException(BaseException):
+    """Like torch.distributed.checkpoint's CheckpointException: a BaseException only."""
+
+
+def test_a_crash_outside_exception_still_leaves_a_failed_result(tmp_path, learnable_data, monkeypatch):
+    def crash(cfg):
+        raise _NotAnException("checkpoint write failed on rank 0")
+
+    monkeypatch.setattr(trainer, "train", crash)
+    with pytest.raises(_NotAnException):
+        trainer.main(["--config", str(_write_config(tmp_path, learnable_data))])
+    result = _result(tmp_path)
+    assert result["status"] == "failed"
+    assert result["error"] == "_NotAnException: checkpoint write failed on rank 0"
+    assert "crash" in result["traceback"]
