@@ -56,6 +56,7 @@ from recsearch.model.dlrm import (
     dense_parameter_count,
     table_rows,
 )
+from recsearch.train import checkpoint
 from recsearch.train.metrics import EvalMetrics, MetricAccumulator
 from recsearch.train.optim import dense_optimizer, embedding_optimizer
 from recsearch.train.schedule import LRSchedule, apply_lr
@@ -97,6 +98,8 @@ class TrainConfig:
     latency_batch_sizes: tuple[int, ...] = (1, 256)
     latency_iters: int = 30
     tensorboard: bool = True
+    checkpoint_every_steps: int = 0  # 0: no checkpoints; else save every N steps (and at the end)
+    resume_from: str | None = None  # "latest" (newest in output_dir/checkpoints) or a directory
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -163,6 +166,10 @@ def train(cfg: TrainConfig) -> dict:
 
     writer = SummaryWriter(str(out / "tb")) if cfg.tensorboard and rank == 0 else None
     state = RunState()
+    if cfg.resume_from is not None:
+        restored = checkpoint.load(checkpoint.resolve(cfg.resume_from, out), model, optimizer)
+        state = RunState(**{**restored, "status": "running"})
+        _log(rank, f"resumed from {cfg.resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
     max_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * len(train_loader)
     val_metrics: EvalMetrics | None = None
     _log(rank, f"training {max_steps} steps of {hp.batch_size} x {world_size} ranks on {device}; plan {cfg.plan}")
@@ -171,8 +178,9 @@ def train(cfg: TrainConfig) -> dict:
         # One stretch of training: until the epoch ends, max_steps, or an evaluation is due.
         train_loader.set_epoch(state.epoch)
         stretch_end = max_steps
-        if cfg.eval_every_steps:
-            stretch_end = min(stretch_end, (state.step // cfg.eval_every_steps + 1) * cfg.eval_every_steps)
+        for every in (cfg.eval_every_steps, cfg.checkpoint_every_steps):
+            if every:
+                stretch_end = min(stretch_end, (state.step // every + 1) * every)
         pipeline = TrainPipelineSparseDist(model, optimizer, device, execute_all_batches=True)
         batches = _TimedIterator(train_loader.iter_from(state.batch_in_epoch))
         started = time.perf_counter()
@@ -210,6 +218,8 @@ def train(cfg: TrainConfig) -> dict:
         if state.batch_in_epoch >= len(train_loader):
             state.epoch += 1
             state.batch_in_epoch = 0
+        if cfg.checkpoint_every_steps and (state.step % cfg.checkpoint_every_steps == 0 or state.step >= max_steps):
+            checkpoint.save(out, state.step, model, optimizer, dataclasses.asdict(state))
         due = cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0 and state.step < max_steps
         if due:
             val_metrics = evaluate(model, loader("val", False, cfg.eval_rows), device)
