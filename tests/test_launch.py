@@ -57,3 +57,27 @@ def test_train_component_rejects_bad_rank_counts():
     assert app.roles[0].args[-4:] == ["train", "--config", "c.yaml", "hparams.seed=3"] or (
         "train --config c.yaml hparams.seed=3" in " ".join(app.roles[0].args)
     )
+
+
+@pytest.mark.slow
+@pytest.mark.multiproc
+def test_train_component_runs_two_ranks_on_local_cwd(tmp_path):
+    """The real thing: torchx launches torchrun with 2 ranks here, training finishes, result written."""
+    import json
+    import os
+
+    from tests.conftest import write_dataset
+
+    write_dataset(tmp_path / "data", day_rows=(4096, 4096, 2048), num_embeddings=50)
+    out = tmp_path / "out"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [*TORCHX, "run", "-s", "local_cwd", "launch/components.py:train", "--nproc_per_node", "2",
+         "--config", "configs/train/quickstart.yaml", "--", f"data_dir={tmp_path / 'data'}",
+         f"output_dir={out}", "max_steps=6", "hparams.batch_size=256", "latency_batch_sizes=[1]",
+         "tensorboard=false", "eval_every_steps=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=600, check=False, env=env,
+    )
+    assert proc.returncode == 0 and "SUCCEEDED" in proc.stderr + proc.stdout, proc.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert result["status"] == "completed" and result["world_size"] == 2 and result["steps"] == 6
