@@ -17,10 +17,9 @@ def commands() -> dict[tuple[str, ...], tuple[str, str]]:
         ("data", "preprocess"): ("recsearch.data.criteo", "Criteo TSV -> TorchRec npy layout"),
         ("data", "stats"): ("recsearch.data.stats", "per-table statistics for placement"),
         ("train",): ("recsearch.train.trainer", "train a DLRM from a config"),
+        ("place", "tables"): ("recsearch.placement.tables", "generate table pools and placement tasks"),
         ("place", "measure"): ("recsearch.placement.measure", "measure real table-lookup costs"),
-        ("place", "eval"): ("recsearch.placement.evaluate", "compare placers by measured cost"),
-        ("search",): ("recsearch.search.loop", "architecture and hyperparameter search"),
-        ("report",): ("recsearch.search.report", "report of a finished search"),
+        ("place", "baseline"): ("recsearch.placement.baselines", "place a task with baseline placers"),
     }
 
 
