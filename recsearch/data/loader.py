@@ -89,6 +89,7 @@ class NpyBatchLoader:
         prefetch_batches: int = 2,
         pin_memory: bool = False,
         in_memory: bool | None = None,
+        copy_batches: bool = False,
         meta: layout.DatasetMeta | None = None,
     ):
         if batch_size <= 0:
@@ -144,8 +145,13 @@ class NpyBatchLoader:
                 # In place: a full-split int64 temporary would double the peak memory.
                 np.remainder(sparse, hash_per_column, out=sparse, casting="same_kind")
                 needs_hash = False
-            days = [_DayArrays(0, dense, sparse, labels)]
+            # Labels as float32 once (BCEWithLogits takes floats), not per batch.
+            days = [_DayArrays(0, dense, sparse, labels.astype(np.float32))]
         self._days = days
+        # In memory, unshuffled batches hand out views of the loaded split's dense features and
+        # labels, as TorchRec's in-memory pipe does: no copy per batch, but a consumer must not
+        # modify a batch in place. copy_batches=True gives every batch its own memory.
+        self._views = self.in_memory and not copy_batches and not self.pin_memory
         self._hash_per_column = hash_per_column if needs_hash else None
         # KJT values keep the stored width, as TorchRec's in-memory pipe does: int32 files give
         # int32 ids (half the bytes to transpose and copy to the device), which EmbeddingBag and
@@ -207,6 +213,13 @@ class NpyBatchLoader:
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch, block]).permutation(stop - start)
             dense, sparse, labels = _gather_rows(self._days, start, stop, order)
+        elif self._views:
+            split = self._days[0]
+            return Batch(
+                dense_features=torch.from_numpy(split.dense[start:stop]),
+                sparse_features=self._kjt(split.sparse[start:stop]),
+                labels=torch.from_numpy(split.labels[start:stop].reshape(-1)),
+            )
         else:
             # Read-only views when the rows lie in one array; _kjt and _to_tensor copy them.
             dense, sparse, labels = _slice_rows(self._days, start, stop, copy=False)

@@ -254,9 +254,17 @@ def test_abandoned_and_closed_iterators_stop_their_threads(tiny_dataset):
     assert threading.active_count() == before
 
 
-def test_batches_do_not_alias_the_in_memory_split(tiny_dataset):
+def test_by_default_in_memory_batches_are_views_like_torchrec(tiny_dataset):
+    loader = NpyBatchLoader(tiny_dataset, "train", 16, in_memory=True, num_embeddings_per_feature=HASH)
+    first = next(iter(loader))
+    first.dense_features[0, 1] = 123.0  # documented: modifying a batch modifies the loaded split
+    assert next(iter(loader)).dense_features[0, 1] == 123.0
+    assert first.labels.dtype == torch.float32
+
+
+def test_copy_batches_do_not_alias_the_in_memory_split(tiny_dataset):
     loader = NpyBatchLoader(
-        tiny_dataset, "train", 16, in_memory=True, num_embeddings_per_feature=HASH
+        tiny_dataset, "train", 16, in_memory=True, num_embeddings_per_feature=HASH, copy_batches=True
     )
     first = next(iter(loader))
     expected = first.dense_features.clone(), first.sparse_features.values().clone()
