@@ -137,12 +137,24 @@ def train(cfg: TrainConfig) -> dict:
     meta = layout.read_meta(cfg.data_dir)
     rows = table_rows(meta.num_embeddings_per_feature, cfg.max_rows_per_table)
 
-    def loader(split: str, shuffle: bool, max_rows: int | None, batch_size: int = hp.batch_size) -> NpyBatchLoader:
-        return NpyBatchLoader(
+    eval_loaders: dict[tuple, NpyBatchLoader] = {}  # built once: an in-memory split is read once
+
+    def loader(
+        split: str, shuffle: bool, max_rows: int | None, batch_size: int = hp.batch_size,
+        in_memory: bool | None = None,
+    ) -> NpyBatchLoader:
+        key = (split, shuffle, max_rows, batch_size, in_memory)
+        if split != "train" and key in eval_loaders:
+            return eval_loaders[key]
+        made = NpyBatchLoader(
             cfg.data_dir, split, batch_size, rank=rank, world_size=world_size, shuffle=shuffle,
             seed=hp.seed, num_embeddings_per_feature=rows, max_rows=max_rows,
             prefetch_batches=cfg.prefetch_batches, pin_memory=device.type == "cuda", meta=meta,
+            in_memory=in_memory,
         )
+        if split != "train":
+            eval_loaders[key] = made
+        return made
 
     train_loader = loader("train", True, cfg.train_rows)
     if len(train_loader) == 0:
@@ -273,7 +285,8 @@ def measure_latency(model, cfg: TrainConfig, make_loader, device: torch.device) 
     with torch.no_grad():
         for batch_size in cfg.latency_batch_sizes:
             try:
-                batch = next(iter(make_loader("test", False, None, batch_size)))
+                # one batch from the memory map: no need to load the whole split for it
+                batch = next(iter(make_loader("test", False, None, batch_size, in_memory=False)))
             except (StopIteration, ValueError):
                 continue  # the split is smaller than this batch size
             batch = batch.to(device)
