@@ -27,7 +27,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from recsearch.types import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
+from recsearch.types import NUM_SPARSE_FEATURES
 
 META_FILE = "meta.json"
 FORMAT_NAME = "recsearch-criteo-npy"
@@ -257,7 +257,3 @@ class NpyAppendWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def dense_row_shape() -> tuple[int, ...]:
-    return (NUM_DENSE_FEATURES,)
