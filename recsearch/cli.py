@@ -20,6 +20,11 @@ def commands() -> dict[tuple[str, ...], tuple[str, str]]:
         ("place", "tables"): ("recsearch.placement.tables", "generate table pools and placement tasks"),
         ("place", "measure"): ("recsearch.placement.measure", "measure real table-lookup costs"),
         ("place", "baseline"): ("recsearch.placement.baselines", "place a task with baseline placers"),
+        ("place", "cost-net"): ("recsearch.placement.cost_net", "train / evaluate the placement cost network"),
+        ("place", "policy"): ("recsearch.placement.policy", "train the actor-critic placer / place a task with it"),
+        ("place", "eval"): ("recsearch.placement.evaluate", "compare placers on tasks by measured cost"),
+        ("search",): ("recsearch.search.loop", "search architectures and hyperparameters"),
+        ("report",): ("recsearch.search.report", "report on a search directory"),
     }
 
 
