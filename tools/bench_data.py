@@ -36,14 +36,18 @@ from pathlib import Path
 
 import numpy as np
 
+if __package__ in (None, ""):  # run as `python tools/bench_data.py`: make `tools` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools import benchmd  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "criteo_kaggle_sample100_paddlerec.tsv"
 KAGGLE_CARDINALITIES = (
     1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992,
     5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572,
 )  # fmt: skip
-SECTION_START = "<!-- bench_data:start -->"
-SECTION_END = "<!-- bench_data:end -->"
+SECTION = "bench_data"
+SECTION_START, SECTION_END = benchmd.markers(SECTION)
 ORIGINAL = "facebookresearch/dlrm"
 ORIGINAL_NPZ = "kaggleAdDisplayChallenge_processed.npz"  # its processed-data file name
 RECSEARCH_LOADER = "recsearch NpyBatchLoader"
@@ -466,7 +470,6 @@ def render(
     pre: list[PreprocessRun], loaders: list[LoaderRun], command: str, skipped: str | None, load: str
 ) -> str:
     lines = [
-        SECTION_START,
         "## Data path",
         "",
         f"Measured {date.today().isoformat()} on {machine()} (no GPU), all methods in one run "
@@ -478,25 +481,8 @@ def render(
     if skipped:
         lines += [f"**The original ({ORIGINAL}) was not measured: {skipped}.**", ""]
     lines += _preprocess_table(pre) + [""] + _loader_table(loaders) + [""] + _targets(pre, loaders)
-    lines += ["", HOW_MEASURED, SECTION_END]
+    lines += ["", HOW_MEASURED]
     return "\n".join(lines) + "\n"
-
-
-MD_HEADER = (
-    "# Benchmarks\n\nEvery number here was measured by a tool in tools/, with the command given.\n"
-)
-
-
-def write_section(md_path: Path, section: str) -> None:
-    """Replace the text between the bench_data markers (or append it); keep everything else."""
-    text = md_path.read_text() if md_path.exists() else MD_HEADER
-    if SECTION_START in text:
-        head, rest = text.split(SECTION_START, 1)
-        tail = rest.split(SECTION_END, 1)[1] if SECTION_END in rest else ""
-        text = head + section + tail.lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md_path.write_text(text)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -583,7 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python tools/bench_data.py " + " ".join(argv if argv is not None else sys.argv[1:])
     load = f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     section = render(pre, loaders, command, skipped, load)
-    write_section(args.out_md, section)
+    benchmd.write_section(args.out_md, SECTION, section)
     print(section)
     return 0
 
