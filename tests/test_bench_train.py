@@ -1,0 +1,45 @@
+import pytest
+
+from tools import bench_train
+
+
+def _rows(text: str, method: str) -> list[list[str]]:
+    return [
+        [cell.strip() for cell in line.strip("|").split("|")]
+        for line in text.splitlines()
+        if line.startswith("| ") and f"| {method} |" in line
+    ]
+
+
+@pytest.mark.slow
+def test_side_by_side_run_writes_measured_rows_and_verdicts(tmp_path):
+    md = tmp_path / "BENCHMARKS.md"
+    md.write_text("# Benchmarks\n\n<!-- bench_data:start -->\nkept\n<!-- bench_data:end -->\n")
+    args = ["--rows", "14000", "--batch-size", "256", "--steps", "4", "12", "--repeats", "1",
+            "--models", "kaggle", "--methods", "recsearch", "original", "plain",
+            "--workdir", str(tmp_path / "w"), "--out-md", str(md)]  # fmt: skip
+    assert bench_train.main(args) == 0
+    text = md.read_text()
+    assert "kept" in text and text.count("<!-- bench_train_cpu:start -->") == 1
+    # no --dlrm-repo: the original is skipped, and the section says why
+    assert "facebookresearch/dlrm was not measured: no --dlrm-repo given" in text
+    for method in (bench_train.RECSEARCH, bench_train.PLAIN):
+        (row,) = _rows(text, method)
+        ms, samples_per_s = float(row[2]), float(row[3].replace(",", ""))
+        assert ms > 0 and samples_per_s == pytest.approx(256 / ms * 1000, rel=0.01)
+    (ours,) = _rows(text, bench_train.RECSEARCH)
+    assert "waiting for data" in ours[6]  # recsearch reports its data-wait fraction
+    assert "recsearch vs plain PyTorch" in text and ("(met" in text or "(NOT met" in text)
+
+
+def test_step_window_needs_both_progress_lines():
+    assert bench_train._step_ms({10: 1.0, 30: 3.0}, (10, 30), "x") == pytest.approx(100.0)
+    with pytest.raises(RuntimeError, match="no progress line at step 10 and 30"):
+        bench_train._step_ms({30: 3.0}, (10, 30), "x")
+
+
+def test_steps_must_fit_the_data_and_the_progress_cadence():
+    with pytest.raises(SystemExit):
+        bench_train.parse_args(["--steps", "20", "50"])  # 50 is not a multiple of 20
+    with pytest.raises(SystemExit):
+        bench_train.parse_args(["--rows", "1000", "--batch-size", "2048", "--steps", "1", "2"])

@@ -1,0 +1,353 @@
+"""Training speed, side by side in one run: recsearch's trainer vs facebookresearch/dlrm's
+`dlrm_s_pytorch.py` vs a plain PyTorch DLRM (tools/plain_dlrm.py), same model, same data, same
+optimizer (SGD, lr 0.1, fp32), each end to end with its own data path.
+
+    python tools/bench_train.py --dlrm-repo /path/to/dlrm --dlrm-python /path/to/python-with-numpy<2 \
+        [--rows 300000] [--batch-size 2048] [--steps 20 120] [--repeats 2] [--models kaggle mlperf] \
+        [--device cpu|cuda]
+
+Data: Kaggle-format TSV rows (tools/bench_data.make_kaggle_tsv: real rows of the shared Criteo
+sample with ids redrawn over Kaggle's cardinalities). recsearch and the plain model read it after
+`recsearch data preprocess --vocab-threshold 1`; the original preprocesses it itself
+(dictionary-encoded ids, the same table sizes). Preprocessing is not timed here (tools/bench_data.py
+measures it).
+
+How a step is timed: each run trains S2 steps in a fresh process and prints a progress line every
+S1 steps (each implementation's own log line, flushed: recsearch's `step N/M loss`, the original's
+`Finished training it N/M`, the plain model's `step N`). This tool timestamps the lines as they
+arrive; ms/step = (time of the line at step S2 - time of the line at step S1) / (S2 - S1). So
+start-up, loading data into memory, the first steps (warm-up), evaluation and saving are all
+outside the window, and everything a step costs is inside it: batch building (each one's own
+loader), host-to-device copy, forward, backward, optimizer, and each one's per-step bookkeeping.
+The methods are interleaved round by round and the median over rounds is reported, so a change in
+machine load hits them alike. The original's own "ms/it" (which leaves out its data loader) and
+recsearch's fraction of step time spent waiting for data are reported beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python tools/bench_train.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tools import benchmd  # noqa: E402
+from tools.bench_data import ORIGINAL, ORIGINAL_NPZ, ensure_tsv, machine, original_unavailable  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RECSEARCH = "recsearch train"
+PLAIN = "plain PyTorch (nn.EmbeddingBag)"
+METHODS = (RECSEARCH, ORIGINAL, PLAIN)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A DLRM shape the three implementations can all build."""
+
+    name: str
+    dim: int
+    bottom: tuple[int, ...]  # after the 13 dense inputs; ends in dim
+    top: tuple[int, ...]  # ends in 1
+
+    def describe(self) -> str:
+        return f"dim {self.dim}, bottom 13-{'-'.join(map(str, self.bottom))}, top {'-'.join(map(str, self.top))}"
+
+
+MODELS = {
+    "kaggle": ModelShape("Criteo Kaggle reference", 16, (512, 256, 64, 16), (512, 256, 1)),
+    "mlperf": ModelShape("MLPerf DLRM", 128, (512, 256, 128), (1024, 1024, 512, 256, 1)),
+}
+
+
+@dataclass
+class Timing:
+    """One method on one model: per-round per-step times and what the runs reported."""
+
+    method: str
+    model: str
+    step_ms: list[float] = field(default_factory=list)
+    reported: dict[str, float] = field(default_factory=dict)  # from the longer run of the last round
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.step_ms)
+
+
+def _run_timed(cmd: list[str], cwd: Path, env: dict[str, str], step_line: str) -> tuple[dict[int, float], str]:
+    """Run cmd; return {step: arrival time (s)} of its progress lines (regex `step_line`, whose
+    first group is the step number) and its whole output."""
+    pattern = re.compile(step_line)
+    arrivals: dict[int, float] = {}
+    output: list[str] = []
+    with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as proc:  # fmt: skip
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            now = time.perf_counter()
+            output.append(line)
+            found = pattern.search(line)
+            if found:
+                arrivals[int(found.group(1))] = now
+    text = "".join(output)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{cmd[:4]}... failed (exit {proc.returncode}):\n{text[-3000:]}")
+    return arrivals, text
+
+
+def _step_ms(arrivals: dict[int, float], steps: tuple[int, int], what: str) -> float:
+    short, long = steps
+    if short not in arrivals or long not in arrivals:
+        raise RuntimeError(f"{what}: no progress line at step {short} and {long} (saw {sorted(arrivals)})")
+    return 1000 * (arrivals[long] - arrivals[short]) / (long - short)
+
+
+class Runner:
+    """Builds and runs each method's command for a model and a step count."""
+
+    def __init__(self, args: argparse.Namespace, npy_dir: Path, original_tsv: Path | None, scratch: Path):
+        self.args = args
+        self.npy_dir = npy_dir
+        self.original_tsv = original_tsv
+        self.scratch = scratch
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+    def recsearch(self, shape: ModelShape) -> tuple[float, dict[str, float]]:
+        short, steps = self.args.steps
+        out = self.scratch / f"recsearch_{shape.dim}"
+        cmd = [
+            sys.executable, "-m", "recsearch.cli", "train",
+            "--config", str(REPO / "configs" / "train" / "kaggle_reference.yaml"),
+            f"data_dir={self.npy_dir}", f"output_dir={out}", f"max_steps={steps}",
+            f"hparams.batch_size={self.args.batch_size}", "max_rows_per_table=null",
+            f"arch.embedding_dim={shape.dim}", f"arch.bottom_mlp={list(shape.bottom)}",
+            f"arch.top_mlp={list(shape.top)}", f"device={self.args.device}",
+            "eval_every_steps=0", f"eval_rows={self.args.batch_size}", "latency_iters=1",
+            "latency_batch_sizes=[1]", "tensorboard=false", f"log_every_steps={short}",
+        ]  # fmt: skip
+        arrivals, _ = _run_timed(cmd, REPO, self.env, r"\[recsearch train\] step (\d+)/\d+ loss")
+        result = json.loads((out / "result.json").read_text())
+        if result["status"] != "completed":
+            raise RuntimeError(f"recsearch run ended {result['status']}")
+        return _step_ms(arrivals, self.args.steps, RECSEARCH), {
+            "samples_per_s": result["samples_per_s"],
+            "data_wait_fraction": result["data_wait_fraction"],
+            "loss": result["last_loss"],
+        }
+
+    def original(self, shape: ModelShape, steps: tuple[int, int] | None = None) -> tuple[float, dict[str, float]]:
+        assert self.original_tsv is not None
+        short, long = steps or self.args.steps
+        cmd = [
+            self.args.dlrm_python, str(self.args.dlrm_repo / "dlrm_s_pytorch.py"),
+            f"--arch-sparse-feature-size={shape.dim}",
+            f"--arch-mlp-bot=13-{'-'.join(map(str, shape.bottom))}",
+            f"--arch-mlp-top={'-'.join(map(str, shape.top))}",
+            "--data-generation=dataset", "--data-set=kaggle",
+            f"--raw-data-file={self.original_tsv}",
+            f"--processed-data-file={self.original_tsv.parent / ORIGINAL_NPZ}",
+            "--loss-function=bce", "--round-targets=True", "--learning-rate=0.1",
+            f"--mini-batch-size={self.args.batch_size}", f"--num-batches={long}",
+            f"--print-freq={short}", "--print-time", "--test-freq=-1", "--nepochs=1",
+        ]  # fmt: skip
+        if self.args.device == "cuda":
+            cmd.append("--use-gpu")
+        arrivals, stdout = _run_timed(cmd, self.args.dlrm_repo, self.env, r"Finished training it (\d+)/")
+        found = re.findall(r"Finished training it \d+/\d+ of epoch \d+, ([\d.]+) ms/it, loss ([\d.]+)", stdout)
+        if not found:
+            raise RuntimeError(f"no 'Finished training' line in the original's output:\n{stdout[-2000:]}")
+        ms, loss = found[-1]
+        return _step_ms(arrivals, (short, long), ORIGINAL), {"own_ms_per_it_without_loader": float(ms), "loss": float(loss)}
+
+    def plain(self, shape: ModelShape) -> tuple[float, dict[str, float]]:
+        short, steps = self.args.steps
+        cmd = [
+            sys.executable, str(REPO / "tools" / "plain_dlrm.py"), "--data", str(self.npy_dir),
+            "--batch-size", str(self.args.batch_size), "--steps", str(steps), "--dim", str(shape.dim),
+            "--bottom", ",".join(map(str, shape.bottom)), "--top", ",".join(map(str, shape.top)),
+            "--device", self.args.device, "--log-every", str(short),
+        ]  # fmt: skip
+        arrivals, stdout = _run_timed(cmd, REPO, self.env, r"^step (\d+) loss")
+        reported = json.loads(stdout.strip().splitlines()[-1])
+        return _step_ms(arrivals, self.args.steps, PLAIN), {"samples_per_s": reported["samples_per_s"], "loss": reported["final_loss"]}
+
+    def run(self, method: str, shape: ModelShape) -> tuple[float, dict[str, float]]:
+        """(ms per step, what the run reported about itself)."""
+        return {RECSEARCH: self.recsearch, ORIGINAL: self.original, PLAIN: self.plain}[method](shape)
+
+
+def prepare_data(args: argparse.Namespace, skipped: str | None) -> tuple[Path, Path | None]:
+    """The TSV, recsearch's npy dataset of it, and (unless skipped) the original's processed npz."""
+    tsv = ensure_tsv(args.workdir, args.rows)
+    npy = args.workdir / "npy_vocab1"
+    marker = npy / f"rows-{args.rows}"
+    if not marker.exists():
+        print(f"preprocessing {tsv} for recsearch", file=sys.stderr)
+        subprocess.run(
+            [sys.executable, "-m", "recsearch.cli", "data", "preprocess", "--input", str(tsv),
+             "--out", str(npy), "--vocab-threshold", "1", "--force", "--no-progress"],
+            check=True, cwd=REPO,
+        )  # fmt: skip
+        marker.touch()
+    if skipped:
+        return npy, None
+    original_dir = args.workdir / f"original_train_{args.rows}"
+    original_tsv = original_dir / "train.txt"
+    if not (original_dir / ORIGINAL_NPZ).exists():
+        original_dir.mkdir(parents=True, exist_ok=True)
+        if not original_tsv.exists():
+            original_tsv.symlink_to(tsv.resolve())
+        print(f"preprocessing {tsv} with {ORIGINAL} (slow; once)", file=sys.stderr)
+        runner = Runner(args, npy, original_tsv, args.workdir)
+        runner.original(MODELS["kaggle"], (1, 2))  # a short run writes its processed npz
+    return npy, original_tsv
+
+
+def measure(args: argparse.Namespace, runner: Runner, methods: list[str]) -> list[Timing]:
+    timings = {(m, k): Timing(m, k) for k in args.models for m in methods}
+    for round_ in range(args.repeats):
+        for key in args.models:
+            shape = MODELS[key]
+            order = methods if round_ % 2 == 0 else methods[::-1]
+            for method in order:
+                ms, reported = runner.run(method, shape)
+                t = timings[(method, key)]
+                t.step_ms.append(ms)
+                t.reported = reported
+                print(f"round {round_ + 1}: {shape.name:<24} {method:<32} {ms:8.2f} ms/step", file=sys.stderr)
+    return list(timings.values())
+
+
+def render(args: argparse.Namespace, timings: list[Timing], command: str, skipped: str | None, load: str) -> str:
+    device = "GPU" if args.device == "cuda" else "CPU"
+    lines = [
+        f"## Trainer, side by side ({device})",
+        "",
+        f"Measured {date.today().isoformat()} on {machine_name(args.device)}, all methods interleaved "
+        f"in one run (load average {load}):",
+        "",
+        f"    {command}",
+        "",
+    ]
+    if skipped:
+        lines += [f"**{ORIGINAL} was not measured: {skipped}.**", ""]
+    lines += [
+        f"Batch {args.batch_size:,}, fp32, SGD lr 0.1 on embeddings and MLPs, dot interaction, 26 tables "
+        f"(ids dictionary-encoded from {args.rows:,} Kaggle-format rows). ms/step: time from each run's "
+        f"progress line at step {args.steps[0]} to its line at step {args.steps[1]}, divided by "
+        f"{args.steps[1] - args.steps[0]} (see the tool's docstring); median of {args.repeats} "
+        f"interleaved rounds.",
+        "",
+        "| model | method | ms/step (end to end) | samples/s | vs original | vs plain PyTorch | reported by the run |",
+        "|---|---|---:|---:|---:|---:|---|",
+    ]
+    by = {(t.method, t.model): t for t in timings}
+    for key in args.models:
+        for method in METHODS:
+            t = by.get((method, key))
+            if t is None:
+                continue
+            orig, plain = by.get((ORIGINAL, key)), by.get((PLAIN, key))
+            vs_orig = f"{orig.median_ms / t.median_ms:.2f}x" if orig else "n/a"
+            vs_plain = f"{plain.median_ms / t.median_ms:.2f}x" if plain else "n/a"
+            lines.append(
+                f"| {MODELS[key].name} ({MODELS[key].describe()}) | {method} | {t.median_ms:.2f} | "
+                f"{args.batch_size / t.median_ms * 1000:,.0f} | {vs_orig} | {vs_plain} | {_reported(t)} |"
+            )
+    lines += ["", *verdicts(args, by)]
+    return "\n".join(lines)
+
+
+def _reported(t: Timing) -> str:
+    parts = []
+    r = t.reported
+    if "data_wait_fraction" in r:
+        parts.append(f"{100 * r['data_wait_fraction']:.1f}% of step time waiting for data")
+    if "own_ms_per_it_without_loader" in r:
+        parts.append(f"its own timer: {r['own_ms_per_it_without_loader']:.2f} ms/it without its loader")
+    if "loss" in r:
+        parts.append(f"train loss {r['loss']:.4f}")
+    return "; ".join(parts)
+
+
+def verdicts(args: argparse.Namespace, by: dict[tuple[str, str], Timing]) -> list[str]:
+    lines = ["Targets (issue 3):", ""]
+    for key in args.models:
+        ours = by.get((RECSEARCH, key))
+        if ours is None:
+            continue
+        name = MODELS[key].name
+        plain, orig = by.get((PLAIN, key)), by.get((ORIGINAL, key))
+        if plain:
+            ratio = plain.median_ms / ours.median_ms
+            lines.append(f"- {name}: recsearch vs plain PyTorch {ratio:.2f}x ({'met' if ratio >= 1 else 'NOT met'}: not slower)")
+        if orig:
+            ratio = orig.median_ms / ours.median_ms
+            target = 4.38
+            lines.append(f"- {name}: recsearch vs {ORIGINAL} {ratio:.2f}x ({'met' if ratio >= target else 'NOT met'}: >= {target}x)")
+    return lines
+
+
+def machine_name(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return f"one {torch.cuda.get_device_name()} (torch {torch.__version__})"
+    return f"{machine()} (no GPU)"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dlrm-repo", type=Path, help=f"checkout of {ORIGINAL} (omit to skip it)")
+    p.add_argument("--dlrm-python", default=sys.executable, help="python for the original (needs numpy<2)")
+    p.add_argument("--rows", type=int, default=300_000, help="Kaggle-format rows generated (6/7 train)")
+    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--steps", type=int, nargs=2, default=[20, 120], metavar=("S1", "S2"))
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["kaggle", "mlperf"])
+    p.add_argument("--methods", nargs="+", choices=["recsearch", "original", "plain"],
+                   default=["recsearch", "original", "plain"])
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "recsearch_bench_train")
+    p.add_argument("--out-md", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    args = p.parse_args(argv)
+    short, long = args.steps
+    if not 0 < short < long or long % short:
+        p.error("--steps S1 S2 needs 0 < S1 < S2 with S2 a multiple of S1 (progress lines every S1 steps)")
+    train_rows = args.rows * 6 // 7
+    if long * args.batch_size > train_rows:
+        p.error(f"{long} steps x batch {args.batch_size} > {train_rows:,} train rows; raise --rows")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    wanted = {"recsearch": RECSEARCH, "original": ORIGINAL, "plain": PLAIN}
+    methods = [wanted[m] for m in args.methods]
+    skipped = original_unavailable(args.dlrm_repo, args.dlrm_python) if ORIGINAL in methods else None
+    if skipped:
+        print(f"skipping {ORIGINAL}: {skipped}", file=sys.stderr)
+        methods.remove(ORIGINAL)
+    npy, original_tsv = prepare_data(args, skipped)
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench_train_") as scratch:
+        timings = measure(args, Runner(args, npy, original_tsv, Path(scratch)), methods)
+    load = f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
+    command = "python tools/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    section = render(args, timings, command, skipped, load)
+    benchmd.write_section(args.out_md, f"bench_train_{args.device}", section)
+    print(section)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
