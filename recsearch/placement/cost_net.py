@@ -1,0 +1,631 @@
+"""The cost network: a learned `CostModel` of a placement's step cost (DreamShard-style).
+
+`recsearch place cost-net train --samples S.jsonl [...] --out PREFIX [--test-samples T.jsonl] [--holdout-tables F]`
+`recsearch place cost-net eval --model PREFIX --samples T.jsonl`
+
+Shape. One shared MLP encodes each table's feature vector (recsearch.placement.features); a
+device's encoding is the *sum* of its tables' encodings (so a device holds any number of tables and
+the order of tables does not matter); two heads map a device encoding to the log of its fused
+kernel's forward and backward time. A placement's cost is `combine_costs` over its devices: the
+slowest device's forward + backward, plus the all-to-all time.
+
+Communication is not a learned head, on purpose: the measured samples are single-device kernels,
+which carry no communication signal, and the all-to-all time of table-wise sharding depends only on
+the bytes each rank sends and receives (`alltoall_bytes`: batch x dims per rank), which are known
+exactly. The calibrated `CommModel` (latency + bytes / bandwidth, fitted on real gloo all-to-alls,
+or TorchRec's NVLink bandwidth for CUDA) maps those bytes to time; a head would have to re-learn that
+linear function from far less data.
+
+Why log-time heads: costs span three orders of magnitude (one small table to forty large ones); a
+squared error on log time is a relative error, which is what the placement target (mean relative
+error <= 10%) and the max-over-devices objective care about.
+
+A trained net is a `<prefix>.pt` state_dict (loaded with torch.load(weights_only=True)) and a
+`<prefix>.json` with its shape, the hardware and batch its samples were measured at, the
+communication model and the held-out errors measured when it was trained.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from recsearch.placement.features import FEATURE_NAMES, NUM_FEATURES, features_matrix
+from recsearch.placement.measure import DEFAULT_COMM, CommModel, comm_costs, read_samples
+from recsearch.placement.types import (
+    DEFAULT_OPTIMIZER,
+    Cost,
+    CostSample,
+    DeviceCost,
+    Placement,
+    combine_costs,
+)
+from recsearch.types import TableSpec, Topology
+
+DATA_DIR = Path(__file__).parent / "data"
+SHIPPED = {"cpu": DATA_DIR / "cost_net_cpu", "cuda": DATA_DIR / "cost_net_h100"}
+FORMAT = "recsearch.placement.cost_net/1"
+
+
+@dataclass(frozen=True)
+class CostNetShape:
+    hidden: int = 64
+    embed: int = 32
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How fit() trains: full-batch Adam on log time, the best validation state kept."""
+
+    epochs: int = 1500
+    lr: float = 3e-3
+    weight_decay: float = 1e-5
+    val_fraction: float = 0.15  # random held-out samples for model selection
+    eval_every: int = 25
+    seed: int = 0
+    threads: int = 1
+
+
+@dataclass(frozen=True)
+class CostNetMeta:
+    """What the costs a net predicts are *of*: set by fit() from its samples."""
+
+    batch_size: int
+    hardware: str
+    device: str
+    optimizer: str = DEFAULT_OPTIMIZER
+    num_samples: int = 0
+    tables_seen: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DeviceSample:
+    """One device's tables and its measured kernel times (what the net learns from)."""
+
+    tables: tuple[TableSpec, ...]
+    fwd_ms: float
+    bwd_ms: float
+
+
+@dataclass(frozen=True)
+class Errors:
+    """Mean relative errors |pred - measured| / measured over device samples."""
+
+    fwd: float
+    bwd: float
+    total: float  # of fwd + bwd
+    count: int
+    max_total: float = 0.0
+
+    def line(self) -> str:
+        return (
+            f"MRE fwd {self.fwd:.2%}  bwd {self.bwd:.2%}  fwd+bwd {self.total:.2%} "
+            f"(max {self.max_total:.1%}, {self.count} samples)"
+        )
+
+
+class _Net(nn.Module):
+    """Encoder -> sum per device -> log(fwd_ms), log(bwd_ms).
+
+    Each head is an additive part, softplus(linear(sum of encodings)), which is exactly a sum of
+    per-table contributions (a fused kernel's cost is close to that), times a bounded interaction
+    correction exp(0.5 tanh(MLP(sum))) for what fusing tables changes (occupancy, cache sharing,
+    launch overhead): on held-out tables this generalized better than an unconstrained MLP head
+    (H100 samples, 10% of tables held out: 12.6% vs 14.8% mean relative error).
+    """
+
+    def __init__(self, shape: CostNetShape):
+        super().__init__()
+        h, e = shape.hidden, shape.embed
+        self.encoder = nn.Sequential(
+            nn.Linear(NUM_FEATURES, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, e)
+        )
+        self.additive = nn.Linear(e, 2)
+        self.fwd_head = nn.Sequential(nn.Linear(e, h), nn.ReLU(), nn.Linear(h, 1))
+        self.bwd_head = nn.Sequential(nn.Linear(e, h), nn.ReLU(), nn.Linear(h, 1))
+        # log-ms offset (mean of the training targets), so the heads start near the data
+        self.register_buffer("log_offset", torch.zeros(2))
+
+    def encode(self, features: torch.Tensor) -> torch.Tensor:
+        return self.encoder(features)
+
+    def log_ms(self, device_encoding: torch.Tensor) -> torch.Tensor:
+        """[..., embed] -> [..., 2] log(fwd_ms), log(bwd_ms)."""
+        additive = torch.log(nn.functional.softplus(self.additive(device_encoding)) + 1e-4)
+        corr = torch.cat([self.fwd_head(device_encoding), self.bwd_head(device_encoding)], dim=-1)
+        return additive + 0.5 * torch.tanh(corr) + self.log_offset
+
+
+def device_samples(samples: Iterable[CostSample]) -> list[DeviceSample]:
+    """Single-device samples as they are; placement samples split into one per non-empty device
+    (their per_device costs)."""
+    out = []
+    for s in samples:
+        if s.placement is None:
+            out.append(DeviceSample(tuple(s.tables), s.cost.fwd_ms, s.cost.bwd_ms))
+            continue
+        if len(s.cost.per_device) != s.placement.world_size:
+            raise ValueError(
+                f"placement sample with {s.placement.world_size} ranks has "
+                f"{len(s.cost.per_device)} per-device costs"
+            )
+        for group, d in zip(s.placement.groups(), s.cost.per_device):
+            if group:
+                out.append(DeviceSample(tuple(s.tables[i] for i in group), d.fwd_ms, d.bwd_ms))
+    bad = [i for i, d in enumerate(out) if not d.tables or d.fwd_ms <= 0 or d.bwd_ms <= 0]
+    if bad:
+        raise ValueError(f"device samples without tables or with non-positive times: {bad[:10]}")
+    return out
+
+
+def _pack(
+    samples: Sequence[DeviceSample], cache: dict[str, np.ndarray] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features of every table of every sample, sample index of each row)."""
+    cache = {} if cache is None else cache
+    rows, seg = [], []
+    for i, s in enumerate(samples):
+        for t in s.tables:
+            key = repr(t)
+            if key not in cache:
+                cache[key] = features_matrix([t])[0]
+            rows.append(cache[key])
+            seg.append(i)
+    return torch.from_numpy(np.stack(rows)), torch.tensor(seg, dtype=torch.long)
+
+
+def _targets(samples: Sequence[DeviceSample]) -> torch.Tensor:
+    return torch.tensor([[s.fwd_ms, s.bwd_ms] for s in samples], dtype=torch.float32)
+
+
+def errors_of(pred_ms: np.ndarray, true_ms: np.ndarray) -> Errors:
+    """pred/true: [N, 2] (fwd, bwd) ms."""
+    rel = np.abs(pred_ms - true_ms) / true_ms
+    tot = np.abs(pred_ms.sum(1) - true_ms.sum(1)) / true_ms.sum(1)
+    return Errors(
+        float(rel[:, 0].mean()),
+        float(rel[:, 1].mean()),
+        float(tot.mean()),
+        len(true_ms),
+        float(tot.max()) if len(tot) else 0.0,
+    )
+
+
+class CostNet:
+    """A learned CostModel: per-table encoder, sum per device, fwd/bwd heads, max over devices,
+    plus the calibrated communication model.
+
+    Until fit() (or load()) it has no meta and cannot predict.
+    """
+
+    def __init__(
+        self,
+        shape: CostNetShape = CostNetShape(),
+        train: TrainConfig = TrainConfig(),
+        comm: CommModel | None = None,
+    ):
+        self.shape = shape
+        self.train_config = train
+        self.comm = comm
+        self.meta: CostNetMeta | None = None
+        self.metrics: dict[str, Any] = {}
+        self.net = _Net(shape)
+        self.net.eval()
+
+    # ---------------------------------------------------------------- prediction
+
+    def _require_meta(self) -> CostNetMeta:
+        if self.meta is None:
+            raise RuntimeError("cost net is not trained: call fit() or CostNet.load()")
+        return self.meta
+
+    @property
+    def comm_model(self) -> CommModel:
+        meta = self._require_meta()
+        return self.comm or DEFAULT_COMM["cuda" if meta.device == "cuda" else "cpu"]
+
+    @torch.no_grad()
+    def encode_tables(self, tables: Sequence[TableSpec]) -> torch.Tensor:
+        """[T, embed] encodings of the tables (what a device sums)."""
+        return self.net.encode(torch.from_numpy(features_matrix(tables)))
+
+    @torch.no_grad()
+    def device_ms(self, device_encoding: torch.Tensor) -> torch.Tensor:
+        """[..., embed] summed encodings -> [..., 2] predicted (fwd_ms, bwd_ms). A device with no
+        tables costs 0: callers pass `empty` masks where that applies (see device_costs)."""
+        return torch.exp(self.net.log_ms(device_encoding))
+
+    def device_costs(
+        self, tables: Sequence[TableSpec], groups: Sequence[Sequence[int]]
+    ) -> list[tuple[float, float]]:
+        """(fwd_ms, bwd_ms) per group of table indices; (0, 0) for an empty group."""
+        self._require_meta()
+        enc = self.encode_tables(tables)
+        out = []
+        for g in groups:
+            if not g:
+                out.append((0.0, 0.0))
+                continue
+            ms = self.device_ms(enc[list(g)].sum(0))
+            out.append((float(ms[0]), float(ms[1])))
+        return out
+
+    def predict(
+        self, tables: Sequence[TableSpec], placement: Placement, topology: Topology | None = None
+    ) -> Cost:
+        meta = self._require_meta()
+        if topology is not None and topology.world_size != placement.world_size:
+            raise ValueError(
+                f"placement is for {placement.world_size} ranks, topology has "
+                f"{topology.world_size}"
+            )
+        compute = self.device_costs(tables, placement.groups())
+        comms = comm_costs(placement, tables, meta.batch_size, self.comm_model)
+        return combine_costs([DeviceCost(f, b, c) for (f, b), c in zip(compute, comms)])
+
+    # ---------------------------------------------------------------- training
+
+    def fit(self, samples: Iterable[CostSample]) -> None:
+        """Train from scratch on measured samples (all of one hardware and batch size)."""
+        samples = list(samples)
+        if not samples:
+            raise ValueError("cost net: no samples to fit")
+        self.meta = _meta_of(samples)
+        self.metrics = self.fit_devices(device_samples(samples))
+
+    def fit_devices(self, data: Sequence[DeviceSample]) -> dict[str, Any]:
+        """Train on device samples; the best state on a random validation split is kept.
+        Returns the training metrics (validation errors, epochs, seconds)."""
+        cfg = self.train_config
+        old_threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.threads)
+        try:
+            return self._fit(data, cfg)
+        finally:
+            torch.set_num_threads(old_threads)
+
+    def _fit(self, data: Sequence[DeviceSample], cfg: TrainConfig) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed)
+        rng = np.random.default_rng(cfg.seed)
+        order = rng.permutation(len(data))
+        n_val = int(round(len(data) * cfg.val_fraction)) if len(data) >= 10 else 0
+        val = [data[i] for i in order[:n_val]]
+        train = [data[i] for i in order[n_val:]]
+        cache: dict[str, np.ndarray] = {}
+        x, seg = _pack(train, cache)
+        y = torch.log(_targets(train))
+        self.net = _Net(self.shape)
+        self.net.log_offset.copy_(y.mean(0))
+        opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs, eta_min=cfg.lr * 0.02)
+        if val:
+            xv, segv = _pack(val, cache)
+            yv = _targets(val).numpy()
+        best = (math.inf, 0, {k: v.clone() for k, v in self.net.state_dict().items()})
+        self.net.train()
+        for epoch in range(1, cfg.epochs + 1):
+            enc = self.net.encode(x)
+            dev = torch.zeros(len(train), enc.shape[1]).index_add_(0, seg, enc)
+            loss = torch.mean((self.net.log_ms(dev) - y) ** 2)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if val and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+                err = errors_of(self._predict_packed(xv, segv, len(val)), yv).total
+                if err < best[0]:
+                    best = (err, epoch, {k: v.clone() for k, v in self.net.state_dict().items()})
+        if val:
+            self.net.load_state_dict(best[2])
+        self.net.eval()
+        metrics: dict[str, Any] = {
+            "train_samples": len(train),
+            "val_samples": len(val),
+            "epochs": cfg.epochs,
+            "best_epoch": best[1] if val else cfg.epochs,
+            "fit_seconds": round(time.perf_counter() - t0, 2),
+            "train": asdict(self.evaluate_devices(train)),
+        }
+        if val:
+            metrics["val"] = asdict(self.evaluate_devices(val))
+        return metrics
+
+    @torch.no_grad()
+    def _predict_packed(self, x: torch.Tensor, seg: torch.Tensor, n: int) -> np.ndarray:
+        was = self.net.training
+        self.net.eval()
+        enc = self.net.encode(x)
+        dev = torch.zeros(n, enc.shape[1]).index_add_(0, seg, enc)
+        out = torch.exp(self.net.log_ms(dev)).numpy()
+        self.net.train(was)
+        return out
+
+    def predict_devices(self, data: Sequence[DeviceSample]) -> np.ndarray:
+        """[N, 2] predicted (fwd_ms, bwd_ms) of each device sample."""
+        x, seg = _pack(data)
+        return self._predict_packed(x, seg, len(data))
+
+    def evaluate_devices(self, data: Sequence[DeviceSample]) -> Errors:
+        if not data:
+            return Errors(math.nan, math.nan, math.nan, 0)
+        return errors_of(self.predict_devices(data), _targets(data).numpy())
+
+    def evaluate(self, samples: Iterable[CostSample]) -> Errors:
+        """Mean relative errors on measured samples; they must match the net's hardware/batch."""
+        samples = list(samples)
+        self.check_compatible(samples)
+        return self.evaluate_devices(device_samples(samples))
+
+    def check_compatible(self, samples: Sequence[CostSample]) -> None:
+        meta = self._require_meta()
+        batches = sorted({s.batch_size for s in samples})
+        if batches and batches != [meta.batch_size]:
+            raise ValueError(
+                f"samples are at batch sizes {batches}; this cost net predicts batch "
+                f"{meta.batch_size}"
+            )
+        hw = sorted({_hardware_key(s.hardware) for s in samples})
+        if hw and hw != [_hardware_key(meta.hardware)]:
+            raise ValueError(
+                f"samples were measured on {hw}; this cost net is for "
+                f"{_hardware_key(meta.hardware)!r}"
+            )
+
+    # ---------------------------------------------------------------- files
+
+    def save(self, prefix: Path | str) -> tuple[Path, Path]:
+        """Write <prefix>.pt (state_dict) and <prefix>.json (shape, meta, comm, metrics)."""
+        meta = self._require_meta()
+        pt, js = _paths(prefix)
+        pt.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pt.with_name(f".{pt.name}.tmp{os.getpid()}")
+        torch.save({k: v.detach().clone() for k, v in self.net.state_dict().items()}, tmp)
+        os.replace(tmp, pt)
+        info = {
+            "format": FORMAT,
+            "features": list(FEATURE_NAMES),
+            "shape": asdict(self.shape),
+            "train": asdict(self.train_config),
+            "meta": {**asdict(meta), "tables_seen": list(meta.tables_seen)},
+            "comm": asdict(self.comm_model),
+            "metrics": self.metrics,
+        }
+        tmp = js.with_name(f".{js.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps(info, indent=1) + "\n")
+        os.replace(tmp, js)
+        return pt, js
+
+    @classmethod
+    def load(cls, prefix: Path | str) -> CostNet:
+        pt, js = _paths(prefix)
+        for p in (pt, js):
+            if not p.exists():
+                raise FileNotFoundError(f"cost net file {p} does not exist")
+        try:
+            info = json.loads(js.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{js}: not valid JSON: {err}") from err
+        if info.get("format") != FORMAT:
+            raise ValueError(f"{js}: format is {info.get('format')!r}, expected {FORMAT!r}")
+        if list(info.get("features", ())) != list(FEATURE_NAMES):
+            raise ValueError(
+                f"{js}: trained on features {info.get('features')}, this version computes "
+                f"{list(FEATURE_NAMES)}: retrain it"
+            )
+        try:
+            shape = CostNetShape(**info["shape"])
+            train = TrainConfig(**info.get("train", {}))
+            raw_meta = info["meta"]
+            meta = CostNetMeta(**{**raw_meta, "tables_seen": tuple(raw_meta["tables_seen"])})
+            c = info["comm"]
+            comm = CommModel(
+                float(c["latency_ms"]),
+                float(c["bytes_per_ms"]),
+                c.get("hardware", ""),
+                c.get("source", ""),
+                tuple(tuple(p) for p in c.get("points", ())),
+            )
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{js}: malformed cost net config: {err}") from err
+        model = cls(shape, train, comm)
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+        try:
+            model.net.load_state_dict(state)
+        except RuntimeError as err:
+            raise ValueError(f"{pt}: weights do not match the shape in {js}: {err}") from err
+        model.net.eval()
+        model.meta = meta
+        model.metrics = dict(info.get("metrics", {}))
+        return model
+
+
+def _paths(prefix: Path | str) -> tuple[Path, Path]:
+    p = Path(prefix)
+    if p.suffix in (".pt", ".json"):
+        p = p.with_suffix("")
+    return p.with_name(p.name + ".pt"), p.with_name(p.name + ".json")
+
+
+def _hardware_key(hardware: str) -> str:
+    """The comparable part of a hardware string: device, model name and threads (not library
+    versions, which do not change what a kernel costs much and differ between machines)."""
+    parts = hardware.split("|")
+    keep = [parts[0]] + [p for p in parts[1:] if p.startswith("threads=")]
+    return "|".join(keep)
+
+
+def _meta_of(samples: Sequence[CostSample]) -> CostNetMeta:
+    batches = sorted({s.batch_size for s in samples})
+    if len(batches) != 1:
+        raise ValueError(f"samples mix batch sizes {batches}: fit one cost net per batch size")
+    hardware = sorted({_hardware_key(s.hardware) for s in samples})
+    if len(hardware) != 1:
+        raise ValueError(f"samples mix hardware {hardware}: fit one cost net per hardware")
+    devices = sorted({s.device for s in samples})
+    optimizers = sorted({s.optimizer for s in samples})
+    if len(optimizers) != 1:
+        raise ValueError(f"samples mix embedding optimizers {optimizers}")
+    return CostNetMeta(
+        batch_size=batches[0],
+        hardware=samples[0].hardware,
+        device=devices[0],
+        optimizer=optimizers[0],
+        num_samples=len(samples),
+        tables_seen=tuple(sorted({t.name for s in samples for t in s.tables})),
+    )
+
+
+# ------------------------------------------------------------------------------ held-out splits
+
+
+def split_by_tables(
+    samples: Sequence[CostSample], holdout_fraction: float, seed: int = 0
+) -> tuple[list[CostSample], list[CostSample], list[str]]:
+    """Hold out a random share of the tables: (samples without any held-out table, samples with at
+    least one, the held-out table names). The second set are placements of tables the net never
+    saw, the way an unseen test pool is, from a single measured pool."""
+    if not 0 < holdout_fraction < 1:
+        raise ValueError(f"holdout fraction must be in (0, 1), got {holdout_fraction}")
+    names = sorted({t.name for s in samples for t in s.tables})
+    rng = np.random.default_rng([seed, 0x40])
+    held = set(rng.choice(names, max(1, round(len(names) * holdout_fraction)), replace=False))
+    seen = [s for s in samples if not any(t.name in held for t in s.tables)]
+    unseen = [s for s in samples if any(t.name in held for t in s.tables)]
+    return seen, unseen, sorted(held)
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def _read_all(paths: Sequence[str]) -> list[CostSample]:
+    out: list[CostSample] = []
+    for p in paths:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"samples file {p} does not exist")
+        got = read_samples(p)
+        if not got:
+            raise ValueError(f"samples file {p} has no samples")
+        out.extend(got)
+    return out
+
+
+def _train_main(args: argparse.Namespace) -> int:
+    samples = _read_all(args.samples)
+    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, threads=args.threads)
+    comm = CommModel.load(args.comm_model) if args.comm_model else None
+    shape = CostNetShape(args.hidden, args.embed)
+    report: dict[str, Any] = {}
+    if args.holdout_tables:
+        seen, unseen, held = split_by_tables(samples, args.holdout_tables, args.seed)
+        probe = CostNet(shape, cfg, comm)
+        probe.fit(seen)
+        err = probe.evaluate(unseen)
+        print(
+            f"unseen-table protocol: {len(held)} of "
+            f"{len({t.name for s in samples for t in s.tables})} tables held out; trained on "
+            f"{len(seen)} samples without them, tested on {len(unseen)} samples with them"
+        )
+        print(f"  held-out placements of unseen tables: {err.line()}")
+        report["unseen_tables_split"] = {
+            "holdout_fraction": args.holdout_tables,
+            "held_out_tables": held,
+            "train_samples": len(seen),
+            "errors": asdict(err),
+        }
+    model = CostNet(shape, cfg, comm)
+    model.fit(samples)
+    val = model.metrics.get("val")
+    print(
+        f"trained on {model.metrics['train_samples']} device samples "
+        f"({model.metrics['fit_seconds']} s, best epoch {model.metrics['best_epoch']})"
+    )
+    if val:
+        print(f"  random held-out samples: {Errors(**val).line()}")
+    for path in args.test_samples or ():
+        test = _read_all([path])
+        err = model.evaluate(test)
+        unseen = {t.name for s in test for t in s.tables} - set(model.meta.tables_seen)  # type: ignore[union-attr]
+        print(f"  {path} ({len(unseen)} tables never seen in training): {err.line()}")
+        report.setdefault("test", {})[path] = {"errors": asdict(err), "unseen_tables": len(unseen)}
+    model.metrics = {**model.metrics, **report}
+    pt, js = model.save(args.out)
+    print(f"wrote {pt} and {js}")
+    return 0
+
+
+def _eval_main(args: argparse.Namespace) -> int:
+    model = CostNet.load(args.model)
+    for path in args.samples:
+        err = model.evaluate(_read_all([path]))
+        print(f"{path}: {err.line()}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="recsearch place cost-net", description="Train / evaluate the placement cost network."
+    )
+    sub = parser.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("train", help="fit on measured samples (JSONL from `place measure`)")
+    t.add_argument("--samples", nargs="+", required=True)
+    t.add_argument("--out", required=True, help="writes OUT.pt and OUT.json")
+    t.add_argument("--test-samples", nargs="*", help="samples to report errors on (unseen tables)")
+    t.add_argument(
+        "--holdout-tables",
+        type=float,
+        default=0.0,
+        help="also report the error on samples with this share of tables never seen in training",
+    )
+    t.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    t.add_argument("--lr", type=float, default=TrainConfig.lr)
+    t.add_argument("--hidden", type=int, default=CostNetShape.hidden)
+    t.add_argument("--embed", type=int, default=CostNetShape.embed)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--comm-model", help="CommModel JSON (`place measure --calibrate-comm`)")
+    e = sub.add_parser("eval", help="errors of a trained net on measured samples")
+    e.add_argument("--model", required=True, help="prefix (or .pt/.json) of a trained net")
+    e.add_argument("--samples", nargs="+", required=True)
+    args = parser.parse_args(argv)
+    try:
+        return _train_main(args) if args.what == "train" else _eval_main(args)
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"recsearch place cost-net {args.what}: {err}", file=sys.stderr)
+        return 2
+
+
+def load_shipped(device: str = "cpu") -> CostNet:
+    """The cost net shipped in recsearch/placement/data for 'cpu' or 'cuda' (H100)."""
+    if device not in SHIPPED:
+        raise ValueError(f"no shipped cost net for {device!r}; have {sorted(SHIPPED)}")
+    return CostNet.load(SHIPPED[device])
+
+
+__all__ = [
+    "CostNet",
+    "CostNetMeta",
+    "CostNetShape",
+    "DeviceSample",
+    "Errors",
+    "TrainConfig",
+    "device_samples",
+    "load_shipped",
+    "main",
+    "split_by_tables",
+]
+
+if __name__ == "__main__":
+    raise SystemExit(main())
