@@ -3,8 +3,10 @@
 Why fixed transforms and not statistics fitted on the training pool: the cost network must score
 tables it has never seen (a test pool, a user's real tables), so a feature must mean the same thing
 whatever set of tables the model was trained on. Every feature is therefore a fixed function of
-one table, scaled so that the tables placement meets (dims 1..1024, rows 10..10^9, pooling factors
-1..1000) land roughly in [0, 2]:
+one table, scaled so that the log and share features of the tables placement meets (dims 1..1024,
+rows 10..10^9, pooling factors 1..1000) land in about [0, 1.5], and the linear work terms (dim,
+pooling, lookup) are 1 for a typical heavy table (dim 256, pooling 64, 4096 values per sample) and
+stay below ~10 for the heaviest (dim 256 x pooling 150):
 
 | feature         | value                                  | why it matters for a fused lookup       |
 |-----------------|----------------------------------------|-----------------------------------------|
