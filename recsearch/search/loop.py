@@ -1,0 +1,886 @@
+"""The search loop: `recsearch search --config configs/search/<name>.yaml [--out DIR] [key=value ...]`
+and `recsearch search --resume DIR`.
+
+    controller.propose -> model tables -> placement for the target topology -> memory check
+      -> estimated step cost -> runner.submit (lowest fidelity first) -> result.json
+      -> reward (AUC vs the latency / step-cost budget) -> successive halving -> controller.observe
+
+Candidates whose tables do not fit the topology (or whose estimated step cost is over a step-cost
+budget) are never trained: they are recorded PRUNED with the reason, the controller is given a
+penalty reward, and they are counted. The reference config (the base train config as given, the
+hand-tuned model) is trained once first: it is the human baseline and, by default, sets the
+latency budget.
+
+Everything lives in the search directory, so a search killed at any instant resumes where it was:
+
+    search.yaml      the resolved config (written once; --resume reads it back)
+    journal.jsonl    every trial, its state, result and notes (recsearch.search.store)
+    controller.pt    the controller's state, rewritten after every proposal and observation
+    trials/<id>/     the trial's `recsearch train` output: trial.yaml (its exact config),
+                     placement.json, result.json, tb/ events, train.log; lower rungs' runs
+                     are kept in rung_<k>/, failed attempts in attempt_<n>/
+
+On resume: the journal is replayed; trials that were running when the search died are failed as
+stale and retried (`runner.retries` times); finished trials are never run again; the controller
+is reloaded from controller.pt (finished trials it had not yet observed are fed to it), or, when
+there is none, a fresh controller is fed every finished trial.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import math
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recsearch import config
+from recsearch.search import controllers as ctl
+from recsearch.search.asha import Status, SuccessiveHalving
+from recsearch.search.objective import ObjectiveConfig, Point, over_cost_budget, pareto_front, reward
+from recsearch.search.runners import (
+    TRIAL_CONFIG,
+    Handle,
+    TorchxSettings,
+    TrialRunner,
+    make_runner,
+    result_notes,
+)
+from recsearch.search.space import SearchSpace, SpaceConfig
+from recsearch.search.store import JournalStore, TrialRecord
+from recsearch.types import Interaction, TableSpec, Topology, TrialResult, TrialSpec, TrialState
+
+SEARCH_CONFIG = "search.yaml"
+CONTROLLER_FILE = "controller.pt"
+TRIALS_DIR = "trials"
+PLACEMENT_FILE = "placement.json"
+LOCK_FILE = "search.lock"
+FINAL = (TrialState.COMPLETE, TrialState.FAILED, TrialState.PRUNED)
+
+
+# ---- the config ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunnerConfig:
+    """`runner:` how trials run."""
+
+    kind: str = "subprocess"  # inprocess | subprocess | torchx
+    concurrency: int = 1  # trials at a time
+    threads: int = 1  # CPU threads per trial (OMP_NUM_THREADS); 0: leave unset
+    retries: int = 1  # reruns of a trial whose worker died with the search process
+    poll_s: float = 0.5
+    torchx: TorchxSettings = field(default_factory=TorchxSettings)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("inprocess", "subprocess", "torchx"):
+            raise ValueError(f"runner.kind must be inprocess, subprocess or torchx, got {self.kind!r}")
+        if self.concurrency < 1:
+            raise ValueError(f"runner.concurrency must be >= 1, got {self.concurrency}")
+        if self.kind == "inprocess" and self.concurrency != 1:
+            raise ValueError("runner.kind inprocess runs one trial at a time: set runner.concurrency: 1")
+        if self.threads < 0 or self.retries < 0 or self.poll_s <= 0:
+            raise ValueError("runner.threads and runner.retries must be >= 0, runner.poll_s > 0")
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """`fidelity:` successive halving over training rows (one rung: no early stopping)."""
+
+    train_rows: tuple[int, ...]  # rows of the train split per rung, ascending
+    eta: int = 3  # keep the best 1/eta at each rung
+    bracket_size: int = 0  # configurations decided together; 0: eta ** (rungs - 1)
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    """`topology:` the devices the model is placed on (the placement and memory check's target)."""
+
+    devices: int = 1
+    memory_per_device_mb: float = 1024.0  # for embedding tables + optimizer state
+    compute_device: str = "cpu"  # cpu | cuda
+
+    def topology(self) -> Topology:
+        return Topology(self.devices, int(self.memory_per_device_mb * 2**20), self.compute_device)
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A search (configs/search/*.yaml)."""
+
+    data_dir: str
+    fidelity: FidelityConfig
+    train: str | None = None  # base `recsearch train` config file (what trials inherit)
+    base: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields over `train`'s
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    controller: str = "actor_critic"  # random | actor_critic | bayesian
+    trials: int = 10  # configurations trained (the budget); rejected candidates do not count
+    max_rejected: int = 0  # stop proposing after this many rejected candidates; 0: 10 x trials
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    placer: str = "auto"  # a recsearch.placement.baselines name; auto: learned, else size_lookup_greedy
+    reference: bool = True  # train the base config once (human baseline; default latency budget)
+    stats: str | None = None  # table statistics (recsearch data stats); default <data_dir>/stats.json
+    output_dir: str = "runs/search"
+    heartbeat_s: float = 10.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.controller not in ("random", "actor_critic", "bayesian"):
+            raise ValueError(f"controller must be random, actor_critic or bayesian, got {self.controller!r}")
+        if self.trials < 1:
+            raise ValueError(f"trials must be >= 1, got {self.trials}")
+        if self.max_rejected < 0:
+            raise ValueError(f"max_rejected must be >= 0, got {self.max_rejected}")
+        if self.objective.metric == "latency" and self.objective.budget_ms is None and not self.reference:
+            raise ValueError(
+                "objective.budget_ms is null (= the reference config's latency) but reference is false: "
+                "set a budget or train the reference"
+            )
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A validated search: its config, the base train config (a TrainConfig), the data's tables."""
+
+    cfg: SearchConfig
+    base: Any  # recsearch.train.trainer.TrainConfig (imported lazily: it pulls in torchrec)
+    space: SearchSpace
+    tables: tuple[TableSpec, ...]  # the data's tables (rows, pooling, reuse) at the space's first dim
+    train_split_rows: int
+
+    def resolved_dict(self, search_dir: Path) -> dict[str, Any]:
+        raw = config.to_dict(self.cfg)
+        raw["train"] = None
+        raw["base"] = {k: v for k, v in config.to_dict(self.base).items() if k not in ("output_dir",)}
+        raw["data_dir"] = str(Path(self.cfg.data_dir).resolve())
+        raw["base"]["data_dir"] = raw["data_dir"]
+        raw["output_dir"] = str(search_dir.resolve())
+        return raw
+
+
+def load_search_config(path: Path | str, overrides: list[str] | None = None) -> Resolved:
+    """Parse and validate a search config, every problem at once; then check the search is
+    possible at all (data present, rungs within the data, something fits the topology)."""
+    from recsearch.data import layout
+    from recsearch.train.trainer import TrainConfig
+
+    path = Path(path)
+    raw = config.apply_overrides(config.load_yaml(path), overrides or [], origin=f"{path} (overrides)")
+    cfg = config.build(SearchConfig, raw, origin=str(path))
+    problems: list[str] = []
+    base_raw: dict[str, Any] = {}
+    origin = f"{path}: base"
+    if cfg.train:
+        try:
+            base_raw = config.load_yaml(cfg.train)
+        except config.ConfigError as err:
+            problems += [f"{path}: train: {p}" for p in err.problems]
+        origin = f"{cfg.train} (base of {path})"
+    base_raw = _merge(base_raw, cfg.base)
+    base_raw["data_dir"] = cfg.data_dir
+    base_raw.setdefault("output_dir", "unused")
+    try:
+        base = config.build(TrainConfig, base_raw, origin=origin)
+    except config.ConfigError as err:
+        problems += err.problems
+        base = None
+    f = cfg.fidelity
+    if not f.train_rows or any(r <= 0 for r in f.train_rows) or list(f.train_rows) != sorted(set(f.train_rows)):
+        problems.append(f"{path}: fidelity.train_rows: must be positive and strictly increasing, got {list(f.train_rows)}")
+    if f.eta < 2 or f.bracket_size < 0:
+        problems.append(f"{path}: fidelity: eta must be >= 2 and bracket_size >= 0")
+    if cfg.runner.kind == "inprocess" and cfg.topology.devices != 1:
+        problems.append(f"{path}: runner.kind: inprocess trains on one rank; topology.devices is {cfg.topology.devices}")
+    try:
+        meta = layout.read_meta(cfg.data_dir)
+    except (FileNotFoundError, ValueError) as err:
+        problems.append(f"{path}: data_dir: {err}")
+        meta = None
+    if problems or base is None or meta is None:
+        raise config.ConfigError(problems)
+
+    train_rows = sum(meta.day_rows[:-1])
+    eval_rows = meta.day_rows[-1] // 2
+    if f.train_rows[-1] > train_rows:
+        problems.append(f"{path}: fidelity.train_rows: top rung {f.train_rows[-1]:,} > the train split's {train_rows:,} rows")
+    batch = cfg.objective.serving_batch
+    if batch > eval_rows:
+        problems.append(f"{path}: objective.serving_batch: {batch} > the test split's {eval_rows:,} rows")
+    topology = cfg.topology.topology()
+    try:
+        space = SearchSpace(cfg.space, topology, f.train_rows[-1], cfg.seed)
+        lowest = min(cfg.space.batch_size) * topology.world_size
+        if lowest > f.train_rows[0]:
+            problems.append(
+                f"{path}: fidelity.train_rows: the lowest rung ({f.train_rows[0]:,} rows) is smaller than "
+                f"one batch ({lowest:,})"
+            )
+    except ValueError as err:
+        problems.append(f"{path}: space: {err}")
+        space = None
+    if cfg.placer != "auto":
+        from recsearch.placement.baselines import PLACERS
+
+        if cfg.placer not in PLACERS:
+            problems.append(f"{path}: placer: {cfg.placer!r} is not one of auto, {', '.join(PLACERS)}")
+    try:
+        tables = tuple(data_tables(cfg, base, meta))
+    except ValueError as err:
+        problems.append(f"{path}: stats: {err}")
+        tables = ()
+    if problems or space is None:
+        raise config.ConfigError(problems)
+    return Resolved(cfg, base, space, tables, train_rows)
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def data_tables(cfg: SearchConfig, base: Any, meta: Any) -> list[TableSpec]:
+    """The model's tables for this data: rows as the trainer builds them (capped), pooling factor
+    and reuse histogram from the statistics file when there is one (better cost estimates)."""
+    from recsearch.model.dlrm import table_rows
+
+    rows = table_rows(meta.num_embeddings_per_feature, base.max_rows_per_table)
+    stats_path = Path(cfg.stats) if cfg.stats else Path(cfg.data_dir) / "stats.json"
+    stats: list[TableSpec] = []
+    if cfg.stats or stats_path.exists():
+        from recsearch.data.stats import load_tables
+
+        stats = load_tables(stats_path)
+        if len(stats) != len(rows):
+            raise ValueError(f"{stats_path} has {len(stats)} tables, the data has {len(rows)}")
+    bytes_per_value = 2 if base.embedding_precision == "fp16" else 4
+    return [
+        TableSpec(
+            name=f"t_cat_{i}", num_rows=int(n), dim=1,
+            pooling_factor=stats[i].pooling_factor if stats else 1.0,
+            reuse_hist=stats[i].reuse_hist if stats else (),
+            feature_names=(f"cat_{i}",), bytes_per_value=bytes_per_value,
+        )
+        for i, n in enumerate(rows)
+    ]
+
+
+# ---- sharding-aware candidate checks -------------------------------------------------------------
+@dataclass(frozen=True)
+class Check:
+    """A candidate's placement verdict: rejected (with why) or placed (with its cost)."""
+
+    rejected: str | None
+    placement: dict[str, int] = field(default_factory=dict)  # table -> rank
+    memory_bytes_per_device: tuple[int, ...] = ()
+    est_step_cost_ms: float | None = None
+
+
+class Checker:
+    """Places a candidate's tables for the target topology, checks memory, estimates step cost."""
+
+    def __init__(self, tables: tuple[TableSpec, ...], topology: Topology, placer_name: str, seed: int):
+        self.tables = tables
+        self.topology = topology
+        self.placer_name, self.placer = _make_placer(placer_name, topology, seed)
+        self.cost_net, self.cost_note = _load_cost_net(topology.compute_device)
+
+    def tables_for(self, spec: TrialSpec) -> list[TableSpec]:
+        return [replace(t, dim=spec.arch.embedding_dim) for t in self.tables]
+
+    def check(self, spec: TrialSpec) -> Check:
+        from recsearch.placement.types import PlacementError, check_fits
+
+        tables = self.tables_for(spec)
+        optimizer = spec.hparams.embedding_optimizer
+        try:
+            check_fits(tables, self.topology, optimizer)
+            placement = self.placer.place(tables, self.topology)
+            placement.validate(tables, self.topology, optimizer)
+        except (PlacementError, ValueError) as err:
+            return Check(rejected=f"does not fit {self.topology.world_size} x {self.topology.device_memory_bytes / 2**20:.0f} MiB: {err}")
+        est = None
+        if self.cost_net is not None:
+            cost = self.cost_net.predict(tables, placement, self.topology)
+            # The net predicts at the batch its samples were measured at; lookup work and
+            # all-to-all bytes grow linearly with the batch, so scale to this trial's global batch.
+            scale = spec.hparams.batch_size * self.topology.world_size / self.cost_net.meta.batch_size
+            est = round(cost.total_ms * scale, 4)
+        return Check(
+            rejected=None,
+            placement=placement.to_dict(tables),
+            memory_bytes_per_device=tuple(placement.memory_per_rank(tables, optimizer)),
+            est_step_cost_ms=est,
+        )
+
+
+def _make_placer(name: str, topology: Topology, seed: int):
+    from recsearch.placement.baselines import make_placer
+
+    if name != "auto":
+        return name, make_placer(name, seed=seed)
+    try:
+        placer = make_placer("learned", seed=seed)
+        probe = [TableSpec(name=f"probe_{i}", num_rows=10, dim=4) for i in range(2)]
+        placer.place(probe, Topology(topology.world_size, 2**30, topology.compute_device))
+        return "learned", placer
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError):
+        # no learned policy for this device (yet): DreamShard's strongest simple baseline
+        return "size_lookup_greedy", make_placer("size_lookup_greedy", seed=seed)
+
+
+def _load_cost_net(device: str):
+    try:
+        from recsearch.placement.cost_net import load_shipped
+
+        return load_shipped(device), f"shipped {device} cost net"
+    except (ValueError, FileNotFoundError, RuntimeError, ImportError) as err:
+        return None, f"no step-cost estimate ({err})"
+
+
+def feasibility_problems(res: Resolved, checker: Checker, reference: TrialSpec | None) -> list[str]:
+    """An empty or contradictory space, found before any training: nothing fits the topology, or
+    (step-cost budget) nothing is within it."""
+    space, cfg = res.space, res.cfg
+    fits_any = False
+    smallest = None
+    for dim in space.space.embedding_dim:
+        for opt in space.space.embedding_optimizer:
+            probe = _probe(space, dim, opt, min(space.space.batch_size))
+            check = checker.check(probe)
+            if check.rejected is None:
+                fits_any = True
+            else:
+                smallest = smallest or check.rejected
+    problems = []
+    if not fits_any:
+        problems.append(
+            f"search space: no embedding_dim x embedding_optimizer option fits the topology "
+            f"({cfg.topology.devices} x {cfg.topology.memory_per_device_mb:g} MB): {smallest}"
+        )
+    if reference is not None:
+        check = checker.check(reference)
+        if check.rejected:
+            problems.append(f"reference config: {check.rejected}")
+    return problems
+
+
+def _probe(space: SearchSpace, dim: int, optimizer: str, batch: int) -> TrialSpec:
+    choices = []
+    for d in space.decisions:
+        target = {"embedding_dim": dim, "embedding_optimizer": optimizer, "batch_size": batch}.get(d.name)
+        choices.append(d.options.index(target) if target is not None else 0)
+    return space.decode(tuple(choices))
+
+
+# ---- the search ----------------------------------------------------------------------------------
+class Search:
+    """One search directory: its store, controller, runner, scheduler and the loop over them."""
+
+    def __init__(self, res: Resolved, search_dir: Path, runner: TrialRunner | None = None, echo=print):
+        self.res = res
+        self.cfg = res.cfg
+        self.dir = Path(search_dir)
+        self.echo = echo
+        self.store = JournalStore(self.dir)
+        self.topology = self.cfg.topology.topology()
+        self.runner = runner or make_runner(
+            self.cfg.runner.kind, self.cfg.objective.serving_batch, self.cfg.runner.threads or None,
+            self.cfg.runner.torchx,
+        )
+        f = self.cfg.fidelity
+        self.sched = SuccessiveHalving(tuple(f.train_rows), f.eta, f.bracket_size)
+        self.controller = ctl.make_controller(self.cfg.controller, res.space, self.cfg.seed)
+        self.checker = Checker(res.tables, self.topology, self.cfg.placer, self.cfg.seed)
+        self.running: dict[int, tuple[Handle, int]] = {}  # trial -> (handle, rung)
+        self.budget_ms: float | None = self.cfg.objective.budget_ms
+        self.started_s = time.time()
+        self.proposals_closed = False
+        self._hb_lock = threading.Lock()
+        self._beating: set[int] = set()  # trials whose run is under way (heartbeat thread reads it)
+
+    # ---- setup and resume ---------------------------------------------------------------------
+    def reference_spec(self) -> TrialSpec:
+        base = self.res.base
+        return TrialSpec(
+            trial_id=-1, arch=base.arch, hparams=base.hparams, train_rows=self.cfg.fidelity.train_rows[-1],
+            topology=self.topology, extra={"reference": "1"},
+        )
+
+    def prepare(self) -> None:
+        problems = feasibility_problems(self.res, self.checker, self.reference_spec() if self.cfg.reference else None)
+        if problems:
+            raise config.ConfigError([f"{self.dir / SEARCH_CONFIG}: {p}" for p in problems])
+        if self.cfg.objective.metric == "step_cost" and self.budget_ms is None:
+            est = self.checker.check(self.reference_spec()).est_step_cost_ms
+            if est is None:
+                raise config.ConfigError([f"{self.dir / SEARCH_CONFIG}: objective: step_cost budget from the reference needs a cost model: {self.checker.cost_note}"])
+            self.budget_ms = est
+        self._restore()
+
+    def _restore(self) -> None:
+        """Rebuild the scheduler and controller from the journal (a no-op for a new search)."""
+        records = self.store.trials()
+        controller_path = self.dir / CONTROLLER_FILE
+        fresh_controller = not controller_path.exists()
+        if not fresh_controller:
+            ctl.load_state(self.controller, controller_path)
+        for rec in records:
+            if rec.notes.get("reference") or rec.notes.get("rejected"):
+                continue
+            self.sched.add(rec.trial_id)
+            for rung, entry in sorted(rec.notes.get("rungs", {}).items(), key=lambda kv: int(kv[0])):
+                self.sched.record(rec.trial_id, int(rung), entry.get("score"))
+        # Finished trials the controller has not seen: all of them for a fresh controller, else
+        # those finished after its state was last saved.
+        for rec in records:
+            if rec.notes.get("reference") or rec.state not in FINAL:
+                continue
+            if fresh_controller or not rec.notes.get("observed"):
+                score = None if rec.notes.get("rejected") or rec.state is TrialState.FAILED else rec.notes.get("reward")
+                self._observe(rec.trial_id, rec.spec, score)
+        orphans = [r for r in records if r.state is TrialState.RUNNING]
+        if orphans:
+            self.store.fail_stale(0.0)  # this process holds the directory lock: they are orphans
+        for rec in orphans:
+            self._retry_or_fail(self.store.get(rec.trial_id))
+        ref = next((r for r in self.store.trials() if r.notes.get("reference")), None)
+        if ref and ref.state is TrialState.COMPLETE and self.cfg.objective.metric == "latency" and self.budget_ms is None:
+            self.budget_ms = ref.result.latency_p50_ms
+        if len(self.sched.trials()) >= self.cfg.trials:
+            self._close_proposals()
+        for bracket in {self.sched.bracket_of(t) for t in self.sched.trials()}:
+            self._reconcile(bracket)
+        if records:
+            done = sum(r.state in FINAL for r in records)
+            self.echo(f"[search] resumed {self.dir}: {len(records)} trials in the journal, {done} finished, "
+                      f"{len(orphans)} were running when the search died")
+
+    def _retry_or_fail(self, rec: TrialRecord) -> None:
+        """A trial whose run died with the previous search process (now failed as stale): within
+        the retry budget it is set PENDING and runs again; otherwise its failure stands."""
+        if rec.attempts <= self.cfg.runner.retries:
+            self.store.set_state(rec.trial_id, TrialState.PENDING,
+                                 notes={"retry": f"attempt {rec.attempts} died with the search process"})
+            return
+        if not rec.notes.get("reference"):
+            self._record_rung(rec.trial_id, int(rec.notes.get("rung", 0)), rec.result, None, {})
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def run(self) -> int:
+        self.prepare()
+        stop = threading.Event()
+        beat = threading.Thread(target=self._heartbeats, args=(stop,), daemon=True)
+        beat.start()
+        try:
+            if self.cfg.reference:
+                self._run_reference()
+            while True:
+                self._fill_slots()
+                if not self.running:
+                    if not self.proposals_closed:
+                        self._close_proposals()
+                        continue
+                    if not self.sched.runnable():
+                        break
+                    continue
+                self._wait_one()
+        except KeyboardInterrupt:
+            for handle, _ in self.running.values():
+                self.runner.cancel(handle)
+            self.echo("[search] interrupted; resume with: recsearch search --resume " + str(self.dir))
+            return 130
+        finally:
+            stop.set()
+        self.summary()
+        return 0
+
+    def _heartbeats(self, stop: threading.Event) -> None:
+        while not stop.wait(self.cfg.heartbeat_s):
+            with self._hb_lock:
+                ids = list(self._beating)
+            for trial_id in ids:
+                try:
+                    self.store.heartbeat(trial_id)
+                except (OSError, KeyError):
+                    pass
+
+    def _run_reference(self) -> None:
+        refs = [r for r in self.store.trials() if r.notes.get("reference")]
+        if refs and refs[0].state in FINAL:
+            rec = refs[0]
+        else:
+            rec = refs[0] if refs else self.store.create_trial(self.reference_spec())
+            if not refs:
+                self.store.set_state(rec.trial_id, TrialState.PENDING, notes={"reference": True})
+            self._submit(rec.trial_id, rec.spec, len(self.cfg.fidelity.train_rows) - 1)
+            while self.running:
+                self._wait_one()
+            rec = self.store.get(rec.trial_id)
+        if rec.state is not TrialState.COMPLETE:
+            error = rec.result.error if rec.result else "unknown"
+            if self.cfg.objective.metric == "latency" and self.budget_ms is None:
+                raise RuntimeError(f"the reference config failed ({error}); it sets the latency budget: "
+                                   f"fix it or set objective.budget_ms")
+            return
+        if self.cfg.objective.metric == "latency" and self.budget_ms is None:
+            self.budget_ms = rec.result.latency_p50_ms
+            self.echo(f"[search] latency budget: {self.budget_ms:.3f} ms at batch "
+                      f"{self.cfg.objective.serving_batch} (the reference config's p50)")
+
+    def _fill_slots(self) -> None:
+        while len(self.running) < self.cfg.runner.concurrency:
+            due = [(t, r) for t, r in self.sched.runnable() if t not in self.running]
+            if due:
+                trial_id, rung = due[0]
+                self._submit(trial_id, self.store.get(trial_id).spec, rung)
+                continue
+            if self.proposals_closed or not self._propose_one():
+                return
+
+    def _propose_one(self) -> bool:
+        """Propose until one candidate is admitted (True) or proposals end (False)."""
+        max_rejected = self.cfg.max_rejected or 10 * self.cfg.trials
+        while True:
+            if len(self.sched.trials()) >= self.cfg.trials:
+                self._close_proposals()
+                return False
+            rejected = len([r for r in self.store.trials() if r.notes.get("rejected")])
+            if rejected >= max_rejected:
+                self.echo(f"[search] stopping proposals: {rejected} candidates rejected (max_rejected {max_rejected})")
+                self._close_proposals()
+                return False
+            spec = self.controller.propose()
+            if spec is None:
+                self.echo("[search] the controller has nothing left to propose (space exhausted)")
+                self._close_proposals()
+                return False
+            spec = replace(spec, train_rows=self.cfg.fidelity.train_rows[0])
+            check = self.checker.check(spec)
+            why = check.rejected
+            if why is None and check.est_step_cost_ms is not None:
+                why = over_cost_budget(self.cfg.objective, check.est_step_cost_ms, self.budget_ms)
+            rec = self.store.create_trial(spec)
+            notes = _check_notes(check)
+            if why is not None:
+                self.store.set_state(rec.trial_id, TrialState.PRUNED, notes={**notes, "rejected": why})
+                self._observe(rec.trial_id, spec, None)
+                self.echo(f"[search] trial {rec.trial_id:>3} rejected before training: {describe(spec)}: {why[:300]}"
+                          f" ({rejected + 1} rejected so far)")
+                self._log_tb(rec.trial_id)
+                continue
+            bracket = self.sched.add(rec.trial_id)
+            self.store.set_state(rec.trial_id, TrialState.PENDING, notes={**notes, "bracket": bracket})
+            ctl.save_state(self.controller, self.dir / CONTROLLER_FILE)
+            self._submit(rec.trial_id, self.store.get(rec.trial_id).spec, 0)
+            return True
+
+    def _close_proposals(self) -> None:
+        self.proposals_closed = True
+        self.sched.close()
+        for bracket in {self.sched.bracket_of(t) for t in self.sched.trials()}:
+            self._reconcile(bracket)
+
+    def _submit(self, trial_id: int, spec: TrialSpec, rung: int) -> None:
+        rows = self.cfg.fidelity.train_rows[rung]
+        spec = replace(spec, trial_id=trial_id, train_rows=rows)
+        workdir = self.dir / TRIALS_DIR / str(trial_id)
+        _archive_previous(workdir, rung)
+        workdir.mkdir(parents=True, exist_ok=True)
+        check = self.checker.check(spec)
+        if check.placement:
+            import json
+
+            (workdir / PLACEMENT_FILE).write_text(json.dumps({"placement": check.placement}, indent=1) + "\n")
+        (workdir / TRIAL_CONFIG).write_text(yaml.safe_dump(self.trial_config(spec, workdir, bool(check.placement)), sort_keys=False))
+        self.store.set_state(trial_id, TrialState.RUNNING, notes={"rung": rung, "train_rows": rows})
+        with self._hb_lock:
+            self._beating.add(trial_id)
+        handle = self.runner.submit(spec, workdir)  # in-process: returns when the run has ended
+        self.running[trial_id] = (handle, rung)
+
+    def trial_config(self, spec: TrialSpec, workdir: Path, placed: bool) -> dict[str, Any]:
+        """The exact `recsearch train` config of a trial: the base config with the candidate's
+        architecture, hyperparameters, fidelity, placement and output directory."""
+        raw = config.to_dict(self.res.base)
+        raw.update(
+            data_dir=str(Path(self.cfg.data_dir).resolve()),
+            output_dir=str(workdir.resolve()),
+            arch=config.to_dict(spec.arch),
+            hparams=config.to_dict(spec.hparams),
+            train_rows=spec.train_rows,
+            tensorboard=True,
+            resume_from=None,
+        )
+        if placed:
+            raw["plan"] = str((workdir / PLACEMENT_FILE).resolve())
+        batches = list(raw.get("latency_batch_sizes") or [])
+        if self.cfg.objective.serving_batch not in batches:
+            raw["latency_batch_sizes"] = batches + [self.cfg.objective.serving_batch]
+        return raw
+
+    def _wait_one(self) -> None:
+        """Block until at least one running trial ends; record every one that did."""
+        while True:
+            ended = [t for t, (h, _) in list(self.running.items()) if self.runner.poll(h) is not TrialState.RUNNING]
+            if ended:
+                break
+            time.sleep(self.cfg.runner.poll_s)
+        for trial_id in ended:
+            handle, rung = self.running.pop(trial_id)
+            with self._hb_lock:
+                self._beating.discard(trial_id)
+            self._finish(trial_id, handle, rung)
+
+    def _finish(self, trial_id: int, handle: Handle, rung: int) -> None:
+        result = self.runner.result(handle)
+        rec = self.store.get(trial_id)
+        extra = {**result_notes(handle.workdir), "wall_s": round(handle.wall_s, 2)}
+        if rec.notes.get("reference"):
+            state = result.state
+            self.store.set_state(trial_id, state, result=result, notes=extra)
+            self._progress(self.store.get(trial_id), rung, "reference")
+            self._log_tb(trial_id)
+            return
+        score = None
+        if result.state is TrialState.COMPLETE:
+            score = reward(self.cfg.objective, result.auc, result.latency_p50_ms, self.budget_ms)
+        self._record_rung(trial_id, rung, result, score, extra)
+
+    def _record_rung(self, trial_id: int, rung: int, result: TrialResult | None, score: float | None, extra: dict) -> None:
+        rec = self.store.get(trial_id)
+        if result is None:
+            result = TrialResult(trial_id, TrialState.FAILED, error="no result")
+        rungs = dict(rec.notes.get("rungs", {}))
+        rungs[str(rung)] = {
+            "train_rows": self.cfg.fidelity.train_rows[rung], "score": score, "auc": result.auc,
+            "latency_p50_ms": result.latency_p50_ms, "wall_s": extra.get("wall_s"), "error": result.error,
+        }
+        self.sched.record(trial_id, rung, score)
+        status = self.sched.status(trial_id)
+        # PENDING: trained, not running; _reconcile gives it its final state when one is decided
+        self.store.set_state(trial_id, TrialState.PENDING, result=result, notes={**extra, "rungs": rungs, "reward": score})
+        self._reconcile(self.sched.bracket_of(trial_id), quiet=trial_id)
+        status_text = status.status.value
+        if status.status is Status.PRUNED:
+            status_text = f"pruned (rank {status.rank} of {status.of})"
+        self._progress(self.store.get(trial_id), rung, status_text)
+
+    def _reconcile(self, bracket: int, quiet: int | None = None) -> None:
+        """Give every trial of the bracket whose scheduler status is final that state in the store,
+        and feed it to the controller."""
+        for trial_id in [t for t in self.sched.trials() if self.sched.bracket_of(t) == bracket]:
+            status = self.sched.status(trial_id)
+            target = {Status.PRUNED: TrialState.PRUNED, Status.COMPLETE: TrialState.COMPLETE,
+                      Status.FAILED: TrialState.FAILED}.get(status.status)
+            rec = self.store.get(trial_id)
+            if target is None or rec.state is target:
+                continue
+            notes: dict[str, Any] = {}
+            if target is TrialState.PRUNED:
+                notes["pruned"] = (f"not promoted at rung {status.rung} ({self.cfg.fidelity.train_rows[status.rung]:,} rows):"
+                                   f" rank {status.rank} of {status.of}, top {max(1, (status.of or 0) // self.sched.eta)} promoted")
+            result = rec.result
+            if target is TrialState.FAILED and (result is None or result.state is not TrialState.FAILED):
+                result = TrialResult(trial_id, TrialState.FAILED, error="failed")
+            self.store.set_state(trial_id, target, result=result, notes=notes)
+            self._observe(trial_id, rec.spec, rec.notes.get("reward") if target is not TrialState.FAILED else None)
+            if target is TrialState.PRUNED and trial_id != quiet:
+                self.echo(f"[search] trial {trial_id:>3} pruned: {notes['pruned']}")
+            self._log_tb(trial_id)
+
+    def _observe(self, trial_id: int, spec: TrialSpec, score: float | None) -> None:
+        self.controller.observe(spec, score)
+        ctl.save_state(self.controller, self.dir / CONTROLLER_FILE)
+        self.store.set_state(trial_id, self.store.get(trial_id).state, notes={"observed": True})
+
+    def _log_tb(self, trial_id: int) -> None:
+        try:
+            from recsearch.search import tb
+        except ImportError:
+            return
+        tb.log_trial(self.dir, self.store.get(trial_id))
+
+    # ---- what the user sees -------------------------------------------------------------------
+    def _progress(self, rec: TrialRecord, rung: int, status: str) -> None:
+        r = rec.result
+        top = len(self.cfg.fidelity.train_rows) - 1
+        auc = f"AUC {r.auc:.4f}" if r and r.auc is not None else "AUC  -    "
+        lat = f"lat {r.latency_p50_ms:.2f} ms" if r and r.latency_p50_ms is not None else "lat -"
+        wall = rec.notes.get("wall_s")
+        best = self.best()
+        best_text = f"best {best.result.auc:.4f} (trial {best.trial_id})" if best else "best -"
+        tail = f" | {r.error[:200]}" if r and r.state is TrialState.FAILED and r.error else ""
+        self.echo(
+            f"[search] trial {rec.trial_id:>3} rung {rung}/{top} ({rec.notes.get('train_rows', 0):,} rows) "
+            f"{describe(rec.spec)} | {auc} {lat} | {wall if wall is not None else 0:.1f} s | {status} | {best_text}{tail}"
+        )
+
+    def best(self, n: int = 1) -> Any:
+        done = [r for r in self.store.trials((TrialState.COMPLETE,)) if not r.notes.get("reference")]
+        done.sort(key=lambda r: (-(r.notes.get("reward") if r.notes.get("reward") is not None else -math.inf), r.trial_id))
+        if n == 1:
+            return done[0] if done else None
+        return done[:n]
+
+    def summary(self) -> dict[str, Any]:
+        records = self.store.trials()
+        ref = next((r for r in records if r.notes.get("reference")), None)
+        cands = [r for r in records if not r.notes.get("reference")]
+        rejected = [r for r in cands if r.notes.get("rejected")]
+        trained = [r for r in cands if not r.notes.get("rejected")]
+        counts = {
+            "trained": len(trained), "budget": self.cfg.trials, "rejected": len(rejected),
+            "complete": sum(r.state is TrialState.COMPLETE for r in trained),
+            "pruned": sum(r.state is TrialState.PRUNED for r in trained),
+            "failed": sum(r.state is TrialState.FAILED for r in trained),
+        }
+        wall = max((r.updated_at_s for r in records), default=self.started_s) - min((r.created_at_s for r in records), default=self.started_s)
+        self.echo("")
+        self.echo(f"[search] done: {counts['trained']}/{counts['budget']} configurations trained "
+                  f"({counts['complete']} complete, {counts['pruned']} pruned by successive halving, "
+                  f"{counts['failed']} failed); {counts['rejected']} rejected before training; "
+                  f"wall time {wall:.0f} s; {self.dir}")
+        if ref and ref.result:
+            self.echo(f"[search] reference config (trial {ref.trial_id}): val AUC {_num(ref.result.auc)}, "
+                      f"latency {_num(ref.result.latency_p50_ms, 3)} ms" + (f", {ref.result.error}" if ref.result.error else ""))
+        if self.budget_ms is not None:
+            self.echo(f"[search] budget ({self.cfg.objective.metric}): {self.budget_ms:.3f} ms")
+        for rec in self.best(3):
+            r, score = rec.result, rec.notes.get("reward")
+            self.echo(f"[search] best: trial {rec.trial_id} val AUC {_num(r.auc)} test AUC {_num(rec.notes.get('test_auc'))} "
+                      f"latency {_num(r.latency_p50_ms, 3)} ms reward {_num(score)}: {describe(rec.spec)}")
+        points = [Point(r.trial_id, r.result.auc, r.result.latency_p50_ms) for r in records
+                  if r.state is TrialState.COMPLETE and r.result and r.result.auc is not None and r.result.latency_p50_ms is not None]
+        front = pareto_front(points)
+        if front:
+            self.echo("[search] Pareto front (AUC vs latency): " + ", ".join(
+                f"trial {p.trial_id}{' (reference)' if ref and p.trial_id == ref.trial_id else ''} {p.auc:.4f} @ {p.latency_ms:.3f} ms" for p in front))
+        return {"counts": counts, "wall_s": wall, "pareto": [p.trial_id for p in front]}
+
+
+def _num(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def describe(spec: TrialSpec) -> str:
+    """A one-line summary of a candidate's decisions."""
+    a, h = spec.arch, spec.hparams
+    inter = a.interaction.value if isinstance(a.interaction, Interaction) else str(a.interaction)
+    if inter == "dcn":
+        inter = f"dcn{a.dcn_num_layers}x{a.dcn_low_rank_dim}"
+    bottom = "-".join(str(w) for w in a.bottom_mlp[:-1]) or "none"
+    top = "-".join(str(w) for w in a.top_mlp[:-1]) or "none"
+    return (f"dim {a.embedding_dim} bot {bottom} top {top} {inter} bs {h.batch_size} "
+            f"{h.embedding_optimizer} {h.embedding_lr:g} / {h.dense_optimizer} {h.dense_lr:g}")
+
+
+def _check_notes(check: Check) -> dict[str, Any]:
+    notes: dict[str, Any] = {}
+    if check.est_step_cost_ms is not None:
+        notes["est_step_cost_ms"] = check.est_step_cost_ms
+    if check.memory_bytes_per_device:
+        notes["memory_bytes_per_device"] = list(check.memory_bytes_per_device)
+    return notes
+
+
+def _archive_previous(workdir: Path, rung: int) -> None:
+    """Move an earlier run's files out of the trial dir, so it holds only the new run: the run of
+    the rung below (a promotion) goes to rung_<k>/, anything else (a failed or orphaned attempt at
+    this rung) to attempt_<n>/."""
+    if not workdir.exists():
+        return
+    entries = [p for p in workdir.iterdir() if not p.name.startswith(("rung_", "attempt_"))]
+    if not entries:
+        return
+    name = f"rung_{rung - 1}"
+    if rung == 0 or (workdir / name).exists():
+        n = 1
+        while (workdir / f"attempt_{n}").exists():
+            n += 1
+        name = f"attempt_{n}"
+    dest = workdir / name
+    dest.mkdir()
+    for p in entries:
+        shutil.move(str(p), str(dest / p.name))
+
+
+# ---- entry point ---------------------------------------------------------------------------------
+class _DirLock:
+    """One search process per directory: a resumed search must not race a live one."""
+
+    def __init__(self, path: Path):
+        self.fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise RuntimeError(f"another search is running in {path.parent} (it holds {path})") from None
+
+    def release(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="recsearch search",
+        description="Search DLRM architectures and hyperparameters (sharding-aware, multi-fidelity).",
+    )
+    parser.add_argument("--config", help="search YAML (configs/search/)")
+    parser.add_argument("--out", help="search directory (default: the config's output_dir)")
+    parser.add_argument("--resume", metavar="DIR", help="continue the search in DIR (reads DIR/search.yaml)")
+    parser.add_argument("overrides", nargs="*", help="key=value, e.g. trials=20 runner.concurrency=2")
+    args = parser.parse_args(argv)
+    if bool(args.config) == bool(args.resume):
+        parser.error("give exactly one of --config FILE or --resume DIR")
+    if args.resume and (args.out or args.overrides):
+        parser.error("--resume DIR takes no --out or overrides: the search continues as configured in DIR/search.yaml")
+    try:
+        if args.resume:
+            search_dir = Path(args.resume)
+            if not (search_dir / SEARCH_CONFIG).exists():
+                raise config.ConfigError([f"{search_dir}: no {SEARCH_CONFIG}: not a search directory"])
+            res = load_search_config(search_dir / SEARCH_CONFIG)
+        else:
+            res = load_search_config(args.config, args.overrides)
+            search_dir = Path(args.out or res.cfg.output_dir)
+            if (search_dir / SEARCH_CONFIG).exists():
+                raise config.ConfigError([f"{search_dir}: already holds a search; continue it with "
+                                          f"--resume {search_dir} or pick another --out"])
+        search_dir.mkdir(parents=True, exist_ok=True)
+        lock = _DirLock(search_dir / LOCK_FILE)
+    except (config.ConfigError, RuntimeError) as err:
+        print(f"recsearch search: {err}", file=sys.stderr)
+        return 2
+    try:
+        if not args.resume:
+            text = f"# Written by recsearch search: the resolved config; `recsearch search --resume {search_dir}` reads it.\n"
+            text += yaml.safe_dump(res.resolved_dict(search_dir), sort_keys=False)
+            tmp = search_dir / (SEARCH_CONFIG + ".partial")
+            tmp.write_text(text)
+            os.replace(tmp, search_dir / SEARCH_CONFIG)
+        search = Search(res, search_dir)
+        print(f"[search] {res.cfg.controller} controller over {res.space.cardinality:,} configurations; "
+              f"{res.cfg.trials} trials, rungs {list(res.cfg.fidelity.train_rows)} rows (eta {res.cfg.fidelity.eta}); "
+              f"{res.cfg.runner.kind} runner x {res.cfg.runner.concurrency}; placer {search.checker.placer_name}; "
+              f"{search.checker.cost_note[:160]}; {search_dir}", flush=True)
+        return search.run()
+    except (config.ConfigError, RuntimeError) as err:
+        print(f"recsearch search: {err}", file=sys.stderr)
+        return 2
+    finally:
+        lock.release()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""What the search maximizes: AUC, subject to a serving-latency or step-cost budget.
+
+The budget defaults to the reference DLRM config's own number ("no slower than the hand-tuned
+model"): its measured inference latency at the serving batch, or its estimated step cost.
+
+- metric "latency": latency is only known after training, so the budget is soft:
+  reward = AUC - penalty * max(0, latency / budget - 1). A soft penalty, not a hard cut, because a
+  latency measured on a shared machine carries a few percent of noise; a model 1 % over budget
+  should rank just below an equal one within it, not last.
+- metric "step_cost": the estimated embedding step cost is known before training (placement +
+  cost model), so candidates over budget * (1 + tolerance) are rejected before any training and
+  the reward is the AUC.
+- metric "none": the reward is the AUC.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+METRICS = ("latency", "step_cost", "none")
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    """The search config's `objective:` section."""
+
+    metric: str = "latency"  # latency | step_cost | none
+    budget_ms: float | None = None  # None: the reference config's latency / step cost
+    serving_batch: int = 256  # the batch size whose p50 latency is the latency
+    penalty: float = 0.1  # latency: reward lost per 100 % over budget
+    tolerance: float = 0.0  # step_cost: rejected above budget * (1 + tolerance)
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"objective.metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        if self.budget_ms is not None and not self.budget_ms > 0:
+            raise ValueError(f"objective.budget_ms must be positive, got {self.budget_ms}")
+        if self.serving_batch < 1:
+            raise ValueError(f"objective.serving_batch must be >= 1, got {self.serving_batch}")
+        if self.penalty < 0 or self.tolerance < 0:
+            raise ValueError("objective.penalty and objective.tolerance must be >= 0")
+
+
+def reward(
+    objective: ObjectiveConfig, auc: float | None, latency_ms: float | None, budget_ms: float | None
+) -> float | None:
+    """The controller's reward for a trained trial (None: no usable result)."""
+    if auc is None or not math.isfinite(auc):
+        return None
+    if objective.metric != "latency" or budget_ms is None:
+        return float(auc)
+    if latency_ms is None or not math.isfinite(latency_ms):
+        return None
+    return float(auc) - objective.penalty * max(0.0, latency_ms / budget_ms - 1.0)
+
+
+def over_cost_budget(objective: ObjectiveConfig, est_cost_ms: float, budget_ms: float | None) -> str | None:
+    """Why a candidate is rejected before training for its estimated step cost (None: it is not)."""
+    if objective.metric != "step_cost" or budget_ms is None:
+        return None
+    limit = budget_ms * (1 + objective.tolerance)
+    if est_cost_ms > limit:
+        return (
+            f"estimated step cost {est_cost_ms:.3f} ms is over the budget of {budget_ms:.3f} ms"
+            + (f" (+{objective.tolerance:.0%} tolerance)" if objective.tolerance else "")
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class Point:
+    """One trained model on the AUC / latency plane."""
+
+    trial_id: int
+    auc: float
+    latency_ms: float
+
+
+def pareto_front(points: Sequence[Point]) -> list[Point]:
+    """Points no other point beats on both axes (higher AUC, lower latency), by latency."""
+    ordered = sorted(points, key=lambda p: (p.latency_ms, -p.auc, p.trial_id))
+    front: list[Point] = []
+    for p in ordered:
+        if not front or p.auc > front[-1].auc:
+            front.append(p)
+    return front
