@@ -204,7 +204,7 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
     except (FileNotFoundError, ValueError) as err:
         problems.append(f"{path}: data_dir: {err}")
         meta = None
-    if problems or base is None or meta is None:
+    if base is None or meta is None or not f.train_rows:
         raise config.ConfigError(problems)
 
     train_rows = sum(meta.day_rows[:-1])
@@ -406,6 +406,7 @@ class Search:
         self.started_s = time.time()
         self.proposals_closed = False
         self._hb_lock = threading.Lock()
+        self._tb_warned = False
         self._beating: set[int] = set()  # trials whose run is under way (heartbeat thread reads it)
 
     # ---- setup and resume ---------------------------------------------------------------------
@@ -708,7 +709,13 @@ class Search:
             from recsearch.search import tb
         except ImportError:
             return
-        tb.log_trial(self.dir, self.store.get(trial_id))
+        try:
+            tb.log_trial(self.dir, self.store.get(trial_id))
+        except Exception as err:  # the HParams log is a view; a bug there must not end a search
+            if not self._tb_warned:
+                self.echo(f"[search] warning: TensorBoard HParams logging failed ({type(err).__name__}: {err}); "
+                          f"the search goes on")
+                self._tb_warned = True
 
     # ---- what the user sees -------------------------------------------------------------------
     def _progress(self, rec: TrialRecord, rung: int, status: str) -> None:
