@@ -192,7 +192,8 @@ class InProcessRunner:
                 code = self.train_main(["--config", str(Path(workdir) / TRIAL_CONFIG)])
             handle.info["returncode"] = code
             if code != 0:
-                handle.error = f"trainer returned {code}"
+                tail = _log_tail(Path(workdir))
+                handle.error = f"trainer returned {code}" + (f"; log: {tail}" if tail else "")
         except Exception as err:  # any failure of a trial is its result, never the search's end
             handle.error = f"{type(err).__name__}: {err}"
         finally:
@@ -282,7 +283,7 @@ class SubprocessRunner:
         if code != 0:
             tail = _log_tail(handle.workdir)
             handle.error = _signal_error(code) + (f"; log: {tail}" if tail and code > 0 else "")
-        handle.state = self.result(handle).state
+        handle.state = read_result(handle.workdir, handle.trial_id, self.serving_batch, handle.error).state
         return handle.state
 
     def result(self, handle: Handle) -> TrialResult:
@@ -375,7 +376,7 @@ class TorchxRunner:
             if status.msg:
                 handle.error += f": {status.msg}"
         handle.finished_at_s = time.time()
-        handle.state = self.result(handle).state
+        handle.state = read_result(handle.workdir, handle.trial_id, self.serving_batch, handle.error).state
         return handle.state
 
     def result(self, handle: Handle) -> TrialResult:

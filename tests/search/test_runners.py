@@ -1,0 +1,172 @@
+"""Trial runners: result files to TrialResults, in-process failures, concurrent and killed
+subprocess trials, torchx jobs (dryrun on Slurm and Kubernetes, a real one on local_cwd)."""
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+import yaml
+
+from recsearch.search import runners
+from recsearch.search.runners import InProcessRunner, SubprocessRunner, TorchxRunner, TorchxSettings, read_result
+from recsearch.types import ArchSpec, HParams, Topology, TrialSpec, TrialState
+from tests.search.test_loop import learnable_data  # noqa: F401  (the fixture)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _spec(trial_id: int = 0, world_size: int = 1) -> TrialSpec:
+    return TrialSpec(trial_id, ArchSpec(8, (16, 8), (16, 1)), HParams(batch_size=256), 2048, Topology(world_size, 2**30))
+
+
+def _trial_dir(tmp_path: Path, data: Path, name: str = "t0", **settings) -> Path:
+    workdir = tmp_path / name
+    workdir.mkdir(parents=True)
+    raw = {
+        "data_dir": str(data), "output_dir": str(workdir),
+        "arch": {"embedding_dim": 8, "bottom_mlp": [16, 8], "top_mlp": [16, 1]},
+        "hparams": {"batch_size": 256, "embedding_optimizer": "rowwise_adagrad", "embedding_lr": 0.1,
+                    "dense_optimizer": "adagrad", "dense_lr": 0.05},
+        "train_rows": 4096, "latency_iters": 3, "latency_batch_sizes": [1, 64], "log_every_steps": 8,
+        "tensorboard": False,
+    }
+    raw.update(settings)
+    (workdir / runners.TRIAL_CONFIG).write_text(yaml.safe_dump(raw))
+    return workdir
+
+
+def _write_result(workdir: Path, **raw) -> None:
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / runners.RESULT_FILE).write_text(json.dumps(raw))
+
+
+def test_read_result_takes_validation_auc_and_latency_at_the_serving_batch(tmp_path):
+    _write_result(
+        tmp_path, status="completed", step_time_ms=3.5,
+        metrics={"val": {"auc": 0.77, "log_loss": 0.5, "accuracy": 0.8}, "test": {"auc": 0.76}},
+        latency_ms={"1": {"p50_ms": 1.0, "p99_ms": 2.0}, "256": {"p50_ms": 4.0, "p99_ms": 9.0}},
+        config={"train_rows": 5000}, samples_per_s=1000.0, peak_memory_mb_per_rank=[12.0],
+    )
+    r = read_result(tmp_path, 7, serving_batch=256)
+    assert (r.trial_id, r.state, r.auc, r.log_loss, r.accuracy) == (7, TrialState.COMPLETE, 0.77, 0.5, 0.8)
+    assert (r.latency_p50_ms, r.latency_p99_ms, r.step_time_ms) == (4.0, 9.0, 3.5)
+    notes = runners.result_notes(tmp_path)
+    assert notes["test_auc"] == 0.76 and notes["train_rows"] == 5000 and notes["peak_memory_mb_per_rank"] == [12.0]
+
+
+def test_read_result_turns_every_bad_ending_into_a_failure_with_its_reason(tmp_path):
+    r = read_result(tmp_path / "none", 1, 256, runner_error="process killed by SIGKILL")
+    assert r.state is TrialState.FAILED and "SIGKILL" in r.error and "result.json missing" in r.error
+    _write_result(tmp_path / "nan", status="diverged", steps=8, last_loss=float("nan"), metrics={})
+    r = read_result(tmp_path / "nan", 1, 256)
+    assert r.state is TrialState.FAILED and r.error == "non-finite loss (diverged) at step 8: last loss nan"
+    _write_result(tmp_path / "crash", status="failed", error="RuntimeError: boom")
+    assert read_result(tmp_path / "crash", 1, 256).error == "RuntimeError: boom"
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "result.json").write_text('{"status": "compl')
+    assert "unreadable result" in read_result(tmp_path / "torn", 1, 256).error
+    _write_result(tmp_path / "noauc", status="completed", metrics={"val": {"auc": float("nan")}})
+    assert "no finite validation AUC" in read_result(tmp_path / "noauc", 1, 256).error
+
+
+def test_inprocess_runner_records_an_exception_and_leaves_no_process_group(tmp_path):
+    def crashing_trainer(argv):
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+        raise RuntimeError("CUDA out of memory (simulated by this test's trainer)")
+
+    workdir = tmp_path / "t"
+    workdir.mkdir()
+    runner = InProcessRunner(serving_batch=64, train_main=crashing_trainer)
+    handle = runner.submit(_spec(), workdir)
+    assert runner.poll(handle) is TrialState.FAILED
+    r = runner.result(handle)
+    assert "RuntimeError: CUDA out of memory" in r.error
+    assert not dist.is_initialized()
+
+
+def test_inprocess_runner_trains_for_real_and_reports_diverged_runs(tmp_path, learnable_data):  # noqa: F811
+    runner = InProcessRunner(serving_batch=64)
+    ok = runner.submit(_spec(0), _trial_dir(tmp_path, learnable_data, "ok"))
+    r = runner.result(ok)
+    assert r.state is TrialState.COMPLETE and 0.6 < r.auc < 1 and r.latency_p50_ms > 0
+    assert "completed: val AUC" in (tmp_path / "ok" / runners.LOG_FILE).read_text()
+    bad = runner.submit(_spec(1), _trial_dir(tmp_path, learnable_data, "nan", hparams={
+        "batch_size": 256, "dense_optimizer": "sgd", "dense_lr": 1e12}))
+    assert runner.poll(bad) is TrialState.FAILED and "non-finite loss" in runner.result(bad).error
+
+
+@pytest.mark.slow
+def test_subprocess_runner_runs_two_trials_at_once_and_reports_a_killed_one(tmp_path, learnable_data):  # noqa: F811
+    runner = SubprocessRunner(serving_batch=64, threads=1)
+    handles = [runner.submit(_spec(i), _trial_dir(tmp_path, learnable_data, f"t{i}")) for i in range(2)]
+    both_running = all(runner.poll(h) is TrialState.RUNNING for h in handles)
+    victim = runner.submit(_spec(2), _trial_dir(tmp_path, learnable_data, "victim", train_rows=12288, epochs=50))
+    deadline = time.time() + 300
+    while any(runner.poll(h) is TrialState.RUNNING for h in handles) and time.time() < deadline:
+        time.sleep(0.2)
+    assert both_running  # the two were in flight together
+    for h in handles:
+        r = runner.result(h)
+        assert r.state is TrialState.COMPLETE and 0.6 < r.auc < 1, r.error
+        assert h.info["returncode"] == 0 and h.wall_s > 0
+    # SIGKILL (what the OOM killer sends) mid-training: FAILED, saying so
+    while "step" not in (tmp_path / "victim" / runners.LOG_FILE).read_text() and time.time() < deadline:
+        time.sleep(0.2)
+    os.kill(victim.info["pid"], signal.SIGKILL)
+    while runner.poll(victim) is TrialState.RUNNING:
+        time.sleep(0.1)
+    r = runner.result(victim)
+    assert r.state is TrialState.FAILED and "killed by SIGKILL" in r.error and "result.json missing" in r.error
+
+
+def test_subprocess_runner_reports_a_bad_config_with_the_log_tail(tmp_path, learnable_data):  # noqa: F811
+    runner = SubprocessRunner(serving_batch=64)
+    h = runner.submit(_spec(), _trial_dir(tmp_path, learnable_data, "bad", epochs=0))
+    while runner.poll(h) is TrialState.RUNNING:
+        time.sleep(0.1)
+    r = runner.result(h)
+    assert r.state is TrialState.FAILED and "exited with code 2" in r.error and "epochs must be >= 1" in r.error
+
+
+def test_train_command_is_an_argument_list_with_torchrun_for_several_ranks(tmp_path):
+    assert runners.train_command(tmp_path / "t.yaml", 1) == [
+        sys.executable, "-m", "recsearch.cli", "train", "--config", str(tmp_path / "t.yaml")]
+    cmd = runners.train_command(tmp_path / "t.yaml", 4)
+    assert cmd[:6] == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4"]
+
+
+def test_torchx_dryrun_renders_slurm_and_kubernetes_trial_jobs(tmp_path):
+    workdir = tmp_path / "trials" / "3"
+    workdir.mkdir(parents=True)
+    slurm = TorchxRunner(TorchxSettings(scheduler="slurm", gpu=8, dryrun=True, cfg={"partition": "gpu"}))
+    h = slurm.submit(_spec(3, world_size=8), workdir)
+    text = h.info["dryrun"]
+    assert h.state is TrialState.PENDING and "#SBATCH --job-name=train-0" in text
+    assert "--partition=gpu" in text and "--gpus-per-task=8" in text
+    assert f"recsearch.cli train --config {workdir / 'trial.yaml'}" in text and "--nproc_per_node 8" in text
+    k8s = TorchxRunner(TorchxSettings(scheduler="kubernetes", gpu=2, image="ghcr.io/acme/recsearch:0.1",
+                                      cfg={"queue": "research"}, dryrun=True))
+    text = k8s.submit(_spec(3, world_size=2), workdir).info["dryrun"]
+    assert "image: ghcr.io/acme/recsearch:0.1" in text and "queue: research" in text
+    assert "nvidia.com/gpu: '2'" in text and f"--config {workdir / 'trial.yaml'}" in text
+    with pytest.raises(RuntimeError, match="dryrun"):
+        k8s.result(h)
+
+
+@pytest.mark.slow
+def test_torchx_local_cwd_trial_runs_for_real_and_reports_through_its_result_file(tmp_path, learnable_data, monkeypatch):  # noqa: F811
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    runner = TorchxRunner(TorchxSettings(scheduler="local_cwd", cfg={"log_dir": str(tmp_path / "torchx")}), serving_batch=64)
+    h = runner.submit(_spec(5), _trial_dir(tmp_path, learnable_data, "tx"))
+    assert h.info["app_handle"].startswith("local_cwd://")
+    deadline = time.time() + 300
+    while runner.poll(h) is TrialState.RUNNING and time.time() < deadline:
+        time.sleep(0.5)
+    r = runner.result(h)
+    assert r.state is TrialState.COMPLETE and 0.6 < r.auc < 1 and r.latency_p50_ms > 0, r.error
