@@ -1,0 +1,98 @@
+"""`recsearch search` as a user runs it: a subprocess-runner search SIGKILLed mid-trial, then
+`--resume`: no finished trial is lost or run twice, the orphaned trial is retried, the budget is
+met exactly; the search's own trainer children die with it."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from recsearch.search.store import JournalStore
+from recsearch.types import TrialState
+from tests.search.test_loop import learnable_data, search_config, write_config  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = [sys.executable, "-m", "recsearch.cli", "search"]
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not (stat.exists() and stat.read_text().split()[2] == "Z")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_trial_then_resume_loses_nothing_and_duplicates_nothing(tmp_path, learnable_data):  # noqa: F811
+    raw = search_config(
+        learnable_data,
+        **{"runner.kind": "subprocess", "runner.concurrency": 1, "fidelity.train_rows": [6144],
+           "trials": 3, "controller": "actor_critic", "heartbeat_s": 0.5}
+    )
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, raw)
+    proc = subprocess.Popen([*CLI, "--config", str(cfg), "--out", str(out)], cwd=REPO, env=_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # wait until the reference and one candidate are finished and the next candidate is training
+    deadline = time.time() + 400
+    victim = None
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "journal.jsonl").exists():
+            records = JournalStore(out).trials()
+            finished = [r for r in records if r.state.finished]
+            running = [r for r in records if r.state is TrialState.RUNNING]
+            if len(finished) >= 2 and running:
+                log = out / "trials" / str(running[0].trial_id) / "train.log"
+                if log.exists() and "step" in log.read_text():
+                    victim = running[0]
+                    break
+        time.sleep(0.2)
+    assert victim is not None, proc.communicate()[0][-3000:] if proc.poll() is not None else "timed out"
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {r.trial_id: r for r in JournalStore(out).trials() if r.state.finished}
+    assert victim.trial_id not in before
+    time.sleep(1.0)
+    assert children and not any(_pid_alive(int(p)) for p in children), "trainer children outlived the search"
+
+    resumed = subprocess.run([*CLI, "--resume", str(out)], cwd=REPO, env=_env(), capture_output=True,
+                             text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "1 were running when the search died" in resumed.stdout
+    after = JournalStore(out).trials()
+    cands = [r for r in after if not r.notes.get("reference")]
+    assert len([r for r in after if r.notes.get("reference")]) == 1
+    assert len(cands) == 3 and all(r.state.finished for r in cands)  # the budget, exactly
+    for trial_id, rec in before.items():  # finished before the kill: untouched, never rerun
+        now = next(r for r in after if r.trial_id == trial_id)
+        assert (now.state, now.result, now.attempts) == (rec.state, rec.result, rec.attempts)
+    retried = next(r for r in after if r.trial_id == victim.trial_id)
+    assert retried.state is TrialState.COMPLETE and retried.attempts == 2 and "died with the search" in retried.notes["retry"]
+    # the killed attempt's files were set aside; the trial dir holds the retry's finished run
+    trial_dir = out / "trials" / str(victim.trial_id)
+    assert (trial_dir / "attempt_1" / "train.log").exists()
+    assert json.loads((trial_dir / "result.json").read_text())["status"] == "completed"
+    # journal lines: each candidate created once; RUNNING set once per attempt
+    lines = [json.loads(x) for x in (out / "journal.jsonl").read_text().splitlines()]
+    creates = [e["trial_id"] for e in lines if e["op"] == "create"]
+    assert len(creates) == len(set(creates)) == 4
+    assert "configurations trained" in resumed.stdout and "Pareto front" in resumed.stdout
+
+
+def test_search_help_and_argument_errors():
+    proc = subprocess.run([*CLI, "--help"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0 and "--resume" in proc.stdout and "--config" in proc.stdout
+    proc = subprocess.run(CLI, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 2 and "exactly one of --config FILE or --resume DIR" in proc.stderr
