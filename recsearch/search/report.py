@@ -1,0 +1,525 @@
+"""`recsearch report DIR [--out DIR/report] [--metric auc] [--latency-key latency_p50_ms]`
+
+What a finished (or still running, or killed) search found, in files a reviewer can open:
+
+    report.md         counts, budget used, best trial, the reference config, the Pareto front,
+                      parameter importance and the table of every trial
+    summary.json      the same numbers for scripts (tools/bench_search.py reads searches this way)
+    pareto.png        metric vs latency of every trained trial, the front highlighted
+    auc_vs_trial.png  metric per trial in proposal order with the best-so-far line
+    importance.png    parameter importance (when there are enough trials)
+    best_train.yaml   the best architecture as a ready `recsearch train --config` file
+
+"Best" is the best metric among COMPLETE candidates whose latency (--latency-key) is no higher than
+the budget: the search's objective.budget_ms when it budgets that quantity, else the reference
+config's own number ("no slower than the hand-tuned model"); with no budget known, the best overall.
+Trials stopped early by successive halving were measured on fewer rows, so they are listed but not
+ranked. The report only reads the search directory (unless --tensorboard asks it to backfill the
+HParams dashboard) and writes under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from recsearch.search.importance import (
+    MIN_TRIALS,
+    Importance,
+    NotEnoughTrialsError,
+    param_importance,
+)
+from recsearch.search.pareto import Front, pareto_front
+from recsearch.search.results import (
+    CANDIDATE,
+    COSTS,
+    METRICS,
+    REFERENCE,
+    REJECTED,
+    TRIAL_CONFIG,
+    NoSearchError,
+    SearchDir,
+    TrialRow,
+    read_search,
+)
+from recsearch.types import TrialState
+
+BEST_CONFIG = "best_train.yaml"
+BEST_PLACEMENT = "best_placement.json"
+LABELS = {
+    "auc": "val AUC", "test_auc": "test AUC", "reward": "reward", "log_loss": "val log loss",
+    "accuracy": "val accuracy", "latency_p50_ms": "latency p50 (ms)", "latency_p99_ms": "latency p99 (ms)",
+    "est_step_cost_ms": "est. step cost (ms)", "step_time_ms": "train step (ms)",
+}
+# objective.metric of the search config -> the row field it budgets
+BUDGETED = {"latency": "latency_p50_ms", "step_cost": "est_step_cost_ms"}
+
+
+@dataclass(frozen=True)
+class Counts:
+    trials: int  # journal entries (reference and rejected included)
+    trained: int  # candidates that reached a trainer (the search's budget unit)
+    complete: int
+    failed: int
+    pruned: int  # stopped early by successive halving
+    rejected: int  # never trained: did not fit the topology / over the step-cost budget
+    unfinished: int  # PENDING or RUNNING: the search is running, or was killed
+    reference: int
+
+
+@dataclass(frozen=True)
+class Budget:
+    key: str  # the cost it limits (a COSTS name)
+    limit: float | None
+    source: str  # where the limit came from
+
+
+@dataclass(frozen=True)
+class Report:
+    """Everything report.md and summary.json show."""
+
+    search_dir: Path
+    metric: str
+    cost_key: str
+    counts: Counts
+    budget_trials: int | None  # the search's `trials` setting
+    elapsed_s: float  # first trial created -> last journal update
+    compute_s: float  # sum of the trials' own wall times
+    budget: Budget
+    best: TrialRow | None  # best within the budget (or overall when no budget is known)
+    best_overall: TrialRow | None
+    reference: TrialRow | None
+    front: Front
+    importance: Importance | None
+    importance_note: str | None
+    bayes_auc: float | None  # the data's Bayes-optimal validation AUC, when the data knows it
+    rows: tuple[TrialRow, ...]
+
+
+def count(rows: Sequence[TrialRow]) -> Counts:
+    cands = [r for r in rows if r.kind == CANDIDATE]
+    return Counts(
+        trials=len(rows),
+        trained=len(cands),
+        complete=sum(r.state is TrialState.COMPLETE for r in cands),
+        failed=sum(r.state is TrialState.FAILED for r in cands),
+        pruned=sum(r.state is TrialState.PRUNED for r in cands),
+        rejected=sum(r.kind == REJECTED for r in rows),
+        unfinished=sum(not r.state.finished for r in rows),
+        reference=sum(r.kind == REFERENCE for r in rows),
+    )
+
+
+def ranked(rows: Sequence[TrialRow], metric: str) -> list[TrialRow]:
+    """COMPLETE candidates with the metric, best first (ties: the earlier trial)."""
+    sign = -1.0 if METRICS[metric] else 1.0
+    usable = [r for r in rows if r.kind == CANDIDATE and r.state is TrialState.COMPLETE and r.value(metric) is not None]
+    return sorted(usable, key=lambda r: (sign * r.value(metric), r.trial_id))  # type: ignore[operator]
+
+
+def budget_of(search: SearchDir, rows: Sequence[TrialRow], cost_key: str) -> Budget:
+    objective = search.config.get("objective") or {}
+    if BUDGETED.get(objective.get("metric", "")) == cost_key and objective.get("budget_ms") is not None:
+        return Budget(cost_key, float(objective["budget_ms"]), "objective.budget_ms in search.yaml")
+    ref = next((r for r in rows if r.kind == REFERENCE and r.state is TrialState.COMPLETE), None)
+    if ref is not None and ref.value(cost_key) is not None:
+        return Budget(cost_key, ref.value(cost_key), f"the reference config's (trial {ref.trial_id})")
+    return Budget(cost_key, None, "none known (no budget in search.yaml, no finished reference)")
+
+
+def build_report(
+    search: SearchDir, metric: str = "auc", cost_key: str = "latency_p50_ms", min_importance_trials: int = MIN_TRIALS
+) -> Report:
+    if metric not in METRICS:
+        raise ValueError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    if cost_key not in COSTS:
+        raise ValueError(f"--latency-key must be one of {', '.join(COSTS)}, got {cost_key!r}")
+    rows = search.rows
+    order = ranked(rows, metric)
+    budget = budget_of(search, rows, cost_key)
+    within = order
+    if budget.limit is not None:
+        within = [r for r in order if r.value(cost_key) is not None and r.value(cost_key) <= budget.limit]
+    sign = 1.0 if METRICS[metric] else -1.0
+    trained = [r for r in rows if r.kind in (CANDIDATE, REFERENCE) and r.state is TrialState.COMPLETE]
+    front = pareto_front((r.trial_id, _signed(r.value(metric), sign), r.value(cost_key)) for r in trained)
+    importance, note = None, None
+    try:
+        importance = param_importance(rows, metric, min_importance_trials)
+    except NotEnoughTrialsError as err:
+        note = str(err)
+    created = [r.created_at_s for r in rows if r.created_at_s]
+    updated = [r.updated_at_s for r in rows if r.updated_at_s]
+    trials_setting = search.config.get("trials")
+    return Report(
+        search_dir=search.path,
+        metric=metric,
+        cost_key=cost_key,
+        counts=count(rows),
+        budget_trials=int(trials_setting) if isinstance(trials_setting, int) else None,
+        elapsed_s=(max(updated) - min(created)) if created and updated else 0.0,
+        compute_s=sum(r.wall_s or 0.0 for r in rows),
+        budget=budget,
+        best=within[0] if within else None,
+        best_overall=order[0] if order else None,
+        reference=next((r for r in rows if r.kind == REFERENCE), None),
+        front=front,
+        importance=importance,
+        importance_note=note,
+        bayes_auc=_bayes_auc(search),
+        rows=tuple(rows),
+    )
+
+
+def _signed(value: float | None, sign: float) -> float | None:
+    return None if value is None else sign * value
+
+
+def _bayes_auc(search: SearchDir) -> float | None:
+    data_dir = search.config.get("data_dir")
+    if not data_dir:
+        return None
+    try:
+        meta = json.loads((Path(data_dir) / "meta.json").read_text())
+        value = meta.get("bayes", {}).get("val", {}).get("auc")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+# ---- report.md -----------------------------------------------------------------------------------
+def _fmt(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _cell(text: str | None, limit: int = 160) -> str:
+    if not text:
+        return ""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def render_markdown(rep: Report, plots: dict[str, Path], best_config: Path | None, best_note: str) -> str:
+    c, m, k = rep.counts, LABELS[rep.metric], LABELS[rep.cost_key]
+    lines = [f"# Search report: {rep.search_dir}", ""]
+    if c.unfinished:
+        lines += [(f"**Partial:** {c.unfinished} trial(s) not finished (PENDING/RUNNING): the search is still "
+                   f"running or was stopped; resume it with `recsearch search --resume {rep.search_dir}`."), ""]
+    budget_text = f" of the {rep.budget_trials} budgeted" if rep.budget_trials is not None else ""
+    lines += [
+        "## Counts and budget", "",
+        (f"- trained configurations: {c.trained}{budget_text} ({c.complete} complete, {c.failed} failed, "
+         f"{c.pruned} pruned by successive halving, {c.unfinished} unfinished)"),
+        f"- rejected before training (did not fit / over the step-cost budget): {c.rejected}",
+        f"- reference config trained: {'yes' if c.reference else 'no'}",
+        (f"- elapsed: {rep.elapsed_s:.0f} s (first trial created to last update); "
+         f"trial compute: {rep.compute_s:.0f} s (sum of the trials' wall times)"),
+        f"- budget on {k}: " + (f"{rep.budget.limit:.4f} ms ({rep.budget.source})" if rep.budget.limit is not None
+                                else rep.budget.source),
+        "",
+    ]
+    if rep.bayes_auc is not None:
+        lines += [f"Bayes-optimal validation AUC of the data (the ceiling): {rep.bayes_auc:.4f}", ""]
+    lines += ["## Best trial", ""]
+    ref = rep.reference
+    if rep.best is not None:
+        b = rep.best
+        lines.append(f"Trial {b.trial_id}: {m} **{_fmt(b.value(rep.metric))}**, {k} {_fmt(b.value(rep.cost_key))}, "
+                     f"test AUC {_fmt(b.test_auc)}, est. step cost {_fmt(b.est_step_cost_ms)} ms: {b.summary}")
+    else:
+        lines.append(f"No complete candidate within the budget on {k}.")
+    if rep.best_overall is not None and rep.best_overall is not rep.best:
+        o = rep.best_overall
+        lines.append(f"\nBest regardless of {k}: trial {o.trial_id}, {m} {_fmt(o.value(rep.metric))}, "
+                     f"{k} {_fmt(o.value(rep.cost_key))}: {o.summary}")
+    if ref is not None:
+        lines.append(f"\nReference config (trial {ref.trial_id}, {ref.state_label}): {m} {_fmt(ref.value(rep.metric))}, "
+                     f"{k} {_fmt(ref.value(rep.cost_key))}: {ref.summary}")
+        if rep.best is not None and ref.value(rep.metric) is not None:
+            delta = rep.best.value(rep.metric) - ref.value(rep.metric)  # type: ignore[operator]
+            lines.append(f"\nBest minus reference: {delta:+.4f} {m}.")
+    lines.append("")
+    if best_config is not None:
+        lines += [(f"Exported: `{best_config.name}` ({best_note}); train it with "
+                   f"`recsearch train --config {best_config}`."), ""]
+    else:
+        lines += [f"No `{BEST_CONFIG}`: {best_note}", ""]
+
+    lines += [f"## Pareto front ({m} vs {k})", ""]
+    if rep.front.points:
+        lines += [f"| trial | kind | {m} | {k} | decisions |", "|---:|---|---:|---:|---|"]
+        by_id = {r.trial_id: r for r in rep.rows}
+        for p in rep.front.points:
+            r = by_id[p.trial_id]
+            lines.append(f"| {r.trial_id} | {r.kind} | {_fmt(r.value(rep.metric))} | {_fmt(r.value(rep.cost_key))} | {_cell(r.summary)} |")
+        lines.append("")
+    lines.append(f"{len(rep.front.points)} of {rep.front.considered} trained trials are on the front"
+                 + (f"; {len(rep.front.missing)} complete trial(s) lack a number: {list(rep.front.missing)}" if rep.front.missing else "")
+                 + ".")
+    if "pareto" in plots:
+        lines += ["", f"![Pareto front]({plots['pareto'].name})"]
+    if "auc_vs_trial" in plots:
+        lines += ["", f"![{m} vs trial]({plots['auc_vs_trial'].name})"]
+    lines += ["", "## Parameter importance", ""]
+    if rep.importance is not None:
+        imp = rep.importance
+        lines += [f"{imp.method}, for {LABELS[imp.metric]} over {imp.n_trials} complete candidates (shares sum to 1).", "",
+                  "| decision | importance |", "|---|---:|"]
+        lines += [f"| {name} | {score:.3f} |" for name, score in imp.scores]
+        if imp.constant:
+            lines += ["", "Not ranked (one value in every trial): " + ", ".join(imp.constant) + "."]
+        if "importance" in plots:
+            lines += ["", f"![parameter importance]({plots['importance'].name})"]
+    else:
+        lines.append(rep.importance_note or "")
+    lines += ["", "## Trials", "",
+              f"| trial | kind | state | decisions | {m} | log loss | {k} | est. cost (ms) | rows | wall (s) | error |",
+              "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rep.rows:
+        lines.append(
+            f"| {r.trial_id} | {r.kind} | {r.state_label} | {_cell(r.summary)} | {_fmt(r.value(rep.metric))} | "
+            f"{_fmt(r.log_loss)} | {_fmt(r.value(rep.cost_key))} | {_fmt(r.est_step_cost_ms)} | "
+            f"{r.train_rows if r.train_rows is not None else '-'} | {_fmt(r.wall_s, 1)} | {_cell(r.error)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def summary_dict(rep: Report, best_config: Path | None) -> dict[str, Any]:
+    def row(r: TrialRow | None) -> dict[str, Any] | None:
+        if r is None:
+            return None
+        return {"trial_id": r.trial_id, "kind": r.kind, "state": r.state_label, "auc": r.auc,
+                "test_auc": r.test_auc, "log_loss": r.log_loss, "latency_p50_ms": r.latency_p50_ms,
+                "latency_p99_ms": r.latency_p99_ms, "est_step_cost_ms": r.est_step_cost_ms,
+                "reward": r.reward, "wall_s": r.wall_s, "params": r.params, "error": r.error,
+                "created_at_s": r.created_at_s}
+    return {
+        "search_dir": str(rep.search_dir), "metric": rep.metric, "cost_key": rep.cost_key,
+        "counts": rep.counts.__dict__, "budget_trials": rep.budget_trials, "elapsed_s": rep.elapsed_s,
+        "compute_s": rep.compute_s, "budget": {"key": rep.budget.key, "limit": rep.budget.limit, "source": rep.budget.source},
+        "best": row(rep.best), "best_overall": row(rep.best_overall), "reference": row(rep.reference),
+        "pareto_front": list(rep.front.trial_ids), "bayes_auc": rep.bayes_auc,
+        "importance": dict(rep.importance.scores) if rep.importance else None,
+        "best_config": str(best_config) if best_config else None,
+        "trials": [row(r) for r in rep.rows],
+    }
+
+
+# ---- plots ---------------------------------------------------------------------------------------
+def plot_pareto(rep: Report, path: Path) -> Path | None:
+    from matplotlib.figure import Figure
+
+    trained = [r for r in rep.rows if r.kind in (CANDIDATE, REFERENCE) and r.state is TrialState.COMPLETE
+               and r.value(rep.metric) is not None and r.value(rep.cost_key) is not None]
+    if not trained:
+        return None
+    fig = Figure(figsize=(6.4, 4.4), dpi=120)
+    ax = fig.subplots()
+    cands = [r for r in trained if r.kind == CANDIDATE]
+    ax.scatter([r.value(rep.cost_key) for r in cands], [r.value(rep.metric) for r in cands],
+               s=22, c="#9aa4b1", label="trial")
+    front_ids = set(rep.front.trial_ids)
+    front = [r for r in trained if r.trial_id in front_ids]
+    front.sort(key=lambda r: (r.value(rep.cost_key), r.trial_id))
+    ax.step([r.value(rep.cost_key) for r in front], [r.value(rep.metric) for r in front], where="post",
+            color="#d1495b", lw=1.2)
+    ax.scatter([r.value(rep.cost_key) for r in front], [r.value(rep.metric) for r in front], s=40,
+               c="#d1495b", label="Pareto front", zorder=3)
+    for r in front:
+        ax.annotate(str(r.trial_id), (r.value(rep.cost_key), r.value(rep.metric)), fontsize=7,
+                    xytext=(3, 3), textcoords="offset points")
+    if rep.reference is not None and rep.reference in trained:
+        ref = rep.reference
+        ax.scatter([ref.value(rep.cost_key)], [ref.value(rep.metric)], marker="*", s=160, c="#edae49",
+                   edgecolors="black", label="reference config", zorder=4)
+    if rep.budget.limit is not None:
+        ax.axvline(rep.budget.limit, color="black", ls=":", lw=1, label="budget")
+    ax.set_xlabel(LABELS[rep.cost_key])
+    ax.set_ylabel(LABELS[rep.metric])
+    ax.set_title(f"{LABELS[rep.metric]} vs {LABELS[rep.cost_key]}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_auc_vs_trial(rep: Report, path: Path) -> Path | None:
+    from matplotlib.figure import Figure
+
+    cands = [r for r in rep.rows if r.kind == CANDIDATE]
+    done = [r for r in cands if r.state is TrialState.COMPLETE and r.value(rep.metric) is not None]
+    if not done:
+        return None
+    fig = Figure(figsize=(6.4, 4.0), dpi=120)
+    ax = fig.subplots()
+    ax.scatter([r.trial_id for r in done], [r.value(rep.metric) for r in done], s=20, c="#00798c", label="complete")
+    early = [r for r in cands if r.state is TrialState.PRUNED and r.value(rep.metric) is not None]
+    if early:
+        ax.scatter([r.trial_id for r in early], [r.value(rep.metric) for r in early], s=20, facecolors="none",
+                   edgecolors="#9aa4b1", label="stopped early (fewer rows)")
+    xs, best, ys = [], None, []
+    better = (lambda a, b: a > b) if METRICS[rep.metric] else (lambda a, b: a < b)
+    for r in done:
+        v = r.value(rep.metric)
+        best = v if best is None or better(v, best) else best
+        xs.append(r.trial_id)
+        ys.append(best)
+    ax.step(xs, ys, where="post", color="#d1495b", lw=1.5, label="best so far")
+    failed = [r for r in cands if r.state is TrialState.FAILED]
+    if failed:
+        low = min(r.value(rep.metric) for r in done)
+        ax.scatter([r.trial_id for r in failed], [low] * len(failed), marker="x", c="black", label="failed (no AUC)")
+    ref = rep.reference
+    if ref is not None and ref.value(rep.metric) is not None:
+        ax.axhline(ref.value(rep.metric), color="#edae49", ls="--", lw=1.2, label="reference config")
+    if rep.bayes_auc is not None and rep.metric == "auc":
+        ax.axhline(rep.bayes_auc, color="black", ls=":", lw=1, label="Bayes ceiling")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(LABELS[rep.metric])
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def plot_importance(imp: Importance, path: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    names = [n for n, _ in imp.scores][::-1]
+    scores = [s for _, s in imp.scores][::-1]
+    fig = Figure(figsize=(6.0, 0.35 * len(names) + 1.2), dpi=120)
+    ax = fig.subplots()
+    ax.barh(names, scores, color="#00798c")
+    ax.set_xlabel(f"importance for {LABELS[imp.metric]} (PED-ANOVA, {imp.n_trials} trials)")
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+# ---- best_train.yaml -----------------------------------------------------------------------------
+def export_best(search: SearchDir, rep: Report, out: Path) -> tuple[Path | None, str]:
+    """Write the best trial's exact train config as a ready `recsearch train` file (validated by
+    the trainer's own config loader). Returns (path or None, what was exported or why not)."""
+    best = rep.best or rep.best_overall
+    if best is None:
+        return None, "no complete candidate to export"
+    which = "best within the budget" if best is rep.best else f"best overall: none is within the {LABELS[rep.cost_key]} budget"
+    record = next(r for r in search.records if r.trial_id == best.trial_id)
+    trial_dir = search.trial_dir(best.trial_id)
+    trial_yaml = trial_dir / TRIAL_CONFIG
+    if trial_yaml.is_file():
+        raw = yaml.safe_load(trial_yaml.read_text()) or {}
+        origin = str(trial_yaml)
+    else:
+        from recsearch import config
+
+        base = dict(search.config.get("base") or {})
+        if not base:
+            return None, f"{trial_yaml} is missing and search.yaml has no base config to rebuild it from"
+        raw = {**base, "arch": config.to_dict(record.spec.arch), "hparams": config.to_dict(record.spec.hparams),
+               "train_rows": record.spec.train_rows}
+        origin = f"{search.path / 'search.yaml'} base + trial {best.trial_id}'s decisions"
+    raw["output_dir"] = str((search.path / "best_run").resolve())
+    raw.pop("resume_from", None)
+    plan = raw.get("plan")
+    if plan and plan != "torchrec":
+        plan_path = Path(plan) if Path(plan).is_absolute() else trial_dir / Path(plan).name
+        if plan_path.is_file():
+            shutil.copyfile(plan_path, out / BEST_PLACEMENT)
+            raw["plan"] = str((out / BEST_PLACEMENT).resolve())
+        else:
+            raw["plan"] = "torchrec"  # the placement file is gone: let TorchRec's planner place it
+    header = (
+        f"# Used by: recsearch train --config {out / BEST_CONFIG}\n"
+        f"# Trial {best.trial_id} of the search in {search.path} ({which}): "
+        f"{LABELS[rep.metric]} {_fmt(best.value(rep.metric))}, {LABELS[rep.cost_key]} {_fmt(best.value(rep.cost_key))}.\n"
+        f"# From {origin}. train_rows is the search's fidelity; set train_rows=null to train on all rows.\n"
+    )
+    path = out / BEST_CONFIG
+    path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
+    _validate_train_config(path, record)
+    return path, f"trial {best.trial_id}, {which}"
+
+
+def _validate_train_config(path: Path, record: Any) -> None:
+    """Load the file with the trainer's loader: a config the trainer would refuse is a bug here."""
+    from recsearch import config
+    from recsearch.train.trainer import TrainConfig
+
+    cfg = config.load(TrainConfig, path)
+    if cfg.arch != record.spec.arch or cfg.hparams != record.spec.hparams:
+        raise ValueError(f"{path}: exported config does not match trial {record.trial_id}'s architecture")
+
+
+# ---- entry point ---------------------------------------------------------------------------------
+def write_report(search_dir: Path | str, out: Path | str | None = None, metric: str = "auc",
+                 cost_key: str = "latency_p50_ms", min_importance_trials: int = MIN_TRIALS) -> Report:
+    """Read the search, write every report file under `out` (default <search_dir>/report)."""
+    search = read_search(search_dir)
+    rep = build_report(search, metric, cost_key, min_importance_trials)
+    out = Path(out) if out is not None else search.path / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    plots: dict[str, Path] = {}
+    for name, make in (("pareto", plot_pareto), ("auc_vs_trial", plot_auc_vs_trial)):
+        target = out / f"{name}.png"
+        if make(rep, target) is not None:
+            plots[name] = target
+        elif target.exists():
+            target.unlink()  # a stale plot from an earlier report would contradict this one
+    if rep.importance is not None:
+        plots["importance"] = plot_importance(rep.importance, out / "importance.png")
+    elif (out / "importance.png").exists():
+        (out / "importance.png").unlink()
+    best_config, note = export_best(search, rep, out)
+    if best_config is None and (out / BEST_CONFIG).exists():
+        (out / BEST_CONFIG).unlink()
+    (out / "report.md").write_text(render_markdown(rep, plots, best_config, note))
+    (out / "summary.json").write_text(json.dumps(summary_dict(rep, best_config), indent=1, default=str) + "\n")
+    return rep
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="recsearch report", description=__doc__.split("\n\n")[0].strip("`"))
+    parser.add_argument("search_dir", metavar="DIR", help="a search directory (recsearch search --out)")
+    parser.add_argument("--out", help="where to write the report (default DIR/report)")
+    parser.add_argument("--metric", default="auc", choices=sorted(METRICS), help="what ranks trials (default auc: validation AUC)")
+    parser.add_argument("--latency-key", default="latency_p50_ms", choices=list(COSTS),
+                        help="the cost axis of the Pareto front and the budget (default latency_p50_ms)")
+    parser.add_argument("--min-importance-trials", type=int, default=MIN_TRIALS,
+                        help=f"complete trials needed for parameter importance (default {MIN_TRIALS})")
+    parser.add_argument("--tensorboard", action="store_true",
+                        help="also (re)write the HParams dashboard entries in DIR/tensorboard (idempotent)")
+    args = parser.parse_args(argv)
+    try:
+        rep = write_report(args.search_dir, args.out, args.metric, args.latency_key, args.min_importance_trials)
+        if args.tensorboard:
+            from recsearch.search import tb
+
+            written = tb.log_all(args.search_dir, list(read_search(args.search_dir).records))
+            print(f"[report] tensorboard: {written} HParams entries written in {Path(args.search_dir) / tb.TB_DIR}")
+    except (NoSearchError, ValueError) as err:
+        print(f"recsearch report: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(args.search_dir) / "report"
+    c = rep.counts
+    best = rep.best or rep.best_overall
+    print(f"[report] {c.trained} trained ({c.complete} complete, {c.failed} failed, {c.pruned} pruned), "
+          f"{c.rejected} rejected, {c.unfinished} unfinished; best: "
+          + (f"trial {best.trial_id} {LABELS[rep.metric]} {_fmt(best.value(rep.metric))}" if best else "none")
+          + f"; {out / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,186 @@
+import json
+import re
+import struct
+
+import pytest
+import yaml
+
+from recsearch import config
+from recsearch.search import report
+from recsearch.search.results import NoSearchError, read_search
+from recsearch.train.trainer import TrainConfig
+from tests.conftest import write_dataset
+from tests.search.fake_search import FakeSearch, choices, space
+
+
+def _png_size(path):
+    head = path.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", head[16:24])
+
+
+@pytest.fixture
+def search(tmp_path):
+    """Reference 0.75 @ 1.00 ms; candidates 1-4 trained, 5 failed, 6 rejected, 7 stopped early,
+    8 still running. Within the reference's latency the best is trial 2 (0.76 @ 0.95 ms);
+    trial 3 (0.77 @ 1.30 ms) is better but slower."""
+    data = tmp_path / "data"
+    write_dataset(data)
+    s = FakeSearch(tmp_path / "search", data)
+    assert s.reference(0.75, 1.00) == 0
+    s.candidate(choices(bottom_width=0), 0.74, 0.80)
+    s.candidate(choices(bottom_width=1), 0.76, 0.95, wall_s=4.5)
+    s.candidate(choices(bottom_width=2), 0.77, 1.30)
+    s.candidate(choices(bottom_width=1, embedding_dim=1), 0.755, 1.10)
+    s.candidate(choices(batch_size=1), None, None, error="RuntimeError: CUDA out of memory | at step 3")
+    s.rejected(choices(embedding_dim=1, bottom_width=2))
+    s.candidate(choices(interaction=1), 0.71, 0.9, pruned=True)
+    s.running(choices(top_width=1))
+    return s
+
+
+def test_report_numbers_tables_plots_and_best_config(search, tmp_path):
+    out = tmp_path / "rep"
+    assert report.main([str(search.root), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+
+    assert "trained configurations: 7 of the 12 budgeted (4 complete, 1 failed, 1 pruned by successive halving, 1 unfinished)" in md
+    assert "rejected before training (did not fit / over the step-cost budget): 1" in md
+    assert "**Partial:** 1 trial(s) not finished" in md
+    assert "budget on latency p50 (ms): 1.0000 ms (the reference config's (trial 0))" in md
+    assert "Trial 2: val AUC **0.7600**, latency p50 (ms) 0.9500, test AUC 0.7590" in md
+    assert "Best regardless of latency p50 (ms): trial 3, val AUC 0.7700, latency p50 (ms) 1.3000" in md
+    assert "Best minus reference: +0.0100 val AUC." in md
+    # elapsed and compute: the trials' own wall times summed (5 + 3 + 4.5 + 3 + 3 + 3 + 3)
+    assert "trial compute: 24 s" in md
+
+    front = md.split("## Pareto front")[1].split("## Parameter importance")[0]
+    front_rows = [line.split("|")[1].strip() for line in front.splitlines() if line.startswith("| ") and "trial" not in line]
+    assert front_rows == ["1", "2", "3"]
+    assert "3 of 5 trained trials are on the front" in front
+
+    trials = md.split("## Trials")[1]
+    cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in trials.splitlines() if line.startswith("| ")]
+    rows = {int(c[0]): c for c in cells if c[0].isdigit()}
+    assert sorted(rows) == list(range(9))
+    assert rows[5][2] == "FAILED" and rows[5][10] == "RuntimeError: CUDA out of memory \\| at step 3"
+    assert rows[6][1:3] == ["rejected", "REJECTED"] and rows[6][10].startswith("does not fit")
+    assert rows[7][2] == "PRUNED" and rows[7][4] == "0.7100" and rows[7][10].startswith("not promoted")
+    assert rows[8][2] == "RUNNING" and rows[8][4] == "-"
+    assert rows[0][1] == "reference" and rows[0][3].startswith("dim 16, bottom 64-32, top 64, dot, batch 512")
+    assert rows[2][4:9] == ["0.7600", "0.4400", "0.9500", "0.4000", "4096"]
+
+    # 4 complete candidates < 5: importance is refused with the counts
+    assert "needs at least 5 complete trials with a finite auc; this search has 4 (of 9 trials" in md
+    assert not (out / "importance.png").exists()
+
+    for name in ("pareto.png", "auc_vs_trial.png"):
+        width, height = _png_size(out / name)
+        assert width >= 600 and height >= 400
+        assert (out / name).stat().st_size > 10_000
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["best"]["trial_id"] == 2 and summary["best_overall"]["trial_id"] == 3
+    assert summary["pareto_front"] == [1, 2, 3]
+    assert summary["counts"] == {"trials": 9, "trained": 7, "complete": 4, "failed": 1, "pruned": 1,
+                                 "rejected": 1, "unfinished": 1, "reference": 1}
+    assert summary["bayes_auc"] is None  # write_dataset's data has no planted ceiling
+
+    best_yaml = out / "best_train.yaml"
+    assert best_yaml.read_text().startswith(f"# Used by: recsearch train --config {best_yaml}")
+    cfg = config.load(TrainConfig, best_yaml)
+    spec = search.store.get(2).spec
+    assert cfg.arch == spec.arch and cfg.hparams == spec.hparams
+    assert cfg.arch.bottom_mlp == (64, 8) and cfg.train_rows == 4096
+    assert cfg.plan == str((out / "best_placement.json").resolve())
+    assert json.loads((out / "best_placement.json").read_text())["placement"]["t_cat_0"] == 0
+    assert cfg.output_dir == str((search.root / "best_run").resolve()) and cfg.resume_from is None
+
+
+def test_budget_from_search_config_and_other_axes(search, tmp_path):
+    raw = yaml.safe_load((search.root / "search.yaml").read_text())
+    raw["objective"]["budget_ms"] = 1.5
+    (search.root / "search.yaml").write_text(yaml.safe_dump(raw))
+    rep = report.write_report(search.root, tmp_path / "a")
+    assert rep.budget.limit == 1.5 and rep.best.trial_id == 3 and rep.best is rep.best_overall
+    assert "Best regardless" not in (tmp_path / "a" / "report.md").read_text()
+    # by log loss (lower is better; the fake sets it to 1.2 - AUC) against the estimated step cost
+    # (0.4 ms for every candidate, 0.5 for the reference): trial 3 alone is on the front
+    rep = report.write_report(search.root, tmp_path / "b", metric="log_loss", cost_key="est_step_cost_ms")
+    assert rep.front.trial_ids == (3,) and rep.best.trial_id == 3
+    assert "| 3 | candidate | 0.4300 | 0.4000 |" in (tmp_path / "b" / "report.md").read_text()
+
+
+def test_nothing_within_budget_exports_best_overall(search, tmp_path):
+    raw = yaml.safe_load((search.root / "search.yaml").read_text())
+    raw["objective"]["budget_ms"] = 0.1
+    (search.root / "search.yaml").write_text(yaml.safe_dump(raw))
+    rep = report.write_report(search.root, tmp_path / "r")
+    assert rep.best is None and rep.best_overall.trial_id == 3
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "No complete candidate within the budget" in md
+    assert "trial 3, best overall: none is within the latency p50 (ms) budget" in md
+    assert config.load(TrainConfig, tmp_path / "r" / "best_train.yaml").arch == search.store.get(3).spec.arch
+
+
+def test_missing_trial_yaml_is_rebuilt_from_search_base(search, tmp_path):
+    (search.root / "trials" / "2" / "trial.yaml").unlink()
+    report.write_report(search.root, tmp_path / "r")
+    cfg = config.load(TrainConfig, tmp_path / "r" / "best_train.yaml")
+    assert cfg.arch == search.store.get(2).spec.arch and cfg.max_rows_per_table == 1000 and cfg.plan == "torchrec"
+
+
+def test_killed_search_with_torn_journal_tail(search, tmp_path):
+    with open(search.root / "journal.jsonl", "ab") as fh:
+        fh.write(b'{"op": "state", "trial_id": 8, "sta')  # the search died mid-append
+    rep = report.write_report(search.root, tmp_path / "r")
+    assert rep.counts.unfinished == 1 and rep.best.trial_id == 2
+
+
+def test_importance_section_and_plot_with_enough_trials(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data)
+    s = FakeSearch(tmp_path / "search", data)
+    sizes = dict(zip([d.name for d in space().decisions], space().sizes))
+    for i in range(12):  # AUC is driven by bottom_width alone
+        width = i % sizes["bottom_width"]
+        s.candidate(choices(bottom_width=width, embedding_dim=(i // 3) % 2, batch_size=(i // 2) % 2),
+                    0.70 + 0.03 * width + 0.0001 * i, 1.0)
+    rep = report.write_report(s.root, tmp_path / "r")
+    assert rep.importance.scores[0][0] == "bottom_width"
+    md = (tmp_path / "r" / "report.md").read_text()
+    section = md.split("## Parameter importance")[1].split("## Trials")[0]
+    assert "over 12 complete candidates" in section
+    assert section.index("| bottom_width |") < section.index("| embedding_dim |")
+    assert "Not ranked (one value in every trial): " in section and "top_depth" in section
+    assert _png_size(tmp_path / "r" / "importance.png")[0] >= 500
+    # no reference: no latency budget, so the best is the best overall
+    assert rep.reference is None and rep.budget.limit is None and rep.best.trial_id == 11
+
+
+def test_no_journal_is_a_clear_error(tmp_path, capsys):
+    assert report.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no journal.jsonl, so no search has run here" in err
+    assert not (tmp_path / "journal.jsonl").exists()  # reading never creates one
+    assert report.main([str(tmp_path / "nope")]) == 2
+    assert "no such directory" in capsys.readouterr().err
+    with pytest.raises(NoSearchError):
+        read_search(tmp_path)
+
+
+def test_bad_search_yaml_and_bad_flags(search, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        report.main([str(search.root), "--metric", "speed"])
+    (search.root / "search.yaml").write_text("- a list\n")
+    assert report.main([str(search.root)]) == 2
+    assert "search.yaml: top level must be a mapping" in capsys.readouterr().err
+
+
+def test_empty_journal_reports_nothing_yet(tmp_path):
+    (tmp_path / "journal.jsonl").touch()
+    rep = report.write_report(tmp_path, tmp_path / "r")
+    assert rep.counts.trials == 0 and rep.best is None
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert "No `best_train.yaml`: no complete candidate to export" in md
+    assert not (tmp_path / "r" / "pareto.png").exists()
