@@ -99,3 +99,56 @@ def train(
         max_retries=max_retries,
         mounts=mounts,
     )
+
+
+def search(
+    *overrides: str,
+    config: str = "configs/search/quickstart.yaml",
+    out: Optional[str] = None,
+    resume: Optional[str] = None,
+    name: str = "recsearch-search",
+    image: str = torchx.IMAGE,
+    cpu: int = 2,
+    memMB: int = 8192,
+    h: Optional[str] = None,
+    env: Optional[Dict[str, str]] = None,
+    max_retries: int = 0,
+    mounts: Optional[List[str]] = None,
+) -> specs.AppDef:
+    """Runs a search (`recsearch search`) as one job: the search process itself, which launches its
+    trials with the runner its config names (for runner.kind torchx, each trial is its own job).
+    With max_retries > 0 a restarted job should pass --resume DIR to continue the same search.
+
+    Args:
+        overrides: key=value search config overrides, e.g. trials=40 runner.concurrency=8
+        config: search config YAML (ignored with resume)
+        out: search directory (default: the config's output_dir)
+        resume: continue the search in this directory instead of starting one
+        name: job name
+        image: container image (local_cwd: the working directory)
+        cpu: CPUs for the search process (and in-process/subprocess trials)
+        memMB: memory in MB
+        h: a registered named resource; takes precedence over cpu and memMB
+        env: extra environment variables
+        max_retries: scheduler retries allowed
+        mounts: mounts, e.g. type=bind,src=/data,dst=/data
+    """
+    if resume:
+        args = ["search", "--resume", resume]
+    else:
+        args = ["search", "--config", config, *(["--out", out] if out else []), *overrides]
+    return specs.AppDef(
+        name=name,
+        roles=[
+            specs.Role(
+                name="search",
+                image=image,
+                entrypoint="python",
+                args=["-m", "recsearch.cli", *args],
+                env={"PYTHONUNBUFFERED": "1", **(env or {})},
+                resource=specs.resource(cpu=cpu, gpu=0, memMB=memMB, h=h),
+                max_retries=max_retries,
+                mounts=specs.parse_mounts(mounts) if mounts else [],
+            )
+        ],
+    )

@@ -495,6 +495,10 @@ class Search:
                         break
                     continue
                 self._wait_one()
+        except _DryRun:
+            self.echo("[search] dryrun: printed the first trial's request; nothing ran "
+                      "(drop runner.torchx.dryrun and use a new --out to run the search)")
+            return 0
         except KeyboardInterrupt:
             for handle, _ in self.running.values():
                 self.runner.cancel(handle)
@@ -607,6 +611,10 @@ class Search:
         with self._hb_lock:
             self._beating.add(trial_id)
         handle = self.runner.submit(spec, workdir)  # in-process: returns when the run has ended
+        if "dryrun" in handle.info:  # torchx dryrun: show the job request; nothing runs
+            self.store.set_state(trial_id, TrialState.PENDING, notes={"dryrun": True})
+            self.echo(f"[search] dryrun: trial {trial_id}'s job request:\n{handle.info['dryrun']}")
+            raise _DryRun()
         self.running[trial_id] = (handle, rung)
 
     def trial_config(self, spec: TrialSpec, workdir: Path, placed: bool) -> dict[str, Any]:
@@ -777,6 +785,10 @@ class Search:
 
 def _num(value: float | None, digits: int = 4) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+class _DryRun(Exception):
+    """Raised after the first trial's torchx request is printed in dryrun mode."""
 
 
 def describe(spec: TrialSpec) -> str:

@@ -96,3 +96,38 @@ def test_search_help_and_argument_errors():
     assert proc.returncode == 0 and "--resume" in proc.stdout and "--config" in proc.stdout
     proc = subprocess.run(CLI, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 2 and "exactly one of --config FILE or --resume DIR" in proc.stderr
+
+
+def test_torchx_dryrun_search_prints_the_first_trials_slurm_request_and_runs_nothing(tmp_path, learnable_data, capsys):  # noqa: F811
+    from recsearch.search import loop
+
+    raw = search_config(learnable_data, **{"runner.kind": "torchx", "runner.torchx": {
+        "scheduler": "slurm", "dryrun": True, "gpu": 2, "cfg": {"partition": "gpu"}}})
+    assert loop.main(["--config", str(write_config(tmp_path, raw)), "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    trial_cfg = tmp_path / "out" / "trials" / "0" / "trial.yaml"
+    assert "#SBATCH --job-name=train-0" in text and "--partition=gpu" in text
+    assert f"recsearch.cli train --config {trial_cfg.resolve()}" in text
+    assert trial_cfg.exists() and not (tmp_path / "out" / "trials" / "0" / "result.json").exists()
+
+
+def test_search_component_runs_the_search_command():
+    from launch import components
+
+    app = components.search("trials=4", config="configs/search/quickstart.yaml", out="runs/s")
+    assert app.roles[0].args == ["-m", "recsearch.cli", "search", "--config", "configs/search/quickstart.yaml",
+                                 "--out", "runs/s", "trials=4"]
+    assert components.search(resume="runs/s").roles[0].args[-2:] == ["--resume", "runs/s"]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "search").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_search_configs_are_valid(path):
+    from recsearch import config
+    from recsearch.search.loop import SearchConfig
+    from recsearch.search.space import SearchSpace
+
+    cfg = config.build(SearchConfig, config.load_yaml(path), origin=str(path))
+    assert path.read_text().startswith("# Used by: recsearch search --config configs/search/")
+    space = SearchSpace(cfg.space, cfg.topology.topology(), cfg.fidelity.train_rows[-1])
+    assert space.cardinality > cfg.trials
+    assert config.load_yaml(cfg.train)  # its base train config exists
