@@ -17,6 +17,7 @@ def commands() -> dict[tuple[str, ...], tuple[str, str]]:
         ("data", "preprocess"): ("recsearch.data.criteo", "Criteo TSV -> TorchRec npy layout"),
         ("data", "stats"): ("recsearch.data.stats", "per-table statistics for placement"),
         ("train",): ("recsearch.train.trainer", "train a DLRM from a config"),
+        ("baseline", "logreg"): ("recsearch.train.logreg", "logistic-regression baseline on the same splits"),
         ("place", "tables"): ("recsearch.placement.tables", "generate table pools and placement tasks"),
         ("place", "measure"): ("recsearch.placement.measure", "measure real table-lookup costs"),
         ("place", "baseline"): ("recsearch.placement.baselines", "place a task with baseline placers"),

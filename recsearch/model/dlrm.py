@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection, DLRMTrain
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from recsearch.types import NUM_DENSE_FEATURES, ArchSpec, Interaction, TableSpec
@@ -42,8 +42,48 @@ def table_specs(
     ]
 
 
-def build_model(arch: ArchSpec, rows: Sequence[int], device: torch.device | str = "meta") -> DLRMTrain:
-    """A DLRMTrain (loss + logits) for the architecture, with one table per categorical feature."""
+EMBEDDING_DTYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16}
+DENSE_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
+
+
+class AutocastDLRMTrain(DLRMTrain):
+    """DLRMTrain whose model forward (MLPs and interaction) runs under autocast to `dtype`, while
+    the loss is computed in fp32 and backward runs outside autocast (as PyTorch recommends).
+    The embedding lookups are FBGEMM ops that autocast leaves alone. Same parameter names as
+    DLRMTrain, so plans and checkpoints are unchanged."""
+
+    def __init__(self, dlrm_module: torch.nn.Module, dtype: torch.dtype, device_type: str):
+        super().__init__(dlrm_module)
+        self.autocast_dtype = dtype
+        # a plain string, fixed here: TorchRec's pipeline traces this forward symbolically, where
+        # the batch's device is a proxy
+        self.autocast_device_type = device_type
+
+    def forward(self, batch):  # type: ignore[no-untyped-def]
+        with torch.autocast(self.autocast_device_type, dtype=self.autocast_dtype):
+            logits = self.model(batch.dense_features, batch.sparse_features)
+        logits = logits.squeeze(-1).float()
+        loss = self.loss_fn(logits, batch.labels.float())
+        return loss, (loss.detach(), logits.detach(), batch.labels.detach())
+
+
+def build_model(
+    arch: ArchSpec,
+    rows: Sequence[int],
+    device: torch.device | str = "meta",
+    embedding_dtype: str = "fp32",
+    dense_dtype: str = "fp32",
+    compute_device_type: str = "cpu",
+) -> DLRMTrain:
+    """A DLRMTrain (loss + logits) for the architecture, with one table per categorical feature.
+    embedding_dtype "fp16" stores the tables (and their fused optimizer's updates) in half
+    precision: half the memory and memory traffic of the lookups; pooled outputs stay fp32.
+    dense_dtype "bf16" runs the MLPs and the interaction under bf16 autocast (weights stay fp32)
+    on `compute_device_type` (where training will run: "cpu" or "cuda")."""
+    if embedding_dtype not in EMBEDDING_DTYPES:
+        raise ValueError(f"embedding dtype must be one of {sorted(EMBEDDING_DTYPES)}, got {embedding_dtype!r}")
+    if dense_dtype not in DENSE_DTYPES:
+        raise ValueError(f"dense dtype must be one of {sorted(DENSE_DTYPES)}, got {dense_dtype!r}")
     ebc = EmbeddingBagCollection(
         tables=[
             EmbeddingBagConfig(
@@ -51,6 +91,7 @@ def build_model(arch: ArchSpec, rows: Sequence[int], device: torch.device | str 
                 embedding_dim=arch.embedding_dim,
                 num_embeddings=int(n),
                 feature_names=[f"cat_{i}"],
+                data_type=EMBEDDING_DTYPES[embedding_dtype],
             )
             for i, n in enumerate(rows)
         ],
@@ -80,7 +121,8 @@ def build_model(arch: ArchSpec, rows: Sequence[int], device: torch.device | str 
             interaction_branch1_layer_sizes=list(arch.projection_branch1),
             interaction_branch2_layer_sizes=list(arch.projection_branch2),
         )
-    return DLRMTrain(model)
+    autocast_dtype = DENSE_DTYPES[dense_dtype]
+    return DLRMTrain(model) if autocast_dtype is None else AutocastDLRMTrain(model, autocast_dtype, compute_device_type)
 
 
 def dense_parameter_count(model: torch.nn.Module) -> int:

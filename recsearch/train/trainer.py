@@ -99,6 +99,8 @@ class TrainConfig:
     latency_iters: int = 30
     tensorboard: bool = True
     checkpoint_every_steps: int = 0  # 0: no checkpoints; else save every N steps (and at the end)
+    embedding_precision: str = "fp32"  # fp32 | fp16: table weights (and fused optimizer updates)
+    dense_precision: str = "fp32"  # fp32 | bf16: MLPs + interaction under autocast (fp32 weights)
     resume_from: str | None = None  # "latest" (newest in output_dir/checkpoints) or a directory
 
     def __post_init__(self) -> None:
@@ -108,6 +110,10 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.log_every_steps < 1:
             raise ValueError("log_every_steps must be >= 1")
+        if self.embedding_precision not in ("fp32", "fp16"):
+            raise ValueError(f"embedding_precision must be fp32 or fp16, got {self.embedding_precision!r}")
+        if self.dense_precision not in ("fp32", "bf16"):
+            raise ValueError(f"dense_precision must be fp32 or bf16, got {self.dense_precision!r}")
 
 
 @dataclass
@@ -163,7 +169,10 @@ def train(cfg: TrainConfig) -> dict:
         )
 
     # Model: tables on the meta device; DMP materializes only this rank's shards.
-    model = build_model(cfg.arch, rows, device="meta")
+    model = build_model(
+        cfg.arch, rows, device="meta", embedding_dtype=cfg.embedding_precision, dense_dtype=cfg.dense_precision,
+        compute_device_type=device.type,
+    )
     emb_cls, emb_kwargs = embedding_optimizer(hp.embedding_optimizer, hp.embedding_lr, device.type)
     apply_optimizer_in_backward(emb_cls, model.model.sparse_arch.parameters(), emb_kwargs)
     plan = _sharding_plan(cfg, model, device, world_size)
