@@ -18,6 +18,7 @@ import argparse
 import dataclasses
 import json
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -156,12 +157,16 @@ def main(argv: list[str] | None = None) -> int:
     # torch warns on every sparse Adagrad step that it skips its invariant checks; nothing to act on
     warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled")
     out = Path(args.out) if args.out else Path(args.data).resolve().parent / "logreg"
-    cfg = LogRegConfig(
-        data_dir=args.data, output_dir=str(out), epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, l2=args.l2, max_rows_per_table=args.max_rows_per_table,
-        train_rows=args.train_rows, eval_rows=args.eval_rows, seed=args.seed,
-    )  # fmt: skip
-    result = train(cfg)
+    try:
+        cfg = LogRegConfig(
+            data_dir=args.data, output_dir=str(out), epochs=args.epochs, batch_size=args.batch_size,
+            lr=args.lr, l2=args.l2, max_rows_per_table=args.max_rows_per_table,
+            train_rows=args.train_rows, eval_rows=args.eval_rows, seed=args.seed,
+        )  # fmt: skip
+        result = train(cfg)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:
+        print(f"recsearch baseline logreg: error: {err}", file=sys.stderr)
+        return 2
     out.mkdir(parents=True, exist_ok=True)
     layout.write_text_atomic(out / RESULT_FILE, json.dumps(result, indent=2) + "\n")
     m = result["metrics"]

@@ -206,8 +206,11 @@ def train(cfg: TrainConfig) -> dict:
         batches = _TimedIterator(train_loader.iter_from(state.batch_in_epoch))
         started = time.perf_counter()
         window = _LossWindow(device)
+        lr_multiplier = math.nan  # set at the stretch's first step, then only when it changes
         while state.step < stretch_end:
-            apply_lr(optimizer, base_lrs, schedule.multiplier(state.step))
+            if (multiplier := schedule.multiplier(state.step)) != lr_multiplier:
+                apply_lr(optimizer, base_lrs, multiplier)
+                lr_multiplier = multiplier
             try:
                 # DLRMTrain's output, already detached. zero_grad() inside progress() pushes the
                 # lr just set into the fused embedding kernels before their backward runs.
@@ -469,6 +472,21 @@ def _peak_memory_mb(device: torch.device) -> list[float]:
     return [round(x, 1) for x in gathered]
 
 
+def _embedding_bytes(model: torch.nn.Module) -> list[int]:
+    """Bytes of embedding weights each rank holds (its shards, in their storage dtype: fp16
+    tables count half), gathered from all ranks. Optimizer state is not included."""
+    mine = 0
+    for name, tensor in model.state_dict().items():
+        if ".embedding_bags." not in name:
+            continue
+        shards = tensor.local_shards() if hasattr(tensor, "local_shards") else None
+        local = [s.tensor for s in shards] if shards is not None else [tensor]
+        mine += sum(t.numel() * t.element_size() for t in local)
+    gathered: list[int] = [0] * dist.get_world_size()
+    dist.all_gather_object(gathered, mine)
+    return gathered
+
+
 def _result(cfg, meta, state: RunState, final, latency, plan, model, world_size, device) -> dict:
     step_ms = 1000 * state.train_seconds / state.step if state.step else math.nan
     return {
@@ -490,6 +508,7 @@ def _result(cfg, meta, state: RunState, final, latency, plan, model, world_size,
         "device": str(device),
         "dense_parameters": dense_parameter_count(model),
         "peak_memory_mb_per_rank": _peak_memory_mb(device),
+        "embedding_bytes_per_rank": _embedding_bytes(model),
         "history": state.history,
     }
 
