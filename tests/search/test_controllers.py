@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 
@@ -50,7 +52,7 @@ def test_actor_critic_learns_the_planted_optimum_and_beats_random():
     ac = ActorCriticController(space, seed=0)
     ac_rewards = _run(ac, space, 160)
     random_rewards = _run(RandomController(space, seed=0), space, 160)
-    assert ac.updates == 40
+    assert ac.updates == 160 and len(ac.losses) == 160
     # It never repeats a point, so late trials still explore; judge it against random instead.
     assert np.mean(ac_rewards[-40:]) > np.mean(ac_rewards[:40])
     assert np.mean(ac_rewards[-40:]) > np.mean(random_rewards[-40:]) + 0.02
@@ -58,6 +60,37 @@ def test_actor_critic_learns_the_planted_optimum_and_beats_random():
     probs = ac.probabilities()
     target_prob = [p[-1] for p, d in zip(probs, space.decisions) if len(d.options) > 1]
     assert np.mean(target_prob) > 0.5
+
+
+def test_shaped_returns_are_rank_normal_scores_that_penalties_cannot_flatten():
+    returns = controllers.shaped_returns([0.71, 0.73, 0.72, None])
+    # ranks 1, 3, 2 and 0 of 4 -> normal quantiles of (r + 0.5) / 4
+    assert returns == pytest.approx([-0.3186394, 1.1503494, 0.3186394, -1.1503494], abs=1e-6)
+    # A trained model 10x further below (a latency penalty) changes nothing for the others,
+    # where a z-score would squeeze their differences to nothing.
+    penalized = controllers.shaped_returns([0.71, 0.73, 0.72, -5.0])
+    assert penalized[:3] == pytest.approx(returns[:3])
+    ties = controllers.shaped_returns([0.7, 0.7, None, None, 0.8])
+    assert ties[0] == ties[1] and ties[2] == ties[3] < ties[0] < ties[4]
+    assert controllers.shaped_returns([]) == []
+
+
+def test_the_policy_updates_after_every_trial_towards_the_better_option():
+    """One decision decides the reward: after 12 trials the policy prefers its better option,
+    every update is logged, entropy falls, and decisions that do not matter stay near uniform."""
+    space = SearchSpace(SpaceConfig(interaction=("dot",), dcn_num_layers=(1,), dcn_low_rank_dim=(64,)), TOPO,
+                        train_rows=100_000)
+    batch = next(i for i, d in enumerate(space.decisions) if d.name == "batch_size")
+    ac = ActorCriticController(space, seed=0)
+    before = ac.probabilities()
+    for _ in range(12):
+        spec = ac.propose()
+        ac.observe(spec, 0.70 + 0.01 * space.choices_of(spec)[batch])  # the largest batch is best
+    after = ac.probabilities()
+    assert ac.updates == 12 and [x["trials"] for x in ac.losses] == list(range(1, 13))
+    assert all(math.isfinite(x["policy_loss"]) and math.isfinite(x["value_loss"]) for x in ac.losses)
+    assert ac.losses[-1]["entropy"] < ac.losses[0]["entropy"]
+    assert after[batch][-1] > before[batch][-1] + 0.1 and after[batch][-1] == max(after[batch])
 
 
 def test_infeasible_trials_get_a_penalty_below_the_worst_reward():
