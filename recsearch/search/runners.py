@@ -314,6 +314,28 @@ class TorchxSettings:
     dryrun: bool = False  # only render the scheduler request of each trial (no job runs)
 
 
+def load_components() -> Any:
+    """launch/components.py, the torchx components. It lives beside the package, not in it: under
+    `python -m` from the repository root it imports as `launch.components`; under the `recsearch`
+    console script the repository root is not on sys.path, so load it from the checkout by path."""
+    try:
+        from launch import components
+
+        return components
+    except ImportError:
+        pass
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "launch" / "components.py"
+    if not path.is_file():
+        raise RuntimeError(f"runner torchx uses launch/components.py, which is not at {path}: "
+                           f"run the search from a recsearch checkout")
+    spec = importlib.util.spec_from_file_location("recsearch_launch_components", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
 class TorchxRunner:
     """One torchx job per trial, running the `train` component on the trial's config."""
 
@@ -327,12 +349,7 @@ class TorchxRunner:
         self._runner = get_runner()
 
     def app(self, spec: TrialSpec, workdir: Path):  # -> torchx.specs.AppDef
-        try:
-            from launch import components
-        except ImportError as err:
-            raise RuntimeError(
-                "runner torchx uses launch/components.py: run the search from the repository root"
-            ) from err
+        components = load_components()
         s = self.settings
         env = {}
         if s.scheduler.startswith("local"):

@@ -158,6 +158,21 @@ def test_torchx_dryrun_renders_slurm_and_kubernetes_trial_jobs(tmp_path):
         k8s.result(h)
 
 
+def test_torchx_components_load_outside_the_repository_root(tmp_path):
+    """The `recsearch` console script does not put the checkout on sys.path: the torchx runner
+    still finds launch/components.py (it used to fail with 'run the search from the repository root')."""
+    import subprocess
+
+    code = ("from recsearch.search.runners import load_components; m = load_components(); "
+            "print(m.__file__); print(m.search(config='c.yaml').roles[0].args[-2:])")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0] == str(REPO / "launch" / "components.py") and lines[1] == "['--config', 'c.yaml']"
+
+
 @pytest.mark.slow
 def test_torchx_local_cwd_trial_runs_for_real_and_reports_through_its_result_file(tmp_path, learnable_data, monkeypatch):  # noqa: F811
     monkeypatch.chdir(REPO)
