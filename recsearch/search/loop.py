@@ -733,7 +733,10 @@ class Search:
         lat = f"lat {r.latency_p50_ms:.2f} ms" if r and r.latency_p50_ms is not None else "lat -"
         wall = rec.notes.get("wall_s")
         best = self.best()
-        best_text = f"best {best.result.auc:.4f} (trial {best.trial_id})" if best else "best -"
+        # "best" is by reward (AUC less any latency penalty), so say both: a higher AUC elsewhere
+        # on the screen belongs to a trial the objective ranks lower
+        best_text = (f"best: trial {best.trial_id} AUC {best.result.auc:.4f} reward {best.notes.get('reward'):.4f}"
+                     if best and best.notes.get("reward") is not None else "best -")
         tail = f" | {r.error[:200]}" if r and r.state is TrialState.FAILED and r.error else ""
         self.echo(
             f"[search] trial {rec.trial_id:>3} rung {rung}/{top} ({rec.notes.get('train_rows', 0):,} rows) "

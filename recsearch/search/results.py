@@ -108,7 +108,10 @@ def trial_params(spec: TrialSpec) -> dict[str, Any]:
         dense_optimizer=str(h.dense_optimizer),
         dense_lr=float(h.dense_lr),
         warmup_steps=int(h.warmup_steps),
+        decay_steps=int(h.decay_steps),
     )
+    if h.decay_steps:  # where a decay starts means something only when there is one
+        params["decay_start_step"] = int(h.decay_start_step)
     return params
 
 
@@ -121,6 +124,8 @@ def describe(spec: TrialSpec) -> str:
     bottom = "-".join(str(w) for w in a.bottom_mlp[:-1]) or "none"
     top = "-".join(str(w) for w in a.top_mlp[:-1]) or "none"
     warmup = f", warmup {h.warmup_steps}" if h.warmup_steps else ""
+    if h.decay_steps:
+        warmup += f", decay {h.decay_start_step}+{h.decay_steps}"
     return (
         f"dim {a.embedding_dim}, bottom {bottom}, top {top}, {inter}, batch {h.batch_size}, "
         f"emb {h.embedding_optimizer} {h.embedding_lr:g}, dense {h.dense_optimizer} {h.dense_lr:g}{warmup}"

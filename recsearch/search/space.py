@@ -5,7 +5,8 @@ log-scale grid), so one representation serves all controllers: random search sam
 indices, the actor-critic policy emits them autoregressively, and the Bayesian baseline sees them
 as categorical parameters. `SearchSpace.decode(choices)` turns a vector of option indices into a
 TrialSpec; constraints between dimensions (the bottom MLP must end in the embedding dim) are
-satisfied by construction, never by rejection.
+satisfied by construction, never by rejection (a decay may not start inside warmup, so it starts
+when warmup ends).
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class SpaceConfig:
     dense_optimizer: tuple[str, ...] = ("adagrad",)
     dense_lr: LogGrid = LogGrid(0.003, 0.1, 4)
     warmup_steps: tuple[int, ...] = (0,)
+    decay_start_step: tuple[int, ...] = (0,)  # polynomial LR decay (MLPerf DLRM's): where it starts
+    decay_steps: tuple[int, ...] = (0,)  # and how long it lasts; 0: no decay
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class SearchSpace:
         for name in ("embedding_dim", "bottom_width", "top_width", "batch_size", "dcn_low_rank_dim"):
             if any(int(v) <= 0 for v in getattr(self.space, name)):
                 raise ValueError(f"search space: {name} options must be positive")
-        for name in ("bottom_depth", "top_depth", "dcn_num_layers", "warmup_steps"):
+        for name in ("bottom_depth", "top_depth", "dcn_num_layers", "warmup_steps", "decay_start_step", "decay_steps"):
             if any(int(v) < 0 for v in getattr(self.space, name)):
                 raise ValueError(f"search space: {name} options must be >= 0")
         if self.train_rows <= 0:
@@ -128,6 +131,10 @@ class SearchSpace:
             dense_optimizer=str(value["dense_optimizer"]),
             dense_lr=float(value["dense_lr"]),
             warmup_steps=int(value["warmup_steps"]),
+            # decay may not start inside warmup (the trainer refuses it): start it when warmup ends
+            decay_start_step=max(int(value["decay_start_step"]), int(value["warmup_steps"]))
+            if int(value["decay_steps"]) else 0,
+            decay_steps=int(value["decay_steps"]),
             seed=self.seed,
         )
         return TrialSpec(
@@ -152,7 +159,9 @@ class SearchSpace:
             choices[self._index("interaction")]
         ]
         dcn = Interaction(interaction) is Interaction.DCN
-        return tuple(dcn or not d.name.startswith("dcn_") for d in self.decisions)
+        decays = bool(self.decisions[self._index("decay_steps")].options[choices[self._index("decay_steps")]])
+        return tuple((dcn or not d.name.startswith("dcn_")) and (decays or d.name != "decay_start_step")
+                     for d in self.decisions)
 
     def _index(self, name: str) -> int:
         return next(i for i, d in enumerate(self.decisions) if d.name == name)

@@ -19,6 +19,27 @@ def test_decode_builds_consistent_arch_and_round_trips_choices():
     assert space.choices_of(spec) == choices
 
 
+def test_lr_decay_is_a_decision_that_never_starts_inside_warmup():
+    space = SearchSpace(SpaceConfig(warmup_steps=(0, 100), decay_start_step=(50, 400), decay_steps=(0, 200)),
+                        TOPO, train_rows=100_000)
+    names = [d.name for d in space.decisions]
+    index = {n: i for i, n in enumerate(names)}
+
+    def pick(**chosen):
+        return tuple(chosen.get(n, 0) for n in names)
+
+    h = space.decode(pick(warmup_steps=1, decay_start_step=0, decay_steps=1)).hparams
+    assert (h.warmup_steps, h.decay_start_step, h.decay_steps) == (100, 100, 200)  # 50 is inside warmup
+    h = space.decode(pick(warmup_steps=1, decay_start_step=1, decay_steps=1)).hparams
+    assert (h.decay_start_step, h.decay_steps) == (400, 200)
+    h = space.decode(pick(decay_start_step=1, decay_steps=0)).hparams
+    assert (h.decay_start_step, h.decay_steps) == (0, 0)  # no decay: its start is moot
+    assert not space.relevant(pick(decay_steps=0))[index["decay_start_step"]]
+    assert space.relevant(pick(decay_steps=1))[index["decay_start_step"]]
+    with pytest.raises(ValueError, match="decay_steps options must be >= 0"):
+        SearchSpace(SpaceConfig(decay_steps=(-1,)), TOPO, train_rows=100_000)
+
+
 def test_log_grid_spans_both_ends():
     assert LogGrid(0.001, 0.1, 3).values() == (0.001, 0.01, 0.1)
     with pytest.raises(ValueError):
