@@ -426,6 +426,9 @@ class Search:
             if est is None:
                 raise config.ConfigError([f"{self.dir / SEARCH_CONFIG}: objective: step_cost budget from the reference needs a cost model: {self.checker.cost_note}"])
             self.budget_ms = est
+        if self.cfg.objective.max_step_cost_ms is not None and self.checker.cost_net is None:
+            raise config.ConfigError([f"{self.dir / SEARCH_CONFIG}: objective.max_step_cost_ms needs a step-cost "
+                                      f"estimate, and there is none: {self.checker.cost_note}"])
         self._restore()
 
     def _restore(self) -> None:

@@ -11,6 +11,10 @@ model"): its measured inference latency at the serving batch, or its estimated s
   cost model), so candidates over budget * (1 + tolerance) are rejected before any training and
   the reward is the AUC.
 - metric "none": the reward is the AUC.
+
+Whatever the metric, `max_step_cost_ms` is a hard cap on the estimated step cost checked before
+training, so a latency-budgeted search can also refuse models whose embedding step the target
+cluster could not afford (both the estimate and the measured latency then shape the search).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class ObjectiveConfig:
     serving_batch: int = 256  # the batch size whose p50 latency is the latency
     penalty: float = 0.1  # latency: reward lost per 100 % over budget
     tolerance: float = 0.0  # step_cost: rejected above budget * (1 + tolerance)
+    max_step_cost_ms: float | None = None  # any metric: rejected before training above this estimate
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -41,6 +46,8 @@ class ObjectiveConfig:
             raise ValueError(f"objective.serving_batch must be >= 1, got {self.serving_batch}")
         if self.penalty < 0 or self.tolerance < 0:
             raise ValueError("objective.penalty and objective.tolerance must be >= 0")
+        if self.max_step_cost_ms is not None and not self.max_step_cost_ms > 0:
+            raise ValueError(f"objective.max_step_cost_ms must be positive, got {self.max_step_cost_ms}")
 
 
 def reward(
@@ -58,6 +65,9 @@ def reward(
 
 def over_cost_budget(objective: ObjectiveConfig, est_cost_ms: float, budget_ms: float | None) -> str | None:
     """Why a candidate is rejected before training for its estimated step cost (None: it is not)."""
+    cap = objective.max_step_cost_ms
+    if cap is not None and est_cost_ms > cap:
+        return f"estimated step cost {est_cost_ms:.3f} ms is over objective.max_step_cost_ms = {cap:.3f} ms"
     if objective.metric != "step_cost" or budget_ms is None:
         return None
     limit = budget_ms * (1 + objective.tolerance)

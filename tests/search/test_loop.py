@@ -245,3 +245,36 @@ def test_resume_after_an_interruption_finishes_the_budget_without_rerunning_fini
         assert now.result == rec.result and now.attempts == rec.attempts == 1
     choices = [r.spec.extra["choices"] for r in after if not r.notes.get("reference")]
     assert len(set(choices)) == len(choices)
+
+
+@pytest.mark.slow
+def test_estimated_step_cost_rejects_candidates_before_training(tmp_path, learnable_data, capsys):
+    """Placed for a GPU topology (the shipped H100 cost net estimates each candidate's step):
+    with a step-cost budget, and with a hard cap beside a latency budget, the batch-1024
+    candidates (about 4x the estimated step of batch 256) are rejected untrained, with the numbers."""
+    common = {"space.batch_size": [256, 1024], "space.embedding_dim": [8], "fidelity.train_rows": [6144],
+              "topology.compute_device": "cuda", "reference": False, "trials": 2, "seed": 0}
+    searches = {
+        "step_cost": {"objective.metric": "step_cost", "objective.budget_ms": 0.01},
+        "capped": {"objective.metric": "latency", "objective.budget_ms": 100.0, "objective.max_step_cost_ms": 0.01},
+    }
+    for name, objective in searches.items():
+        code, out = run_search(tmp_path, search_config(learnable_data, **common, **objective), out=name)
+        assert code == 0
+        records = JournalStore(out).trials()
+        trained = [r for r in records if not r.notes.get("rejected")]
+        rejected = [r for r in records if r.notes.get("rejected")]
+        assert len(trained) == 2 and all(r.spec.hparams.batch_size == 256 for r in trained)
+        assert all(r.state is TrialState.COMPLETE and 0 < r.notes["est_step_cost_ms"] <= 0.01 for r in trained)
+        assert rejected, f"{name}: no batch-1024 candidate was proposed"
+        for r in rejected:
+            assert r.spec.hparams.batch_size == 1024 and r.notes["est_step_cost_ms"] > 0.01
+            assert f"estimated step cost {r.notes['est_step_cost_ms']:.3f} ms is over" in r.notes["rejected"]
+            assert not (out / "trials" / str(r.trial_id)).exists()
+
+
+def test_a_step_cost_cap_without_a_cost_model_is_an_error(tmp_path, learnable_data, monkeypatch):
+    monkeypatch.setattr(loop, "_load_cost_net", lambda device: (None, "no cost net for this device"))
+    raw = search_config(learnable_data, **{"objective.max_step_cost_ms": 1.0})
+    code, out = run_search(tmp_path, raw)
+    assert code == 2 and not (out / "trials").exists()

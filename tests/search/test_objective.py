@@ -1,0 +1,49 @@
+"""The objective: AUC under a soft latency budget, step-cost budgets and caps checked before
+training, the Pareto front the search prints."""
+
+import math
+
+import pytest
+
+from recsearch.search.objective import ObjectiveConfig, Point, over_cost_budget, pareto_front, reward
+
+
+def test_latency_budget_is_a_soft_penalty_proportional_to_the_overshoot():
+    obj = ObjectiveConfig(metric="latency", penalty=0.1)
+    assert reward(obj, 0.75, 4.0, 5.0) == 0.75  # within budget: the AUC
+    assert reward(obj, 0.75, 5.0, 5.0) == 0.75
+    assert reward(obj, 0.75, 7.5, 5.0) == pytest.approx(0.75 - 0.1 * 0.5)  # 50 % over
+    assert reward(obj, 0.75, 10.0, 5.0) == pytest.approx(0.65)  # 100 % over: one whole penalty
+    assert reward(obj, 0.75, None, 5.0) is None and reward(obj, 0.75, math.nan, 5.0) is None
+    assert reward(obj, math.nan, 4.0, 5.0) is None and reward(obj, None, 4.0, 5.0) is None
+    assert reward(obj, 0.75, 99.0, None) == 0.75  # no budget known (yet): the AUC
+    assert reward(ObjectiveConfig(metric="none"), 0.7, 99.0, 5.0) == 0.7
+    assert reward(ObjectiveConfig(metric="step_cost"), 0.7, 99.0, 5.0) == 0.7  # step cost is checked before training
+
+
+def test_step_cost_budget_and_cap_reject_before_training_with_the_numbers():
+    obj = ObjectiveConfig(metric="step_cost", tolerance=0.1)
+    assert over_cost_budget(obj, 10.9, 10.0) is None
+    why = over_cost_budget(obj, 11.5, 10.0)
+    assert why == "estimated step cost 11.500 ms is over the budget of 10.000 ms (+10% tolerance)"
+    assert over_cost_budget(ObjectiveConfig(metric="latency"), 1e6, 10.0) is None  # latency: no pre-training check
+    capped = ObjectiveConfig(metric="latency", max_step_cost_ms=2.0)
+    assert over_cost_budget(capped, 1.5, None) is None
+    assert over_cost_budget(capped, 2.5, None) == "estimated step cost 2.500 ms is over objective.max_step_cost_ms = 2.000 ms"
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"metric": "speed"}, "objective.metric must be one of latency, step_cost, none"),
+    ({"budget_ms": 0.0}, "budget_ms must be positive"),
+    ({"serving_batch": 0}, "serving_batch must be >= 1"),
+    ({"penalty": -1.0}, "penalty and objective.tolerance must be >= 0"),
+    ({"max_step_cost_ms": -2.0}, "max_step_cost_ms must be positive"),
+])
+def test_bad_objectives_are_clear_errors(bad, message):
+    with pytest.raises(ValueError, match=message):
+        ObjectiveConfig(**bad)
+
+
+def test_pareto_front_of_auc_vs_latency():
+    points = [Point(1, 0.70, 3.0), Point(2, 0.72, 5.0), Point(3, 0.71, 6.0), Point(4, 0.72, 4.0), Point(5, 0.69, 2.0)]
+    assert [p.trial_id for p in pareto_front(points)] == [5, 1, 4]
