@@ -293,7 +293,18 @@ def verdicts(args: argparse.Namespace, by: dict[tuple[str, str], Timing]) -> lis
         if orig:
             ratio = orig.median_ms / ours.median_ms
             target = 4.38
-            lines.append(f"- {name}: recsearch vs {ORIGINAL} {ratio:.2f}x ({'met' if ratio >= target else 'NOT met'}: >= {target}x)")
+            if args.device == "cuda":
+                verdict = f"{'met' if ratio >= target else 'NOT met'}: >= {target}x on GPU"
+            else:
+                verdict = f"for reference: the >= {target}x target is set for GPU"
+            lines.append(f"- {name}: recsearch vs {ORIGINAL} {ratio:.2f}x ({verdict})")
+    if args.device == "cpu":
+        lines += [
+            "",
+            "GPU targets (>= 4.38x the original end to end, >= 2x TorchRec's default path on the MLPerf",
+            "model, faster than plain PyTorch on the Kaggle model): not measured by this run (CPU only);",
+            "see the GPU section for what has been measured on a GPU and when.",
+        ]
     return lines
 
 
