@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import sys
 import time
@@ -87,6 +88,7 @@ class Trajectory:
     rejected: int
     failed: int
     entropy: tuple[float, float] | None = None  # actor-critic policy entropy at its first and last update
+    wall_s: float = 0.0  # the whole search, reference included: first journal entry to last update
 
     def best_so_far(self) -> list[float | None]:
         out: list[float | None] = []
@@ -155,6 +157,7 @@ def trajectory(controller: str, seed: int, rows: list[TrialRow], entropy: tuple[
         rejected=sum(1 for r in rows if r.kind == REJECTED),
         failed=sum(r.state is TrialState.FAILED for r in cands),
         entropy=entropy,
+        wall_s=max((r.updated_at_s for r in rows), default=0.0) - min((r.created_at_s for r in rows), default=0.0),
     )
 
 
@@ -224,7 +227,9 @@ def render_section(summaries: list[ControllerSummary], trajs: list[Trajectory], 
     lines = [
         "## Search: best AUC found vs trials spent (tools/bench_search.py)",
         "",
-        f"Measured {setup['date']} on {setup['machine']}; {setup['wall_min']:.0f} min for the whole run. Command:",
+        f"Measured {setup['date']} on {setup['machine']}; the {len(trajs)} searches took "
+        f"{sum(t.wall_s for t in trajs) / 60:.1f} min of wall time in all, one after another "
+        f"(this invocation: {setup['wall_min']:.1f} min, {setup['reused']} searches reused from its --workdir). Command:",
         "",
         f"    {command}",
         "",
@@ -283,6 +288,17 @@ def render_section(summaries: list[ControllerSummary], trajs: list[Trajectory], 
                      f"{len(ac.reached)} of {ac.seeds} seeds ({verdict})"
                      + (f", median {_median([float(r[0]) for r in ac.reached]):.0f} trials / "
                         f"{_median([r[1] for r in ac.reached]):.0f} s" if ac.reached else ""))
+    if ac is not None:
+        by_seed = {(t.controller, t.seed): t.best_at(final) for t in trajs}
+        for other in ("random", "bayesian"):
+            pairs = [(v, by_seed.get((other, t.seed))) for t in trajs if t.controller == "actor_critic"
+                     and (v := t.best_at(final)) is not None]
+            pairs = [(a, o) for a, o in pairs if o is not None]
+            if pairs:
+                lines.append(f"- seed by seed at {final} trials, actor-critic's best val AUC vs {other}'s: higher in "
+                             f"{sum(a > o for a, o in pairs)}, equal in {sum(a == o for a, o in pairs)}, lower in "
+                             f"{sum(a < o for a, o in pairs)} of {len(pairs)} seeds; mean difference "
+                             f"{statistics.mean(a - o for a, o in pairs):+.4f}")
     if ac is not None and ac.entropy:
         first = _median([e[0] for e in ac.entropy])
         last = _median([e[1] for e in ac.entropy])
@@ -364,8 +380,8 @@ def search_config(data: Path, controller: str, seed: int, trials: int, train_row
     }
 
 
-def run_search(workdir: Path, data: Path, controller: str, seed: int, trials: int, train_rows: int) -> Path:
-    """Run (or finish, or reuse) one search; returns its directory."""
+def run_search(workdir: Path, data: Path, controller: str, seed: int, trials: int, train_rows: int) -> tuple[Path, bool]:
+    """Run (or finish, or reuse) one search; returns its directory and whether it was reused."""
     from recsearch.search import loop
 
     out = workdir / "searches" / f"{controller}_seed{seed}"
@@ -374,7 +390,7 @@ def run_search(workdir: Path, data: Path, controller: str, seed: int, trials: in
         trained = [r for r in rows if r.kind == CANDIDATE and r.state.finished]
         if len(trained) >= trials:
             print(f"[bench_search] reusing {out} ({len(trained)} trials)", flush=True)
-            return out
+            return out, True
         code = loop.main(["--resume", str(out)])
     else:
         cfg_path = workdir / "configs" / f"{controller}_seed{seed}.yaml"
@@ -383,7 +399,7 @@ def run_search(workdir: Path, data: Path, controller: str, seed: int, trials: in
         code = loop.main(["--config", str(cfg_path), "--out", str(out)])
     if code != 0:
         raise RuntimeError(f"search {out} ended with code {code}")
-    return out
+    return out, False
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -396,6 +412,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="data and search directories; finished searches found here are reused")
     parser.add_argument("--out-md", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     parser.add_argument("--png", type=Path, default=REPO / "docs" / "bench_search.png")
+    parser.add_argument("--note", action="append", default=[],
+                        help="an operator's note for the section (e.g. what else ran on the machine); repeatable")
     args = parser.parse_args(argv)
     if args.trials < 1 or args.rows_per_day < 1000:
         parser.error("--trials must be >= 1 and --rows-per-day >= 1000")
@@ -405,14 +423,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.time()
+    load_before = os.getloadavg()[0]
     args.workdir.mkdir(parents=True, exist_ok=True)
     data = make_data(args.workdir, args.rows_per_day)
     meta = json.loads((data / "meta.json").read_text())
     train_rows = sum(meta["day_rows"][:-1])
     trajs: list[Trajectory] = []
+    reused = 0
     for seed in args.seeds:  # seeds outermost: an interrupted run has every controller at the same seeds
         for controller in args.controllers:
-            out = run_search(args.workdir, data, controller, seed, args.trials, train_rows)
+            out, was_reused = run_search(args.workdir, data, controller, seed, args.trials, train_rows)
+            reused += was_reused
             trajs.append(trajectory(controller, seed, read_search(out).rows, policy_entropy(out)))
     budgets = budgets_for(args.trials)
     summaries = [summarize([t for t in trajs if t.controller == c], budgets) for c in args.controllers]
@@ -423,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": date.today().isoformat(),
         "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), no GPU, shared with other work",
         "wall_min": (time.time() - started) / 60,
+        "reused": reused,
         "rows_per_day": args.rows_per_day,
         "train_rows": train_rows,
         "val_rows": meta["day_rows"][-1] // 2,
@@ -441,9 +463,17 @@ def main(argv: list[str] | None = None) -> int:
             "so 'best val AUC' regardless of latency is not exactly what they aim for; both columns are shown.",
             "wall s to reach it: from the first candidate's creation to that trial's end (controller updates "
             "included, the reference's own training excluded).",
+            f"1-minute load average {load_before:.1f} when this invocation started and {os.getloadavg()[0]:.1f} when it "
+            f"ended, on {os.cpu_count()} cores: above the core count, other jobs shared the machine, and wall times and "
+            "latencies are those of a busy machine.",
+            *args.note,
         ],
     }
-    command = "python tools/bench_search.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    shown = list(argv if argv is not None else sys.argv[1:])
+    while "--note" in shown:  # notes are text of the section, not part of the measurement
+        i = shown.index("--note")
+        del shown[i:i + 2]
+    command = "python tools/bench_search.py " + shlex.join(shown)
     body = render_section(summaries, trajs, budgets, bayes, setup, png, command.strip(), args.out_md.parent)
     benchmd.write_section(args.out_md, SECTION, body)
     print(body)

@@ -17,7 +17,7 @@ def _traj(controller, seed, aucs, lats, ref_auc=0.70, ref_lat=5.0, entropy=None)
         test_aucs=tuple(None if a is None else a - 0.001 for a in aucs),
         elapsed_s=tuple(10.0 * (i + 1) for i in range(len(aucs))),
         reference_auc=ref_auc, reference_latency_ms=ref_lat, rejected=1, failed=sum(a is None for a in aucs),
-        entropy=entropy,
+        entropy=entropy, wall_s=25.0,
     )
 
 
@@ -48,7 +48,7 @@ def test_summary_and_verdicts_use_medians_over_seeds(tmp_path):
     assert ac.best_at[2] == [0.74, 0.73, 0.72] and rnd.best_at[2] == [0.71, 0.74, 0.72]
     assert ac.best_within_latency == [0.74, 0.71, 0.72]
     assert ac.failed == 0 and ac.rejected == 3 and len(ac.reached) == 3
-    setup = {"date": "2026-01-01", "machine": "test", "wall_min": 1.0, "rows_per_day": 1000, "train_rows": 2000,
+    setup = {"date": "2026-01-01", "machine": "test", "wall_min": 1.0, "reused": 0, "rows_per_day": 1000, "train_rows": 2000,
              "val_rows": 500, "epochs": 2, "seeds": "0, 1, 2", "space_text": "x", "cardinality": 4, "notes": ["n"]}
     text = bench_search.render_section(summaries, trajs, budgets, 0.80, setup, None, "cmd", tmp_path)
     assert "| actor_critic | 0.7300 [0.7200-0.7400] |" in text
@@ -56,6 +56,10 @@ def test_summary_and_verdicts_use_medians_over_seeds(tmp_path):
     assert "actor-critic median best val AUC >= random at 2 trials: 0.7300 vs 0.7200 (met)" in text
     assert "no slower than the reference (what the latency-budgeted objective asks for): 0.7200 vs 0.7200 (met)" in text
     assert "3 of 3 seeds (met)" in text
+    # per seed: 0.74 > 0.71, 0.73 < 0.74, 0.72 = 0.72
+    assert ("seed by seed at 2 trials, actor-critic's best val AUC vs random's: higher in 1, equal in 1, lower in 1 "
+            "of 3 seeds; mean difference +0.0067") in text
+    assert "the 6 searches took 2.5 min of wall time in all" in text
     assert "entropy 0.710 nats at its first update, 0.450 at its last" in text
     assert "gap to the Bayes ceiling of the best model found by any search: 0.0600 AUC" in text
 
@@ -90,3 +94,4 @@ def test_quick_run_writes_its_section_from_the_searches_it_ran(tmp_path):
     assert bench_search.main(argv) == 0
     again = md.read_text().split("<!-- bench_search:start -->")[1].split("<!-- bench_search:end -->")[0]
     assert again.split("Best val AUC found")[1].split("At 2 trials")[0] == table
+    assert "0 searches reused" in section and "2 searches reused" in again
