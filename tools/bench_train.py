@@ -119,7 +119,8 @@ class Runner:
         self.npy_dir = npy_dir
         self.original_tsv = original_tsv
         self.scratch = scratch
-        self.env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # the same OpenMP wait policy for every method (recsearch's CLI would default to PASSIVE)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": args.omp_wait_policy.upper()}
 
     def recsearch(self, shape: ModelShape) -> tuple[float, dict[str, float]]:
         short, steps = self.args.steps
@@ -233,7 +234,7 @@ def render(args: argparse.Namespace, timings: list[Timing], command: str, skippe
         f"## Trainer, side by side ({device})",
         "",
         f"Measured {date.today().isoformat()} on {machine_name(args.device)}, all methods interleaved "
-        f"in one run (load average {load}):",
+        f"in one run (load average {load}), OMP_WAIT_POLICY={args.omp_wait_policy.upper()} for every method:",
         "",
         f"    {command}",
         "",
@@ -328,6 +329,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", choices=["recsearch", "original", "plain"],
                    default=["recsearch", "original", "plain"])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--omp-wait-policy", choices=["passive", "active"], default="passive",
+                   help="OpenMP wait policy of every method (passive: recsearch's default); active "
+                        "writes its own section, for the comparison")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "recsearch_bench_train")
     p.add_argument("--out-md", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     args = p.parse_args(argv)
@@ -355,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     load = f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     command = "python tools/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
     section = render(args, timings, command, skipped, load)
-    benchmd.write_section(args.out_md, f"bench_train_{args.device}", section)
+    name = f"bench_train_{args.device}" + ("" if args.omp_wait_policy == "passive" else f"_omp_{args.omp_wait_policy}")
+    benchmd.write_section(args.out_md, name, section)
     print(section)
     return 0
 
