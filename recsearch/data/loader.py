@@ -449,6 +449,11 @@ class _Prefetcher(Iterator[Batch]):
         return item
 
     def close(self) -> None:
-        """Stop the producer thread (it exits within its hand-off timeout)."""
+        """Stop the producer thread and wait for it (it exits within its hand-off timeout, after
+        the batch it is building). Waiting matters: a daemon thread still inside a torch op when
+        the interpreter exits aborts the process ("terminate called without an active exception"),
+        and one still building batches would compete with whatever the caller times next."""
         self._stop.set()
         self._finished = True
+        if self._thread is not threading.current_thread():
+            self._thread.join()

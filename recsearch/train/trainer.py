@@ -296,11 +296,17 @@ def measure_latency(model, cfg: TrainConfig, make_loader, device: torch.device) 
     model.eval()
     with torch.no_grad():
         for batch_size in cfg.latency_batch_sizes:
+            batches = None
             try:
                 # one batch from the memory map: no need to load the whole split for it
-                batch = next(iter(make_loader("test", False, None, batch_size, in_memory=False)))
+                batches = iter(make_loader("test", False, None, batch_size, in_memory=False))
+                batch = next(batches)
             except (StopIteration, ValueError):
                 continue  # the split is smaller than this batch size
+            finally:
+                close = getattr(batches, "close", None)
+                if close:  # the prefetch thread stops before the timing starts
+                    close()
             batch = batch.to(device)
             times_ms = []
             for i in range(cfg.latency_iters + 5):

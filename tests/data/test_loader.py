@@ -385,3 +385,15 @@ def test_pin_memory(tiny_dataset, in_memory):
             assert all(t.is_pinned() for t in tensors)
             on_device = a.to(torch.device("cuda"), non_blocking=True)
             _assert_same_batch(on_device.to(torch.device("cpu")), b)
+
+
+def test_close_returns_only_after_the_producer_thread_has_exited(tiny_dataset):
+    """close() joins: no prefetch thread may still be inside a torch op when the caller times
+    something next or the interpreter exits (a daemon thread there aborted `recsearch train`)."""
+    loader = NpyBatchLoader(tiny_dataset, "train", 4, prefetch_batches=2)
+    it = iter(loader)
+    next(it)
+    producers = [t for t in threading.enumerate() if t.name == "recsearch-prefetch"]
+    assert producers and all(t.is_alive() for t in producers)
+    it.close()
+    assert not any(t.is_alive() for t in producers)
