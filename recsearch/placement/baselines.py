@@ -173,13 +173,15 @@ GREEDY_KEYS: dict[str, Callable[[TableSpec], float]] = {
     "lookup_greedy": lookup_key,
     "size_lookup_greedy": size_lookup_key,
 }
-PLACERS = ("random", "round_robin", *GREEDY_KEYS, "torchrec")
+PLACERS = ("random", "round_robin", *GREEDY_KEYS, "torchrec", "learned")
 
 
 def make_placer(
     name: str, optimizer: str = DEFAULT_OPTIMIZER, seed: int = 0, **kwargs: Any
 ) -> Placer:
-    """A baseline by name (PLACERS). kwargs go to the TorchRec placer (batch_size, ...)."""
+    """A placer by name (PLACERS). kwargs go to the TorchRec placer (batch_size, ...) or to the
+    learned one (samples: K sampled placements besides greedy); "learned" is the shipped policy
+    for the topology's compute device (recsearch.placement.policy)."""
     if name == "random":
         return RandomPlacer(seed=seed, optimizer=optimizer)
     if name == "round_robin":
@@ -192,6 +194,10 @@ def make_placer(
         )
 
         return TorchRecPlacer(optimizer=optimizer, **kwargs)
+    if name == "learned":
+        from recsearch.placement.policy import ShippedLearnedPlacer  # imports torch
+
+        return ShippedLearnedPlacer(seed=seed, optimizer=optimizer, **kwargs)
     raise ValueError(f"unknown placer {name!r}; known: {', '.join(PLACERS)}")
 
 
@@ -203,7 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--task", required=True, help="task file (recsearch place tables tasks)")
     parser.add_argument(
-        "--placer", nargs="+", default=[p for p in PLACERS if p != "torchrec"], choices=PLACERS
+        "--placer",
+        nargs="+",
+        default=[p for p in PLACERS if p not in ("torchrec", "learned")],
+        choices=PLACERS,
     )
     parser.add_argument("--seed", type=int, default=0, help="for random")
     parser.add_argument("--batch-size", type=int, default=8192, help="global batch (torchrec)")

@@ -1,6 +1,7 @@
 """The cost network: a learned `CostModel` of a placement's step cost (DreamShard-style).
 
-`recsearch place cost-net train --samples S.jsonl [...] --out PREFIX [--test-samples T.jsonl] [--holdout-tables F]`
+`recsearch place cost-net train --samples S.jsonl [...] --out PREFIX [--test-samples T.jsonl]
+    [--holdout-tables F --holdout-splits N]`
 `recsearch place cost-net eval --model PREFIX --samples T.jsonl`
 
 Shape. One shared MLP encodes each table's feature vector (recsearch.placement.features); a
@@ -43,7 +44,12 @@ import torch
 from torch import nn
 
 from recsearch.placement.features import FEATURE_NAMES, NUM_FEATURES, features_matrix
-from recsearch.placement.measure import DEFAULT_COMM, CommModel, comm_costs, read_samples
+from recsearch.placement.measure import (
+    DEFAULT_COMM,
+    CommModel,
+    comm_costs,
+    read_samples,
+)
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
     Cost,
@@ -56,13 +62,49 @@ from recsearch.types import TableSpec, Topology
 
 DATA_DIR = Path(__file__).parent / "data"
 SHIPPED = {"cpu": DATA_DIR / "cost_net_cpu", "cuda": DATA_DIR / "cost_net_h100"}
-FORMAT = "recsearch.placement.cost_net/1"
+FORMAT = "recsearch.placement.cost_net/2"  # /2: ensembles
+ADDITIVE_MODES = ("table", "device")
 
 
 @dataclass(frozen=True)
 class CostNetShape:
+    """members: an ensemble of that many independently initialised nets, each trained on its own
+    random 85% of the samples, whose log-time predictions are averaged. With a few hundred
+    samples one net's error on unseen tables is mostly variance; averaging five cut it from 10.7%
+    to 9.5% on the H100 unseen-table splits (three splits, 10% of the tables held out).
+
+    additive: where the additive part of a device's cost is made positive (see `_Net`). "table":
+    each table's own positive (fwd, bwd) contribution, summed over the device, so a device's
+    additive cost is exactly a sum over its tables with no fixed floor. "device" (the first
+    version; nets saved without the key): softplus of a linear map of the summed encoding, which
+    behaves like exp() below its knee and so is not additive for light devices: on the CPU samples
+    it predicted ~6 ms for single tables measured at ~1 ms."""
+
     hidden: int = 64
-    embed: int = 32
+    embed: int = 32  # per member; a table's encoding is the members' encodings side by side
+    members: int = 5
+    additive: str = "table"
+
+    def __post_init__(self) -> None:
+        sizes = {"hidden": self.hidden, "embed": self.embed, "members": self.members}
+        bad = {k: v for k, v in sizes.items() if v < 1}
+        if bad:
+            raise ValueError(f"cost net shape values must be >= 1, got {bad}")
+        if self.additive not in ADDITIVE_MODES:
+            raise ValueError(
+                f"cost net additive mode {self.additive!r} unknown; known: {ADDITIVE_MODES}"
+            )
+
+    @property
+    def member_width(self) -> int:
+        """One member's part of a table encoding: its embedding, plus ("table" mode) the table's
+        positive (fwd, bwd) additive contributions."""
+        return self.embed + (2 if self.additive == "table" else 0)
+
+    @property
+    def width(self) -> int:
+        """Length of a table's (and a device's summed) encoding."""
+        return self.member_width * self.members
 
 
 @dataclass(frozen=True)
@@ -71,7 +113,8 @@ class TrainConfig:
 
     epochs: int = 1500
     lr: float = 3e-3
-    weight_decay: float = 1e-5
+    # 1e-3 rather than 1e-5: 9.7% vs 10.6% on the H100 unseen-table splits (5 members)
+    weight_decay: float = 1e-3
     val_fraction: float = 0.15  # random held-out samples for model selection
     eval_every: int = 25
     seed: int = 0
@@ -116,36 +159,133 @@ class Errors:
         )
 
 
-class _Net(nn.Module):
-    """Encoder -> sum per device -> log(fwd_ms), log(bwd_ms).
+class _Linear(nn.Module):
+    """One linear layer per ensemble member, applied to [..., members, in] in one einsum."""
 
-    Each head is an additive part, softplus(linear(sum of encodings)), which is exactly a sum of
-    per-table contributions (a fused kernel's cost is close to that), times a bounded interaction
+    def __init__(self, members: int, fan_in: int, fan_out: int):
+        super().__init__()
+        bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default initialisation
+        self.weight = nn.Parameter(torch.empty(members, fan_in, fan_out).uniform_(-bound, bound))
+        self.bias = nn.Parameter(torch.empty(members, fan_out).uniform_(-bound, bound))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("...mi,mio->...mo", x, self.weight) + self.bias
+
+
+class _Net(nn.Module):
+    """Encoder -> sum per device -> log(fwd_ms), log(bwd_ms), for each ensemble member; the
+    prediction is the members' mean log time (a geometric mean of their times).
+
+    Each head is an additive part, a sum of per-table positive contributions (a fused kernel's
+    cost is close to that; CostNetShape.additive says where the positivity is applied), times a
+    bounded interaction
     correction exp(0.5 tanh(MLP(sum))) for what fusing tables changes (occupancy, cache sharing,
     launch overhead): on held-out tables this generalized better than an unconstrained MLP head
-    (H100 samples, 10% of tables held out: 12.6% vs 14.8% mean relative error).
+    (H100 samples, 10% of tables held out: 12.6% vs 14.8% mean relative error, one member).
+    The members' layers are stacked (`_Linear`), so the ensemble costs a few einsums, not a loop.
     """
 
     def __init__(self, shape: CostNetShape):
         super().__init__()
-        h, e = shape.hidden, shape.embed
+        m, h, e = shape.members, shape.hidden, shape.embed
+        self.members, self.embed = m, e
+        self.per_table = shape.additive == "table"
+        self.member_width = shape.member_width
         self.encoder = nn.Sequential(
-            nn.Linear(NUM_FEATURES, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, e)
+            _Linear(m, NUM_FEATURES, h), nn.ReLU(), _Linear(m, h, h), nn.ReLU(), _Linear(m, h, e)
         )
-        self.additive = nn.Linear(e, 2)
-        self.fwd_head = nn.Sequential(nn.Linear(e, h), nn.ReLU(), nn.Linear(h, 1))
-        self.bwd_head = nn.Sequential(nn.Linear(e, h), nn.ReLU(), nn.Linear(h, 1))
-        # log-ms offset (mean of the training targets), so the heads start near the data
-        self.register_buffer("log_offset", torch.zeros(2))
+        self.additive = _Linear(m, e, 2)  # "table": per table, before the sum; else per device
+        self.fwd_head = nn.Sequential(_Linear(m, e, h), nn.ReLU(), _Linear(m, h, 1))
+        self.bwd_head = nn.Sequential(_Linear(m, e, h), nn.ReLU(), _Linear(m, h, 1))
+        # per member log-ms offset (mean of its training targets): the heads start near the data
+        self.register_buffer("log_offset", torch.zeros(m, 2))
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
-        return self.encoder(features)
+        """[N, NUM_FEATURES] -> [N, members * member_width]."""
+        x = features[:, None, :].expand(-1, self.members, -1)
+        enc = self.encoder(x)
+        if self.per_table:
+            enc = torch.cat([enc, nn.functional.softplus(self.additive(enc))], -1)
+        return enc.flatten(-2)
+
+    def member_log_ms(self, device_encoding: torch.Tensor) -> torch.Tensor:
+        """[..., members * member_width] -> [..., members, 2] each member's log(fwd_ms),
+        log(bwd_ms)."""
+        x = device_encoding.unflatten(-1, (self.members, self.member_width))
+        if self.per_table:
+            x, summed = x[..., : self.embed], x[..., self.embed :]
+            additive = torch.log(summed + 1e-4)
+        else:
+            additive = torch.log(nn.functional.softplus(self.additive(x)) + 1e-4)
+        corr = torch.cat([self.fwd_head(x), self.bwd_head(x)], dim=-1)
+        return additive + 0.5 * torch.tanh(corr) + self.log_offset
 
     def log_ms(self, device_encoding: torch.Tensor) -> torch.Tensor:
-        """[..., embed] -> [..., 2] log(fwd_ms), log(bwd_ms)."""
-        additive = torch.log(nn.functional.softplus(self.additive(device_encoding)) + 1e-4)
-        corr = torch.cat([self.fwd_head(device_encoding), self.bwd_head(device_encoding)], dim=-1)
-        return additive + 0.5 * torch.tanh(corr) + self.log_offset
+        """[..., members * member_width] -> [..., 2] the ensemble's log(fwd_ms), log(bwd_ms)."""
+        return self.member_log_ms(device_encoding).mean(-2)
+
+
+class HeadEvaluator:
+    """A numpy copy of a trained net's heads: device encodings -> predicted (fwd_ms, bwd_ms).
+
+    Why: the placer asks for the cost of every device with the next table added at every step
+    (200 steps for 200 tables); on arrays this small torch's per-call overhead is most of the
+    time. The heads' first layers are linear in the device encoding, which is a sum over tables,
+    so a placer can keep each device's first-layer pre-activations (`pre`) and add a table's:
+    a step then needs no matrix product at all (`ms_from_pre`). Same arithmetic as
+    `_Net.log_ms` in float64; a test holds the two equal. Copy again after the weights change.
+    """
+
+    def __init__(self, net: _Net):
+        sd = {k: v.detach().double().numpy() for k, v in net.state_dict().items()}
+        self.members, self.embed, self.width = net.members, net.embed, net.member_width
+        self.per_table = net.per_table
+        m, e = self.members, self.embed
+        if self.per_table:
+            # the summed per-table contributions pass through as they are (identity, no bias)
+            add_w = np.zeros((m, self.width, 2))
+            add_w[:, e:, :] = np.eye(2)
+            add_b = np.zeros((m, 2))
+        else:
+            add_w, add_b = sd["additive.weight"], sd["additive.bias"]
+        # the first layers of the heads (zero rows for the contribution channels) beside the
+        # additive part: [M, W, 2 + 2h]
+        heads_w = np.concatenate([sd["fwd_head.0.weight"], sd["bwd_head.0.weight"]], -1)
+        heads_w = np.concatenate([heads_w, np.zeros((m, self.width - e, heads_w.shape[-1]))], 1)
+        self.w1 = np.concatenate([add_w, heads_w], -1)
+        self.b1 = np.concatenate([add_b, sd["fwd_head.0.bias"], sd["bwd_head.0.bias"]], -1)
+        self.hidden = sd["fwd_head.0.weight"].shape[-1]
+        self.wf, self.bf = sd["fwd_head.2.weight"][..., 0], sd["fwd_head.2.bias"]  # [M, h], [M, 1]
+        self.wb, self.bb = sd["bwd_head.2.weight"][..., 0], sd["bwd_head.2.bias"]
+        self.offset = sd["log_offset"]  # [M, 2]
+
+    @property
+    def pre_width(self) -> int:
+        return 2 + 2 * self.hidden
+
+    def pre(self, encoding: np.ndarray) -> np.ndarray:
+        """[..., members * member_width] -> [..., members, 2 + 2 hidden] first-layer products (no
+        bias): additive in the encoding, so a device's is the sum of its tables'."""
+        lead = encoding.shape[:-1]
+        x = encoding.reshape(-1, self.members, self.width).transpose(1, 0, 2)  # [M, N, W]
+        return (x @ self.w1).transpose(1, 0, 2).reshape(*lead, self.members, self.pre_width)
+
+    def ms_from_pre(self, pre: np.ndarray) -> np.ndarray:
+        """[..., members, 2 + 2 hidden] summed pre-activations -> [..., 2] (fwd_ms, bwd_ms)."""
+        z = pre + self.b1
+        h = self.hidden
+        if self.per_table:
+            additive = np.log(np.maximum(z[..., :2], 0.0) + 1e-4)
+        else:
+            additive = np.log(np.logaddexp(0.0, z[..., :2]) + 1e-4)
+        fwd = (np.maximum(z[..., 2 : 2 + h], 0.0) * self.wf).sum(-1, keepdims=True) + self.bf
+        bwd = (np.maximum(z[..., 2 + h :], 0.0) * self.wb).sum(-1, keepdims=True) + self.bb
+        log = additive + 0.5 * np.tanh(np.concatenate([fwd, bwd], -1)) + self.offset
+        return np.exp(log.mean(-2))
+
+    def ms(self, device_encoding: np.ndarray) -> np.ndarray:
+        """[..., members * member_width] -> [..., 2] predicted (fwd_ms, bwd_ms)."""
+        return self.ms_from_pre(self.pre(device_encoding))
 
 
 def device_samples(samples: Iterable[CostSample]) -> list[DeviceSample]:
@@ -238,12 +378,17 @@ class CostNet:
 
     @torch.no_grad()
     def encode_tables(self, tables: Sequence[TableSpec]) -> torch.Tensor:
-        """[T, embed] encodings of the tables (what a device sums)."""
+        """[T, width] encodings of the tables (what a device sums)."""
         return self.net.encode(torch.from_numpy(features_matrix(tables)))
+
+    def heads(self) -> HeadEvaluator:
+        """A numpy evaluator of the current weights' heads (for the placer's inner loop)."""
+        self._require_meta()
+        return HeadEvaluator(self.net)
 
     @torch.no_grad()
     def device_ms(self, device_encoding: torch.Tensor) -> torch.Tensor:
-        """[..., embed] summed encodings -> [..., 2] predicted (fwd_ms, bwd_ms). A device with no
+        """[..., width] summed encodings -> [..., 2] predicted (fwd_ms, bwd_ms). A device with no
         tables costs 0: callers pass `empty` masks where that applies (see device_costs)."""
         return torch.exp(self.net.log_ms(device_encoding))
 
@@ -297,51 +442,75 @@ class CostNet:
             torch.set_num_threads(old_threads)
 
     def _fit(self, data: Sequence[DeviceSample], cfg: TrainConfig) -> dict[str, Any]:
+        """Full-batch Adam on the squared log-time error. Member m holds out its own random
+        val_fraction of the samples (seed cfg.seed + 1000 m); the state kept is the epoch with the
+        lowest out-of-bag error: each held-out sample predicted by the members that did not
+        train on it. With one member this is a plain random validation split."""
         t0 = time.perf_counter()
         torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
-        order = rng.permutation(len(data))
-        n_val = int(round(len(data) * cfg.val_fraction)) if len(data) >= 10 else 0
-        val = [data[i] for i in order[:n_val]]
-        train = [data[i] for i in order[n_val:]]
-        cache: dict[str, np.ndarray] = {}
-        x, seg = _pack(train, cache)
-        y = torch.log(_targets(train))
+        members = self.shape.members
+        n = len(data)
+        n_val = int(round(n * cfg.val_fraction)) if n >= 10 else 0
+        held = np.zeros((n, members), dtype=bool)
+        for m in range(members):
+            held[np.random.default_rng(cfg.seed + 1000 * m).permutation(n)[:n_val], m] = True
+        x, seg = _pack(data)
+        y = torch.log(_targets(data))
+        in_bag = torch.from_numpy(~held).float()  # [N, members]
         self.net = _Net(self.shape)
-        self.net.log_offset.copy_(y.mean(0))
+        with torch.no_grad():
+            for m in range(members):
+                self.net.log_offset[m] = y[in_bag[:, m] > 0].mean(0)
+        oob = held.any(1)
         opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs, eta_min=cfg.lr * 0.02)
-        if val:
-            xv, segv = _pack(val, cache)
-            yv = _targets(val).numpy()
         best = (math.inf, 0, {k: v.clone() for k, v in self.net.state_dict().items()})
         self.net.train()
         for epoch in range(1, cfg.epochs + 1):
             enc = self.net.encode(x)
-            dev = torch.zeros(len(train), enc.shape[1]).index_add_(0, seg, enc)
-            loss = torch.mean((self.net.log_ms(dev) - y) ** 2)
+            dev = torch.zeros(n, enc.shape[1]).index_add_(0, seg, enc)
+            sq = ((self.net.member_log_ms(dev) - y[:, None, :]) ** 2).sum(-1)  # [N, members]
+            loss = ((sq * in_bag).sum(0) / in_bag.sum(0)).sum() / 2
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-            if val and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-                err = errors_of(self._predict_packed(xv, segv, len(val)), yv).total
+            if oob.any() and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+                err = self._oob_errors(x, seg, data, held).total
                 if err < best[0]:
                     best = (err, epoch, {k: v.clone() for k, v in self.net.state_dict().items()})
-        if val:
+        if oob.any():
             self.net.load_state_dict(best[2])
         self.net.eval()
         metrics: dict[str, Any] = {
-            "train_samples": len(train),
-            "val_samples": len(val),
+            "samples": n,
+            "members": members,
+            "train_samples": n - n_val,  # per member
+            "val_samples": int(oob.sum()),
             "epochs": cfg.epochs,
-            "best_epoch": best[1] if val else cfg.epochs,
+            "best_epoch": best[1] if oob.any() else cfg.epochs,
             "fit_seconds": round(time.perf_counter() - t0, 2),
-            "train": asdict(self.evaluate_devices(train)),
+            "train": asdict(self.evaluate_devices(data)),
         }
-        if val:
-            metrics["val"] = asdict(self.evaluate_devices(val))
+        if oob.any():
+            metrics["val"] = asdict(self._oob_errors(x, seg, data, held))
         return metrics
+
+    @torch.no_grad()
+    def _oob_errors(
+        self, x: torch.Tensor, seg: torch.Tensor, data: Sequence[DeviceSample], held: np.ndarray
+    ) -> Errors:
+        """Errors on the samples some member held out, each predicted by those members only."""
+        was = self.net.training
+        self.net.eval()
+        enc = self.net.encode(x)
+        dev = torch.zeros(len(data), enc.shape[1]).index_add_(0, seg, enc)
+        logs = self.net.member_log_ms(dev).numpy()  # [N, members, 2]
+        self.net.train(was)
+        rows = np.nonzero(held.any(1))[0]
+        w = held[rows][:, :, None]
+        pred = np.exp((logs[rows] * w).sum(1) / w.sum(1))
+        return errors_of(pred, _targets([data[i] for i in rows]).numpy())
 
     @torch.no_grad()
     def _predict_packed(self, x: torch.Tensor, seg: torch.Tensor, n: int) -> np.ndarray:
@@ -419,14 +588,17 @@ class CostNet:
         except json.JSONDecodeError as err:
             raise ValueError(f"{js}: not valid JSON: {err}") from err
         if info.get("format") != FORMAT:
-            raise ValueError(f"{js}: format is {info.get('format')!r}, expected {FORMAT!r}")
+            raise ValueError(
+                f"{js}: format is {info.get('format')!r}, this version reads {FORMAT!r}: retrain it"
+            )
         if list(info.get("features", ())) != list(FEATURE_NAMES):
             raise ValueError(
                 f"{js}: trained on features {info.get('features')}, this version computes "
                 f"{list(FEATURE_NAMES)}: retrain it"
             )
         try:
-            shape = CostNetShape(**info["shape"])
+            # nets saved before the additive mode existed are "device" ones
+            shape = CostNetShape(**{"additive": "device", **info["shape"]})
             train = TrainConfig(**info.get("train", {}))
             raw_meta = info["meta"]
             meta = CostNetMeta(**{**raw_meta, "tables_seen": tuple(raw_meta["tables_seen"])})
@@ -460,10 +632,11 @@ def _paths(prefix: Path | str) -> tuple[Path, Path]:
 
 
 def _hardware_key(hardware: str) -> str:
-    """The comparable part of a hardware string: device, model name and threads (not library
-    versions, which do not change what a kernel costs much and differ between machines)."""
+    """The comparable part of a hardware string: device, model name, threads and the CPU clock
+    (not library versions, which do not change what a kernel costs much and differ between
+    machines)."""
     parts = hardware.split("|")
-    keep = [parts[0]] + [p for p in parts[1:] if p.startswith("threads=")]
+    keep = [parts[0]] + [p for p in parts[1:] if p.startswith(("threads=", "clock="))]
     return "|".join(keep)
 
 
@@ -524,36 +697,59 @@ def _read_all(paths: Sequence[str]) -> list[CostSample]:
 
 def _train_main(args: argparse.Namespace) -> int:
     samples = _read_all(args.samples)
-    cfg = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, threads=args.threads)
+    cfg = TrainConfig(
+        epochs=args.epochs,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        threads=args.threads,
+    )
     comm = CommModel.load(args.comm_model) if args.comm_model else None
-    shape = CostNetShape(args.hidden, args.embed)
+    shape = CostNetShape(args.hidden, args.embed, args.members, args.additive)
     report: dict[str, Any] = {}
     if args.holdout_tables:
-        seen, unseen, held = split_by_tables(samples, args.holdout_tables, args.seed)
-        probe = CostNet(shape, cfg, comm)
-        probe.fit(seen)
-        err = probe.evaluate(unseen)
+        names = {t.name for s in samples for t in s.tables}
+        splits = []
+        for k in range(args.holdout_splits):
+            seen, unseen, held = split_by_tables(samples, args.holdout_tables, args.seed + k)
+            probe = CostNet(shape, cfg, comm)
+            probe.fit(seen)
+            err = probe.evaluate(unseen)
+            print(
+                f"unseen-table split {k} (seed {args.seed + k}): {len(held)} of {len(names)} "
+                f"tables held out; trained on {len(seen)} samples without them, tested on "
+                f"{len(unseen)} samples with them: {err.line()}"
+            )
+            splits.append(
+                {
+                    "seed": args.seed + k,
+                    "held_out_tables": held,
+                    "train_samples": len(seen),
+                    "errors": asdict(err),
+                }
+            )
+        mean = {
+            key: float(np.mean([sp["errors"][key] for sp in splits]))
+            for key in ("fwd", "bwd", "total")
+        }
         print(
-            f"unseen-table protocol: {len(held)} of "
-            f"{len({t.name for s in samples for t in s.tables})} tables held out; trained on "
-            f"{len(seen)} samples without them, tested on {len(unseen)} samples with them"
+            f"  held-out placements of unseen tables, mean of {len(splits)} split(s): MRE fwd "
+            f"{mean['fwd']:.2%}  bwd {mean['bwd']:.2%}  fwd+bwd {mean['total']:.2%}"
         )
-        print(f"  held-out placements of unseen tables: {err.line()}")
         report["unseen_tables_split"] = {
             "holdout_fraction": args.holdout_tables,
-            "held_out_tables": held,
-            "train_samples": len(seen),
-            "errors": asdict(err),
+            "splits": splits,
+            "mean_errors": mean,
         }
     model = CostNet(shape, cfg, comm)
     model.fit(samples)
     val = model.metrics.get("val")
     print(
-        f"trained on {model.metrics['train_samples']} device samples "
-        f"({model.metrics['fit_seconds']} s, best epoch {model.metrics['best_epoch']})"
+        f"trained {model.metrics['members']} member(s) on {model.metrics['samples']} device "
+        f"samples ({model.metrics['fit_seconds']} s, best epoch {model.metrics['best_epoch']})"
     )
     if val:
-        print(f"  random held-out samples: {Errors(**val).line()}")
+        print(f"  random held-out samples (out of bag): {Errors(**val).line()}")
     for path in args.test_samples or ():
         test = _read_all([path])
         err = model.evaluate(test)
@@ -589,10 +785,21 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="also report the error on samples with this share of tables never seen in training",
     )
+    t.add_argument(
+        "--holdout-splits", type=int, default=1, help="how many such splits (seeds seed, seed+1..)"
+    )
     t.add_argument("--epochs", type=int, default=TrainConfig.epochs)
+    t.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
     t.add_argument("--lr", type=float, default=TrainConfig.lr)
     t.add_argument("--hidden", type=int, default=CostNetShape.hidden)
     t.add_argument("--embed", type=int, default=CostNetShape.embed)
+    t.add_argument("--members", type=int, default=CostNetShape.members, help="ensemble size")
+    t.add_argument(
+        "--additive",
+        default=CostNetShape.additive,
+        choices=ADDITIVE_MODES,
+        help="per-table positive contributions (table) or softplus of the device sum (device)",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--comm-model", help="CommModel JSON (`place measure --calibrate-comm`)")

@@ -22,6 +22,8 @@ stay below ~10 for the heaviest (dim 256 x pooling 150):
 | has_hist        | 1 if the reuse histogram is known      | tells the net the bins below are zeros  |
 | distinct_share  | sum_b hist[b] / reuse(b)               | share of lookups that touch a new row:  |
 |                 |                                        | a cache-miss proxy (0 when unknown)     |
+| new_row_lookup  | lookup x distinct_share / 4096         | values read from rows not yet in cache  |
+| size            | weight bytes / 2^28                    | footprint (linear): page/TLB pressure   |
 | reuse_0..16     | the 17-bin reuse histogram (shares)    | DreamShard's access-frequency input     |
 
 reuse(b) is the geometric middle of reuse bin b (1, 2, 2^(b-0.5) ...), the bins being the
@@ -53,6 +55,8 @@ SCALAR_FEATURES = (
     "fp16",
     "has_hist",
     "distinct_share",
+    "new_row_lookup",
+    "size",
 )
 FEATURE_NAMES: tuple[str, ...] = SCALAR_FEATURES + tuple(
     f"reuse_{b}" for b in range(NUM_REUSE_BINS)
@@ -73,6 +77,7 @@ def table_features(table: TableSpec) -> np.ndarray:
         hist = hist / hist.sum()
     else:
         hist = np.zeros(NUM_REUSE_BINS)
+    distinct = float((hist / _BIN_REUSE).sum()) if has_hist else 0.0
     scalars = [
         dim / 256.0,
         math.log2(dim) / 8.0,
@@ -84,7 +89,9 @@ def table_features(table: TableSpec) -> np.ndarray:
         math.log2(max(table.size_bytes, 1)) / 32.0,
         1.0 if table.bytes_per_value == 2 else 0.0,
         1.0 if has_hist else 0.0,
-        float((hist / _BIN_REUSE).sum()) if has_hist else 0.0,
+        distinct,
+        lookup * distinct / 4096.0,
+        table.size_bytes / 2.0**28,
     ]
     return np.concatenate([np.asarray(scalars), hist]).astype(np.float32)
 

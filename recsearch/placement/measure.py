@@ -216,6 +216,9 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
+CLOCKS = ("wall", "thread")
+
+
 @dataclass(frozen=True)
 class KernelTiming:
     fwd_ms: float  # medians
@@ -250,17 +253,28 @@ def time_device_kernel(
     row_cap: int | None = None,
     threads: int | None = 1,
     input_sets: int = 2,
+    clock: str = "wall",
 ) -> KernelTiming:
     """Forward and backward time of one fused TBE over tables (the work of one device).
 
     input_sets different id batches are cycled, so the timing is not of one cached batch.
+    clock (CPU only; CUDA always uses events): "wall" (perf_counter) or "thread", the CPU time of
+    the calling thread, which runs the whole kernel when threads=1 (autograd runs CPU backward on
+    the calling thread). On a machine shared with other processes the thread clock does not count
+    the time the kernel waits for a core, so it stays what the kernel costs on a core of its own
+    (wall time on an idle machine) while wall time swings with the other load.
     """
+    if clock not in CLOCKS:
+        raise ValueError(f"unknown clock {clock!r}; known: {', '.join(CLOCKS)}")
     if not tables:
         return KernelTiming(0.0, 0.0)
     if warmup < 0 or iters < 1:
         raise ValueError(f"need warmup >= 0 and iters >= 1, got {warmup}, {iters}")
     device = torch.device(device)
     cuda = device.type == "cuda"
+    if clock == "thread" and not cuda and threads != 1:
+        raise ValueError("clock='thread' needs threads=1 (the kernel must run on this thread)")
+    now = time.thread_time if clock == "thread" else time.perf_counter
     rng = np.random.default_rng([seed, batch_size, len(tables)])
     with _threads(None if cuda else threads):
         op = build_tbe(tables, device, optimizer, row_cap)
@@ -283,11 +297,11 @@ def time_device_kernel(
                 torch.cuda.synchronize(device)
                 f, b = start.elapsed_time(mid), mid.elapsed_time(end)
             else:
-                t0 = time.perf_counter()
+                t0 = now()
                 out = op(indices, offsets)
-                t1 = time.perf_counter()
+                t1 = now()
                 out.backward(grad)
-                t2 = time.perf_counter()
+                t2 = now()
                 f, b = (t1 - t0) * 1e3, (t2 - t1) * 1e3
             del out
             if it >= warmup:
@@ -570,14 +584,23 @@ def hardware_info(device: torch.device | str = "cpu", threads: int | None = 1) -
     }
 
 
-def hardware_string(device: torch.device | str = "cpu", threads: int | None = 1) -> str:
+def hardware_string(
+    device: torch.device | str = "cpu", threads: int | None = 1, clock: str = "wall"
+) -> str:
     """e.g. 'cpu:AMD EPYC|cpus=2|threads=1|torch=2.13.0|fbgemm_gpu=1.8.0': samples with equal
-    strings are comparable."""
+    strings are comparable. CPU times taken with the thread clock say so ('|clock=thread'), as
+    they are a different quantity from wall times under load."""
     h = hardware_info(device, threads)
+    tail = "|clock=thread" if clock == "thread" and h["device"] == "cpu" else ""
     return (
         f"{h['device']}:{h['name']}|cpus={h['cpu_count']}|threads={h['threads']}"
-        f"|torch={h['torch']}|fbgemm_gpu={h['fbgemm_gpu']}"
+        f"|torch={h['torch']}|fbgemm_gpu={h['fbgemm_gpu']}{tail}"
     )
+
+
+def clock_of(hardware: str) -> str:
+    """The CPU clock samples with this hardware string were timed with ('wall' unless marked)."""
+    return "thread" if "|clock=thread" in hardware else "wall"
 
 
 def _cpu_model() -> str:
@@ -600,6 +623,7 @@ class CollectConfig:
     threads: int | None = 1
     row_cap: int | None = None
     seed: int = 0
+    clock: str = "wall"  # CPU: "wall" or "thread" (time_device_kernel)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -654,7 +678,7 @@ def collect_samples(
         and "sample_index" in raw.get("extra", {})
     }
     todo = [i for i in range(num_samples) if i not in done]
-    hw = hardware_string(config.device, config.threads)
+    hw = hardware_string(config.device, config.threads, config.clock)
     hw_info = hardware_info(config.device, config.threads)
     hi = min(config.max_tables, len(pool))
     lo = min(config.min_tables, hi)
@@ -685,6 +709,7 @@ def collect_samples(
                 seed=config.seed * 1_000_003 + i,
                 row_cap=config.row_cap,
                 threads=config.threads,
+                clock=config.clock,
             )
             cost = Cost(
                 timing.fwd_ms,
@@ -708,6 +733,7 @@ def collect_samples(
                     "iters": config.iters,
                     "threads": config.threads,
                     "row_cap": config.row_cap,
+                    "clock": config.clock,
                     **timing.spread(),
                     "seconds": round(time.perf_counter() - t0, 3),
                     "hardware_info": hw_info,
@@ -765,6 +791,12 @@ def main(argv: list[str] | None = None) -> int:
         help="--task: model comm from bytes, or time it with one gloo process per rank",
     )
     parser.add_argument("--comm-model", help="CommModel JSON from --calibrate-comm")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=CLOCKS,
+        help="CPU: wall time, or the kernel thread's CPU time (robust to other load; threads=1)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -803,6 +835,7 @@ def main(argv: list[str] | None = None) -> int:
                 threads=threads,
                 row_cap=args.row_cap,
                 seed=args.seed,
+                clock=args.clock,
                 extra={"pool": str(args.pool)},
             )
             taken = collect_samples(
@@ -851,6 +884,7 @@ def _measure_task(args: argparse.Namespace, threads: int | None) -> int:
         seed=args.seed,
         row_cap=args.row_cap,
         threads=threads,
+        clock=args.clock,
     )
     print(
         f"{task.name} / {args.placement}: total {cost.total_ms:.3f} ms = slowest device "
@@ -867,7 +901,7 @@ def _measure_task(args: argparse.Namespace, threads: int | None) -> int:
             batch_size=args.batch_size,
             cost=cost,
             placement=placement,
-            hardware=hardware_string(args.device, threads),
+            hardware=hardware_string(args.device, threads, args.clock),
             optimizer=optimizer,
             device=args.device,
             extra={

@@ -23,7 +23,8 @@ def _f(table):
 
 
 def test_shape_and_names():
-    assert NUM_FEATURES == len(FEATURE_NAMES) == 11 + NUM_REUSE_BINS
+    assert NUM_FEATURES == len(FEATURE_NAMES) == 13 + NUM_REUSE_BINS
+    assert FEATURE_NAMES[13:] == tuple(f"reuse_{b}" for b in range(NUM_REUSE_BINS))
     v = table_features(TableSpec("a", 1000, 16))
     assert v.shape == (NUM_FEATURES,) and v.dtype == np.float32
     assert features_matrix([]).shape == (0, NUM_FEATURES)
@@ -47,12 +48,17 @@ def test_documented_normalisation_values():
     assert f["fp16"] == 0.0 and f["has_hist"] == 1.0
     assert f["reuse_0"] == pytest.approx(0.5) and f["reuse_1"] == pytest.approx(0.5)
     # half the lookups touch a new row, half a row used twice (bin 1: reuse 2^0.5)
-    assert f["distinct_share"] == pytest.approx(0.5 + 0.5 / math.sqrt(2), rel=1e-6)
+    distinct = 0.5 + 0.5 / math.sqrt(2)
+    assert f["distinct_share"] == pytest.approx(distinct, rel=1e-6)
+    assert f["new_row_lookup"] == pytest.approx(1024 * distinct / 4096, rel=1e-6)
+    assert f["size"] == pytest.approx(10**6 * 64 * 4 / 2**28)
 
 
 def test_unknown_histogram_is_flagged_and_zero():
     f = _f(TableSpec("t", 100, 8, bytes_per_value=2))
     assert f["has_hist"] == 0.0 and f["distinct_share"] == 0.0 and f["fp16"] == 1.0
+    assert f["new_row_lookup"] == 0.0
+    assert f["size"] == pytest.approx(100 * 8 * 2 / 2**28)  # fp16: half the bytes
     assert all(f[f"reuse_{b}"] == 0.0 for b in range(NUM_REUSE_BINS))
 
 
@@ -66,4 +72,4 @@ def test_shipped_pools_land_in_the_documented_range(pool):
     assert m[:, others].max() <= 1.5, m[:, others].max(0)
     assert m[:, linear].max() <= 10.0
     # reuse shares sum to one for every table with a histogram
-    np.testing.assert_allclose(m[:, 11:].sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(m[:, FEATURE_NAMES.index("reuse_0") :].sum(1), 1.0, atol=1e-5)

@@ -1,0 +1,85 @@
+"""`recsearch place eval`: measured per-task, per-method results, summary and markdown section."""
+
+import json
+
+import pytest
+
+from recsearch.placement.evaluate import main, render_markdown, summarize
+from recsearch.placement.tables import make_task, save_task
+
+
+@pytest.fixture()
+def task_dir(tiny_pool, tmp_path):
+    d = tmp_path / "tasks"
+    for t, dev in ((10, 2), (12, 3)):
+        task = make_task(tiny_pool.tables, t, dev, seed=t, slack=1.3, name=f"t{t}_d{dev}")
+        save_task(d / f"t{t}_d{dev}.json", task)
+    return d
+
+
+def test_eval_measures_every_method_and_writes_its_section(task_dir, tmp_path, capsys):
+    md = tmp_path / "BENCH.md"
+    md.write_text("# Benchmarks\n\n<!-- other:start -->\nkeep me\n<!-- other:end -->\n")
+    out = tmp_path / "results.json"
+    methods = ["round_robin", "lookup_greedy", "torchrec", "learned", "learned_k4"]
+    rc = main(
+        ["--tasks", str(task_dir), "--methods", *methods, "--out", str(out), "--batch-size", "256",
+         "--warmup", "1", "--iters", "2", "--md", str(md), "--section", "place_eval_test"]
+    )
+    assert rc == 0
+    report = json.loads(out.read_text())
+    assert [r["task"] for r in report["rows"]] == ["t10_d2", "t12_d3"]
+    assert report["hardware"].startswith("cpu:")
+    for row in report["rows"]:
+        assert set(row["results"]) == set(methods)
+        for m, r in row["results"].items():
+            assert r["feasible"], (m, r)
+            assert r["measured_ms"] > 0 and r["estimate_ms"] > 0 and r["plan_ms"] >= 0
+            assert r["measured_ms"] == pytest.approx(r["measured_compute_ms"] + r["measured_comm_ms"], abs=2e-4)
+            assert len(r["ranks"]) == row["tables"] and max(r["ranks"]) < row["devices"]
+        # identical placements are measured once, so they carry identical costs
+        if row["results"]["learned"]["ranks"] == row["results"]["learned_k4"]["ranks"]:
+            assert row["results"]["learned"]["measured_ms"] == row["results"]["learned_k4"]["measured_ms"]
+    s = report["summary"]["measured_ms"]
+    assert s["tasks"] == 2 and s["best_baseline"] in ("round_robin", "lookup_greedy", "torchrec")
+    assert s["methods"][s["best_baseline"]]["ratio_vs_best_baseline"] == 1.0
+    text = md.read_text()
+    assert "keep me" in text and "<!-- place_eval_test:start -->" in text
+    assert "| t10_d2 | 10 | 2 |" in text and "| t12_d3 | 12 | 3 |" in text
+    assert report["hardware"] in text
+    assert "best baseline method" in capsys.readouterr().out
+
+
+def test_estimate_only_and_bad_method(task_dir, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    rc = main(["--tasks", str(task_dir), "--methods", "round_robin", "learned", "--out", str(out), "--no-measure"])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert all("measured_ms" not in r for row in rows for r in row["results"].values())
+    assert main(["--tasks", str(task_dir), "--methods", "best_fit", "--out", str(out)]) == 2
+    assert "unknown method 'best_fit'" in capsys.readouterr().err
+
+
+def test_summary_ratios_and_infeasible_counts():
+    rows = [
+        {"task": "a", "tables": 2, "devices": 2, "results": {
+            "round_robin": {"feasible": True, "measured_ms": 10.0, "estimate_ms": 9.0, "plan_ms": 1.0},
+            "size_greedy": {"feasible": True, "measured_ms": 8.0, "estimate_ms": 9.0, "plan_ms": 1.0},
+            "learned": {"feasible": True, "measured_ms": 6.0, "estimate_ms": 5.0, "plan_ms": 5.0}}},
+        {"task": "b", "tables": 2, "devices": 2, "results": {
+            "round_robin": {"feasible": True, "measured_ms": 4.0, "estimate_ms": 4.5, "plan_ms": 1.0},
+            "size_greedy": {"feasible": True, "measured_ms": 5.0, "estimate_ms": 4.5, "plan_ms": 1.0},
+            "learned": {"feasible": False, "error": "x"}}},
+    ]
+    s = summarize(rows, ["round_robin", "size_greedy", "learned"], "measured_ms")
+    # relative to the per-task best: round_robin (1.25 + 1) / 2, size_greedy (1 + 1.25) / 2: tie,
+    # broken by method order
+    assert s["best_baseline"] == "round_robin"
+    assert s["methods"]["learned"] == {
+        "tasks": 1, "infeasible": 1, "mean_ms": 6.0, "ratio_vs_best_baseline": 0.6,
+        "ratio_vs_task_best": 0.75, "wins_vs_best_baseline": 1, "mean_plan_ms": 5.0,
+    }
+    md = render_markdown({"title": "T", "notes": ["n"], "methods": ["round_robin", "size_greedy", "learned"],
+                          "summary": {"measured_ms": s}, "rows": rows})
+    assert "| a | 2 | 2 | 10.00 (9.00) | 8.00 (9.00) | 6.00 (5.00) |" in md
+    assert "| b | 2 | 2 | 4.00 (4.50) | 5.00 (4.50) | x |" in md
