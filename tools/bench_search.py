@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -47,8 +46,16 @@ import yaml
 if __package__ in (None, ""):  # run as `python tools/bench_search.py`: make `tools` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from recsearch.search.results import CANDIDATE, REFERENCE, REJECTED, TrialRow, read_search  # noqa: E402
-from recsearch.types import TrialState  # noqa: E402
+from recsearch import config  # noqa: E402
+from recsearch.search.results import (  # noqa: E402
+    CANDIDATE,
+    REFERENCE,
+    REJECTED,
+    TrialRow,
+    read_search,
+)
+from recsearch.search.space import SearchSpace, SpaceConfig  # noqa: E402
+from recsearch.types import Topology, TrialState  # noqa: E402
 from tools import benchmd  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -238,8 +245,8 @@ def render_section(summaries: list[ControllerSummary], trajs: list[Trajectory], 
         + (f"**{bayes_auc:.4f}**." if bayes_auc is not None else "unknown."),
         f"Each search: {final} trained candidates, one fidelity (all train rows, {setup['epochs']} epoch(s)), in-process "
         f"runner, 1 thread; reference = configs/train/ceiling.yaml (hand-tuned for 1.5M rows; batch {REFERENCE_BATCH} "
-        f"here) trained once per search as the human baseline and latency budget; seeds {setup['seeds']}. Search space: {setup['space_text']} "
-        f"({setup['cardinality']:,} configurations).",
+        f"here) trained once per search as the human baseline and latency budget; seeds {setup['seeds']}. "
+        f"Search space: {setup['space_text']}.",
         "",
         f"Reference config: val AUC {_spread(refs)}, latency p50 at batch 256 {_spread(ref_lat, 3)} ms "
         "(median [min-max] over the searches' reference runs).",
@@ -350,6 +357,12 @@ def plot(summaries: list[ControllerSummary], trajs: list[Trajectory], bayes_auc:
 
 
 # ---- running the searches ------------------------------------------------------------------------
+def bench_space(train_rows: int) -> SearchSpace:
+    """SPACE as the searches see it (the same loader and checks as `recsearch search`)."""
+    return SearchSpace(config.build(SpaceConfig, SPACE, origin="tools/bench_search.py SPACE"),
+                       Topology(world_size=1, device_memory_bytes=1 << 40), train_rows)
+
+
 def make_data(workdir: Path, rows_per_day: int) -> Path:
     from recsearch.data import synthetic
 
@@ -380,11 +393,35 @@ def search_config(data: Path, controller: str, seed: int, trials: int, train_row
     }
 
 
+def made_by_current_controller(search_dir: Path, controller: str) -> bool:
+    """Whether a finished search may be reused: an actor-critic search only if its saved state
+    names the current learning settings (a search made before a controller change is not evidence
+    about the changed controller). Random and TPE have no settings to compare."""
+    if controller != "actor_critic":
+        return True
+    path = search_dir / "controller.pt"
+    if not path.exists():
+        return True  # not started yet: nothing to compare, resume it
+    import dataclasses
+
+    import torch
+
+    from recsearch.search.controllers import PPOSettings
+
+    state = torch.load(path, weights_only=True)
+    return isinstance(state, dict) and state.get("settings") == dataclasses.asdict(PPOSettings())
+
+
 def run_search(workdir: Path, data: Path, controller: str, seed: int, trials: int, train_rows: int) -> tuple[Path, bool]:
     """Run (or finish, or reuse) one search; returns its directory and whether it was reused."""
     from recsearch.search import loop
 
     out = workdir / "searches" / f"{controller}_seed{seed}"
+    if (out / "search.yaml").exists() and not made_by_current_controller(out, controller):
+        stale = out.with_name(f"{out.name}_stale_{int(time.time())}")
+        out.rename(stale)
+        print(f"[bench_search] {out} was made by other actor-critic settings: moved to {stale.name}, running again",
+              flush=True)
     if (out / "search.yaml").exists():
         rows = read_search(out).rows
         trained = [r for r in rows if r.kind == CANDIDATE and r.state.finished]
@@ -450,9 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_rows": meta["day_rows"][-1] // 2,
         "epochs": base.get("epochs", 1),
         "seeds": ", ".join(str(s) for s in args.seeds),
-        "space_text": "; ".join(f"{k} {v if isinstance(v, list) else 'log grid ' + str(v['low']) + '-' + str(v['high']) + ' x' + str(v['num'])}"
-                                for k, v in SPACE.items()),
-        "cardinality": math.prod(len(v) if isinstance(v, list) else v["num"] for v in SPACE.values()),
+        "space_text": bench_space(train_rows).describe(),
         "notes": [
             "Latency is each trial's own p50 at batch 256 on this shared 2-core machine; differences of a few "
             "percent between runs are noise, so 'no higher latency than the reference' is a noisy test.",

@@ -226,6 +226,7 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
     except ValueError as err:
         problems.append(f"{path}: space: {err}")
         space = None
+    problems += _unknown_optimizers(path, cfg.space)
     if cfg.placer != "auto":
         from recsearch.placement.baselines import PLACERS
 
@@ -239,6 +240,19 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
     if problems or space is None:
         raise config.ConfigError(problems)
     return Resolved(cfg, base, space, tables, train_rows)
+
+
+def _unknown_optimizers(path: Path, space: SpaceConfig) -> list[str]:
+    """Optimizer names the trainer does not know: errors now, not one failed trial per candidate.
+    (A known optimizer the device cannot run, e.g. adam tables on CPU, stays a trial failure.)"""
+    from recsearch.train.optim import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS
+
+    problems = []
+    for key, known in (("embedding_optimizer", EMBEDDING_OPTIMIZERS), ("dense_optimizer", DENSE_OPTIMIZERS)):
+        unknown = [name for name in getattr(space, key) if name not in known]
+        if unknown:
+            problems.append(f"{path}: space.{key}: {', '.join(map(repr, unknown))} not one of {', '.join(known)}")
+    return problems
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -482,6 +496,8 @@ class Search:
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
         self.prepare()
+        self.echo(f"[search] {self.cfg.controller} controller, {self.cfg.trials} trials over a space of "
+                  f"{self.res.space.describe()}")
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeats, args=(stop,), daemon=True)
         beat.start()

@@ -89,12 +89,45 @@ class SearchSpace:
                 raise ValueError(f"search space: {name} options must be >= 0")
         if self.train_rows <= 0:
             raise ValueError(f"search space: train_rows must be positive, got {self.train_rows}")
+        self._check_architectures()
         smallest_batch = min(self.space.batch_size)
         if smallest_batch * self.topology.world_size > self.train_rows:
             raise ValueError(
                 f"search space: train_rows={self.train_rows} is smaller than one global batch "
                 f"(batch {smallest_batch} x {self.topology.world_size} ranks)"
             )
+
+    def _check_architectures(self) -> None:
+        """Contradictions between architecture decisions are errors now, not trials that crash the
+        search when first decoded (e.g. the projection interaction's branches end in 128 units,
+        which an embedding dim of 48 does not divide). Every embedding dim x interaction (x DCN
+        knobs) is built once; MLP widths and depths cannot contradict (checked positive above)."""
+        problems = []
+        for dim in self.space.embedding_dim:
+            for inter in self.space.interaction:
+                try:
+                    ArchSpec(embedding_dim=int(dim), bottom_mlp=(int(dim),), top_mlp=(1,),
+                             interaction=Interaction(inter))
+                except ValueError as err:
+                    problems.append(f"embedding_dim {dim} with interaction {Interaction(inter).value}: {err}")
+        if problems:
+            raise ValueError("search space: contradictory options: " + "; ".join(problems))
+
+    def describe(self) -> str:
+        """The space in one line, for the search's first output and the benchmark's setup text:
+        the decisions that vary with their options, then those fixed to one option, then the
+        number of configurations (what a trial budget is a fraction of)."""
+        def text(options: tuple[object, ...], name: str) -> str:
+            raw = getattr(self.space, name)
+            if isinstance(raw, LogGrid) and len(options) > 1:
+                return f"log grid {raw.low:g}-{raw.high:g} x{len(options)}"
+            shown = [o.value if isinstance(o, Interaction) else o for o in options]
+            return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in shown)
+
+        varied = [f"{d.name} [{text(d.options, d.name)}]" for d in self.decisions if len(d.options) > 1]
+        fixed = [f"{d.name} {text(d.options, d.name)}" for d in self.decisions if len(d.options) == 1]
+        return (f"{len(varied)} decisions, {self.cardinality:,} configurations: " + "; ".join(varied)
+                + (f" (fixed: {', '.join(fixed)})" if fixed else ""))
 
     @property
     def sizes(self) -> tuple[int, ...]:

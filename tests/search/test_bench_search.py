@@ -49,7 +49,7 @@ def test_summary_and_verdicts_use_medians_over_seeds(tmp_path):
     assert ac.best_within_latency == [0.74, 0.71, 0.72]
     assert ac.failed == 0 and ac.rejected == 3 and len(ac.reached) == 3
     setup = {"date": "2026-01-01", "machine": "test", "wall_min": 1.0, "reused": 0, "rows_per_day": 1000, "train_rows": 2000,
-             "val_rows": 500, "epochs": 2, "seeds": "0, 1, 2", "space_text": "x", "cardinality": 4, "notes": ["n"]}
+             "val_rows": 500, "epochs": 2, "seeds": "0, 1, 2", "space_text": "x", "notes": ["n"]}
     text = bench_search.render_section(summaries, trajs, budgets, 0.80, setup, None, "cmd", tmp_path)
     assert "| actor_critic | 0.7300 [0.7200-0.7400] |" in text
     assert "| random | 0.7200 [0.7100-0.7400] |" in text

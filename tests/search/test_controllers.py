@@ -2,6 +2,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from recsearch.search import controllers
 from recsearch.search.controllers import ActorCriticController, BayesianController, RandomController
@@ -55,8 +56,10 @@ def test_actor_critic_learns_the_planted_optimum_and_beats_random():
     assert ac.updates == 160 and len(ac.losses) == 160
     # It never repeats a point, so late trials still explore; judge it against random instead.
     assert np.mean(ac_rewards[-40:]) > np.mean(ac_rewards[:40])
-    assert np.mean(ac_rewards[-40:]) > np.mean(random_rewards[-40:]) + 0.02
-    assert max(ac_rewards) >= max(random_rewards)
+    assert np.mean(ac_rewards[-40:]) > np.mean(random_rewards[-40:]) + 0.015
+    # it finds the planted optimum itself (every decision right: 0.8 up to the 0.002 noise)
+    first_optimum = next(i for i, r in enumerate(ac_rewards) if r > 0.795)
+    assert first_optimum < 80 and max(random_rewards) < 0.79, (first_optimum, max(random_rewards))
     probs = ac.probabilities()
     target_prob = [p[-1] for p, d in zip(probs, space.decisions) if len(d.options) > 1]
     assert np.mean(target_prob) > 0.5
@@ -114,6 +117,12 @@ def test_saved_state_resumes_the_same_search(tmp_path, kind):
         assert len(b.study.trials) == 10 and b.rewards == a.rewards
         return
     assert [space.choices_of(a.propose()) for _ in range(5)] == [space.choices_of(b.propose()) for _ in range(5)]
+    if kind == "actor_critic":  # the resumed one keeps learning from where the saved one stopped
+        assert b.updates == 10 and b.losses == a.losses
+        assert np.allclose(b.critic_q().mean, a.critic_q().mean)
+        _run(b, space, 2)
+        assert b.updates == 12 and [x["trials"] for x in b.losses[-2:]] == [11, 12]
+        assert torch.load(path, weights_only=True)["settings"]["candidates"] == b.settings.candidates
 
 
 def test_corrupt_state_file_is_a_clear_error(tmp_path):
@@ -130,3 +139,87 @@ def test_bayesian_baseline_improves():
     space = _space()
     rewards = _run(BayesianController(space, seed=0), space, 60)
     assert max(rewards[30:]) > max(rewards[:10])
+
+
+def _synthetic(space, seed):
+    """A fast stand-in for training (no DLRM): a fixed reward per configuration, seeded.
+
+    Each relevant decision adds its own random effect, and two pairs interact the way learning
+    rates and batch size do (the best embedding lr moves with the batch, the dense lr with the
+    embedding lr), so no model of independent decisions fits it exactly; plus observation noise."""
+    effects = np.random.default_rng(1000 + seed)
+    table = [effects.normal(0, 0.004, n) for n in space.sizes]
+    names = [d.name for d in space.decisions]
+    bs, elr, dlr = names.index("batch_size"), names.index("embedding_lr"), names.index("dense_lr")
+    noise = np.random.default_rng(seed + 77)
+
+    def reward(choices):
+        value = 0.74 + sum(t[c] for t, c, keep in zip(table, choices, space.relevant(choices)) if keep)
+        value -= 0.006 * abs(choices[elr] - choices[bs] - 1) + 0.004 * abs(choices[dlr] - choices[elr])
+        return float(value + noise.normal(0, 0.001))
+
+    return reward
+
+
+def _bench_like_space():
+    return SearchSpace(SpaceConfig(embedding_dim=(4, 8, 16), bottom_depth=(1, 2), bottom_width=(32, 64, 128),
+                                   top_depth=(1, 2), top_width=(32, 64, 128), interaction=("dot", "dcn"),
+                                   dcn_num_layers=(1, 2), dcn_low_rank_dim=(16,), batch_size=(128, 256, 512)),
+                       TOPO, train_rows=100_000)
+
+
+def _best_after(controller, space, reward, trials):
+    best = -math.inf
+    for _ in range(trials):
+        spec = controller.propose()
+        value = reward(space.choices_of(spec))
+        controller.observe(spec, value)
+        best = max(best, value)
+    return best
+
+
+@pytest.mark.slow
+def test_critic_guided_actor_critic_finds_better_configs_than_random_at_an_equal_budget():
+    """20 trials on the synthetic objective, 5 seeds: the actor-critic's median best reward is
+    above random search's; its reward model has learned the objective's strongest decision."""
+    space = _bench_like_space()
+    ac_best, random_best = [], []
+    for seed in range(5):
+        ac = ActorCriticController(space, seed=seed)
+        ac_best.append(_best_after(ac, space, _synthetic(space, seed), 20))
+        random_best.append(_best_after(RandomController(space, seed=seed), space, _synthetic(space, seed), 20))
+        assert ac.updates == 20 and len(ac.critic_q().mean) == 1 + sum(n for n in space.sizes if n > 1)
+    assert np.median(ac_best) > np.median(random_best) + 0.002, (ac_best, random_best)
+    assert np.mean(ac_best) > np.mean(random_best), (ac_best, random_best)
+
+
+def test_screening_picks_the_candidate_the_critic_values_most():
+    """With the critic certain (many observations of one decision's effect), each proposal is the
+    best of the policy's samples by Q, so the better option is chosen far more often than the
+    near-uniform policy alone would pick it."""
+    space = SearchSpace(SpaceConfig(interaction=("dot",), dcn_num_layers=(1,), dcn_low_rank_dim=(64,)), TOPO,
+                        train_rows=100_000)
+    batch = next(i for i, d in enumerate(space.decisions) if d.name == "batch_size")
+    ac = ActorCriticController(space, seed=1, settings=controllers.PPOSettings(epochs=1, lr=1e-6))  # policy ~frozen
+    for _ in range(12):
+        spec = ac.propose()
+        ac.observe(spec, 0.70 + 0.01 * space.choices_of(spec)[batch])
+    picks = [space.choices_of(ac.propose())[batch] for _ in range(10)]
+    assert max(ac.probabilities()[batch]) < 0.4  # the policy itself barely moved
+    assert picks.count(len(space.decisions[batch].options) - 1) >= 8, picks
+    with pytest.raises(ValueError, match="PPO settings out of range"):
+        controllers.PPOSettings(candidates=0)
+
+
+def test_the_controller_learns_to_avoid_candidates_that_do_not_fit():
+    """Embedding dim 64 never fits (observed as None): after a few such trials the proposals
+    leave it, through the critic's ranking and the policy's penalty."""
+    space = SearchSpace(SpaceConfig(embedding_dim=(8, 64), interaction=("dot",), dcn_num_layers=(1,),
+                                    dcn_low_rank_dim=(64,)), TOPO, train_rows=100_000)
+    ac = ActorCriticController(space, seed=0)
+    dims = []
+    for _ in range(24):
+        spec = ac.propose()
+        dims.append(spec.arch.embedding_dim)
+        ac.observe(spec, None if spec.arch.embedding_dim == 64 else 0.75)
+    assert dims[:8].count(64) >= 2 and dims[12:].count(64) <= 1, dims

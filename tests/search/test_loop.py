@@ -213,6 +213,16 @@ def test_config_errors_name_the_file_and_every_key(tmp_path, learnable_data, cap
     raw = search_config(learnable_data, **{"runner.kind": "inprocess", "runner.concurrency": 2})
     with pytest.raises(config.ConfigError, match="one trial at a time"):
         loop.load_search_config(write_config(tmp_path, raw))
+    # contradictory or unknown options: errors before anything runs, all at once
+    raw = search_config(learnable_data, **{"space.embedding_dim": [16, 48], "space.interaction": ["dot", "projection"],
+                                           "space.embedding_optimizer": ["rowwise_adagrad", "adagrd"],
+                                           "space.dense_optimizer": ["adam", "lion"]})
+    with pytest.raises(config.ConfigError) as err:
+        loop.load_search_config(write_config(tmp_path, raw))
+    text = str(err.value)
+    assert "embedding_dim 48 with interaction projection" in text and "embedding_dim 16 with" not in text
+    assert "space.embedding_optimizer: 'adagrd' not one of sgd, adagrad, rowwise_adagrad, adam" in text
+    assert "space.dense_optimizer: 'lion' not one of" in text and "'adam'" not in text
 
 
 def test_cli_refuses_to_reuse_a_search_dir_and_to_resume_a_non_search(tmp_path, learnable_data, capsys):

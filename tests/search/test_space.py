@@ -63,3 +63,31 @@ def test_empty_and_contradictory_spaces_are_clear_errors(tmp_path):
     path.write_text("interaction: [dot, attention]\nbottom_width: [0]\n")
     with pytest.raises(config.ConfigError, match="'attention' is not one of"):
         config.load(SpaceConfig, path)
+
+
+def test_describe_lists_varied_decisions_then_fixed_ones_and_the_count():
+    space = SearchSpace(SpaceConfig(embedding_dim=(8, 16), interaction=(Interaction.DOT,), dcn_num_layers=(1,),
+                                    dcn_low_rank_dim=(64,), bottom_depth=(1,), bottom_width=(64, 128), top_depth=(1,),
+                                    top_width=(64,), batch_size=(512, 1024), embedding_lr=LogGrid(0.01, 0.1, 3),
+                                    dense_lr=LogGrid(0.05, 0.05, 1)),
+                        TOPO, train_rows=100_000)
+    text = space.describe()
+    assert space.cardinality == 2 * 2 * 2 * 3 == 24
+    assert text.startswith("4 decisions, 24 configurations: embedding_dim [8, 16]; bottom_width [64, 128]; "
+                           "batch_size [512, 1024]; embedding_lr [log grid 0.01-0.1 x3] (fixed: ")
+    assert "interaction dot" in text and "dense_lr 0.05" in text and "embedding_optimizer rowwise_adagrad" in text
+    big = SearchSpace(SpaceConfig(), TOPO, train_rows=100_000).describe()
+    assert big.startswith("10 decisions, 13,824 configurations: ") and "interaction [dot, dcn]" in big
+
+
+def test_contradictory_architecture_options_are_refused_before_any_decode():
+    topo = Topology(world_size=1, device_memory_bytes=1 << 30)
+    # DLRM_Projection's branches end in 128 units: dims 16 and 32 divide it, 48 does not
+    with pytest.raises(ValueError, match="contradictory options: embedding_dim 48 with interaction projection"):
+        SearchSpace(SpaceConfig(embedding_dim=(16, 48), interaction=(Interaction.DOT, Interaction.PROJECTION)),
+                    topo, train_rows=100_000)
+    ok = SearchSpace(SpaceConfig(embedding_dim=(16, 32), interaction=(Interaction.PROJECTION,)), topo, train_rows=100_000)
+    spec = ok.decode(tuple(n - 1 for n in ok.sizes))
+    assert spec.arch.interaction is Interaction.PROJECTION and spec.arch.embedding_dim == 32
+    # dot and DCN work with any positive dim
+    SearchSpace(SpaceConfig(embedding_dim=(3, 48), interaction=(Interaction.DOT, Interaction.DCN)), topo, train_rows=100_000)
