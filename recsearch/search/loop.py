@@ -54,9 +54,10 @@ from recsearch.search.runners import (
     make_runner,
     result_notes,
 )
+from recsearch.search.results import describe
 from recsearch.search.space import SearchSpace, SpaceConfig
 from recsearch.search.store import JournalStore, TrialRecord
-from recsearch.types import Interaction, TableSpec, Topology, TrialResult, TrialSpec, TrialState
+from recsearch.types import TableSpec, Topology, TrialResult, TrialSpec, TrialState
 
 SEARCH_CONFIG = "search.yaml"
 CONTROLLER_FILE = "controller.pt"
@@ -811,18 +812,6 @@ def _num(value: float | None, digits: int = 4) -> str:
 
 class _DryRun(Exception):
     """Raised after the first trial's torchx request is printed in dryrun mode."""
-
-
-def describe(spec: TrialSpec) -> str:
-    """A one-line summary of a candidate's decisions."""
-    a, h = spec.arch, spec.hparams
-    inter = a.interaction.value if isinstance(a.interaction, Interaction) else str(a.interaction)
-    if inter == "dcn":
-        inter = f"dcn{a.dcn_num_layers}x{a.dcn_low_rank_dim}"
-    bottom = "-".join(str(w) for w in a.bottom_mlp[:-1]) or "none"
-    top = "-".join(str(w) for w in a.top_mlp[:-1]) or "none"
-    return (f"dim {a.embedding_dim} bot {bottom} top {top} {inter} bs {h.batch_size} "
-            f"{h.embedding_optimizer} {h.embedding_lr:g} / {h.dense_optimizer} {h.dense_lr:g}")
 
 
 def _check_notes(check: Check) -> dict[str, Any]:
