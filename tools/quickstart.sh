@@ -7,13 +7,18 @@
 #     set by the reference DLRM; about ten minutes on 2 CPU cores,
 #  4. writes the search report: runs/quickstart/search/report/ (report.md, PNGs, best_train.yaml).
 # Output goes to runs/quickstart/ (override with OUT=...); view with `tensorboard --logdir runs/quickstart/search`.
+# For a smaller run (the test suite runs this script that way): DATA_ARGS and SEARCH_ARGS add key=value
+# overrides to the data and search commands, VENV names the environment, QUICKSTART_INSTALL=0 skips setup.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/install.sh
+VENV=${VENV:-.venv}
+if [[ "${QUICKSTART_INSTALL:-1}" != 0 ]]; then VENV="$VENV" tools/install.sh; fi
 OUT=${OUT:-runs/quickstart}
-.venv/bin/recsearch data synth --config configs/data/quickstart.yaml --out "$OUT/data" --force
-.venv/bin/recsearch data stats "$OUT/data" --out "$OUT/data/stats.json"
+read -r -a data_args <<< "${DATA_ARGS:-}"
+read -r -a search_args <<< "${SEARCH_ARGS:-}"
+"$VENV/bin/recsearch" data synth --config configs/data/quickstart.yaml --out "$OUT/data" --force "${data_args[@]}"
+"$VENV/bin/recsearch" data stats "$OUT/data" --out "$OUT/data/stats.json"
 rm -rf "$OUT/search"  # a fresh search each time (continue an interrupted one with --resume instead)
-.venv/bin/recsearch search --config configs/search/quickstart.yaml --out "$OUT/search" \
-  data_dir="$OUT/data"
-.venv/bin/recsearch report "$OUT/search"
+"$VENV/bin/recsearch" search --config configs/search/quickstart.yaml --out "$OUT/search" \
+  data_dir="$OUT/data" "${search_args[@]}"
+"$VENV/bin/recsearch" report "$OUT/search"
