@@ -46,8 +46,9 @@ from tools.bench_data import ORIGINAL, ORIGINAL_NPZ, ensure_tsv, machine, origin
 
 REPO = Path(__file__).resolve().parents[1]
 RECSEARCH = "recsearch train"
+RECSEARCH_COMPILED = "recsearch train, compile_dense=true"
 PLAIN = "plain PyTorch (nn.EmbeddingBag)"
-METHODS = (RECSEARCH, ORIGINAL, PLAIN)
+METHODS = (RECSEARCH, RECSEARCH_COMPILED, ORIGINAL, PLAIN)
 
 
 @dataclass(frozen=True)
@@ -160,9 +161,9 @@ class Runner:
         # the same OpenMP wait policy for every method (recsearch's CLI would default to PASSIVE)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": args.omp_wait_policy.upper()}
 
-    def recsearch(self, shape: ModelShape) -> tuple[float, dict[str, float]]:
+    def recsearch(self, shape: ModelShape, compile_dense: bool = False) -> tuple[float, dict[str, float]]:
         short, steps = self.args.steps
-        out = self.scratch / f"recsearch_{shape.dim}"
+        out = self.scratch / f"recsearch_{shape.dim}{'_compiled' if compile_dense else ''}"
         cmd = [
             sys.executable, "-m", "recsearch.cli", "train",
             "--config", str(REPO / "configs" / "train" / "kaggle_reference.yaml"),
@@ -172,6 +173,7 @@ class Runner:
             f"arch.top_mlp={list(shape.top)}", f"device={self.args.device}",
             "eval_every_steps=0", f"eval_rows={self.args.batch_size}", "latency_iters=1",
             "latency_batch_sizes=[1]", "tensorboard=false", f"log_every_steps={short}",
+            f"compile_dense={str(compile_dense).lower()}",
         ]  # fmt: skip
         arrivals, _ = _run_timed(cmd, REPO, self.env, r"\[recsearch train\] step (\d+)/\d+ loss")
         result = json.loads((out / "result.json").read_text())
@@ -228,6 +230,8 @@ class Runner:
 
     def run(self, method: str, shape: ModelShape) -> tuple[float, dict[str, float]]:
         """(ms per step, what the run reported about itself)."""
+        if method == RECSEARCH_COMPILED:
+            return self.recsearch(shape, compile_dense=True)
         return {RECSEARCH: self.recsearch, ORIGINAL: self.original, PLAIN: self.plain}[method](shape)
 
 
@@ -354,6 +358,9 @@ def verdicts(args: argparse.Namespace, by: dict[tuple[str, str], Timing]) -> lis
             if plain.median_cpu_ms and ours.median_cpu_ms:
                 cpu_ratio = plain.median_cpu_ms / ours.median_cpu_ms
                 lines.append(f"  - in CPU time per step: {cpu_ratio:.2f}x ({'met' if cpu_ratio >= 1 else 'NOT met'}: not slower)")
+        compiled = by.get((RECSEARCH_COMPILED, key))
+        if compiled:
+            lines.append(f"- {name}: compile_dense=true vs eager recsearch {_ratio(ours, compiled)} (an option, no target)")
         if orig:
             ratio = orig.median_ms / ours.median_ms
             target = 4.38
@@ -389,7 +396,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, nargs=2, default=[20, 120], metavar=("S1", "S2"))
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["kaggle", "mlperf"])
-    p.add_argument("--methods", nargs="+", choices=["recsearch", "original", "plain"],
+    p.add_argument("--methods", nargs="+", choices=["recsearch", "recsearch-compiled", "original", "plain"],
                    default=["recsearch", "original", "plain"])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--omp-wait-policy", choices=["passive", "active"], default="passive",
@@ -397,6 +404,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "writes its own section, for the comparison")
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "recsearch_bench_train")
     p.add_argument("--out-md", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    p.add_argument("--section", help="BENCHMARKS.md section to (re)write (default bench_train_<device>, "
+                                     "with _omp_active for --omp-wait-policy active)")
     args = p.parse_args(argv)
     short, long = args.steps
     if not 0 < short < long or long % short:
@@ -409,7 +418,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wanted = {"recsearch": RECSEARCH, "original": ORIGINAL, "plain": PLAIN}
+    wanted = {"recsearch": RECSEARCH, "recsearch-compiled": RECSEARCH_COMPILED, "original": ORIGINAL, "plain": PLAIN}
     methods = [wanted[m] for m in args.methods]
     skipped = original_unavailable(args.dlrm_repo, args.dlrm_python) if ORIGINAL in methods else None
     if skipped:
@@ -422,7 +431,9 @@ def main(argv: list[str] | None = None) -> int:
     load = f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     command = "python tools/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
     section = render(args, timings, command, skipped, load)
-    name = f"bench_train_{args.device}" + ("" if args.omp_wait_policy == "passive" else f"_omp_{args.omp_wait_policy}")
+    name = args.section or (
+        f"bench_train_{args.device}" + ("" if args.omp_wait_policy == "passive" else f"_omp_{args.omp_wait_policy}")
+    )
     benchmd.write_section(args.out_md, name, section)
     print(section)
     return 0

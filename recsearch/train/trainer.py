@@ -102,6 +102,7 @@ class TrainConfig:
     embedding_precision: str = "fp32"  # fp32 | fp16: table weights (and fused optimizer updates)
     dense_precision: str = "fp32"  # fp32 | bf16: MLPs + interaction under autocast (fp32 weights)
     resume_from: str | None = None  # "latest" (newest in output_dir/checkpoints) or a directory
+    compile_dense: bool = False  # torch.compile the bottom MLP, interaction and top MLP
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -173,6 +174,8 @@ def train(cfg: TrainConfig) -> dict:
         cfg.arch, rows, device="meta", embedding_dtype=cfg.embedding_precision, dense_dtype=cfg.dense_precision,
         compute_device_type=device.type,
     )
+    if cfg.compile_dense:
+        compile_dense_parts(model)
     emb_cls, emb_kwargs = embedding_optimizer(hp.embedding_optimizer, hp.embedding_lr, device.type)
     apply_optimizer_in_backward(emb_cls, model.model.sparse_arch.parameters(), emb_kwargs)
     plan = _sharding_plan(cfg, model, device, world_size)
@@ -274,6 +277,15 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         write_result(out, result)
     return result
+
+
+def compile_dense_parts(model: torch.nn.Module) -> None:
+    """torch.compile the DLRM's dense parts in place (nn.Module.compile keeps parameter names, so
+    plans, optimizers and checkpoints are unchanged). The sharded embeddings stay eager: FBGEMM's
+    fused kernels and the input all-to-all are already single ops."""
+    dlrm = model.model
+    for name in ("dense_arch", "inter_arch", "over_arch"):
+        getattr(dlrm, name).compile(dynamic=False)
 
 
 def evaluate(model: torch.nn.Module, loader: NpyBatchLoader, device: torch.device) -> EvalMetrics:

@@ -76,3 +76,23 @@ def test_an_unknown_precision_is_a_config_error(tmp_path, learnable_data, overri
     assert any(message in p for p in err.value.problems)
     assert trainer.main(["--config", str(cfg), override]) == 2
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_compiled_dense_parts_train_to_the_same_losses_as_eager(tmp_path, learnable_data):
+    """compile_dense=true: the same model, the same numbers (within float reassociation), and a
+    checkpoint-compatible state (parameter names unchanged by nn.Module.compile)."""
+    steps = ["max_steps=12", "log_every_steps=4", "latency_batch_sizes=[1]", "latency_iters=2"]
+    eager = _run(tmp_path / "eager", learnable_data, *steps)
+    compiled = _run(tmp_path / "compiled", learnable_data, *steps, "compile_dense=true")
+    assert compiled["config"]["compile_dense"] is True and compiled["status"] == "completed"
+    losses = [h["loss"] for h in eager["history"]]
+    assert len(losses) == 3
+    assert [h["loss"] for h in compiled["history"]] == pytest.approx(losses, rel=1e-4)
+    assert compiled["metrics"]["val"]["auc"] == pytest.approx(eager["metrics"]["val"]["auc"], abs=1e-3)
+
+    arch = ArchSpec(embedding_dim=8, bottom_mlp=(16, 8), top_mlp=(16, 1))
+    model = build_model(arch, [20] * 26, device="cpu")
+    names = list(model.state_dict())
+    trainer.compile_dense_parts(model)
+    assert list(model.state_dict()) == names
