@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from recsearch import config
@@ -255,6 +256,9 @@ def test_resume_after_an_interruption_finishes_the_budget_without_rerunning_fini
         assert now.result == rec.result and now.attempts == rec.attempts == 1
     choices = [r.spec.extra["choices"] for r in after if not r.notes.get("reference")]
     assert len(set(choices)) == len(choices)
+    # the reloaded actor-critic kept learning: one update per observed trial, before and after the resume
+    state = torch.load(out / "controller.pt", weights_only=True)
+    assert [x["trials"] for x in state["losses"]] == [1, 2, 3, 4] and state["updates"] == 4
 
 
 @pytest.mark.slow
