@@ -5,7 +5,11 @@ import pytest
 import torch
 
 from recsearch.search import controllers
-from recsearch.search.controllers import ActorCriticController, BayesianController, RandomController
+from recsearch.search.controllers import (
+    ActorCriticController,
+    BayesianController,
+    RandomController,
+)
 from recsearch.search.space import SearchSpace, SpaceConfig
 from recsearch.types import Topology
 
