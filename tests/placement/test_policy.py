@@ -189,6 +189,26 @@ def test_sample_k_is_never_worse_than_greedy_under_the_cost_net(h100_policy, tes
     assert better >= 1  # sampling does find cheaper placements
 
 
+def test_monotone_policy_sample_k_and_its_running_max_estimate(test_tasks):
+    """The CPU policy's MDP keeps each device's running max of the net's estimates: its estimate
+    bounds the net's plain one from above, and sample-K never loses to greedy under it."""
+    shipped = load_shipped("cpu")
+    assert shipped.monotone == shipped.info["ppo"].get("monotone", False)
+    assert not load_shipped("cuda").monotone  # saved before the flag: trained on the raw estimate
+    info = {"ppo": {"monotone": True}}
+    greedy = LearnedPlacer(shipped.net, shipped.cost_net, info=info)
+    sampled = LearnedPlacer(shipped.net, shipped.cost_net, samples=8, seed=1, info=info)
+    assert greedy.monotone and sampled.monotone
+    for task in test_tasks[::3]:
+        g = greedy.place(task.tables, task.topology)
+        g_est = greedy.last_estimate_ms
+        s = sampled.place(task.tables, task.topology)
+        assert sampled.last_estimate_ms <= g_est + 1e-9
+        for p, est in ((g, g_est), (s, sampled.last_estimate_ms)):
+            # float64 rollout vs float32 net: equal to ~1e-7 where the running max is not hit
+            assert est >= greedy.cost_net.predict(task.tables, p).total_ms * (1 - 1e-5)
+
+
 def test_learned_placer_is_a_placer_and_registered():
     placer = make_placer("learned")
     assert isinstance(placer, Placer)
