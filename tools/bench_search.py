@@ -439,6 +439,16 @@ def run_search(workdir: Path, data: Path, controller: str, seed: int, trials: in
     return out, False
 
 
+def load_note(before: float, after: float, cores: int, reused: int) -> str:
+    """What the load average says about the timings, only as much as it says."""
+    text = f"1-minute load average {before:.1f} when this invocation started and {after:.1f} when it ended, on {cores} cores"
+    if reused:
+        text += " (searches reused from --workdir ran earlier, under whatever load there was then)"
+    if max(before, after) > cores:
+        return text + ": above the core count, other jobs shared the machine, and wall times and latencies are those of a busy machine."
+    return text + "."
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
@@ -498,9 +508,7 @@ def main(argv: list[str] | None = None) -> int:
             "so 'best val AUC' regardless of latency is not exactly what they aim for; both columns are shown.",
             "wall s to reach it: from the first candidate's creation to that trial's end (controller updates "
             "included, the reference's own training excluded).",
-            f"1-minute load average {load_before:.1f} when this invocation started and {os.getloadavg()[0]:.1f} when it "
-            f"ended, on {os.cpu_count()} cores: above the core count, other jobs shared the machine, and wall times and "
-            "latencies are those of a busy machine.",
+            load_note(load_before, os.getloadavg()[0], os.cpu_count() or 1, reused),
             *args.note,
         ],
     }

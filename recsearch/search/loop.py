@@ -497,8 +497,7 @@ class Search:
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
         self.prepare()
-        self.echo(f"[search] {self.cfg.controller} controller, {self.cfg.trials} trials over a space of "
-                  f"{self.res.space.describe()}")
+        self.echo(f"[search] space: {self.res.space.describe()}")
         stop = threading.Event()
         beat = threading.Thread(target=self._heartbeats, args=(stop,), daemon=True)
         beat.start()
@@ -900,7 +899,7 @@ def main(argv: list[str] | None = None) -> int:
             tmp.write_text(text)
             os.replace(tmp, search_dir / SEARCH_CONFIG)
         search = Search(res, search_dir)
-        print(f"[search] {res.cfg.controller} controller over {res.space.cardinality:,} configurations; "
+        print(f"[search] {res.cfg.controller} controller; "
               f"{res.cfg.trials} trials, rungs {list(res.cfg.fidelity.train_rows)} rows (eta {res.cfg.fidelity.eta}); "
               f"{res.cfg.runner.kind} runner x {res.cfg.runner.concurrency}; placer {search.checker.placer_name}; "
               f"{search.checker.cost_note[:160]}; {search_dir}", flush=True)

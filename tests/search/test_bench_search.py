@@ -95,3 +95,11 @@ def test_quick_run_writes_its_section_from_the_searches_it_ran(tmp_path):
     again = md.read_text().split("<!-- bench_search:start -->")[1].split("<!-- bench_search:end -->")[0]
     assert again.split("Best val AUC found")[1].split("At 2 trials")[0] == table
     assert "0 searches reused" in section and "2 searches reused" in again
+
+
+def test_load_note_says_busy_only_when_the_load_was_above_the_cores():
+    assert bench_search.load_note(1.2, 2.5, 2, 0) == ("1-minute load average 1.2 when this invocation started and "
+                                                      "2.5 when it ended, on 2 cores: above the core count, other jobs "
+                                                      "shared the machine, and wall times and latencies are those of a busy machine.")
+    quiet = bench_search.load_note(0.4, 1.1, 2, 30)
+    assert "busy" not in quiet and "(searches reused from --workdir ran earlier" in quiet and quiet.endswith(".")
