@@ -25,7 +25,7 @@ trained policy applies to any number of devices and tables without fine-tuning.
 
 Training: PPO (clipped ratio 0.2, GAE with gamma 1 and lambda 0.95, value loss, entropy bonus) on
 batches of episodes of tasks drawn from a training pool with varied table and device counts.
-Monotone MDP (PPOConfig.monotone, the default since the CPU policy): a device's estimated cost is
+Monotone MDP (PPOConfig.monotone, off by default): a device's estimated cost is
 the running maximum of the cost net's estimates as tables join it, so the policy cannot profit from
 the net predicting a device cheaper after adding a table (see _Episodes.observe).
 
@@ -94,8 +94,9 @@ class PPOConfig:
     devices: tuple[int, ...] = (4, 8, 16)
     slack: float = 1.1
     num_tasks: int = 64  # distinct training tasks drawn from the pool
-    # a device's estimated cost never falls when a table joins it (running max): see _Episodes
-    monotone: bool = True
+    # a device's estimated cost never falls when a table joins it (running max): see _Episodes.
+    # Off by default: a CPU policy trained with it measured no better (docs/PLACEMENT.md)
+    monotone: bool = False
 
 
 class _PolicyNet(nn.Module):
@@ -772,7 +773,7 @@ def _train_main(args: argparse.Namespace) -> int:
         max_seconds=args.minutes * 60,
         max_tables=args.max_tables,
         devices=tuple(args.devices),
-        monotone=not args.raw_estimate,
+        monotone=args.monotone,
         num_tasks=args.num_tasks,
     )
     t0 = time.perf_counter()
@@ -846,9 +847,9 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--devices", type=int, nargs="+", default=list(PPOConfig.devices))
     t.add_argument("--num-tasks", type=int, default=PPOConfig.num_tasks)
     t.add_argument(
-        "--raw-estimate",
+        "--monotone",
         action="store_true",
-        help="train on the cost net's raw device estimates (not their running max per device)",
+        help="train on each device's running max of the cost net's estimates (not the raw one)",
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)
