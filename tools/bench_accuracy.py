@@ -32,7 +32,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools import benchmd  # noqa: E402
+from recsearch import benchmd  # noqa: E402
 from tools.bench_data import machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

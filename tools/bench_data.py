@@ -38,7 +38,7 @@ import numpy as np
 
 if __package__ in (None, ""):  # run as `python tools/bench_data.py`: make `tools` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools import benchmd  # noqa: E402
+from recsearch import benchmd  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "criteo_kaggle_sample100_paddlerec.tsv"

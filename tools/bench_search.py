@@ -56,7 +56,7 @@ from recsearch.search.results import (  # noqa: E402
 )
 from recsearch.search.space import SearchSpace, SpaceConfig  # noqa: E402
 from recsearch.types import Topology, TrialState  # noqa: E402
-from tools import benchmd  # noqa: E402
+from recsearch import benchmd  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "bench_search"

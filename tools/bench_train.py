@@ -41,7 +41,7 @@ from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python tools/bench_train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools import benchmd  # noqa: E402
+from recsearch import benchmd  # noqa: E402
 from tools.bench_data import ORIGINAL, ORIGINAL_NPZ, ensure_tsv, machine, original_unavailable  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

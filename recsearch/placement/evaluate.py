@@ -589,25 +589,9 @@ def _quote(a: str) -> str:
 
 
 def _write_section(md_path: Path, name: str, body: str) -> None:
-    """tools/benchmd.write_section when the repository's tools/ is importable (one writer for the
-    shared BENCHMARKS.md); the same marked-section rule otherwise (an installed package)."""
-    try:
-        from tools.benchmd import write_section
-    except ImportError:
-        write_section = None
-    if write_section is not None:
-        write_section(md_path, name, body)
-        return
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    section = f"{start}\n{body.strip(chr(10))}\n{end}\n"
-    text = md_path.read_text() if md_path.exists() else "# Benchmarks\n"
-    if start in text:
-        head, rest = text.split(start, 1)
-        tail = rest.split(end, 1)[1] if end in rest else ""
-        text = head + section + tail.lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    md_path.write_text(text)
+    from recsearch.benchmd import write_section
+
+    write_section(md_path, name, body)
 
 
 if __name__ == "__main__":

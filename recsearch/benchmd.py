@@ -1,4 +1,4 @@
-"""docs/BENCHMARKS.md is shared by every benchmark tool: each owns one section between
+"""docs/BENCHMARKS.md is shared by every benchmark (tools/bench_*.py, `recsearch place eval`): each owns one section between
 `<!-- NAME:start -->` and `<!-- NAME:end -->` and rewrites only that, so tools run in any order."""
 
 from __future__ import annotations
