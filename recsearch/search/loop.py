@@ -45,7 +45,8 @@ import yaml
 from recsearch import config
 from recsearch.search import controllers as ctl
 from recsearch.search.asha import Status, SuccessiveHalving
-from recsearch.search.objective import ObjectiveConfig, Point, over_cost_budget, pareto_front, reward
+from recsearch.search.objective import ObjectiveConfig, over_cost_budget, reward
+from recsearch.search.pareto import pareto_front
 from recsearch.search.runners import (
     TRIAL_CONFIG,
     Handle,
@@ -796,12 +797,12 @@ class Search:
             r, score = rec.result, rec.notes.get("reward")
             self.echo(f"[search] best: trial {rec.trial_id} val AUC {_num(r.auc)} test AUC {_num(rec.notes.get('test_auc'))} "
                       f"latency {_num(r.latency_p50_ms, 3)} ms reward {_num(score)}: {describe(rec.spec)}")
-        points = [Point(r.trial_id, r.result.auc, r.result.latency_p50_ms) for r in records
-                  if r.state is TrialState.COMPLETE and r.result and r.result.auc is not None and r.result.latency_p50_ms is not None]
-        front = pareto_front(points)
+        # the same front as `recsearch report` (recsearch.search.pareto: exact ties stay on it)
+        front = pareto_front((r.trial_id, r.result.auc, r.result.latency_p50_ms) for r in records
+                             if r.state is TrialState.COMPLETE and r.result).points
         if front:
             self.echo("[search] Pareto front (AUC vs latency): " + ", ".join(
-                f"trial {p.trial_id}{' (reference)' if ref and p.trial_id == ref.trial_id else ''} {p.auc:.4f} @ {p.latency_ms:.3f} ms" for p in front))
+                f"trial {p.trial_id}{' (reference)' if ref and p.trial_id == ref.trial_id else ''} {p.value:.4f} @ {p.cost:.3f} ms" for p in front))
         return {"counts": counts, "wall_s": wall, "pareto": [p.trial_id for p in front]}
 
 

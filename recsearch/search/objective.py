@@ -20,7 +20,6 @@ cluster could not afford (both the estimate and the measured latency then shape 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 METRICS = ("latency", "step_cost", "none")
@@ -77,22 +76,3 @@ def over_cost_budget(objective: ObjectiveConfig, est_cost_ms: float, budget_ms: 
             + (f" (+{objective.tolerance:.0%} tolerance)" if objective.tolerance else "")
         )
     return None
-
-
-@dataclass(frozen=True)
-class Point:
-    """One trained model on the AUC / latency plane."""
-
-    trial_id: int
-    auc: float
-    latency_ms: float
-
-
-def pareto_front(points: Sequence[Point]) -> list[Point]:
-    """Points no other point beats on both axes (higher AUC, lower latency), by latency."""
-    ordered = sorted(points, key=lambda p: (p.latency_ms, -p.auc, p.trial_id))
-    front: list[Point] = []
-    for p in ordered:
-        if not front or p.auc > front[-1].auc:
-            front.append(p)
-    return front
