@@ -61,9 +61,7 @@ def test_process_cpu_seconds_count_this_process_work():
 
 
 def test_cpu_step_window_is_none_without_both_readings():
-    arrivals = bench_train._Arrivals()
-    arrivals.update({10: 1.0, 30: 3.0})
-    arrivals.cpu_s.update({10: 2.0, 30: 6.0})
-    assert bench_train._cpu_step_ms(arrivals, (10, 30)) == pytest.approx(200.0)
-    del arrivals.cpu_s[10]
-    assert bench_train._cpu_step_ms(arrivals, (10, 30)) is None
+    cpu_s = {10: 2.0, 30: 6.0}
+    assert bench_train._cpu_step_ms(cpu_s, (10, 30)) == pytest.approx(200.0)
+    del cpu_s[10]
+    assert bench_train._cpu_step_ms(cpu_s, (10, 30)) is None

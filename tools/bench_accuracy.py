@@ -102,6 +102,11 @@ def run_all(args: argparse.Namespace) -> tuple[dict, list[RunOutcome]]:
     return meta, runs
 
 
+def _shown(path: Path) -> Path:
+    """A path as the section shows it: relative to the repository when inside it."""
+    return path.relative_to(REPO) if path.is_relative_to(REPO) else path
+
+
 def render(args: argparse.Namespace, meta: dict, runs: list[RunOutcome]) -> str:
     bayes_val, bayes_test = meta["bayes"]["val"]["auc"], meta["bayes"]["test"]["auc"]
     train_rows = sum(meta["day_rows"][:-1])
@@ -113,10 +118,10 @@ def render(args: argparse.Namespace, meta: dict, runs: list[RunOutcome]) -> str:
         "",
         "    " + " ".join(["python", "tools/bench_accuracy.py", *args.argv]),
         "",
-        f"Data: `{args.config_data.relative_to(REPO) if args.config_data.is_relative_to(REPO) else args.config_data}`, "
+        f"Data: `{_shown(args.config_data)}`, "
         f"{train_rows:,} training rows, {meta['bayes']['val']['rows']:,} val and {meta['bayes']['test']['rows']:,} "
         f"test rows; Bayes-optimal AUC val {bayes_val:.4f} / test {bayes_test:.4f}. DLRM config: "
-        f"`{args.config_train.relative_to(REPO) if args.config_train.is_relative_to(REPO) else args.config_train}`.",
+        f"`{_shown(args.config_train)}`.",
         "",
         "| model | val AUC | test AUC | gap to ceiling (val) | vs logistic regression (val) | val log loss | wall s | load avg before / after |",
         "|---|---:|---:|---:|---:|---:|---:|---|",
@@ -152,10 +157,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=REPO / "runs" / "bench_accuracy")
     p.add_argument("--out-md", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     args = p.parse_args(argv)
+    from recsearch.model.dlrm import DENSE_DTYPES, EMBEDDING_DTYPES
+
     for pair in args.precisions:
         emb, _, dense = pair.partition("/")
-        if emb not in ("fp32", "fp16") or dense not in ("fp32", "bf16"):
-            p.error(f"--precisions {pair!r}: expected EMB/DENSE with EMB fp32|fp16 and DENSE fp32|bf16")
+        if emb not in EMBEDDING_DTYPES or dense not in DENSE_DTYPES:
+            p.error(f"--precisions {pair!r}: expected EMB/DENSE with EMB {'|'.join(EMBEDDING_DTYPES)} "
+                    f"and DENSE {'|'.join(DENSE_DTYPES)}")
     args.argv = list(argv if argv is not None else sys.argv[1:])
     args.config_data, args.config_train = args.config_data.resolve(), args.config_train.resolve()
     return args

@@ -101,12 +101,31 @@ def process_cpu_s(pid: int) -> float | None:
     return (int(after_name[11]) + int(after_name[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _run_timed(cmd: list[str], cwd: Path, env: dict[str, str], step_line: str) -> tuple[dict[int, float], str]:
-    """Run cmd; return {step: arrival time (s)} of its progress lines (regex `step_line`, whose
-    first group is the step number) and its whole output. The process's CPU seconds at each
-    progress line go to `cpu_seconds` of the returned dict's `cpu` attribute (see _Arrivals)."""
+@dataclass(frozen=True)
+class Progress:
+    """What a timed run printed: {step: wall-clock arrival (s)} and {step: the process's CPU
+    seconds} of its progress lines, and its whole output."""
+
+    wall_s: dict[int, float]
+    cpu_s: dict[int, float]
+    output: str
+
+
+@dataclass(frozen=True)
+class RunTiming:
+    """One run of one method: ms per step (wall and, where readable, CPU) and what it reported."""
+
+    step_ms: float
+    cpu_ms: float | None
+    reported: dict[str, float]
+
+
+def _run_timed(cmd: list[str], cwd: Path, env: dict[str, str], step_line: str) -> Progress:
+    """Run cmd and timestamp its progress lines (regex `step_line`, whose first group is the
+    step number) as they arrive, reading the process's CPU time at each."""
     pattern = re.compile(step_line)
-    arrivals = _Arrivals()
+    wall_s: dict[int, float] = {}
+    cpu_s: dict[int, float] = {}
     output: list[str] = []
     with subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, bufsize=1) as proc:  # fmt: skip
@@ -117,26 +136,21 @@ def _run_timed(cmd: list[str], cwd: Path, env: dict[str, str], step_line: str) -
             found = pattern.search(line)
             if found:
                 step = int(found.group(1))
-                arrivals[step] = now
-                cpu_s = process_cpu_s(proc.pid)
-                if cpu_s is not None:
-                    arrivals.cpu_s[step] = cpu_s
+                wall_s[step] = now
+                cpu = process_cpu_s(proc.pid)
+                if cpu is not None:
+                    cpu_s[step] = cpu
     text = "".join(output)
     if proc.returncode != 0:
         raise RuntimeError(f"{cmd[:4]}... failed (exit {proc.returncode}):\n{text[-3000:]}")
-    return arrivals, text
+    return Progress(wall_s, cpu_s, text)
 
 
-class _Arrivals(dict):
-    """{step: wall-clock arrival (s)} of progress lines, with {step: process CPU s} beside it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cpu_s: dict[int, float] = {}
+def _timing(progress: Progress, steps: tuple[int, int], what: str, reported: dict[str, float]) -> RunTiming:
+    return RunTiming(_step_ms(progress.wall_s, steps, what), _cpu_step_ms(progress.cpu_s, steps), reported)
 
 
-def _cpu_step_ms(arrivals: dict[int, float], steps: tuple[int, int]) -> float | None:
-    cpu_s = getattr(arrivals, "cpu_s", {})
+def _cpu_step_ms(cpu_s: dict[int, float], steps: tuple[int, int]) -> float | None:
     short, long = steps
     if short not in cpu_s or long not in cpu_s:
         return None
@@ -161,7 +175,7 @@ class Runner:
         # the same OpenMP wait policy for every method (recsearch's CLI would default to PASSIVE)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": args.omp_wait_policy.upper()}
 
-    def recsearch(self, shape: ModelShape, compile_dense: bool = False) -> tuple[float, dict[str, float]]:
+    def recsearch(self, shape: ModelShape, compile_dense: bool = False) -> RunTiming:
         short, steps = self.args.steps
         out = self.scratch / f"recsearch_{shape.dim}{'_compiled' if compile_dense else ''}"
         cmd = [
@@ -175,18 +189,17 @@ class Runner:
             "latency_batch_sizes=[1]", "tensorboard=false", f"log_every_steps={short}",
             f"compile_dense={str(compile_dense).lower()}",
         ]  # fmt: skip
-        arrivals, _ = _run_timed(cmd, REPO, self.env, r"\[recsearch train\] step (\d+)/\d+ loss")
+        progress = _run_timed(cmd, REPO, self.env, r"\[recsearch train\] step (\d+)/\d+ loss")
         result = json.loads((out / "result.json").read_text())
         if result["status"] != "completed":
             raise RuntimeError(f"recsearch run ended {result['status']}")
-        return _step_ms(arrivals, self.args.steps, RECSEARCH), {
-            "cpu_ms_per_step": _cpu_step_ms(arrivals, self.args.steps),
+        return _timing(progress, self.args.steps, RECSEARCH, {
             "samples_per_s": result["samples_per_s"],
             "data_wait_fraction": result["data_wait_fraction"],
             "loss": result["last_loss"],
-        }
+        })
 
-    def original(self, shape: ModelShape, steps: tuple[int, int] | None = None) -> tuple[float, dict[str, float]]:
+    def original(self, shape: ModelShape, steps: tuple[int, int] | None = None) -> RunTiming:
         assert self.original_tsv is not None
         short, long = steps or self.args.steps
         cmd = [
@@ -203,17 +216,17 @@ class Runner:
         ]  # fmt: skip
         if self.args.device == "cuda":
             cmd.append("--use-gpu")
-        arrivals, stdout = _run_timed(cmd, self.args.dlrm_repo, self.env, r"Finished training it (\d+)/")
+        progress = _run_timed(cmd, self.args.dlrm_repo, self.env, r"Finished training it (\d+)/")
+        stdout = progress.output
         found = re.findall(r"Finished training it \d+/\d+ of epoch \d+, ([\d.]+) ms/it, loss ([\d.]+)", stdout)
         if not found:
             raise RuntimeError(f"no 'Finished training' line in the original's output:\n{stdout[-2000:]}")
         ms, loss = found[-1]
-        return _step_ms(arrivals, (short, long), ORIGINAL), {
-            "cpu_ms_per_step": _cpu_step_ms(arrivals, (short, long)),
+        return _timing(progress, (short, long), ORIGINAL, {
             "own_ms_per_it_without_loader": float(ms), "loss": float(loss),
-        }
+        })
 
-    def plain(self, shape: ModelShape) -> tuple[float, dict[str, float]]:
+    def plain(self, shape: ModelShape) -> RunTiming:
         short, steps = self.args.steps
         cmd = [
             sys.executable, str(REPO / "tools" / "plain_dlrm.py"), "--data", str(self.npy_dir),
@@ -221,15 +234,13 @@ class Runner:
             "--bottom", ",".join(map(str, shape.bottom)), "--top", ",".join(map(str, shape.top)),
             "--device", self.args.device, "--log-every", str(short),
         ]  # fmt: skip
-        arrivals, stdout = _run_timed(cmd, REPO, self.env, r"^step (\d+) loss")
-        reported = json.loads(stdout.strip().splitlines()[-1])
-        return _step_ms(arrivals, self.args.steps, PLAIN), {
-            "cpu_ms_per_step": _cpu_step_ms(arrivals, self.args.steps),
+        progress = _run_timed(cmd, REPO, self.env, r"^step (\d+) loss")
+        reported = json.loads(progress.output.strip().splitlines()[-1])
+        return _timing(progress, self.args.steps, PLAIN, {
             "samples_per_s": reported["samples_per_s"], "loss": reported["final_loss"],
-        }
+        })
 
-    def run(self, method: str, shape: ModelShape) -> tuple[float, dict[str, float]]:
-        """(ms per step, what the run reported about itself)."""
+    def run(self, method: str, shape: ModelShape) -> RunTiming:
         if method == RECSEARCH_COMPILED:
             return self.recsearch(shape, compile_dense=True)
         return {RECSEARCH: self.recsearch, ORIGINAL: self.original, PLAIN: self.plain}[method](shape)
@@ -269,15 +280,14 @@ def measure(args: argparse.Namespace, runner: Runner, methods: list[str]) -> lis
             shape = MODELS[key]
             order = methods if round_ % 2 == 0 else methods[::-1]
             for method in order:
-                ms, reported = runner.run(method, shape)
+                run = runner.run(method, shape)
                 t = timings[(method, key)]
-                t.step_ms.append(ms)
-                cpu_ms = reported.pop("cpu_ms_per_step", None)
-                if cpu_ms is not None:
-                    t.cpu_ms.append(cpu_ms)
-                t.reported = reported
-                cpu_note = f" ({cpu_ms:.2f} CPU ms/step)" if cpu_ms is not None else ""
-                print(f"round {round_ + 1}: {shape.name:<24} {method:<32} {ms:8.2f} ms/step{cpu_note}", file=sys.stderr)
+                t.step_ms.append(run.step_ms)
+                if run.cpu_ms is not None:
+                    t.cpu_ms.append(run.cpu_ms)
+                t.reported = run.reported
+                cpu_note = f" ({run.cpu_ms:.2f} CPU ms/step)" if run.cpu_ms is not None else ""
+                print(f"round {round_ + 1}: {shape.name:<24} {method:<32} {run.step_ms:8.2f} ms/step{cpu_note}", file=sys.stderr)
     return list(timings.values())
 
 

@@ -51,7 +51,9 @@ from recsearch import config
 from recsearch.data import layout
 from recsearch.data.loader import NpyBatchLoader
 from recsearch.model.dlrm import (
+    DENSE_DTYPES,
     EBC_MODULE_PATH,
+    EMBEDDING_DTYPES,
     build_model,
     dense_parameter_count,
     table_rows,
@@ -111,10 +113,12 @@ class TrainConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.log_every_steps < 1:
             raise ValueError("log_every_steps must be >= 1")
-        if self.embedding_precision not in ("fp32", "fp16"):
-            raise ValueError(f"embedding_precision must be fp32 or fp16, got {self.embedding_precision!r}")
-        if self.dense_precision not in ("fp32", "bf16"):
-            raise ValueError(f"dense_precision must be fp32 or bf16, got {self.dense_precision!r}")
+        for key, value, allowed in (
+            ("embedding_precision", self.embedding_precision, EMBEDDING_DTYPES),
+            ("dense_precision", self.dense_precision, DENSE_DTYPES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{key} must be {' or '.join(allowed)}, got {value!r}")
 
 
 @dataclass
