@@ -30,6 +30,7 @@ Quick mode (tests): --seeds 0 --trials 2 --controllers random --rows-per-day 300
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -47,10 +48,10 @@ if __package__ in (None, ""):  # run as `python tools/bench_search.py`: make `to
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recsearch import config  # noqa: E402
+from recsearch.search.report import count  # noqa: E402
 from recsearch.search.results import (  # noqa: E402
     CANDIDATE,
     REFERENCE,
-    REJECTED,
     TrialRow,
     read_search,
 )
@@ -132,16 +133,24 @@ class Trajectory:
         return None
 
 
-def policy_entropy(search_dir: Path) -> tuple[float, float] | None:
-    """The actor-critic's mean per-decision policy entropy at its first and last update, from the
-    controller state the search saved (None for other controllers or before any update)."""
-    path = search_dir / "controller.pt"
+def controller_state(search_dir: Path) -> dict | None:
+    """The controller state the search saved (None before its first save)."""
+    from recsearch.search.loop import CONTROLLER_FILE  # torch and the loop only when a search is read
+
+    path = search_dir / CONTROLLER_FILE
     if not path.exists():
         return None
     import torch
 
     state = torch.load(path, weights_only=True)
-    losses = state.get("losses") if isinstance(state, dict) else None
+    return state if isinstance(state, dict) else None
+
+
+def policy_entropy(search_dir: Path) -> tuple[float, float] | None:
+    """The actor-critic's mean per-decision policy entropy at its first and last update, from the
+    controller state the search saved (None for other controllers or before any update)."""
+    state = controller_state(search_dir)
+    losses = state.get("losses") if state else None
     if not losses:
         return None
     return float(losses[0]["entropy"]), float(losses[-1]["entropy"])
@@ -150,6 +159,7 @@ def policy_entropy(search_dir: Path) -> tuple[float, float] | None:
 def trajectory(controller: str, seed: int, rows: list[TrialRow], entropy: tuple[float, float] | None = None) -> Trajectory:
     cands = [r for r in rows if r.kind == CANDIDATE]
     ref = next((r for r in rows if r.kind == REFERENCE and r.state is TrialState.COMPLETE), None)
+    counts = count(rows)  # the report's counting: rejected never trained, failed among candidates
     start = min((r.created_at_s for r in cands), default=0.0)
     ok = [r.state is TrialState.COMPLETE for r in cands]
     return Trajectory(
@@ -161,8 +171,8 @@ def trajectory(controller: str, seed: int, rows: list[TrialRow], entropy: tuple[
         elapsed_s=tuple(r.updated_at_s - start for r in cands),
         reference_auc=ref.auc if ref else None,
         reference_latency_ms=ref.latency_p50_ms if ref else None,
-        rejected=sum(1 for r in rows if r.kind == REJECTED),
-        failed=sum(r.state is TrialState.FAILED for r in cands),
+        rejected=counts.rejected,
+        failed=counts.failed,
         entropy=entropy,
         wall_s=max((r.updated_at_s for r in rows), default=0.0) - min((r.created_at_s for r in rows), default=0.0),
     )
@@ -399,17 +409,12 @@ def made_by_current_controller(search_dir: Path, controller: str) -> bool:
     about the changed controller). Random and TPE have no settings to compare."""
     if controller != "actor_critic":
         return True
-    path = search_dir / "controller.pt"
-    if not path.exists():
-        return True  # not started yet: nothing to compare, resume it
-    import dataclasses
-
-    import torch
-
     from recsearch.search.controllers import PPOSettings
 
-    state = torch.load(path, weights_only=True)
-    return isinstance(state, dict) and state.get("settings") == dataclasses.asdict(PPOSettings())
+    state = controller_state(search_dir)
+    if state is None:
+        return True  # not started yet: nothing to compare, resume it
+    return state.get("settings") == dataclasses.asdict(PPOSettings())
 
 
 def run_search(workdir: Path, data: Path, controller: str, seed: int, trials: int, train_rows: int) -> tuple[Path, bool]:
