@@ -10,6 +10,9 @@ import enum
 from dataclasses import dataclass, field
 
 NUM_DENSE_FEATURES = 13
+# The file every training run (`recsearch train`, `recsearch baseline logreg`) writes in its output
+# directory; the search reads only this.
+RESULT_FILE = "result.json"
 NUM_SPARSE_FEATURES = 26
 # DreamShard's access-frequency features: the share of a table's lookups that hit rows whose reuse
 # count (lookups of that row in one batch) falls in the bins (0,1], (1,2], (2,4], ..., (2^15, inf).

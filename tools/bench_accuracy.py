@@ -33,6 +33,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recsearch import benchmd  # noqa: E402
+from recsearch.types import RESULT_FILE  # noqa: E402
 from tools.bench_data import machine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +66,7 @@ def _run(cmd: list[str], out_dir: Path, name: str) -> RunOutcome:
     wall_s = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    result = json.loads((out_dir / "result.json").read_text())
+    result = json.loads((out_dir / RESULT_FILE).read_text())
     metrics = result["metrics"]
     return RunOutcome(
         name=name, val_auc=metrics["val"]["auc"], test_auc=metrics["test"]["auc"],

@@ -32,8 +32,7 @@ from recsearch.data import layout
 from recsearch.data.loader import read_split_arrays
 from recsearch.model.dlrm import table_rows
 from recsearch.train.metrics import EvalMetrics, MetricAccumulator
-
-RESULT_FILE = "result.json"
+from recsearch.types import RESULT_FILE
 
 
 @dataclass(frozen=True)

@@ -62,9 +62,8 @@ from recsearch.train import checkpoint
 from recsearch.train.metrics import EvalMetrics, MetricAccumulator
 from recsearch.train.optim import dense_optimizer, embedding_optimizer
 from recsearch.train.schedule import LRSchedule, apply_lr
-from recsearch.types import ArchSpec, HParams
+from recsearch.types import RESULT_FILE, ArchSpec, HParams
 
-RESULT_FILE = "result.json"
 # What the "torchrec" plan may choose for a table: every sharding but data_parallel, on FBGEMM's
 # fused TBE kernel (see _sharding_plan).
 FUSED_KERNEL_CONSTRAINTS = ParameterConstraints(
