@@ -7,7 +7,8 @@
 Several proposals may be outstanding at once (parallel trials); each is matched to its
 observation by its choices. Rewards come from the search loop: AUC, penalized when the trial
 breaks the latency budget; an infeasible candidate (tables do not fit) is observed with None and
-turned into a penalty below the worst reward seen, so the policy learns to avoid it.
+ranks below every trained one (the actor-critic's shaped returns) or becomes a penalty below the
+worst reward seen (TPE), so the controller learns to avoid it.
 
 - RandomController: uniform over the space, never repeating a point until all were tried.
 - ActorCriticController: an autoregressive policy (GRU over the decisions, one softmax head per
@@ -218,7 +219,6 @@ class ActorCriticController:
         self._pending: dict[tuple[int, ...], list[float]] = {}  # choices -> behaviour log-probs
         # every observed trial in order: (choices, behaviour log-probs, reward or None if infeasible)
         self._observed: list[tuple[tuple[int, ...], list[float], float | None]] = []
-        self.rewards: list[float] = []  # every observed (penalized) reward, in order
         self.updates = 0
         self.losses: list[dict[str, float]] = []  # per update: policy/value loss, entropy (why it learns)
         self._seen: set[tuple[int, ...]] = set()
@@ -234,6 +234,15 @@ class ActorCriticController:
         self._seen.add(choices)
         self._pending[choices] = [float(x) for x in logp[0]]
         return self.space.decode(choices)
+
+    @property
+    def rewards(self) -> list[float]:
+        """Every observed reward in order, an infeasible one as a penalty below the worst before it
+        (for reports and tests: the policy itself learns from `shaped_returns`)."""
+        out: list[float] = []
+        for _, _, reward in self._observed:
+            out.append(_penalized(reward, out))
+        return out
 
     def _policy_samples(self, rng: np.random.Generator) -> list[tuple[int, ...]]:
         """Up to `candidates` distinct configurations never tried, sampled from the policy."""
@@ -257,7 +266,7 @@ class ActorCriticController:
 
     def critic_q(self) -> reward_model.Posterior:
         """Q(config): the reward model fitted to every observed trial's shaped return."""
-        width = len(self._features(tuple(0 for _ in self.space.sizes)))
+        width = reward_model.feature_width(self.space.sizes)
         features = np.array([self._features(c) for c, _, _ in self._observed]).reshape(-1, width)
         return reward_model.fit(features, np.array(shaped_returns([r for _, _, r in self._observed])))
 
@@ -271,7 +280,6 @@ class ActorCriticController:
         choices = self.space.choices_of(spec)
         self._seen.add(choices)
         feasible = reward is not None and math.isfinite(reward)
-        self.rewards.append(_penalized(reward, self.rewards))
         old_logp = self._pending.pop(choices, None)
         if old_logp is None:  # a trial this policy did not propose (e.g. a seed config)
             with torch.no_grad(), _one_thread():
@@ -330,7 +338,6 @@ class ActorCriticController:
             "pending": [[list(k), v] for k, v in self._pending.items()],
             "observed": [[list(c), lp, r] for c, lp, r in self._observed],
             "losses": [dict(x) for x in self.losses],
-            "rewards": list(self.rewards),
             "updates": self.updates,
             "seen": [list(c) for c in sorted(self._seen)],
             # provenance: which learning settings produced this state (bench_search re-runs
@@ -345,7 +352,6 @@ class ActorCriticController:
         self._pending = {tuple(k): v for k, v in state["pending"]}
         self._observed = [(tuple(c), list(lp), r) for c, lp, r in state["observed"]]
         self.losses = [dict(x) for x in state.get("losses", [])]
-        self.rewards = list(state["rewards"])
         self.updates = int(state["updates"])
         self._seen = {tuple(c) for c in state["seen"]}
 

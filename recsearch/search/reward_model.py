@@ -32,13 +32,17 @@ PRIOR_VARIANCES = (0.01, 0.03, 0.1, 0.3, 1.0)
 NOISE_VARIANCES = (0.05, 0.15, 0.4, 1.0)
 
 
+def feature_width(sizes: Sequence[int]) -> int:
+    """Length of `one_hot`'s vectors: the bias and one slot per option of every varying decision."""
+    return 1 + sum(n for n in sizes if n > 1)
+
+
 def one_hot(choices: Sequence[int], relevant: Sequence[bool], sizes: Sequence[int]) -> np.ndarray:
     """Feature vector of a configuration: a bias, then one indicator per option of every decision
     that matters for it (decisions with a single option carry no information and are left out)."""
     if not (len(choices) == len(relevant) == len(sizes)):
         raise ValueError(f"choices, relevant and sizes differ in length: {len(choices)}, {len(relevant)}, {len(sizes)}")
-    width = 1 + sum(n for n in sizes if n > 1)
-    x = np.zeros(width)
+    x = np.zeros(feature_width(sizes))
     x[0] = 1.0
     offset = 1
     for c, keep, n in zip(choices, relevant, sizes):
