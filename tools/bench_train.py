@@ -295,7 +295,7 @@ def measure(args: argparse.Namespace, runner: Runner, methods: list[str]) -> lis
 def render(args: argparse.Namespace, timings: list[Timing], command: str, skipped: str | None, load: str) -> str:
     device = "GPU" if args.device == "cuda" else "CPU"
     lines = [
-        f"## Trainer, side by side ({device})",
+        f"## Trainer, side by side ({device})" + (f": {args.section}" if args.section else ""),
         "",
         f"Measured {date.today().isoformat()} on {machine_name(args.device)}, all methods interleaved "
         f"in one run (load average {load}), OMP_WAIT_POLICY={args.omp_wait_policy.upper()} for every method:",
