@@ -558,11 +558,6 @@ class CostNet:
     def save(self, prefix: Path | str) -> tuple[Path, Path]:
         """Write <prefix>.pt (state_dict) and <prefix>.json (shape, meta, comm, metrics)."""
         meta = self._require_meta()
-        pt, js = _paths(prefix)
-        pt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pt.with_name(f".{pt.name}.tmp{os.getpid()}")
-        torch.save({k: v.detach().clone() for k, v in self.net.state_dict().items()}, tmp)
-        os.replace(tmp, pt)
         info = {
             "format": FORMAT,
             "features": list(FEATURE_NAMES),
@@ -572,25 +567,11 @@ class CostNet:
             "comm": asdict(self.comm_model),
             "metrics": self.metrics,
         }
-        tmp = js.with_name(f".{js.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(info, indent=1) + "\n")
-        os.replace(tmp, js)
-        return pt, js
+        return save_model_files(prefix, self.net, info)
 
     @classmethod
     def load(cls, prefix: Path | str) -> CostNet:
-        pt, js = _paths(prefix)
-        for p in (pt, js):
-            if not p.exists():
-                raise FileNotFoundError(f"cost net file {p} does not exist")
-        try:
-            info = json.loads(js.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{js}: not valid JSON: {err}") from err
-        if info.get("format") != FORMAT:
-            raise ValueError(
-                f"{js}: format is {info.get('format')!r}, this version reads {FORMAT!r}: retrain it"
-            )
+        pt, js, info = read_model_info(prefix, "cost net", FORMAT)
         if list(info.get("features", ())) != list(FEATURE_NAMES):
             raise ValueError(
                 f"{js}: trained on features {info.get('features')}, this version computes "
@@ -624,11 +605,45 @@ class CostNet:
         return model
 
 
-def _paths(prefix: Path | str) -> tuple[Path, Path]:
+def model_paths(prefix: Path | str) -> tuple[Path, Path]:
+    """(<prefix>.pt, <prefix>.json): a saved model's weights and its JSON description. A prefix
+    given with either suffix names the same pair."""
     p = Path(prefix)
     if p.suffix in (".pt", ".json"):
         p = p.with_suffix("")
     return p.with_name(p.name + ".pt"), p.with_name(p.name + ".json")
+
+
+def read_model_info(prefix: Path | str, what: str, fmt: str) -> tuple[Path, Path, dict[str, Any]]:
+    """(<prefix>.pt, <prefix>.json, the JSON) of a model saved by save_model_files, after checking
+    both files exist and the JSON is valid and of format fmt; `what` names the model in errors."""
+    pt, js = model_paths(prefix)
+    for p in (pt, js):
+        if not p.exists():
+            raise FileNotFoundError(f"{what} file {p} does not exist")
+    try:
+        info = json.loads(js.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{js}: not valid JSON: {err}") from err
+    if info.get("format") != fmt:
+        raise ValueError(
+            f"{js}: format is {info.get('format')!r}, this version reads {fmt!r}: retrain it"
+        )
+    return pt, js, info
+
+
+def save_model_files(prefix: Path | str, net: nn.Module, info: dict[str, Any]) -> tuple[Path, Path]:
+    """Write net's state_dict to <prefix>.pt and info to <prefix>.json, each atomically (a temp
+    file renamed into place), weights first; the cost net's and the policy's file format."""
+    pt, js = model_paths(prefix)
+    pt.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pt.with_name(f".{pt.name}.tmp{os.getpid()}")
+    torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, tmp)
+    os.replace(tmp, pt)
+    tmp = js.with_name(f".{js.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(info, indent=1) + "\n")
+    os.replace(tmp, js)
+    return pt, js
 
 
 def _hardware_key(hardware: str) -> str:

@@ -37,7 +37,6 @@ kept, so never worse than greedy under that estimate.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -50,7 +49,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from recsearch.placement.cost_net import CostNet, HeadEvaluator
+from recsearch.placement.cost_net import (
+    CostNet,
+    HeadEvaluator,
+    model_paths,
+    read_model_info,
+    save_model_files,
+)
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
     Placement,
@@ -459,11 +464,6 @@ class LearnedPlacer:
         return placement
 
     def save(self, prefix: Path | str, cost_net_ref: str) -> tuple[Path, Path]:
-        pt, js = _paths(prefix)
-        pt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pt.with_name(f".{pt.name}.tmp{os.getpid()}")
-        torch.save({k: v.detach().clone() for k, v in self.net.state_dict().items()}, tmp)
-        os.replace(tmp, pt)
         info = {
             "format": FORMAT,
             "shape": asdict(self.shape),
@@ -471,10 +471,7 @@ class LearnedPlacer:
             "cost_net": cost_net_ref,
             **self.info,
         }
-        tmp = js.with_name(f".{js.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(info, indent=1) + "\n")
-        os.replace(tmp, js)
-        return pt, js
+        return save_model_files(prefix, self.net, info)
 
     @classmethod
     def load(
@@ -487,16 +484,7 @@ class LearnedPlacer:
     ) -> LearnedPlacer:
         """A saved policy; its cost net from the path recorded beside it (relative to the policy
         file) unless one is given."""
-        pt, js = _paths(prefix)
-        for p in (pt, js):
-            if not p.exists():
-                raise FileNotFoundError(f"policy file {p} does not exist")
-        try:
-            info = json.loads(js.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{js}: not valid JSON: {err}") from err
-        if info.get("format") != FORMAT:
-            raise ValueError(f"{js}: format is {info.get('format')!r}, expected {FORMAT!r}")
+        pt, js, info = read_model_info(prefix, "policy", FORMAT)
         if cost_net is None:
             ref = Path(info["cost_net"])
             cost_net = CostNet.load(ref if ref.is_absolute() else js.parent / ref)
@@ -536,13 +524,6 @@ class ShippedLearnedPlacer:
         if dev not in self._loaded:
             self._loaded[dev] = load_shipped(dev, self.samples, self.seed, self.optimizer)
         return self._loaded[dev].place(tables, topology)
-
-
-def _paths(prefix: Path | str) -> tuple[Path, Path]:
-    p = Path(prefix)
-    if p.suffix in (".pt", ".json"):
-        p = p.with_suffix("")
-    return p.with_name(p.name + ".pt"), p.with_name(p.name + ".json")
 
 
 # ------------------------------------------------------------------------------ rollouts
@@ -784,9 +765,7 @@ def _train_main(args: argparse.Namespace) -> int:
     )
     placer, info = train_policy(cost_net, tasks, cfg, PolicyShape(args.hidden), log=print)
     out = Path(args.out)
-    cn_path = Path(args.cost_net)
-    if cn_path.suffix in (".pt", ".json"):
-        cn_path = cn_path.with_suffix("")
+    cn_path = model_paths(args.cost_net)[0].with_suffix("")  # the cost net's prefix
     try:
         ref = os.path.relpath(cn_path.resolve(), out.resolve().parent)
     except ValueError:
