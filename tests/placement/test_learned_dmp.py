@@ -1,18 +1,24 @@
 """A DLRM trained for a few steps under DistributedModelParallel with a plan from the learned
 placer, switched in with the one-line planner swap: 2 CPU ranks (gloo on loopback)."""
 
-import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+
+from tests.placement.two_ranks import (
+    free_port,
+    gather_to_file,
+    gloo_group,
+    one_lookup_batch,
+    owned_embeddings,
+    run_two_ranks,
+)
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
@@ -22,21 +28,17 @@ STEPS = 6
 
 def _worker(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
-    from torchrec.datasets.utils import Batch
     from torchrec.distributed import DistributedModelParallel
     from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
     from torchrec.optim.keyed import KeyedOptimizerWrapper
     from torchrec.optim.optimizers import in_backward_optimizer_filter
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     from recsearch.model.dlrm import EBC_MODULE_PATH, build_model
     from recsearch.placement.baselines import make_placer
     from recsearch.placement.plan import LearnedShardingPlanner, plan_ranks
     from recsearch.types import ArchSpec, Topology
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, port):
         torch.manual_seed(0)
         arch = ArchSpec(embedding_dim=8, bottom_mlp=(16, 8), top_mlp=(8, 1))
         model = build_model(arch, ROWS, device="meta")
@@ -49,27 +51,8 @@ def _worker(rank: int, port: int, out: str) -> None:
             dict(in_backward_optimizer_filter(dmp.named_parameters())),
             lambda params: torch.optim.SGD(params, lr=0.1),
         )
-        g = torch.Generator().manual_seed(rank)
-        batch_size = 16
-        values = torch.cat([torch.randint(0, ROWS[t], (batch_size,), generator=g) for t in range(26)])
-        batch = Batch(
-            dense_features=torch.rand(batch_size, 13, generator=g),
-            sparse_features=KeyedJaggedTensor.from_lengths_sync(
-                keys=[f"cat_{i}" for i in range(26)],
-                values=values,
-                lengths=torch.ones(26 * batch_size, dtype=torch.int32),
-            ),
-            labels=torch.randint(0, 2, (batch_size,), generator=g),
-        )
-
-        def owned_weights() -> dict[str, torch.Tensor]:
-            got = {}
-            for key, value in dmp.state_dict().items():
-                if "embedding_bags" in key and hasattr(value, "local_shards") and value.local_shards():
-                    got[key.split("embedding_bags.")[1].split(".")[0]] = value.local_shards()[0].tensor.clone()
-            return got
-
-        before = owned_weights()
+        batch = one_lookup_batch(ROWS, batch_size=16, generator=torch.Generator().manual_seed(rank))
+        before = owned_embeddings(dmp)
         losses = []
         for _ in range(STEPS):
             dense.zero_grad()
@@ -77,7 +60,7 @@ def _worker(rank: int, port: int, out: str) -> None:
             loss.backward()  # the embedding update is fused into the backward
             dense.step()
             losses.append(float(loss.detach()))
-        after = owned_weights()
+        after = owned_embeddings(dmp)
         result = {
             "rank": rank,
             "losses": losses,
@@ -88,26 +71,11 @@ def _worker(rank: int, port: int, out: str) -> None:
             if planner.last_placement is None
             else planner.last_placement.to_dict(planner.last_tables),
         }
-        gathered = [None, None]
-        dist.all_gather_object(gathered, result)
-        if rank == 0:
-            with open(out, "w") as f:
-                json.dump(gathered, f)
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        gather_to_file(result, out)
 
 
 def test_dlrm_trains_under_dmp_with_the_learned_placers_plan(tmp_path):
-    out = str(tmp_path / "result.json")
-    mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
-    with open(out) as f:
-        results = json.load(f)
+    results = run_two_ranks(_worker, tmp_path / "result.json")
     placement = results[0]["placement"]  # planned on rank 0, broadcast
     assert results[1]["placement"] is None
     assert sorted(placement) == sorted(f"t_cat_{i}" for i in range(26))
@@ -137,7 +105,7 @@ def test_the_documented_one_line_swap_runs_on_two_ranks(tmp_path):
     """Runs the docs' example as torchrun would (2 processes, env:// rendezvous, gloo)."""
     script = tmp_path / "example.py"
     script.write_text(_doc_example())
-    port = str(_free_port())
+    port = str(free_port())
     procs = []
     for rank in range(2):
         env = {

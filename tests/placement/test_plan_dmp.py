@@ -1,13 +1,16 @@
 """LearnedShardingPlanner under DistributedModelParallel: 2 CPU ranks (gloo on loopback)."""
 
-import json
-import socket
-
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from recsearch.placement.types import Placement
+from tests.placement.two_ranks import (
+    gather_to_file,
+    gloo_group,
+    one_lookup_batch,
+    owned_embeddings,
+    run_two_ranks,
+)
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.slow]
 
@@ -24,17 +27,13 @@ class FixedPlacer:
 
 def _worker(rank: int, port: int, ranks: list[int], out: str) -> None:
     import torch.distributed as dist
-    from torchrec.datasets.utils import Batch
     from torchrec.distributed import DistributedModelParallel
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     from recsearch.model.dlrm import EBC_MODULE_PATH, build_model
     from recsearch.placement.plan import LearnedShardingPlanner, plan_ranks
     from recsearch.types import ArchSpec, Topology
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
+    with gloo_group(rank, port):
         torch.manual_seed(0)
         arch = ArchSpec(embedding_dim=8, bottom_mlp=(16, 8), top_mlp=(8, 1))
         rows = [10 + i for i in range(26)]
@@ -42,49 +41,20 @@ def _worker(rank: int, port: int, ranks: list[int], out: str) -> None:
         planner = LearnedShardingPlanner(FixedPlacer(ranks), Topology(2, 1 << 30, "cpu"))
         plan = planner.collective_plan(model, None, dist.GroupMember.WORLD)
         dmp = DistributedModelParallel(module=model, device=torch.device("cpu"), plan=plan)
-        batch_size = 4
-        lengths = torch.ones(26 * batch_size, dtype=torch.int32)
-        values = torch.cat([torch.randint(0, rows[t], (batch_size,)) for t in range(26)])
-        batch = Batch(
-            dense_features=torch.rand(batch_size, 13),
-            sparse_features=KeyedJaggedTensor.from_lengths_sync(
-                keys=[f"cat_{i}" for i in range(26)], values=values, lengths=lengths
-            ),
-            labels=torch.randint(0, 2, (batch_size,)),
-        )
-        loss, _ = dmp(batch)
+        loss, _ = dmp(one_lookup_batch(rows, batch_size=4))
         loss.backward()
-        owned = []
-        for key, value in dmp.state_dict().items():
-            if "embedding_bags" in key and hasattr(value, "local_shards") and value.local_shards():
-                owned.append(key.split("embedding_bags.")[1].split(".")[0])
         result = {
             "rank": rank,
             "loss": float(loss.detach()),
-            "owned": sorted(owned),
+            "owned": sorted(owned_embeddings(dmp)),
             "plan": {t: v for t, v in plan_ranks(plan)[EBC_MODULE_PATH].items()},
         }
-        gathered = [None, None]
-        dist.all_gather_object(gathered, result)
-        if rank == 0:
-            with open(out, "w") as f:
-                json.dump(gathered, f)
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        gather_to_file(result, out)
 
 
 def test_dmp_with_learned_planner_puts_tables_on_the_placers_ranks(tmp_path):
     ranks = [0 if i % 3 else 1 for i in range(26)]  # uneven on purpose
-    out = str(tmp_path / "result.json")
-    mp.spawn(_worker, args=(_free_port(), ranks, out), nprocs=2, join=True)
-    with open(out) as f:
-        results = json.load(f)
+    results = run_two_ranks(_worker, tmp_path / "result.json", ranks)
     for r in results:
         assert r["loss"] == pytest.approx(r["loss"]) and r["loss"] > 0  # finite, positive BCE
         assert r["owned"] == sorted(f"t_cat_{i}" for i in range(26) if ranks[i] == r["rank"])
