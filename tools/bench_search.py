@@ -53,6 +53,7 @@ from recsearch.search.results import (  # noqa: E402
     CANDIDATE,
     REFERENCE,
     TrialRow,
+    fmt,
     read_search,
 )
 from recsearch.search.space import SearchSpace, SpaceConfig  # noqa: E402
@@ -183,10 +184,6 @@ def _median(values: list[float]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _spread(values: list[float], digits: int = 4) -> str:
     if not values:
         return "-"
@@ -295,11 +292,11 @@ def render_section(summaries: list[ControllerSummary], trajs: list[Trajectory], 
                 o_med = _median(by[other].best_at[final])
                 verdict = "met" if o_med is not None and ac_med >= o_med else "NOT met"
                 lines.append(f"- actor-critic median best val AUC >= {other} at {final} trials: "
-                             f"{ac_med:.4f} vs {_fmt(o_med)} ({verdict})")
+                             f"{ac_med:.4f} vs {fmt(o_med)} ({verdict})")
                 o_lat = _median(by[other].best_within_latency)
                 verdict = "met" if ac_lat is not None and o_lat is not None and ac_lat >= o_lat else "NOT met"
                 lines.append(f"  - the same among trials no slower than the reference (what the latency-budgeted "
-                             f"objective asks for): {_fmt(ac_lat)} vs {_fmt(o_lat)} ({verdict})")
+                             f"objective asks for): {fmt(ac_lat)} vs {fmt(o_lat)} ({verdict})")
         verdict = "met" if ac.reached and len(ac.reached) == ac.seeds else ("partly met" if ac.reached else "NOT met")
         lines.append(f"- actor-critic finds a model at least as accurate as the reference with no higher latency: "
                      f"{len(ac.reached)} of {ac.seeds} seeds ({verdict})"

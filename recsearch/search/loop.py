@@ -55,7 +55,7 @@ from recsearch.search.runners import (
     make_runner,
     result_notes,
 )
-from recsearch.search.results import describe
+from recsearch.search.results import describe, fmt
 from recsearch.search.space import SearchSpace, SpaceConfig
 from recsearch.search.store import JournalStore, TrialRecord
 from recsearch.types import TableSpec, Topology, TrialResult, TrialSpec, TrialState
@@ -789,14 +789,14 @@ class Search:
                   f"{counts['failed']} failed); {counts['rejected']} rejected before training; "
                   f"wall time {wall:.0f} s; {self.dir}")
         if ref and ref.result:
-            self.echo(f"[search] reference config (trial {ref.trial_id}): val AUC {_num(ref.result.auc)}, "
-                      f"latency {_num(ref.result.latency_p50_ms, 3)} ms" + (f", {ref.result.error}" if ref.result.error else ""))
+            self.echo(f"[search] reference config (trial {ref.trial_id}): val AUC {fmt(ref.result.auc)}, "
+                      f"latency {fmt(ref.result.latency_p50_ms, 3)} ms" + (f", {ref.result.error}" if ref.result.error else ""))
         if self.budget_ms is not None:
             self.echo(f"[search] budget ({self.cfg.objective.metric}): {self.budget_ms:.3f} ms")
         for rec in self.best(3):
             r, score = rec.result, rec.notes.get("reward")
-            self.echo(f"[search] best: trial {rec.trial_id} val AUC {_num(r.auc)} test AUC {_num(rec.notes.get('test_auc'))} "
-                      f"latency {_num(r.latency_p50_ms, 3)} ms reward {_num(score)}: {describe(rec.spec)}")
+            self.echo(f"[search] best: trial {rec.trial_id} val AUC {fmt(r.auc)} test AUC {fmt(rec.notes.get('test_auc'))} "
+                      f"latency {fmt(r.latency_p50_ms, 3)} ms reward {fmt(score)}: {describe(rec.spec)}")
         # the same front as `recsearch report` (recsearch.search.pareto: exact ties stay on it)
         front = pareto_front((r.trial_id, r.result.auc, r.result.latency_p50_ms) for r in records
                              if r.state is TrialState.COMPLETE and r.result).points
@@ -804,10 +804,6 @@ class Search:
             self.echo("[search] Pareto front (AUC vs latency): " + ", ".join(
                 f"trial {p.trial_id}{' (reference)' if ref and p.trial_id == ref.trial_id else ''} {p.value:.4f} @ {p.cost:.3f} ms" for p in front))
         return {"counts": counts, "wall_s": wall, "pareto": [p.trial_id for p in front]}
-
-
-def _num(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 class _DryRun(Exception):

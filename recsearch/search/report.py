@@ -49,6 +49,7 @@ from recsearch.search.results import (
     NoSearchError,
     SearchDir,
     TrialRow,
+    fmt,
     read_search,
 )
 from recsearch.types import TrialState
@@ -197,10 +198,6 @@ def _bayes_auc(search: SearchDir) -> float | None:
 
 
 # ---- report.md -----------------------------------------------------------------------------------
-def _fmt(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _cell(text: str | None, limit: int = 160) -> str:
     if not text:
         return ""
@@ -233,17 +230,17 @@ def render_markdown(rep: Report, plots: dict[str, Path], best_config: Path | Non
     ref = rep.reference
     if rep.best is not None:
         b = rep.best
-        lines.append(f"Trial {b.trial_id}: {m} **{_fmt(b.value(rep.metric))}**, {k} {_fmt(b.value(rep.cost_key))}, "
-                     f"test AUC {_fmt(b.test_auc)}, est. step cost {_fmt(b.est_step_cost_ms)} ms: {b.summary}")
+        lines.append(f"Trial {b.trial_id}: {m} **{fmt(b.value(rep.metric))}**, {k} {fmt(b.value(rep.cost_key))}, "
+                     f"test AUC {fmt(b.test_auc)}, est. step cost {fmt(b.est_step_cost_ms)} ms: {b.summary}")
     else:
         lines.append(f"No complete candidate within the budget on {k}.")
     if rep.best_overall is not None and rep.best_overall is not rep.best:
         o = rep.best_overall
-        lines.append(f"\nBest regardless of {k}: trial {o.trial_id}, {m} {_fmt(o.value(rep.metric))}, "
-                     f"{k} {_fmt(o.value(rep.cost_key))}: {o.summary}")
+        lines.append(f"\nBest regardless of {k}: trial {o.trial_id}, {m} {fmt(o.value(rep.metric))}, "
+                     f"{k} {fmt(o.value(rep.cost_key))}: {o.summary}")
     if ref is not None:
-        lines.append(f"\nReference config (trial {ref.trial_id}, {ref.state_label}): {m} {_fmt(ref.value(rep.metric))}, "
-                     f"{k} {_fmt(ref.value(rep.cost_key))}: {ref.summary}")
+        lines.append(f"\nReference config (trial {ref.trial_id}, {ref.state_label}): {m} {fmt(ref.value(rep.metric))}, "
+                     f"{k} {fmt(ref.value(rep.cost_key))}: {ref.summary}")
         if rep.best is not None and ref.value(rep.metric) is not None:
             delta = rep.best.value(rep.metric) - ref.value(rep.metric)  # type: ignore[operator]
             lines.append(f"\nBest minus reference: {delta:+.4f} {m}.")
@@ -260,7 +257,7 @@ def render_markdown(rep: Report, plots: dict[str, Path], best_config: Path | Non
         by_id = {r.trial_id: r for r in rep.rows}
         for p in rep.front.points:
             r = by_id[p.trial_id]
-            lines.append(f"| {r.trial_id} | {r.kind} | {_fmt(r.value(rep.metric))} | {_fmt(r.value(rep.cost_key))} | {_cell(r.summary)} |")
+            lines.append(f"| {r.trial_id} | {r.kind} | {fmt(r.value(rep.metric))} | {fmt(r.value(rep.cost_key))} | {_cell(r.summary)} |")
         lines.append("")
     lines.append(f"{len(rep.front.points)} of {rep.front.considered} trained trials are on the front"
                  + (f"; {len(rep.front.missing)} complete trial(s) lack a number: {list(rep.front.missing)}" if rep.front.missing else "")
@@ -286,9 +283,9 @@ def render_markdown(rep: Report, plots: dict[str, Path], best_config: Path | Non
               "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rep.rows:
         lines.append(
-            f"| {r.trial_id} | {r.kind} | {r.state_label} | {_cell(r.summary)} | {_fmt(r.value(rep.metric))} | "
-            f"{_fmt(r.log_loss)} | {_fmt(r.value(rep.cost_key))} | {_fmt(r.est_step_cost_ms)} | "
-            f"{r.train_rows if r.train_rows is not None else '-'} | {_fmt(r.wall_s, 1)} | {_cell(r.error)} |"
+            f"| {r.trial_id} | {r.kind} | {r.state_label} | {_cell(r.summary)} | {fmt(r.value(rep.metric))} | "
+            f"{fmt(r.log_loss)} | {fmt(r.value(rep.cost_key))} | {fmt(r.est_step_cost_ms)} | "
+            f"{r.train_rows if r.train_rows is not None else '-'} | {fmt(r.wall_s, 1)} | {_cell(r.error)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -443,7 +440,7 @@ def export_best(search: SearchDir, rep: Report, out: Path) -> tuple[Path | None,
     header = (
         f"# Used by: recsearch train --config {out / BEST_CONFIG}\n"
         f"# Trial {best.trial_id} of the search in {search.path} ({which}): "
-        f"{LABELS[rep.metric]} {_fmt(best.value(rep.metric))}, {LABELS[rep.cost_key]} {_fmt(best.value(rep.cost_key))}.\n"
+        f"{LABELS[rep.metric]} {fmt(best.value(rep.metric))}, {LABELS[rep.cost_key]} {fmt(best.value(rep.cost_key))}.\n"
         f"# From {origin}. train_rows is the search's fidelity; set train_rows=null to train on all rows.\n"
     )
     path = out / BEST_CONFIG
@@ -516,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     best = rep.best or rep.best_overall
     print(f"[report] {c.trained} trained ({c.complete} complete, {c.failed} failed, {c.pruned} pruned), "
           f"{c.rejected} rejected, {c.unfinished} unfinished; best: "
-          + (f"trial {best.trial_id} {LABELS[rep.metric]} {_fmt(best.value(rep.metric))}" if best else "none")
+          + (f"trial {best.trial_id} {LABELS[rep.metric]} {fmt(best.value(rep.metric))}" if best else "none")
           + f"; {out / 'report.md'}")
     return 0
 

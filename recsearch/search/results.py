@@ -115,6 +115,11 @@ def trial_params(spec: TrialSpec) -> dict[str, Any]:
     return params
 
 
+def fmt(value: float | None, digits: int = 4) -> str:
+    """A number for a table or a log line, "-" when there is none."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def describe(spec: TrialSpec) -> str:
     """One line: embedding dim, MLP widths, interaction, batch, optimizers and learning rates."""
     a, h = spec.arch, spec.hparams
