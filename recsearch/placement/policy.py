@@ -562,6 +562,7 @@ def _rollout(
     """Run `batch` episodes; (ranks [B, T], estimated final cost [B] in ms)."""
     env = _Episodes(prep, cost_net, heads, batch)
     rng = rng or np.random.default_rng(0)
+    rows = np.arange(batch)
     while not env.done:
         obs = env.observe()
         mask = obs["mask"]
@@ -570,14 +571,14 @@ def _rollout(
         logits, value = policy(
             obs["dev_enc"], obs["table_enc"], obs["dev_feat"], obs["glob"], mask, record is not None
         )
+        logp_all = _log_softmax(logits)  # [B, D]: sampling and the recorded logp share it
         if greedy:
             action = logits.argmax(-1)
         else:
-            logp_all = _log_softmax(logits)
             cum = np.exp(logp_all).cumsum(-1)
             u = rng.random((batch, 1)) * cum[:, -1:]
             action = np.minimum((cum < u).sum(-1), prep.world - 1)
-            action = np.where(mask[np.arange(batch), action], action, logits.argmax(-1))
+            action = np.where(mask[rows, action], action, logits.argmax(-1))
         reward = env.step(action, obs["new"], obs["comm_after"])
         if record is not None:
             assert value is not None
@@ -587,7 +588,7 @@ def _rollout(
             record.glob.append(obs["glob"].astype(np.float32))
             record.mask.append(mask)
             record.action.append(action)
-            record.logp.append(_log_softmax(logits)[np.arange(batch), action])
+            record.logp.append(logp_all[rows, action])
             record.value.append(value)
             record.reward.append(reward)
     return env.ranks, env.cost * 1.0
