@@ -365,10 +365,10 @@ def verdicts(args: argparse.Namespace, by: dict[tuple[str, str], Timing]) -> lis
         plain, orig = by.get((PLAIN, key)), by.get((ORIGINAL, key))
         if plain:
             ratio = plain.median_ms / ours.median_ms
-            lines.append(f"- {name}: recsearch vs plain PyTorch {ratio:.2f}x wall time ({'met' if ratio >= 1 else 'NOT met'}: not slower)")
+            lines.append(f"- {name}: recsearch vs plain PyTorch {ratio:.3f}x wall time ({'met' if ratio >= 1 else 'NOT met'}: not slower)")
             if plain.median_cpu_ms and ours.median_cpu_ms:
                 cpu_ratio = plain.median_cpu_ms / ours.median_cpu_ms
-                lines.append(f"  - in CPU time per step: {cpu_ratio:.2f}x ({'met' if cpu_ratio >= 1 else 'NOT met'}: not slower)")
+                lines.append(f"  - in CPU time per step: {cpu_ratio:.3f}x ({'met' if cpu_ratio >= 1 else 'NOT met'}: not slower)")
         compiled = by.get((RECSEARCH_COMPILED, key))
         if compiled:
             lines.append(f"- {name}: compile_dense=true vs eager recsearch {_ratio(ours, compiled)} (an option, no target)")
