@@ -28,11 +28,19 @@ class ConfigError(ValueError):
 
 
 def load_yaml(path: Path | str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError([f"{path}: file not found"])
+    """A YAML mapping from a file, or from an fsspec URL (recsearch.remote)."""
+    from recsearch import remote
+
+    if not remote.is_url(path):
+        path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = remote.read_text(path)
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found"]) from None
+    except OSError as err:
+        raise ConfigError([f"{path}: cannot read: {err}"]) from err
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError([f"{path}: not valid YAML: {err}"]) from err
     if raw is None:

@@ -16,8 +16,9 @@ runner saw (return code, signal, the log's last line).
   killed search leaves no orphan writing into a trial a resumed search will retry.
 - TorchxRunner: the `train` component of launch/components.py as one torchx job per trial
   (local_cwd, slurm, kubernetes, ...); the workdir must be on storage the job can write
-  (a shared filesystem for Slurm, a mounted volume for Kubernetes). dryrun=True only renders the
-  scheduler request (tested for Slurm and Kubernetes).
+  (a shared filesystem for Slurm, a mounted volume for Kubernetes), or, with remote_dir, trial
+  files travel through an fsspec URL (recsearch.remote). dryrun=True only renders the scheduler
+  request (tested for Slurm and Kubernetes).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+import yaml
+
+from recsearch import remote
 from recsearch.types import TrialResult, TrialSpec, TrialState
 
 TRIAL_CONFIG = "trial.yaml"
@@ -312,6 +316,20 @@ class TorchxSettings:
     h: str | None = None  # a named resource, instead of cpu/gpu/memMB
     mounts: tuple[str, ...] = ()  # e.g. type=bind,src=/data,dst=/data
     dryrun: bool = False  # only render the scheduler request of each trial (no job runs)
+    # An fsspec URL (s3://bucket/searches/x, gs://..., file:///shared/x) through which trials and
+    # the search exchange files when the jobs cannot see the search directory: each job reads its
+    # config (and placement) from remote_dir/trials/<id>/<attempt>/ and uploads result.json and
+    # tb/ there; the search downloads them into the trial's directory when the job ends.
+    # "" = the jobs share the search directory's filesystem (the default).
+    remote_dir: str = ""
+    job_output_dir: str = "/tmp/recsearch-jobs"  # with remote_dir: the job's own scratch output
+
+    def __post_init__(self) -> None:
+        if self.remote_dir and not remote.is_url(self.remote_dir):
+            raise ValueError(
+                f"runner.torchx.remote_dir must be an fsspec URL (s3://..., gs://..., file:///...), "
+                f"got {self.remote_dir!r}; for a shared filesystem leave it empty"
+            )
 
 
 def load_components() -> Any:
@@ -347,8 +365,16 @@ class TorchxRunner:
         self.settings = settings
         self.serving_batch = serving_batch
         self._runner = get_runner()
+        # A missing or mistyped scheduler option fails here, before any trial, not at submission.
+        try:
+            self._runner.scheduler_run_opts(settings.scheduler).resolve(dict(settings.cfg))
+        except KeyError as err:
+            raise RuntimeError(f"runner.torchx.scheduler: {err.args[0]}") from err
+        except Exception as err:  # torchx's InvalidRunConfigException (and ValueError on bad types)
+            raise RuntimeError(f"runner.torchx.cfg for scheduler {settings.scheduler!r}: {err}") from err
 
-    def app(self, spec: TrialSpec, workdir: Path):  # -> torchx.specs.AppDef
+    def app(self, spec: TrialSpec, workdir: Path, config_at: str | None = None):  # -> AppDef
+        """The trial's job: the `train` component on workdir/trial.yaml (or config_at, a URL)."""
         components = load_components()
         s = self.settings
         env = {}
@@ -356,7 +382,7 @@ class TorchxRunner:
             # torchx's ddp runs `torchrun` from PATH: the one installed beside this interpreter
             env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
         kwargs: dict[str, Any] = {
-            "config": str(Path(workdir) / TRIAL_CONFIG),
+            "config": config_at or str(Path(workdir) / TRIAL_CONFIG),
             "name": f"recsearch-trial-{spec.trial_id}",
             "nproc_per_node": spec.topology.world_size,
             "cpu": s.cpu, "gpu": s.gpu, "memMB": s.memMB, "h": s.h, "env": env,
@@ -366,10 +392,51 @@ class TorchxRunner:
             kwargs["image"] = s.image
         return components.train(**kwargs)
 
+    def stage_remote(self, spec: TrialSpec, workdir: Path) -> str:
+        """Put the trial's config (and placement) under a fresh remote_dir/trials/<id>/<attempt>/
+        with the job's own output_dir and `upload_to` that directory; returns its URL. A fresh
+        attempt directory per submission means a retried trial or a later rung never reads an
+        earlier attempt's result."""
+        s = self.settings
+        attempt = f"attempt-{time.time_ns()}"
+        url = remote.join(s.remote_dir, "trials", str(spec.trial_id), attempt)
+        raw = yaml.safe_load((Path(workdir) / TRIAL_CONFIG).read_text())
+        search = Path(workdir).resolve().parent.parent.name
+        raw["output_dir"] = f"{s.job_output_dir.rstrip('/')}/{search}/{spec.trial_id}-{attempt}"
+        raw["upload_to"] = url
+        plan = raw.get("plan")
+        if plan and plan != "torchrec" and not remote.is_url(plan):
+            raw["plan"] = remote.join(url, Path(plan).name)
+            remote.write_text(raw["plan"], Path(plan).read_text())
+        remote.write_text(remote.join(url, TRIAL_CONFIG), yaml.safe_dump(raw, sort_keys=False))
+        return url
+
+    def fetch_remote(self, handle: Handle) -> None:
+        """Download the job's tb/ and result.json into the trial's directory (nothing if the job
+        uploaded nothing: then the result is missing, and read_result says so)."""
+        url = handle.info.get("remote_url")
+        if not url:
+            return
+        try:
+            remote.download_tree(remote.join(url, "tb"), Path(handle.workdir) / "tb")
+            text = remote.read_text(remote.join(url, RESULT_FILE))
+        except FileNotFoundError:
+            return
+        except OSError as err:
+            handle.error = f"{handle.error + '; ' if handle.error else ''}cannot fetch from {url}: {err}"
+            return
+        tmp = Path(handle.workdir) / f".{RESULT_FILE}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, Path(handle.workdir) / RESULT_FILE)
+
     def submit(self, spec: TrialSpec, workdir: Path) -> Handle:
-        app = self.app(spec, workdir)
         s = self.settings
         handle = Handle(spec.trial_id, Path(workdir), time.time())
+        config_at = None
+        if s.remote_dir:
+            handle.info["remote_url"] = self.stage_remote(spec, workdir)
+            config_at = remote.join(handle.info["remote_url"], TRIAL_CONFIG)
+        app = self.app(spec, workdir, config_at)
         if s.dryrun:
             handle.info["dryrun"] = repr(self._runner.dryrun(app, s.scheduler, cfg=dict(s.cfg) or None))
             handle.state = TrialState.PENDING
@@ -393,6 +460,7 @@ class TorchxRunner:
             if status.msg:
                 handle.error += f": {status.msg}"
         handle.finished_at_s = time.time()
+        self.fetch_remote(handle)
         handle.state = read_result(handle.workdir, handle.trial_id, self.serving_batch, handle.error).state
         return handle.state
 

@@ -47,7 +47,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from recsearch import config
+from recsearch import config, remote
 from recsearch.data import layout
 from recsearch.data.loader import NpyBatchLoader
 from recsearch.model.dlrm import (
@@ -104,6 +104,9 @@ class TrainConfig:
     dense_precision: str = "fp32"  # fp32 | bf16: MLPs + interaction under autocast (fp32 weights)
     resume_from: str | None = None  # "latest" (newest in output_dir/checkpoints) or a directory
     compile_dense: bool = False  # torch.compile the bottom MLP, interaction and top MLP
+    # also copy result.json and tb/ here when the run ends, however it ends: a directory or an
+    # fsspec URL (s3://...), for jobs whose output_dir the submitter cannot see (recsearch.remote)
+    upload_to: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -279,6 +282,11 @@ def train(cfg: TrainConfig) -> dict:
         writer.close()
     if rank == 0:
         write_result(out, result)
+        try:
+            upload_outputs(cfg, out)
+        except OSError as err:  # the run's own result.json stays as it is; the exit code says it
+            result["upload_error"] = str(err)
+            print(f"recsearch train: could not upload to {cfg.upload_to}: {err}", file=sys.stderr)
     return result
 
 
@@ -398,7 +406,7 @@ def _sharding_plan(cfg: TrainConfig, model, device: torch.device, world_size: in
 def load_placement(path: str | Path) -> dict[str, int]:
     """A placement file: JSON {table: rank}, or {"placement": {table: rank}, ...}."""
     try:
-        raw = json.loads(Path(path).read_text())
+        raw = json.loads(remote.read_text(path))
     except FileNotFoundError:
         raise FileNotFoundError(f"placement file {path} not found") from None
     except json.JSONDecodeError as err:
@@ -540,6 +548,15 @@ def write_result(out: Path, result: dict) -> Path:
     return path
 
 
+def upload_outputs(cfg: TrainConfig, out: Path) -> None:
+    """Copy tb/ and then result.json to cfg.upload_to (result last: whoever waits for it finds
+    the logs already there)."""
+    if not cfg.upload_to:
+        return
+    remote.upload_tree(out / "tb", remote.join(cfg.upload_to, "tb"))
+    remote.write_text(remote.join(cfg.upload_to, RESULT_FILE), (out / RESULT_FILE).read_text())
+
+
 def _write_eval(writer: SummaryWriter, split: str, m: EvalMetrics, step: int) -> None:
     for key in ("auc", "log_loss", "accuracy"):
         writer.add_scalar(f"{split}/{key}", getattr(m, key), step)
@@ -587,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
     metrics = result["metrics"]
     summary = ", ".join(f"{s} AUC {m['auc']:.4f}" for s, m in metrics.items())
     print(f"[recsearch train] {result['status']}: {summary or 'no evaluation'}; result in {Path(cfg.output_dir) / RESULT_FILE}")
-    return 0 if result["status"] in ("completed", "early_stopped") else 1
+    return 0 if result["status"] in ("completed", "early_stopped") and "upload_error" not in result else 1
 
 
 def _write_failure(cfg: TrainConfig, err: BaseException) -> None:
@@ -605,6 +622,10 @@ def _write_failure(cfg: TrainConfig, err: BaseException) -> None:
             "config": config.to_dict(cfg),
         },
     )
+    try:
+        upload_outputs(cfg, out)
+    except OSError as upload_err:  # the local result.json still says what failed
+        print(f"recsearch train: could not upload to {cfg.upload_to}: {upload_err}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -158,6 +158,41 @@ def test_torchx_dryrun_renders_slurm_and_kubernetes_trial_jobs(tmp_path):
         k8s.result(h)
 
 
+def test_torchx_trials_without_the_search_filesystem_exchange_files_through_a_url(tmp_path, learnable_data):  # noqa: F811
+    """remote_dir: the job's config and placement are staged under a fresh attempt directory at the
+    URL, with the job's own output_dir and upload_to; the request names the URL, not the local
+    file; a later submission of the same trial gets a new attempt directory."""
+    import uuid
+
+    from recsearch import remote
+
+    url = f"memory://recsearch-search-{uuid.uuid4().hex}"
+    workdir = _trial_dir(tmp_path / "search" / "trials", learnable_data, "3", plan=str(tmp_path / "placement.json"))
+    (tmp_path / "placement.json").write_text('{"placement": {"t_cat_0": 0}}')
+    runner = TorchxRunner(TorchxSettings(scheduler="slurm", dryrun=True, remote_dir=url, job_output_dir="/scratch"))
+    h = runner.submit(_spec(3), workdir)
+    staged = h.info["remote_url"]
+    assert staged.startswith(f"{url}/trials/3/attempt-")
+    assert f"recsearch.cli train --config {staged}/trial.yaml" in h.info["dryrun"]
+    job_cfg = yaml.safe_load(remote.read_text(f"{staged}/trial.yaml"))
+    assert job_cfg["upload_to"] == staged and job_cfg["plan"] == f"{staged}/placement.json"
+    assert job_cfg["output_dir"].startswith("/scratch/search/3-attempt-")
+    assert json.loads(remote.read_text(job_cfg["plan"])) == {"placement": {"t_cat_0": 0}}
+    assert job_cfg["data_dir"] == str(learnable_data)  # the data must be reachable by the job
+    assert yaml.safe_load((workdir / "trial.yaml").read_text())["output_dir"] == str(workdir)  # local copy kept
+    assert runner.submit(_spec(3), workdir).info["remote_url"] != staged
+    # fetching: the job's uploads land in the trial directory, where read_result finds them
+    remote.write_text(f"{staged}/tb/events.out.1", "ev")
+    remote.write_text(f"{staged}/result.json", json.dumps(
+        {"status": "completed", "metrics": {"val": {"auc": 0.71}}, "latency_ms": {"256": {"p50_ms": 1.5}}}))
+    h.state = TrialState.RUNNING
+    runner.fetch_remote(h)
+    assert (workdir / "tb" / "events.out.1").read_text() == "ev"
+    assert read_result(workdir, 3, 256).auc == 0.71
+    with pytest.raises(ValueError, match="must be an fsspec URL"):
+        TorchxSettings(remote_dir="/shared/runs")
+
+
 def test_torchx_components_load_outside_the_repository_root(tmp_path):
     """The `recsearch` console script does not put the checkout on sys.path: the torchx runner
     still finds launch/components.py (it used to fail with 'run the search from the repository root')."""
@@ -185,3 +220,25 @@ def test_torchx_local_cwd_trial_runs_for_real_and_reports_through_its_result_fil
         time.sleep(0.5)
     r = runner.result(h)
     assert r.state is TrialState.COMPLETE and 0.6 < r.auc < 1 and r.latency_p50_ms > 0, r.error
+
+
+@pytest.mark.slow
+def test_torchx_local_cwd_trial_through_a_remote_dir_runs_for_real(tmp_path, learnable_data, monkeypatch):  # noqa: F811
+    """The whole remote path with a real job: config from a file:// URL, result and TensorBoard
+    logs uploaded by the job and fetched by the runner into the trial directory."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    remote_dir = (tmp_path / "bucket").as_uri()
+    settings = TorchxSettings(scheduler="local_cwd", cfg={"log_dir": str(tmp_path / "torchx")}, remote_dir=remote_dir,
+                              job_output_dir=str(tmp_path / "job_scratch"))
+    runner = TorchxRunner(settings, serving_batch=64)
+    workdir = _trial_dir(tmp_path / "search" / "trials", learnable_data, "6", tensorboard=True)
+    h = runner.submit(_spec(6), workdir)
+    deadline = time.time() + 300
+    while runner.poll(h) is TrialState.RUNNING and time.time() < deadline:
+        time.sleep(0.5)
+    r = runner.result(h)
+    assert r.state is TrialState.COMPLETE and 0.6 < r.auc < 1 and r.latency_p50_ms > 0, r.error
+    scratch = next((tmp_path / "job_scratch" / "search").iterdir())
+    assert json.loads((workdir / "result.json").read_text()) == json.loads((scratch / "result.json").read_text())
+    assert list((workdir / "tb").rglob("events.out.tfevents.*")), "TensorBoard logs were not fetched"

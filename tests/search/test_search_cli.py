@@ -111,6 +111,42 @@ def test_torchx_dryrun_search_prints_the_first_trials_slurm_request_and_runs_not
     assert trial_cfg.exists() and not (tmp_path / "out" / "trials" / "0" / "result.json").exists()
 
 
+def test_torchx_dryrun_search_with_a_remote_dir_stages_the_trial_at_the_url(tmp_path, learnable_data, capsys):  # noqa: F811
+    import uuid
+
+    import yaml
+
+    from recsearch import remote
+    from recsearch.search import loop
+
+    url = f"memory://recsearch-search-{uuid.uuid4().hex}"
+    raw = search_config(learnable_data, **{"runner.kind": "torchx", "runner.torchx": {
+        "scheduler": "kubernetes", "dryrun": True, "remote_dir": url, "image": "ghcr.io/acme/recsearch:0.1",
+        "cfg": {"queue": "research"}}})
+    assert loop.main(["--config", str(write_config(tmp_path, raw)), "--out", str(tmp_path / "out")]) == 0
+    text = capsys.readouterr().out
+    (attempt,) = remote._fs(f"{url}/trials/0")[0].ls(f"/{url.split('://')[1]}/trials/0", detail=False)
+    staged = f"memory://{attempt.lstrip('/')}"
+    assert f"--config {staged}/trial.yaml" in text and "image: ghcr.io/acme/recsearch:0.1" in text
+    job_cfg = yaml.safe_load(remote.read_text(f"{staged}/trial.yaml"))
+    local_cfg = yaml.safe_load((tmp_path / "out" / "trials" / "0" / "trial.yaml").read_text())
+    assert job_cfg["upload_to"] == staged and job_cfg["arch"] == local_cfg["arch"]
+    assert job_cfg["hparams"] == local_cfg["hparams"] and job_cfg["train_rows"] == local_cfg["train_rows"]
+
+
+def test_a_missing_scheduler_option_stops_the_search_before_any_trial(tmp_path, learnable_data, capsys):  # noqa: F811
+    from recsearch.search import loop
+
+    raw = search_config(learnable_data, **{"runner.kind": "torchx", "runner.torchx": {"scheduler": "kubernetes"}})
+    assert loop.main(["--config", str(write_config(tmp_path, raw)), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "runner.torchx.cfg for scheduler 'kubernetes'" in err and "Required run option: queue" in err
+    assert not (tmp_path / "out" / "trials").exists()
+    raw = search_config(learnable_data, **{"runner.kind": "torchx", "runner.torchx": {"scheduler": "slurmm"}})
+    assert loop.main(["--config", str(write_config(tmp_path, raw)), "--out", str(tmp_path / "out2")]) == 2
+    assert "Undefined scheduler backend: slurmm" in capsys.readouterr().err
+
+
 def test_search_component_runs_the_search_command():
     from launch import components
 

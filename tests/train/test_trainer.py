@@ -214,3 +214,37 @@ def test_a_crash_outside_exception_still_leaves_a_failed_result(tmp_path, learna
     assert result["status"] == "failed"
     assert result["error"] == "_NotAnException: checkpoint write failed on rank 0"
     assert "crash" in result["traceback"]
+
+
+def test_config_and_placement_from_a_url_and_outputs_uploaded(tmp_path, learnable_data):
+    """How a torchx trial without the search's filesystem runs: config and placement read from an
+    fsspec URL, result.json and the TensorBoard logs uploaded to one when the run ends."""
+    import uuid
+
+    from recsearch import remote
+
+    url = f"memory://recsearch-train-{uuid.uuid4().hex}"
+    remote.write_text(f"{url}/placement.json", json.dumps({"placement": {f"t_cat_{i}": 0 for i in range(26)}}))
+    local_cfg = _write_config(tmp_path, learnable_data, plan=f"{url}/placement.json", upload_to=f"{url}/out",
+                              tensorboard=True, train_rows=2048)
+    remote.write_text(f"{url}/train.yaml", local_cfg.read_text())
+    assert trainer.main(["--config", f"{url}/train.yaml"]) == 0
+    local = _result(tmp_path)
+    assert local["status"] == "completed" and local["config"]["plan"] == f"{url}/placement.json"
+    assert json.loads(remote.read_text(f"{url}/out/result.json")) == local
+    uploaded = remote.download_tree(f"{url}/out/tb", tmp_path / "tb_copy")
+    assert uploaded and all(p.startswith(("events.", "hparams/")) for p in uploaded), uploaded
+    assert sorted(uploaded) == sorted(p.relative_to(tmp_path / "out" / "tb").as_posix()
+                                      for p in (tmp_path / "out" / "tb").rglob("*") if p.is_file())
+
+
+def test_a_failed_run_uploads_its_failure_too(tmp_path, learnable_data, capsys):
+    import uuid
+
+    from recsearch import remote
+
+    url = f"memory://recsearch-train-{uuid.uuid4().hex}"
+    cfg = _write_config(tmp_path, learnable_data, plan=f"{url}/missing.json", upload_to=url)
+    assert trainer.main(["--config", str(cfg)]) == 2
+    uploaded = json.loads(remote.read_text(f"{url}/result.json"))
+    assert uploaded["status"] == "failed" and f"placement file {url}/missing.json not found" in uploaded["error"]
