@@ -59,6 +59,8 @@ class EvalConfig:
     row_cap: int | None = None
     rounds: int = 3  # interleaved measurement rounds per task; medians over rounds
     clock: str = "thread"  # CPU kernel clock (measure.CLOCKS)
+    bound: bool = True  # also measure the task's lower bound (measure_bound)
+    bound_singles: int = 4  # heaviest tables (by dim x pooling, and by rows) timed alone for it
 
 
 def method_placer(
@@ -130,6 +132,8 @@ def evaluate_tasks(
             "cap_bytes": task.device_memory_bytes,
             "results": results,
         }
+        if cfg.measure and cfg.bound:
+            row["bound"] = measure_bound(task, cost_net.comm_model, cfg, device)
         out.append(row)
         if progress is not None:
             progress(row)
@@ -189,6 +193,79 @@ def _measure_interleaved(
             "measured_rounds_ms": [round(x, 4) for x in t],
             "measured_spread": round((max(t) - min(t)) / med, 4) if med > 0 else 0.0,
         }
+    return out
+
+
+def measure_bound(task: Any, comm_model: Any, cfg: EvalConfig, device: str) -> dict[str, Any]:
+    """A measured lower bound on the step cost of any table-wise placement of the task.
+
+    Compute: every device runs one fused kernel over its tables, and a fused kernel over a set of
+    tables costs at least as much as over any of its tables alone (monotone) and at most the sum
+    over a split of the set into parts (sub-additive: one launch instead of several). So the
+    slowest device costs at least max(the heaviest table alone, all tables fused / devices).
+    Both are timed here: all tables as one kernel, and the `bound_singles` heaviest tables by
+    dim x pooling and by rows, each alone, median over cfg.rounds rounds.
+    Communication: each rank receives every other rank's pooled output for its own samples, so
+    the largest all-to-all moves at least local batch x total dim x (world - 1) / world values,
+    whatever the placement (modeled with the same comm model as the placements).
+    The bound is not attainable in general (it assumes perfect balance); it says how much room
+    any placer, learned or not, has left above it."""
+    from recsearch.placement.measure import time_device_kernel
+
+    tables = list(task.tables)
+    world = task.world_size
+    k = max(1, cfg.bound_singles)
+    heavy = sorted(range(len(tables)), key=lambda i: -tables[i].dim * tables[i].pooling_factor)[:k]
+    big = sorted(range(len(tables)), key=lambda i: -tables[i].num_rows)[:k]
+    singles = sorted(set(heavy) | set(big))
+    kw = {"seed": cfg.seed, "row_cap": cfg.row_cap, "threads": cfg.threads, "clock": cfg.clock}
+
+    def compute_ms(group: Sequence[Any]) -> float:
+        t = time_device_kernel(
+            group, cfg.batch_size, device, task.optimizer, cfg.warmup, cfg.iters, **kw
+        )
+        return t.fwd_ms + t.bwd_ms
+
+    all_ms, single_ms = [], {i: [] for i in singles}
+    for _ in range(max(1, cfg.rounds)):
+        all_ms.append(compute_ms(tables))
+        for i in singles:
+            single_ms[i].append(compute_ms([tables[i]]))
+    fused = float(np.median(all_ms))
+    alone = {tables[i].name: float(np.median(v)) for i, v in single_ms.items()}
+    heaviest = max(alone.values())
+    total_dim = sum(t.dim for t in tables)
+    bpv = max(t.bytes_per_value for t in tables)
+    min_bytes = (cfg.batch_size / world) * total_dim * (world - 1) / world * bpv
+    comm_ms = 2 * comm_model.ms(min_bytes) if world > 1 else 0.0
+    compute = max(fused / world, heaviest)
+    return {
+        "bound_ms": round(compute + comm_ms, 4),
+        "bound_compute_ms": round(compute, 4),
+        "bound_comm_ms": round(comm_ms, 4),
+        "all_fused_ms": round(fused, 4),
+        "heaviest_alone_ms": round(heaviest, 4),
+        "singles_ms": {n: round(v, 4) for n, v in alone.items()},
+        "binding": "heaviest table" if heaviest >= fused / world else "balance",
+    }
+
+
+def bound_summary(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
+    """Per method: mean over tasks of measured cost / the task's lower bound (1.0 = no placer can
+    do better); and how many tasks the heaviest table alone binds."""
+    have = [r for r in rows if "bound" in r]
+    out: dict[str, Any] = {"tasks": len(have), "methods": {}}
+    if not have:
+        return out
+    out["heaviest_table_binds"] = sum(r["bound"]["binding"] == "heaviest table" for r in have)
+    for m in methods:
+        got = [
+            r["results"][m]["measured_ms"] / r["bound"]["bound_ms"]
+            for r in have
+            if "measured_ms" in r["results"].get(m, {})
+        ]
+        if got:
+            out["methods"][m] = round(float(np.mean(got)), 4)
     return out
 
 
@@ -333,6 +410,16 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"{v['infeasible']} | {v['mean_plan_ms']} |"
             )
         lines.append("")
+    bound = report.get("bound")
+    if bound and bound.get("tasks"):
+        lines.append(
+            f"**Room left: measured cost / the task's lower bound** (mean over {bound['tasks']} "
+            "tasks; 1.000 would be a perfect placement; the bound is max(all tables fused / "
+            "devices, the heaviest table alone) + the least possible all-to-all, measured per "
+            f"task; the heaviest table alone binds on {bound['heaviest_table_binds']} of them): "
+            + ", ".join(f"{m} {v:.3f}" for m, v in bound["methods"].items())
+        )
+        lines.append("")
     err = report.get("cost_net_placement_error")
     if err and err.get("placements"):
         lines.append(
@@ -357,6 +444,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     lines.append(
         f"**Per task**, {unit}; x = infeasible"
         + (
+            "; lower bound: measured, * where the heaviest table alone binds"
+            if any("bound" in row for row in report["rows"])
+            else ""
+        )
+        + (
             f"; last columns: learned cost / `{best}` (best baseline method) and / the task's "
             "cheapest baseline"
             if learned and best
@@ -366,8 +458,11 @@ def render_markdown(report: dict[str, Any]) -> str:
     )
     lines.append("")
     ratio_heads = [f"{m} / {h}" for m in learned for h in ("best", "task best")] if best else []
-    lines.append("| task | tables | devices | " + " | ".join([*methods, *ratio_heads]) + " |")
-    lines.append("|---|---:|---:|" + "---:|" * (len(methods) + len(ratio_heads)))
+    has_bound = any("bound" in row for row in report["rows"])
+    bound_heads = ["lower bound"] if has_bound else []
+    heads = [*methods, *bound_heads, *ratio_heads]
+    lines.append("| task | tables | devices | " + " | ".join(heads) + " |")
+    lines.append("|---|---:|---:|" + "---:|" * len(heads))
     for row in report["rows"]:
         cells = []
         for m in methods:
@@ -378,6 +473,10 @@ def render_markdown(report: dict[str, Any]) -> str:
                 cells.append(f"{r['measured_ms']:.2f} ({r['estimate_ms']:.2f})")
             else:
                 cells.append(f"{r['estimate_ms']:.3f}")
+        if has_bound:
+            b = row.get("bound")
+            star = "*" if b and b["binding"] == "heaviest table" else ""
+            cells.append(f"{b['bound_ms']:.2f}{star}" if b else "-")
         if ratio_heads:
             for m in learned:
                 vs_best, vs_task = task_ratios(row, m, best, key)
@@ -415,6 +514,12 @@ def main(argv: list[str] | None = None) -> int:
         help="CPU kernel clock (default: the one the cost net's samples were timed with)",
     )
     parser.add_argument("--no-measure", action="store_true", help="cost-net estimates only")
+    parser.add_argument(
+        "--no-bound",
+        dest="bound",
+        action="store_false",
+        help="skip measuring each task's lower bound (all tables fused, heaviest tables alone)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=0, help="first N tasks only (0: all)")
     parser.add_argument(
@@ -472,7 +577,14 @@ def _run(args: argparse.Namespace) -> int:
         )
     clock = args.clock or clock_of(meta.hardware)
     cfg = EvalConfig(
-        batch, args.warmup, args.iters, measure, args.seed, rounds=args.rounds, clock=clock
+        batch,
+        args.warmup,
+        args.iters,
+        measure,
+        args.seed,
+        rounds=args.rounds,
+        clock=clock,
+        bound=args.bound,
     )
     torch.set_num_threads(1)
     load_before = os.getloadavg()
@@ -550,6 +662,7 @@ def _run(args: argparse.Namespace) -> int:
             "load_average_after": list(load_after),
         },
         "summary": summary,
+        "bound": bound_summary(rows, args.methods) if measure else None,
         "planning_200": timing,
         "rows": rows,
     }

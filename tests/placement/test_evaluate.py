@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from recsearch.placement.evaluate import main, render_markdown, summarize
-from recsearch.placement.tables import make_task, save_task
+from recsearch.placement.evaluate import bound_summary, main, render_markdown, summarize
+from recsearch.placement.cost_net import load_shipped
+from recsearch.placement.tables import load_task, make_task, save_task
 
 
 @pytest.fixture()
@@ -40,12 +41,30 @@ def test_eval_measures_every_method_and_writes_its_section(task_dir, tmp_path, c
         # identical placements are measured once, so they carry identical costs
         if row["results"]["learned"]["ranks"] == row["results"]["learned_k4"]["ranks"]:
             assert row["results"]["learned"]["measured_ms"] == row["results"]["learned_k4"]["measured_ms"]
+        # the measured lower bound: compute from the fused-all and heaviest-alone timings, the
+        # least all-to-all from the task's total dim alone (the shipped cost net's comm model)
+        comm = load_shipped("cpu").comm_model
+        b = row["bound"]
+        task = load_task(task_dir / f"{row['task']}.json")
+        world = row["devices"]
+        assert b["all_fused_ms"] > 0 and b["heaviest_alone_ms"] > 0
+        assert b["heaviest_alone_ms"] == max(b["singles_ms"].values())
+        assert b["bound_compute_ms"] == pytest.approx(
+            max(b["all_fused_ms"] / world, b["heaviest_alone_ms"]), abs=2e-4
+        )
+        least_bytes = 256 / world * sum(t.dim for t in task.tables) * (world - 1) / world * 4
+        assert b["bound_comm_ms"] == pytest.approx(2 * comm.ms(least_bytes), abs=2e-4)
+        # no placement's modeled all-to-all is below the least one
+        assert all(r["measured_comm_ms"] >= b["bound_comm_ms"] - 2e-4 for r in row["results"].values())
+        assert b["binding"] in ("heaviest table", "balance")
+    assert report["bound"]["tasks"] == 2 and set(report["bound"]["methods"]) == set(methods)
     s = report["summary"]["measured_ms"]
     assert s["tasks"] == 2 and s["best_baseline"] in ("round_robin", "lookup_greedy", "torchrec")
     assert s["methods"][s["best_baseline"]]["ratio_vs_best_baseline"] == 1.0
     text = md.read_text()
     assert "keep me" in text and "<!-- place_eval_test:start -->" in text
     assert "| t10_d2 | 10 | 2 |" in text and "| t12_d3 | 12 | 3 |" in text
+    assert "**Room left: measured cost / the task's lower bound**" in text and "| lower bound |" in text
     assert report["hardware"] in text
     assert "best baseline method" in capsys.readouterr().out
 
@@ -83,3 +102,16 @@ def test_summary_ratios_and_infeasible_counts():
                           "summary": {"measured_ms": s}, "rows": rows})
     assert "| a | 2 | 2 | 10.00 (9.00) | 8.00 (9.00) | 6.00 (5.00) |" in md
     assert "| b | 2 | 2 | 4.00 (4.50) | 5.00 (4.50) | x |" in md
+
+
+def test_bound_summary_ratios_and_binding_count():
+    rows = [
+        {"task": "a", "bound": {"bound_ms": 5.0, "binding": "heaviest table"}, "results": {
+            "lookup_greedy": {"measured_ms": 6.0}, "learned": {"measured_ms": 5.5}}},
+        {"task": "b", "bound": {"bound_ms": 4.0, "binding": "balance"}, "results": {
+            "lookup_greedy": {"measured_ms": 4.4}, "learned": {"feasible": False}}},
+        {"task": "c", "results": {"lookup_greedy": {"measured_ms": 1.0}}},  # no bound: left out
+    ]
+    s = bound_summary(rows, ["lookup_greedy", "learned"])
+    assert s["tasks"] == 2 and s["heaviest_table_binds"] == 1
+    assert s["methods"] == {"lookup_greedy": pytest.approx((1.2 + 1.1) / 2), "learned": 1.1}
