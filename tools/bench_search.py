@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import platform
 import shlex
@@ -82,6 +83,16 @@ SPACE = {
 
 
 # ---- one search's trajectory ---------------------------------------------------------------------
+def sign_test_p(wins: int, losses: int) -> float:
+    """Two-sided exact sign test (ties dropped): the chance of a split at least this uneven if
+    either side were equally likely to win each seed."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
 @dataclass(frozen=True)
 class Trajectory:
     """One search seen as a sequence of trained candidates (rejected ones cost no trial)."""
@@ -312,7 +323,15 @@ def render_section(summaries: list[ControllerSummary], trajs: list[Trajectory], 
                 lines.append(f"- seed by seed at {final} trials, actor-critic's best val AUC vs {other}'s: higher in "
                              f"{sum(a > o for a, o in pairs)}, equal in {sum(a == o for a, o in pairs)}, lower in "
                              f"{sum(a < o for a, o in pairs)} of {len(pairs)} seeds; mean difference "
-                             f"{statistics.mean(a - o for a, o in pairs):+.4f}")
+                             f"{statistics.mean(a - o for a, o in pairs):+.4f}; two-sided sign test p = "
+                             f"{sign_test_p(sum(a > o for a, o in pairs), sum(a < o for a, o in pairs)):.2f}")
+        for ctl in dict.fromkeys(t.controller for t in trajs):
+            got = [a for t in trajs if t.controller == ctl for a in t.aucs[:final] if a is not None]
+            late = [a for t in trajs if t.controller == ctl for a in t.aucs[final // 2:final] if a is not None]
+            if got and late:
+                lines.append(f"- mean val AUC of the trials {ctl} proposed: {statistics.mean(got):.4f} over all "
+                             f"{len(got)}, {statistics.mean(late):.4f} over trials {final // 2 + 1}-{final} "
+                             "(how good its proposals are, not only its luckiest one)")
     if ac is not None and ac.entropy:
         first = _median([e[0] for e in ac.entropy])
         last = _median([e[1] for e in ac.entropy])

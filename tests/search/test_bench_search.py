@@ -58,7 +58,10 @@ def test_summary_and_verdicts_use_medians_over_seeds(tmp_path):
     assert "3 of 3 seeds (met)" in text
     # per seed: 0.74 > 0.71, 0.73 < 0.74, 0.72 = 0.72
     assert ("seed by seed at 2 trials, actor-critic's best val AUC vs random's: higher in 1, equal in 1, lower in 1 "
-            "of 3 seeds; mean difference +0.0067") in text
+            "of 3 seeds; mean difference +0.0067; two-sided sign test p = 1.00") in text
+    # all trials: AC (0.70 + 0.74 + 0.71 + 0.73 + 0.69 + 0.72) / 6; second half: (0.74 + 0.73 + 0.72) / 3
+    assert "mean val AUC of the trials actor_critic proposed: 0.7150 over all 6, 0.7300 over trials 2-2" in text
+    assert "mean val AUC of the trials random proposed: 0.7100 over all 6, 0.7100 over trials 2-2" in text
     assert "the 6 searches took 2.5 min of wall time in all" in text
     assert "entropy 0.710 nats at its first update, 0.450 at its last" in text
     assert "gap to the Bayes ceiling of the best model found by any search: 0.0600 AUC" in text
@@ -103,3 +106,9 @@ def test_load_note_says_busy_only_when_the_load_was_above_the_cores():
                                                       "shared the machine, and wall times and latencies are those of a busy machine.")
     quiet = bench_search.load_note(0.4, 1.1, 2, 30)
     assert "busy" not in quiet and "(searches reused from --workdir ran earlier" in quiet and quiet.endswith(".")
+
+
+def test_sign_test_p_values():
+    assert bench_search.sign_test_p(5, 5) == 1.0 and bench_search.sign_test_p(0, 0) == 1.0
+    assert bench_search.sign_test_p(10, 0) == pytest.approx(2 / 1024)  # two-sided, 10 of 10
+    assert bench_search.sign_test_p(3, 7) == bench_search.sign_test_p(7, 3) == pytest.approx(2 * 176 / 1024)
