@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -65,15 +66,24 @@ def read_text(location: str | os.PathLike[str]) -> str:
 
 
 def write_text(location: str | os.PathLike[str], text: str) -> None:
-    """Write a whole file at a path or URL. A path is written atomically (temp file + rename); an
+    """Write a whole file at a path or URL: the one atomic text writer of the package. A path is
+    written to a temporary file beside it, fsynced and renamed over it (readers see the old or the
+    new file, never a torn one; parent directories are created); an
     object store's put is atomic per object; on other remote filesystems the file is written to a
     temporary name beside it and moved into place."""
     if not is_url(location):
         path = Path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
         return
     fs, path = _fs(str(location))
     parent = path.rsplit("/", 1)[0] if "/" in path else ""

@@ -27,6 +27,7 @@ from typing import BinaryIO
 
 import numpy as np
 
+from recsearch import remote
 from recsearch.types import NUM_SPARSE_FEATURES
 
 META_FILE = "meta.json"
@@ -122,7 +123,7 @@ def day_file(root: Path | str, day: int, kind: str) -> Path:
 def write_meta(root: Path | str, meta: DatasetMeta) -> Path:
     """Atomically write meta.json: the last step of producing a dataset."""
     path = Path(root) / META_FILE
-    write_text_atomic(path, json.dumps(meta.to_json(), indent=2, sort_keys=True) + "\n")
+    remote.write_text(path, json.dumps(meta.to_json(), indent=2, sort_keys=True) + "\n")
     return path
 
 
@@ -181,16 +182,6 @@ def split_ranges(meta: DatasetMeta, split: str) -> list[tuple[int, int, int]]:
 
 def split_rows(meta: DatasetMeta, split: str) -> int:
     return sum(stop - start for _, start, stop in split_ranges(meta, split))
-
-
-def write_text_atomic(path: Path | str, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def partial_path(path: Path | str) -> Path:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recsearch import remote
 from recsearch.data import layout
 from recsearch.data.loader import FEATURE_NAMES, NpyBatchLoader
 from recsearch.types import NUM_REUSE_BINS, NUM_SPARSE_FEATURES, TableSpec
@@ -139,7 +140,7 @@ def save_stats(path: Path | str, tables: list[TableStats], info: dict[str, objec
         "unique_ids": [t.unique_ids for t in tables],
         "tables": [dataclasses.asdict(t.spec) for t in tables],
     }
-    layout.write_text_atomic(Path(path), json.dumps(payload, indent=2) + "\n")
+    remote.write_text(Path(path), json.dumps(payload, indent=2) + "\n")
 
 
 def load_tables(path: Path | str) -> list[TableSpec]:

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from recsearch import remote
 from recsearch.placement.baselines import PLACERS, make_placer
 from recsearch.placement.types import PlacementError, Placer
 
@@ -675,10 +676,7 @@ def _run(args: argparse.Namespace) -> int:
             f"{e['mre']:.1%} (slowest device's compute {e['compute_mre']:.1%})"
         )
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(report, indent=1) + "\n")
-    os.replace(tmp, out)
+    remote.write_text(out, json.dumps(report, indent=1) + "\n")
     s = summary[key]
     print(f"best baseline method ({key}): {s['best_baseline']}")
     for m, v in s["methods"].items():

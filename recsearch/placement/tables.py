@@ -29,10 +29,8 @@ import csv
 import io
 import json
 import math
-import os
 import re
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -40,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from recsearch import remote
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
     OPTIMIZER_STATE,
@@ -382,18 +381,6 @@ def generate_tasks(
 # Files
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 _CSV_FIXED = ("name", "num_rows", "dim", "pooling_factor", "bytes_per_value", "feature_names")
 _CSV_REUSE = tuple(f"reuse_{b}" for b in range(NUM_REUSE_BINS))
 
@@ -463,7 +450,7 @@ def save_tables(
         text = tables_to_csv(tables)
     else:
         raise ValueError(f"{path}: table files are .json, .yaml/.yml or .csv")
-    _write_atomic(path, text)
+    remote.write_text(path, text)
 
 
 def read_table_file(path: Path | str) -> tuple[list[TableSpec], dict[str, Any]]:
@@ -565,7 +552,7 @@ def task_from_dict(raw: dict[str, Any], origin: str = "<task>") -> Task:
 
 
 def save_task(path: Path | str, task: Task) -> None:
-    _write_atomic(Path(path), json.dumps(task_to_dict(task), indent=1) + "\n")
+    remote.write_text(Path(path), json.dumps(task_to_dict(task), indent=1) + "\n")
 
 
 def load_task(path: Path | str) -> Task:

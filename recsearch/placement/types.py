@@ -381,14 +381,10 @@ def save_placement(
     path: Any, placement: Placement, tables: Sequence[TableSpec], **info: Any
 ) -> None:
     import json
-    import os
-    from pathlib import Path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(placement_to_json(placement, tables, **info), indent=1) + "\n")
-    os.replace(tmp, path)
+    from recsearch import remote
+
+    remote.write_text(path, json.dumps(placement_to_json(placement, tables, **info), indent=1) + "\n")
 
 
 def load_placement(

@@ -425,9 +425,7 @@ class TorchxRunner:
         except OSError as err:
             handle.error = f"{handle.error + '; ' if handle.error else ''}cannot fetch from {url}: {err}"
             return
-        tmp = Path(handle.workdir) / f".{RESULT_FILE}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, Path(handle.workdir) / RESULT_FILE)
+        remote.write_text(Path(handle.workdir) / RESULT_FILE, text)
 
     def submit(self, spec: TrialSpec, workdir: Path) -> Handle:
         s = self.settings

@@ -28,6 +28,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Self
 
+from recsearch import remote
 from recsearch.search.results import REJECTED, TrialRow, row_of
 from recsearch.search.store import TrialRecord
 from recsearch.types import TrialState
@@ -153,9 +154,7 @@ def _read_manifest(root: Path) -> dict[str, str]:
 
 
 def _write_manifest(root: Path, manifest: dict[str, str]) -> None:
-    tmp = root / (MANIFEST + ".partial")
-    tmp.write_text(json.dumps(manifest, sort_keys=True, indent=1) + "\n")
-    os.replace(tmp, root / MANIFEST)
+    remote.write_text(root / MANIFEST, json.dumps(manifest, sort_keys=True, indent=1) + "\n")
 
 
 class _Lock:

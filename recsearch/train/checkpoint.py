@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
-from recsearch.data import layout
+from recsearch import remote
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"
@@ -51,10 +51,10 @@ def save(out_dir: Path | str, step: int, model: torch.nn.Module, optimizer: Any,
     except CheckpointException as err:  # not an Exception subclass: convert, keep the cause
         raise CheckpointError(f"writing checkpoint {path} failed: {err}") from err
     if rank == 0:
-        layout.write_text_atomic(path / LOOP_STATE_FILE, json.dumps(loop_state, allow_nan=True) + "\n")
+        remote.write_text(path / LOOP_STATE_FILE, json.dumps(loop_state, allow_nan=True) + "\n")
     _barrier()
     if rank == 0:
-        layout.write_text_atomic(root / LATEST_FILE, path.name + "\n")
+        remote.write_text(root / LATEST_FILE, path.name + "\n")
         for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old, ignore_errors=True)
     _barrier()

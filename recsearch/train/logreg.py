@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsearch import remote
 from recsearch.data import layout
 from recsearch.data.loader import read_split_arrays
 from recsearch.model.dlrm import table_rows
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recsearch baseline logreg: error: {err}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    layout.write_text_atomic(out / RESULT_FILE, json.dumps(result, indent=2) + "\n")
+    remote.write_text(out / RESULT_FILE, json.dumps(result, indent=2) + "\n")
     m = result["metrics"]
     bayes = result["bayes"]
     ceiling = f" (Bayes ceiling {bayes['val']['auc']:.4f} / {bayes['test']['auc']:.4f})" if "val" in bayes else ""

@@ -544,7 +544,7 @@ def _result(cfg, meta, state: RunState, final, latency, plan, model, world_size,
 
 def write_result(out: Path, result: dict) -> Path:
     path = out / RESULT_FILE
-    layout.write_text_atomic(path, json.dumps(result, indent=2, default=str, allow_nan=True) + "\n")
+    remote.write_text(path, json.dumps(result, indent=2, default=str, allow_nan=True) + "\n")
     return path
 
 
