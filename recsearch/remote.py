@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import threading
 from pathlib import Path
 
 _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
@@ -74,15 +74,16 @@ def write_text(location: str | os.PathLike[str], text: str) -> None:
     if not is_url(location):
         path = Path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        # a name of this process and thread (not mkstemp, whose 0600 mode would ignore the umask)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
         try:
-            with os.fdopen(fd, "w") as f:
+            with open(tmp, "w") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         return
     fs, path = _fs(str(location))

@@ -1,5 +1,6 @@
 """recsearch.remote: files at paths or fsspec URLs (memory:// here; file:// in the torchx test)."""
 
+import os
 import uuid
 
 import pytest
@@ -29,6 +30,9 @@ def test_text_round_trip_at_urls_and_paths(url, tmp_path):
     remote.write_text(tmp_path / "d" / "f.txt", "local")
     assert (tmp_path / "d" / "f.txt").read_text() == "local" and remote.read_text(tmp_path / "d" / "f.txt") == "local"
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["f.txt"]  # no temp file left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "d" / "f.txt").stat().st_mode & 0o777 == 0o666 & ~umask  # like any other file
     with pytest.raises(FileNotFoundError, match="not found"):
         remote.read_text(f"{url}/missing.json")
 
