@@ -448,16 +448,17 @@ class LearnedPlacer:
         prep = _prepare(
             tables, topology, self.cost_net, self.heads, self.optimizer, self.monotone
         )
-        ranks, cost = _rollout(prep, self.policy, self.cost_net, self.heads, 1, greedy=True)
+        # row 0: greedy decoding; rows 1..K: samples, in the same batched rollout
+        rng = np.random.default_rng(self.seed)
+        ranks, cost = _rollout(
+            prep, self.policy, self.cost_net, self.heads, 1 + self.samples, greedy=False,
+            rng=rng, greedy_rows=1,
+        )
         best_ranks, best = ranks[0], float(cost[0])
         if self.samples > 0:
-            rng = np.random.default_rng(self.seed)
-            s_ranks, s_cost = _rollout(
-                prep, self.policy, self.cost_net, self.heads, self.samples, greedy=False, rng=rng
-            )
-            i = int(np.argmin(s_cost))
-            if s_cost[i] < best:
-                best_ranks, best = s_ranks[i], float(s_cost[i])
+            i = 1 + int(np.argmin(cost[1:]))
+            if cost[i] < best:
+                best_ranks, best = ranks[i], float(cost[i])
         self.last_estimate_ms = best
         placement = Placement(tuple(int(r) for r in best_ranks), topology.world_size)
         placement.validate(tables, topology, self.optimizer)
@@ -558,11 +559,16 @@ def _rollout(
     greedy: bool,
     rng: np.random.Generator | None = None,
     record: _Trajectory | None = None,
+    greedy_rows: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run `batch` episodes; (ranks [B, T], estimated final cost [B] in ms)."""
+    """Run `batch` episodes; (ranks [B, T], estimated final cost [B] in ms). greedy: every row
+    takes the argmax; else the first `greedy_rows` rows do and the others sample (their draws are
+    those a batch of only the sampled rows would take), so one batched rollout gives the greedy
+    placement and the samples together."""
     env = _Episodes(prep, cost_net, heads, batch)
     rng = rng or np.random.default_rng(0)
     rows = np.arange(batch)
+    sampled = rows[greedy_rows:]
     while not env.done:
         obs = env.observe()
         mask = obs["mask"]
@@ -572,13 +578,12 @@ def _rollout(
             obs["dev_enc"], obs["table_enc"], obs["dev_feat"], obs["glob"], mask, record is not None
         )
         logp_all = _log_softmax(logits)  # [B, D]: sampling and the recorded logp share it
-        if greedy:
-            action = logits.argmax(-1)
-        else:
-            cum = np.exp(logp_all).cumsum(-1)
-            u = rng.random((batch, 1)) * cum[:, -1:]
-            action = np.minimum((cum < u).sum(-1), prep.world - 1)
-            action = np.where(mask[rows, action], action, logits.argmax(-1))
+        action = logits.argmax(-1)
+        if not greedy and len(sampled):
+            cum = np.exp(logp_all[sampled]).cumsum(-1)
+            u = rng.random((len(sampled), 1)) * cum[:, -1:]
+            drawn = np.minimum((cum < u).sum(-1), prep.world - 1)
+            action[sampled] = np.where(mask[sampled, drawn], drawn, action[sampled])
         reward = env.step(action, obs["new"], obs["comm_after"])
         if record is not None:
             assert value is not None

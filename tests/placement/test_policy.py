@@ -209,6 +209,24 @@ def test_monotone_policy_sample_k_and_its_running_max_estimate(test_tasks):
             assert est >= greedy.cost_net.predict(task.tables, p).total_ms * (1 - 1e-5)
 
 
+def test_greedy_row_of_a_batched_rollout_is_the_greedy_placement(test_tasks):
+    """Sample-K runs the greedy decoding as row 0 of the sampled batch (one rollout instead of
+    two): that row is the greedy placement, and the sampled rows draw what a batch of only
+    samples draws."""
+    shipped = load_shipped("cpu")
+    task = test_tasks[0]
+    prep = pol._prepare(task.tables, task.topology, shipped.cost_net, shipped.heads,
+                        task.optimizer, shipped.monotone)
+    alone, alone_cost = pol._rollout(prep, shipped.policy, shipped.cost_net, shipped.heads, 1, greedy=True)
+    both, both_cost = pol._rollout(prep, shipped.policy, shipped.cost_net, shipped.heads, 5, greedy=False,
+                                   rng=np.random.default_rng(3), greedy_rows=1)
+    assert (both[0] == alone[0]).all() and both_cost[0] == pytest.approx(alone_cost[0], rel=1e-9)
+    only, _ = pol._rollout(prep, shipped.policy, shipped.cost_net, shipped.heads, 4, greedy=False,
+                           rng=np.random.default_rng(3))
+    assert (both[1:] == only).mean() > 0.99  # the same draws (a float tie may differ in a batch)
+    assert len({tuple(r) for r in both}) > 1  # the sampled rows do sample
+
+
 def test_learned_placer_is_a_placer_and_registered():
     placer = make_placer("learned")
     assert isinstance(placer, Placer)
