@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from recsearch import remote
+
 T = TypeVar("T")
 
 
@@ -29,8 +31,6 @@ class ConfigError(ValueError):
 
 def load_yaml(path: Path | str) -> dict[str, Any]:
     """A YAML mapping from a file, or from an fsspec URL (recsearch.remote)."""
-    from recsearch import remote
-
     if not remote.is_url(path):
         path = Path(path)
     try:

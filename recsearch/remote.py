@@ -65,20 +65,20 @@ def read_text(location: str | os.PathLike[str]) -> str:
         raise RemoteError(f"{location}: cannot read: {err}") from err
 
 
-def write_text(location: str | os.PathLike[str], text: str) -> None:
-    """Write a whole file at a path or URL: the one atomic text writer of the package. A path is
-    written to a temporary file beside it, fsynced and renamed over it (readers see the old or the
-    new file, never a torn one; parent directories are created); an
-    object store's put is atomic per object; on other remote filesystems the file is written to a
-    temporary name beside it and moved into place."""
+def write_bytes(location: str | os.PathLike[str], data: bytes) -> None:
+    """Write a whole file at a path or URL: the one atomic file writer of the package. Either way
+    the bytes go to a temporary name beside the target first and are then moved over it, so a
+    reader sees the old file or the new one, never a torn one; parent directories are created. A
+    path's temporary file is fsynced before the rename. (On an object store the move is a copy
+    and a delete, so the write costs twice the traffic; trial files are small.)"""
     if not is_url(location):
         path = Path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
         # a name of this process and thread (not mkstemp, whose 0600 mode would ignore the umask)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
         try:
-            with open(tmp, "w") as f:
-                f.write(text)
+            with open(tmp, "wb") as f:
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -93,10 +93,15 @@ def write_text(location: str | os.PathLike[str], text: str) -> None:
             fs.makedirs(parent, exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
         with fs.open(tmp, "wb") as f:
-            f.write(text.encode())
+            f.write(data)
         fs.mv(tmp, path)
     except OSError as err:
         raise RemoteError(f"{location}: cannot write: {err}") from err
+
+
+def write_text(location: str | os.PathLike[str], text: str) -> None:
+    """write_bytes of the text, UTF-8."""
+    write_bytes(location, text.encode())
 
 
 def exists(location: str | os.PathLike[str]) -> bool:

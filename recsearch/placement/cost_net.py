@@ -29,9 +29,9 @@ communication model and the held-out errors measured when it was trained.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterable, Sequence
@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsearch import remote
 from recsearch.placement.features import FEATURE_NAMES, NUM_FEATURES, features_matrix
 from recsearch.placement.measure import (
     DEFAULT_COMM,
@@ -633,16 +634,13 @@ def read_model_info(prefix: Path | str, what: str, fmt: str) -> tuple[Path, Path
 
 
 def save_model_files(prefix: Path | str, net: nn.Module, info: dict[str, Any]) -> tuple[Path, Path]:
-    """Write net's state_dict to <prefix>.pt and info to <prefix>.json, each atomically (a temp
-    file renamed into place), weights first; the cost net's and the policy's file format."""
+    """Write net's state_dict to <prefix>.pt and info to <prefix>.json, each atomically
+    (remote.write_bytes), weights first; the cost net's and the policy's file format."""
     pt, js = model_paths(prefix)
-    pt.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pt.with_name(f".{pt.name}.tmp{os.getpid()}")
-    torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, tmp)
-    os.replace(tmp, pt)
-    tmp = js.with_name(f".{js.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(info, indent=1) + "\n")
-    os.replace(tmp, js)
+    weights = io.BytesIO()
+    torch.save({k: v.detach().clone() for k, v in net.state_dict().items()}, weights)
+    remote.write_bytes(pt, weights.getvalue())
+    remote.write_text(js, json.dumps(info, indent=1) + "\n")
     return pt, js
 
 

@@ -446,13 +446,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     best = (report["summary"].get(key) or {}).get("best_baseline")
     learned = [m for m in methods if _LEARNED.match(m)]
     unit = "measured ms (cost-net estimate)" if measured else "cost-net estimate, ms"
+    has_bound = any("bound" in row for row in report["rows"])
     lines.append(
         f"**Per task**, {unit}; x = infeasible"
-        + (
-            "; lower bound: measured, * where the heaviest table alone binds"
-            if any("bound" in row for row in report["rows"])
-            else ""
-        )
+        + ("; lower bound: measured, * where the heaviest table alone binds" if has_bound else "")
         + (
             f"; last columns: learned cost / `{best}` (best baseline method) and / the task's "
             "cheapest baseline"
@@ -463,7 +460,6 @@ def render_markdown(report: dict[str, Any]) -> str:
     )
     lines.append("")
     ratio_heads = [f"{m} / {h}" for m in learned for h in ("best", "task best")] if best else []
-    has_bound = any("bound" in row for row in report["rows"])
     bound_heads = ["lower bound"] if has_bound else []
     heads = [*methods, *bound_heads, *ratio_heads]
     lines.append("| task | tables | devices | " + " | ".join(heads) + " |")

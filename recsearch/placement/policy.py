@@ -100,7 +100,7 @@ class PPOConfig:
     slack: float = 1.1
     num_tasks: int = 64  # distinct training tasks drawn from the pool
     # a device's estimated cost never falls when a table joins it (running max): see _Episodes.
-    # Off by default: a CPU policy trained with it measured no better (docs/PLACEMENT.md)
+    # Off by default (the H100 policy is raw); the shipped CPU policy uses it (docs/PLACEMENT.md)
     monotone: bool = False
 
 
@@ -329,8 +329,8 @@ class _Episodes:
         new = self.heads.ms_from_pre(self.dev_pre + p.pre[t]).sum(-1)  # [B, D] if placed on d
         if p.monotone:
             # The cost net is not monotone: its bounded interaction term can predict a device
-            # cheaper after a table joins it (one CPU device: a dim-128, pooling-103 table alone
-            # 35.9 ms, with three small tables added 27.4 ms; measured 46.9 and 55.7 ms). A
+            # cheaper after a table joins it (the CPU net: a dim-128, pooling-103 table alone
+            # 36.8 ms, with four small tables added 32.0 ms). A
             # policy trained on the raw estimate can learn to pile tables onto such devices, so
             # the monotone MDP keeps each device's running maximum: adding a table never pays.
             new = np.maximum(new, self.compute)
@@ -451,8 +451,7 @@ class LearnedPlacer:
         # row 0: greedy decoding; rows 1..K: samples, in the same batched rollout
         rng = np.random.default_rng(self.seed)
         ranks, cost = _rollout(
-            prep, self.policy, self.cost_net, self.heads, 1 + self.samples, greedy=False,
-            rng=rng, greedy_rows=1,
+            prep, self.policy, self.cost_net, self.heads, 1 + self.samples, rng, greedy_rows=1
         )
         best_ranks, best = ranks[0], float(cost[0])
         if self.samples > 0:
@@ -556,15 +555,14 @@ def _rollout(
     cost_net: CostNet,
     heads: HeadEvaluator,
     batch: int,
-    greedy: bool,
     rng: np.random.Generator | None = None,
     record: _Trajectory | None = None,
     greedy_rows: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run `batch` episodes; (ranks [B, T], estimated final cost [B] in ms). greedy: every row
-    takes the argmax; else the first `greedy_rows` rows do and the others sample (their draws are
-    those a batch of only the sampled rows would take), so one batched rollout gives the greedy
-    placement and the samples together."""
+    """Run `batch` episodes; (ranks [B, T], estimated final cost [B] in ms). The first
+    `greedy_rows` rows take the argmax, the others sample (their draws are those a batch of only
+    the sampled rows would take), so one batched rollout gives the greedy placement and the
+    samples together."""
     env = _Episodes(prep, cost_net, heads, batch)
     rng = rng or np.random.default_rng(0)
     rows = np.arange(batch)
@@ -579,7 +577,7 @@ def _rollout(
         )
         logp_all = _log_softmax(logits)  # [B, D]: sampling and the recorded logp share it
         action = logits.argmax(-1)
-        if not greedy and len(sampled):
+        if len(sampled):
             cum = np.exp(logp_all[sampled]).cumsum(-1)
             u = rng.random((len(sampled), 1)) * cum[:, -1:]
             drawn = np.minimum((cum < u).sum(-1), prep.world - 1)
@@ -661,7 +659,7 @@ def _train(
         traj = _Trajectory([], [], [], [], [], [], [], [], [])
         net.eval()
         fast = _FastPolicy(net, width)
-        _, cost = _rollout(prep, fast, cost_net, heads, cfg.episodes, False, rng, traj)
+        _, cost = _rollout(prep, fast, cost_net, heads, cfg.episodes, rng, traj)
         rewards = np.stack(traj.reward, 1)  # [B, K]
         values = np.stack(traj.value, 1)  # [B, K]
         adv = np.zeros_like(rewards)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsearch import remote
 from recsearch.search import reward_model
 from recsearch.search.space import SearchSpace
 from recsearch.types import TrialSpec
@@ -414,15 +415,9 @@ class BayesianController:
 
 def save_state(controller: Controller, path) -> None:
     """Atomically save a controller's state (tensors and plain values only)."""
-    import os
-    from pathlib import Path
-
-    path = Path(path)
     buffer = io.BytesIO()
     torch.save(controller.state_dict(), buffer)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(buffer.getvalue())
-    os.replace(tmp, path)
+    remote.write_bytes(path, buffer.getvalue())
 
 
 def load_state(controller: Controller, path) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 
 import yaml
 
-from recsearch import config
+from recsearch import config, remote
 from recsearch.search import controllers as ctl
 from recsearch.search.asha import Status, SuccessiveHalving
 from recsearch.search.objective import ObjectiveConfig, over_cost_budget, reward
@@ -892,9 +892,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.resume:
             text = f"# Written by recsearch search: the resolved config; `recsearch search --resume {search_dir}` reads it.\n"
             text += yaml.safe_dump(res.resolved_dict(search_dir), sort_keys=False)
-            tmp = search_dir / (SEARCH_CONFIG + ".partial")
-            tmp.write_text(text)
-            os.replace(tmp, search_dir / SEARCH_CONFIG)
+            remote.write_text(search_dir / SEARCH_CONFIG, text)
         search = Search(res, search_dir)
         print(f"[search] {res.cfg.controller} controller; "
               f"{res.cfg.trials} trials, rungs {list(res.cfg.fidelity.train_rows)} rows (eta {res.cfg.fidelity.eta}); "

@@ -282,11 +282,9 @@ def train(cfg: TrainConfig) -> dict:
         writer.close()
     if rank == 0:
         write_result(out, result)
-        try:
-            upload_outputs(cfg, out)
-        except OSError as err:  # the run's own result.json stays as it is; the exit code says it
-            result["upload_error"] = str(err)
-            print(f"recsearch train: could not upload to {cfg.upload_to}: {err}", file=sys.stderr)
+        error = upload_outputs(cfg, out)
+        if error:  # the run's own result.json stays as it is; the exit code says it
+            result["upload_error"] = error
     return result
 
 
@@ -548,13 +546,18 @@ def write_result(out: Path, result: dict) -> Path:
     return path
 
 
-def upload_outputs(cfg: TrainConfig, out: Path) -> None:
+def upload_outputs(cfg: TrainConfig, out: Path) -> str | None:
     """Copy tb/ and then result.json to cfg.upload_to (result last: whoever waits for it finds
-    the logs already there)."""
+    the logs already there). Returns the error, printed, if the upload failed, else None."""
     if not cfg.upload_to:
-        return
-    remote.upload_tree(out / "tb", remote.join(cfg.upload_to, "tb"))
-    remote.write_text(remote.join(cfg.upload_to, RESULT_FILE), (out / RESULT_FILE).read_text())
+        return None
+    try:
+        remote.upload_tree(out / "tb", remote.join(cfg.upload_to, "tb"))
+        remote.write_text(remote.join(cfg.upload_to, RESULT_FILE), (out / RESULT_FILE).read_text())
+    except OSError as err:
+        print(f"recsearch train: could not upload to {cfg.upload_to}: {err}", file=sys.stderr)
+        return str(err)
+    return None
 
 
 def _write_eval(writer: SummaryWriter, split: str, m: EvalMetrics, step: int) -> None:
@@ -622,10 +625,7 @@ def _write_failure(cfg: TrainConfig, err: BaseException) -> None:
             "config": config.to_dict(cfg),
         },
     )
-    try:
-        upload_outputs(cfg, out)
-    except OSError as upload_err:  # the local result.json still says what failed
-        print(f"recsearch train: could not upload to {cfg.upload_to}: {upload_err}", file=sys.stderr)
+    upload_outputs(cfg, out)  # on failure the local result.json still says what failed
 
 
 if __name__ == "__main__":

@@ -217,11 +217,11 @@ def test_greedy_row_of_a_batched_rollout_is_the_greedy_placement(test_tasks):
     task = test_tasks[0]
     prep = pol._prepare(task.tables, task.topology, shipped.cost_net, shipped.heads,
                         task.optimizer, shipped.monotone)
-    alone, alone_cost = pol._rollout(prep, shipped.policy, shipped.cost_net, shipped.heads, 1, greedy=True)
-    both, both_cost = pol._rollout(prep, shipped.policy, shipped.cost_net, shipped.heads, 5, greedy=False,
+    alone, alone_cost = pol._rollout(prep, shipped.policy, shipped.cost_net, shipped.heads, 1, greedy_rows=1)
+    both, both_cost = pol._rollout(prep, shipped.policy, shipped.cost_net, shipped.heads, 5,
                                    rng=np.random.default_rng(3), greedy_rows=1)
     assert (both[0] == alone[0]).all() and both_cost[0] == pytest.approx(alone_cost[0], rel=1e-9)
-    only, _ = pol._rollout(prep, shipped.policy, shipped.cost_net, shipped.heads, 4, greedy=False,
+    only, _ = pol._rollout(prep, shipped.policy, shipped.cost_net, shipped.heads, 4,
                            rng=np.random.default_rng(3))
     assert (both[1:] == only).mean() > 0.99  # the same draws (a float tie may differ in a batch)
     assert len({tuple(r) for r in both}) > 1  # the sampled rows do sample

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from recsearch.train import checkpoint, trainer
-from tests.train.test_trainer import TRAIN_ROWS, BATCH, _result, _write_config
+from tests.train.test_trainer import TRAIN_ROWS, BATCH, _write_config
 
 COMPARED = ("steps", "samples", "epochs_completed", "last_loss", "metrics")
 
