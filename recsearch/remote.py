@@ -13,6 +13,7 @@ one is a clear error naming the package.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import threading
@@ -74,8 +75,7 @@ def write_bytes(location: str | os.PathLike[str], data: bytes) -> None:
     if not is_url(location):
         path = Path(location)
         path.parent.mkdir(parents=True, exist_ok=True)
-        # a name of this process and thread (not mkstemp, whose 0600 mode would ignore the umask)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.partial")
+        tmp = path.with_name(_temp_name(path.name))
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -87,16 +87,24 @@ def write_bytes(location: str | os.PathLike[str], data: bytes) -> None:
             raise
         return
     fs, path = _fs(str(location))
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
+    parent, _, name = path.rpartition("/")
+    tmp = f"{parent}/{_temp_name(name)}" if parent else _temp_name(name)
     try:
         if parent:
             fs.makedirs(parent, exist_ok=True)
-        tmp = f"{path}.tmp{os.getpid()}"
         with fs.open(tmp, "wb") as f:
             f.write(data)
         fs.mv(tmp, path)
     except OSError as err:
+        with contextlib.suppress(OSError):
+            fs.rm(tmp)
         raise RemoteError(f"{location}: cannot write: {err}") from err
+
+
+def _temp_name(name: str) -> str:
+    """The hidden name `write_bytes` writes `name` under before moving it into place: unique to
+    this process and thread (not mkstemp, whose 0600 mode would ignore the umask)."""
+    return f".{name}.{os.getpid()}.{threading.get_ident()}.partial"
 
 
 def write_text(location: str | os.PathLike[str], text: str) -> None:

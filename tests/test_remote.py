@@ -28,6 +28,11 @@ def test_text_round_trip_at_urls_and_paths(url, tmp_path):
     assert remote.exists(f"{url}/a/b/result.json") and not remote.exists(f"{url}/a/b/other.json")
     remote.write_text(f"{url}/a/b/result.json", "second")  # overwrite in place
     assert remote.read_text(f"{url}/a/b/result.json") == "second"
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    listed = [p.rsplit("/", 1)[-1] for p in fs.ls(f"{url}/a/b", detail=False)]
+    assert listed == ["result.json"]  # no temp object left behind at a URL either
     remote.write_text(tmp_path / "d" / "f.txt", "local")
     assert (tmp_path / "d" / "f.txt").read_text() == "local" and remote.read_text(tmp_path / "d" / "f.txt") == "local"
     assert [p.name for p in (tmp_path / "d").iterdir()] == ["f.txt"]  # no temp file left behind
@@ -67,3 +72,17 @@ def test_configs_load_from_urls_with_the_same_errors(url):
     remote.write_text(f"{url}/bad.yaml", "- a list\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         config.load_yaml(f"{url}/bad.yaml")
+
+
+def test_a_failed_url_write_leaves_no_temp_object(url, monkeypatch):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+
+    def refuse(*args, **kwargs):
+        raise OSError("quota exceeded")
+
+    monkeypatch.setattr(type(fs), "mv", refuse)
+    with pytest.raises(remote.RemoteError, match="cannot write: quota exceeded"):
+        remote.write_text(f"{url}/dir/result.json", "{}")
+    assert fs.ls(f"{url}/dir", detail=False) == []  # neither the file nor its temp object
