@@ -479,6 +479,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/recsearch_bench_search"),
                         help="data and search directories; finished searches found here are reused")
     parser.add_argument("--out-md", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
+    parser.add_argument("--section", default=SECTION,
+                        help="the docs section to write (another name keeps the main table, e.g. for a re-check)")
     parser.add_argument("--png", type=Path, default=REPO / "docs" / "bench_search.png")
     parser.add_argument("--note", action="append", default=[],
                         help="an operator's note for the section (e.g. what else ran on the machine); repeatable")
@@ -539,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
         del shown[i:i + 2]
     command = "python tools/bench_search.py " + shlex.join(shown)
     body = render_section(summaries, trajs, budgets, bayes, setup, png, command.strip(), args.out_md.parent)
-    benchmd.write_section(args.out_md, SECTION, body)
+    benchmd.write_section(args.out_md, args.section, body)
     print(body)
     return 0
 
