@@ -42,6 +42,7 @@ def table_specs(
     ]
 
 
+# keyed by recsearch.train.config's EMBEDDING_PRECISIONS / DENSE_PRECISIONS (tests check they agree)
 EMBEDDING_DTYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16}
 DENSE_DTYPES = {"fp32": None, "bf16": torch.bfloat16}
 

@@ -172,7 +172,7 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
     """Parse and validate a search config, every problem at once; then check the search is
     possible at all (data present, rungs within the data, something fits the topology)."""
     from recsearch.data import layout
-    from recsearch.train.trainer import TrainConfig
+    from recsearch.train.config import TrainConfig
 
     path = Path(path)
     raw = config.apply_overrides(config.load_yaml(path), overrides or [], origin=f"{path} (overrides)")

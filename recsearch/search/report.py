@@ -452,7 +452,7 @@ def export_best(search: SearchDir, rep: Report, out: Path) -> tuple[Path | None,
 def _validate_train_config(path: Path, record: Any) -> None:
     """Load the file with the trainer's loader: a config the trainer would refuse is a bug here."""
     from recsearch import config
-    from recsearch.train.trainer import TrainConfig
+    from recsearch.train.config import TrainConfig
 
     cfg = config.load(TrainConfig, path)
     if cfg.arch != record.spec.arch or cfg.hparams != record.spec.hparams:

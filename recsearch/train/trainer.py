@@ -51,18 +51,17 @@ from recsearch import config, remote
 from recsearch.data import layout
 from recsearch.data.loader import NpyBatchLoader
 from recsearch.model.dlrm import (
-    DENSE_DTYPES,
     EBC_MODULE_PATH,
-    EMBEDDING_DTYPES,
     build_model,
     dense_parameter_count,
     table_rows,
 )
 from recsearch.train import checkpoint
+from recsearch.train.config import TrainConfig
 from recsearch.train.metrics import EvalMetrics, MetricAccumulator
 from recsearch.train.optim import dense_optimizer, embedding_optimizer
 from recsearch.train.schedule import LRSchedule, apply_lr
-from recsearch.types import RESULT_FILE, ArchSpec, HParams
+from recsearch.types import RESULT_FILE
 
 # What the "torchrec" plan may choose for a table: every sharding but data_parallel, on FBGEMM's
 # fused TBE kernel (see _sharding_plan).
@@ -75,52 +74,6 @@ FUSED_KERNEL_CONSTRAINTS = ParameterConstraints(
     ],
     compute_kernels=[EmbeddingComputeKernel.FUSED.value],
 )
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """`recsearch train` settings (configs/train/*.yaml)."""
-
-    data_dir: str
-    output_dir: str = "runs/train"
-    arch: ArchSpec = field(default_factory=ArchSpec)
-    hparams: HParams = field(default_factory=HParams)
-    max_rows_per_table: int | None = None  # cap table rows (ids are hashed into the cap)
-    train_rows: int | None = None  # use only the first rows of the train split (fidelity)
-    epochs: int = 1
-    max_steps: int | None = None
-    eval_every_steps: int = 0  # 0: evaluate only at the end
-    eval_rows: int | None = None  # rows of val/test used per evaluation (default: all)
-    auc_threshold: float | None = None  # stop once validation AUC reaches it (like MLPerf)
-    plan: str = "torchrec"  # "torchrec" (its planner) or a JSON file {table name: rank}
-    device: str = "auto"  # auto | cpu | cuda
-    log_every_steps: int = 50
-    prefetch_batches: int = 2
-    latency_batch_sizes: tuple[int, ...] = (1, 256)
-    latency_iters: int = 30
-    tensorboard: bool = True
-    checkpoint_every_steps: int = 0  # 0: no checkpoints; else save every N steps (and at the end)
-    embedding_precision: str = "fp32"  # fp32 | fp16: table weights (and fused optimizer updates)
-    dense_precision: str = "fp32"  # fp32 | bf16: MLPs + interaction under autocast (fp32 weights)
-    resume_from: str | None = None  # "latest" (newest in output_dir/checkpoints) or a directory
-    compile_dense: bool = False  # torch.compile the bottom MLP, interaction and top MLP
-    # also copy result.json and tb/ here when the run ends, however it ends: a directory or an
-    # fsspec URL (s3://...), for jobs whose output_dir the submitter cannot see (recsearch.remote)
-    upload_to: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.log_every_steps < 1:
-            raise ValueError("log_every_steps must be >= 1")
-        for key, value, allowed in (
-            ("embedding_precision", self.embedding_precision, EMBEDDING_DTYPES),
-            ("dense_precision", self.dense_precision, DENSE_DTYPES),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{key} must be {' or '.join(allowed)}, got {value!r}")
 
 
 @dataclass

@@ -96,3 +96,11 @@ def test_compiled_dense_parts_train_to_the_same_losses_as_eager(tmp_path, learna
     names = list(model.state_dict())
     trainer.compile_dense_parts(model)
     assert list(model.state_dict()) == names
+
+
+def test_the_config_and_the_model_know_the_same_precisions():
+    from recsearch.model.dlrm import DENSE_DTYPES, EMBEDDING_DTYPES
+    from recsearch.train.config import DENSE_PRECISIONS, EMBEDDING_PRECISIONS
+
+    assert tuple(EMBEDDING_DTYPES) == EMBEDDING_PRECISIONS
+    assert tuple(DENSE_DTYPES) == DENSE_PRECISIONS
