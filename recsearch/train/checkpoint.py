@@ -2,20 +2,36 @@
 
 A checkpoint is a directory `<output_dir>/checkpoints/step_<N>/` holding
 - the sharded model and both optimizers (fused embedding + dense), written by
-  torch.distributed.checkpoint (each rank writes its own shards; ShardedTensors are handled),
-  together with the torch RNG state;
-- `loop_state.json`: step, epoch, batch position in the epoch, counters and history.
+  torch.distributed.checkpoint (each rank writes its own `__<rank>_<i>.distcp` shards and rank 0
+  the `.metadata` index; ShardedTensors are handled), together with the torch RNG state;
+- `loop_state.json`: step, epoch, batch position in the epoch, counters and history;
+- `manifest.json`: the size and SHA-256 of every other file, written last (after every rank
+  finished writing and hashed its own shards), atomically.
 
 The run's `checkpoints/latest` file names the newest *complete* checkpoint and is replaced
-atomically only after every rank finished writing, so a run killed mid-save resumes from the
-previous one. Checkpoints are taken between training stretches, when the pipeline holds no batch,
-so the data position is exact: resuming replays `iter_from(batch_in_epoch)` of the same epoch
-order (the shuffle is a function of seed and epoch, the LR schedule a function of the step).
+atomically only after the manifest is written, so a run killed mid-save resumes from the previous
+one. Checkpoints are taken between training stretches, when the pipeline holds no batch, so the
+data position is exact: resuming replays `iter_from(batch_in_epoch)` of the same epoch order (the
+shuffle is a function of seed and epoch, the LR schedule a function of the step).
+
+Loading verifies before it reads: the manifest must be there and every file it lists must have
+its recorded size and SHA-256 (each rank checks a share of the shards, and all ranks agree on the
+verdict); only then is anything unpickled. `.metadata` (a pickle) is hashed and parsed from the
+same bytes, with an unpickler that only builds torch.distributed.checkpoint's metadata classes,
+and non-tensor entries are read with `torch.load(weights_only=True)`. The manifest catches
+corruption, torn copies and files swapped after the save; it is not a signature: whoever can write
+a checkpoint directory can write a matching manifest, so a checkpoint stays trusted input, as torch
+says of every pickle-based format (docs/TRAINING.md).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import pathlib
+import pickle
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -23,35 +39,68 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import metadata as dcp_metadata
+from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
+from torch.distributed.checkpoint.filesystem import FileSystemReader, _StorageInfo
 
 from recsearch import remote
 
 CHECKPOINT_DIR = "checkpoints"
 LATEST_FILE = "latest"
 LOOP_STATE_FILE = "loop_state.json"
+METADATA_FILE = ".metadata"  # torch.distributed.checkpoint's index of the shards (a pickle)
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "recsearch-checkpoint-manifest"
+MANIFEST_VERSION = 1
 KEEP_CHECKPOINTS = 2
+_HASH_BLOCK = 1 << 22
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # plain file names only: no directories, no '..'
+_RANK_PREFIX = re.compile(r"__(\d+)_")  # FileSystemWriter's `__<rank>_<i>.distcp`
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that is missing, incomplete or does not match the run."""
+    """A checkpoint that is missing, incomplete, altered or does not match the run."""
 
 
 def save(out_dir: Path | str, step: int, model: torch.nn.Module, optimizer: Any, loop_state: dict) -> Path:
     """Write a checkpoint of every rank's shards (a collective: all ranks call it)."""
     root = Path(out_dir) / CHECKPOINT_DIR
     path = root / f"step_{step:08d}"
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank, world_size = _rank_and_world()
     if rank == 0 and path.exists():
         shutil.rmtree(path)  # a leftover of an interrupted save of this very step
     _barrier()
     state = {"model": model.state_dict(), "optim": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()}}
     try:
-        dcp.save(state, checkpoint_id=str(path))
+        written = dcp.save(state, checkpoint_id=str(path))  # returns on each rank once all wrote
     except CheckpointException as err:  # not an Exception subclass: convert, keep the cause
         raise CheckpointError(f"writing checkpoint {path} failed: {err}") from err
     if rank == 0:
         remote.write_text(path / LOOP_STATE_FILE, json.dumps(loop_state, allow_nan=True) + "\n")
+    # Each rank hashes its own shards (still in its page cache, and in parallel); rank 0 gathers
+    # them. On a shared filesystem rank 0 could read every shard, but only after the others'
+    # writes are visible to it, and alone; the shards a rank wrote are certainly visible to it.
+    shards = sorted({info.relative_path for info in written.storage_data.values()})
+    report: dict[str, Any] = {}
+    try:
+        for i, name in enumerate(shards):
+            if _share_of(name, i, world_size) == rank:
+                report[name] = _digest(path / name)
+        if rank == 0:
+            for name in (METADATA_FILE, LOOP_STATE_FILE):
+                report[name] = _digest(path / name)
+    except OSError as err:
+        report = {"error": f"rank {rank}: hashing checkpoint {path} failed: {err}"}
+    reports = _gather(report)  # every rank takes part, also after an error: no rank waits forever
+    errors = [r["error"] for r in reports if "error" in r]
+    if errors:
+        raise CheckpointError("; ".join(errors))
+    if rank == 0:
+        files = {name: entry for r in reports for name, entry in r.items()}
+        manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "step": step, "files": dict(sorted(files.items()))}
+        remote.write_text(path / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")  # last
     _barrier()
     if rank == 0:
         remote.write_text(root / LATEST_FILE, path.name + "\n")
@@ -70,26 +119,261 @@ def resolve(resume_from: str, out_dir: Path | str) -> Path:
         path = pointer.parent / pointer.read_text().strip()
     else:
         path = Path(resume_from)
-    if not (path / LOOP_STATE_FILE).exists() or not (path / ".metadata").exists():
-        raise CheckpointError(f"{path} is not a complete checkpoint (no {LOOP_STATE_FILE} or .metadata)")
+    missing = [name for name in (LOOP_STATE_FILE, METADATA_FILE) if not (path / name).exists()]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete checkpoint (no {' or '.join(missing)})")
+    if not (path / MANIFEST_FILE).exists():
+        raise CheckpointError(_no_manifest(path))
     return path
 
 
 def load(path: Path, model: torch.nn.Module, optimizer: Any) -> dict:
-    """Restore model, optimizers and RNG in place from `path`; return the loop state."""
-    try:
-        loop_state = json.loads((path / LOOP_STATE_FILE).read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path / LOOP_STATE_FILE}: corrupt ({err})") from err
+    """Restore model, optimizers and RNG in place from `path`; return the loop state. A
+    collective: all ranks call it. Every file is checked against the manifest first."""
+    path = Path(path)
+    metadata, loop_state = verify(path)
     state = {"model": model.state_dict(), "optim": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()}}
     try:
-        dcp.load(state, checkpoint_id=str(path))
+        dcp.load(state, storage_reader=_VerifiedReader(path, metadata), planner=_WeightsOnlyLoadPlanner())
     except (CheckpointException, RuntimeError, ValueError, KeyError, OSError) as err:
         raise CheckpointError(f"{path}: cannot restore the run from it ({type(err).__name__}: {err})") from err
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optim"])
     torch.set_rng_state(state["rng"]["torch"])
     return loop_state
+
+
+def verify(path: Path | str) -> tuple[dcp_metadata.Metadata, dict]:
+    """Check a checkpoint against its manifest and return its parsed `.metadata` and loop state;
+    CheckpointError naming each file that is missing or differs. A collective when a process
+    group is up: each rank hashes a share of the shards and every rank gets the same verdict."""
+    path = Path(path)
+    rank, world_size = _rank_and_world()
+    problems: list[str] = []
+    metadata, loop_state = None, None
+    try:
+        files = _read_manifest(path)
+        metadata = _parse_metadata(path, _checked_bytes(path, METADATA_FILE, files))
+        loop_state = _parse_loop_state(path, _checked_bytes(path, LOOP_STATE_FILE, files))
+        shards = sorted({info.relative_path for info in metadata.storage_data.values()})
+        unlisted = [name for name in shards if name not in files]
+        if unlisted:
+            raise CheckpointError(
+                f"{path / METADATA_FILE} names data files the manifest does not list: {unlisted}"
+            )
+        for i, name in enumerate(shards):
+            if _share_of(name, i, world_size) == rank:
+                problem = _check_file(path, name, files[name])
+                if problem:
+                    problems.append(problem)
+    except CheckpointError as err:
+        problems.append(str(err))
+    verdicts = _gather(problems)
+    everything = sorted({p for ranks_problems in verdicts for p in ranks_problems})
+    if everything:
+        raise CheckpointError(f"checkpoint {path} refused: " + "; ".join(everything))
+    assert metadata is not None and loop_state is not None
+    return metadata, loop_state
+
+
+# ---- the manifest --------------------------------------------------------------------------------
+def _digest(path: Path) -> dict[str, Any]:
+    sha = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            sha.update(block)
+            size += len(block)
+    return {"size": size, "sha256": sha.hexdigest()}
+
+
+def _no_manifest(path: Path) -> str:
+    return (
+        f"{path / MANIFEST_FILE} is missing, so checkpoint {path} cannot be verified and is not "
+        "loaded (a save that did not finish, or a checkpoint from a recsearch without manifests)"
+    )
+
+
+def _read_manifest(path: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's {file name: {"size", "sha256"}}, checked for shape and safe names."""
+    manifest_path = path / MANIFEST_FILE
+    try:
+        raw = json.loads(manifest_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(_no_manifest(path)) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{manifest_path}: unreadable ({err})") from err
+    if not isinstance(raw, dict) or raw.get("format") != MANIFEST_FORMAT:
+        raise CheckpointError(f"{manifest_path}: not a recsearch checkpoint manifest")
+    if raw.get("version") != MANIFEST_VERSION:
+        raise CheckpointError(f"{manifest_path}: unsupported manifest version {raw.get('version')!r}")
+    files = raw.get("files")
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{manifest_path}: 'files' must map file names to size and sha256")
+    for name, entry in files.items():
+        if not _SAFE_NAME.fullmatch(name) or name in (".", ".."):
+            raise CheckpointError(f"{manifest_path}: {name!r} is not a plain file name")
+        if (
+            not isinstance(entry, dict)
+            or not isinstance(entry.get("size"), int)
+            or isinstance(entry.get("size"), bool)
+            or not isinstance(entry.get("sha256"), str)
+            or not re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])
+        ):
+            raise CheckpointError(f"{manifest_path}: entry {name!r} needs an integer size and a sha256")
+    for name in (METADATA_FILE, LOOP_STATE_FILE):
+        if name not in files:
+            raise CheckpointError(f"{manifest_path}: does not list {name}")
+    return files
+
+
+def _check_file(path: Path, name: str, expected: dict[str, Any]) -> str | None:
+    """What differs between the file and its manifest entry, or None."""
+    target = path / name
+    try:
+        size = target.stat().st_size
+    except FileNotFoundError:
+        return f"{target}: missing (the manifest lists {expected['size']} bytes)"
+    if size != expected["size"]:
+        return f"{target}: {size} bytes, the manifest says {expected['size']}"
+    actual = _digest(target)["sha256"]
+    if actual != expected["sha256"]:
+        return (
+            f"{target}: SHA-256 {actual} differs from the manifest's {expected['sha256']} "
+            "(same size: the content changed after the save)"
+        )
+    return None
+
+
+def _checked_bytes(path: Path, name: str, files: dict[str, dict[str, Any]]) -> bytes:
+    """The file's bytes, once their size and hash match the manifest (what is parsed is what was
+    hashed: nothing can change in between)."""
+    target = path / name
+    expected = files[name]
+    try:
+        data = target.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"{target}: missing (the manifest lists {expected['size']} bytes)") from None
+    except OSError as err:
+        raise CheckpointError(f"{target}: unreadable ({err})") from err
+    if len(data) != expected["size"]:
+        raise CheckpointError(f"{target}: {len(data)} bytes, the manifest says {expected['size']}")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected["sha256"]:
+        raise CheckpointError(
+            f"{target}: SHA-256 {actual} differs from the manifest's {expected['sha256']} "
+            "(same size: the content changed after the save)"
+        )
+    return data
+
+
+def _parse_loop_state(path: Path, data: bytes) -> dict:
+    try:
+        loop_state = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path / LOOP_STATE_FILE}: corrupt ({err})") from err
+    if not isinstance(loop_state, dict):
+        raise CheckpointError(f"{path / LOOP_STATE_FILE}: corrupt (not a JSON object)")
+    return loop_state
+
+
+# ---- reading without running code ----------------------------------------------------------------
+class _MetadataUnpickler(pickle.Unpickler):
+    """Builds torch.distributed.checkpoint's Metadata and nothing else: the classes of its metadata
+    module, _StorageInfo, paths, torch.Size, dtypes and layouts. Any other global (os.system,
+    builtins.eval, ...) is refused before it is looked up."""
+
+    _ALLOWED = {
+        ("torch", "Size"),
+        ("torch.serialization", "_get_layout"),
+        ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+        ("pathlib", "PosixPath"),
+        ("pathlib", "PurePosixPath"),
+        ("pathlib", "WindowsPath"),
+        ("pathlib", "PureWindowsPath"),
+        ("collections", "OrderedDict"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED:
+            if module == "pathlib":
+                return getattr(pathlib, name)
+            return super().find_class(module, name)
+        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
+            return getattr(torch, name)
+        if module == dcp_metadata.__name__:
+            found = getattr(dcp_metadata, name, None)
+            if isinstance(found, type) and found.__module__ == module:
+                return found
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed in checkpoint metadata")
+
+
+def _parse_metadata(path: Path, data: bytes) -> dcp_metadata.Metadata:
+    try:
+        metadata = _MetadataUnpickler(io.BytesIO(data)).load()
+    except Exception as err:  # a malformed pickle raises anything from EOFError to TypeError
+        raise CheckpointError(f"{path / METADATA_FILE}: refused ({type(err).__name__}: {err})") from err
+    if not isinstance(metadata, dcp_metadata.Metadata) or not isinstance(metadata.storage_data, dict):
+        raise CheckpointError(f"{path / METADATA_FILE}: not torch.distributed.checkpoint metadata")
+    for info in metadata.storage_data.values():
+        if not isinstance(info, _StorageInfo) or not isinstance(info.relative_path, str):
+            raise CheckpointError(f"{path / METADATA_FILE}: malformed storage entry {info!r}")
+    return metadata
+
+
+class _VerifiedReader(FileSystemReader):
+    """FileSystemReader that hands torch the metadata `verify` already checked and parsed, instead
+    of unpickling `.metadata` again with the plain pickle module."""
+
+    def __init__(self, path: Path, metadata: dcp_metadata.Metadata):
+        super().__init__(path)
+        self._metadata = metadata
+
+    def read_metadata(self, *args: Any, **kwargs: Any) -> dcp_metadata.Metadata:
+        if kwargs.get("rank") is not None:  # the per-rank metadata fallback: never written here
+            raise FileNotFoundError("recsearch checkpoints have one global .metadata")
+        metadata = self._metadata
+        if getattr(metadata, "storage_meta", None) is None:
+            metadata.storage_meta = dcp_metadata.StorageMeta()
+        metadata.storage_meta.load_id = self.load_id
+        return metadata
+
+
+class _WeightsOnlyLoadPlanner(DefaultLoadPlanner):
+    """The default planner, but non-tensor entries are read with torch.load(weights_only=True)
+    (torch's own planner uses weights_only=False for them)."""
+
+    def load_bytes(self, read_item: Any, value: io.BytesIO) -> None:
+        loaded = torch.load(value, weights_only=True)
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], loaded)
+        else:
+            self.state_dict[read_item.dest_index.fqn] = loaded
+
+
+# ---- ranks ---------------------------------------------------------------------------------------
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _share_of(name: str, index: int, world_size: int) -> int:
+    """The rank that hashes shard `name`: the rank that wrote it when its name says so (and that
+    rank exists now), else round-robin over the sorted shard list."""
+    match = _RANK_PREFIX.match(name)
+    if match and int(match.group(1)) < world_size:
+        return int(match.group(1))
+    return index % world_size
+
+
+def _gather(value: Any) -> list[Any]:
+    """Every rank's value, on every rank (just [value] without a process group)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def _barrier() -> None:

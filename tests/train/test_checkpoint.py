@@ -55,7 +55,9 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path, learnable_da
         shard.write_bytes(b"\0" * 16)  # corrupt the tensor data
     code, _ = _run(tmp_path, learnable_data, out, "max_steps=6", "resume_from=latest")
     assert code == 2
-    assert "cannot restore the run from it" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"checkpoint {latest} refused: {latest / '__0_0.distcp'}: 16 bytes, the manifest says" in err
+    assert _result_of(out)["status"] == "failed"
     shutil.rmtree(latest)
     (out / "checkpoints" / "latest").write_text("step_00000004\n")
     with pytest.raises(checkpoint.CheckpointError, match="not a complete checkpoint"):
