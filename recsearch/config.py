@@ -1,8 +1,10 @@
 """YAML files to typed dataclasses, strictly.
 
 Every problem in a file is reported at once, each naming the file and the dotted key: unknown keys,
-wrong types, missing required values. ``key=value`` overrides from the command line use the same
-dotted names (``hparams.batch_size=4096``) and are parsed as YAML scalars.
+wrong types, missing required values, and values a dataclass refuses (a ``SettingsError`` from its
+``__post_init__`` names each bad field; the file and the section go in front of it:
+``train.yaml: hparams.batch_size must be >= 1, got -4``). ``key=value`` overrides from the command
+line use the same dotted names (``hparams.batch_size=4096``) and are parsed as YAML scalars.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from recsearch import remote
+from recsearch.types import SettingsError
 
 T = TypeVar("T")
 
@@ -131,6 +134,7 @@ def _build_dataclass(cls: type, raw: Any, origin: str, prefix: str, problems: li
                 f"{origin}: {prefix}{key}: unknown key{hint}; known keys: {', '.join(sorted(fields))}"
             )
     kwargs = {}
+    before = len(problems)
     for name, f in fields.items():
         if name not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -138,12 +142,43 @@ def _build_dataclass(cls: type, raw: Any, origin: str, prefix: str, problems: li
             continue
         kwargs[name] = _convert(hints[name], raw[name], origin, f"{prefix}{name}", problems)
     if any(p.startswith(f"{origin}: {prefix}") for p in problems):
+        _check_the_rest(cls, kwargs, fields, origin, prefix, problems[before:], problems)
         return None
     try:
         return cls(**kwargs)
+    except SettingsError as err:  # each problem starts with the field's name: prefix the section
+        problems.extend(f"{origin}: {prefix}{problem}" for problem in err.problems)
+        return None
     except (TypeError, ValueError) as err:
         problems.append(f"{origin}: {where}: {err}")
         return None
+
+
+def _check_the_rest(
+    cls: type, kwargs: dict[str, Any], fields: dict[str, Any], origin: str, prefix: str,
+    found: list[str], problems: list[str],
+) -> None:
+    """Some fields of cls are already bad (`found`): still report the values its __post_init__
+    refuses among the others (a bad hparams section and max_steps=0 are reported together), by
+    building it once with the bad fields left at their defaults."""
+    bad = {name for name in kwargs if any(_is_about(p, f"{origin}: {prefix}{name}") for p in found)}
+    rest = {name: value for name, value in kwargs.items() if name not in bad}
+    for name, f in fields.items():
+        if name not in rest and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            return  # a required field is missing or bad: cls cannot be built at all
+    try:
+        cls(**rest)
+    except SettingsError as err:
+        problems.extend(
+            f"{origin}: {prefix}{p}" for p in err.problems if p.split(" ", 1)[0] not in bad
+        )
+    except (TypeError, ValueError):
+        pass  # reported once the fields above are fixed
+
+
+def _is_about(problem: str, key: str) -> bool:
+    """Whether a problem names key itself or something inside it (key.x, key[0])."""
+    return problem.startswith(key) and problem[len(key) : len(key) + 1] in (":", ".", "[", " ")
 
 
 def _convert(tp: Any, value: Any, origin: str, key: str, problems: list[str]) -> Any:

@@ -7,6 +7,8 @@ All values are frozen dataclasses so they can be hashed, compared and sent betwe
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 NUM_DENSE_FEATURES = 13
@@ -17,6 +19,69 @@ NUM_SPARSE_FEATURES = 26
 # DreamShard's access-frequency features: the share of a table's lookups that hit rows whose reuse
 # count (lookups of that row in one batch) falls in the bins (0,1], (1,2], (2,4], ..., (2^15, inf).
 NUM_REUSE_BINS = 17
+
+
+MAX_SEED = 2**63 - 1
+
+
+class SettingsError(ValueError):
+    """Bad values in a settings dataclass. Each of `problems` starts with the field's name
+    ('batch_size must be >= 1, got -4'), so a config loader can put the section and the file in
+    front of it ('train.yaml: hparams.batch_size must be >= 1, got -4'; recsearch.config does)."""
+
+    def __init__(self, problems: Sequence[str]):
+        self.problems = list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+def check_int(
+    problems: list[str], key: str, value: object, minimum: int, *,
+    maximum: int | None = None, optional: bool = False,
+) -> None:
+    """Append a problem unless value is an integer (not a bool) >= minimum (and <= maximum), or
+    None when optional."""
+    if optional and value is None:
+        return
+    null = " or null" if optional else ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{key} must be an integer{null}, got {value!r}")
+    elif maximum is not None and not minimum <= value <= maximum:
+        problems.append(f"{key} must be in {minimum}..{maximum}{null}, got {value!r}")
+    elif value < minimum:
+        problems.append(f"{key} must be >= {minimum}{null}, got {value!r}")
+
+
+def check_number(
+    problems: list[str], key: str, value: object, *, above: float | None = None,
+    minimum: float | None = None, maximum: float | None = None, optional: bool = False,
+) -> None:
+    """Append a problem unless value is a finite number (int or float, not a bool) > above,
+    >= minimum and <= maximum (each bound when given), or None when optional."""
+    if optional and value is None:
+        return
+    bounds = [f"> {above}" if above is not None else "", f">= {minimum}" if minimum is not None else "",
+              f"<= {maximum}" if maximum is not None else ""]
+    wanted = " and ".join(b for b in bounds if b)
+    null = " or null" if optional else ""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or (above is not None and not value > above)
+        or (minimum is not None and value < minimum)
+        or (maximum is not None and value > maximum)
+    ):
+        problems.append(f"{key} must be a finite number{' ' + wanted if wanted else ''}{null}, got {value!r}")
+
+
+def check_widths(problems: list[str], key: str, widths: object) -> None:
+    """Append a problem unless widths is a non-empty sequence of integers >= 1."""
+    if (
+        not isinstance(widths, (tuple, list))
+        or not widths
+        or any(isinstance(w, bool) or not isinstance(w, int) or w < 1 for w in widths)
+    ):
+        problems.append(f"{key} must be a non-empty list of integers >= 1, got {widths!r}")
 
 
 @dataclass(frozen=True)
@@ -97,22 +162,41 @@ class ArchSpec:
     projection_branch2: tuple[int, ...] = (512, 128)
 
     def __post_init__(self) -> None:
-        if not self.bottom_mlp or self.bottom_mlp[-1] != self.embedding_dim:
-            raise ValueError(
+        problems: list[str] = []
+        check_int(problems, "embedding_dim", self.embedding_dim, 1)
+        for name in ("bottom_mlp", "top_mlp"):
+            check_widths(problems, name, getattr(self, name))
+        if not problems and self.bottom_mlp[-1] != self.embedding_dim:
+            problems.append(
                 f"bottom_mlp must end in embedding_dim={self.embedding_dim}, got {self.bottom_mlp}"
             )
-        if not self.top_mlp or self.top_mlp[-1] != 1:
-            raise ValueError(f"top_mlp must end in 1, got {self.top_mlp}")
-        if any(w <= 0 for w in self.bottom_mlp + self.top_mlp):
-            raise ValueError("MLP widths must be positive")
-        if Interaction(self.interaction) is Interaction.PROJECTION:
-            for name in ("projection_branch1", "projection_branch2"):
-                branch = getattr(self, name)
-                if not branch or branch[-1] % self.embedding_dim:
-                    raise ValueError(
-                        f"{name} must end in a multiple of embedding_dim={self.embedding_dim}, "
-                        f"got {branch}"
-                    )
+        if not problems and self.top_mlp[-1] != 1:
+            problems.append(f"top_mlp must end in 1, got {self.top_mlp}")
+        try:
+            interaction = Interaction(self.interaction)
+        except ValueError:
+            allowed = ", ".join(i.value for i in Interaction)
+            problems.append(f"interaction must be one of {allowed}, got {self.interaction!r}")
+            interaction = None
+        check_int(problems, "dcn_num_layers", self.dcn_num_layers, 1)
+        check_int(problems, "dcn_low_rank_dim", self.dcn_low_rank_dim, 1)
+        for name in ("projection_branch1", "projection_branch2"):
+            before = len(problems)
+            check_widths(problems, name, getattr(self, name))
+            branch = getattr(self, name)
+            if (
+                interaction is Interaction.PROJECTION
+                and len(problems) == before
+                and isinstance(self.embedding_dim, int)
+                and self.embedding_dim >= 1
+                and branch[-1] % self.embedding_dim
+            ):
+                problems.append(
+                    f"{name} must end in a multiple of embedding_dim={self.embedding_dim}, "
+                    f"got {branch}"
+                )
+        if problems:
+            raise SettingsError(problems)
 
 
 @dataclass(frozen=True)
@@ -128,6 +212,25 @@ class HParams:
     decay_start_step: int = 0  # 0: no decay
     decay_steps: int = 0
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        problems: list[str] = []
+        check_int(problems, "batch_size", self.batch_size, 1)
+        for name in ("embedding_lr", "dense_lr"):
+            check_number(problems, name, getattr(self, name), above=0)
+        for name in ("embedding_optimizer", "dense_optimizer"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                problems.append(f"{name} must be an optimizer name, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "decay_start_step", "decay_steps"):
+            check_int(problems, name, getattr(self, name), 0)
+        check_int(problems, "seed", self.seed, 0, maximum=MAX_SEED)
+        if not problems and self.decay_steps and self.decay_start_step < self.warmup_steps:
+            problems.append(
+                f"decay_start_step must be >= warmup_steps ({self.warmup_steps}) when decay_steps "
+                f"> 0 (decay may not start inside warmup), got {self.decay_start_step}"
+            )
+        if problems:
+            raise SettingsError(problems)
 
 
 class TrialState(enum.IntEnum):

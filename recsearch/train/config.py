@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recsearch.types import ArchSpec, HParams
+from recsearch.types import ArchSpec, HParams, SettingsError, check_int
 
 EMBEDDING_PRECISIONS = ("fp32", "fp16")  # table weights (and their fused optimizer updates)
 DENSE_PRECISIONS = ("fp32", "bf16")  # MLPs + interaction under autocast (weights stay fp32)
@@ -40,10 +40,10 @@ class TrainConfig:
     engine: str = "auto"  # auto | single | pipeline (see ENGINES)
     # single engine on CUDA: capture the whole step (forward, backward, both optimizer updates) as
     # one CUDA graph. auto: when the step allows it (result.json says why not, when not)
-    cuda_graph: str = "auto"  # auto | true | false
+    cuda_graph: str | bool = "auto"  # auto | true | false
     # single engine: hold the train split in device memory (batches are gathered there, no
     # loader thread). auto: on CUDA when it fits in half the free device memory
-    data_on_device: str = "auto"  # auto | true | false
+    data_on_device: str | bool = "auto"  # auto | true | false
     log_every_steps: int = 50
     prefetch_batches: int = 2
     latency_batch_sizes: tuple[int, ...] = (1, 256)
@@ -59,18 +59,63 @@ class TrainConfig:
     upload_to: str | None = None
 
     def __post_init__(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
-        if self.log_every_steps < 1:
-            raise ValueError("log_every_steps must be >= 1")
-        for key, value, allowed in (
-            ("embedding_precision", self.embedding_precision, EMBEDDING_PRECISIONS),
-            ("dense_precision", self.dense_precision, DENSE_PRECISIONS),
-            ("engine", self.engine, ENGINES),
-            ("cuda_graph", self.cuda_graph, TRISTATE),
-            ("data_on_device", self.data_on_device, TRISTATE),
-        ):
-            if value not in allowed:
-                raise ValueError(f"{key} must be {' or '.join(allowed)}, got {value!r}")
+        for key in ("cuda_graph", "data_on_device"):  # YAML reads true/false as booleans
+            value = getattr(self, key)
+            if isinstance(value, bool):
+                object.__setattr__(self, key, "true" if value else "false")
+        problems = settings_problems(self)
+        if problems:
+            raise SettingsError(problems)
+
+
+def settings_problems(cfg: TrainConfig) -> list[str]:
+    """Every setting of cfg that would hang the run, make it lie or crash it late, each starting
+    with its key ('max_steps must be >= 1 or null, got 0'). Arch and hparams check themselves when
+    they are built (recsearch.types)."""
+    problems: list[str] = []
+    for key in ("data_dir", "output_dir", "plan"):
+        value = getattr(cfg, key)
+        if not isinstance(value, str) or not value:
+            problems.append(f"{key} must be a non-empty string, got {value!r}")
+    for key in ("resume_from", "upload_to"):
+        value = getattr(cfg, key)
+        if value is not None and (not isinstance(value, str) or not value):
+            problems.append(f"{key} must be a non-empty string or null, got {value!r}")
+    for key in ("max_rows_per_table", "train_rows", "eval_rows", "max_steps"):
+        check_int(problems, key, getattr(cfg, key), 1, optional=True)  # 0 would train or test nothing
+    check_int(problems, "epochs", cfg.epochs, 1)
+    check_int(problems, "log_every_steps", cfg.log_every_steps, 1)
+    check_int(problems, "latency_iters", cfg.latency_iters, 1)
+    for key in ("eval_every_steps", "checkpoint_every_steps", "prefetch_batches"):
+        check_int(problems, key, getattr(cfg, key), 0)  # 0: never (end only), none, no thread
+    sizes = cfg.latency_batch_sizes
+    if not isinstance(sizes, (tuple, list)) or any(
+        isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes
+    ):
+        problems.append(f"latency_batch_sizes must be a list of integers >= 1, got {sizes!r}")
+    threshold = cfg.auc_threshold
+    if threshold is not None and (
+        isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1
+    ):
+        problems.append(f"auc_threshold must be in (0, 1] or null, got {threshold!r}")
+    elif threshold is not None and cfg.eval_every_steps == 0:
+        problems.append(
+            "auc_threshold needs eval_every_steps > 0: it is checked at the periodic evaluations, "
+            "and with eval_every_steps = 0 there are none"
+        )
+    if cfg.device not in ("auto", "cpu", "cuda"):
+        problems.append(f"device must be auto, cpu or cuda, got {cfg.device!r}")
+    for key, allowed in (
+        ("embedding_precision", EMBEDDING_PRECISIONS),
+        ("dense_precision", DENSE_PRECISIONS),
+        ("engine", ENGINES),
+        ("cuda_graph", TRISTATE),
+        ("data_on_device", TRISTATE),
+    ):
+        value = getattr(cfg, key)
+        if value not in allowed:
+            problems.append(f"{key} must be {' or '.join(allowed)}, got {value!r}")
+    for key in ("tensorboard", "compile_dense"):
+        if not isinstance(getattr(cfg, key), bool):
+            problems.append(f"{key} must be true or false, got {getattr(cfg, key)!r}")
+    return problems

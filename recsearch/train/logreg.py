@@ -33,7 +33,7 @@ from recsearch.data import layout
 from recsearch.data.loader import read_split_arrays
 from recsearch.model.dlrm import table_rows
 from recsearch.train.metrics import EvalMetrics, MetricAccumulator
-from recsearch.types import RESULT_FILE
+from recsearch.types import MAX_SEED, RESULT_FILE, SettingsError, check_int, check_number
 
 
 @dataclass(frozen=True)
@@ -50,10 +50,16 @@ class LogRegConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-        if not self.lr > 0 or self.l2 < 0:
-            raise ValueError(f"need lr > 0 and l2 >= 0, got lr={self.lr}, l2={self.l2}")
+        problems: list[str] = []
+        check_int(problems, "epochs", self.epochs, 1)
+        check_int(problems, "batch_size", self.batch_size, 1)
+        check_number(problems, "lr", self.lr, above=0)
+        check_number(problems, "l2", self.l2, minimum=0)
+        for key in ("max_rows_per_table", "train_rows", "eval_rows"):
+            check_int(problems, key, getattr(self, key), 1, optional=True)
+        check_int(problems, "seed", self.seed, 0, maximum=MAX_SEED)
+        if problems:
+            raise SettingsError(problems)
 
 
 class LogisticRegression(nn.Module):
@@ -163,6 +169,13 @@ def main(argv: list[str] | None = None) -> int:
             lr=args.lr, l2=args.l2, max_rows_per_table=args.max_rows_per_table,
             train_rows=args.train_rows, eval_rows=args.eval_rows, seed=args.seed,
         )  # fmt: skip
+    except SettingsError as err:  # every bad option at once, named as it was given
+        for problem in err.problems:
+            key, _, what = problem.partition(" ")
+            what = what.replace(" or null", " (or left out)")
+            print(f"recsearch baseline logreg: error: --{key.replace('_', '-')} {what}", file=sys.stderr)
+        return 2
+    try:
         result = train(cfg)
     except (ValueError, FileNotFoundError, FloatingPointError) as err:
         print(f"recsearch baseline logreg: error: {err}", file=sys.stderr)

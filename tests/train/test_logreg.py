@@ -41,14 +41,21 @@ def test_fewer_rows_and_a_seed_change_the_fit(tmp_path, learnable_data):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--lr", "0"], "need lr > 0"),
-        (["--epochs", "0"], "epochs and batch_size must be >= 1"),
+        (["--lr", "0"], "recsearch baseline logreg: error: --lr must be a finite number > 0, got 0.0\n"),
+        (["--epochs", "0"], "recsearch baseline logreg: error: --epochs must be >= 1, got 0\n"),
+        (["--batch-size", "-4"], "recsearch baseline logreg: error: --batch-size must be >= 1, got -4\n"),
+        (["--l2", "-0.5"], "recsearch baseline logreg: error: --l2 must be a finite number >= 0, got -0.5\n"),
+        (["--eval-rows", "0"], "recsearch baseline logreg: error: --eval-rows must be >= 1 (or left out), got 0\n"),
+        (["--train-rows", "-1"], "recsearch baseline logreg: error: --train-rows must be >= 1 (or left out), got -1\n"),
+        (["--max-rows-per-table", "0"],
+         "recsearch baseline logreg: error: --max-rows-per-table must be >= 1 (or left out), got 0\n"),
+        (["--seed", "-1"], "recsearch baseline logreg: error: --seed must be in 0..9223372036854775807, got -1\n"),
     ],
 )
 def test_bad_settings_are_clear_errors(tmp_path, learnable_data, capsys, args, message):
     out = tmp_path / "lr"
     assert cli.main(["baseline", "logreg", "--data", str(learnable_data), "--out", str(out), *args]) == 2
-    assert message in capsys.readouterr().err
+    assert capsys.readouterr().err == message
     assert not out.exists()
 
 
