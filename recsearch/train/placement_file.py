@@ -1,0 +1,107 @@
+"""Placement files for `recsearch train` (`plan: FILE`): which rank holds each embedding table.
+
+A placement file is JSON, either a bare object `{table: rank}` or `{"placement": {table: rank},
+...}` (what `recsearch place policy place` and the search write; the other keys are information
+and are not read). It must name every table of the model exactly once, with an integer rank in
+0..world_size-1, and nothing else: a table name the model does not have is a file written for
+another model (or a typo) and is refused rather than ignored.
+
+Standard library only (plus recsearch.remote, so the file may be an fsspec URL).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from recsearch import remote
+
+MAX_NAMES_SHOWN = 8  # an error lists at most this many table names of each kind
+
+
+class PlacementFileError(ValueError):
+    """A placement file that is not valid JSON, has the wrong shape, or does not fit the model."""
+
+
+def load_placement(path: str | os.PathLike[str], table_names: Sequence[str], world_size: int) -> dict[str, int]:
+    """{table: rank} for every table in table_names, from the placement file at path (a path or
+    an fsspec URL). FileNotFoundError when there is no such file; PlacementFileError naming the
+    file and every problem (unknown tables, tables without a rank, ranks outside
+    0..world_size-1, wrong types, a key given twice)."""
+    if isinstance(world_size, bool) or not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be an integer >= 1, got {world_size!r}")
+    try:
+        text = remote.read_text(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"placement file {path} not found") from None
+    try:
+        raw = json.loads(text, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as dup:
+        raise PlacementFileError(f"{path}: key {dup.key!r} appears more than once") from None
+    except json.JSONDecodeError as err:
+        raise PlacementFileError(f"{path}: not valid JSON: {err}") from err
+    if isinstance(raw, dict) and "placement" in raw:
+        raw = raw["placement"]
+        where = '"placement"'
+    else:
+        where = "the file"
+    if not isinstance(raw, dict):
+        raise PlacementFileError(
+            f"{path}: expected a JSON object of table name -> rank (or {{\"placement\": {{...}}}}), "
+            f"but {where} is {_json_type(raw)}"
+        )
+    problems = []
+    not_ints = {t: r for t, r in raw.items() if isinstance(r, bool) or not isinstance(r, int)}
+    if not_ints:
+        problems.append(f"ranks must be integers, got {_shown(not_ints)}")
+    known = set(table_names)
+    unknown = sorted(t for t in raw if t not in known)
+    if unknown:
+        problems.append(
+            f"{len(unknown)} table name(s) the model does not have: {_shown(unknown)} "
+            f"(the model's tables: {_shown(list(table_names))})"
+        )
+    missing = [t for t in table_names if t not in raw]
+    if missing:
+        problems.append(f"no rank for {len(missing)} of the model's tables: {_shown(missing)}")
+    outside = {t: r for t, r in raw.items() if t not in not_ints and not 0 <= r < world_size}
+    if outside:
+        problems.append(f"ranks outside 0..{world_size - 1} (world size {world_size}): {_shown(outside)}")
+    if problems:
+        raise PlacementFileError(f"{path}: " + "; ".join(problems))
+    return {name: int(raw[name]) for name in table_names}
+
+
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _shown(items: Any) -> str:
+    """A list or {name: value} for an error, cut to MAX_NAMES_SHOWN entries."""
+    if isinstance(items, dict):
+        entries = [f"{k!r}: {json.dumps(v)}" for k, v in items.items()]
+        opening, closing = "{", "}"
+    else:
+        entries = [repr(k) for k in items]
+        opening, closing = "[", "]"
+    more = len(entries) - MAX_NAMES_SHOWN
+    text = ", ".join(entries[:MAX_NAMES_SHOWN]) + (f", ... ({more} more)" if more > 0 else "")
+    return opening + text + closing
+
+
+def _json_type(value: Any) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
