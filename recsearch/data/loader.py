@@ -196,6 +196,34 @@ class NpyBatchLoader:
             return batches
         return _Prefetcher(batches, self.prefetch_batches)
 
+    # ---- the split as whole arrays (the single-device engine's data on the device) ------------------
+    def resident_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The loaded split as the batches draw from it: dense float32 [N, 13], ids [N, columns]
+        already hashed to the table sizes (stored width), labels float32 [N]. Only in memory."""
+        if not self.in_memory:
+            raise ValueError("resident_arrays needs an in-memory loader (in_memory=True)")
+        split = self._days[0]
+        return split.dense, split.sparse, split.labels.reshape(-1)
+
+    def epoch_rows(self, epoch: int) -> np.ndarray:
+        """Row indices (int64) of this rank's batches of `epoch`, in order, concatenated: batch b
+        of the epoch is rows [b * batch_size, (b + 1) * batch_size) of the result (the last one
+        may be short). The same rows, in the same order, as iterating the loader."""
+        block_order = self._block_order(epoch)
+        pieces = []
+        for i in range(len(self)):
+            block = int(block_order[self.rank + i * self.world_size])
+            start = block * self.batch_size
+            stop = min(start + self.batch_size, self.num_rows)
+            if self.shuffle:
+                pieces.append(start + self._row_order(block, epoch, stop - start))
+            else:
+                pieces.append(np.arange(start, stop, dtype=np.int64))
+        return np.concatenate(pieces).astype(np.int64, copy=False) if pieces else np.zeros(0, np.int64)
+
+    def _row_order(self, block: int, epoch: int, rows: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch, block]).permutation(rows)
+
     # ---- building one batch ----------------------------------------------------------------------
     def _block_order(self, epoch: int) -> np.ndarray:
         blocks = -(-self.num_rows // self.batch_size)
@@ -211,7 +239,7 @@ class NpyBatchLoader:
         start = block * self.batch_size
         stop = min(start + self.batch_size, self.num_rows)
         if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch, block]).permutation(stop - start)
+            order = self._row_order(block, epoch, stop - start)
             dense, sparse, labels = _gather_rows(self._days, start, stop, order)
         elif self._views:
             split = self._days[0]
@@ -421,7 +449,18 @@ def _offer(out: queue.Queue, item: object, stop: threading.Event) -> bool:
 
 
 class _Prefetcher(Iterator[Batch]):
-    """Runs a batch generator in a daemon thread, `depth` batches ahead of the consumer."""
+    """Runs a batch generator in a daemon thread, `depth` batches ahead of the consumer.
+
+    The thread is always joined: by close(), or, for an iterator its consumer dropped without
+    closing (an exception in the training loop), when it is garbage collected, or at interpreter
+    exit at the latest (weakref.finalize runs at exit). It builds batches (tensors), and a daemon
+    thread still inside a torch op when the interpreter shuts down aborts the process
+    ("terminate called without an active exception")."""
+
+    # Joining from a finalizer: the garbage collector may run it at any point of the consumer's
+    # code, even while the consumer holds the queue's lock the producer needs to finish its
+    # hand-off; a bounded wait cannot deadlock there (the producer then ends at its next hand-off).
+    FINALIZER_JOIN_S = 10.0
 
     def __init__(self, batches: Iterator[Batch], depth: int):
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -434,7 +473,14 @@ class _Prefetcher(Iterator[Batch]):
             daemon=True,
         )
         self._thread.start()
-        weakref.finalize(self, self._stop.set)
+        # holds the event and the thread, never self: the finalizer must not keep the iterator alive
+        self._finalizer = weakref.finalize(self, _Prefetcher._halt, self._stop, self._thread, self.FINALIZER_JOIN_S)
+
+    @staticmethod
+    def _halt(stop: threading.Event, thread: threading.Thread, timeout: float | None) -> None:
+        stop.set()
+        if thread is not threading.current_thread():  # a collection on the producer itself
+            thread.join(timeout)
 
     def __next__(self) -> Batch:
         if self._finished:
@@ -453,7 +499,6 @@ class _Prefetcher(Iterator[Batch]):
         the batch it is building). Waiting matters: a daemon thread still inside a torch op when
         the interpreter exits aborts the process ("terminate called without an active exception"),
         and one still building batches would compete with whatever the caller times next."""
-        self._stop.set()
         self._finished = True
-        if self._thread is not threading.current_thread():
-            self._thread.join()
+        self._finalizer.detach()
+        self._halt(self._stop, self._thread, None)

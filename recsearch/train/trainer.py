@@ -3,12 +3,11 @@
 `recsearch train --config configs/train/<name>.yaml [key=value ...]`, in one process or under
 `torchrun --nproc_per_node N` (gloo on CPU, nccl on GPU).
 
-Top to bottom: process group -> data loaders -> model on the meta device with its embedding
-optimizer fused into backward -> sharding plan (TorchRec's planner, or a table placement file) ->
-DistributedModelParallel -> dense optimizer -> TrainPipelineSparseDist (copy, input all-to-all and
-forward/backward overlapped) -> train with LR schedule, periodic eval and early stops -> final
-eval on val and test -> inference latency -> result.json (the only thing a search reads) and
-TensorBoard.
+Top to bottom: process group -> data loaders -> engine (the model, its optimizers and its step:
+`single` on one device, one CUDA graph per step on a GPU; `pipeline` = DistributedModelParallel +
+TrainPipelineSparseDist over several ranks; see recsearch.train.engine) -> train with LR schedule,
+periodic eval, checkpoints and early stops -> final eval on val and test -> inference latency ->
+result.json (the only thing a search reads) and TensorBoard.
 """
 
 from __future__ import annotations
@@ -22,58 +21,31 @@ import resource
 import sys
 import time
 import traceback
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
-from torchrec.datasets.utils import Batch
-from torchrec.distributed import DistributedModelParallel
-from torchrec.distributed.embedding_types import EmbeddingComputeKernel
-from torchrec.distributed.planner import (
-    EmbeddingShardingPlanner,
-    ParameterConstraints,
-    Topology,
-)
-from torchrec.distributed.sharding_plan import (
-    construct_module_sharding_plan,
-    table_wise,
-)
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-from torchrec.distributed.types import ShardingPlan, ShardingType
-from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
-from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsearch import config, remote
 from recsearch.data import layout
 from recsearch.data.loader import NpyBatchLoader
-from recsearch.model.dlrm import (
-    EBC_MODULE_PATH,
-    build_model,
-    dense_parameter_count,
-    table_rows,
-)
+from recsearch.model.dlrm import compile_dense_parts, dense_parameter_count, table_rows
 from recsearch.train import checkpoint
 from recsearch.train.config import TrainConfig
+from recsearch.train.dispatch import OpCounter
+from recsearch.train.engine import TrainEngine, make_engine
 from recsearch.train.metrics import EvalMetrics, MetricAccumulator
-from recsearch.train.optim import dense_optimizer, embedding_optimizer
-from recsearch.train.schedule import LRSchedule, apply_lr
+from recsearch.train.pipeline_engine import load_placement
+from recsearch.train.schedule import LRSchedule
 from recsearch.types import RESULT_FILE
 
-# What the "torchrec" plan may choose for a table: every sharding but data_parallel, on FBGEMM's
-# fused TBE kernel (see _sharding_plan).
-FUSED_KERNEL_CONSTRAINTS = ParameterConstraints(
-    sharding_types=[
-        ShardingType.TABLE_WISE.value,
-        ShardingType.ROW_WISE.value,
-        ShardingType.COLUMN_WISE.value,
-        ShardingType.TABLE_ROW_WISE.value,
-    ],
-    compute_kernels=[EmbeddingComputeKernel.FUSED.value],
-)
+__all__ = ["TrainConfig", "compile_dense_parts", "load_placement", "main", "train"]
+
+# The step of a run (counted from its start or resume) whose dispatched ops result.json reports:
+# past the single engine's eager warm-up and graph capture, a steady step.
+OPS_COUNT_STEP = 8
 
 
 @dataclass
@@ -93,7 +65,7 @@ class RunState:
 
 def train(cfg: TrainConfig) -> dict:
     """Run one training job in this process (one rank of it under torchrun); return the result."""
-    device = _init_distributed(cfg.device)
+    device = init_distributed(cfg.device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,87 +100,74 @@ def train(cfg: TrainConfig) -> dict:
             f"no training batch: {train_loader.num_rows} train rows < batch {hp.batch_size} x {world_size} ranks"
         )
 
-    # Model: tables on the meta device; DMP materializes only this rank's shards.
-    model = build_model(
-        cfg.arch, rows, device="meta", embedding_dtype=cfg.embedding_precision, dense_dtype=cfg.dense_precision,
-        compute_device_type=device.type,
-    )
-    if cfg.compile_dense:
-        compile_dense_parts(model)
-    emb_cls, emb_kwargs = embedding_optimizer(hp.embedding_optimizer, hp.embedding_lr, device.type)
-    apply_optimizer_in_backward(emb_cls, model.model.sparse_arch.parameters(), emb_kwargs)
-    plan = _sharding_plan(cfg, model, device, world_size)
-    model = DistributedModelParallel(module=model, device=device, plan=plan)
-    dense_opt = KeyedOptimizerWrapper(
-        dict(in_backward_optimizer_filter(model.named_parameters())),
-        lambda params: dense_optimizer(hp.dense_optimizer, params, hp.dense_lr),
-    )
-    optimizer = CombinedOptimizer([model.fused_optimizer, dense_opt])
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    engine = make_engine(cfg, rows, device, world_size, train_loader)
     schedule = LRSchedule(hp.warmup_steps, hp.decay_start_step, hp.decay_steps)
 
     writer = SummaryWriter(str(out / "tb")) if cfg.tensorboard and rank == 0 else None
     state = RunState()
     if cfg.resume_from is not None:
-        restored = checkpoint.load(checkpoint.resolve(cfg.resume_from, out), model, optimizer)
+        restored = checkpoint.load(checkpoint.resolve(cfg.resume_from, out), engine.model, engine.optimizer)
         state = RunState(**{**restored, "status": "running"})
         _log(rank, f"resumed from {cfg.resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
     max_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * len(train_loader)
     val_metrics: EvalMetrics | None = None
-    _log(rank, f"training {max_steps} steps of {hp.batch_size} x {world_size} ranks on {device}; plan {cfg.plan}")
+    report = engine.report
+    graph_note = "CUDA graph per step" if report.cuda_graph_note == "" else f"no CUDA graph: {report.cuda_graph_note}"
+    _log(
+        rank,
+        f"training {max_steps} steps of {hp.batch_size} x {world_size} ranks on {device}; engine {report.engine}"
+        + (f" ({graph_note}; data on {'the device' if report.data_on_device else 'the host'})" if report.engine == "single" else f"; plan {cfg.plan}"),
+    )
+    steps_this_run = 0
 
     while state.step < max_steps and state.status == "running":
         # One stretch of training: until the epoch ends, max_steps, or an evaluation is due.
-        train_loader.set_epoch(state.epoch)
         stretch_end = max_steps
         for every in (cfg.eval_every_steps, cfg.checkpoint_every_steps):
             if every:
                 stretch_end = min(stretch_end, (state.step // every + 1) * every)
-        pipeline = TrainPipelineSparseDist(model, optimizer, device, execute_all_batches=True)
-        batches = _TimedIterator(train_loader.iter_from(state.batch_in_epoch))
         started = time.perf_counter()
-        window = _LossWindow(device)
+        engine.start_stretch(state.epoch, state.batch_in_epoch)
+        window = _LossWindow()
         lr_multiplier = math.nan  # set at the stretch's first step, then only when it changes
         while state.step < stretch_end:
             if (multiplier := schedule.multiplier(state.step)) != lr_multiplier:
-                apply_lr(optimizer, base_lrs, multiplier)
+                engine.set_lr_multiplier(multiplier)
                 lr_multiplier = multiplier
-            try:
-                # DLRMTrain's output, already detached. zero_grad() inside progress() pushes the
-                # lr just set into the fused embedding kernels before their backward runs.
-                loss, _logits, labels = pipeline.progress(batches)
-            except StopIteration:  # end of the epoch
+            steps_this_run += 1
+            if steps_this_run == OPS_COUNT_STEP:
+                with OpCounter() as counter:
+                    samples = engine.step()
+                report.ops_per_step = counter.total
+            else:
+                samples = engine.step()
+            if samples is None:  # end of the epoch
                 state.epoch += 1
                 state.batch_in_epoch = 0
                 break
             state.step += 1
             state.batch_in_epoch += 1
-            samples = labels.numel() * world_size  # the last batch of an epoch may be short
             state.samples += samples
-            window.add(loss, samples)
+            window.add(samples)
             log_due = state.step % cfg.log_every_steps == 0
-            if log_due and not _log_window(window, state, optimizer, writer, rank, max_steps):
+            if log_due and not _log_window(window, engine, state, writer, rank, max_steps):
                 break  # diverged
         # Whatever ended the stretch (an evaluation, the epoch's end), the steps since the last log
         # are logged and checked too: a divergence is caught at the first stretch end after it.
         if window.steps and state.status == "running":
-            _log_window(window, state, optimizer, writer, rank, max_steps)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+            _log_window(window, engine, state, writer, rank, max_steps)
+        state.data_wait_seconds += engine.end_stretch()  # waits for the device
         state.train_seconds += time.perf_counter() - started
-        state.data_wait_seconds += batches.wait_seconds
-        batches.close()
-        model = pipeline.detach()  # the model can be called directly again
         if state.status != "running":
             break
         if state.batch_in_epoch >= len(train_loader):
             state.epoch += 1
             state.batch_in_epoch = 0
         if cfg.checkpoint_every_steps and (state.step % cfg.checkpoint_every_steps == 0 or state.step >= max_steps):
-            checkpoint.save(out, state.step, model, optimizer, dataclasses.asdict(state))
+            checkpoint.save(out, state.step, engine.model, engine.optimizer, dataclasses.asdict(state))
         due = cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0 and state.step < max_steps
         if due:
-            val_metrics = evaluate(model, loader("val", False, cfg.eval_rows), device)
+            val_metrics = evaluate(engine.model, loader("val", False, cfg.eval_rows), device)
             _log(rank, f"step {state.step}: val AUC {val_metrics.auc:.4f} log loss {val_metrics.log_loss:.4f}")
             if writer:
                 _write_eval(writer, "val", val_metrics, state.step)
@@ -219,6 +178,7 @@ def train(cfg: TrainConfig) -> dict:
     if state.status == "running":
         state.status = "completed"
 
+    model = engine.model
     final: dict[str, EvalMetrics] = {}
     latency: dict[str, dict[str, float]] = {}
     if state.status != "diverged":
@@ -227,7 +187,7 @@ def train(cfg: TrainConfig) -> dict:
             if writer:
                 _write_eval(writer, split, final[split], state.step)
         latency = measure_latency(model, cfg, loader, device)
-    result = _result(cfg, meta, state, final, latency, plan, model, world_size, device)
+    result = _result(cfg, meta, state, final, latency, engine, world_size, device)
     if writer:
         hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _flat(config.to_dict(cfg)).items()}
         metrics = {f"final/{s}_{k}": getattr(m, k) for s, m in final.items() for k in ("auc", "log_loss", "accuracy")}
@@ -239,15 +199,6 @@ def train(cfg: TrainConfig) -> dict:
         if error:  # the run's own result.json stays as it is; the exit code says it
             result["upload_error"] = error
     return result
-
-
-def compile_dense_parts(model: torch.nn.Module) -> None:
-    """torch.compile the DLRM's dense parts in place (nn.Module.compile keeps parameter names, so
-    plans, optimizers and checkpoints are unchanged). The sharded embeddings stay eager: FBGEMM's
-    fused kernels and the input all-to-all are already single ops."""
-    dlrm = model.model
-    for name in ("dense_arch", "inter_arch", "over_arch"):
-        getattr(dlrm, name).compile(dynamic=False)
 
 
 def evaluate(model: torch.nn.Module, loader: NpyBatchLoader, device: torch.device) -> EvalMetrics:
@@ -302,7 +253,7 @@ def measure_latency(model, cfg: TrainConfig, make_loader, device: torch.device) 
 
 
 # ---- pieces ------------------------------------------------------------------------------------
-def _init_distributed(device_pref: str) -> torch.device:
+def init_distributed(device_pref: str) -> torch.device:
     use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError("device=cuda but no CUDA device is available")
@@ -321,80 +272,31 @@ def _init_distributed(device_pref: str) -> torch.device:
     return device
 
 
-def _sharding_plan(cfg: TrainConfig, model, device: torch.device, world_size: int) -> ShardingPlan:
-    if cfg.plan == "torchrec":
-        # Left to itself the planner makes small tables data_parallel with the "dense" kernel: those
-        # are plain DDP parameters that the *dense* optimizer trains, so hparams.embedding_optimizer
-        # and embedding_lr would be silently ignored. Only fused-kernel shardings keep the
-        # embedding optimizer fused into backward.
-        ebc = model.model.sparse_arch.embedding_bag_collection
-        fused_only = {c.name: FUSED_KERNEL_CONSTRAINTS for c in ebc.embedding_bag_configs()}
-        planner = EmbeddingShardingPlanner(
-            topology=Topology(world_size=world_size, compute_device=device.type),
-            batch_size=cfg.hparams.batch_size,
-            constraints=fused_only,
-        )
-        return planner.collective_plan(model, None, dist.GroupMember.WORLD)
-    placement = load_placement(cfg.plan)
-    ebc = model.model.sparse_arch.embedding_bag_collection
-    names = [c.name for c in ebc.embedding_bag_configs()]
-    missing = sorted(set(names) - set(placement))
-    if missing:
-        raise ValueError(f"{cfg.plan}: no rank for tables {missing}")
-    bad = {t: r for t, r in placement.items() if not 0 <= r < world_size}
-    if bad:
-        raise ValueError(f"{cfg.plan}: ranks outside 0..{world_size - 1}: {bad}")
-    module_plan = construct_module_sharding_plan(
-        ebc,
-        per_param_sharding={name: table_wise(rank=placement[name]) for name in names},
-        local_size=world_size if device.type == "cpu" else torch.cuda.device_count(),
-        world_size=world_size,
-        device_type=device.type,
-    )
-    return ShardingPlan({EBC_MODULE_PATH: module_plan})
-
-
-def load_placement(path: str | Path) -> dict[str, int]:
-    """A placement file: JSON {table: rank}, or {"placement": {table: rank}, ...}."""
-    try:
-        raw = json.loads(remote.read_text(path))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"placement file {path} not found") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from err
-    raw = raw.get("placement", raw) if isinstance(raw, dict) else raw
-    if not isinstance(raw, dict) or not all(isinstance(v, int) for v in raw.values()):
-        raise ValueError(f"{path}: expected a JSON object of table name -> rank (int)")
-    return {str(k): int(v) for k, v in raw.items()}
-
-
 class _LossWindow:
-    """Losses summed on the device between two logs: one host sync per window, not per step."""
+    """Steps and samples since the last log; the engine sums the losses on the device, so a
+    window costs one host synchronisation, not one per step."""
 
-    def __init__(self, device: torch.device):
-        self.loss_sum = torch.zeros((), device=device)
+    def __init__(self) -> None:
         self.steps = 0
         self.samples = 0  # over all ranks
         self.started = time.perf_counter()
 
-    def add(self, loss: torch.Tensor, samples: int) -> None:
-        self.loss_sum += loss
+    def add(self, samples: int) -> None:
         self.steps += 1
         self.samples += samples
 
     def reset(self) -> None:
-        self.loss_sum.zero_()
         self.steps = 0
         self.samples = 0
         self.started = time.perf_counter()
 
 
 def _log_window(
-    window: _LossWindow, state: RunState, optimizer, writer, rank: int, max_steps: int
+    window: _LossWindow, engine: TrainEngine, state: RunState, writer, rank: int, max_steps: int
 ) -> bool:
     """Record the window's mean loss and speed; mark the run diverged and return False on a
     non-finite loss."""
-    mean_loss = float(window.loss_sum) / window.steps
+    mean_loss = engine.take_loss_sum() / window.steps
     state.last_loss = mean_loss
     if not math.isfinite(mean_loss):
         state.status = "diverged"
@@ -402,7 +304,8 @@ def _log_window(
         return False
     rate = window.samples / max(time.perf_counter() - window.started, 1e-9)
     # param_groups: the fused embedding optimizers' groups first, the dense optimizer's last.
-    lr_embedding, lr_dense = optimizer.param_groups[0]["lr"], optimizer.param_groups[-1]["lr"]
+    groups = engine.optimizer.param_groups
+    lr_embedding, lr_dense = groups[0]["lr"], groups[-1]["lr"]
     state.history.append({"step": state.step, "loss": mean_loss, "samples_per_s": rate})
     if writer:
         writer.add_scalar("train/loss", mean_loss, state.step)
@@ -412,34 +315,6 @@ def _log_window(
     _log(rank, f"step {state.step}/{max_steps} loss {mean_loss:.4f} {rate:,.0f} samples/s")
     window.reset()
     return True
-
-
-class _TimedIterator(Iterator[Batch]):
-    """Counts the time the training loop spends waiting for the next batch."""
-
-    def __init__(self, batches: Iterator[Batch]):
-        self._batches = batches
-        self.wait_seconds = 0.0
-
-    def __next__(self) -> Batch:
-        start = time.perf_counter()
-        try:
-            return next(self._batches)
-        finally:
-            self.wait_seconds += time.perf_counter() - start
-
-    def close(self) -> None:
-        close = getattr(self._batches, "close", None)
-        if close:
-            close()
-
-
-def _plan_summary(plan: ShardingPlan) -> dict[str, dict[str, object]]:
-    summary = {}
-    for module_plan in plan.plan.values():
-        for table, ps in module_plan.items():  # type: ignore[union-attr]
-            summary[table] = {"sharding_type": ps.sharding_type, "ranks": ps.ranks, "compute_kernel": ps.compute_kernel}
-    return summary
 
 
 def _peak_memory_mb(device: torch.device) -> list[float]:
@@ -467,8 +342,9 @@ def _embedding_bytes(model: torch.nn.Module) -> list[int]:
     return gathered
 
 
-def _result(cfg, meta, state: RunState, final, latency, plan, model, world_size, device) -> dict:
+def _result(cfg, meta, state: RunState, final, latency, engine: TrainEngine, world_size, device) -> dict:
     step_ms = 1000 * state.train_seconds / state.step if state.step else math.nan
+    model = engine.model
     return {
         "status": state.status,
         "config": config.to_dict(cfg),
@@ -483,7 +359,8 @@ def _result(cfg, meta, state: RunState, final, latency, plan, model, world_size,
         "samples_per_s": round(state.samples / state.train_seconds, 1) if state.train_seconds else math.nan,
         "data_wait_fraction": round(state.data_wait_seconds / state.train_seconds, 4) if state.train_seconds else math.nan,
         "latency_ms": latency,
-        "plan": _plan_summary(plan),
+        "plan": engine.plan_summary(),
+        "engine": dataclasses.asdict(engine.report),
         "world_size": world_size,
         "device": str(device),
         "dense_parameters": dense_parameter_count(model),

@@ -1,0 +1,199 @@
+"""The `pipeline` engine: DistributedModelParallel + TrainPipelineSparseDist, any number of ranks.
+
+The model is built on the meta device with its embedding optimizer fused into backward; the
+sharding plan comes from TorchRec's planner (fused-kernel shardings only) or a table placement
+file; DMP materializes this rank's shards, which then get the engine-independent initial weights;
+TrainPipelineSparseDist overlaps the next batch's copy and input all-to-all with this step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torchrec.datasets.utils import Batch
+from torchrec.distributed import DistributedModelParallel
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
+from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_wise
+from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from recsearch import remote
+from recsearch.data.loader import NpyBatchLoader
+from recsearch.model.dlrm import EBC_MODULE_PATH, build_model, compile_dense_parts, init_model_tables, table_configs
+from recsearch.train.config import TrainConfig
+from recsearch.train.engine import EngineReport
+from recsearch.train.optim import dense_optimizer, embedding_optimizer
+from recsearch.train.schedule import apply_lr
+
+# What the "torchrec" plan may choose for a table: every sharding but data_parallel, on FBGEMM's
+# fused TBE kernel (see sharding_plan).
+FUSED_KERNEL_CONSTRAINTS = ParameterConstraints(
+    sharding_types=[
+        ShardingType.TABLE_WISE.value,
+        ShardingType.ROW_WISE.value,
+        ShardingType.COLUMN_WISE.value,
+        ShardingType.TABLE_ROW_WISE.value,
+    ],
+    compute_kernels=[EmbeddingComputeKernel.FUSED.value],
+)
+
+
+class PipelineEngine:
+    """DMP + TrainPipelineSparseDist (see the module docstring)."""
+
+    def __init__(
+        self, cfg: TrainConfig, rows: list[int], device: torch.device, world_size: int, train_loader: NpyBatchLoader
+    ):
+        hp = cfg.hparams
+        self.device = device
+        self.world_size = world_size
+        self.train_loader = train_loader
+        torch.manual_seed(hp.seed)  # the dense layers' initial weights (the tables': init_model_tables)
+        model = build_model(
+            cfg.arch, rows, device="meta", embedding_dtype=cfg.embedding_precision,
+            dense_dtype=cfg.dense_precision, compute_device_type=device.type,
+        )
+        tables = table_configs(model)
+        if cfg.compile_dense:
+            compile_dense_parts(model)
+        emb_cls, emb_kwargs = embedding_optimizer(hp.embedding_optimizer, hp.embedding_lr, device.type)
+        apply_optimizer_in_backward(emb_cls, model.model.sparse_arch.parameters(), emb_kwargs)
+        self.plan = sharding_plan(cfg, model, device, world_size)
+        self.model = DistributedModelParallel(module=model, device=device, plan=self.plan)
+        init_model_tables(self.model, tables, hp.seed)
+        dense_opt = KeyedOptimizerWrapper(
+            dict(in_backward_optimizer_filter(self.model.named_parameters())),
+            lambda params: dense_optimizer(hp.dense_optimizer, params, hp.dense_lr),
+        )
+        self.optimizer = CombinedOptimizer([self.model.fused_optimizer, dense_opt])
+        self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self._loss_sum = torch.zeros((), device=device)
+        self._pipeline: TrainPipelineSparseDist | None = None
+        self._batches: _TimedIterator | None = None
+        self.report = EngineReport(engine="pipeline", cuda_graph_note="the pipeline engine runs eagerly")
+
+    def set_lr_multiplier(self, multiplier: float) -> None:
+        # The fused embedding optimizers take the new lr at the pipeline's next zero_grad().
+        apply_lr(self.optimizer, self._base_lrs, multiplier)
+
+    def start_stretch(self, epoch: int, start_batch: int) -> None:
+        self.train_loader.set_epoch(epoch)
+        self._pipeline = TrainPipelineSparseDist(self.model, self.optimizer, self.device, execute_all_batches=True)
+        self._batches = _TimedIterator(self.train_loader.iter_from(start_batch))
+
+    def step(self) -> int | None:
+        assert self._pipeline is not None and self._batches is not None
+        try:
+            # DLRMTrain's output, already detached. zero_grad() inside progress() pushes the lr
+            # just set into the fused embedding kernels before their backward runs.
+            loss, _logits, labels = self._pipeline.progress(self._batches)
+        except StopIteration:
+            return None
+        self._loss_sum += loss
+        self.report.eager_steps += 1
+        return labels.numel() * self.world_size  # the last batch of an epoch may be short
+
+    def take_loss_sum(self) -> float:
+        total = float(self._loss_sum)
+        self._loss_sum.zero_()
+        return total
+
+    def end_stretch(self) -> float:
+        assert self._pipeline is not None and self._batches is not None
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        wait = self._batches.wait_seconds
+        self._batches.close()
+        self.model = self._pipeline.detach()  # the model can be called directly again
+        self._pipeline = self._batches = None
+        return wait
+
+    def plan_summary(self) -> dict[str, dict[str, object]]:
+        summary: dict[str, dict[str, object]] = {}
+        for module_plan in self.plan.plan.values():
+            for table, ps in module_plan.items():  # type: ignore[union-attr]
+                summary[table] = {"sharding_type": ps.sharding_type, "ranks": ps.ranks, "compute_kernel": ps.compute_kernel}
+        return summary
+
+
+def sharding_plan(cfg: TrainConfig, model, device: torch.device, world_size: int) -> ShardingPlan:  # type: ignore[no-untyped-def]
+    """The run's ShardingPlan: TorchRec's planner restricted to fused-kernel shardings, or the
+    table-wise placement of cfg.plan (a placement file)."""
+    ebc = model.model.sparse_arch.embedding_bag_collection
+    if cfg.plan == "torchrec":
+        # Left to itself the planner makes small tables data_parallel with the "dense" kernel: those
+        # are plain DDP parameters that the *dense* optimizer trains, so hparams.embedding_optimizer
+        # and embedding_lr would be silently ignored. Only fused-kernel shardings keep the
+        # embedding optimizer fused into backward.
+        fused_only = {c.name: FUSED_KERNEL_CONSTRAINTS for c in ebc.embedding_bag_configs()}
+        planner = EmbeddingShardingPlanner(
+            topology=Topology(world_size=world_size, compute_device=device.type),
+            batch_size=cfg.hparams.batch_size,
+            constraints=fused_only,
+        )
+        return planner.collective_plan(model, None, dist.GroupMember.WORLD)
+    names = [c.name for c in ebc.embedding_bag_configs()]
+    placement = checked_placement(cfg.plan, names, world_size)
+    module_plan = construct_module_sharding_plan(
+        ebc,
+        per_param_sharding={name: table_wise(rank=placement[name]) for name in names},
+        local_size=world_size if device.type == "cpu" else torch.cuda.device_count(),
+        world_size=world_size,
+        device_type=device.type,
+    )
+    return ShardingPlan({EBC_MODULE_PATH: module_plan})
+
+
+def checked_placement(path: str | Path, table_names: list[str], world_size: int) -> dict[str, int]:
+    """The placement file's {table: rank}, checked against the model's tables and the ranks."""
+    placement = load_placement(path)
+    missing = sorted(set(table_names) - set(placement))
+    if missing:
+        raise ValueError(f"{path}: no rank for tables {missing}")
+    bad = {t: r for t, r in placement.items() if not 0 <= r < world_size}
+    if bad:
+        raise ValueError(f"{path}: ranks outside 0..{world_size - 1}: {bad}")
+    return placement
+
+
+def load_placement(path: str | Path) -> dict[str, int]:
+    """A placement file: JSON {table: rank}, or {"placement": {table: rank}, ...}."""
+    try:
+        raw = json.loads(remote.read_text(path))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"placement file {path} not found") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON: {err}") from err
+    raw = raw.get("placement", raw) if isinstance(raw, dict) else raw
+    if not isinstance(raw, dict) or not all(isinstance(v, int) for v in raw.values()):
+        raise ValueError(f"{path}: expected a JSON object of table name -> rank (int)")
+    return {str(k): int(v) for k, v in raw.items()}
+
+
+class _TimedIterator(Iterator[Batch]):
+    """Counts the time the training loop spends waiting for the next batch."""
+
+    def __init__(self, batches: Iterator[Batch]):
+        self._batches = batches
+        self.wait_seconds = 0.0
+
+    def __next__(self) -> Batch:
+        start = time.perf_counter()
+        try:
+            return next(self._batches)
+        finally:
+            self.wait_seconds += time.perf_counter() - start
+
+    def close(self) -> None:
+        close = getattr(self._batches, "close", None)
+        if close:
+            close()

@@ -1,0 +1,76 @@
+"""The single-device engine on CUDA: graph capture and replay, the copy-stream data path, and the
+CUDA step against the CPU step. `pytest -m gpu` on a GPU machine (tools/gpu_check.sh runs it);
+without CUDA every test here is skipped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recsearch.data.loader import NpyBatchLoader
+from tests.train.engines import engine_and_loader, small_config, train_steps
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+CUDA = torch.device("cuda")
+SCHEDULE = ["hparams.warmup_steps=4", "hparams.decay_start_step=12", "hparams.decay_steps=8"]
+
+
+def _losses(tmp_path, data, steps: int, *overrides: str) -> tuple[list[float], object]:
+    engine, _ = engine_and_loader(small_config(data, tmp_path, "engine=single", "device=cuda", *overrides), CUDA)
+    losses = []
+    engine.start_stretch(0, 0)
+    for step in range(steps):
+        warm = min(1.0, (step + 1) / 4)  # a changing lr, as the schedule gives
+        engine.set_lr_multiplier(warm)
+        assert engine.step() == 256
+        losses.append(engine.take_loss_sum())
+    engine.end_stretch()
+    return losses, engine.report
+
+
+@pytest.mark.parametrize(
+    "optimizers",
+    [["hparams.embedding_optimizer=sgd", "hparams.dense_optimizer=sgd", *SCHEDULE],
+     ["hparams.embedding_optimizer=rowwise_adagrad", "hparams.dense_optimizer=adam", "hparams.dense_lr=0.01"]],
+)
+def test_graph_replay_trains_like_the_eager_step(tmp_path, learnable_data, optimizers):
+    graphed, report = _losses(tmp_path / "g", learnable_data, 16, "cuda_graph=true", *optimizers)
+    eager, eager_report = _losses(tmp_path / "e", learnable_data, 16, "cuda_graph=false", *optimizers)
+    assert report.cuda_graph and report.graphed_steps >= 8, report
+    assert not eager_report.cuda_graph and eager_report.graphed_steps == 0
+    np.testing.assert_allclose(graphed, eager, rtol=1e-5)
+    assert np.mean(graphed[-4:]) < np.mean(graphed[:4])  # it learns under replay
+
+
+def test_pinned_host_batches_through_the_copy_stream_match_device_data(tmp_path, learnable_data):
+    on_device, report = _losses(tmp_path / "d", learnable_data, 12, "data_on_device=true")
+    from_host, host_report = _losses(tmp_path / "h", learnable_data, 12, "data_on_device=false")
+    assert report.data_on_device and not host_report.data_on_device
+    assert host_report.cuda_graph, host_report.cuda_graph_note
+    np.testing.assert_allclose(from_host, on_device, rtol=1e-6)
+
+
+def test_a_cuda_step_computes_what_the_cpu_step_computes(tmp_path, learnable_data):
+    cfg_cpu = small_config(learnable_data, tmp_path / "c", "engine=single", "device=cpu", "cuda_graph=false")
+    cfg_gpu = small_config(learnable_data, tmp_path / "g", "engine=single", "device=cuda", "cuda_graph=false")
+    cpu_engine, _ = engine_and_loader(cfg_cpu, torch.device("cpu"))
+    gpu_engine, _ = engine_and_loader(cfg_gpu, CUDA)
+    # CPU and CUDA random generators differ: start the CUDA model from the CPU model's weights
+    gpu_engine.model.load_state_dict(cpu_engine.model.state_dict())
+    cpu = train_steps(cpu_engine, 6)
+    gpu = train_steps(gpu_engine, 6)
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-4)
+
+
+def test_a_pinned_batch_round_trips(learnable_data):
+    loader = NpyBatchLoader(learnable_data, "val", 128, pin_memory=True, num_embeddings_per_feature=[20] * 26)
+    batch = next(iter(loader))
+    assert batch.dense_features.is_pinned() and batch.sparse_features.values().is_pinned()
+    moved = batch.to(CUDA, non_blocking=True)
+    torch.cuda.synchronize()
+    assert torch.equal(moved.dense_features.cpu(), batch.dense_features)
+    assert torch.equal(moved.sparse_features.values().cpu(), batch.sparse_features.values())

@@ -1,0 +1,263 @@
+"""The trainer on one GPU: issue 12's targets, the engines side by side, and the anchors, in one run.
+
+    python tools/bench_gpu.py run --data DIR --out OUT_DIR --group targets|mlperf|equality|host [--quick]
+    python tools/bench_gpu.py anchors --out OUT_DIR --anchor-script .gpu/bench_anchor.py
+    python tools/bench_gpu.py report --out OUT_DIR [--md docs/BENCHMARKS.md]
+
+tools/gpu_check.sh runs all of it on a GPU machine (data from configs/data/synthetic_kaggle.yaml).
+Each case is one `recsearch train` run, in this process (one import of torch/TorchRec/FBGEMM for
+a group), end to end: the data path, the LR schedule, logging and the loss read-back included.
+A case's speed is the median over its log windows after the first two (the single engine's
+eager warm-up and graph capture fall in those), from result.json's history (samples/s of each
+window of log_every_steps steps, wall clock). Every case appends its result to OUT/results.jsonl
+as soon as it ends, so a later failure loses nothing.
+
+`equality`: the same config and seed on the graphed single engine, the eager single engine and
+the DMP pipeline, 500 steps with a warmup + decay schedule, the loss of every step logged: the
+largest relative difference of any step's loss between each pair, and the val AUC difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python tools/bench_gpu.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from recsearch import benchmd  # noqa: E402
+
+SECTION = "bench_gpu"
+KAGGLE_ARCH = ["arch.embedding_dim=16", "arch.bottom_mlp=[512,256,64,16]", "arch.top_mlp=[512,256,1]"]
+MLPERF_ARCH = ["arch.embedding_dim=128", "arch.bottom_mlp=[512,256,128]", "arch.top_mlp=[1024,1024,512,256,1]"]
+SGD = ["hparams.embedding_optimizer=sgd", "hparams.dense_optimizer=sgd", "hparams.embedding_lr=0.1", "hparams.dense_lr=0.1"]
+SCHEDULE = ["hparams.warmup_steps=100", "hparams.decay_start_step=300", "hparams.decay_steps=200"]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    overrides: tuple[str, ...]
+    target_samples_per_s: float | None = None  # the issue's target, when it has one
+    note: str = ""
+
+
+def _kaggle(batch: int, steps: int, *extra: str) -> tuple[str, ...]:
+    return (*KAGGLE_ARCH, *SGD, f"hparams.batch_size={batch}", f"max_steps={steps}", "epochs=100", *extra)
+
+
+def _mlperf(batch: int, steps: int, *extra: str) -> tuple[str, ...]:
+    return (*MLPERF_ARCH, *SGD, f"hparams.batch_size={batch}", f"max_steps={steps}", "epochs=100", *extra)
+
+
+ROWWISE_ADAM = ("hparams.embedding_optimizer=rowwise_adagrad", "hparams.dense_optimizer=adam", "hparams.dense_lr=0.001")
+LOW_PRECISION = ("embedding_precision=fp16", "dense_precision=bf16")
+
+
+def cases(group: str, quick: bool) -> list[Case]:
+    k_steps, m_steps, eq_steps = (40, 12, 30) if quick else (3000, 200, 500)
+    k_batch, m_batch = (64, 256) if quick else (2048, 65536)
+    if group == "targets":
+        return [
+            Case("kaggle sgd fp32, single", _kaggle(k_batch, k_steps, "engine=single"), 2.0e6, "target 1"),
+            Case("kaggle sgd fp32, pipeline (DMP)", _kaggle(k_batch, k_steps // 3, "engine=pipeline"), None, "the engine of d2edbbd"),
+            Case("kaggle row-wise adagrad + adam, single", _kaggle(k_batch, k_steps, "engine=single", *ROWWISE_ADAM), 1.8e6, "target 2"),
+            Case("kaggle fp16 tables + bf16 dense, single", _kaggle(k_batch, k_steps, "engine=single", *LOW_PRECISION), 1.8e6, "target 2"),
+            Case("kaggle sgd fp32, single, cuda_graph=false", _kaggle(k_batch, k_steps // 3, "engine=single", "cuda_graph=false"), None, "no graph"),
+        ]
+    if group == "host":
+        return [
+            Case("kaggle sgd fp32, single, data in pinned host memory", _kaggle(k_batch, k_steps, "engine=single", "data_on_device=false"), None, "copy stream"),
+        ]
+    if group == "mlperf":
+        return [
+            Case("mlperf sgd fp32, single", _mlperf(m_batch, m_steps, "engine=single"), 3.9e6, "target 3"),
+            Case("mlperf fp16 tables + bf16 dense, single", _mlperf(m_batch, m_steps, "engine=single", *LOW_PRECISION), 3.9e6, "target 3"),
+            Case("mlperf fp16 tables + bf16 dense, pipeline (DMP)", _mlperf(m_batch, m_steps, "engine=pipeline", *LOW_PRECISION), None, "the engine of d2edbbd"),
+        ]
+    if group == "equality":
+        common = (*_kaggle(k_batch, eq_steps, *SCHEDULE), "log_every_steps=1")
+        return [
+            Case("equality: single, graphed", (*common, "engine=single", "cuda_graph=auto")),
+            Case("equality: single, eager", (*common, "engine=single", "cuda_graph=false")),
+            Case("equality: pipeline (DMP)", (*common, "engine=pipeline")),
+        ]
+    raise SystemExit(f"unknown group {group!r}")
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_")
+
+
+def steady_rate(history: list[dict], skip_windows: int = 2) -> float:
+    rates = [h["samples_per_s"] for h in history[skip_windows:]] or [h["samples_per_s"] for h in history]
+    return statistics.median(rates) if rates else math.nan
+
+
+def run_group(data: Path, out: Path, group: str, quick: bool, runs: Path | None = None) -> None:
+    import torch
+
+    from recsearch import config
+    from recsearch.train import trainer
+
+    out.mkdir(parents=True, exist_ok=True)
+    for case in cases(group, quick):
+        log_every = [] if any(o.startswith("log_every_steps=") for o in case.overrides) else ["log_every_steps=100" if not quick else "log_every_steps=5"]
+        overrides = [
+            f"data_dir={data}", f"output_dir={(runs or out / 'runs') / _slug(case.name)}",
+            "eval_rows=200000", "latency_batch_sizes=[256]", "latency_iters=20", "tensorboard=false",
+            *log_every, *case.overrides,
+        ]
+        record: dict = {"group": group, "case": case.name, "overrides": overrides, "note": case.note,
+                        "target_samples_per_s": case.target_samples_per_s}
+        started = time.perf_counter()
+        try:
+            cfg = config.build(trainer.TrainConfig, config.apply_overrides({}, overrides), origin=case.name)
+            result = trainer.train(cfg)
+            record.update(
+                status=result["status"],
+                steady_samples_per_s=steady_rate(result["history"]),
+                samples_per_s_overall=result["samples_per_s"],
+                step_time_ms=result["step_time_ms"],
+                val_auc=result["metrics"].get("val", {}).get("auc"),
+                engine=result["engine"],
+                losses=[h["loss"] for h in result["history"]] if group == "equality" else None,
+                peak_memory_mb=result["peak_memory_mb_per_rank"],
+            )
+        except Exception as err:  # noqa: BLE001 - a failed case is recorded, the next one runs
+            record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=8))
+        record["wall_s"] = round(time.perf_counter() - started, 1)
+        with open(out / "results.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        rate = record.get("steady_samples_per_s")
+        print(f"[bench_gpu] {case.name}: {record['status']}, "
+              f"{'%.3fM samples/s' % (rate / 1e6) if rate else record.get('error', '')}, "
+              f"graph {record.get('engine', {}).get('cuda_graph')}, {record['wall_s']} s", flush=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def run_anchors(out: Path, script: Path, quick: bool) -> None:
+    """TorchRec's DMP + pipeline loop and a plain nn.EmbeddingBag loop (../shared/gpu/bench_anchor.py)."""
+    steps = ["--steps", "20", "--warmup", "5"] if quick else ["--steps", "300", "--warmup", "50"]
+    runs = {
+        "anchor: bare TorchRec DMP + TrainPipelineSparseDist, kaggle fp32 b2048": ["--mode", "torchrec", "--batch", "2048", "--arch", "kaggle"],
+        "anchor: plain PyTorch nn.EmbeddingBag, kaggle fp32 b2048": ["--mode", "plain", "--batch", "2048", "--arch", "kaggle"],
+    }
+    for name, args in runs.items():
+        cmd = [sys.executable, str(script), *args, *steps]
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+        record: dict = {"group": "anchors", "case": name, "command": cmd, "status": "failed"}
+        for line in proc.stdout.splitlines():
+            if line.startswith("RESULT "):
+                record.update(json.loads(line[len("RESULT "):]), status="completed")
+        if record["status"] == "failed":
+            record["error"] = (proc.stderr or proc.stdout)[-2000:]
+        record["wall_s"] = round(time.perf_counter() - started, 1)
+        with open(out / "results.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"[bench_gpu] {name}: {record['status']} {record.get('samples_per_s', '')}", flush=True)
+
+
+def _rel_diff(a: list[float], b: list[float]) -> float:
+    return max((abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True)), default=math.nan)
+
+
+def report(out: Path, md: Path | None, device: str) -> str:
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    lines = [
+        f"## Trainer on one GPU: engines side by side ({device}, {date.today().isoformat()})",
+        "",
+        "`tools/gpu_check.sh` (`python tools/bench_gpu.py run|anchors|report`), synthetic Criteo Kaggle data "
+        "(configs/data/synthetic_kaggle.yaml, 4 days x 2M rows; Kaggle's 26 full cardinalities, 33.8M rows). "
+        "Each row is `recsearch train` end to end (data path, LR schedule, logging included); samples/s is the "
+        "median over its log windows after the first two. torch 2.11, torchrec 1.6.1, fbgemm-gpu 1.6.0.",
+        "",
+        "| case | engine | CUDA graph | samples/s | target | met | ms/step (all steps) | val AUC | note |",
+        "|---|---|---|---:|---:|---|---:|---:|---|",
+    ]
+    for r in records:
+        if r["group"] in ("equality", "anchors"):
+            continue
+        if r["status"] == "failed":
+            lines.append(f"| {r['case']} | | | failed: {r.get('error', '')[:120]} | | | | | |")
+            continue
+        eng = r.get("engine", {})
+        rate, target = r.get("steady_samples_per_s"), r.get("target_samples_per_s")
+        met = "" if target is None else ("yes" if rate >= target else "**no**")
+        graph = ("yes" if eng.get("cuda_graph") else "no") + (f" ({eng.get('graphed_steps')}/{eng.get('graphed_steps', 0) + eng.get('eager_steps', 0)} steps)" if eng.get("cuda_graph") else "")
+        lines.append(
+            f"| {r['case']} | {eng.get('engine')} | {graph} | {rate / 1e6:.3f}M | "
+            f"{'' if target is None else f'{target / 1e6:.1f}M'} | {met} | {r.get('step_time_ms')} | "
+            f"{r.get('val_auc') or float('nan'):.4f} | {r.get('note', '')}; ops/step {eng.get('ops_per_step')}, ops in a step {eng.get('ops_in_step')} |"
+        )
+    anchors = [r for r in records if r["group"] == "anchors"]
+    if anchors:
+        lines += ["", "Anchors in the same run (../shared/gpu/bench_anchor.py, random one-hot data, batches pre-pinned):", ""]
+        for r in anchors:
+            value = f"{r['samples_per_s'] / 1e6:.3f}M samples/s ({r.get('ms_per_step', '?')} ms/step)" if r["status"] == "completed" else f"failed: {r.get('error', '')[-200:]}"
+            lines.append(f"- {r['case']}: {value}")
+    eq = {r["case"]: r for r in records if r["group"] == "equality" and r["status"] != "failed"}
+    if len(eq) >= 2:
+        names = list(eq)
+        lines += ["", f"Same config and seed on the three paths ({len(eq[names[0]]['losses'])} steps, SGD, warmup 100 / decay from 300 over 200, every step's loss logged):", ""]
+        for i, a in enumerate(names):
+            for b in names[i + 1:]:
+                lines.append(
+                    f"- {a} vs {b}: largest relative loss difference {_rel_diff(eq[a]['losses'], eq[b]['losses']):.2e}, "
+                    f"val AUC {eq[a]['val_auc']:.5f} vs {eq[b]['val_auc']:.5f}"
+                )
+    failed_eq = [r for r in records if r["group"] == "equality" and r["status"] == "failed"]
+    for r in failed_eq:
+        lines.append(f"- {r['case']}: failed: {r.get('error', '')[:200]}")
+    body = "\n".join(lines) + "\n"
+    if md is not None:
+        benchmd.write_section(md, SECTION, body)
+    return body
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_gpu", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--data", type=Path, required=True)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--group", required=True, choices=("targets", "host", "mlperf", "equality"))
+    r.add_argument("--runs", type=Path, default=None, help="where the runs' output directories go (default OUT/runs)")
+    r.add_argument("--quick", action="store_true", help="tiny steps and batches (checking the tool on a CPU)")
+    a = sub.add_parser("anchors")
+    a.add_argument("--out", type=Path, required=True)
+    a.add_argument("--anchor-script", type=Path, required=True)
+    a.add_argument("--quick", action="store_true")
+    p = sub.add_parser("report")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--md", type=Path, default=None)
+    p.add_argument("--device", default=None)
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run_group(args.data, args.out, args.group, args.quick, args.runs)
+    elif args.command == "anchors":
+        run_anchors(args.out, args.anchor_script, args.quick)
+    else:
+        device = args.device
+        if device is None:
+            import torch
+
+            device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
+        print(report(args.out, args.md, device))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
