@@ -420,13 +420,27 @@ def save_state(controller: Controller, path) -> None:
     remote.write_bytes(path, buffer.getvalue())
 
 
+class ControllerStateError(ValueError):
+    """controller.pt cannot be loaded into this search's controller (corrupt, truncated, foreign)."""
+
+
 def load_state(controller: Controller, path) -> None:
-    """Load a saved state; weights_only=True, so the file cannot run code."""
+    """Load a saved state; weights_only=True, so the file cannot run code. A file that is not a
+    state of this controller over this space (corrupt, truncated, another controller's) is a
+    ControllerStateError naming the file (the controller may then be half-loaded: discard it)."""
     try:
         state = torch.load(path, weights_only=True)
     except Exception as err:  # a corrupt or foreign file: say which
-        raise ValueError(f"{path}: not a controller state file ({type(err).__name__}: {err})") from err
-    controller.load_state_dict(state)
+        raise ControllerStateError(f"{path}: not a controller state file ({type(err).__name__}: {err})") from err
+    if not isinstance(state, dict):
+        raise ControllerStateError(f"{path}: not a controller state file (holds a {type(state).__name__})")
+    try:
+        controller.load_state_dict(state)
+    except Exception as err:  # missing keys, other shapes: another controller's or space's state
+        raise ControllerStateError(
+            f"{path}: does not fit this search's {type(controller).__name__} and space "
+            f"({type(err).__name__}: {err})"
+        ) from err
 
 
 def make_controller(name: str, space: SearchSpace, seed: int = 0) -> Controller:

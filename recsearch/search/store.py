@@ -2,8 +2,10 @@
 
 Every change is one line, appended under an exclusive file lock, flushed and fsynced before the call
 returns, so a search killed at any instant (SIGKILL included) loses nothing it was told had
-happened. On open the journal is replayed; a torn last line (the process died mid-write) is
-ignored and cut off before the next append. Workers that stop heartbeating are found with
+happened. On open the journal is replayed; a torn last line (the process died mid-write: no
+newline yet) is ignored and cut off before the next append. Any other line that is not a valid
+entry (garbage, an unknown operation, state or trial) is a JournalError naming the file and the
+line number: a damaged journal is never half-read. Workers that stop heartbeating are found with
 `fail_stale`, and their trials are marked failed, so a resumed search never waits on a dead worker.
 """
 
@@ -21,6 +23,11 @@ from recsearch import config
 from recsearch.types import TrialResult, TrialSpec, TrialState
 
 JOURNAL_FILE = "journal.jsonl"
+OPS = ("create", "state", "heartbeat")
+
+
+class JournalError(ValueError):
+    """A journal line that is not a valid entry: 'journal.jsonl: line N: what'."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,9 @@ class TrialRecord:
     updated_at_s: float = 0.0
     heartbeat_at_s: float = 0.0
     attempts: int = 0  # times it was set RUNNING
+    # times it was set RUNNING at each rung (the `rung` note of the RUNNING entry, 0 without one):
+    # a promotion to the next rung is a new run, not a retry of the last one
+    rung_attempts: dict[int, int] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -51,6 +61,7 @@ class JournalStore:
         self._clock = clock
         self._records: dict[int, TrialRecord] = {}
         self._valid_bytes = 0  # journal prefix made of whole lines
+        self._valid_lines = 0  # lines in that prefix
         self.path.touch(exist_ok=True)
         with self._locked():
             self._replay()
@@ -141,54 +152,91 @@ class JournalStore:
             fh.write(line)
             fh.flush()
             os.fsync(fh.fileno())
-        self._apply(entry, line_no=-1)
+        self._apply(entry, line_no=self._valid_lines + 1)
         self._valid_bytes += len(line)
+        self._valid_lines += 1
 
     def _replay(self) -> None:
         """Apply the lines appended since the last replay (by this or another process)."""
         with open(self.path, "rb") as fh:
             fh.seek(self._valid_bytes)
             tail = fh.read()
-        offset = 0
         for raw in tail.splitlines(keepends=True):
             if not raw.endswith(b"\n"):
                 break  # torn last line: the writer died mid-append; ignored, cut off on next append
+            line_no = self._valid_lines + 1
             try:
                 entry = json.loads(raw)
-            except json.JSONDecodeError as err:
-                raise ValueError(
-                    f"{self.path}: corrupt journal line at byte {self._valid_bytes + offset}: {err}"
-                ) from err
-            self._apply(entry, line_no=self._valid_bytes + offset)
-            offset += len(raw)
-        self._valid_bytes += offset
+            except (json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise self._error(line_no, f"not a JSON line ({err}): {raw[:80]!r}") from err
+            self._apply(entry, line_no=line_no)
+            self._valid_bytes += len(raw)
+            self._valid_lines += 1
 
-    def _apply(self, entry: dict[str, Any], line_no: int) -> None:
-        op, trial_id, now = entry.get("op"), entry.get("trial_id"), float(entry.get("time_s", 0.0))
+    def _error(self, line_no: int, what: str) -> JournalError:
+        return JournalError(
+            f"{self.path}: line {line_no}: {what}; the journal is damaged (a torn last line from a kill "
+            f"is ignored, any other bad line is not): repair or remove that line, or start a new search"
+        )
+
+    def _apply(self, entry: Any, line_no: int) -> None:
+        if not isinstance(entry, dict):
+            raise self._error(line_no, f"expected a JSON object, got {type(entry).__name__}")
+        op, trial_id, now = entry.get("op"), entry.get("trial_id"), entry.get("time_s", 0.0)
+        if op not in OPS:
+            raise self._error(line_no, f"unknown journal op {op!r} (known: {', '.join(OPS)})")
+        if isinstance(trial_id, bool) or not isinstance(trial_id, int) or trial_id < 0:
+            raise self._error(line_no, f"trial_id must be a non-negative integer, got {trial_id!r}")
+        if isinstance(now, bool) or not isinstance(now, (int, float)):
+            raise self._error(line_no, f"time_s must be a number, got {now!r}")
+        now = float(now)
+        notes = entry.get("notes", {})
+        if not isinstance(notes, dict):
+            raise self._error(line_no, f"notes must be a mapping, got {notes!r}")
+        origin = f"{self.path}: line {line_no}"
         if op == "create":
-            spec = config.build(TrialSpec, entry["spec"], origin=f"{self.path} (byte {line_no})")
+            if trial_id in self._records:
+                raise self._error(line_no, f"trial {trial_id} is created a second time")
+            if not isinstance(entry.get("spec"), dict):
+                raise self._error(line_no, f"create of trial {trial_id} without a spec")
+            try:
+                spec = config.build(TrialSpec, entry["spec"], origin=origin)
+            except config.ConfigError as err:
+                raise JournalError(f"{origin}: invalid trial spec: {'; '.join(err.problems)}") from err
             self._records[trial_id] = TrialRecord(spec=spec, created_at_s=now, updated_at_s=now)
             return
         record = self._records.get(trial_id)
         if record is None:
-            raise ValueError(f"{self.path}: byte {line_no}: {op} for unknown trial {trial_id}")
+            raise self._error(line_no, f"{op} for unknown trial {trial_id} (no create line before it)")
         if op == "heartbeat":
             self._records[trial_id] = replace(record, heartbeat_at_s=now)
-        elif op == "state":
-            state = TrialState[entry["state"]]
-            result = record.result
-            if "result" in entry:
-                result = config.build(TrialResult, entry["result"], origin=str(self.path))
-            self._records[trial_id] = replace(
-                record,
-                state=state,
-                result=result,
-                updated_at_s=now,
-                attempts=record.attempts + (state == TrialState.RUNNING),
-                notes={**record.notes, **entry.get("notes", {})},
-            )
-        else:
-            raise ValueError(f"{self.path}: byte {line_no}: unknown journal op {op!r}")
+            return
+        name = entry.get("state")
+        if not isinstance(name, str) or name not in TrialState.__members__:
+            raise self._error(line_no, f"unknown trial state {name!r} (known: {', '.join(TrialState.__members__)})")
+        state = TrialState[name]
+        result = record.result
+        if "result" in entry:
+            if not isinstance(entry["result"], dict):
+                raise self._error(line_no, f"result must be a mapping, got {entry['result']!r}")
+            try:
+                result = config.build(TrialResult, entry["result"], origin=origin)
+            except config.ConfigError as err:
+                raise JournalError(f"{origin}: invalid trial result: {'; '.join(err.problems)}") from err
+        rung_attempts = record.rung_attempts
+        if state == TrialState.RUNNING:
+            rung = notes.get("rung", record.notes.get("rung", 0))
+            rung = rung if isinstance(rung, int) and not isinstance(rung, bool) else 0
+            rung_attempts = {**rung_attempts, rung: rung_attempts.get(rung, 0) + 1}
+        self._records[trial_id] = replace(
+            record,
+            state=state,
+            result=result,
+            updated_at_s=now,
+            attempts=record.attempts + (state == TrialState.RUNNING),
+            rung_attempts=rung_attempts,
+            notes={**record.notes, **notes},
+        )
 
 
 class _FileLock:

@@ -65,7 +65,7 @@ def test_corrupt_middle_line_is_a_clear_error(tmp_path):
     store.create_trial(_spec())
     with open(store.path, "ab") as fh:
         fh.write(b"not json\n")
-    with pytest.raises(ValueError, match="corrupt journal line at byte"):
+    with pytest.raises(ValueError, match=r"journal.jsonl: line 2: not a JSON line"):
         JournalStore(tmp_path)
 
 
