@@ -59,11 +59,31 @@ class Handle:
     error: str | None = None  # what the runner saw when the run ended badly
     finished_at_s: float | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    # when the run itself began (a queued torchx job: when the scheduler first reports it
+    # RUNNING); None while it waits. The trial timeout counts from here.
+    started_at_s: float | None = None
 
     @property
     def wall_s(self) -> float:
         end = self.finished_at_s if self.finished_at_s is not None else time.time()
         return end - self.submitted_at_s
+
+    @property
+    def running_s(self) -> float:
+        """Seconds since the run began (0 while it waits in a queue)."""
+        if self.started_at_s is None:
+            return 0.0
+        end = self.finished_at_s if self.finished_at_s is not None else time.time()
+        return end - self.started_at_s
+
+    def expire(self, error: str) -> None:
+        """The run was stopped from outside (the trial timeout, after runner.cancel). Its result
+        is then FAILED with this error, unless it had already written a complete result.json
+        (a trainer that finished but did not exit): that result stands."""
+        self.error = error
+        self.finished_at_s = time.time()
+        self.state = TrialState.FAILED
+        self.info["expired"] = True
 
 
 class TrialRunner(Protocol):
@@ -188,6 +208,7 @@ class InProcessRunner:
         import torch
 
         handle = Handle(spec.trial_id, Path(workdir), time.time())
+        handle.started_at_s = handle.submitted_at_s
         before = torch.get_num_threads()
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -256,6 +277,10 @@ class SubprocessRunner:
         self.threads = threads
         self.env = dict(env or {})
 
+    def command(self, spec: TrialSpec, workdir: Path) -> list[str]:
+        """The trial's argument list (`recsearch train` on its trial.yaml)."""
+        return train_command(Path(workdir) / TRIAL_CONFIG, spec.topology.world_size)
+
     def submit(self, spec: TrialSpec, workdir: Path) -> Handle:
         workdir = Path(workdir)
         repo_root = str(Path(__file__).resolve().parents[2])
@@ -266,14 +291,18 @@ class SubprocessRunner:
             env["OMP_NUM_THREADS"] = str(self.threads)
         log = open(workdir / LOG_FILE, "ab")
         try:
+            # its own process group, so cancel() (Ctrl-C, the trial timeout) ends torchrun's
+            # ranks too, not only their launcher
             proc = subprocess.Popen(
-                train_command(workdir / TRIAL_CONFIG, spec.topology.world_size),
+                self.command(spec, workdir),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                start_new_session=True,
             )
         finally:
             log.close()  # the child holds its own descriptor
-        return Handle(spec.trial_id, workdir, time.time(), native=proc, info={"pid": proc.pid})
+        now = time.time()
+        return Handle(spec.trial_id, workdir, now, native=proc, info={"pid": proc.pid}, started_at_s=now)
 
     def poll(self, handle: Handle) -> TrialState:
         if handle.state is not TrialState.RUNNING:
@@ -296,9 +325,13 @@ class SubprocessRunner:
         return read_result(handle.workdir, handle.trial_id, self.serving_batch, handle.error)
 
     def cancel(self, handle: Handle) -> None:
+        """Kill the trial's whole process group (SIGKILL) and reap it."""
         proc: subprocess.Popen = handle.native
         if proc.poll() is None:
-            proc.kill()
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                proc.kill()
             proc.wait()
 
 
@@ -452,6 +485,8 @@ class TorchxRunner:
         if status is None:
             handle.error = f"torchx lost the job {handle.native}"
         elif not is_terminal(status.state):
+            if status.state is AppState.RUNNING and handle.started_at_s is None:
+                handle.started_at_s = time.time()
             return TrialState.RUNNING
         elif status.state is not AppState.SUCCEEDED:
             handle.error = f"torchx job {handle.native} ended {status.state.name}"
@@ -470,6 +505,10 @@ class TorchxRunner:
     def cancel(self, handle: Handle) -> None:
         if handle.native is not None and handle.state is TrialState.RUNNING:
             self._runner.cancel(handle.native)
+
+    def close(self) -> None:
+        """Release torchx's schedulers (local_cwd: ends any job still running)."""
+        self._runner.close()
 
 
 def make_runner(kind: str, serving_batch: int, threads: int | None, torchx: TorchxSettings) -> TrialRunner:
