@@ -21,14 +21,21 @@ Everything lives in the search directory, so a search killed at any instant resu
                      are kept in rung_<k>/, failed attempts in attempt_<n>/
 
 On resume: the journal is replayed; trials that were running when the search died are failed as
-stale and retried (`runner.retries` times); finished trials are never run again; the controller
-is reloaded from controller.pt (finished trials it had not yet observed are fed to it), or, when
-there is none, a fresh controller is fed every finished trial.
+stale and retried (`runner.retries` times at the rung they were running); finished trials are
+never run again; the controller is reloaded from controller.pt (finished trials it had not yet
+observed are fed to it), or, when there is none, a fresh controller is fed every finished trial.
+A damaged journal or controller.pt, a lost journal beside earlier trials, or a directory that is
+not a search is refused with the file (and line) at fault, never silently restarted.
+
+Every problem with the settings, the base train config, the data and the space is reported before
+the search directory is created; the only threads started here (the heartbeat) are joined before
+`Search.run` returns, and no trial it started outlives it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import math
 import os
@@ -36,6 +43,7 @@ import shutil
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,7 +65,7 @@ from recsearch.search.runners import (
 )
 from recsearch.search.results import describe, fmt
 from recsearch.search.space import SearchSpace, SpaceConfig
-from recsearch.search.store import JournalStore, TrialRecord
+from recsearch.search.store import JOURNAL_FILE, JournalError, JournalStore, TrialRecord
 from recsearch.types import TableSpec, Topology, TrialResult, TrialSpec, TrialState
 
 SEARCH_CONFIG = "search.yaml"
@@ -66,6 +74,10 @@ TRIALS_DIR = "trials"
 PLACEMENT_FILE = "placement.json"
 LOCK_FILE = "search.lock"
 FINAL = (TrialState.COMPLETE, TrialState.FAILED, TrialState.PRUNED)
+RUNNERS = ("inprocess", "subprocess", "torchx")
+CONTROLLERS = ("random", "actor_critic", "bayesian")
+# every running trial journals (and fsyncs) a heartbeat this often at most
+MIN_HEARTBEAT_S = 0.1
 
 
 # ---- the config ----------------------------------------------------------------------------------
@@ -76,19 +88,34 @@ class RunnerConfig:
     kind: str = "subprocess"  # inprocess | subprocess | torchx
     concurrency: int = 1  # trials at a time
     threads: int = 1  # CPU threads per trial (OMP_NUM_THREADS); 0: leave unset
-    retries: int = 1  # reruns of a trial whose worker died with the search process
+    retries: int = 1  # reruns of a trial (at its rung) whose worker died with the search process
     poll_s: float = 0.5
+    # kill a trial still running this long after it started (subprocess, torchx) and record it
+    # FAILED ("timed out"); the search goes on. None: no limit
+    trial_timeout_s: float | None = None
     torchx: TorchxSettings = field(default_factory=TorchxSettings)
 
-    def __post_init__(self) -> None:
-        if self.kind not in ("inprocess", "subprocess", "torchx"):
-            raise ValueError(f"runner.kind must be inprocess, subprocess or torchx, got {self.kind!r}")
-        if self.concurrency < 1:
-            raise ValueError(f"runner.concurrency must be >= 1, got {self.concurrency}")
+    def problems(self) -> list[str]:
+        """'runner.key: what' for every bad setting."""
+        out = []
+        if self.kind not in RUNNERS:
+            out.append(f"runner.kind: must be {', '.join(RUNNERS)}, got {self.kind!r}")
+        out += _at_least("runner.concurrency", self.concurrency, 1)
         if self.kind == "inprocess" and self.concurrency != 1:
-            raise ValueError("runner.kind inprocess runs one trial at a time: set runner.concurrency: 1")
-        if self.threads < 0 or self.retries < 0 or self.poll_s <= 0:
-            raise ValueError("runner.threads and runner.retries must be >= 0, runner.poll_s > 0")
+            out.append("runner.concurrency: runner.kind inprocess runs one trial at a time: set runner.concurrency: 1")
+        out += _at_least("runner.threads", self.threads, 0)
+        out += _at_least("runner.retries", self.retries, 0)
+        out += _at_least("runner.poll_s", self.poll_s, 0.01, "s")
+        if self.trial_timeout_s is not None:
+            out += _at_least("runner.trial_timeout_s", self.trial_timeout_s, 1.0, "s (or null: no limit)")
+            if self.kind == "inprocess":
+                out.append("runner.trial_timeout_s: the inprocess runner cannot stop a running trial; "
+                           "use runner.kind subprocess, or set it to null")
+        t = self.torchx
+        out += _at_least("runner.torchx.cpu", t.cpu, 1)
+        out += _at_least("runner.torchx.gpu", t.gpu, 0)
+        out += _at_least("runner.torchx.memMB", t.memMB, 1)
+        return out
 
 
 @dataclass(frozen=True)
@@ -98,6 +125,13 @@ class FidelityConfig:
     train_rows: tuple[int, ...]  # rows of the train split per rung, ascending
     eta: int = 3  # keep the best 1/eta at each rung
     bracket_size: int = 0  # configurations decided together; 0: eta ** (rungs - 1)
+
+    def problems(self) -> list[str]:
+        out = []
+        rows = list(self.train_rows)
+        if not rows or any(r <= 0 for r in rows) or rows != sorted(set(rows)):
+            out.append(f"fidelity.train_rows: must be positive and strictly increasing, got {rows}")
+        return out + _at_least("fidelity.eta", self.eta, 2) + _at_least("fidelity.bracket_size", self.bracket_size, 0)
 
 
 @dataclass(frozen=True)
@@ -110,6 +144,14 @@ class TopologyConfig:
 
     def topology(self) -> Topology:
         return Topology(self.devices, int(self.memory_per_device_mb * 2**20), self.compute_device)
+
+    def problems(self) -> list[str]:
+        out = _at_least("topology.devices", self.devices, 1)
+        if not (math.isfinite(self.memory_per_device_mb) and self.memory_per_device_mb > 0):
+            out.append(f"topology.memory_per_device_mb: must be a positive number, got {self.memory_per_device_mb}")
+        if self.compute_device not in ("cpu", "cuda"):
+            out.append(f"topology.compute_device: must be cpu or cuda, got {self.compute_device!r}")
+        return out
 
 
 @dataclass(frozen=True)
@@ -131,21 +173,32 @@ class SearchConfig:
     reference: bool = True  # train the base config once (human baseline; default latency budget)
     stats: str | None = None  # table statistics (recsearch data stats); default <data_dir>/stats.json
     output_dir: str = "runs/search"
-    heartbeat_s: float = 10.0
+    heartbeat_s: float = 10.0  # a journal line (fsynced) per running trial every heartbeat_s
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.controller not in ("random", "actor_critic", "bayesian"):
-            raise ValueError(f"controller must be random, actor_critic or bayesian, got {self.controller!r}")
-        if self.trials < 1:
-            raise ValueError(f"trials must be >= 1, got {self.trials}")
-        if self.max_rejected < 0:
-            raise ValueError(f"max_rejected must be >= 0, got {self.max_rejected}")
+    def problems(self) -> list[str]:
+        """'key: what' for every bad setting of the search itself (not its base train config,
+        data or space: load_search_config checks those), all at once."""
+        out = []
+        if self.controller not in CONTROLLERS:
+            out.append(f"controller: must be {', '.join(CONTROLLERS)}, got {self.controller!r}")
+        out += _at_least("trials", self.trials, 1)
+        out += _at_least("max_rejected", self.max_rejected, 0)
+        out += _at_least("heartbeat_s", self.heartbeat_s, MIN_HEARTBEAT_S, "s")
+        out += _at_least("seed", self.seed, 0)
+        out += self.fidelity.problems() + self.runner.problems() + self.topology.problems()
+        out += self.objective.problems()
         if self.objective.metric == "latency" and self.objective.budget_ms is None and not self.reference:
-            raise ValueError(
-                "objective.budget_ms is null (= the reference config's latency) but reference is false: "
-                "set a budget or train the reference"
-            )
+            out.append("objective.budget_ms: null (= the reference config's latency) but reference is false: "
+                       "set a budget or train the reference")
+        return out
+
+
+def _at_least(key: str, value: float, low: float, unit: str = "") -> list[str]:
+    """['key: what'] unless value is a finite number >= low."""
+    if isinstance(value, (int, float)) and math.isfinite(value) and value >= low:
+        return []
+    return [f"{key}: must be >= {low:g}{' ' + unit if unit else ''}, got {value!r}"]
 
 
 @dataclass(frozen=True)
@@ -177,7 +230,8 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
     path = Path(path)
     raw = config.apply_overrides(config.load_yaml(path), overrides or [], origin=f"{path} (overrides)")
     cfg = config.build(SearchConfig, raw, origin=str(path))
-    problems: list[str] = []
+    settings = [f"{path}: {p}" for p in cfg.problems()]  # every numeric and named setting
+    problems = list(settings)
     base_raw: dict[str, Any] = {}
     origin = f"{path}: base"
     if cfg.train:
@@ -195,10 +249,6 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
         problems += err.problems
         base = None
     f = cfg.fidelity
-    if not f.train_rows or any(r <= 0 for r in f.train_rows) or list(f.train_rows) != sorted(set(f.train_rows)):
-        problems.append(f"{path}: fidelity.train_rows: must be positive and strictly increasing, got {list(f.train_rows)}")
-    if f.eta < 2 or f.bracket_size < 0:
-        problems.append(f"{path}: fidelity: eta must be >= 2 and bracket_size >= 0")
     if cfg.runner.kind == "inprocess" and cfg.topology.devices != 1:
         problems.append(f"{path}: runner.kind: inprocess trains on one rank; topology.devices is {cfg.topology.devices}")
     try:
@@ -206,16 +256,19 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
     except (FileNotFoundError, ValueError) as err:
         problems.append(f"{path}: data_dir: {err}")
         meta = None
-    if base is None or meta is None or not f.train_rows:
+    if meta is not None:
+        train_rows = sum(meta.day_rows[:-1])
+        eval_rows = meta.day_rows[-1] // 2
+        if f.train_rows and f.train_rows[-1] > train_rows:
+            problems.append(f"{path}: fidelity.train_rows: top rung {f.train_rows[-1]:,} > the train split's {train_rows:,} rows")
+        batch = cfg.objective.serving_batch
+        if batch > eval_rows:
+            problems.append(f"{path}: objective.serving_batch: {batch} > the test split's {eval_rows:,} rows")
+    if base is not None and not settings:
+        problems += _reference_problems(path, cfg, base)
+    if settings or base is None or meta is None:
+        # the checks below need sane settings, the base config and the data
         raise config.ConfigError(problems)
-
-    train_rows = sum(meta.day_rows[:-1])
-    eval_rows = meta.day_rows[-1] // 2
-    if f.train_rows[-1] > train_rows:
-        problems.append(f"{path}: fidelity.train_rows: top rung {f.train_rows[-1]:,} > the train split's {train_rows:,} rows")
-    batch = cfg.objective.serving_batch
-    if batch > eval_rows:
-        problems.append(f"{path}: objective.serving_batch: {batch} > the test split's {eval_rows:,} rows")
     topology = cfg.topology.topology()
     try:
         space = SearchSpace(cfg.space, topology, f.train_rows[-1], cfg.seed)
@@ -242,6 +295,20 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
     if problems or space is None:
         raise config.ConfigError(problems)
     return Resolved(cfg, base, space, tables, train_rows)
+
+
+def _reference_problems(path: Path, cfg: SearchConfig, base: Any) -> list[str]:
+    """The base train config as the reference trial: its batch must be one a rung can hold (the
+    trainer's own checks of each key run when the TrainConfig is built)."""
+    batch = base.hparams.batch_size
+    key = f"{path}: base.hparams.batch_size"
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        return [f"{key}: must be a positive integer, got {batch!r}"]
+    top = cfg.fidelity.train_rows[-1]
+    if cfg.reference and batch * cfg.topology.devices > top:
+        return [f"{key}: the reference trains on the top rung ({top:,} rows), which is smaller than its "
+                f"batch ({batch:,} x {cfg.topology.devices} devices)"]
+    return []
 
 
 def _unknown_optimizers(path: Path, space: SpaceConfig) -> list[str]:
@@ -390,6 +457,29 @@ def feasibility_problems(res: Resolved, checker: Checker, reference: TrialSpec |
     return problems
 
 
+def reference_spec(res: Resolved) -> TrialSpec:
+    """The base train config as a trial on the top rung (the human baseline)."""
+    base = res.base
+    return TrialSpec(
+        trial_id=-1, arch=base.arch, hparams=base.hparams, train_rows=res.cfg.fidelity.train_rows[-1],
+        topology=res.cfg.topology.topology(), extra={"reference": "1"},
+    )
+
+
+def preflight_problems(res: Resolved, checker: Checker) -> list[str]:
+    """Everything that makes the search impossible and needs the placer or the cost net, found
+    before anything is written: nothing fits, the reference does not fit, a step-cost budget or
+    cap without a cost model."""
+    cfg = res.cfg
+    problems = feasibility_problems(res, checker, reference_spec(res) if cfg.reference else None)
+    if cfg.objective.metric == "step_cost" and cfg.objective.budget_ms is None:
+        if checker.check(reference_spec(res)).est_step_cost_ms is None:
+            problems.append(f"objective: step_cost budget from the reference needs a cost model: {checker.cost_note}")
+    if cfg.objective.max_step_cost_ms is not None and checker.cost_net is None:
+        problems.append(f"objective.max_step_cost_ms: needs a step-cost estimate, and there is none: {checker.cost_note}")
+    return problems
+
+
 def _probe(space: SearchSpace, dim: int, optimizer: str, batch: int) -> TrialSpec:
     choices = []
     for d in space.decisions:
@@ -398,17 +488,70 @@ def _probe(space: SearchSpace, dim: int, optimizer: str, batch: int) -> TrialSpe
     return space.decode(tuple(choices))
 
 
+# ---- the heartbeat thread ------------------------------------------------------------------------
+class Heartbeat:
+    """Journals a heartbeat for every trial whose run is under way, every interval_s.
+
+    The rule for every thread recsearch starts: it is joined before its owner returns, or it owns
+    nothing that holds tensors. This one is both. Its body is a module function that gets only the
+    store, the set of trial ids and their lock, never the Search (whose controller holds tensors: a
+    bound method as the target kept them alive on a daemon thread past interpreter shutdown, and
+    freeing them there aborted the process, "terminate called without an active exception"); and
+    `running()` is a context manager that stops and joins the thread on every way out."""
+
+    def __init__(self, store: JournalStore, interval_s: float):
+        self.store = store
+        self.interval_s = interval_s
+        self._ids: set[int] = set()
+        self._lock = threading.Lock()
+
+    def add(self, trial_id: int) -> None:
+        with self._lock:
+            self._ids.add(trial_id)
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self._ids.discard(trial_id)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[None]:
+        stop = threading.Event()
+        thread = threading.Thread(target=_beat, args=(self.store, self.interval_s, self._ids, self._lock, stop),
+                                  name="recsearch-heartbeat", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
+def _beat(store: JournalStore, interval_s: float, ids: set[int], lock: threading.Lock, stop: threading.Event) -> None:
+    while not stop.wait(interval_s):
+        with lock:
+            beating = sorted(ids)
+        for trial_id in beating:
+            if stop.is_set():
+                return
+            try:
+                store.heartbeat(trial_id)
+            except (OSError, KeyError, ValueError):
+                pass  # a heartbeat is advisory; the loop reports real journal problems
+
+
 # ---- the search ----------------------------------------------------------------------------------
 class Search:
     """One search directory: its store, controller, runner, scheduler and the loop over them."""
 
-    def __init__(self, res: Resolved, search_dir: Path, runner: TrialRunner | None = None, echo=print):
+    def __init__(self, res: Resolved, search_dir: Path, runner: TrialRunner | None = None, echo=print,
+                 checker: Checker | None = None):
         self.res = res
         self.cfg = res.cfg
         self.dir = Path(search_dir)
         self.echo = echo
         self.store = JournalStore(self.dir)
         self.topology = self.cfg.topology.topology()
+        self._owns_runner = runner is None  # a runner made here is closed by run()
         self.runner = runner or make_runner(
             self.cfg.runner.kind, self.cfg.objective.serving_batch, self.cfg.runner.threads or None,
             self.cfg.runner.torchx,
@@ -416,35 +559,24 @@ class Search:
         f = self.cfg.fidelity
         self.sched = SuccessiveHalving(tuple(f.train_rows), f.eta, f.bracket_size)
         self.controller = ctl.make_controller(self.cfg.controller, res.space, self.cfg.seed)
-        self.checker = Checker(res.tables, self.topology, self.cfg.placer, self.cfg.seed)
+        self.checker = checker or Checker(res.tables, self.topology, self.cfg.placer, self.cfg.seed)
         self.running: dict[int, tuple[Handle, int]] = {}  # trial -> (handle, rung)
         self.budget_ms: float | None = self.cfg.objective.budget_ms
         self.started_s = time.time()
         self.proposals_closed = False
-        self._hb_lock = threading.Lock()
         self._tb_warned = False
-        self._beating: set[int] = set()  # trials whose run is under way (heartbeat thread reads it)
+        self.heartbeat = Heartbeat(self.store, self.cfg.heartbeat_s)  # trials whose run is under way
 
     # ---- setup and resume ---------------------------------------------------------------------
     def reference_spec(self) -> TrialSpec:
-        base = self.res.base
-        return TrialSpec(
-            trial_id=-1, arch=base.arch, hparams=base.hparams, train_rows=self.cfg.fidelity.train_rows[-1],
-            topology=self.topology, extra={"reference": "1"},
-        )
+        return reference_spec(self.res)
 
     def prepare(self) -> None:
-        problems = feasibility_problems(self.res, self.checker, self.reference_spec() if self.cfg.reference else None)
+        problems = preflight_problems(self.res, self.checker)
         if problems:
             raise config.ConfigError([f"{self.dir / SEARCH_CONFIG}: {p}" for p in problems])
         if self.cfg.objective.metric == "step_cost" and self.budget_ms is None:
-            est = self.checker.check(self.reference_spec()).est_step_cost_ms
-            if est is None:
-                raise config.ConfigError([f"{self.dir / SEARCH_CONFIG}: objective: step_cost budget from the reference needs a cost model: {self.checker.cost_note}"])
-            self.budget_ms = est
-        if self.cfg.objective.max_step_cost_ms is not None and self.checker.cost_net is None:
-            raise config.ConfigError([f"{self.dir / SEARCH_CONFIG}: objective.max_step_cost_ms needs a step-cost "
-                                      f"estimate, and there is none: {self.checker.cost_note}"])
+            self.budget_ms = self.checker.check(reference_spec(self.res)).est_step_cost_ms
         self._restore()
 
     def _restore(self) -> None:
@@ -487,57 +619,67 @@ class Search:
 
     def _retry_or_fail(self, rec: TrialRecord) -> None:
         """A trial whose run died with the previous search process (now failed as stale): within
-        the retry budget it is set PENDING and runs again; otherwise its failure stands."""
-        if rec.attempts <= self.cfg.runner.retries:
+        the retry budget it is set PENDING and runs again; otherwise its failure stands. Retries
+        count per rung: a promoted trial's run at rung k is its first attempt there, however many
+        runs its lower rungs took."""
+        rung = int(rec.notes.get("rung", 0))
+        tries = rec.rung_attempts.get(rung, rec.attempts)
+        if tries <= self.cfg.runner.retries:
             self.store.set_state(rec.trial_id, TrialState.PENDING,
-                                 notes={"retry": f"attempt {rec.attempts} died with the search process"})
+                                 notes={"retry": f"attempt {tries} at rung {rung} died with the search process"})
             return
         if not rec.notes.get("reference"):
             self._record_rung(rec.trial_id, int(rec.notes.get("rung", 0)), rec.result, None, {})
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
-        self.prepare()
-        self.echo(f"[search] space: {self.res.space.describe()}")
-        stop = threading.Event()
-        beat = threading.Thread(target=self._heartbeats, args=(stop,), daemon=True)
-        beat.start()
+        """The search to its budget; 0 when done (or a dryrun printed), 130 when interrupted.
+        Whatever way it ends, the heartbeat thread is joined and no trial it started is left
+        running (a crash or Ctrl-C cancels them; --resume retries them)."""
         try:
-            if self.cfg.reference:
-                self._run_reference()
-            while True:
-                self._fill_slots()
-                if not self.running:
-                    if not self.proposals_closed:
-                        self._close_proposals()
-                        continue
-                    if not self.sched.runnable():
-                        break
-                    continue
-                self._wait_one()
-        except _DryRun:
-            self.echo("[search] dryrun: printed the first trial's request; nothing ran "
-                      "(drop runner.torchx.dryrun and use a new --out to run the search)")
-            return 0
-        except KeyboardInterrupt:
-            for handle, _ in self.running.values():
-                self.runner.cancel(handle)
-            self.echo("[search] interrupted; resume with: recsearch search --resume " + str(self.dir))
-            return 130
+            self.prepare()
+            self.echo(f"[search] space: {self.res.space.describe()}")
+            with self.heartbeat.running():
+                try:
+                    self._loop()
+                except _DryRun:
+                    self.echo("[search] dryrun: printed the first trial's request; nothing ran "
+                              "(drop runner.torchx.dryrun and use a new --out to run the search)")
+                    return 0
+                except KeyboardInterrupt:
+                    self._cancel_running()
+                    self.echo("[search] interrupted; resume with: recsearch search --resume " + str(self.dir))
+                    return 130
+                except BaseException:
+                    self._cancel_running()
+                    raise
         finally:
-            stop.set()
+            close = getattr(self.runner, "close", None)
+            if self._owns_runner and close is not None:
+                close()
         self.summary()
         return 0
 
-    def _heartbeats(self, stop: threading.Event) -> None:
-        while not stop.wait(self.cfg.heartbeat_s):
-            with self._hb_lock:
-                ids = list(self._beating)
-            for trial_id in ids:
-                try:
-                    self.store.heartbeat(trial_id)
-                except (OSError, KeyError):
-                    pass
+    def _loop(self) -> None:
+        if self.cfg.reference:
+            self._run_reference()
+        while True:
+            self._fill_slots()
+            if not self.running:
+                if not self.proposals_closed:
+                    self._close_proposals()
+                    continue
+                if not self.sched.runnable():
+                    break
+                continue
+            self._wait_one()
+
+    def _cancel_running(self) -> None:
+        for handle, _ in self.running.values():
+            try:
+                self.runner.cancel(handle)
+            except Exception as err:  # noqa: BLE001 - cancel the others; the first error is raised
+                self.echo(f"[search] warning: could not cancel trial {handle.trial_id}: {type(err).__name__}: {err}")
 
     def _run_reference(self) -> None:
         refs = [r for r in self.store.trials() if r.notes.get("reference")]
@@ -628,8 +770,7 @@ class Search:
             (workdir / PLACEMENT_FILE).write_text(json.dumps({"placement": check.placement}, indent=1) + "\n")
         (workdir / TRIAL_CONFIG).write_text(yaml.safe_dump(self.trial_config(spec, workdir, bool(check.placement)), sort_keys=False))
         self.store.set_state(trial_id, TrialState.RUNNING, notes={"rung": rung, "train_rows": rows})
-        with self._hb_lock:
-            self._beating.add(trial_id)
+        self.heartbeat.add(trial_id)
         handle = self.runner.submit(spec, workdir)  # in-process: returns when the run has ended
         if "dryrun" in handle.info:  # torchx dryrun: show the job request; nothing runs
             self.store.set_state(trial_id, TrialState.PENDING, notes={"dryrun": True})
@@ -658,22 +799,36 @@ class Search:
         return raw
 
     def _wait_one(self) -> None:
-        """Block until at least one running trial ends; record every one that did."""
+        """Block until at least one running trial ends (or runs out of time, then is killed);
+        record every one that did."""
         while True:
-            ended = [t for t, (h, _) in list(self.running.items()) if self.runner.poll(h) is not TrialState.RUNNING]
+            ended = [t for t, (h, _) in list(self.running.items())
+                     if self.runner.poll(h) is not TrialState.RUNNING or self._timed_out(h)]
             if ended:
                 break
             time.sleep(self.cfg.runner.poll_s)
         for trial_id in ended:
             handle, rung = self.running.pop(trial_id)
-            with self._hb_lock:
-                self._beating.discard(trial_id)
+            self.heartbeat.discard(trial_id)
             self._finish(trial_id, handle, rung)
+
+    def _timed_out(self, handle: Handle) -> bool:
+        """Past runner.trial_timeout_s since it started: kill it; it is then FAILED ("timed out")."""
+        limit = self.cfg.runner.trial_timeout_s
+        if limit is None or handle.running_s < limit:
+            return False
+        self.runner.cancel(handle)
+        handle.expire(f"timed out: still running {handle.running_s:.0f} s after it started "
+                      f"(runner.trial_timeout_s {limit:g}); killed")
+        self.echo(f"[search] trial {handle.trial_id:>3} timed out after {limit:g} s (runner.trial_timeout_s); killed")
+        return True
 
     def _finish(self, trial_id: int, handle: Handle, rung: int) -> None:
         result = self.runner.result(handle)
         rec = self.store.get(trial_id)
         extra = {**result_notes(handle.workdir), "wall_s": round(handle.wall_s, 2)}
+        if handle.info.get("expired"):
+            extra["timed_out"] = handle.error
         if rec.notes.get("reference"):
             state = result.state
             self.store.set_state(trial_id, state, result=result, notes=extra)
@@ -857,6 +1012,38 @@ class _DirLock:
         os.close(self.fd)
 
 
+def resume_problems(search_dir: Path) -> list[str]:
+    """Why DIR cannot be resumed: not a search directory, a search.yaml that recsearch search did
+    not write (a user config), or a lost journal beside the trials and controller state of an
+    earlier run (resuming would start over on top of them). A journal that holds no trial in a
+    directory with nothing else is a search killed before its first trial: it starts afresh."""
+    cfg_path = search_dir / SEARCH_CONFIG
+    if not search_dir.is_dir():
+        return [f"{search_dir}: no such directory"]
+    if not cfg_path.exists():
+        return [f"{search_dir}: no {SEARCH_CONFIG}: not a search directory"]
+    try:
+        raw = config.load_yaml(cfg_path)
+    except config.ConfigError as err:
+        return err.problems
+    if raw.get("train") is not None or not isinstance(raw.get("base"), dict) or "data_dir" not in raw["base"]:
+        return [f"{cfg_path}: not a search directory's resolved config (recsearch search writes it with "
+                f"`train: null` and the whole base train config under `base:`); to start a search from "
+                f"this file run: recsearch search --config {cfg_path} --out NEW_DIR"]
+    journal = search_dir / JOURNAL_FILE
+    has_lines = journal.exists() and journal.stat().st_size > 0 and b"\n" in journal.read_bytes()
+    if has_lines:
+        return []
+    leftovers = [name for name in (TRIALS_DIR, CONTROLLER_FILE)
+                 if (search_dir / name).exists() and not ((search_dir / name).is_dir() and not any((search_dir / name).iterdir()))]
+    if leftovers:
+        state = "empty" if journal.exists() else "missing"
+        return [f"{journal}: {state}, but {search_dir} holds {' and '.join(leftovers)} of an earlier run: the "
+                f"journal (the record of every trial) is lost, and resuming would start the search over on "
+                f"top of them. Restore {JOURNAL_FILE} from a backup, or start a new search with another --out"]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="recsearch search",
@@ -871,39 +1058,46 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give exactly one of --config FILE or --resume DIR")
     if args.resume and (args.out or args.overrides):
         parser.error("--resume DIR takes no --out or overrides: the search continues as configured in DIR/search.yaml")
+    # Every problem with the config, the data, the base train config and the space is found here,
+    # before anything is written: a refused search leaves no directory behind.
+    refused = (config.ConfigError, RuntimeError, JournalError, ctl.ControllerStateError)
+    lock = None
     try:
         if args.resume:
             search_dir = Path(args.resume)
-            if not (search_dir / SEARCH_CONFIG).exists():
-                raise config.ConfigError([f"{search_dir}: no {SEARCH_CONFIG}: not a search directory"])
+            problems = resume_problems(search_dir)
+            if problems:
+                raise RuntimeError("cannot resume: " + "\n  ".join(problems))
             res = load_search_config(search_dir / SEARCH_CONFIG)
+            checker = None
         else:
             res = load_search_config(args.config, args.overrides)
             search_dir = Path(args.out or res.cfg.output_dir)
             if (search_dir / SEARCH_CONFIG).exists():
                 raise config.ConfigError([f"{search_dir}: already holds a search; continue it with "
                                           f"--resume {search_dir} or pick another --out"])
+            checker = Checker(res.tables, res.cfg.topology.topology(), res.cfg.placer, res.cfg.seed)
+            problems = preflight_problems(res, checker)
+            if problems:
+                raise config.ConfigError([f"{args.config}: {p}" for p in problems])
         search_dir.mkdir(parents=True, exist_ok=True)
         lock = _DirLock(search_dir / LOCK_FILE)
-    except (config.ConfigError, RuntimeError) as err:
-        print(f"recsearch search: {err}", file=sys.stderr)
-        return 2
-    try:
         if not args.resume:
             text = f"# Written by recsearch search: the resolved config; `recsearch search --resume {search_dir}` reads it.\n"
             text += yaml.safe_dump(res.resolved_dict(search_dir), sort_keys=False)
             remote.write_text(search_dir / SEARCH_CONFIG, text)
-        search = Search(res, search_dir)
+        search = Search(res, search_dir, checker=checker)
         print(f"[search] {res.cfg.controller} controller; "
               f"{res.cfg.trials} trials, rungs {list(res.cfg.fidelity.train_rows)} rows (eta {res.cfg.fidelity.eta}); "
               f"{res.cfg.runner.kind} runner x {res.cfg.runner.concurrency}; placer {search.checker.placer_name}; "
               f"{search.checker.cost_note[:160]}; {search_dir}", flush=True)
         return search.run()
-    except (config.ConfigError, RuntimeError) as err:
+    except refused as err:
         print(f"recsearch search: {err}", file=sys.stderr)
         return 2
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 if __name__ == "__main__":

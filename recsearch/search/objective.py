@@ -36,17 +36,23 @@ class ObjectiveConfig:
     tolerance: float = 0.0  # step_cost: rejected above budget * (1 + tolerance)
     max_step_cost_ms: float | None = None  # any metric: rejected before training above this estimate
 
-    def __post_init__(self) -> None:
+    def problems(self) -> list[str]:
+        """'objective.key: what' for every bad setting (the search config loader reports them
+        with the file, all at once)."""
+        out = []
         if self.metric not in METRICS:
-            raise ValueError(f"objective.metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
-        if self.budget_ms is not None and not self.budget_ms > 0:
-            raise ValueError(f"objective.budget_ms must be positive, got {self.budget_ms}")
-        if self.serving_batch < 1:
-            raise ValueError(f"objective.serving_batch must be >= 1, got {self.serving_batch}")
-        if self.penalty < 0 or self.tolerance < 0:
-            raise ValueError("objective.penalty and objective.tolerance must be >= 0")
-        if self.max_step_cost_ms is not None and not self.max_step_cost_ms > 0:
-            raise ValueError(f"objective.max_step_cost_ms must be positive, got {self.max_step_cost_ms}")
+            out.append(f"objective.metric: must be one of {', '.join(METRICS)}, got {self.metric!r}")
+        for key in ("budget_ms", "max_step_cost_ms"):
+            value = getattr(self, key)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                out.append(f"objective.{key}: must be positive (or null), got {value}")
+        if isinstance(self.serving_batch, bool) or self.serving_batch < 1:
+            out.append(f"objective.serving_batch: must be >= 1, got {self.serving_batch}")
+        for key in ("penalty", "tolerance"):
+            value = getattr(self, key)
+            if not (math.isfinite(value) and value >= 0):
+                out.append(f"objective.{key}: must be >= 0, got {value}")
+        return out
 
 
 def reward(

@@ -34,15 +34,18 @@ def test_step_cost_budget_and_cap_reject_before_training_with_the_numbers():
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"metric": "speed"}, "objective.metric must be one of latency, step_cost, none"),
-    ({"budget_ms": 0.0}, "budget_ms must be positive"),
-    ({"serving_batch": 0}, "serving_batch must be >= 1"),
-    ({"penalty": -1.0}, "penalty and objective.tolerance must be >= 0"),
-    ({"max_step_cost_ms": -2.0}, "max_step_cost_ms must be positive"),
+    ({"metric": "speed"}, "objective.metric: must be one of latency, step_cost, none, got 'speed'"),
+    ({"budget_ms": 0.0}, "objective.budget_ms: must be positive (or null), got 0.0"),
+    ({"budget_ms": float("nan")}, "objective.budget_ms: must be positive (or null), got nan"),
+    ({"serving_batch": 0}, "objective.serving_batch: must be >= 1, got 0"),
+    ({"penalty": -1.0}, "objective.penalty: must be >= 0, got -1.0"),
+    ({"tolerance": float("inf")}, "objective.tolerance: must be >= 0, got inf"),
+    ({"max_step_cost_ms": -2.0}, "objective.max_step_cost_ms: must be positive (or null), got -2.0"),
 ])
 def test_bad_objectives_are_clear_errors(bad, message):
-    with pytest.raises(ValueError, match=message):
-        ObjectiveConfig(**bad)
+    # the search config loader prefixes each with the file (tests/reliability/test_search_settings.py)
+    assert ObjectiveConfig(**bad).problems() == [message]
+    assert ObjectiveConfig().problems() == []
 
 
 def test_pareto_front_of_auc_vs_latency():
