@@ -20,8 +20,11 @@ Conventions (docs/DATA.md, "Preprocessing Criteo TSV"):
 How: each input is cut into byte ranges that end at line ends; worker processes parse one range at
 a time with pyarrow (every field as bytes), validate and convert with vectorized numpy, and hand the
 arrays back; the parent appends them, in input order, to `.partial` npy files (at most workers + 1
-ranges in flight, so memory does not grow with the input). Everything is committed, and meta.json
-written, only when the whole run succeeded; on any error the run's files are removed.
+ranges in flight, so memory does not grow with the input). All of it happens in a folder beside the
+output directory, `<out>.incomplete-<pid>`, which becomes the output directory (by renames) only
+once it holds the whole dataset and its meta.json; a dataset already there is replaced (with
+--force) at that moment and not before. On any error the folder is removed, and a killed run's
+folder is removed by the next run.
 """
 
 from __future__ import annotations
@@ -29,11 +32,13 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import glob
 import io
 import itertools
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -230,41 +235,48 @@ class _DaySpan:
 def preprocess(
     inputs: Sequence[Path | str], out_dir: Path | str, options: PreprocessOptions
 ) -> layout.DatasetMeta:
-    """Convert Criteo TSV files into a finished dataset in out_dir; returns its metadata."""
+    """Convert Criteo TSV files into a finished dataset in out_dir; returns its metadata.
+
+    The dataset is built in `<out_dir>.incomplete-<pid>` beside out_dir and moved into place
+    only once it is complete (meta.json included): a dataset already in out_dir (replaced with
+    force) stays untouched until then, whatever happens to this run."""
     started = time.perf_counter()
     paths = _check_inputs(inputs)
     out = Path(out_dir)
+    target = _target(out)
     source_vocabularies = None
-    if options.vocab_from is not None:  # checked before --force removes anything
-        if Path(options.vocab_from).resolve() == out.resolve():
+    if options.vocab_from is not None:
+        if Path(options.vocab_from).resolve() == target:
             raise ValueError("--vocab-from must name another dataset than --out")
         source_vocabularies = load_vocabularies(options.vocab_from)
-    _prepare_out_dir(out, options.force)
+    _recover(target)
+    _check_out_dir(out, target, options.force)
+    work = _make_work_dir(target)
     workers = options.workers or os.cpu_count() or 1
-    ranges = [_byte_ranges(p, options.chunk_bytes) for p in paths]
-    created: list[Path] = []  # every file this run writes, removed again if it fails
+    created: list[Path] = []  # every file this run writes (in `work`)
     try:
+        ranges = [_byte_ranges(p, options.chunk_bytes) for p in paths]
         vocab_files: tuple[Path, ...] | None = None
         vocab_sizes: list[int] | None = None
         if options.vocab_threshold is not None:
-            vocab_sizes = _build_vocabularies(paths, ranges, out, options, workers, created)
+            vocab_sizes = _build_vocabularies(paths, ranges, work, options, workers, created)
         elif source_vocabularies is not None:
             # A dataset is self-describing: it carries the vocabularies its ids were mapped with.
             vocab_sizes = [
-                _save_vocabulary(out, t, np.asarray(vocab), created)
+                _save_vocabulary(work, t, np.asarray(vocab), created)
                 for t, vocab in enumerate(source_vocabularies)
             ]
         if vocab_sizes is not None:
             vocab_files = tuple(
-                layout.partial_path(out / f"vocab_{t}.npy") for t in range(NUM_SPARSE_FEATURES)
+                layout.partial_path(work / f"vocab_{t}.npy") for t in range(NUM_SPARSE_FEATURES)
             )
         spans = _plan_days(paths, options.days)
-        summary = _write_days(paths, ranges, out, options, workers, spans, vocab_files, created)
+        summary = _write_days(paths, ranges, work, options, workers, spans, vocab_files, created)
         torchrec_dense = options.dense_transform == "torchrec"
         if torchrec_dense:
             for day, span in enumerate(spans):
                 _apply_torchrec_dense(
-                    layout.day_file(out, day, "dense"), summary.dense_min[span.file_index]
+                    layout.day_file(work, day, "dense"), summary.dense_min[span.file_index]
                 )
         if options.categorical == "hash":
             num_embeddings = options.hash_sizes()
@@ -294,13 +306,141 @@ def preprocess(
             },
         )
         layout.commit_partials(created)
-        layout.write_meta(out, meta)
-    except BaseException:  # KeyboardInterrupt too: leave nothing that looks like a dataset
-        for path in [*created, out / layout.META_FILE]:
-            layout.partial_path(path).unlink(missing_ok=True)
-            path.unlink(missing_ok=True)
+        layout.write_meta(work, meta)  # the work folder is now a complete dataset
+        _swap_in(work, out, target, options.force)
+    except BaseException:  # KeyboardInterrupt too: leave nothing half-built behind
+        shutil.rmtree(work, ignore_errors=True)
         raise
     return meta
+
+
+# ---- the output directory ------------------------------------------------------------------------
+# A run builds the dataset in `<out>.incomplete-<pid>` beside the output directory (the same
+# filesystem, so the final move is a rename) and, once meta.json is written there, swaps it in:
+#   1. rename <out> to <out>.replaced-<pid>   (the old dataset, whole, under a clear name)
+#   2. rename <out>.incomplete-<pid> to <out> (the new dataset, whole)
+#   3. move the user's other files (not dataset files) from the old folder into the new one, and
+#      delete the old folder.
+# A dataset directory is therefore either the old dataset or the new one, complete. A run killed
+# before step 2 leaves the old dataset in place and a `.incomplete-<pid>` folder that the next run
+# deletes; killed between 1 and 2 (out is missing), the next run renames the old dataset back;
+# killed in step 3, the next run finishes it. Leftovers of a process that is still alive (a
+# concurrent run) are not touched.
+WORK_TAG = ".incomplete-"
+REPLACED_TAG = ".replaced-"
+
+
+def _target(out: Path) -> Path:
+    """The directory that is swapped: out as an absolute path, a symlink resolved."""
+    absolute = Path(os.path.abspath(out))
+    return absolute.resolve() if absolute.is_symlink() else absolute
+
+
+def _is_dataset_file(name: str) -> bool:
+    """A file of a dataset (day files, vocabularies, meta.json) or a partial one."""
+    return bool(_DATASET_FILE.fullmatch(name.removesuffix(layout.PARTIAL_SUFFIX)))
+
+
+def _check_out_dir(out: Path, target: Path, force: bool) -> None:
+    """Refuse to replace a dataset without force; refuse what cannot be swapped by renames."""
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if os.path.ismount(target):
+        raise ValueError(
+            f"{out} is a mount point: a dataset is built beside its output directory and moved "
+            "into place by renaming, so use a directory inside it, e.g. --out "
+            f"{out / 'dataset'}"
+        )
+    ours = [p for p in target.iterdir() if _DATASET_FILE.fullmatch(p.name)]
+    if ours and not force:
+        what = (
+            "a finished dataset"
+            if (target / layout.META_FILE).exists()
+            else "dataset files without meta.json (an unfinished dataset, or TorchRec's own output)"
+        )
+        raise FileExistsError(f"{out} already holds {what}; pass --force to replace it")
+
+
+def _make_work_dir(target: Path) -> Path:
+    work = target.with_name(f"{target.name}{WORK_TAG}{os.getpid()}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if work.exists():  # left by an earlier call in this very process
+            shutil.rmtree(work)
+        work.mkdir()
+    except OSError as err:
+        raise ValueError(
+            f"cannot create {work} beside the output directory (the dataset is built there and "
+            f"moved into place when complete): {err}"
+        ) from err
+    return work
+
+
+def _swap_in(work: Path, out: Path, target: Path, force: bool) -> None:
+    """Move the finished dataset in `work` to `target`, replacing what is there (see above)."""
+    if not target.exists():
+        os.rename(work, target)
+        return
+    # A concurrent run may have put a dataset there since the check at the start.
+    _check_out_dir(out, target, force)
+    old = target.with_name(f"{target.name}{REPLACED_TAG}{os.getpid()}")
+    if old.exists():
+        shutil.rmtree(old)
+    os.rename(target, old)
+    try:
+        os.rename(work, target)
+    except BaseException:
+        os.rename(old, target)
+        raise
+    _carry_over(old, target)
+    shutil.rmtree(old)
+
+
+def _carry_over(old: Path, target: Path) -> None:
+    """Move the files of the old output directory that are not dataset files into target."""
+    for entry in old.iterdir():
+        if not _is_dataset_file(entry.name) and not (target / entry.name).exists():
+            os.rename(entry, target / entry.name)
+
+
+def _recover(target: Path) -> None:
+    """Finish or undo what killed runs left beside target (see above)."""
+    parent = target.parent
+    if not parent.is_dir():
+        return
+    for tag in (REPLACED_TAG, WORK_TAG):  # the old dataset first: it may have to move back
+        for leftover in sorted(parent.glob(f"{glob.escape(target.name)}{tag}*")):
+            pid = leftover.name[len(target.name) + len(tag) :]
+            if not pid.isdigit() or not leftover.is_dir() or _alive(int(pid)):
+                continue
+            if tag == WORK_TAG:
+                shutil.rmtree(leftover, ignore_errors=True)
+            elif not target.exists():
+                os.rename(leftover, target)
+                print(
+                    f"recsearch data preprocess: {target} was missing and {leftover.name} held "
+                    "the dataset a killed run was replacing: moved it back",
+                    file=sys.stderr,
+                )
+            else:
+                _carry_over(leftover, target)
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process is not writing there now
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    except OverflowError:
+        return False
+    return True
 
 
 # ---- planning ------------------------------------------------------------------------------------
@@ -328,25 +468,6 @@ def _check_inputs(inputs: Sequence[Path | str]) -> list[Path]:
             "(a glob sorts day_10 before day_2; use e.g. day_{0..23})"
         )
     return paths
-
-
-def _prepare_out_dir(out: Path, force: bool) -> None:
-    """Refuse to replace a dataset without force; remove a replaced dataset's files (meta.json
-    first, so an interruption never leaves an old meta.json beside new files) and stale partials."""
-    out.mkdir(parents=True, exist_ok=True)
-    ours = [p for p in out.iterdir() if _DATASET_FILE.fullmatch(p.name)]
-    if ours and not force:
-        what = (
-            "a finished dataset"
-            if (out / layout.META_FILE).exists()
-            else "dataset files without meta.json"
-        )
-        raise FileExistsError(f"{out} already holds {what}; pass --force to replace it")
-    (out / layout.META_FILE).unlink(missing_ok=True)
-    for path in out.iterdir():
-        name = path.name.removesuffix(layout.PARTIAL_SUFFIX)
-        if _DATASET_FILE.fullmatch(name) and (force or path.name != name):
-            path.unlink()
 
 
 def _byte_ranges(path: Path, chunk_bytes: int) -> list[tuple[int, int]]:
@@ -951,7 +1072,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(
-            f"recsearch data preprocess: interrupted; nothing was left in {args.out}",
+            f"recsearch data preprocess: interrupted; {args.out} was not changed",
             file=sys.stderr,
         )
         return 130

@@ -131,9 +131,11 @@ def read_meta(root: Path | str) -> DatasetMeta:
     path = Path(root) / META_FILE
     if not path.exists():
         raise FileNotFoundError(
-            f"{path} not found: {root} is not a finished recsearch dataset "
-            "(an interrupted run leaves no meta.json; for data preprocessed by TorchRec's "
-            "scripts, pass the table sizes so the layout can be inferred)"
+            f"{path} not found: {root} is not a finished recsearch dataset. Without meta.json "
+            "a dataset is incomplete: `recsearch data preprocess` or `synth` did not finish "
+            "there (run it again; a preprocess run builds in <out>.incomplete-<pid> and leaves "
+            "nothing usable behind). Data preprocessed by TorchRec's own scripts has no "
+            "meta.json either: pass its table sizes so the layout can be inferred"
         )
     try:
         raw = json.loads(path.read_text())

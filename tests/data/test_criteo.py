@@ -207,7 +207,7 @@ def test_bad_rows_name_file_line_and_field(sample, tmp_path, line_no, edit, mess
         preprocess([sample], out, PreprocessOptions(chunk_bytes=2000, **QUIET))
     assert f"{sample}, line {line_no}: {message}" in str(err.value)
     assert "--skip-bad-rows" in str(err.value)
-    assert out.is_dir() and not list(out.iterdir())  # nothing left, not even partials
+    assert not out.exists() and not list(tmp_path.glob("o.*"))  # nothing left, not even partials
 
     meta = preprocess([sample], tmp_path / "s", PreprocessOptions(skip_bad_rows=True, **QUIET))
     assert meta.total_rows == 99 and meta.extra["bad_rows_skipped"] == 1
@@ -286,9 +286,14 @@ def test_parallel_output_is_byte_identical(sample, tmp_path):
             assert a.read_bytes() == b.read_bytes()
 
 
-def test_interrupted_run_leaves_no_dataset(sample, tmp_path, monkeypatch):
+def _tree(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def test_interrupted_run_keeps_the_old_dataset(sample, tmp_path, monkeypatch):
     out = tmp_path / "out"
     preprocess([sample], out, PreprocessOptions(**QUIET))  # a finished dataset, to be replaced
+    before = _tree(out)
     real = criteo._process_chunk
     calls = []
 
@@ -301,9 +306,8 @@ def test_interrupted_run_leaves_no_dataset(sample, tmp_path, monkeypatch):
     monkeypatch.setattr(criteo, "_process_chunk", interrupted_on_third_range)
     with pytest.raises(KeyboardInterrupt):
         preprocess([sample], out, PreprocessOptions(chunk_bytes=2000, force=True, **QUIET))
-    assert len(calls) == 3 and not list(out.iterdir())
-    with pytest.raises(FileNotFoundError, match="not a finished recsearch dataset"):
-        layout.read_meta(out)
+    assert len(calls) == 3 and _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "train.txt"]  # no work folder
     monkeypatch.setattr(criteo, "_process_chunk", real)
 
     def disk_full(*args):
@@ -311,8 +315,15 @@ def test_interrupted_run_leaves_no_dataset(sample, tmp_path, monkeypatch):
 
     monkeypatch.setattr(layout, "write_meta", disk_full)  # fails after the npy files are committed
     with pytest.raises(OSError, match="No space"):
-        preprocess([sample], out, PreprocessOptions(vocab_threshold=2, **QUIET))
-    assert not list(out.iterdir())
+        preprocess([sample], out, PreprocessOptions(vocab_threshold=2, force=True, **QUIET))
+    assert _tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "train.txt"]
+    with pytest.raises(OSError, match="No space"):
+        preprocess([sample], tmp_path / "new", PreprocessOptions(**QUIET))
+    assert not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    with pytest.raises(FileNotFoundError, match="not a finished recsearch dataset"):
+        layout.read_meta(tmp_path / "new")
 
 
 def test_output_directory_rules(sample, tmp_path):
