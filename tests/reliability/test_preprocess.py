@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from recsearch import cli
-from recsearch.data import criteo, layout
+from recsearch.data import layout
 from recsearch.data.criteo import PreprocessOptions, preprocess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -112,7 +112,7 @@ KILLER = textwrap.dedent('''
 ''')
 
 
-def _killed(tmp_path: Path, point: str, *args: str) -> int:
+def _killed(tmp_path: Path, point: str, *args: str) -> subprocess.CompletedProcess:
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     env = {**os.environ, "PYTHONPATH": str(REPO)}

@@ -14,8 +14,6 @@ from recsearch import cli, config
 from recsearch.train.config import TrainConfig
 from recsearch.types import ArchSpec, HParams, SettingsError
 
-NAN = float("nan")
-
 # (overrides, the exact problem lines after '<file>: ')
 REFUSED = [
     (["hparams.batch_size=-4"], ["hparams.batch_size must be >= 1, got -4"]),
