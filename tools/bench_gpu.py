@@ -2,7 +2,7 @@
 
     python tools/bench_gpu.py run --data DIR --out OUT_DIR --group targets|mlperf|equality|host [--quick]
     python tools/bench_gpu.py anchors --out OUT_DIR --anchor-script .gpu/bench_anchor.py
-    python tools/bench_gpu.py report --out OUT_DIR [--md docs/BENCHMARKS.md]
+    python tools/bench_gpu.py report --out OUT_DIR | --results R1.jsonl [R2.jsonl ...] [--md docs/BENCHMARKS.md]
 
 tools/gpu_check.sh runs all of it on a GPU machine (data from configs/data/synthetic_kaggle.yaml).
 Each case is one `recsearch train` run, in this process (one import of torch/TorchRec/FBGEMM for
@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -83,6 +83,7 @@ def cases(group: str, quick: bool) -> list[Case]:
             Case("mlperf sgd fp32, single", _mlperf(m_batch, m_steps, "engine=single"), 3.9e6, "target 3"),
             Case("mlperf fp16 tables + bf16 dense, single", _mlperf(m_batch, m_steps, "engine=single", *LOW_PRECISION), 3.9e6, "target 3"),
             Case("mlperf fp16 tables + bf16 dense, pipeline (DMP)", _mlperf(m_batch, m_steps, "engine=pipeline", *LOW_PRECISION), None, "the engine of d2edbbd"),
+            Case("mlperf fp16 tables + bf16 dense, single, compile_dense", _mlperf(m_batch, m_steps, "engine=single", "compile_dense=true", *LOW_PRECISION), 3.9e6, "target 3, torch.compile"),
         ]
     if group == "equality":
         common = (*_kaggle(k_batch, eq_steps, *SCHEDULE), "log_every_steps=1")
@@ -147,6 +148,45 @@ def run_group(data: Path, out: Path, group: str, quick: bool, runs: Path | None 
             torch.cuda.empty_cache()
 
 
+def profile_step(data: Path, out: Path, quick: bool) -> None:
+    """Where an eager single-engine step of the MLPerf model (bf16 dense, fp16 tables) spends its
+    GPU time: torch.profiler over 4 steps after 3, the top kernels by total CUDA time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from recsearch import config
+    from recsearch.data import layout
+    from recsearch.data.loader import NpyBatchLoader
+    from recsearch.model.dlrm import table_rows
+    from recsearch.train import trainer
+    from recsearch.train.engine import make_engine
+
+    batch = 256 if quick else 65536
+    overrides = [f"data_dir={data}", "engine=single", "cuda_graph=false",
+                 *_mlperf(batch, 10, *LOW_PRECISION)]
+    cfg = config.build(trainer.TrainConfig, config.apply_overrides({}, overrides))
+    device = trainer.init_distributed(cfg.device)
+    meta = layout.read_meta(data)
+    rows = table_rows(meta.num_embeddings_per_feature, None)
+    loader = NpyBatchLoader(data, "train", batch, shuffle=True, num_embeddings_per_feature=rows,
+                            pin_memory=device.type == "cuda", meta=meta)
+    engine = make_engine(cfg, rows, device, 1, loader)
+    engine.set_lr_multiplier(1.0)
+    engine.start_stretch(0, 0)
+    for _ in range(3):
+        engine.step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(4):
+            engine.step()
+        engine.take_loss_sum()
+    engine.end_stretch()
+    key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=25)
+    print(table)
+    with open(out / "results.jsonl", "a") as f:
+        f.write(json.dumps({"group": "profile", "case": "mlperf bf16/fp16 eager step profile", "status": "completed", "table": table}) + "\n")
+
+
 def run_anchors(out: Path, script: Path, quick: bool) -> None:
     """TorchRec's DMP + pipeline loop and a plain nn.EmbeddingBag loop (../shared/gpu/bench_anchor.py)."""
     steps = ["--steps", "20", "--warmup", "5"] if quick else ["--steps", "300", "--warmup", "50"]
@@ -174,53 +214,110 @@ def _rel_diff(a: list[float], b: list[float]) -> float:
     return max((abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True)), default=math.nan)
 
 
-def report(out: Path, md: Path | None, device: str) -> str:
-    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+# Ratios the report quotes when both cases ran in the same run: (faster, slower, what it shows).
+RATIOS = (
+    ("kaggle sgd fp32, single", "kaggle sgd fp32, pipeline (DMP)", "single engine vs the DMP pipeline (d2edbbd's engine)"),
+    ("kaggle sgd fp32, single", "anchor: bare TorchRec DMP + TrainPipelineSparseDist, kaggle fp32 b2048", "vs a bare TorchRec DMP loop"),
+    ("kaggle sgd fp32, single", "anchor: plain PyTorch nn.EmbeddingBag, kaggle fp32 b2048", "vs a plain PyTorch loop"),
+    ("kaggle sgd fp32, single", "kaggle sgd fp32, single, cuda_graph=false", "graph replay vs the same step eagerly"),
+    ("mlperf fp16 tables + bf16 dense, single", "mlperf fp16 tables + bf16 dense, pipeline (DMP)", "MLPerf model, single engine vs the DMP pipeline"),
+)
+
+
+def _rate(record: dict) -> float | None:
+    if record.get("status") != "completed":
+        return None
+    return record.get("steady_samples_per_s") or record.get("samples_per_s")
+
+
+def _profile_rows(table: str) -> list[tuple[str, str, str]]:
+    """(name, self CUDA time, its share) of each row of a key_averages table with GPU time."""
+    import re
+
+    rows = []
+    for line in table.splitlines():
+        fields = re.split(r"\s{2,}", line.strip())
+        if len(fields) == 11 and fields[7].endswith("%") and fields[0] != "Name" and float(fields[7][:-1]) > 0:
+            rows.append((fields[0], fields[6], fields[7]))
+    return rows
+
+
+def report(results: list[Path], md: Path | None, device: str) -> str:
+    """The BENCHMARKS.md section from one or more results.jsonl files (each file one run)."""
+    records = []
+    for run, path in enumerate(results, 1):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                record.setdefault("run", run)
+                records.append(record)
+    runs = sorted({r["run"] for r in records})
     lines = [
         f"## Trainer on one GPU: engines side by side ({device}, {date.today().isoformat()})",
         "",
-        "`tools/gpu_check.sh` (`python tools/bench_gpu.py run|anchors|report`), synthetic Criteo Kaggle data "
-        "(configs/data/synthetic_kaggle.yaml, 4 days x 2M rows; Kaggle's 26 full cardinalities, 33.8M rows). "
-        "Each row is `recsearch train` end to end (data path, LR schedule, logging included); samples/s is the "
-        "median over its log windows after the first two. torch 2.11, torchrec 1.6.1, fbgemm-gpu 1.6.0.",
+        "`bash tools/gpu_check.sh` (`python tools/bench_gpu.py run|anchors|profile|report`) on synthetic Criteo Kaggle "
+        "data (configs/data/synthetic_kaggle.yaml with num_days=4 rows_per_day=2000000: 6M train rows; Kaggle's 26 full "
+        "cardinalities, 33.8M rows). Each row is `recsearch train` end to end (data path, LR schedule, logging, loss "
+        "read-back once per 100 steps); samples/s is the median over its log windows after the first two (the eager "
+        "warm-up and the capture). ops/step: ops the host dispatched in a steady step (a graph replay is one launch "
+        "besides them); ops in a step: what one eager step dispatches. torch 2.11, torchrec 1.6.1, fbgemm-gpu 1.6.0"
+        + (f"; {len(runs)} runs of the script, the run column says which." if len(runs) > 1 else "."),
         "",
-        "| case | engine | CUDA graph | samples/s | target | met | ms/step (all steps) | val AUC | note |",
-        "|---|---|---|---:|---:|---|---:|---:|---|",
+        "| case | run | engine | CUDA graph | samples/s | target | met | ms/step (all steps) | val AUC | note |",
+        "|---|---|---|---|---:|---:|---|---:|---:|---|",
     ]
     for r in records:
-        if r["group"] in ("equality", "anchors"):
+        if r["group"] in ("equality", "anchors", "profile", "pytest"):
             continue
         if r["status"] == "failed":
-            lines.append(f"| {r['case']} | | | failed: {r.get('error', '')[:120]} | | | | | |")
+            lines.append(f"| {r['case']} | {r['run']} | | | failed: {r.get('error', '')[:120]} | | | | | |")
             continue
         eng = r.get("engine", {})
         rate, target = r.get("steady_samples_per_s"), r.get("target_samples_per_s")
         met = "" if target is None else ("yes" if rate >= target else "**no**")
-        graph = ("yes" if eng.get("cuda_graph") else "no") + (f" ({eng.get('graphed_steps')}/{eng.get('graphed_steps', 0) + eng.get('eager_steps', 0)} steps)" if eng.get("cuda_graph") else "")
+        total = eng.get("graphed_steps", 0) + eng.get("eager_steps", 0)
+        graph = f"yes ({eng.get('graphed_steps')}/{total} steps)" if eng.get("cuda_graph") else "no"
         lines.append(
-            f"| {r['case']} | {eng.get('engine')} | {graph} | {rate / 1e6:.3f}M | "
+            f"| {r['case']} | {r['run']} | {eng.get('engine')} | {graph} | {rate / 1e6:.3f}M | "
             f"{'' if target is None else f'{target / 1e6:.1f}M'} | {met} | {r.get('step_time_ms')} | "
             f"{r.get('val_auc') or float('nan'):.4f} | {r.get('note', '')}; ops/step {eng.get('ops_per_step')}, ops in a step {eng.get('ops_in_step')} |"
         )
     anchors = [r for r in records if r["group"] == "anchors"]
     if anchors:
-        lines += ["", "Anchors in the same run (../shared/gpu/bench_anchor.py, random one-hot data, batches pre-pinned):", ""]
+        lines += ["", "Anchors in the same run (../shared/gpu/bench_anchor.py: SGD, random one-hot ids, batches pre-pinned, no data path):", ""]
         for r in anchors:
-            value = f"{r['samples_per_s'] / 1e6:.3f}M samples/s ({r.get('ms_per_step', '?')} ms/step)" if r["status"] == "completed" else f"failed: {r.get('error', '')[-200:]}"
-            lines.append(f"- {r['case']}: {value}")
+            value = (f"{r['samples_per_s'] / 1e6:.3f}M samples/s ({r['ms_per_step']:.2f} ms/step)" if r["status"] == "completed"
+                     else f"failed: {r.get('error', '')[-200:]}")
+            lines.append(f"- {r['case']} (run {r['run']}): {value}")
+    ratio_lines = []
+    for fast, slow, what in RATIOS:
+        for run in runs:
+            a = next((r for r in records if r["case"] == fast and r["run"] == run), None)
+            b = next((r for r in records if r["case"] == slow and r["run"] == run), None)
+            if a and b and _rate(a) and _rate(b):
+                ratio_lines.append(f"- {what} (run {run}): {_rate(a) / _rate(b):.2f}x")
+    if ratio_lines:
+        lines += ["", "Ratios within one run:", "", *ratio_lines]
     eq = {r["case"]: r for r in records if r["group"] == "equality" and r["status"] != "failed"}
     if len(eq) >= 2:
         names = list(eq)
-        lines += ["", f"Same config and seed on the three paths ({len(eq[names[0]]['losses'])} steps, SGD, warmup 100 / decay from 300 over 200, every step's loss logged):", ""]
+        lines += ["", f"Same config and seed on the three paths ({len(eq[names[0]]['losses'])} steps, Kaggle model at batch 2048, "
+                  "SGD, warmup 100 / decay from 300 over 200, every step's loss logged):", ""]
         for i, a in enumerate(names):
             for b in names[i + 1:]:
                 lines.append(
                     f"- {a} vs {b}: largest relative loss difference {_rel_diff(eq[a]['losses'], eq[b]['losses']):.2e}, "
                     f"val AUC {eq[a]['val_auc']:.5f} vs {eq[b]['val_auc']:.5f}"
                 )
-    failed_eq = [r for r in records if r["group"] == "equality" and r["status"] == "failed"]
-    for r in failed_eq:
-        lines.append(f"- {r['case']}: failed: {r.get('error', '')[:200]}")
+    for r in records:
+        if r["group"] == "equality" and r["status"] == "failed":
+            lines.append(f"- {r['case']}: failed: {r.get('error', '')[:200]}")
+        if r["group"] == "pytest":
+            lines += ["", f"`{r['case']}` (run {r['run']}): {r['summary']}"]
+        if r["group"] == "profile":
+            lines += ["", f"torch.profiler, {r['case']} (run {r['run']}): the ops with the most GPU time of their own "
+                      "over 4 steps (eager, so every kernel shows):", "", "| op or kernel | self CUDA | share |", "|---|---:|---:|",
+                      *[f"| `{name}` | {cuda} | {share} |" for name, cuda, share in _profile_rows(r["table"])[:8]]]
     body = "\n".join(lines) + "\n"
     if md is not None:
         benchmd.write_section(md, SECTION, body)
@@ -236,17 +333,32 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--group", required=True, choices=("targets", "host", "mlperf", "equality"))
     r.add_argument("--runs", type=Path, default=None, help="where the runs' output directories go (default OUT/runs)")
     r.add_argument("--quick", action="store_true", help="tiny steps and batches (checking the tool on a CPU)")
+    pr = sub.add_parser("profile")
+    pr.add_argument("--data", type=Path, required=True)
+    pr.add_argument("--out", type=Path, required=True)
+    pr.add_argument("--quick", action="store_true")
     a = sub.add_parser("anchors")
     a.add_argument("--out", type=Path, required=True)
     a.add_argument("--anchor-script", type=Path, required=True)
     a.add_argument("--quick", action="store_true")
+    rec = sub.add_parser("record", help="append a line of another tool's outcome (e.g. pytest's summary)")
+    rec.add_argument("--out", type=Path, required=True)
+    rec.add_argument("--group", required=True)
+    rec.add_argument("--case", required=True)
+    rec.add_argument("--summary", required=True)
     p = sub.add_parser("report")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=None, help="the run's folder (its results.jsonl)")
+    p.add_argument("--results", type=Path, nargs="*", default=[], help="results.jsonl files, one per run")
     p.add_argument("--md", type=Path, default=None)
     p.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     if args.command == "run":
         run_group(args.data, args.out, args.group, args.quick, args.runs)
+    elif args.command == "profile":
+        profile_step(args.data, args.out, args.quick)
+    elif args.command == "record":
+        with open(args.out / "results.jsonl", "a") as f:
+            f.write(json.dumps({"group": args.group, "case": args.case, "status": "completed", "summary": args.summary}) + "\n")
     elif args.command == "anchors":
         run_anchors(args.out, args.anchor_script, args.quick)
     else:
@@ -255,7 +367,10 @@ def main(argv: list[str] | None = None) -> int:
             import torch
 
             device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
-        print(report(args.out, args.md, device))
+        results = [*args.results, *([args.out / "results.jsonl"] if args.out else [])]
+        if not results:
+            parser.error("report needs --out or --results")
+        print(report(results, args.md, device))
     return 0
 
 

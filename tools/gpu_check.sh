@@ -9,48 +9,54 @@
 # With ../shared/gpu copied to .gpu (see ../shared/GPU.md) it first installs that bundle (fbgemm-gpu
 # 1.6.0 + torchrec 1.6.1 for torch 2.11). Each step has its own timeout and appends to
 # $OUT/results.jsonl as it goes, so a step that fails or runs out of time loses nothing before it.
-# GROUPS picks and orders the steps (default: all, the targets first).
+# STEPS picks and orders the steps (default: all, the targets first).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check_out}
 DATA=${DATA:-/tmp/recsearch_synth_kaggle}
 RUNS=${RUNS:-/tmp/recsearch_gpu_runs}
-GROUPS=${GROUPS:-"targets equality mlperf anchors host pytest"}
+STEPS=${STEPS:-"targets equality mlperf anchors host pytest"}
 PY=${PYTHON:-python3}
 QUICK=${QUICK:+--quick}  # QUICK=1: tiny steps and batches, to check the script itself on a CPU
 mkdir -p "$OUT" "$RUNS"
-if [ -d .gpu ]; then
-  bash .gpu/setup.sh > "$OUT/setup.log" 2>&1 || { echo "gpu bundle setup failed"; tail "$OUT/setup.log"; exit 1; }
+if [ -d .gpu ] && command -v nvidia-smi >/dev/null 2>&1; then
+  bash .gpu/setup.sh >> "$OUT/steps.log" 2>&1 || { echo "gpu bundle setup failed"; tail "$OUT/steps.log"; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD
 else
   export PYTHONPATH=$PWD
 fi
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/device.txt"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee -a "$OUT/steps.log"
 
-step() {  # step NAME SECONDS COMMAND...: run with a timeout, log to $OUT/NAME.log, print the summary lines
+step() {  # step NAME SECONDS COMMAND...: run with a timeout, append its output to $OUT/steps.log,
+  # print its summary lines (at most 8 files come back from the GPU machine: keep to 3)
   local name=$1 limit=$2; shift 2
   local started=$SECONDS
-  echo "== $name (limit ${limit}s)"
-  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+  echo "== $name (limit ${limit}s)" | tee -a "$OUT/steps.log"
+  timeout "$limit" "$@" > "$OUT/step.tmp" 2>&1
   local rc=$?
-  grep -E "^\[bench_gpu\]|passed|failed|skipped|Error" "$OUT/$name.log" | tail -12
-  echo "   $name: exit $rc after $((SECONDS - started))s"
+  cat "$OUT/step.tmp" >> "$OUT/steps.log"
+  grep -E "^\[bench_gpu\]|passed|failed|skipped|Error|^ *(Name|[a-z_:]+.*[0-9]+\.[0-9]+(ms|us))" "$OUT/step.tmp" | tail -30
+  rm -f "$OUT/step.tmp"
+  echo "   $name: exit $rc after $((SECONDS - started))s" | tee -a "$OUT/steps.log"
 }
 
 if [ ! -f "$DATA/meta.json" ]; then
   step synth 150 "$PY" -m recsearch.cli data synth --config configs/data/synthetic_kaggle.yaml --out "$DATA" \
     --workers 16 num_days=4 rows_per_day=2000000
 fi
-for group in $GROUPS; do
+for group in $STEPS; do
   case $group in
     targets)  step targets 240 "$PY" tools/bench_gpu.py run --data "$DATA" --out "$OUT" --runs "$RUNS" --group targets $QUICK ;;
     equality) step equality 150 "$PY" tools/bench_gpu.py run --data "$DATA" --out "$OUT" --runs "$RUNS" --group equality $QUICK ;;
     mlperf)   step mlperf 200 "$PY" tools/bench_gpu.py run --data "$DATA" --out "$OUT" --runs "$RUNS" --group mlperf $QUICK ;;
     host)     step host 90 "$PY" tools/bench_gpu.py run --data "$DATA" --out "$OUT" --runs "$RUNS" --group host $QUICK ;;
+    profile)  step profile 120 "$PY" tools/bench_gpu.py profile --data "$DATA" --out "$OUT" $QUICK ;;
     anchors)  step anchors 150 "$PY" tools/bench_gpu.py anchors --out "$OUT" --anchor-script .gpu/bench_anchor.py $QUICK ;;
-    pytest)   step pytest 180 "$PY" -m pytest -q -m gpu tests/train/test_gpu.py -p no:cacheprovider -x ;;
+    pytest)   step pytest 180 "$PY" -m pytest -q -m gpu tests/train/test_gpu.py -p no:cacheprovider
+              "$PY" tools/bench_gpu.py record --out "$OUT" --group pytest --case "pytest -q -m gpu tests/train/test_gpu.py" \
+                --summary "$(grep -E '(passed|failed|skipped|error)' "$OUT/steps.log" | tail -1)" ;;
   esac
 done
-"$PY" tools/bench_gpu.py report --out "$OUT" --md "$OUT/BENCHMARKS_gpu.md" > /dev/null 2> "$OUT/report.err" \
+"$PY" tools/bench_gpu.py report --out "$OUT" --md "$OUT/BENCHMARKS_gpu.md" > /dev/null 2>> "$OUT/steps.log" \
   && sed -n '1,60p' "$OUT/BENCHMARKS_gpu.md"

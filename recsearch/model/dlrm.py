@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from fbgemm_gpu.split_embedding_configs import SparseType
-from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection, DLRMTrain
+from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection, DLRMTrain, InteractionArch
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
@@ -119,8 +119,11 @@ def build_model(
         with torch.random.fork_rng(devices=[]):  # its throwaway uniform_ init must not shift the dense init
             ebc = ScaledGradFusedEBC(configs, *fused_optimizer, device=torch.device(device))
     # The MLPs are small: with meta tables they are built on the CPU, and DistributedModelParallel's
-    # data-parallel wrapper moves them to the training device.
-    dense_device = torch.device("cpu") if torch.device(device).type == "meta" else torch.device(device)
+    # data-parallel wrapper moves them to the training device. With fused tables on a device they
+    # are also built on the CPU (from the CPU random stream, so they start from the same weights as
+    # on the sharded path) and moved below.
+    fused_on_device = fused_optimizer is not None
+    dense_device = torch.device("cpu") if torch.device(device).type == "meta" or fused_on_device else torch.device(device)
     common = {
         "embedding_bag_collection": ebc,
         "dense_in_features": NUM_DENSE_FEATURES,
@@ -130,6 +133,7 @@ def build_model(
     }
     if arch.interaction is Interaction.DOT:
         model = DLRM(**common)
+        model.inter_arch = GatherDotInteraction(num_sparse_features=len(rows))
     elif arch.interaction is Interaction.DCN:
         model = DLRM_DCN(
             **common,
@@ -142,8 +146,35 @@ def build_model(
             interaction_branch1_layer_sizes=list(arch.projection_branch1),
             interaction_branch2_layer_sizes=list(arch.projection_branch2),
         )
+    if fused_on_device:  # every dense part, buffers included (the interaction's index buffers)
+        for name, child in model.named_children():
+            if name != "sparse_arch":
+                child.to(torch.device(device))
     autocast_dtype = DENSE_DTYPES[dense_dtype]
     return DLRMTrain(model) if autocast_dtype is None else AutocastDLRMTrain(model, autocast_dtype, compute_device_type)
+
+
+class GatherDotInteraction(InteractionArch):
+    """TorchRec's dot interaction (the pairwise dot products of the dense output and the F
+    embeddings, strictly upper triangle, after the dense output), computing the same values, but
+    reading the triangle with one index_select on the flattened [B, (F+1)^2] products instead of
+    advanced indexing with two index tensors. Why: the backward of advanced indexing is
+    index_put_ with accumulation, which sorts all B x F(F+1)/2 indices every step (a quarter of
+    the GPU time of an MLPerf-sized step, measured); index_select's backward is a plain
+    index_add. No parameters; the same (non-persistent) buffer as TorchRec's."""
+
+    def __init__(self, num_sparse_features: int) -> None:
+        super().__init__(num_sparse_features)
+        rows, cols = self.triu_indices
+        self.register_buffer("triu_flat", rows * (self.F + 1) + cols, persistent=False)
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: torch.Tensor) -> torch.Tensor:
+        if self.F <= 0:
+            return dense_features
+        combined = torch.cat((dense_features.unsqueeze(1), sparse_features), dim=1)
+        interactions = torch.bmm(combined, combined.transpose(1, 2))
+        upper = interactions.flatten(1).index_select(1, self.triu_flat)
+        return torch.cat((dense_features, upper), dim=1)
 
 
 class _ScaleGrad(torch.autograd.Function):

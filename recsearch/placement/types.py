@@ -368,7 +368,7 @@ def placement_to_json(
     placement: Placement, tables: Sequence[TableSpec], **info: Any
 ) -> dict[str, Any]:
     """A placement file: {"placement": {table: rank}, "world_size": D, ...info}. `recsearch train`
-    reads it as `plan: FILE` (trainer.load_placement takes the "placement" mapping)."""
+    reads it as `plan: FILE` (recsearch.train.placement_file.load_placement takes the "placement" mapping)."""
     return {
         "kind": PLACEMENT_KIND,
         **info,

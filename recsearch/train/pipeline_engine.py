@@ -8,10 +8,8 @@ TrainPipelineSparseDist overlaps the next batch's copy and input all-to-all with
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -26,10 +24,10 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
-from recsearch import remote
 from recsearch.data.loader import NpyBatchLoader
 from recsearch.model.dlrm import EBC_MODULE_PATH, build_model, compile_dense_parts, init_model_tables, table_configs
 from recsearch.train.config import TrainConfig
+from recsearch.train import placement_file
 from recsearch.train.engine import EngineReport
 from recsearch.train.optim import dense_optimizer, embedding_optimizer
 from recsearch.train.schedule import apply_lr
@@ -142,7 +140,7 @@ def sharding_plan(cfg: TrainConfig, model, device: torch.device, world_size: int
         )
         return planner.collective_plan(model, None, dist.GroupMember.WORLD)
     names = [c.name for c in ebc.embedding_bag_configs()]
-    placement = checked_placement(cfg.plan, names, world_size)
+    placement = placement_file.load_placement(cfg.plan, names, world_size)
     module_plan = construct_module_sharding_plan(
         ebc,
         per_param_sharding={name: table_wise(rank=placement[name]) for name in names},
@@ -151,32 +149,6 @@ def sharding_plan(cfg: TrainConfig, model, device: torch.device, world_size: int
         device_type=device.type,
     )
     return ShardingPlan({EBC_MODULE_PATH: module_plan})
-
-
-def checked_placement(path: str | Path, table_names: list[str], world_size: int) -> dict[str, int]:
-    """The placement file's {table: rank}, checked against the model's tables and the ranks."""
-    placement = load_placement(path)
-    missing = sorted(set(table_names) - set(placement))
-    if missing:
-        raise ValueError(f"{path}: no rank for tables {missing}")
-    bad = {t: r for t, r in placement.items() if not 0 <= r < world_size}
-    if bad:
-        raise ValueError(f"{path}: ranks outside 0..{world_size - 1}: {bad}")
-    return placement
-
-
-def load_placement(path: str | Path) -> dict[str, int]:
-    """A placement file: JSON {table: rank}, or {"placement": {table: rank}, ...}."""
-    try:
-        raw = json.loads(remote.read_text(path))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"placement file {path} not found") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from err
-    raw = raw.get("placement", raw) if isinstance(raw, dict) else raw
-    if not isinstance(raw, dict) or not all(isinstance(v, int) for v in raw.values()):
-        raise ValueError(f"{path}: expected a JSON object of table name -> rank (int)")
-    return {str(k): int(v) for k, v in raw.items()}
 
 
 class _TimedIterator(Iterator[Batch]):

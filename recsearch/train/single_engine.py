@@ -43,10 +43,10 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recsearch.data.loader import FEATURE_NAMES, NpyBatchLoader
 from recsearch.model.dlrm import build_model, compile_dense_parts, init_model_tables, table_configs
 from recsearch.train.config import TrainConfig
+from recsearch.train import placement_file
 from recsearch.train.dispatch import OpCounter
 from recsearch.train.engine import EngineReport
 from recsearch.train.optim import dense_optimizer, embedding_optimizer
-from recsearch.train.pipeline_engine import checked_placement
 from recsearch.train.schedule import LRSchedule, apply_lr
 
 WARMUP_STEPS = 3  # eager steps before the capture (lazy initialisation, cuBLAS workspaces, ...)
@@ -72,8 +72,11 @@ class SingleDeviceEngine:
             fused_optimizer=(emb_cls, emb_kwargs),
         )
         tables = table_configs(model)
+        elsewhere = sorted({str(t.device) for t in [*model.parameters(), *model.buffers()] if t.device.type != device.type})
+        if elsewhere:  # a tensor on another device would make every step copy (and wait)
+            raise RuntimeError(f"single engine: model tensors on {elsewhere}, not only on {device}")
         if cfg.plan != "torchrec":  # a placement file still has to name this model's tables
-            checked_placement(cfg.plan, [t.name for t in tables], world_size=1)
+            placement_file.load_placement(cfg.plan, [t.name for t in tables], world_size=1)
         init_model_tables(model, tables, hp.seed)
         if cfg.compile_dense:
             compile_dense_parts(model)

@@ -37,11 +37,10 @@ from recsearch.train.config import TrainConfig
 from recsearch.train.dispatch import OpCounter
 from recsearch.train.engine import TrainEngine, make_engine
 from recsearch.train.metrics import EvalMetrics, MetricAccumulator
-from recsearch.train.pipeline_engine import load_placement
 from recsearch.train.schedule import LRSchedule
 from recsearch.types import RESULT_FILE
 
-__all__ = ["TrainConfig", "compile_dense_parts", "load_placement", "main", "train"]
+__all__ = ["TrainConfig", "compile_dense_parts", "main", "train"]
 
 # The step of a run (counted from its start or resume) whose dispatched ops result.json reports:
 # past the single engine's eager warm-up and graph capture, a steady step.
@@ -104,101 +103,105 @@ def train(cfg: TrainConfig) -> dict:
     schedule = LRSchedule(hp.warmup_steps, hp.decay_start_step, hp.decay_steps)
 
     writer = SummaryWriter(str(out / "tb")) if cfg.tensorboard and rank == 0 else None
-    state = RunState()
-    if cfg.resume_from is not None:
-        restored = checkpoint.load(checkpoint.resolve(cfg.resume_from, out), engine.model, engine.optimizer)
-        state = RunState(**{**restored, "status": "running"})
-        _log(rank, f"resumed from {cfg.resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
-    max_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * len(train_loader)
-    val_metrics: EvalMetrics | None = None
-    report = engine.report
-    graph_note = "CUDA graph per step" if report.cuda_graph_note == "" else f"no CUDA graph: {report.cuda_graph_note}"
-    _log(
-        rank,
-        f"training {max_steps} steps of {hp.batch_size} x {world_size} ranks on {device}; engine {report.engine}"
-        + (f" ({graph_note}; data on {'the device' if report.data_on_device else 'the host'})" if report.engine == "single" else f"; plan {cfg.plan}"),
-    )
-    steps_this_run = 0
+    try:  # the writer's thread is joined however the run ends
+        state = RunState()
+        if cfg.resume_from is not None:
+            restored = checkpoint.load(checkpoint.resolve(cfg.resume_from, out), engine.model, engine.optimizer)
+            state = RunState(**{**restored, "status": "running"})
+            _log(rank, f"resumed from {cfg.resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
+        max_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * len(train_loader)
+        val_metrics: EvalMetrics | None = None
+        report = engine.report
+        graph_note = "CUDA graph per step" if report.cuda_graph_note == "" else f"no CUDA graph: {report.cuda_graph_note}"
+        _log(
+            rank,
+            f"training {max_steps} steps of {hp.batch_size} x {world_size} ranks on {device}; engine {report.engine}"
+            + (f" ({graph_note}; data on {'the device' if report.data_on_device else 'the host'})" if report.engine == "single" else f"; plan {cfg.plan}"),
+        )
+        steps_this_run = 0
 
-    while state.step < max_steps and state.status == "running":
-        # One stretch of training: until the epoch ends, max_steps, or an evaluation is due.
-        stretch_end = max_steps
-        for every in (cfg.eval_every_steps, cfg.checkpoint_every_steps):
-            if every:
-                stretch_end = min(stretch_end, (state.step // every + 1) * every)
-        started = time.perf_counter()
-        engine.start_stretch(state.epoch, state.batch_in_epoch)
-        window = _LossWindow()
-        lr_multiplier = math.nan  # set at the stretch's first step, then only when it changes
-        while state.step < stretch_end:
-            if (multiplier := schedule.multiplier(state.step)) != lr_multiplier:
-                engine.set_lr_multiplier(multiplier)
-                lr_multiplier = multiplier
-            steps_this_run += 1
-            if steps_this_run == OPS_COUNT_STEP:
-                with OpCounter() as counter:
+        while state.step < max_steps and state.status == "running":
+            # One stretch of training: until the epoch ends, max_steps, or an evaluation is due.
+            stretch_end = max_steps
+            for every in (cfg.eval_every_steps, cfg.checkpoint_every_steps):
+                if every:
+                    stretch_end = min(stretch_end, (state.step // every + 1) * every)
+            started = time.perf_counter()
+            engine.start_stretch(state.epoch, state.batch_in_epoch)
+            window = _LossWindow()
+            lr_multiplier = math.nan  # set at the stretch's first step, then only when it changes
+            while state.step < stretch_end:
+                if (multiplier := schedule.multiplier(state.step)) != lr_multiplier:
+                    engine.set_lr_multiplier(multiplier)
+                    lr_multiplier = multiplier
+                steps_this_run += 1
+                if steps_this_run == OPS_COUNT_STEP:
+                    with OpCounter() as counter:
+                        samples = engine.step()
+                    report.ops_per_step = counter.total
+                else:
                     samples = engine.step()
-                report.ops_per_step = counter.total
-            else:
-                samples = engine.step()
-            if samples is None:  # end of the epoch
+                if samples is None:  # end of the epoch
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+                    break
+                state.step += 1
+                state.batch_in_epoch += 1
+                state.samples += samples
+                window.add(samples)
+                log_due = state.step % cfg.log_every_steps == 0
+                if log_due and not _log_window(window, engine, state, writer, rank, max_steps):
+                    break  # diverged
+            # Whatever ended the stretch (an evaluation, the epoch's end), the steps since the last log
+            # are logged and checked too: a divergence is caught at the first stretch end after it.
+            if window.steps and state.status == "running":
+                _log_window(window, engine, state, writer, rank, max_steps)
+            state.data_wait_seconds += engine.end_stretch()  # waits for the device
+            state.train_seconds += time.perf_counter() - started
+            if state.status != "running":
+                break
+            if state.batch_in_epoch >= len(train_loader):
                 state.epoch += 1
                 state.batch_in_epoch = 0
+            if cfg.checkpoint_every_steps and (state.step % cfg.checkpoint_every_steps == 0 or state.step >= max_steps):
+                checkpoint.save(out, state.step, engine.model, engine.optimizer, dataclasses.asdict(state))
+            due = cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0 and state.step < max_steps
+            if due:
+                val_metrics = evaluate(engine.model, loader("val", False, cfg.eval_rows), device)
+                _log(rank, f"step {state.step}: val AUC {val_metrics.auc:.4f} log loss {val_metrics.log_loss:.4f}")
+                if writer:
+                    _write_eval(writer, "val", val_metrics, state.step)
+                if cfg.auc_threshold is not None and val_metrics.auc >= cfg.auc_threshold:
+                    state.status = "early_stopped"
+            if state.epoch >= cfg.epochs and cfg.max_steps is None:
                 break
-            state.step += 1
-            state.batch_in_epoch += 1
-            state.samples += samples
-            window.add(samples)
-            log_due = state.step % cfg.log_every_steps == 0
-            if log_due and not _log_window(window, engine, state, writer, rank, max_steps):
-                break  # diverged
-        # Whatever ended the stretch (an evaluation, the epoch's end), the steps since the last log
-        # are logged and checked too: a divergence is caught at the first stretch end after it.
-        if window.steps and state.status == "running":
-            _log_window(window, engine, state, writer, rank, max_steps)
-        state.data_wait_seconds += engine.end_stretch()  # waits for the device
-        state.train_seconds += time.perf_counter() - started
-        if state.status != "running":
-            break
-        if state.batch_in_epoch >= len(train_loader):
-            state.epoch += 1
-            state.batch_in_epoch = 0
-        if cfg.checkpoint_every_steps and (state.step % cfg.checkpoint_every_steps == 0 or state.step >= max_steps):
-            checkpoint.save(out, state.step, engine.model, engine.optimizer, dataclasses.asdict(state))
-        due = cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0 and state.step < max_steps
-        if due:
-            val_metrics = evaluate(engine.model, loader("val", False, cfg.eval_rows), device)
-            _log(rank, f"step {state.step}: val AUC {val_metrics.auc:.4f} log loss {val_metrics.log_loss:.4f}")
-            if writer:
-                _write_eval(writer, "val", val_metrics, state.step)
-            if cfg.auc_threshold is not None and val_metrics.auc >= cfg.auc_threshold:
-                state.status = "early_stopped"
-        if state.epoch >= cfg.epochs and cfg.max_steps is None:
-            break
-    if state.status == "running":
-        state.status = "completed"
+        if state.status == "running":
+            state.status = "completed"
 
-    model = engine.model
-    final: dict[str, EvalMetrics] = {}
-    latency: dict[str, dict[str, float]] = {}
-    if state.status != "diverged":
-        for split in ("val", "test"):
-            final[split] = evaluate(model, loader(split, False, cfg.eval_rows), device)
-            if writer:
-                _write_eval(writer, split, final[split], state.step)
-        latency = measure_latency(model, cfg, loader, device)
-    result = _result(cfg, meta, state, final, latency, engine, world_size, device)
-    if writer:
-        hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _flat(config.to_dict(cfg)).items()}
-        metrics = {f"final/{s}_{k}": getattr(m, k) for s, m in final.items() for k in ("auc", "log_loss", "accuracy")}
-        writer.add_hparams(hparams, metrics or {"final/diverged": 1.0}, run_name="hparams")
-        writer.close()
-    if rank == 0:
-        write_result(out, result)
-        error = upload_outputs(cfg, out)
-        if error:  # the run's own result.json stays as it is; the exit code says it
-            result["upload_error"] = error
-    return result
+        model = engine.model
+        final: dict[str, EvalMetrics] = {}
+        latency: dict[str, dict[str, float]] = {}
+        if state.status != "diverged":
+            for split in ("val", "test"):
+                final[split] = evaluate(model, loader(split, False, cfg.eval_rows), device)
+                if writer:
+                    _write_eval(writer, split, final[split], state.step)
+            latency = measure_latency(model, cfg, loader, device)
+        result = _result(cfg, meta, state, final, latency, engine, world_size, device)
+        if writer:
+            hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _flat(config.to_dict(cfg)).items()}
+            metrics = {f"final/{s}_{k}": getattr(m, k) for s, m in final.items() for k in ("auc", "log_loss", "accuracy")}
+            writer.add_hparams(hparams, metrics or {"final/diverged": 1.0}, run_name="hparams")
+            writer.close()
+        if rank == 0:
+            write_result(out, result)
+            error = upload_outputs(cfg, out)
+            if error:  # the run's own result.json stays as it is; the exit code says it
+                result["upload_error"] = error
+        return result
+    finally:
+        if writer:
+            writer.close()
 
 
 def evaluate(model: torch.nn.Module, loader: NpyBatchLoader, device: torch.device) -> EvalMetrics:

@@ -15,6 +15,7 @@ from recsearch.data.loader import NpyBatchLoader
 from recsearch.model.dlrm import EBC_MODULE_PATH, build_model
 from recsearch.train import trainer
 from recsearch.train.optim import embedding_optimizer
+from recsearch.train.pipeline_engine import sharding_plan
 from recsearch.train.schedule import apply_lr
 from recsearch.types import ArchSpec, HParams
 from tests.conftest import write_dataset
@@ -42,7 +43,7 @@ def _sharded(plan_name: str, tmp_path, embedding_lr: float = 1.0) -> Distributed
         torch.optim.SGD, model.model.sparse_arch.parameters(), {"lr": embedding_lr}
     )
     cfg = trainer.TrainConfig(data_dir=str(tmp_path), plan=plan_name, hparams=HParams(batch_size=16))
-    plan = trainer._sharding_plan(cfg, model, CPU, world_size=1)
+    plan = sharding_plan(cfg, model, CPU, world_size=1)
     return DistributedModelParallel(module=model, device=CPU, plan=plan)
 
 
@@ -106,7 +107,7 @@ def test_each_cpu_embedding_optimizer_runs_fused(world_of_one, tmp_path, name, s
     cls, kwargs = embedding_optimizer(name, 0.1, "cpu")
     apply_optimizer_in_backward(cls, model.model.sparse_arch.parameters(), kwargs)
     cfg = trainer.TrainConfig(data_dir=str(data), plan=str(tmp_path / "placement.json"))
-    dmp = DistributedModelParallel(model, device=CPU, plan=trainer._sharding_plan(cfg, model, CPU, 1))
+    dmp = DistributedModelParallel(model, device=CPU, plan=sharding_plan(cfg, model, CPU, 1))
     state = dmp.fused_optimizer.state_dict()["state"]
     assert len(state) == 26
     assert set(state["model.sparse_arch.embedding_bag_collection.embedding_bags.t_cat_0.weight"]) == state_slots

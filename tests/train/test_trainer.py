@@ -187,7 +187,7 @@ def test_config_errors_name_the_key(tmp_path, learnable_data, capsys):
 
 @pytest.mark.parametrize(
     ("placement", "message"),
-    [({"t_cat_0": 0}, "no rank for tables"), ({f"t_cat_{i}": 1 for i in range(26)}, "ranks outside 0..0")],
+    [({"t_cat_0": 0}, "no rank for 25 of the model's tables"), ({f"t_cat_{i}": 1 for i in range(26)}, "outside 0..0")],
 )
 def test_a_bad_placement_fails_with_a_result_file(tmp_path, learnable_data, capsys, placement, message):
     (tmp_path / "p.json").write_text(json.dumps(placement))
