@@ -242,7 +242,7 @@ def _profile_rows(table: str) -> list[tuple[str, str, str]]:
     return rows
 
 
-def report(results: list[Path], md: Path | None, device: str) -> str:
+def report(results: list[Path], md: Path | None, device: str, note: str = "") -> str:
     """The BENCHMARKS.md section from one or more results.jsonl files (each file one run)."""
     records = []
     for run, path in enumerate(results, 1):
@@ -262,6 +262,7 @@ def report(results: list[Path], md: Path | None, device: str) -> str:
         "warm-up and the capture). ops/step: ops the host dispatched in a steady step (a graph replay is one launch "
         "besides them); ops in a step: what one eager step dispatches. torch 2.11, torchrec 1.6.1, fbgemm-gpu 1.6.0"
         + (f"; {len(runs)} runs of the script, the run column says which." if len(runs) > 1 else "."),
+        *(["", note] if note else []),
         "",
         "| case | run | engine | CUDA graph | samples/s | target | met | ms/step (all steps) | val AUC | note |",
         "|---|---|---|---|---:|---:|---|---:|---:|---|",
@@ -350,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="the run's folder (its results.jsonl)")
     p.add_argument("--results", type=Path, nargs="*", default=[], help="results.jsonl files, one per run")
     p.add_argument("--md", type=Path, default=None)
+    p.add_argument("--note", default="", help="a paragraph put under the section's description")
     p.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -370,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         results = [*args.results, *([args.out / "results.jsonl"] if args.out else [])]
         if not results:
             parser.error("report needs --out or --results")
-        print(report(results, args.md, device))
+        print(report(results, args.md, device, args.note))
     return 0
 
 

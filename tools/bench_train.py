@@ -48,8 +48,9 @@ from tools.bench_data import ORIGINAL, ORIGINAL_NPZ, ensure_tsv, machine, origin
 REPO = Path(__file__).resolve().parents[1]
 RECSEARCH = "recsearch train"
 RECSEARCH_COMPILED = "recsearch train, compile_dense=true"
+RECSEARCH_PIPELINE = "recsearch train, engine=pipeline (DMP)"
 PLAIN = "plain PyTorch (nn.EmbeddingBag)"
-METHODS = (RECSEARCH, RECSEARCH_COMPILED, ORIGINAL, PLAIN)
+METHODS = (RECSEARCH, RECSEARCH_PIPELINE, RECSEARCH_COMPILED, ORIGINAL, PLAIN)
 
 
 @dataclass(frozen=True)
@@ -176,9 +177,9 @@ class Runner:
         # the same OpenMP wait policy for every method (recsearch's CLI would default to PASSIVE)
         self.env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": args.omp_wait_policy.upper()}
 
-    def recsearch(self, shape: ModelShape, compile_dense: bool = False) -> RunTiming:
+    def recsearch(self, shape: ModelShape, compile_dense: bool = False, engine: str = "auto") -> RunTiming:
         short, steps = self.args.steps
-        out = self.scratch / f"recsearch_{shape.dim}{'_compiled' if compile_dense else ''}"
+        out = self.scratch / f"recsearch_{shape.dim}{'_compiled' if compile_dense else ''}_{engine}"
         cmd = [
             sys.executable, "-m", "recsearch.cli", "train",
             "--config", str(REPO / "configs" / "train" / "kaggle_reference.yaml"),
@@ -188,7 +189,7 @@ class Runner:
             f"arch.top_mlp={list(shape.top)}", f"device={self.args.device}",
             "eval_every_steps=0", f"eval_rows={self.args.batch_size}", "latency_iters=1",
             "latency_batch_sizes=[1]", "tensorboard=false", f"log_every_steps={short}",
-            f"compile_dense={str(compile_dense).lower()}",
+            f"compile_dense={str(compile_dense).lower()}", f"engine={engine}",
         ]  # fmt: skip
         progress = _run_timed(cmd, REPO, self.env, r"\[recsearch train\] step (\d+)/\d+ loss")
         result = json.loads((out / RESULT_FILE).read_text())
@@ -244,6 +245,8 @@ class Runner:
     def run(self, method: str, shape: ModelShape) -> RunTiming:
         if method == RECSEARCH_COMPILED:
             return self.recsearch(shape, compile_dense=True)
+        if method == RECSEARCH_PIPELINE:
+            return self.recsearch(shape, engine="pipeline")
         return {RECSEARCH: self.recsearch, ORIGINAL: self.original, PLAIN: self.plain}[method](shape)
 
 
@@ -369,6 +372,14 @@ def verdicts(args: argparse.Namespace, by: dict[tuple[str, str], Timing]) -> lis
             if plain.median_cpu_ms and ours.median_cpu_ms:
                 cpu_ratio = plain.median_cpu_ms / ours.median_cpu_ms
                 lines.append(f"  - in CPU time per step: {cpu_ratio:.3f}x ({'met' if cpu_ratio >= 1 else 'NOT met'}: not slower)")
+        pipeline = by.get((RECSEARCH_PIPELINE, key))
+        if pipeline:
+            ratio = pipeline.median_ms / ours.median_ms
+            lines.append(f"- {name}: single engine (the default on one device) vs engine=pipeline {ratio:.3f}x wall time "
+                         f"({'met' if ratio >= 1 else 'NOT met'}: not slower, issue 12)")
+            if pipeline.median_cpu_ms and ours.median_cpu_ms:
+                cpu_ratio = pipeline.median_cpu_ms / ours.median_cpu_ms
+                lines.append(f"  - in CPU time per step: {cpu_ratio:.3f}x ({'met' if cpu_ratio >= 1 else 'NOT met'}: not slower)")
         compiled = by.get((RECSEARCH_COMPILED, key))
         if compiled:
             lines.append(f"- {name}: compile_dense=true vs eager recsearch {_ratio(ours, compiled)} (an option, no target)")
@@ -407,7 +418,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, nargs=2, default=[20, 120], metavar=("S1", "S2"))
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["kaggle", "mlperf"])
-    p.add_argument("--methods", nargs="+", choices=["recsearch", "recsearch-compiled", "original", "plain"],
+    p.add_argument("--methods", nargs="+", choices=["recsearch", "recsearch-pipeline", "recsearch-compiled", "original", "plain"],
                    default=["recsearch", "original", "plain"])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--omp-wait-policy", choices=["passive", "active"], default="passive",
@@ -429,7 +440,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    wanted = {"recsearch": RECSEARCH, "recsearch-compiled": RECSEARCH_COMPILED, "original": ORIGINAL, "plain": PLAIN}
+    wanted = {"recsearch": RECSEARCH, "recsearch-pipeline": RECSEARCH_PIPELINE, "recsearch-compiled": RECSEARCH_COMPILED,
+              "original": ORIGINAL, "plain": PLAIN}
     methods = [wanted[m] for m in args.methods]
     skipped = original_unavailable(args.dlrm_repo, args.dlrm_python) if ORIGINAL in methods else None
     if skipped:

@@ -177,6 +177,9 @@ def train(cfg: TrainConfig) -> dict:
                 break
         if state.status == "running":
             state.status = "completed"
+        if report.engine == "single":
+            graphed = f"{report.graphed_steps} steps replayed a CUDA graph, {report.eager_steps} ran eagerly"
+            _log(rank, graphed + (f" ({report.cuda_graph_note})" if report.cuda_graph_note else ""))
 
         model = engine.model
         final: dict[str, EvalMetrics] = {}

@@ -10,7 +10,6 @@ import gc
 import subprocess
 import threading
 import weakref
-from pathlib import Path
 
 import pytest
 

@@ -13,7 +13,7 @@ import torch
 from recsearch.train import trainer
 from recsearch.train.dispatch import HostSyncError, HostSyncGuard
 from recsearch.train.engine import choose_engine
-from tests.train.engines import engine_and_loader, small_config, train_steps
+from tests.train.engines import engine_and_loader, small_config
 
 CPU = torch.device("cpu")
 SCHEDULE = ["hparams.warmup_steps=5", "hparams.decay_start_step=20", "hparams.decay_steps=15"]

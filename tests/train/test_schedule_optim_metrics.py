@@ -88,6 +88,15 @@ def test_dense_optimizer_state_round_trips_and_resumes_exactly():
     assert torch.equal(resumed[0].detach(), straight)
 
 
+def test_optimizer_names():
+    assert embedding_optimizer("rowwise_adagrad", 0.1)[1]["lr"] == 0.1
+    assert dense_optimizer("lamb", [torch.nn.Parameter(torch.zeros(1))], 0.1).kind == "lamb"
+    with pytest.raises(ValueError, match="embedding optimizer must be one of"):
+        embedding_optimizer("lion", 0.1)
+    with pytest.raises(ValueError, match="dense optimizer must be one of"):
+        dense_optimizer("rmsprop", [], 0.1)
+
+
 def _reference(logits, labels):
     p = 1 / (1 + np.exp(-logits))
     order = np.argsort(logits)
