@@ -250,8 +250,8 @@ class Runner:
         return {RECSEARCH: self.recsearch, ORIGINAL: self.original, PLAIN: self.plain}[method](shape)
 
 
-def prepare_data(args: argparse.Namespace, skipped: str | None) -> tuple[Path, Path | None]:
-    """The TSV, recsearch's npy dataset of it, and (unless skipped) the original's processed npz."""
+def prepare_data(args: argparse.Namespace, need_original: bool) -> tuple[Path, Path | None]:
+    """The TSV, recsearch's npy dataset of it, and (when it runs) the original's processed npz."""
     tsv = ensure_tsv(args.workdir, args.rows)
     npy = args.workdir / "npy_vocab1"
     marker = npy / f"rows-{args.rows}"
@@ -263,7 +263,7 @@ def prepare_data(args: argparse.Namespace, skipped: str | None) -> tuple[Path, P
             check=True, cwd=REPO,
         )  # fmt: skip
         marker.touch()
-    if skipped:
+    if not need_original:
         return npy, None
     original_dir = args.workdir / f"original_train_{args.rows}"
     original_tsv = original_dir / "train.txt"
@@ -447,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     if skipped:
         print(f"skipping {ORIGINAL}: {skipped}", file=sys.stderr)
         methods.remove(ORIGINAL)
-    npy, original_tsv = prepare_data(args, skipped)
+    npy, original_tsv = prepare_data(args, need_original=ORIGINAL in methods)
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench_train_") as scratch:
         timings = measure(args, Runner(args, npy, original_tsv, Path(scratch)), methods)
