@@ -737,8 +737,13 @@ def _run(tasks: list[ChunkTask], workers: int, desc: str, progress: bool) -> Ite
                 bar.update(result.nbytes)
                 yield result
             return
-        # fork: workers start in milliseconds and need nothing from the parent but the task.
-        ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+        # Not fork: the parent may already run threads (pyarrow's pool, torch's, a trainer's), and
+        # a child forked while one of them holds a lock can hang for good (seen once in the test
+        # suite). A forkserver forks workers from a clean single-threaded process, started once per
+        # parent with this module already imported, so later pools start in milliseconds too.
+        ctx = multiprocessing.get_context("forkserver" if sys.platform == "linux" else "spawn")
+        if sys.platform == "linux":
+            ctx.set_forkserver_preload([__name__])
         with ctx.Pool(min(workers, len(tasks))) as pool:  # __exit__ terminates the workers
             todo = iter(tasks)
             in_flight = collections.deque(
