@@ -144,3 +144,22 @@ def test_resume_on_the_single_engine_is_exact(tmp_path, learnable_data):
     assert resumed["metrics"]["val"]["auc"] == straight["metrics"]["val"]["auc"]
     saved = json.loads((out / "result.json").read_text())
     assert saved["engine"]["engine"] == "single"
+
+
+def test_device_resident_batches_equal_the_loaders_for_multi_hot_data(tmp_path):
+    """The resident path gathers rows itself (three index_selects, the KJT's key-major order
+    built on the device): with multi-hot features of different hotness it must train on exactly
+    the loader's batches, so the losses are identical."""
+    from tests.conftest import write_dataset
+
+    data = tmp_path / "data"
+    write_dataset(data, day_rows=(600, 300, 200), num_embeddings=20, multi_hot_sizes=(1, 3, 2, *(1,) * 23))
+    losses = {}
+    for placement in ("true", "false"):
+        result = trainer.train(small_config(
+            data, tmp_path / placement, "engine=single", f"data_on_device={placement}",
+            "hparams.batch_size=64", "max_steps=12", "epochs=2",
+        ))
+        assert result["engine"]["data_on_device"] == (placement == "true")
+        losses[placement] = [h["loss"] for h in result["history"]]
+    assert len(losses["true"]) == 12 and losses["true"] == losses["false"]
