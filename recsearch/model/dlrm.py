@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 from fbgemm_gpu.split_embedding_configs import SparseType
-from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection, DLRMTrain, InteractionArch
+from torchrec.models.dlrm import DLRM, DLRM_DCN, DLRM_Projection, DLRMTrain, InteractionArch, SparseArch
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
@@ -150,6 +150,7 @@ def build_model(
         for name, child in model.named_children():
             if name != "sparse_arch":
                 child.to(torch.device(device))
+        model.sparse_arch = ViewSparseArch(ebc)
     autocast_dtype = DENSE_DTYPES[dense_dtype]
     return DLRMTrain(model) if autocast_dtype is None else AutocastDLRMTrain(model, autocast_dtype, compute_device_type)
 
@@ -175,6 +176,26 @@ class GatherDotInteraction(InteractionArch):
         interactions = torch.bmm(combined, combined.transpose(1, 2))
         upper = interactions.flatten(1).index_select(1, self.triu_flat)
         return torch.cat((dense_features, upper), dim=1)
+
+
+class ViewSparseArch(SparseArch):
+    """TorchRec's SparseArch for a collection whose pooled output is already [B, F * D] in the
+    order of its features (one feature per table, one dim: a FusedEmbeddingBagCollection of
+    recsearch's DLRM): it returns a view of that output as [B, F, D] instead of splitting it per
+    feature and concatenating the pieces again, which copies B x F x D values in the forward and
+    again in the backward. The same values and gradients; any other layout takes SparseArch's path."""
+
+    def __init__(self, embedding_bag_collection: torch.nn.Module) -> None:
+        super().__init__(embedding_bag_collection)  # type: ignore[arg-type]
+        configs = embedding_bag_collection.embedding_bag_configs()
+        self._viewable = all(len(c.feature_names) == 1 and c.embedding_dim == self.D for c in configs)
+
+    def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+        pooled: KeyedTensor = self.embedding_bag_collection(features)
+        if self._viewable and pooled.keys() == self.sparse_feature_names:
+            return pooled.values().view(-1, self.F, self.D)
+        sparse = pooled.to_dict()
+        return torch.cat([sparse[name] for name in self.sparse_feature_names], dim=1).reshape(-1, self.F, self.D)
 
 
 class _ScaleGrad(torch.autograd.Function):

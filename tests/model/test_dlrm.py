@@ -48,3 +48,34 @@ def test_the_gather_dot_interaction_computes_torchrecs_values_and_gradients():
     ours.backward(grad)
     theirs.backward(grad)
     assert torch.equal(dense2.grad, dense.grad) and torch.equal(sparse2.grad, sparse.grad)
+
+
+def test_the_view_sparse_arch_gives_sparse_arch_values_and_gradients():
+    """The single engine's SparseArch returns a view of the pooled output instead of splitting and
+    concatenating it: the same values and the same table gradients as TorchRec's."""
+    import torch
+    from torchrec.models.dlrm import SparseArch
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from recsearch.model.dlrm import ViewSparseArch
+
+    torch.manual_seed(0)
+    tables = [EmbeddingBagConfig(name=f"t{i}", embedding_dim=4, num_embeddings=10, feature_names=[f"f{i}"]) for i in range(3)]
+    ebc = EmbeddingBagCollection(tables=tables)
+    features = KeyedJaggedTensor(
+        keys=["f0", "f1", "f2"], values=torch.tensor([1, 2, 3, 4, 5, 6, 7, 8, 9, 0]),
+        lengths=torch.tensor([1, 2, 1, 1, 2, 3]),  # 3 keys x 2 rows; multi-hot bags pool (sum) too
+    )
+    view_arch, torchrec_arch = ViewSparseArch(ebc), SparseArch(ebc)
+    ours = view_arch(features)
+    grad = torch.randn_like(ours)
+    ours.backward(grad)
+    our_grads = [p.grad.clone() for p in ebc.parameters()]
+    ebc.zero_grad()
+    theirs = torchrec_arch(features)
+    theirs.backward(grad)
+    assert ours.shape == (2, 3, 4) and torch.equal(ours, theirs)
+    assert all(torch.equal(a, p.grad) for a, p in zip(our_grads, ebc.parameters()))
+    assert view_arch._viewable
