@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recsearch.types import ArchSpec, HParams, SettingsError, check_int
+from recsearch.types import ArchSpec, HParams, SettingsError, check_int, check_number
 
 EMBEDDING_PRECISIONS = ("fp32", "fp16")  # table weights (and their fused optimizer updates)
 DENSE_PRECISIONS = ("fp32", "bf16")  # MLPs + interaction under autocast (weights stay fp32)
@@ -18,6 +18,20 @@ DENSE_PRECISIONS = ("fp32", "bf16")  # MLPs + interaction under autocast (weight
 # TrainPipelineSparseDist; "auto": single in a world of one, pipeline otherwise.
 ENGINES = ("auto", "single", "pipeline")
 TRISTATE = ("auto", "true", "false")
+
+
+@dataclass(frozen=True)
+class LatencyReference:
+    """The model a run times beside its own for latency (recsearch.train.latency)."""
+
+    arch: ArchSpec = field(default_factory=ArchSpec)
+    embedding_precision: str = "fp32"
+    dense_precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for key, allowed in (("embedding_precision", EMBEDDING_PRECISIONS), ("dense_precision", DENSE_PRECISIONS)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"latency_reference.{key} must be {' or '.join(allowed)}, got {getattr(self, key)!r}")
 
 
 @dataclass(frozen=True)
@@ -47,7 +61,17 @@ class TrainConfig:
     log_every_steps: int = 50
     prefetch_batches: int = 2
     latency_batch_sizes: tuple[int, ...] = (1, 256)
-    latency_iters: int = 30
+    latency_iters: int = 30  # at least this many timed calls per model and batch size
+    # Latency is timed in rounds until the same model measured twice (first half of the rounds vs
+    # second half) differs by at most this share at the p50, or latency_max_seconds pass
+    latency_target_spread: float = 0.03
+    latency_max_seconds: float = 20.0
+    # also time a model of this architecture in the same rounds (the search's reference; random
+    # weights): the search compares candidates with the budget as a ratio measured alike
+    latency_reference: LatencyReference | None = None
+    # a lock file shared by the trainings on one device (a search sets it): training holds it
+    # shared, the latency measurement exclusive, so latency is timed with the device to itself
+    device_lock: str | None = None
     tensorboard: bool = True
     checkpoint_every_steps: int = 0  # 0: no checkpoints; else save every N steps (and at the end)
     embedding_precision: str = "fp32"  # fp32 | fp16: table weights (and fused optimizer updates)
@@ -86,6 +110,10 @@ def settings_problems(cfg: TrainConfig) -> list[str]:
     check_int(problems, "epochs", cfg.epochs, 1)
     check_int(problems, "log_every_steps", cfg.log_every_steps, 1)
     check_int(problems, "latency_iters", cfg.latency_iters, 1)
+    check_number(problems, "latency_target_spread", cfg.latency_target_spread, above=0, maximum=1)
+    check_number(problems, "latency_max_seconds", cfg.latency_max_seconds, above=0)
+    if cfg.device_lock is not None and (not isinstance(cfg.device_lock, str) or not cfg.device_lock):
+        problems.append(f"device_lock must be a non-empty path or null, got {cfg.device_lock!r}")
     for key in ("eval_every_steps", "checkpoint_every_steps", "prefetch_batches"):
         check_int(problems, key, getattr(cfg, key), 0)  # 0: never (end only), none, no thread
     sizes = cfg.latency_batch_sizes

@@ -31,12 +31,14 @@ from torch.utils.tensorboard import SummaryWriter
 from recsearch import config, remote
 from recsearch.data import layout
 from recsearch.data.loader import NpyBatchLoader
-from recsearch.model.dlrm import compile_dense_parts, dense_parameter_count, table_rows
+from recsearch.model.dlrm import build_model, compile_dense_parts, dense_parameter_count, table_rows
 from recsearch.train import checkpoint
 from recsearch.train.config import TrainConfig
 from recsearch.train.dispatch import OpCounter
 from recsearch.train.engine import TrainEngine, make_engine
+from recsearch.train.latency import SERVING_SETUP, DeviceLock, measure_interleaved
 from recsearch.train.metrics import EvalMetrics, MetricAccumulator
+from recsearch.train.optim import embedding_optimizer
 from recsearch.train.schedule import LRSchedule
 from recsearch.types import RESULT_FILE
 
@@ -45,6 +47,7 @@ __all__ = ["TrainConfig", "compile_dense_parts", "main", "train"]
 # The step of a run (counted from its start or resume) whose dispatched ops result.json reports:
 # past the single engine's eager warm-up and graph capture, a steady step.
 OPS_COUNT_STEP = 8
+CALLS_PER_ROUND = 10  # timed calls per model in a round of the latency measurement
 
 
 @dataclass
@@ -103,6 +106,8 @@ def train(cfg: TrainConfig) -> dict:
     schedule = LRSchedule(hp.warmup_steps, hp.decay_start_step, hp.decay_steps)
 
     writer = SummaryWriter(str(out / "tb")) if cfg.tensorboard and rank == 0 else None
+    # Training holds it shared, window by window; the latency measurement holds it exclusive.
+    device_lock = DeviceLock(cfg.device_lock)
     try:  # the writer's thread is joined however the run ends
         state = RunState()
         if cfg.resume_from is not None:
@@ -135,6 +140,7 @@ def train(cfg: TrainConfig) -> dict:
                     engine.set_lr_multiplier(multiplier)
                     lr_multiplier = multiplier
                 steps_this_run += 1
+                device_lock.hold_shared()  # a no-op inside a window; waits while latency is timed
                 if steps_this_run == OPS_COUNT_STEP:
                     with OpCounter() as counter:
                         samples = engine.step()
@@ -150,13 +156,17 @@ def train(cfg: TrainConfig) -> dict:
                 state.samples += samples
                 window.add(samples)
                 log_due = state.step % cfg.log_every_steps == 0
-                if log_due and not _log_window(window, engine, state, writer, rank, max_steps):
-                    break  # diverged
+                if log_due:
+                    logged = _log_window(window, engine, state, writer, rank, max_steps)
+                    device_lock.release()  # the window's loss read-back waited for the device
+                    if not logged:
+                        break  # diverged
             # Whatever ended the stretch (an evaluation, the epoch's end), the steps since the last log
             # are logged and checked too: a divergence is caught at the first stretch end after it.
             if window.steps and state.status == "running":
                 _log_window(window, engine, state, writer, rank, max_steps)
             state.data_wait_seconds += engine.end_stretch()  # waits for the device
+            device_lock.release()
             state.train_seconds += time.perf_counter() - started
             if state.status != "running":
                 break
@@ -167,7 +177,8 @@ def train(cfg: TrainConfig) -> dict:
                 checkpoint.save(out, state.step, engine.model, engine.optimizer, dataclasses.asdict(state))
             due = cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0 and state.step < max_steps
             if due:
-                val_metrics = evaluate(engine.model, loader("val", False, cfg.eval_rows), device)
+                with device_lock.shared():
+                    val_metrics = evaluate(engine.model, loader("val", False, cfg.eval_rows), device)
                 _log(rank, f"step {state.step}: val AUC {val_metrics.auc:.4f} log loss {val_metrics.log_loss:.4f}")
                 if writer:
                     _write_eval(writer, "val", val_metrics, state.step)
@@ -186,10 +197,12 @@ def train(cfg: TrainConfig) -> dict:
         latency: dict[str, dict[str, float]] = {}
         if state.status != "diverged":
             for split in ("val", "test"):
-                final[split] = evaluate(model, loader(split, False, cfg.eval_rows), device)
+                with device_lock.shared():
+                    final[split] = evaluate(model, loader(split, False, cfg.eval_rows), device)
                 if writer:
                     _write_eval(writer, split, final[split], state.step)
-            latency = measure_latency(model, cfg, loader, device)
+            reference = _latency_reference_model(cfg, rows, device, report.engine)
+            latency = measure_latency(model, cfg, loader, device, reference, device_lock)
         result = _result(cfg, meta, state, final, latency, engine, world_size, device)
         if writer:
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _flat(config.to_dict(cfg)).items()}
@@ -203,6 +216,7 @@ def train(cfg: TrainConfig) -> dict:
                 result["upload_error"] = error
         return result
     finally:
+        device_lock.close()
         if writer:
             writer.close()
 
@@ -221,11 +235,19 @@ def evaluate(model: torch.nn.Module, loader: NpyBatchLoader, device: torch.devic
     return acc.compute()
 
 
-def measure_latency(model, cfg: TrainConfig, make_loader, device: torch.device) -> dict[str, dict[str, float]]:
-    """p50/p99 ms of the trained model's forward at each serving batch size, on this device."""
+def measure_latency(
+    model, cfg: TrainConfig, make_loader, device: torch.device, reference=None, device_lock: DeviceLock | None = None,
+) -> dict[str, dict[str, float]]:
+    """p50/p99 ms of the trained model's forward at each serving batch size, on this device, with
+    the device to itself (`device_lock` held exclusive) and, with a reference model, the
+    reference's p50 timed in the same rounds (recsearch.train.latency)."""
     out: dict[str, dict[str, float]] = {}
-    model.eval()
-    with torch.no_grad():
+    lock = device_lock or DeviceLock(None)
+    models = {"model": model, **({"reference": reference} if reference is not None else {})}
+    for m in models.values():
+        m.eval()
+    rounds = -(-cfg.latency_iters // CALLS_PER_ROUND)
+    with torch.no_grad(), lock.exclusive():
         for batch_size in cfg.latency_batch_sizes:
             batches = None
             try:
@@ -239,23 +261,34 @@ def measure_latency(model, cfg: TrainConfig, make_loader, device: torch.device) 
                 if close:  # the prefetch thread stops before the timing starts
                     close()
             batch = batch.to(device)
-            times_ms = []
-            for i in range(cfg.latency_iters + 5):
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                start = time.perf_counter()
-                model(batch)
-                if device.type == "cuda":
-                    torch.cuda.synchronize(device)
-                if i >= 5:  # warm-up iterations are not timed
-                    times_ms.append((time.perf_counter() - start) * 1000)
-            times = torch.tensor(times_ms)
-            out[str(batch_size)] = {
-                "p50_ms": float(times.quantile(0.5)),
-                "p99_ms": float(times.quantile(0.99)),
-            }
+            stats = measure_interleaved(
+                {name: (lambda m=m: m(batch)) for name, m in models.items()}, device,
+                target_spread=cfg.latency_target_spread, max_seconds=cfg.latency_max_seconds,
+                calls_per_round=CALLS_PER_ROUND, min_rounds=max(2, rounds),
+            )
+            mine = stats["model"]
+            entry = {"p50_ms": mine.p50_ms, "p99_ms": mine.p99_ms, "spread": round(mine.spread, 5), "calls": mine.calls}
+            if "reference" in stats:
+                entry["reference_p50_ms"] = stats["reference"].p50_ms
+                entry["reference_spread"] = round(stats["reference"].spread, 5)
+            out[str(batch_size)] = entry
     model.train()
     return out
+
+
+def _latency_reference_model(cfg: TrainConfig, rows: list[int], device: torch.device, engine: str):  # type: ignore[no-untyped-def]
+    """The search's reference architecture built as this run serves its own model (random
+    weights: a forward's latency does not depend on them), or None: none asked for, or the model
+    is sharded over ranks (its forward is collective; there is no like-for-like reference)."""
+    ref = cfg.latency_reference
+    if ref is None or engine != "single":
+        return None
+    with torch.random.fork_rng(devices=[]):
+        return build_model(
+            ref.arch, rows, device=device, embedding_dtype=ref.embedding_precision,
+            dense_dtype=ref.dense_precision, compute_device_type=device.type,
+            fused_optimizer=embedding_optimizer("sgd", 0.01, device.type),
+        )
 
 
 # ---- pieces ------------------------------------------------------------------------------------
@@ -365,6 +398,10 @@ def _result(cfg, meta, state: RunState, final, latency, engine: TrainEngine, wor
         "samples_per_s": round(state.samples / state.train_seconds, 1) if state.train_seconds else math.nan,
         "data_wait_fraction": round(state.data_wait_seconds / state.train_seconds, 4) if state.train_seconds else math.nan,
         "latency_ms": latency,
+        "latency_setup": {
+            "serving": SERVING_SETUP, "target_spread": cfg.latency_target_spread,
+            "device_to_itself": cfg.device_lock is not None,
+        },
         "plan": engine.plan_summary(),
         "engine": dataclasses.asdict(engine.report),
         "world_size": world_size,

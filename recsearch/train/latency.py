@@ -1,0 +1,178 @@
+"""Inference latency that ranks models correctly: measured with the device to itself, repeated
+until it is reproducible, and beside a reference model timed in the same window.
+
+A search trains several trials at once on one machine, and a latency measured while another
+trial trains is noise that decides which candidates win. Three remedies:
+
+- `DeviceLock`: trainers hold it shared while they run steps (released at every log window, after
+  the host has waited for the device), a latency measurement holds it exclusive. Writer-preferring
+  (a turnstile file): once a measurement asks, no new training window starts, the running ones end
+  within one window, and the measurement runs alone. Plain fcntl locks on files in the search
+  directory: they work across the processes of one host and are released by the kernel when a
+  process dies.
+- `measure_interleaved`: every model is timed in rounds, in an order that alternates (A B, B A,
+  ...), so a drift of the machine's speed hits them alike; rounds continue until the p50 of the
+  first half of the rounds and that of the second half differ by at most `target_spread` (the
+  same model measured twice) for every model, or `max_seconds` pass. The spread reached is
+  reported either way.
+- The reference: a trial times a model of the search's reference architecture (random weights:
+  the latency of a forward does not depend on them) in the same rounds, so the search can compare
+  a candidate with the budget as a ratio measured under the same conditions.
+
+Serving setup measured: eager `model(batch)` under torch.no_grad() in eval mode, one batch at a
+time, batch already on the device, host synchronised with the device before and after each call.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import statistics
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+SERVING_SETUP = "eager model(batch), torch.no_grad, eval mode, batch on the device, synchronised per call"
+
+
+class DeviceLock:
+    """Shared for training, exclusive for a latency measurement (see the module docstring).
+    `DeviceLock(None)` locks nothing (a run outside a search)."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = Path(path) if path else None
+        self._device_fd: int | None = None
+        self._turnstile_fd: int | None = None
+        self._shared = False
+
+    def _open(self) -> tuple[int, int]:
+        if self._device_fd is None:
+            assert self.path is not None
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._device_fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._turnstile_fd = os.open(self.path.with_name(self.path.name + ".turnstile"), os.O_RDWR | os.O_CREAT, 0o644)
+        assert self._turnstile_fd is not None
+        return self._device_fd, self._turnstile_fd
+
+    def hold_shared(self) -> None:
+        """Start (or keep) a training window: waits while a measurement runs or waits to run."""
+        if self.path is None or self._shared:
+            return
+        device_fd, turnstile_fd = self._open()
+        fcntl.flock(turnstile_fd, fcntl.LOCK_SH)  # blocks while a measurement holds the turnstile
+        fcntl.flock(turnstile_fd, fcntl.LOCK_UN)
+        fcntl.flock(device_fd, fcntl.LOCK_SH)
+        self._shared = True
+
+    def release(self) -> None:
+        """End a training window. Call it only once the device has finished the window's work."""
+        if self.path is None or not self._shared:
+            return
+        assert self._device_fd is not None
+        fcntl.flock(self._device_fd, fcntl.LOCK_UN)
+        self._shared = False
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        self.hold_shared()
+        try:
+            yield
+        finally:
+            self.release()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[float]:
+        """The device to itself; yields the seconds spent waiting for it."""
+        if self.path is None:
+            yield 0.0
+            return
+        self.release()
+        device_fd, turnstile_fd = self._open()
+        started = time.perf_counter()
+        fcntl.flock(turnstile_fd, fcntl.LOCK_EX)  # no new training window starts from now on
+        try:
+            fcntl.flock(device_fd, fcntl.LOCK_EX)  # the running windows have ended
+            try:
+                yield time.perf_counter() - started
+            finally:
+                fcntl.flock(device_fd, fcntl.LOCK_UN)
+        finally:
+            fcntl.flock(turnstile_fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        self.release()
+        for fd in (self._device_fd, self._turnstile_fd):
+            if fd is not None:
+                os.close(fd)
+        self._device_fd = self._turnstile_fd = None
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """One model's latency at one batch size."""
+
+    p50_ms: float
+    p99_ms: float
+    spread: float  # |p50 of the first half of the rounds - p50 of the second half| / p50
+    calls: int  # timed calls (warm-up excluded)
+
+
+def measure_interleaved(
+    calls: Mapping[str, Callable[[], object]],
+    device: torch.device,
+    target_spread: float = 0.03,
+    max_seconds: float = 20.0,
+    calls_per_round: int = 10,
+    min_rounds: int = 4,
+    warmup_calls: int = 5,
+) -> dict[str, LatencyStats]:
+    """Time every callable in alternating rounds until each one's spread is within the target
+    (or max_seconds pass); return their statistics."""
+    names = list(calls)
+    for name in names:
+        for _ in range(warmup_calls):
+            _timed(calls[name], device)
+    rounds: dict[str, list[list[float]]] = {name: [] for name in names}
+    started = time.perf_counter()
+    round_index = 0
+    while True:
+        order = names if round_index % 2 == 0 else names[::-1]
+        for name in order:
+            rounds[name].append([_timed(calls[name], device) for _ in range(calls_per_round)])
+        round_index += 1
+        if round_index < min_rounds:
+            continue
+        spreads = {name: _spread(rounds[name]) for name in names}
+        if all(s <= target_spread for s in spreads.values()) or time.perf_counter() - started > max_seconds:
+            break
+    out = {}
+    for name in names:
+        times = sorted(t for block in rounds[name] for t in block)
+        out[name] = LatencyStats(
+            p50_ms=statistics.median(times),
+            p99_ms=times[min(len(times) - 1, int(round(0.99 * (len(times) - 1))))],
+            spread=_spread(rounds[name]),
+            calls=len(times),
+        )
+    return out
+
+
+def _spread(rounds: list[list[float]]) -> float:
+    half = len(rounds) // 2
+    first = statistics.median(t for block in rounds[:half] for t in block)
+    second = statistics.median(t for block in rounds[half:] for t in block)
+    return abs(first - second) / statistics.median([first, second])
+
+
+def _timed(call: Callable[[], object], device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    call()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return (time.perf_counter() - start) * 1000.0
