@@ -269,4 +269,8 @@ class TrialResult:
     step_time_ms: float | None = None
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
+    # the same p50 measured twice (first vs second half of its timing rounds) differed by this share
+    latency_spread: float | None = None
+    # the search's reference architecture, timed in the same rounds as this model
+    latency_reference_p50_ms: float | None = None
     error: str | None = None

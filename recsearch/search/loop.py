@@ -53,7 +53,7 @@ import yaml
 from recsearch import config, remote
 from recsearch.search import controllers as ctl
 from recsearch.search.asha import Status, SuccessiveHalving
-from recsearch.search.objective import ObjectiveConfig, over_cost_budget, reward
+from recsearch.search.objective import ObjectiveConfig, latency_for_budget, over_cost_budget, reward
 from recsearch.search.pareto import pareto_front
 from recsearch.search.runners import (
     TRIAL_CONFIG,
@@ -73,6 +73,7 @@ CONTROLLER_FILE = "controller.pt"
 TRIALS_DIR = "trials"
 PLACEMENT_FILE = "placement.json"
 LOCK_FILE = "search.lock"
+DEVICE_LOCK_FILE = "device.lock"  # trials on this host: training shared, latency timing exclusive
 FINAL = (TrialState.COMPLETE, TrialState.FAILED, TrialState.PRUNED)
 RUNNERS = ("inprocess", "subprocess", "torchx")
 CONTROLLERS = ("random", "actor_critic", "bayesian")
@@ -796,6 +797,16 @@ class Search:
         batches = list(raw.get("latency_batch_sizes") or [])
         if self.cfg.objective.serving_batch not in batches:
             raw["latency_batch_sizes"] = batches + [self.cfg.objective.serving_batch]
+        if self.cfg.objective.metric == "latency":
+            # Latency with the device to itself (trials on this host share one lock file) and the
+            # reference's architecture timed in the same rounds (recsearch.train.latency).
+            if self.cfg.runner.kind != "torchx":
+                raw["device_lock"] = str((self.dir / DEVICE_LOCK_FILE).resolve())
+            raw["latency_reference"] = {
+                "arch": config.to_dict(self.res.base.arch),
+                "embedding_precision": self.res.base.embedding_precision,
+                "dense_precision": self.res.base.dense_precision,
+            }
         return raw
 
     def _wait_one(self) -> None:
@@ -837,8 +848,14 @@ class Search:
             return
         score = None
         if result.state is TrialState.COMPLETE:
-            score = reward(self.cfg.objective, result.auc, result.latency_p50_ms, self.budget_ms)
+            score = reward(self.cfg.objective, result.auc, self._latency_for_budget(result), self.budget_ms)
         self._record_rung(trial_id, rung, result, score, extra)
+
+    def _latency_for_budget(self, result: TrialResult) -> float | None:
+        """The trial's latency against the budget: scaled by the reference timed in its own
+        rounds when the budget is the reference's latency (objective.latency_for_budget)."""
+        budget_is_reference = self.cfg.objective.budget_ms is None
+        return latency_for_budget(result.latency_p50_ms, result.latency_reference_p50_ms, self.budget_ms, budget_is_reference)
 
     def _record_rung(self, trial_id: int, rung: int, result: TrialResult | None, score: float | None, extra: dict) -> None:
         rec = self.store.get(trial_id)
@@ -847,7 +864,9 @@ class Search:
         rungs = dict(rec.notes.get("rungs", {}))
         rungs[str(rung)] = {
             "train_rows": self.cfg.fidelity.train_rows[rung], "score": score, "auc": result.auc,
-            "latency_p50_ms": result.latency_p50_ms, "wall_s": extra.get("wall_s"), "error": result.error,
+            "latency_p50_ms": result.latency_p50_ms, "latency_spread": result.latency_spread,
+            "latency_vs_reference": _ratio(result.latency_p50_ms, result.latency_reference_p50_ms),
+            "wall_s": extra.get("wall_s"), "error": result.error,
         }
         self.sched.record(trial_id, rung, score)
         status = self.sched.status(trial_id)
@@ -959,6 +978,10 @@ class Search:
             self.echo("[search] Pareto front (AUC vs latency): " + ", ".join(
                 f"trial {p.trial_id}{' (reference)' if ref and p.trial_id == ref.trial_id else ''} {p.value:.4f} @ {p.cost:.3f} ms" for p in front))
         return {"counts": counts, "wall_s": wall, "pareto": [p.trial_id for p in front]}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 5) if a is not None and b else None
 
 
 class _DryRun(Exception):

@@ -55,6 +55,23 @@ class ObjectiveConfig:
         return out
 
 
+def latency_for_budget(
+    latency_ms: float | None, reference_in_same_rounds_ms: float | None, budget_ms: float | None,
+    budget_is_reference: bool,
+) -> float | None:
+    """The latency to compare with the budget. When the budget is the reference config's latency
+    and the trial timed the reference's architecture in the same rounds as its own model (the
+    device to itself, recsearch.train.latency), the candidate's latency is that ratio times the
+    budget: two models timed under the same conditions, instead of two moments of a shared
+    machine. Otherwise the measured latency."""
+    if (
+        budget_is_reference and budget_ms is not None and latency_ms is not None
+        and reference_in_same_rounds_ms is not None and reference_in_same_rounds_ms > 0
+    ):
+        return latency_ms / reference_in_same_rounds_ms * budget_ms
+    return latency_ms
+
+
 def reward(
     objective: ObjectiveConfig, auc: float | None, latency_ms: float | None, budget_ms: float | None
 ) -> float | None:

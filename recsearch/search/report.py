@@ -38,6 +38,7 @@ from recsearch.search.importance import (
     NotEnoughTrialsError,
     param_importance,
 )
+from recsearch.search.objective import latency_for_budget
 from recsearch.search.pareto import Front, pareto_front
 from recsearch.search.results import (
     CANDIDATE,
@@ -137,6 +138,19 @@ def budget_of(search: SearchDir, rows: Sequence[TrialRow], cost_key: str) -> Bud
     return Budget(cost_key, None, "none known (no budget in search.yaml, no finished reference)")
 
 
+def _against_budget(row: TrialRow, cost_key: str, budget: Budget) -> float | None:
+    """The row's cost as the search compared it with the budget: for a p50 latency budgeted by
+    the reference, the p50 over the reference timed in the same rounds, times the budget
+    (recsearch.search.objective.latency_for_budget); else the measured cost."""
+    budget_is_reference = not budget.source.startswith("objective.budget_ms")
+    if cost_key == "latency_p50_ms":
+        reference_same_rounds = None
+        if row.latency_vs_reference is not None and row.latency_p50_ms is not None:
+            reference_same_rounds = row.latency_p50_ms / row.latency_vs_reference
+        return latency_for_budget(row.value(cost_key), reference_same_rounds, budget.limit, budget_is_reference)
+    return row.value(cost_key)
+
+
 def build_report(
     search: SearchDir, metric: str = "auc", cost_key: str = "latency_p50_ms", min_importance_trials: int = MIN_TRIALS
 ) -> Report:
@@ -149,7 +163,7 @@ def build_report(
     budget = budget_of(search, rows, cost_key)
     within = order
     if budget.limit is not None:
-        within = [r for r in order if r.value(cost_key) is not None and r.value(cost_key) <= budget.limit]
+        within = [r for r in order if (v := _against_budget(r, cost_key, budget)) is not None and v <= budget.limit]
     sign = 1.0 if METRICS[metric] else -1.0
     trained = [r for r in rows if r.kind in (CANDIDATE, REFERENCE) and r.state is TrialState.COMPLETE]
     front = pareto_front((r.trial_id, _signed(r.value(metric), sign), r.value(cost_key)) for r in trained)

@@ -133,6 +133,8 @@ def read_result(
         step_time_ms=_finite(raw.get("step_time_ms")),
         latency_p50_ms=_finite(latency.get("p50_ms")),
         latency_p99_ms=_finite(latency.get("p99_ms")),
+        latency_spread=_finite(latency.get("spread")),
+        latency_reference_p50_ms=_finite(latency.get("reference_p50_ms")),
     )
 
 

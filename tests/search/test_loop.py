@@ -106,6 +106,11 @@ def test_inprocess_search_trains_the_budget_with_halving_and_leaves_every_file(t
         result = json.loads((d / "result.json").read_text())
         assert result["config"]["train_rows"] == trial_cfg["train_rows"] == r.notes["train_rows"]
         assert trial_cfg["output_dir"] == str(d.resolve()) and 64 in trial_cfg["latency_batch_sizes"]
+        # latency timed with the device to itself, beside the reference architecture
+        assert trial_cfg["device_lock"] == str((out / loop.DEVICE_LOCK_FILE).resolve())
+        assert trial_cfg["latency_reference"]["arch"]["bottom_mlp"] == [16, 8]
+        assert r.result.latency_reference_p50_ms > 0 and r.result.latency_spread >= 0
+        assert result["latency_ms"]["64"]["reference_p50_ms"] == pytest.approx(r.result.latency_reference_p50_ms)
         assert result["metrics"]["val"]["auc"] == pytest.approx(r.result.auc)
         assert list((d / "tb").iterdir()), "TensorBoard events"
         assert json.loads((d / "placement.json").read_text())["placement"]["t_cat_0"] == 0

@@ -52,3 +52,16 @@ def test_pareto_front_of_auc_vs_latency():
     # the search's printed front is recsearch.search.pareto's (the report's), on (trial, AUC, latency)
     points = [(1, 0.70, 3.0), (2, 0.72, 5.0), (3, 0.71, 6.0), (4, 0.72, 4.0), (5, 0.69, 2.0)]
     assert list(pareto_front(points).trial_ids) == [5, 1, 4]
+
+
+def test_latency_against_a_reference_budget_is_the_ratio_measured_in_the_same_rounds():
+    from recsearch.search.objective import latency_for_budget
+
+    # the budget is the reference's latency (1.0 ms, measured in its own trial); this trial timed
+    # itself at 1.5 ms while the reference, in the same rounds, took 1.6 ms: it is the faster one
+    assert latency_for_budget(1.5, 1.6, 1.0, budget_is_reference=True) == pytest.approx(1.5 / 1.6)
+    # an explicit budget in ms compares the measured latency itself
+    assert latency_for_budget(1.5, 1.6, 1.0, budget_is_reference=False) == 1.5
+    # no reference timed alongside (torchx trials, multi-rank) or nothing measured: the measured value
+    assert latency_for_budget(1.5, None, 1.0, budget_is_reference=True) == 1.5
+    assert latency_for_budget(None, 1.6, 1.0, budget_is_reference=True) is None

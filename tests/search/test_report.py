@@ -9,6 +9,7 @@ from recsearch import config
 from recsearch.search import report
 from recsearch.search.results import NoSearchError, read_search
 from recsearch.train.trainer import TrainConfig
+from recsearch.types import TrialState
 from tests.conftest import write_dataset
 from tests.search.fake_search import FakeSearch, choices, space
 
@@ -184,3 +185,19 @@ def test_empty_journal_reports_nothing_yet(tmp_path):
     md = (tmp_path / "r" / "report.md").read_text()
     assert "No `best_train.yaml`: no complete candidate to export" in md
     assert not (tmp_path / "r" / "pareto.png").exists()
+
+
+def test_the_report_judges_the_latency_budget_as_the_search_did():
+    """A candidate slower than the reference's own measurement but faster than the reference
+    timed in its rounds is within a reference budget (as its reward said), not within an explicit
+    one."""
+    from recsearch.search.report import Budget, _against_budget
+    from recsearch.search.results import CANDIDATE, TrialRow
+
+    row = TrialRow(trial_id=3, kind=CANDIDATE, state=TrialState.COMPLETE, params={}, latency_p50_ms=1.5,
+                   latency_vs_reference=1.5 / 1.6)
+    by_reference = Budget("latency_p50_ms", 1.0, "the reference config's (trial 0)")
+    explicit = Budget("latency_p50_ms", 1.0, "objective.budget_ms in search.yaml")
+    assert _against_budget(row, "latency_p50_ms", by_reference) == pytest.approx(1.5 / 1.6)
+    assert _against_budget(row, "latency_p50_ms", explicit) == 1.5
+    assert _against_budget(row, "latency_p99_ms", by_reference) is None

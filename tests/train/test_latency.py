@@ -108,11 +108,17 @@ def test_a_run_times_the_reference_in_the_same_rounds(tmp_path, learnable_data):
 
 
 @pytest.mark.slow
-def test_the_same_model_measured_twice_agrees_within_the_target(tmp_path, learnable_data):
-    """Two runs of the same config: their p50s at the serving batch differ by at most a few
-    percent (the target is 3 %; allowed 6 % for a shared 2-core CI machine)."""
-    p50 = []
+def test_the_latency_against_a_reference_in_the_same_rounds_is_reproducible(tmp_path, learnable_data):
+    """On a shared machine a p50 drifts between runs (measured here: 0.59-1.24 ms for one model
+    across four runs in one process), while the ratio to a reference timed in the same rounds
+    stays put (1.008-1.027 for a reference of the same architecture): the search compares that
+    ratio with its budget. Two runs: each ratio near 1 and the two within 6 % (the target is 3 %;
+    margin for a busy CI machine)."""
+    same_arch = [f"latency_reference.arch.{k}={v}" for k, v in (("embedding_dim", 8), ("bottom_mlp", "[16,8]"), ("top_mlp", "[16,1]"))]
+    ratios = []
     for name in ("a", "b"):
-        cfg = small_config(learnable_data, tmp_path / name, "max_steps=2", "latency_batch_sizes=[256]", "latency_iters=40")
-        p50.append(trainer.train(cfg)["latency_ms"]["256"]["p50_ms"])
-    assert abs(p50[0] - p50[1]) / min(p50) < 0.06, p50
+        cfg = small_config(learnable_data, tmp_path / name, "max_steps=2", "latency_batch_sizes=[256]", "latency_iters=40", *same_arch)
+        entry = trainer.train(cfg)["latency_ms"]["256"]
+        ratios.append(entry["p50_ms"] / entry["reference_p50_ms"])
+    assert all(0.9 < r < 1.1 for r in ratios), ratios
+    assert abs(ratios[0] - ratios[1]) / min(ratios) < 0.06, ratios
