@@ -20,6 +20,11 @@ available memory) the split is read into RAM once and hashed once, as TorchRec's
 does; otherwise batches are sliced from the memory maps (shared between ranks through the page
 cache) and hashed per batch. Ids are hashed only when they can exceed the requested table sizes.
 
+A process that builds many loaders over the same data (a search's pool worker, trial after
+trial) can pass a `SplitCache`: the loaded, hashed split is then kept and the next in-memory
+loader of the same split, table sizes and at most as many rows takes views of it instead of
+reading the files again.
+
 A background thread builds `prefetch_batches` batches ahead (numpy copies release the GIL, so
 this overlaps with the training step), optionally straight into pinned memory so the trainer's
 host-to-device copies can be asynchronous.
@@ -42,6 +47,8 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsearch.data import layout
+from recsearch.data.split_cache import SplitCache
+from recsearch.data.split_cache import available_memory_bytes as _available_memory_bytes
 from recsearch.types import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 
 FEATURE_NAMES = tuple(f"cat_{i}" for i in range(NUM_SPARSE_FEATURES))  # TorchRec's default keys
@@ -91,6 +98,7 @@ class NpyBatchLoader:
         in_memory: bool | None = None,
         copy_batches: bool = False,
         meta: layout.DatasetMeta | None = None,
+        split_cache: SplitCache | None = None,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -140,13 +148,23 @@ class NpyBatchLoader:
             in_memory = _split_bytes(days) * ranks_here < _available_memory_bytes() // 4
         self.in_memory = bool(in_memory)
         if self.in_memory:
-            dense, sparse, labels = _slice_rows(days, 0, self.num_rows)  # fresh, writable copies
-            if needs_hash:
-                # In place: a full-split int64 temporary would double the peak memory.
-                np.remainder(sparse, hash_per_column, out=sparse, casting="same_kind")
-                needs_hash = False
-            # Labels as float32 once (BCEWithLogits takes floats), not per batch.
-            days = [_DayArrays(0, dense, sparse, labels.astype(np.float32))]
+            key = None
+            if split_cache is not None:
+                key = split_cache.key(self.root, split, tuple(hash_per_column.tolist()) if needs_hash else None)
+            cached = split_cache.get(key, self.num_rows) if key is not None else None
+            if cached is not None:
+                dense, sparse, labels = cached
+            else:
+                dense, sparse, labels = _slice_rows(days, 0, self.num_rows)  # fresh, writable copies
+                if needs_hash:
+                    # In place: a full-split int64 temporary would double the peak memory.
+                    np.remainder(sparse, hash_per_column, out=sparse, casting="same_kind")
+                # Labels as float32 once (BCEWithLogits takes floats), not per batch.
+                labels = labels.astype(np.float32)
+                if key is not None:
+                    split_cache.put(key, (dense, sparse, labels))
+            needs_hash = False
+            days = [_DayArrays(0, dense, sparse, labels)]
         self._days = days
         # In memory, unshuffled batches hand out views of the loaded split's dense features and
         # labels, as TorchRec's in-memory pipe does: no copy per batch, but a consumer must not
@@ -374,16 +392,6 @@ def _open_split(
 
 def _split_bytes(days: list[_DayArrays]) -> int:
     return sum(d.dense.nbytes + d.sparse.nbytes + d.labels.nbytes for d in days)
-
-
-def _available_memory_bytes() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 4 << 30  # unknown platform: assume a small machine
 
 
 def _gather_rows(
