@@ -75,7 +75,7 @@ PLACEMENT_FILE = "placement.json"
 LOCK_FILE = "search.lock"
 DEVICE_LOCK_FILE = "device.lock"  # trials on this host: training shared, latency timing exclusive
 FINAL = (TrialState.COMPLETE, TrialState.FAILED, TrialState.PRUNED)
-RUNNERS = ("inprocess", "subprocess", "torchx")
+RUNNERS = ("inprocess", "subprocess", "pool", "torchx")
 CONTROLLERS = ("random", "actor_critic", "bayesian")
 # every running trial journals (and fsyncs) a heartbeat this often at most
 MIN_HEARTBEAT_S = 0.1
@@ -86,7 +86,7 @@ MIN_HEARTBEAT_S = 0.1
 class RunnerConfig:
     """`runner:` how trials run."""
 
-    kind: str = "subprocess"  # inprocess | subprocess | torchx
+    kind: str = "subprocess"  # inprocess | subprocess | pool | torchx
     concurrency: int = 1  # trials at a time
     threads: int = 1  # CPU threads per trial (OMP_NUM_THREADS); 0: leave unset
     retries: int = 1  # reruns of a trial (at its rung) whose worker died with the search process
@@ -250,8 +250,8 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
         problems += err.problems
         base = None
     f = cfg.fidelity
-    if cfg.runner.kind == "inprocess" and cfg.topology.devices != 1:
-        problems.append(f"{path}: runner.kind: inprocess trains on one rank; topology.devices is {cfg.topology.devices}")
+    if cfg.runner.kind in ("inprocess", "pool") and cfg.topology.devices != 1:
+        problems.append(f"{path}: runner.kind: {cfg.runner.kind} trains on one rank; topology.devices is {cfg.topology.devices}")
     try:
         meta = layout.read_meta(cfg.data_dir)
     except (FileNotFoundError, ValueError) as err:
@@ -555,7 +555,7 @@ class Search:
         self._owns_runner = runner is None  # a runner made here is closed by run()
         self.runner = runner or make_runner(
             self.cfg.runner.kind, self.cfg.objective.serving_batch, self.cfg.runner.threads or None,
-            self.cfg.runner.torchx,
+            self.cfg.runner.torchx, concurrency=self.cfg.runner.concurrency,
         )
         f = self.cfg.fidelity
         self.sched = SuccessiveHalving(tuple(f.train_rows), f.eta, f.bracket_size)

@@ -14,6 +14,11 @@ runner saw (return code, signal, the log's last line).
 - SubprocessRunner: `python -m recsearch.cli train --config trial.yaml` as child processes, as
   many at a time as the loop submits; they die with the search process (PR_SET_PDEATHSIG), so a
   killed search leaves no orphan writing into a trial a resumed search will retry.
+- PoolRunner: persistent worker processes (`python -m recsearch.search.worker`), one per
+  concurrency slot, each running `recsearch train` trials back to back in-process on the trial's
+  trial.yaml: imports, CUDA context and loaded data splits are paid once per worker, not per
+  trial. A trial that crashes, is killed or times out takes its worker down; a fresh one
+  replaces it. Workers die with the search process, each in its own process group.
 - TorchxRunner: the `train` component of launch/components.py as one torchx job per trial
   (local_cwd, slurm, kubernetes, ...); the workdir must be on storage the job can write
   (a shared filesystem for Slurm, a mounted volume for Kubernetes), or, with remote_dir, trial
@@ -337,6 +342,263 @@ class SubprocessRunner:
             proc.wait()
 
 
+# ---- a pool of persistent workers ----------------------------------------------------------------
+class _PoolWorker:
+    """A worker process as the pool runner sees it: its pipes, the job it runs, what it said."""
+
+    def __init__(self, proc: subprocess.Popen, index: int):
+        self.proc = proc
+        self.index = index
+        self.pid = proc.pid
+        self.job: int | None = None  # the job (number) it is running
+        self.trials = 0  # jobs it has finished
+        self.ready_info: dict[str, Any] | None = None  # its "ready" message, once imports are done
+        self.done: dict[int, dict[str, Any]] = {}  # job -> its "done" message, until collected
+        self.retiring = False  # said it will exit after its last job
+        self._buffer = b""
+        os.set_blocking(proc.stdout.fileno(), False)
+
+    @property
+    def exited(self) -> bool:
+        """Whether the worker has ended. It is not reaped here (WNOWAIT): until kill() reaps it,
+        its pid cannot be reused, so killing its process group kills only what it left."""
+        if self.proc.returncode is not None:
+            return True
+        if not hasattr(os, "waitid"):
+            return self.proc.poll() is not None
+        try:
+            return os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return self.proc.poll() is not None
+
+    def read(self) -> None:
+        """Take whatever the worker has written (without waiting)."""
+        fd = self.proc.stdout.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:
+                break
+            except OSError:
+                break
+            if not chunk:
+                break
+            self._buffer += chunk
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # not the protocol (nothing else writes here); ignore
+            if message.get("event") == "ready":
+                self.ready_info = message
+            elif message.get("event") == "done":
+                self.done[int(message["job"])] = message
+                if message.get("retire"):
+                    self.retiring = True
+
+    def send(self, job: dict[str, Any]) -> bool:
+        """Hand the worker a job; False if it is gone."""
+        try:
+            self.proc.stdin.write((json.dumps(job) + "\n").encode())
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+        self.job = int(job["job"])
+        return True
+
+    def kill(self) -> None:
+        """SIGKILL its whole process group (the worker, if it still runs, and whatever its trial
+        started), then reap it."""
+        if self.proc.returncode is None:  # not reaped yet: the group is still the worker's
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                with contextlib.suppress(OSError):
+                    self.proc.kill()
+        self.proc.wait()
+        self.close_pipes()
+
+    def close_pipes(self) -> None:
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                pipe.close()
+
+
+class PoolRunner:
+    """Trials run back to back in persistent worker processes, `size` of them (one per
+    concurrency slot; more are started if more trials run at once).
+
+    Each worker (`python -m recsearch.search.worker`, its own process group, dying with this
+    process) imports the trainer once, keeps its CUDA context and a cache of loaded data splits,
+    and runs each submitted trial's `recsearch train --config trial.yaml` in-process, its output
+    appended to the trial's train.log. The trial reports through result.json as under every
+    runner, and a run that ends badly is FAILED with the same errors the subprocess runner gives:
+    a trial that exits non-zero (`process exited with code 2; log: ...`), raises (code 1 and its
+    traceback in the log; its worker is then replaced), or whose worker dies (`process killed by
+    SIGKILL ...`, a segfault, the OOM killer). cancel() (the trial timeout, Ctrl-C) kills the
+    worker's process group; a fresh worker takes its place. Workers are started when the first
+    trial is submitted (all `size` at once: the spares import while the first trial trains) and
+    when one is lost; close() ends them. threads: torch/OpenMP threads per worker."""
+
+    def __init__(self, serving_batch: int = 256, threads: int | None = 1, size: int = 1,
+                 env: dict[str, str] | None = None):
+        self.serving_batch = serving_batch
+        self.threads = threads
+        self.size = max(1, int(size))
+        self.env = dict(env or {})
+        self.workers: list[_PoolWorker] = []
+        self.started = 0  # workers started so far (a replaced worker counts again)
+        self._jobs = 0
+
+    def worker_command(self) -> list[str]:
+        """The worker's argument list (an injection point for tests)."""
+        command = [sys.executable, "-m", "recsearch.search.worker", "--parent-pid", str(os.getpid())]
+        if self.threads:
+            command += ["--threads", str(self.threads)]
+        return command
+
+    def _start_worker(self) -> _PoolWorker:
+        repo_root = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, **self.env}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
+        env["PYTHONUNBUFFERED"] = "1"
+        if self.threads:
+            env["OMP_NUM_THREADS"] = str(self.threads)
+        # its own session: cancel() kills the worker and anything its trial started; the worker
+        # itself asks to die with this process (PR_SET_PDEATHSIG) before importing anything
+        proc = subprocess.Popen(
+            self.worker_command(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL, env=env, start_new_session=True,
+        )
+        worker = _PoolWorker(proc, self.started)
+        self.started += 1
+        self.workers.append(worker)
+        return worker
+
+    def _reap(self) -> None:
+        """Forget idle workers that have exited (a retired one, or one killed between trials)."""
+        for worker in list(self.workers):
+            if worker.job is None and worker.exited:
+                self._drop(worker)
+
+    def _top_up(self) -> None:
+        """Start workers until `size` of them can take trials (a retiring one cannot)."""
+        while len([w for w in self.workers if not w.retiring]) < self.size:
+            self._start_worker()
+
+    def submit(self, spec: TrialSpec, workdir: Path) -> Handle:
+        if spec.topology.world_size != 1:
+            raise ValueError(f"runner pool runs one-rank trials; trial {spec.trial_id} has "
+                             f"{spec.topology.world_size} ranks (use runner.kind subprocess)")
+        workdir = Path(workdir)
+        self._jobs += 1
+        job = {"job": self._jobs, "trial_id": spec.trial_id, "config": str(workdir / TRIAL_CONFIG),
+               "log": str(workdir / LOG_FILE)}
+        for _ in range(self.size + 3):
+            for worker in self.workers:
+                worker.read()
+            self._reap()
+            idle = [w for w in self.workers if w.job is None and not w.retiring and not w.exited]
+            # a warm worker first (imports done), then the one started first
+            idle.sort(key=lambda w: (w.ready_info is None, w.index))
+            worker = idle[0] if idle else self._start_worker()
+            if worker.send(job):
+                break
+            worker.kill()  # it had died: its pipe is closed
+            self.workers.remove(worker)
+        else:
+            raise RuntimeError(f"runner pool: could not hand trial {spec.trial_id} to a worker "
+                               f"(workers exit as they start: see {workdir / LOG_FILE})")
+        self._top_up()
+        now = time.time()
+        info = {"pid": worker.pid, "worker": worker.index, "worker_trials": worker.trials, "job": job["job"]}
+        return Handle(spec.trial_id, workdir, now, native=worker, info=info, started_at_s=now)
+
+    def poll(self, handle: Handle) -> TrialState:
+        if handle.state is not TrialState.RUNNING:
+            return handle.state
+        worker: _PoolWorker = handle.native
+        worker.read()
+        message = worker.done.pop(handle.info["job"], None)
+        if message is None and worker.exited:
+            worker.read()  # it may have finished the job just before it died
+            message = worker.done.pop(handle.info["job"], None)
+        if message is not None:
+            self._finished(handle, worker, int(message["returncode"]))
+            handle.info["worker_seconds"] = message.get("seconds")
+            if message.get("retire"):  # it exits now; its replacement imports meanwhile
+                handle.info["worker_retired"] = message["retire"]
+                self._top_up()
+            if "cache" in message:
+                handle.info["split_cache"] = message["cache"]
+        elif worker.exited:
+            self._drop(worker)  # kills what is left of its process group, reaps it
+            self._finished(handle, worker, worker.proc.returncode)
+            self._top_up()  # the replacement imports while the search decides what is next
+        else:
+            return TrialState.RUNNING
+        handle.state = read_result(handle.workdir, handle.trial_id, self.serving_batch, handle.error).state
+        return handle.state
+
+    def _finished(self, handle: Handle, worker: _PoolWorker, code: int) -> None:
+        """What the subprocess runner records for a process that ended with this code."""
+        handle.finished_at_s = time.time()
+        handle.info["returncode"] = code
+        worker.job = None
+        worker.trials += 1
+        if code != 0:
+            tail = _log_tail(handle.workdir)
+            handle.error = _signal_error(code) + (f"; log: {tail}" if tail and code > 0 else "")
+
+    def _drop(self, worker: _PoolWorker) -> None:
+        if worker in self.workers:
+            self.workers.remove(worker)
+        worker.kill()
+
+    def result(self, handle: Handle) -> TrialResult:
+        if handle.state is TrialState.RUNNING:
+            raise RuntimeError(f"trial {handle.trial_id} is still running")
+        return read_result(handle.workdir, handle.trial_id, self.serving_batch, handle.error)
+
+    def cancel(self, handle: Handle) -> None:
+        """Kill the worker running the trial (its whole process group) and reap it; unless the
+        trial has already ended, then its worker is left to run the next one."""
+        worker: _PoolWorker = handle.native
+        if worker.job != handle.info.get("job"):
+            return  # this trial's job is over; the worker may be running another one
+        worker.read()
+        message = worker.done.pop(handle.info["job"], None)
+        if message is not None:  # it finished just now: its worker is free again
+            worker.job = None
+            worker.trials += 1
+            handle.info["returncode"] = int(message["returncode"])
+            return
+        self._drop(worker)
+
+    def close(self) -> None:
+        """End every worker: idle ones when their stdin closes (a few seconds at most), busy ones
+        (a trial nobody cancelled) by SIGKILL of their group."""
+        for worker in self.workers:
+            if worker.job is None:
+                with contextlib.suppress(OSError):
+                    worker.proc.stdin.close()
+            else:
+                worker.kill()
+        deadline = time.time() + 10.0
+        while time.time() < deadline and not all(w.exited for w in self.workers):
+            time.sleep(0.02)
+        for worker in self.workers:  # not reaped yet: kill() also ends what their trials left
+            worker.kill()
+        self.workers.clear()
+
+    def __enter__(self) -> PoolRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 # ---- torchx --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TorchxSettings:
@@ -513,11 +775,14 @@ class TorchxRunner:
         self._runner.close()
 
 
-def make_runner(kind: str, serving_batch: int, threads: int | None, torchx: TorchxSettings) -> TrialRunner:
+def make_runner(kind: str, serving_batch: int, threads: int | None, torchx: TorchxSettings,
+                concurrency: int = 1) -> TrialRunner:
     if kind == "inprocess":
         return InProcessRunner(serving_batch, threads)
     if kind == "subprocess":
         return SubprocessRunner(serving_batch, threads)
+    if kind == "pool":
+        return PoolRunner(serving_batch, threads, size=concurrency)
     if kind == "torchx":
         return TorchxRunner(torchx, serving_batch)
-    raise ValueError(f"runner must be inprocess, subprocess or torchx, got {kind!r}")
+    raise ValueError(f"runner must be inprocess, subprocess, pool or torchx, got {kind!r}")

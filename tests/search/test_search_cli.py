@@ -34,10 +34,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-def test_sigkill_mid_trial_then_resume_loses_nothing_and_duplicates_nothing(tmp_path, learnable_data):  # noqa: F811
+@pytest.mark.parametrize("kind", ["subprocess", "pool"])
+def test_sigkill_mid_trial_then_resume_loses_nothing_and_duplicates_nothing(tmp_path, learnable_data, kind):  # noqa: F811
+    """With either runner: the trainer children (subprocess) or the worker processes (pool) die
+    with the search."""
     raw = search_config(
         learnable_data,
-        **{"runner.kind": "subprocess", "runner.concurrency": 1, "fidelity.train_rows": [6144],
+        **{"runner.kind": kind, "runner.concurrency": 1, "fidelity.train_rows": [6144],
            "trials": 3, "controller": "actor_critic", "heartbeat_s": 0.5}
     )
     out = tmp_path / "out"

@@ -1,0 +1,170 @@
+"""The search with runner.kind pool keeps the guarantees of docs/RELIABILITY.md: a hung trial is
+killed at runner.trial_timeout_s (its worker's whole process group) and recorded FAILED, a crashed
+trial is FAILED while the search goes on in a fresh worker, an interrupted search cancels its
+trials and --resume finishes the budget, and no worker outlives the search's run()."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from recsearch import config
+from recsearch.search import loop
+from recsearch.search.store import JournalStore
+from recsearch.types import TrialState
+from tests.reliability.search_helpers import resume, start_search, tiny_config
+from tests.search.test_loop import write_config
+from tests.search.test_pool_runner import FakePool
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] != "Z"
+
+
+def _all_dead(pids, timeout: float = 10.0) -> bool:
+    deadline = time.time() + timeout
+    while any(_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.05)
+    return not any(_alive(p) for p in pids)
+
+
+class ScriptedPool(FakePool):
+    """Each trial does what `actions` says for its trial id (default: finishes at once); every
+    worker pid is remembered."""
+
+    def __init__(self, actions: dict[int, str], **kwargs):
+        super().__init__(serving_batch=64, threads=1, **kwargs)
+        self.actions = actions
+        self.pids: set[int] = set()
+
+    def submit(self, spec, workdir):
+        (Path(workdir) / "action").write_text(self.actions.get(spec.trial_id, "ok"))
+        handle = super().submit(spec, workdir)
+        self.pids |= {w.pid for w in self.workers}
+        return handle
+
+
+def _pool_config(data, **settings):
+    return tiny_config(data, **{"runner.kind": "pool", "runner.poll_s": 0.05, **settings})
+
+
+def test_a_hung_trial_is_killed_at_the_timeout_its_worker_replaced_and_the_search_goes_on(tmp_path, learnable_data):
+    raw = _pool_config(learnable_data, **{"runner.trial_timeout_s": 1, "trials": 3})
+    with ScriptedPool({0: "hang"}) as pool:
+        search, out = start_search(tmp_path, raw, runner=pool)
+        started = time.time()
+        assert search.run() == 0
+        assert time.time() - started < 60
+        records = {r.trial_id: r for r in JournalStore(out).trials()}
+        hung = records[0]
+        assert hung.state is TrialState.FAILED
+        assert "timed out" in hung.result.error and "runner.trial_timeout_s 1" in hung.result.error
+        assert hung.notes["timed_out"].startswith("timed out") and 1 <= hung.notes["wall_s"] < 30
+        assert [records[i].state for i in (1, 2)] == [TrialState.COMPLETE, TrialState.COMPLETE]
+        # the hung trial's worker and the child its trial started were killed together
+        child = int((out / "trials" / "0" / "child.pid").read_text())
+        assert _all_dead([child])
+        assert pool.started == 2  # the killed worker, and the one that ran trials 1 and 2
+    assert _all_dead(pool.pids)
+
+
+@pytest.mark.parametrize("action, error", [
+    ("segv", "process killed by SIGSEGV"),
+    ("raise", "RuntimeError: CUDA out of memory (simulated by the fake trainer)"),
+    ("exit2", "process exited with code 2; log: "),
+])
+def test_a_crashed_trial_is_failed_with_its_error_and_the_search_goes_on(tmp_path, learnable_data, action, error):
+    raw = _pool_config(learnable_data, **{"trials": 3, "runner.concurrency": 2})
+    with ScriptedPool({1: action}, size=2) as pool:
+        search, out = start_search(tmp_path, raw, runner=pool)
+        assert search.run() == 0
+    records = {r.trial_id: r for r in JournalStore(out).trials()}
+    assert records[1].state is TrialState.FAILED and error in records[1].result.error
+    assert [records[i].state for i in (0, 2)] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert _all_dead(pool.pids)
+
+
+class _Interrupt(ScriptedPool):
+    """Ctrl-C while trial 1 runs (hung): raised out of poll, as a signal would be."""
+
+    def poll(self, handle):
+        state = super().poll(handle)
+        if handle.trial_id == 1 and (Path(handle.workdir) / "child.pid").exists():
+            raise KeyboardInterrupt
+        return state
+
+
+def test_ctrl_c_cancels_the_running_trial_and_resume_finishes_the_budget(tmp_path, learnable_data):
+    raw = _pool_config(learnable_data, **{"trials": 3})
+    with _Interrupt({1: "hang"}) as pool:
+        search, out = start_search(tmp_path, raw, runner=pool)
+        assert search.run() == 130
+        child = int((out / "trials" / "1" / "child.pid").read_text())
+        assert _all_dead([child]) and not any(w.job for w in pool.workers)
+    records = {r.trial_id: r for r in JournalStore(out).trials()}
+    assert records[0].state is TrialState.COMPLETE and records[1].state is TrialState.RUNNING
+    with ScriptedPool({}) as again:
+        assert resume(out, runner=again).run() == 0
+    after = {r.trial_id: r for r in JournalStore(out).trials()}
+    assert len(after) == 3 and all(r.state is TrialState.COMPLETE for r in after.values())
+    assert after[1].attempts == 2 and "died with the search" in after[1].notes["retry"]
+    assert after[0].attempts == 1  # finished before the interrupt: never run again
+    assert _all_dead(pool.pids | again.pids)
+
+
+def test_a_search_with_its_own_pool_leaves_no_worker_behind(tmp_path, learnable_data, monkeypatch):
+    """runner.kind pool built by the search itself (make_runner, `concurrency` workers) is closed
+    when run() returns: every worker process has ended."""
+    monkeypatch.setattr(loop, "make_runner", _fake_make_runner)
+    raw = _pool_config(learnable_data, **{"trials": 3, "runner.concurrency": 2})
+    res = loop.load_search_config(write_config(tmp_path, raw))
+    search = loop.Search(res, tmp_path / "out", echo=lambda *a: None)
+    assert isinstance(search.runner, ScriptedPool) and search.runner.size == 2
+    assert search.run() == 0
+    assert all(r.state is TrialState.COMPLETE for r in JournalStore(tmp_path / "out").trials())
+    assert search.runner.workers == [] and _all_dead(search.runner.pids)
+
+
+def _fake_make_runner(kind, serving_batch, threads, torchx, concurrency=1):
+    assert kind == "pool"
+    return ScriptedPool({}, size=concurrency)
+
+
+def test_the_pool_runner_trains_one_rank_trials_only(tmp_path, learnable_data):
+    path = write_config(tmp_path, _pool_config(learnable_data, **{"topology.devices": 2}))
+    with pytest.raises(config.ConfigError, match=r"runner.kind: pool trains on one rank; topology.devices is 2"):
+        loop.load_search_config(path)
+
+
+def test_a_worker_dies_with_the_process_that_started_it(tmp_path):
+    """PR_SET_PDEATHSIG: a pool whose search process is SIGKILLed leaves no worker (the worker
+    also exits at once if its parent is already gone when it starts)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time\n"
+        "from tests.search.test_pool_runner import FakePool\n"
+        "pool = FakePool(serving_batch=64, size=2)\n"
+        "pool._top_up()\n"
+        "print(' '.join(str(w.pid) for w in pool.workers), flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=repo, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(repo)})
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    time.sleep(1.0)  # past their start (the death signal is set first thing)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert _all_dead(pids)
