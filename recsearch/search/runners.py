@@ -453,7 +453,9 @@ class PoolRunner:
 
     def worker_command(self) -> list[str]:
         """The worker's argument list (an injection point for tests)."""
-        command = [sys.executable, "-m", "recsearch.search.worker", "--parent-pid", str(os.getpid())]
+        command = [sys.executable, "-m", "recsearch.search.worker", "--parent-pid", str(os.getpid()),
+                   # the workers' split caches together hold at most a quarter of the memory
+                   "--cache-fraction", f"{0.25 / self.size:.6g}"]
         if self.threads:
             command += ["--threads", str(self.threads)]
         return command

@@ -159,7 +159,7 @@ class Worker:
         cache = self.split_cache
         if cache is not None:
             done["cache"] = {"hits": cache.hits, "misses": cache.misses, "entries": len(cache),
-                             "bytes": cache.nbytes, "used": self._pass_cache}
+                             "bytes": cache.nbytes, "max_bytes": cache.max_bytes, "used": self._pass_cache}
         return done
 
     def _train(self, job: dict) -> tuple[int, str | None]:
@@ -274,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None, help="exit if this is not the parent")
     parser.add_argument("--train-main", default=DEFAULT_TRAIN_MAIN, help="module:function run per job")
     parser.add_argument("--no-split-cache", action="store_true", help="read every trial's data afresh")
+    parser.add_argument("--cache-fraction", type=float, default=0.25,
+                        help="the split cache's cap, as a share of the memory available at start")
     args = parser.parse_args(argv)
     _die_with_parent(args.parent_pid)
     # The job and done channels get descriptors of their own; 0, 1 and 2 are the trials' (no stdin,
@@ -298,9 +300,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.threads and torch is not None:
             torch.set_num_threads(args.threads)
         if not args.no_split_cache:
-            from recsearch.data.split_cache import SplitCache
+            from recsearch.data.split_cache import SplitCache, available_memory_bytes
 
-            split_cache = SplitCache()
+            split_cache = SplitCache(int(available_memory_bytes() * args.cache_fraction))
     except BaseException:  # noqa: BLE001 - reported in the first job's log
         startup_error = traceback.format_exc()
     worker = Worker(train_main, split_cache, startup_error)

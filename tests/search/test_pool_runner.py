@@ -186,6 +186,13 @@ def test_size_workers_start_with_the_first_trial_and_trials_run_at_once(tmp_path
     assert all(_wait_dead(p) for p in pids)  # close(): the busy one killed, the idle one ended
 
 
+def test_the_worker_command_is_an_argument_list_that_splits_the_cache_cap_between_workers():
+    command = PoolRunner(serving_batch=64, threads=2, size=2).worker_command()
+    assert command[1:3] == ["-m", "recsearch.search.worker"] and command[command.index("--threads") + 1] == "2"
+    assert command[command.index("--cache-fraction") + 1] == "0.125"
+    assert command[command.index("--parent-pid") + 1] == str(os.getpid())
+
+
 def test_multi_rank_trials_are_refused():
     pool = PoolRunner(serving_batch=64)
     with pytest.raises(ValueError, match="one-rank trials"):
@@ -233,6 +240,7 @@ def test_a_trial_in_a_used_worker_equals_the_same_trial_in_a_fresh_process(tmp_p
     if pool_kind is CachePool:
         # A loaded train (12,288 rows), val and test; B's 6,144 train rows were a prefix of A's
         assert cache["used"] and cache["hits"] >= 3 and cache["entries"] == 3
+        assert 0 < cache["bytes"] <= cache["max_bytes"]
     else:
         assert not cache["used"] and cache["hits"] == 0
 
