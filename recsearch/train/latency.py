@@ -26,6 +26,7 @@ time, batch already on the device, host synchronised with the device before and 
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import statistics
 import time
@@ -136,6 +137,19 @@ def measure_interleaved(
     for name in names:
         for _ in range(warmup_calls):
             _timed(calls[name], device)
+    collecting = gc.isenabled()
+    gc.disable()  # a collection would land on whichever call happens to trigger it (as timeit does)
+    try:
+        return _rounds(calls, names, device, target_spread, max_seconds, calls_per_round, min_rounds)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _rounds(
+    calls: Mapping[str, Callable[[], object]], names: list[str], device: torch.device, target_spread: float,
+    max_seconds: float, calls_per_round: int, min_rounds: int,
+) -> dict[str, LatencyStats]:
     rounds: dict[str, list[list[float]]] = {name: [] for name in names}
     started = time.perf_counter()
     round_index = 0

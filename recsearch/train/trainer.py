@@ -31,6 +31,7 @@ from torch.utils.tensorboard import SummaryWriter
 from recsearch import config, remote
 from recsearch.data import layout
 from recsearch.data.loader import NpyBatchLoader
+from recsearch.data.split_cache import SplitCache
 from recsearch.model.dlrm import build_model, compile_dense_parts, dense_parameter_count, table_rows
 from recsearch.train import checkpoint
 from recsearch.train.config import TrainConfig
@@ -47,7 +48,7 @@ __all__ = ["TrainConfig", "compile_dense_parts", "main", "train"]
 # The step of a run (counted from its start or resume) whose dispatched ops result.json reports:
 # past the single engine's eager warm-up and graph capture, a steady step.
 OPS_COUNT_STEP = 8
-CALLS_PER_ROUND = 10  # timed calls per model in a round of the latency measurement
+CALLS_PER_ROUND = 3  # timed calls per model in a round: fine interleaving, so a transient hits both models
 
 
 @dataclass
@@ -65,8 +66,10 @@ class RunState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Run one training job in this process (one rank of it under torchrun); return the result."""
+def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> dict:
+    """Run one training job in this process (one rank of it under torchrun); return the result.
+    `split_cache`: in-memory splits kept across the runs of one process (the search's pool
+    workers), so a run on data an earlier run loaded reads nothing again."""
     device = init_distributed(cfg.device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     out = Path(cfg.output_dir)
@@ -90,7 +93,7 @@ def train(cfg: TrainConfig) -> dict:
             cfg.data_dir, split, batch_size, rank=rank, world_size=world_size, shuffle=shuffle,
             seed=hp.seed, num_embeddings_per_feature=rows, max_rows=max_rows,
             prefetch_batches=cfg.prefetch_batches, pin_memory=device.type == "cuda", meta=meta,
-            in_memory=in_memory,
+            in_memory=in_memory, split_cache=split_cache,
         )
         if split != "train":
             eval_loaders[key] = made
@@ -453,7 +456,7 @@ def _log(rank: int, message: str) -> None:
         print(f"[recsearch train] {message}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, split_cache: SplitCache | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recsearch train", description="Train one DLRM.")
     parser.add_argument("--config", required=True, help="YAML file of TrainConfig fields (configs/train/)")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. hparams.batch_size=4096")
@@ -464,7 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recsearch train: {err}", file=sys.stderr)
         return 2
     try:
-        result = train(cfg)
+        result = train(cfg, split_cache=split_cache)
     except (FileNotFoundError, ValueError) as err:
         _write_failure(cfg, err)
         print(f"recsearch train: {err}", file=sys.stderr)

@@ -3,14 +3,10 @@
 - `fake`: does what the file `action` beside the trial's config says (ok, exit2, raise, segv,
   hang, leak_env, leak_thread), and for ok writes a result.json (what a trainer writes) that
   also records what it found in the process: environment, global random generators, pid.
-- `with_split_cache`: the real trainer's main(argv), with the worker's SplitCache given to every
-  NpyBatchLoader the trainer builds: what the trainer hook `main(argv, *, split_cache=None)`
-  does once it exists (see docs/SEARCH.md), so the tests exercise the cache end to end now.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
@@ -63,15 +59,3 @@ def fake(argv: list[str]) -> int:
         threading.Thread(target=time.sleep, args=(30,), name="recsearch-test-leak", daemon=True).start()
     _result(workdir)
     return 0
-
-
-def with_split_cache(argv: list[str], *, split_cache=None) -> int:
-    from recsearch.data.loader import NpyBatchLoader
-    from recsearch.train import trainer
-
-    original = trainer.NpyBatchLoader
-    trainer.NpyBatchLoader = functools.partial(NpyBatchLoader, split_cache=split_cache)
-    try:
-        return trainer.main(argv)
-    finally:
-        trainer.NpyBatchLoader = original

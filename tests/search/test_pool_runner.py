@@ -15,7 +15,7 @@ import yaml
 
 from recsearch.search import runners
 from recsearch.search.runners import PoolRunner, SubprocessRunner
-from recsearch.types import ArchSpec, HParams, Topology, TrialSpec, TrialState
+from recsearch.types import TrialState
 from tests.search.test_loop import learnable_data  # noqa: F401  (the fixture)
 from tests.search.test_runners import _spec, _trial_dir
 
@@ -27,10 +27,6 @@ class FakePool(PoolRunner):
 
     def worker_command(self) -> list[str]:
         return [*super().worker_command(), "--train-main", self.train_main]
-
-
-class CachePool(FakePool):
-    train_main = "tests.search.pool_trainers:with_split_cache"
 
 
 def _fake_trial(tmp_path: Path, name: str, action: str = "ok", seed: int = 0) -> Path:
@@ -210,11 +206,10 @@ def _metrics_and_losses(workdir: Path) -> dict:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("pool_kind", [PoolRunner, CachePool])
-def test_a_trial_in_a_used_worker_equals_the_same_trial_in_a_fresh_process(tmp_path, learnable_data, pool_kind):  # noqa: F811
+def test_a_trial_in_a_used_worker_equals_the_same_trial_in_a_fresh_process(tmp_path, learnable_data):  # noqa: F811
     """Trial B after a different trial A (another architecture, interaction, optimizer, seed and
     row count) in one worker gives exactly the metrics and loss history B gives in a fresh
-    `recsearch train` process; with the split cache (CachePool) too, where B reads A's splits."""
+    `recsearch train` process, although B reads A's splits from the worker's split cache."""
     trial_b = {"arch": {"embedding_dim": 8, "bottom_mlp": [32, 8], "top_mlp": [16, 1], "interaction": "dcn",
                         "dcn_num_layers": 2, "dcn_low_rank_dim": 8},
                "hparams": {"batch_size": 256, "embedding_optimizer": "rowwise_adagrad", "embedding_lr": 0.1,
@@ -227,7 +222,7 @@ def test_a_trial_in_a_used_worker_equals_the_same_trial_in_a_fresh_process(tmp_p
     fresh = SubprocessRunner(serving_batch=64, threads=1)
     h = fresh.submit(_spec(9), _trial_dir(tmp_path, learnable_data, "fresh", **trial_b))
     assert _wait(fresh, h) is TrialState.COMPLETE, fresh.result(h).error
-    with pool_kind(serving_batch=64, threads=1, size=1) as pool:
+    with PoolRunner(serving_batch=64, threads=1, size=1) as pool:
         handles = []
         for i, (name, settings) in enumerate([("a", trial_a), ("b", trial_b)]):
             handles.append(pool.submit(_spec(i), _trial_dir(tmp_path, learnable_data, name, **settings)))
@@ -237,12 +232,9 @@ def test_a_trial_in_a_used_worker_equals_the_same_trial_in_a_fresh_process(tmp_p
     assert _metrics_and_losses(tmp_path / "b") == _metrics_and_losses(tmp_path / "fresh")
     assert len(_metrics_and_losses(tmp_path / "b")["losses"]) >= 3
     cache = second.info["split_cache"]
-    if pool_kind is CachePool:
-        # A loaded train (12,288 rows), val and test; B's 6,144 train rows were a prefix of A's
-        assert cache["used"] and cache["hits"] >= 3 and cache["entries"] == 3
-        assert 0 < cache["bytes"] <= cache["max_bytes"]
-    else:
-        assert not cache["used"] and cache["hits"] == 0
+    # A loaded train (12,288 rows), val and test; B's 6,144 train rows were a prefix of A's
+    assert cache["used"] and cache["hits"] >= 3 and cache["entries"] == 3
+    assert 0 < cache["bytes"] <= cache["max_bytes"]
 
 
 @pytest.mark.slow

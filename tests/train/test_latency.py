@@ -112,13 +112,24 @@ def test_the_latency_against_a_reference_in_the_same_rounds_is_reproducible(tmp_
     """On a shared machine a p50 drifts between runs (measured here: 0.59-1.24 ms for one model
     across four runs in one process), while the ratio to a reference timed in the same rounds
     stays put (1.008-1.027 for a reference of the same architecture): the search compares that
-    ratio with its budget. Two runs: each ratio near 1 and the two within 6 % (the target is 3 %;
-    margin for a busy CI machine)."""
+    ratio with its budget. Two runs whose measurements report themselves reproducible (spread
+    within the 3 % target): each ratio near 1 and the two within 6 % (margin for a busy CI
+    machine). A run that other processes disturb reports a spread over the target instead
+    (seen here at load average 3.6: 1.6); such pairs are retried, and a machine too busy to give
+    one clean pair skips the test rather than judge it."""
     same_arch = [f"latency_reference.arch.{k}={v}" for k, v in (("embedding_dim", 8), ("bottom_mlp", "[16,8]"), ("top_mlp", "[16,1]"))]
-    ratios = []
-    for name in ("a", "b"):
-        cfg = small_config(learnable_data, tmp_path / name, "max_steps=2", "latency_batch_sizes=[256]", "latency_iters=40", *same_arch)
-        entry = trainer.train(cfg)["latency_ms"]["256"]
-        ratios.append(entry["p50_ms"] / entry["reference_p50_ms"])
-    assert all(0.9 < r < 1.1 for r in ratios), ratios
-    assert abs(ratios[0] - ratios[1]) / min(ratios) < 0.06, ratios
+    clean_pairs = []
+    for attempt in range(3):
+        entries = []
+        for name in ("a", "b"):
+            cfg = small_config(learnable_data, tmp_path / f"{attempt}{name}", "max_steps=2", "latency_batch_sizes=[256]",
+                               "latency_iters=40", *same_arch)
+            entries.append(trainer.train(cfg)["latency_ms"]["256"])
+        if all(e["spread"] <= 0.03 and e["reference_spread"] <= 0.03 for e in entries):
+            ratios = [e["p50_ms"] / e["reference_p50_ms"] for e in entries]
+            clean_pairs.append(ratios)
+            if all(0.9 < r < 1.1 for r in ratios) and abs(ratios[0] - ratios[1]) / min(ratios) < 0.06:
+                return
+    if not clean_pairs:
+        pytest.skip("the machine was too busy for any measurement to reach its spread target")
+    raise AssertionError(f"ratios of measurements that reported themselves reproducible disagree: {clean_pairs}")

@@ -204,7 +204,7 @@ class _NotAnException(BaseException):
 
 
 def test_a_crash_outside_exception_still_leaves_a_failed_result(tmp_path, learnable_data, monkeypatch):
-    def crash(cfg):
+    def crash(cfg, **_kwargs):
         raise _NotAnException("checkpoint write failed on rank 0")
 
     monkeypatch.setattr(trainer, "train", crash)
