@@ -563,6 +563,8 @@ class Search:
         self.checker = checker or Checker(res.tables, self.topology, self.cfg.placer, self.cfg.seed)
         self.running: dict[int, tuple[Handle, int]] = {}  # trial -> (handle, rung)
         self.budget_ms: float | None = self.cfg.objective.budget_ms
+        # the reference trial's p50 over the fresh reference model timed in its rounds
+        self.reference_ratio: float | None = None
         self.started_s = time.time()
         self.proposals_closed = False
         self._tb_warned = False
@@ -609,6 +611,7 @@ class Search:
         ref = next((r for r in self.store.trials() if r.notes.get("reference")), None)
         if ref and ref.state is TrialState.COMPLETE and self.cfg.objective.metric == "latency" and self.budget_ms is None:
             self.budget_ms = ref.result.latency_p50_ms
+            self.reference_ratio = _ratio(ref.result.latency_p50_ms, ref.result.latency_reference_p50_ms)
         if len(self.sched.trials()) >= self.cfg.trials:
             self._close_proposals()
         for bracket in {self.sched.bracket_of(t) for t in self.sched.trials()}:
@@ -702,6 +705,7 @@ class Search:
             return
         if self.cfg.objective.metric == "latency" and self.budget_ms is None:
             self.budget_ms = rec.result.latency_p50_ms
+            self.reference_ratio = _ratio(rec.result.latency_p50_ms, rec.result.latency_reference_p50_ms)
             self.echo(f"[search] latency budget: {self.budget_ms:.3f} ms at batch "
                       f"{self.cfg.objective.serving_batch} (the reference config's p50)")
 
@@ -855,7 +859,9 @@ class Search:
         """The trial's latency against the budget: scaled by the reference timed in its own
         rounds when the budget is the reference's latency (objective.latency_for_budget)."""
         budget_is_reference = self.cfg.objective.budget_ms is None
-        return latency_for_budget(result.latency_p50_ms, result.latency_reference_p50_ms, self.budget_ms, budget_is_reference)
+        return latency_for_budget(
+            result.latency_p50_ms, result.latency_reference_p50_ms, self.budget_ms, budget_is_reference, self.reference_ratio
+        )
 
     def _record_rung(self, trial_id: int, rung: int, result: TrialResult | None, score: float | None, extra: dict) -> None:
         rec = self.store.get(trial_id)

@@ -138,16 +138,18 @@ def budget_of(search: SearchDir, rows: Sequence[TrialRow], cost_key: str) -> Bud
     return Budget(cost_key, None, "none known (no budget in search.yaml, no finished reference)")
 
 
-def _against_budget(row: TrialRow, cost_key: str, budget: Budget) -> float | None:
+def _against_budget(row: TrialRow, cost_key: str, budget: Budget, reference: TrialRow | None = None) -> float | None:
     """The row's cost as the search compared it with the budget: for a p50 latency budgeted by
-    the reference, the p50 over the reference timed in the same rounds, times the budget
-    (recsearch.search.objective.latency_for_budget); else the measured cost."""
+    the reference, the p50 over the reference timed in the same rounds, over the reference
+    trial's own such ratio, times the budget (recsearch.search.objective.latency_for_budget);
+    else the measured cost."""
     budget_is_reference = not budget.source.startswith("objective.budget_ms")
     if cost_key == "latency_p50_ms":
         reference_same_rounds = None
         if row.latency_vs_reference is not None and row.latency_p50_ms is not None:
             reference_same_rounds = row.latency_p50_ms / row.latency_vs_reference
-        return latency_for_budget(row.value(cost_key), reference_same_rounds, budget.limit, budget_is_reference)
+        own = reference.latency_vs_reference if reference is not None else None
+        return latency_for_budget(row.value(cost_key), reference_same_rounds, budget.limit, budget_is_reference, own)
     return row.value(cost_key)
 
 
@@ -163,7 +165,8 @@ def build_report(
     budget = budget_of(search, rows, cost_key)
     within = order
     if budget.limit is not None:
-        within = [r for r in order if (v := _against_budget(r, cost_key, budget)) is not None and v <= budget.limit]
+        ref_row = next((r for r in rows if r.kind == REFERENCE and r.state is TrialState.COMPLETE), None)
+        within = [r for r in order if (v := _against_budget(r, cost_key, budget, ref_row)) is not None and v <= budget.limit]
     sign = 1.0 if METRICS[metric] else -1.0
     trained = [r for r in rows if r.kind in (CANDIDATE, REFERENCE) and r.state is TrialState.COMPLETE]
     front = pareto_front((r.trial_id, _signed(r.value(metric), sign), r.value(cost_key)) for r in trained)

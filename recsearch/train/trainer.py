@@ -110,7 +110,8 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> dict:
 
     writer = SummaryWriter(str(out / "tb")) if cfg.tensorboard and rank == 0 else None
     # Training holds it shared, window by window; the latency measurement holds it exclusive.
-    device_lock = DeviceLock(cfg.device_lock)
+    # Not over several ranks: their collective forwards would wait on each other's exclusive hold.
+    device_lock = DeviceLock(cfg.device_lock if world_size == 1 else None)
     try:  # the writer's thread is joined however the run ends
         state = RunState()
         if cfg.resume_from is not None:
@@ -250,6 +251,11 @@ def measure_latency(
     for m in models.values():
         m.eval()
     rounds = -(-cfg.latency_iters // CALLS_PER_ROUND)
+    # A sharded model's forward is collective: every rank must time the same number of calls, so
+    # over several ranks the rounds are fixed instead of stopping at the spread target or time cap.
+    lockstep = dist.is_initialized() and dist.get_world_size() > 1
+    target_spread = math.inf if lockstep else cfg.latency_target_spread
+    max_seconds = math.inf if lockstep else cfg.latency_max_seconds
     with torch.no_grad(), lock.exclusive():
         for batch_size in cfg.latency_batch_sizes:
             batches = None
@@ -266,7 +272,7 @@ def measure_latency(
             batch = batch.to(device)
             stats = measure_interleaved(
                 {name: (lambda m=m: m(batch)) for name, m in models.items()}, device,
-                target_spread=cfg.latency_target_spread, max_seconds=cfg.latency_max_seconds,
+                target_spread=target_spread, max_seconds=max_seconds,
                 calls_per_round=CALLS_PER_ROUND, min_rounds=max(2, rounds),
             )
             mine = stats["model"]
@@ -403,7 +409,7 @@ def _result(cfg, meta, state: RunState, final, latency, engine: TrainEngine, wor
         "latency_ms": latency,
         "latency_setup": {
             "serving": SERVING_SETUP, "target_spread": cfg.latency_target_spread,
-            "device_to_itself": cfg.device_lock is not None,
+            "device_to_itself": cfg.device_lock is not None and world_size == 1,
         },
         "plan": engine.plan_summary(),
         "engine": dataclasses.asdict(engine.report),

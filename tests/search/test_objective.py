@@ -65,3 +65,7 @@ def test_latency_against_a_reference_budget_is_the_ratio_measured_in_the_same_ro
     # no reference timed alongside (torchx trials, multi-rank) or nothing measured: the measured value
     assert latency_for_budget(1.5, None, 1.0, budget_is_reference=True) == 1.5
     assert latency_for_budget(None, 1.6, 1.0, budget_is_reference=True) is None
+    # the reference trial timed its trained model 8 % slower than a fresh one of its architecture:
+    # it meets its own budget exactly, and candidates are judged by the same yardstick
+    assert latency_for_budget(1.08, 1.0, 1.0, True, reference_trial_ratio=1.08) == pytest.approx(1.0)
+    assert latency_for_budget(1.5, 1.6, 1.0, True, reference_trial_ratio=1.08) == pytest.approx(1.5 / 1.6 / 1.08)

@@ -201,3 +201,7 @@ def test_the_report_judges_the_latency_budget_as_the_search_did():
     assert _against_budget(row, "latency_p50_ms", by_reference) == pytest.approx(1.5 / 1.6)
     assert _against_budget(row, "latency_p50_ms", explicit) == 1.5
     assert _against_budget(row, "latency_p99_ms", by_reference) is None
+    # judged beside the reference trial's own ratio (its trained model vs a fresh one)
+    reference = TrialRow(trial_id=0, kind="reference", state=TrialState.COMPLETE, params={}, latency_p50_ms=1.0,
+                         latency_vs_reference=0.9)
+    assert _against_budget(row, "latency_p50_ms", by_reference, reference) == pytest.approx(1.5 / 1.6 / 0.9)
