@@ -115,7 +115,7 @@ def run_group(data: Path, out: Path, group: str, quick: bool, runs: Path | None 
         log_every = [] if any(o.startswith("log_every_steps=") for o in case.overrides) else ["log_every_steps=100" if not quick else "log_every_steps=5"]
         overrides = [
             f"data_dir={data}", f"output_dir={(runs or out / 'runs') / _slug(case.name)}",
-            "eval_rows=200000", "latency_batch_sizes=[256]", "latency_iters=20", "tensorboard=false",
+            "eval_rows=200000", "latency_batch_sizes=[256]", "latency_iters=20", "latency_max_seconds=3", "tensorboard=false",
             *log_every, *case.overrides,
         ]
         record: dict = {"group": group, "case": case.name, "overrides": overrides, "note": case.note,
