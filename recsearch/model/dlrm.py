@@ -191,11 +191,11 @@ class ViewSparseArch(SparseArch):
         self._viewable = all(len(c.feature_names) == 1 and c.embedding_dim == self.D for c in configs)
 
     def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
+        if not self._viewable:
+            return super().forward(features)
+        # one feature per table, in table order: exactly SparseArch's sparse_feature_names order
         pooled: KeyedTensor = self.embedding_bag_collection(features)
-        if self._viewable and pooled.keys() == self.sparse_feature_names:
-            return pooled.values().view(-1, self.F, self.D)
-        sparse = pooled.to_dict()
-        return torch.cat([sparse[name] for name in self.sparse_feature_names], dim=1).reshape(-1, self.F, self.D)
+        return pooled.values().view(-1, self.F, self.D)
 
 
 class _ScaleGrad(torch.autograd.Function):

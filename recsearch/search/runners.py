@@ -264,6 +264,18 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
+def child_env(extra: dict[str, str], threads: int | None) -> dict[str, str]:
+    """The environment of a trial process or pool worker: this one's, plus `extra`, with the
+    repository importable, unbuffered output and `threads` OpenMP threads (when given)."""
+    repo_root = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
 def train_command(config_path: Path, world_size: int) -> list[str]:
     """The argument list that trains one trial locally on world_size ranks."""
     train = ["-m", "recsearch.cli", "train", "--config", str(config_path)]
@@ -290,12 +302,7 @@ class SubprocessRunner:
 
     def submit(self, spec: TrialSpec, workdir: Path) -> Handle:
         workdir = Path(workdir)
-        repo_root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, **self.env}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        if self.threads:
-            env["OMP_NUM_THREADS"] = str(self.threads)
+        env = child_env(self.env, self.threads)
         log = open(workdir / LOG_FILE, "ab")
         try:
             # its own process group, so cancel() (Ctrl-C, the trial timeout) ends torchrun's
@@ -461,12 +468,7 @@ class PoolRunner:
         return command
 
     def _start_worker(self) -> _PoolWorker:
-        repo_root = str(Path(__file__).resolve().parents[2])
-        env = {**os.environ, **self.env}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (repo_root, env.get("PYTHONPATH", "")) if p)
-        env["PYTHONUNBUFFERED"] = "1"
-        if self.threads:
-            env["OMP_NUM_THREADS"] = str(self.threads)
+        env = child_env(self.env, self.threads)
         # its own session: cancel() kills the worker and anything its trial started; the worker
         # itself asks to die with this process (PR_SET_PDEATHSIG) before importing anything
         proc = subprocess.Popen(

@@ -64,6 +64,9 @@ class SingleDeviceEngine:
         self.batch_size = hp.batch_size
         self.train_loader = train_loader
         self.hotness = tuple(train_loader.hotness)
+        # each feature's columns in a multi-hot id row: (first, stop)
+        stops = np.cumsum(self.hotness).tolist()
+        self._feature_columns = list(zip([0, *stops[:-1]], stops))
         torch.manual_seed(hp.seed)  # the dense layers' initial weights (the tables': init_model_tables)
         emb_cls, emb_kwargs = embedding_optimizer(hp.embedding_optimizer, hp.embedding_lr, device.type)
         model = build_model(
@@ -209,7 +212,7 @@ class SingleDeviceEngine:
                 self._rows_static.copy_(self._order[start : start + rows])
                 self._run_step(lambda: self._train_step(*self._gather(self._rows_static)))
             else:
-                self._run_eager(lambda: self._train_step(*self._gather(self._order[start : start + rows])), "short")
+                self._run_eager(lambda: self._train_step(*self._gather(self._order[start : start + rows])), short_batch=True)
         else:
             batch = self._next_batch
             if batch is None:
@@ -217,14 +220,14 @@ class SingleDeviceEngine:
             rows = int(batch.labels.numel())
             self._next_batch = self._fetch()
             if self._copier is None:  # CPU: the loader's tensors are already where the step runs
-                self._run_eager(lambda: self._train_step(batch.dense_features, batch.sparse_features.values(), batch.labels), "cpu")
+                self._run_eager(lambda: self._train_step(batch.dense_features, batch.sparse_features.values(), batch.labels))
             elif rows == self.batch_size:
                 self._copier.deliver()  # batch -> the static inputs (it was copied while the last step ran)
                 self._prefetch_if_full(self._next_batch)
                 self._run_step(lambda: self._train_step(*self._static))
             else:
                 moved = batch.to(self.device, non_blocking=True)
-                self._run_eager(lambda: self._train_step(moved.dense_features, moved.sparse_features.values(), moved.labels), "short")
+                self._run_eager(lambda: self._train_step(moved.dense_features, moved.sparse_features.values(), moved.labels), short_batch=True)
                 self._prefetch_if_full(self._next_batch)
         self._batch_index += 1
         return rows
@@ -277,8 +280,7 @@ class SingleDeviceEngine:
             values = self._ids_all.index_select(1, rows).reshape(-1)
         else:
             ids = self._ids_all.index_select(0, rows)
-            bounds = np.concatenate([[0], np.cumsum(self.hotness)])
-            values = torch.cat([ids[:, a:b].reshape(-1) for a, b in zip(bounds[:-1], bounds[1:])])
+            values = torch.cat([ids[:, a:b].reshape(-1) for a, b in self._feature_columns])
         return dense, values, labels
 
     def _kjt_shape(self, rows: int) -> tuple[torch.Tensor, torch.Tensor, list[int], list[int]]:
@@ -313,7 +315,7 @@ class SingleDeviceEngine:
                     "steps whose learning rate differed from the captured ones ran eagerly "
                     "(Adagrad-family tables: FBGEMM reads their lr on the host at launch)"
                 )
-            self._run_eager(step_fn, None)
+            self._run_eager(step_fn)
         self._previous_multiplier = self._multiplier
 
     def _capturable_now(self, key: float | None) -> bool:
@@ -333,7 +335,7 @@ class SingleDeviceEngine:
             self._use_graph = False
             self._graph_reason = f"capture failed ({type(err).__name__}: {str(err)[:300]})"
             self.report.cuda_graph_note = self._graph_reason
-            self._run_eager(step_fn, None)
+            self._run_eager(step_fn)
             return
         self._graph_pool = graph.pool()
         self._graphs[key] = graph
@@ -341,8 +343,8 @@ class SingleDeviceEngine:
         self.report.cuda_graph = True
         self._count(graphed=True)
 
-    def _run_eager(self, step_fn: Callable[[], None], why: str | None) -> None:
-        if why == "short" and self._use_graph:
+    def _run_eager(self, step_fn: Callable[[], None], short_batch: bool = False) -> None:
+        if short_batch and self._use_graph:
             self._eager_notes.add("the short last batch of an epoch ran eagerly")
         counter = OpCounter() if self.report.ops_in_step is None and self._steps_taken >= 1 else None
         if self._side_stream is not None and self._use_graph:

@@ -75,7 +75,6 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     hp = cfg.hparams
-    torch.manual_seed(hp.seed)
 
     meta = layout.read_meta(cfg.data_dir)
     rows = table_rows(meta.num_embeddings_per_feature, cfg.max_rows_per_table)

@@ -18,23 +18,8 @@ from recsearch.search.store import JournalStore
 from recsearch.types import TrialState
 from tests.reliability.search_helpers import resume, start_search, tiny_config
 from tests.search.test_loop import write_config
+from tests.procs import all_dead, pid_alive
 from tests.search.test_pool_runner import FakePool
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
-
-
-def _all_dead(pids, timeout: float = 10.0) -> bool:
-    deadline = time.time() + timeout
-    while any(_alive(p) for p in pids) and time.time() < deadline:
-        time.sleep(0.05)
-    return not any(_alive(p) for p in pids)
 
 
 class ScriptedPool(FakePool):
@@ -72,9 +57,9 @@ def test_a_hung_trial_is_killed_at_the_timeout_its_worker_replaced_and_the_searc
         assert [records[i].state for i in (1, 2)] == [TrialState.COMPLETE, TrialState.COMPLETE]
         # the hung trial's worker and the child its trial started were killed together
         child = int((out / "trials" / "0" / "child.pid").read_text())
-        assert _all_dead([child])
+        assert all_dead([child])
         assert pool.started == 2  # the killed worker, and the one that ran trials 1 and 2
-    assert _all_dead(pool.pids)
+    assert all_dead(pool.pids)
 
 
 @pytest.mark.parametrize("action, error", [
@@ -90,7 +75,7 @@ def test_a_crashed_trial_is_failed_with_its_error_and_the_search_goes_on(tmp_pat
     records = {r.trial_id: r for r in JournalStore(out).trials()}
     assert records[1].state is TrialState.FAILED and error in records[1].result.error
     assert [records[i].state for i in (0, 2)] == [TrialState.COMPLETE, TrialState.COMPLETE]
-    assert _all_dead(pool.pids)
+    assert all_dead(pool.pids)
 
 
 class _Interrupt(ScriptedPool):
@@ -109,7 +94,7 @@ def test_ctrl_c_cancels_the_running_trial_and_resume_finishes_the_budget(tmp_pat
         search, out = start_search(tmp_path, raw, runner=pool)
         assert search.run() == 130
         child = int((out / "trials" / "1" / "child.pid").read_text())
-        assert _all_dead([child]) and not any(w.job for w in pool.workers)
+        assert all_dead([child]) and not any(w.job for w in pool.workers)
     records = {r.trial_id: r for r in JournalStore(out).trials()}
     assert records[0].state is TrialState.COMPLETE and records[1].state is TrialState.RUNNING
     with ScriptedPool({}) as again:
@@ -118,7 +103,7 @@ def test_ctrl_c_cancels_the_running_trial_and_resume_finishes_the_budget(tmp_pat
     assert len(after) == 3 and all(r.state is TrialState.COMPLETE for r in after.values())
     assert after[1].attempts == 2 and "died with the search" in after[1].notes["retry"]
     assert after[0].attempts == 1  # finished before the interrupt: never run again
-    assert _all_dead(pool.pids | again.pids)
+    assert all_dead(pool.pids | again.pids)
 
 
 def test_a_search_with_its_own_pool_leaves_no_worker_behind(tmp_path, learnable_data, monkeypatch):
@@ -131,7 +116,7 @@ def test_a_search_with_its_own_pool_leaves_no_worker_behind(tmp_path, learnable_
     assert isinstance(search.runner, ScriptedPool) and search.runner.size == 2
     assert search.run() == 0
     assert all(r.state is TrialState.COMPLETE for r in JournalStore(tmp_path / "out").trials())
-    assert search.runner.workers == [] and _all_dead(search.runner.pids)
+    assert search.runner.workers == [] and all_dead(search.runner.pids)
 
 
 def _fake_make_runner(kind, serving_batch, threads, torchx, concurrency=1):
@@ -163,8 +148,8 @@ def test_a_worker_dies_with_the_process_that_started_it(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", script], cwd=repo, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, "PYTHONPATH": str(repo)})
     pids = [int(p) for p in proc.stdout.readline().split()]
-    assert len(pids) == 2 and all(_alive(p) for p in pids)
+    assert len(pids) == 2 and all(pid_alive(p) for p in pids)
     time.sleep(1.0)  # past their start (the death signal is set first thing)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert _all_dead(pids)
+    assert all_dead(pids)

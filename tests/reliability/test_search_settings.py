@@ -4,7 +4,6 @@ runner.trial_timeout_s and recorded FAILED while the search goes on."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from recsearch.search import loop
 from recsearch.search.runners import SubprocessRunner
 from recsearch.search.store import JournalStore
 from recsearch.types import TrialState
+from tests.procs import all_dead
 from tests.reliability.search_helpers import CLI, REPO, env, start_search, tiny_config
 from tests.search.test_loop import write_config
 
@@ -118,15 +118,6 @@ class _HangFirst(SubprocessRunner):
         return [sys.executable, "-c", FINISH, str(workdir), str(spec.train_rows)]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().split()[2] != "Z"
-
-
 def test_a_hung_trial_is_killed_at_the_timeout_and_the_search_goes_on(tmp_path, learnable_data):
     raw = tiny_config(learnable_data, **{"runner.kind": "subprocess", "runner.trial_timeout_s": 2,
                                          "runner.poll_s": 0.1, "trials": 3})
@@ -142,7 +133,4 @@ def test_a_hung_trial_is_killed_at_the_timeout_and_the_search_goes_on(tmp_path, 
     assert [records[i].state for i in (1, 2)] == [TrialState.COMPLETE, TrialState.COMPLETE]
     # the trial's whole process group was killed, its own child included
     pids = [int(p) for p in (out / "trials" / "0" / "pids").read_text().split()]
-    deadline = time.time() + 5
-    while any(_alive(p) for p in pids) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not any(_alive(p) for p in pids)
+    assert all_dead(pids, timeout=5)

@@ -16,6 +16,7 @@ import yaml
 from recsearch.search import runners
 from recsearch.search.runners import PoolRunner, SubprocessRunner
 from recsearch.types import TrialState
+from tests.procs import all_dead, pid_alive, wait_for_file
 from tests.search.test_loop import learnable_data  # noqa: F401  (the fixture)
 from tests.search.test_runners import _spec, _trial_dir
 
@@ -55,22 +56,6 @@ def _seen(workdir: Path) -> dict:
     return json.loads((workdir / runners.RESULT_FILE).read_text())["seen"]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split()[2] == "Z")
-
-
-def _wait_dead(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.time() + timeout
-    while _alive(pid) and time.time() < deadline:
-        time.sleep(0.05)
-    return not _alive(pid)
-
-
 def test_trials_run_back_to_back_in_one_worker_with_nothing_carried_over(tmp_path):
     with FakePool(serving_batch=64, size=1) as pool:
         first, r1 = _run(pool, tmp_path, "a", "leak_env", seed=3)
@@ -89,7 +74,7 @@ def test_trials_run_back_to_back_in_one_worker_with_nothing_carried_over(tmp_pat
         assert (b["random"], b["numpy"]) == (c["random"], c["numpy"]) and a["random"] != b["random"]
         assert "fake trainer: ok" in (tmp_path / "b" / runners.LOG_FILE).read_text()
         pid = first.info["pid"]
-    assert _wait_dead(pid), "close() left the worker running"
+    assert all_dead([pid]), "close() left the worker running"
 
 
 def test_a_bad_exit_code_fails_the_trial_like_a_subprocess_and_keeps_the_worker(tmp_path):
@@ -110,7 +95,7 @@ def test_a_trial_that_raises_fails_with_its_traceback_and_its_worker_is_replaced
         assert bad.info["worker_retired"] == "the trial raised an exception"
         log = (tmp_path / "bad" / runners.LOG_FILE).read_text()
         assert "Traceback (most recent call last)" in log and "retiring this worker" in log
-        assert _wait_dead(bad.info["pid"])
+        assert all_dead([bad.info["pid"]])
         after, r2 = _run(pool, tmp_path, "ok", trial_id=1)
         assert r2.state is TrialState.COMPLETE and after.info["pid"] != bad.info["pid"]
         assert after.info["worker_trials"] == 0 and pool.started == 2
@@ -128,10 +113,7 @@ def test_a_segfault_fails_the_trial_and_a_fresh_worker_takes_the_next(tmp_path):
 def test_a_worker_killed_mid_trial_fails_the_trial_like_the_oom_killer(tmp_path):
     with FakePool(serving_batch=64, size=1) as pool:
         handle = pool.submit(_spec(0), _fake_trial(tmp_path, "victim", "hang"))
-        child = tmp_path / "victim" / "child.pid"
-        deadline = time.time() + 120
-        while not child.exists() and time.time() < deadline:
-            time.sleep(0.05)
+        child = wait_for_file(tmp_path / "victim" / "child.pid")
         os.kill(handle.info["pid"], signal.SIGKILL)
         assert _wait(pool, handle) is TrialState.FAILED
         r = pool.result(handle)
@@ -140,26 +122,23 @@ def test_a_worker_killed_mid_trial_fails_the_trial_like_the_oom_killer(tmp_path)
         after, r2 = _run(pool, tmp_path, "ok", trial_id=1)
         assert r2.state is TrialState.COMPLETE and after.info["pid"] != handle.info["pid"]
         # the dead worker's own child was in its process group: the runner killed the group
-        assert _wait_dead(int(child.read_text()))
+        assert all_dead([int(child.read_text())])
 
 
 def test_cancel_kills_the_workers_process_group_and_the_pool_goes_on(tmp_path):
     with FakePool(serving_batch=64, size=1) as pool:
         handle = pool.submit(_spec(0), _fake_trial(tmp_path, "hung", "hang"))
-        child = tmp_path / "hung" / "child.pid"
-        deadline = time.time() + 120
-        while not child.exists() and time.time() < deadline:
-            time.sleep(0.05)
+        child = wait_for_file(tmp_path / "hung" / "child.pid")
         assert pool.poll(handle) is TrialState.RUNNING
         pool.cancel(handle)  # what the search does at runner.trial_timeout_s, then expire()
         handle.expire("timed out: still running 1 s after it started (runner.trial_timeout_s 1); killed")
-        assert not _alive(handle.info["pid"]) and _wait_dead(int(child.read_text()))
+        assert not pid_alive(handle.info["pid"]) and all_dead([int(child.read_text())])
         r = pool.result(handle)
         assert r.state is TrialState.FAILED and r.error.startswith("timed out")
         after, r2 = _run(pool, tmp_path, "ok", trial_id=1)
         assert r2.state is TrialState.COMPLETE and after.info["pid"] != handle.info["pid"]
         pool.cancel(after)  # a finished trial: nothing to cancel, the worker stays
-        assert _alive(after.info["pid"])
+        assert pid_alive(after.info["pid"])
 
 
 def test_a_trial_that_leaves_a_thread_running_retires_its_worker(tmp_path):
@@ -179,7 +158,7 @@ def test_size_workers_start_with_the_first_trial_and_trials_run_at_once(tmp_path
         assert r.state is TrialState.COMPLETE and other.info["pid"] != hung.info["pid"]
         assert pool.poll(hung) is TrialState.RUNNING
         pids = [w.pid for w in pool.workers]
-    assert all(_wait_dead(p) for p in pids)  # close(): the busy one killed, the idle one ended
+    assert all_dead(pids)  # close(): the busy one killed, the idle one ended
 
 
 def test_the_worker_command_is_an_argument_list_that_splits_the_cache_cap_between_workers():

@@ -14,6 +14,7 @@ import pytest
 
 from recsearch.search.store import JournalStore
 from recsearch.types import TrialState
+from tests.procs import pid_alive
 from tests.search.test_loop import learnable_data, search_config, write_config  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -22,15 +23,6 @@ CLI = [sys.executable, "-m", "recsearch.cli", "search"]
 
 def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not (stat.exists() and stat.read_text().split()[2] == "Z")
 
 
 @pytest.mark.slow
@@ -68,7 +60,7 @@ def test_sigkill_mid_trial_then_resume_loses_nothing_and_duplicates_nothing(tmp_
     before = {r.trial_id: r for r in JournalStore(out).trials() if r.state.finished}
     assert victim.trial_id not in before
     time.sleep(1.0)
-    assert children and not any(_pid_alive(int(p)) for p in children), "trainer children outlived the search"
+    assert children and not any(pid_alive(int(p)) for p in children), "trainer children outlived the search"
 
     resumed = subprocess.run([*CLI, "--resume", str(out)], cwd=REPO, env=_env(), capture_output=True,
                              text=True, timeout=600, check=False)

@@ -61,3 +61,15 @@ def learnable_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("learnable")
     write_learnable_dataset(root)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _no_process_group_left_behind():
+    """Tests that build engines directly join a world of one (tests/train/engines.py); the
+    default process group is destroyed after each test, so none leaks into later tests (the
+    in-process runner, a trainer run, ...), whatever order they run in."""
+    yield
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

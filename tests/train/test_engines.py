@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from recsearch import config
 from recsearch.train import trainer
 from recsearch.train.dispatch import HostSyncError, HostSyncGuard
 from recsearch.train.engine import choose_engine
@@ -124,7 +125,7 @@ def test_engine_choice_and_its_errors(tmp_path, learnable_data):
         choose_engine("single", 2)
     with pytest.raises(ValueError, match="cuda_graph=true needs a CUDA device"):
         engine_and_loader(small_config(learnable_data, tmp_path, "cuda_graph=true", "device=cpu"), CPU)
-    with pytest.raises(Exception, match="engine must be auto or single or pipeline, got 'fast'"):
+    with pytest.raises(config.ConfigError, match="engine must be auto or single or pipeline, got 'fast'"):
         small_config(learnable_data, tmp_path, "engine=fast")
 
 

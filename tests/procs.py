@@ -1,0 +1,38 @@
+"""Process checks shared by the runner, pool and reliability tests (Linux: reads /proc)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and is not a zombie (a killed child its parent has not reaped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return stat.read_text().split()[2] != "Z"
+    except FileNotFoundError:  # gone between the two checks
+        return False
+
+
+def all_dead(pids: Iterable[int], timeout: float = 10.0) -> bool:
+    """Wait up to timeout for every process to end; whether they all did."""
+    pids = list(pids)
+    deadline = time.time() + timeout
+    while any(pid_alive(p) for p in pids) and time.time() < deadline:
+        time.sleep(0.05)
+    return not any(pid_alive(p) for p in pids)
+
+
+def wait_for_file(path: Path, timeout: float = 120.0) -> Path:
+    """Wait until path exists (e.g. a pid file a trial writes); return it."""
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    return path
