@@ -65,11 +65,12 @@ def learnable_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def _no_process_group_left_behind():
-    """Tests that build engines directly join a world of one (tests/train/engines.py); the
-    default process group is destroyed after each test, so none leaks into later tests (the
-    in-process runner, a trainer run, ...), whatever order they run in."""
-    yield
+    """Tests that build engines directly join a world of one (tests/train/engines.py); a group a
+    test made is destroyed after it, so none leaks into later tests (the in-process runner, a
+    trainer run, ...), whatever order they run in. A group a wider fixture made stays."""
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
+    existed = dist.is_available() and dist.is_initialized()
+    yield
+    if not existed and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
