@@ -773,7 +773,9 @@ class Search:
             import json
 
             (workdir / PLACEMENT_FILE).write_text(json.dumps({"placement": check.placement}, indent=1) + "\n")
-        (workdir / TRIAL_CONFIG).write_text(yaml.safe_dump(self.trial_config(spec, workdir, bool(check.placement)), sort_keys=False))
+        raw = self.trial_config(spec, workdir, bool(check.placement), top_rung=rung == len(self.cfg.fidelity.train_rows) - 1,
+                                measure_latency=self._earlier_latency(trial_id, rung) is None)
+        (workdir / TRIAL_CONFIG).write_text(yaml.safe_dump(raw, sort_keys=False))
         self.store.set_state(trial_id, TrialState.RUNNING, notes={"rung": rung, "train_rows": rows})
         self.heartbeat.add(trial_id)
         handle = self.runner.submit(spec, workdir)  # in-process: returns when the run has ended
@@ -783,9 +785,15 @@ class Search:
             raise _DryRun()
         self.running[trial_id] = (handle, rung)
 
-    def trial_config(self, spec: TrialSpec, workdir: Path, placed: bool) -> dict[str, Any]:
+    def trial_config(
+        self, spec: TrialSpec, workdir: Path, placed: bool, top_rung: bool = True, measure_latency: bool = True,
+    ) -> dict[str, Any]:
         """The exact `recsearch train` config of a trial: the base config with the candidate's
-        architecture, hyperparameters, fidelity, placement and output directory."""
+        architecture, hyperparameters, fidelity, placement and output directory. Below the top
+        rung only the validation split is evaluated (the test split decides nothing there), and
+        latency is timed at the serving batch only, once per trial: a promoted trial serves the
+        same architecture, so its rung reuses the latency an earlier rung measured
+        (`measure_latency=False`; `_finish` copies it in)."""
         raw = config.to_dict(self.res.base)
         raw.update(
             data_dir=str(Path(self.cfg.data_dir).resolve()),
@@ -798,9 +806,9 @@ class Search:
         )
         if placed:
             raw["plan"] = str((workdir / PLACEMENT_FILE).resolve())
-        batches = list(raw.get("latency_batch_sizes") or [])
-        if self.cfg.objective.serving_batch not in batches:
-            raw["latency_batch_sizes"] = batches + [self.cfg.objective.serving_batch]
+        if not top_rung:
+            raw["eval_splits"] = ["val"]
+        raw["latency_batch_sizes"] = [self.cfg.objective.serving_batch] if measure_latency else []
         if self.cfg.objective.metric == "latency":
             # Latency with the device to itself (trials on this host share one lock file) and the
             # reference's architecture timed in the same rounds (recsearch.train.latency).
@@ -821,7 +829,11 @@ class Search:
                      if self.runner.poll(h) is not TrialState.RUNNING or self._timed_out(h)]
             if ended:
                 break
-            time.sleep(self.cfg.runner.poll_s)
+            wait = getattr(self.runner, "wait", None)  # wakes as soon as a run ends, where it can
+            if wait is not None:
+                wait([h for h, _ in self.running.values()], self.cfg.runner.poll_s)
+            else:
+                time.sleep(self.cfg.runner.poll_s)
         for trial_id in ended:
             handle, rung = self.running.pop(trial_id)
             self.heartbeat.discard(trial_id)
@@ -850,10 +862,28 @@ class Search:
             self._progress(self.store.get(trial_id), rung, "reference")
             self._log_tb(trial_id)
             return
+        earlier = self._earlier_latency(trial_id, rung)
+        if result.state is TrialState.COMPLETE and result.latency_p50_ms is None and earlier is not None:
+            from_rung, result = earlier[0], replace(result, **earlier[1])
+            extra["latency_from_rung"] = from_rung
         score = None
         if result.state is TrialState.COMPLETE:
             score = reward(self.cfg.objective, result.auc, self._latency_for_budget(result), self.budget_ms)
         self._record_rung(trial_id, rung, result, score, extra)
+
+    def _earlier_latency(self, trial_id: int, rung: int) -> tuple[int, dict[str, float | None]] | None:
+        """The latency a lower rung of this trial measured (rung, TrialResult latency fields), or
+        None: none did (or this is rung 0)."""
+        rungs = self.store.get(trial_id).notes.get("rungs", {})
+        for below in range(rung - 1, -1, -1):
+            entry = rungs.get(str(below)) or {}
+            if entry.get("latency_p50_ms") is not None:
+                return below, {
+                    "latency_p50_ms": entry["latency_p50_ms"], "latency_p99_ms": entry.get("latency_p99_ms"),
+                    "latency_spread": entry.get("latency_spread"),
+                    "latency_reference_p50_ms": entry.get("latency_reference_p50_ms"),
+                }
+        return None
 
     def _latency_for_budget(self, result: TrialResult) -> float | None:
         """The trial's latency against the budget: scaled by the reference timed in its own
@@ -870,7 +900,8 @@ class Search:
         rungs = dict(rec.notes.get("rungs", {}))
         rungs[str(rung)] = {
             "train_rows": self.cfg.fidelity.train_rows[rung], "score": score, "auc": result.auc,
-            "latency_p50_ms": result.latency_p50_ms, "latency_spread": result.latency_spread,
+            "latency_p50_ms": result.latency_p50_ms, "latency_p99_ms": result.latency_p99_ms,
+            "latency_spread": result.latency_spread, "latency_reference_p50_ms": result.latency_reference_p50_ms,
             "latency_vs_reference": _ratio(result.latency_p50_ms, result.latency_reference_p50_ms),
             "wall_s": extra.get("wall_s"), "error": result.error,
         }

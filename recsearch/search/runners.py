@@ -32,6 +32,7 @@ import contextlib
 import ctypes
 import json
 import math
+import select
 import os
 import signal
 import subprocess
@@ -92,6 +93,10 @@ class Handle:
 
 
 class TrialRunner(Protocol):
+    """What the search asks of a runner. A runner may also have `wait(handles, timeout_s)`:
+    block until one of the runs may have ended or timeout_s pass (the search sleeps its poll
+    interval instead where a runner has none)."""
+
     def submit(self, spec: TrialSpec, workdir: Path) -> Handle: ...
 
     def poll(self, handle: Handle) -> TrialState: ...
@@ -99,6 +104,16 @@ class TrialRunner(Protocol):
     def result(self, handle: Handle) -> TrialResult: ...
 
     def cancel(self, handle: Handle) -> None: ...
+
+
+def wait_readable(fds: list[int], timeout_s: float) -> None:
+    """Block until one of the file descriptors is readable (a worker wrote, a pipe closed, a
+    process's pidfd signalled its exit) or timeout_s pass."""
+    if not fds:
+        time.sleep(timeout_s)
+        return
+    with contextlib.suppress(OSError, ValueError):
+        select.select(fds, [], [], timeout_s)
 
 
 # ---- result.json -> TrialResult ------------------------------------------------------------------
@@ -338,6 +353,20 @@ class SubprocessRunner:
             raise RuntimeError(f"trial {handle.trial_id} is still running")
         return read_result(handle.workdir, handle.trial_id, self.serving_batch, handle.error)
 
+    def wait(self, handles: list[Handle], timeout_s: float) -> None:
+        """Until one of the trial processes exits (a pidfd per process, where Linux has them) or
+        timeout_s pass."""
+        fds: list[int] = []
+        try:
+            for handle in handles:
+                if handle.state is TrialState.RUNNING and hasattr(os, "pidfd_open"):
+                    with contextlib.suppress(OSError):
+                        fds.append(os.pidfd_open(handle.native.pid))
+            wait_readable(fds, timeout_s)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
     def cancel(self, handle: Handle) -> None:
         """Kill the trial's whole process group (SIGKILL) and reap it."""
         proc: subprocess.Popen = handle.native
@@ -362,6 +391,7 @@ class _PoolWorker:
         self.ready_info: dict[str, Any] | None = None  # its "ready" message, once imports are done
         self.done: dict[int, dict[str, Any]] = {}  # job -> its "done" message, until collected
         self.retiring = False  # said it will exit after its last job
+        self.eof = False  # its end of the pipe is closed (it is exiting or has exited)
         self._buffer = b""
         os.set_blocking(proc.stdout.fileno(), False)
 
@@ -389,6 +419,7 @@ class _PoolWorker:
             except OSError:
                 break
             if not chunk:
+                self.eof = True
                 break
             self._buffer += chunk
         *lines, self._buffer = self._buffer.split(b"\n")
@@ -564,6 +595,25 @@ class PoolRunner:
         if handle.state is TrialState.RUNNING:
             raise RuntimeError(f"trial {handle.trial_id} is still running")
         return read_result(handle.workdir, handle.trial_id, self.serving_batch, handle.error)
+
+    def wait(self, handles: list[Handle], timeout_s: float) -> None:
+        """Until a worker running one of the trials writes (its "done" message) or exits (its
+        pipe closes), or timeout_s pass."""
+        fds, pidfds = [], []
+        try:
+            for handle in handles:
+                worker: _PoolWorker = handle.native
+                if handle.state is not TrialState.RUNNING or worker.proc.stdout.closed:
+                    continue
+                if not worker.eof:
+                    fds.append(worker.proc.stdout.fileno())
+                elif hasattr(os, "pidfd_open"):  # a closed pipe stays readable: wait for the exit itself
+                    with contextlib.suppress(OSError):
+                        pidfds.append(os.pidfd_open(worker.pid))
+            wait_readable(fds + pidfds, timeout_s)
+        finally:
+            for fd in pidfds:
+                os.close(fd)
 
     def cancel(self, handle: Handle) -> None:
         """Kill the worker running the trial (its whole process group) and reap it; unless the

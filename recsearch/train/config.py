@@ -18,6 +18,7 @@ DENSE_PRECISIONS = ("fp32", "bf16")  # MLPs + interaction under autocast (weight
 # TrainPipelineSparseDist; "auto": single in a world of one, pipeline otherwise.
 ENGINES = ("auto", "single", "pipeline")
 TRISTATE = ("auto", "true", "false")
+EVAL_SPLITS = ("val", "test")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class TrainConfig:
     max_steps: int | None = None
     eval_every_steps: int = 0  # 0: evaluate only at the end
     eval_rows: int | None = None  # rows of val/test used per evaluation (default: all)
+    # the splits evaluated when training ends (a search's lower rungs skip test: it decides nothing)
+    eval_splits: tuple[str, ...] = ("val", "test")
     auc_threshold: float | None = None  # stop once validation AUC reaches it (like MLPerf)
     plan: str = "torchrec"  # "torchrec" (its planner) or a JSON file {table name: rank}
     device: str = "auto"  # auto | cpu | cuda
@@ -121,6 +124,9 @@ def settings_problems(cfg: TrainConfig) -> list[str]:
         isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes
     ):
         problems.append(f"latency_batch_sizes must be a list of integers >= 1, got {sizes!r}")
+    splits = cfg.eval_splits
+    if not isinstance(splits, (tuple, list)) or any(s not in EVAL_SPLITS for s in splits) or len(set(splits)) != len(splits):
+        problems.append(f"eval_splits must be a list of distinct splits out of {list(EVAL_SPLITS)}, got {splits!r}")
     threshold = cfg.auc_threshold
     if threshold is not None and (
         isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1

@@ -6,7 +6,7 @@
 Top to bottom: process group -> data loaders -> engine (the model, its optimizers and its step:
 `single` on one device, one CUDA graph per step on a GPU; `pipeline` = DistributedModelParallel +
 TrainPipelineSparseDist over several ranks; see recsearch.train.engine) -> train with LR schedule,
-periodic eval, checkpoints and early stops -> final eval on val and test -> inference latency ->
+periodic eval, checkpoints and early stops -> final eval (eval_splits) -> inference latency ->
 result.json (the only thing a search reads) and TensorBoard.
 """
 
@@ -199,13 +199,14 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> dict:
         final: dict[str, EvalMetrics] = {}
         latency: dict[str, dict[str, float]] = {}
         if state.status != "diverged":
-            for split in ("val", "test"):
+            for split in cfg.eval_splits:
                 with device_lock.shared():
                     final[split] = evaluate(model, loader(split, False, cfg.eval_rows), device)
                 if writer:
                     _write_eval(writer, split, final[split], state.step)
-            reference = _latency_reference_model(cfg, rows, device, report.engine)
-            latency = measure_latency(model, cfg, loader, device, reference, device_lock)
+            if cfg.latency_batch_sizes:
+                reference = _latency_reference_model(cfg, rows, device, report.engine)
+                latency = measure_latency(model, cfg, loader, device, reference, device_lock)
         result = _result(cfg, meta, state, final, latency, engine, world_size, device)
         if writer:
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _flat(config.to_dict(cfg)).items()}

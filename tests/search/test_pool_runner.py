@@ -236,3 +236,38 @@ def test_a_pool_search_trains_what_an_inprocess_search_trains(tmp_path, learnabl
     pooled = run("pool", **{"runner.concurrency": 2})
     assert pooled == run("inprocess")
     assert sum(state is TrialState.COMPLETE for state, _, _ in pooled.values()) == 3  # reference + 2
+
+
+def _wait_with_runner(runner, handle, timeout_s: float = 120.0) -> tuple[TrialState, int]:
+    """Poll only after runner.wait wakes up; returns the state and how many waits it took."""
+    waits = 0
+    while runner.poll(handle) is TrialState.RUNNING:
+        runner.wait([handle], timeout_s)
+        waits += 1
+        assert waits <= 5, "wait kept waking without the trial ending"
+    return handle.state, waits
+
+
+@pytest.mark.parametrize("action, expected", [("ok", TrialState.COMPLETE), ("segv", TrialState.FAILED)])
+def test_wait_wakes_when_a_worker_reports_or_dies_not_at_its_timeout(tmp_path, action, expected):
+    # a worker's "done" message (or its closed pipe) ends the wait at once: with a 120 s timeout the
+    # trial's end is seen within a few wake-ups, each of which only a write or an exit causes
+    with FakePool(serving_batch=64, size=1) as pool:
+        handle = pool.submit(_spec(0), _fake_trial(tmp_path, "a", action))
+        started = time.monotonic()
+        state, waits = _wait_with_runner(pool, handle)
+        assert state is expected and waits >= 1
+        assert time.monotonic() - started < 60.0
+
+
+def test_the_subprocess_runner_waits_on_the_trial_process_exit(tmp_path):
+    class Sleeper(SubprocessRunner):
+        def command(self, spec, workdir):
+            return [os.sys.executable, "-c", "import time; time.sleep(0.5)"]
+
+    runner = Sleeper(serving_batch=64)
+    handle = runner.submit(_spec(0), _fake_trial(tmp_path, "a"))
+    started = time.monotonic()
+    state, waits = _wait_with_runner(runner, handle)
+    assert waits == 1 and time.monotonic() - started < 60.0  # one wake-up: the exit itself
+    assert state is TrialState.FAILED  # it wrote no result.json

@@ -110,6 +110,18 @@ def test_early_stop_at_the_auc_threshold(tmp_path, learnable_data):
     assert result["latency_ms"] == {}
 
 
+def test_eval_splits_choose_what_the_final_evaluation_reads(tmp_path, learnable_data, monkeypatch):
+    evaluated = []
+    real = trainer.evaluate
+    monkeypatch.setattr(trainer, "evaluate", lambda model, loader, device: evaluated.append(loader.split) or real(model, loader, device))
+    cfg = _write_config(tmp_path, learnable_data, max_steps=4)
+    assert trainer.main(["--config", str(cfg), "eval_splits=[val]", "latency_batch_sizes=[]"]) == 0
+    result = _result(tmp_path)
+    assert evaluated == ["val"] and list(result["metrics"]) == ["val"] and result["latency_ms"] == {}
+    assert trainer.main(["--config", str(cfg), "eval_splits=[test, val]", "latency_batch_sizes=[64]"]) == 0
+    assert evaluated[1:] == ["test", "val"] and list(_result(tmp_path)["latency_ms"]) == ["64"]
+
+
 @pytest.mark.parametrize(
     ("log_every_steps", "epochs", "stopped_at_step"),
     [(4, 1, 4), (1000, 2, TRAIN_ROWS // BATCH)],  # the check at the end of the epoch catches it
