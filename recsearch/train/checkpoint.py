@@ -99,7 +99,10 @@ def save(out_dir: Path | str, step: int, model: torch.nn.Module, optimizer: Any,
         raise CheckpointError("; ".join(errors))
     if rank == 0:
         files = {name: entry for r in reports for name, entry in r.items()}
-        manifest = {"format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "step": step, "files": dict(sorted(files.items()))}
+        manifest = {
+            "format": MANIFEST_FORMAT, "version": MANIFEST_VERSION, "step": step, "world_size": world_size,
+            "files": dict(sorted(files.items())),
+        }
         remote.write_text(path / MANIFEST_FILE, json.dumps(manifest, indent=1) + "\n")  # last
     _barrier()
     if rank == 0:
@@ -132,6 +135,7 @@ def load(path: Path, model: torch.nn.Module, optimizer: Any) -> dict:
     collective: all ranks call it. Every file is checked against the manifest first."""
     path = Path(path)
     metadata, loop_state = verify(path)
+    _check_world_size(path, _rank_and_world()[1])
     state = {"model": model.state_dict(), "optim": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()}}
     try:
         dcp.load(state, storage_reader=_VerifiedReader(path, metadata), planner=_WeightsOnlyLoadPlanner())
@@ -225,6 +229,19 @@ def _read_manifest(path: Path) -> dict[str, dict[str, Any]]:
         if name not in files:
             raise CheckpointError(f"{manifest_path}: does not list {name}")
     return files
+
+
+def _check_world_size(path: Path, world_size: int) -> None:
+    """Refuse to resume with another number of ranks than the checkpoint was written by: the loop
+    state's position in the epoch counts that many ranks' batches, in that world size's shuffled
+    block order, so the resumed run would silently replay and skip other rows. (Manifests written
+    before the world size was recorded are not checked.)"""
+    saved = json.loads((path / MANIFEST_FILE).read_text()).get("world_size")
+    if saved is not None and saved != world_size:
+        raise CheckpointError(
+            f"checkpoint {path} was written by {saved} rank(s) and this run has {world_size}: resume it "
+            f"with {saved} rank(s) (its data position in the epoch is that of {saved} rank(s))"
+        )
 
 
 def _check_file(path: Path, name: str, expected: dict[str, Any]) -> str | None:

@@ -13,6 +13,7 @@ from recsearch.placement.cost_net import (
     CostNetShape,
     TrainConfig,
     device_samples,
+    errors_of,
     load_shipped,
     main,
     split_by_tables,
@@ -82,6 +83,25 @@ def test_ensemble_is_the_mean_log_time_of_its_members(h100_samples, additive):
         CostNetShape(additive="sum")
 
 
+def test_a_short_fit_predicts_fwd_and_bwd_of_tables_it_never_saw(h100_samples):
+    """The held-out-table error recomputed, not read from the shipped JSON: train on the samples
+    without 10% of the tables (split 0), predict the devices of the samples that have them. One
+    member, 600 epochs (~2 s), so looser than the shipped 5-member net's 10% target; measured on
+    splits 0/1/2: fwd 0.196/0.222/0.182, bwd 0.148/0.152/0.143, total 0.132/0.133/0.121.
+    Predicting the seen devices' mean time instead is off by 52% (fwd) and 66% (bwd) on split 0."""
+    seen, unseen, held = split_by_tables(h100_samples, 0.1, seed=0)
+    assert len(held) == 10 and not {t.name for s in seen for t in s.tables} & set(held)
+    net = CostNet(CostNetShape(members=1), TrainConfig(epochs=600, seed=1))
+    net.fit(seen)
+    err = net.evaluate(unseen)
+    assert err.count == len(device_samples(unseen))
+    assert err.fwd < 0.24 and err.bwd < 0.18 and err.total < 0.16, err
+    truth = np.array([[d.fwd_ms, d.bwd_ms] for d in device_samples(unseen)])
+    mean = np.array([[d.fwd_ms, d.bwd_ms] for d in device_samples(seen)]).mean(0)
+    baseline = errors_of(np.broadcast_to(mean, truth.shape), truth)
+    assert err.fwd < baseline.fwd / 2 and err.bwd < baseline.bwd / 2, baseline
+
+
 def test_shipped_h100_net_accuracy_and_recorded_unseen_table_error(h100_net, h100_samples):
     err = h100_net.evaluate(h100_samples)  # mostly its own training samples
     # measured when trained: 8.2% (fwd+bwd) on its own 354 samples
@@ -94,6 +114,8 @@ def test_shipped_h100_net_accuracy_and_recorded_unseen_table_error(h100_net, h10
         assert split["errors"]["count"] > 200 and split["errors"]["total"] < 0.12
         # the split really held those tables out of training
         assert len(split["held_out_tables"]) == 10
+    # what the shipped file records of its training run (the code's accuracy on unseen tables is
+    # recomputed by test_a_short_fit_predicts_fwd_and_bwd_of_tables_it_never_saw)
     assert unseen["mean_errors"]["total"] <= 0.10  # the issue's target
 
 

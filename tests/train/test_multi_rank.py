@@ -1,0 +1,134 @@
+"""Two ranks against one: the same global batch and seed train to nearly the same model; a 2-rank
+run stopped and resumed equals one that never stopped; a checkpoint resumed with another number of
+ranks is refused with an error naming both world sizes."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from recsearch import config
+from recsearch.train import checkpoint, trainer
+from tests.placement.two_ranks import free_port
+from tests.train.test_trainer import BATCH, TRAIN_ROWS, _write_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
+
+GLOBAL_BATCH = 2 * BATCH
+STEPS_PER_EPOCH = TRAIN_ROWS // GLOBAL_BATCH  # 24 global steps of 512 rows
+LOG_EVERY_STEPS = 4
+# 1 rank vs 2 ranks see the same rows per epoch but in other batches: the loader shuffles blocks
+# of its (per-rank) batch size, so 2 x 256-row blocks are not one 512-row block. The two runs are
+# two draws of the batch order from the same initial weights, not one computation split in two, so
+# the tolerances come from measurements on this data (1 rank, 512 rows, 6 windows of 4 steps):
+# - 2 ranks vs 1 rank, seed 3: largest gap between logged losses 0.020, val AUC 0.8605 vs 0.8713;
+# - 1 rank, seeds 0, 1, 2, 4 vs seed 3: largest loss gap 0.013 to 0.078, val AUC 0.862 to 0.871;
+# - 1 rank, seed 3, both learning rates doubled (what summing instead of averaging the ranks'
+#   gradients amounts to): loss gap 0.094; halved: 0.039; a 2-rank run with doubled rates: 0.118.
+# LOSS_TOLERANCE sits between the 2-rank gap and those of the broken variants; AUC on 2048 val rows
+# barely separates them (doubled rates: -0.006), so its tolerance only catches a run that learned
+# much less.
+LOSS_TOLERANCE = 0.03
+AUC_TOLERANCE = 0.02
+SEED = "hparams.seed=3"
+
+
+def _config(tmp_path: Path, data: Path, name: str, batch_size: int, **settings) -> Path:
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    cfg = _write_config(
+        run_dir, data, engine="pipeline", latency_batch_sizes=[], log_every_steps=LOG_EVERY_STEPS,
+        output_dir=str(run_dir / "out"), **settings,
+    )
+    raw = cfg.read_text().replace(f"batch_size: {BATCH}", f"batch_size: {batch_size}")
+    cfg.write_text(raw)
+    return cfg
+
+
+def _rank_main(rank: int, cfg_path: str, port: int, overrides: list[str]) -> None:
+    # The environment torchrun gives each rank: the trainer joins the group from it.
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
+    )
+    try:
+        trainer.train(config.load(trainer.TrainConfig, cfg_path, overrides))
+    finally:
+        dist.destroy_process_group()
+
+
+def _run_two_ranks(cfg: Path, *overrides: str) -> dict:
+    mp.spawn(_rank_main, args=(str(cfg), free_port(), list(overrides)), nprocs=2, join=True)
+    return _result(cfg)
+
+
+def _run_one_rank(cfg: Path, *overrides: str) -> dict:
+    assert trainer.main(["--config", str(cfg), *overrides]) == 0
+    return _result(cfg)
+
+
+def _result(cfg: Path) -> dict:
+    return json.loads((cfg.parent / "out" / trainer.RESULT_FILE).read_text())
+
+
+def _losses(result: dict) -> list[tuple[int, float]]:
+    return [(h["step"], h["loss"]) for h in result["history"]]
+
+
+@pytest.fixture(scope="module")
+def two_ranks_straight(tmp_path_factory, learnable_data) -> dict:
+    """One epoch on 2 ranks of 256 rows, seed 3, never stopped."""
+    tmp_path = tmp_path_factory.mktemp("two_ranks")
+    return _run_two_ranks(_config(tmp_path, learnable_data, "straight", BATCH), SEED)
+
+
+def test_two_ranks_train_like_one_rank_at_the_same_global_batch(tmp_path, learnable_data, two_ranks_straight):
+    one = _run_one_rank(_config(tmp_path, learnable_data, "one", GLOBAL_BATCH), SEED)
+    two = two_ranks_straight
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    assert one["steps"] == two["steps"] == STEPS_PER_EPOCH and one["samples"] == two["samples"]
+    one_losses, two_losses = _losses(one), _losses(two)
+    assert [s for s, _ in one_losses] == [s for s, _ in two_losses] == list(
+        range(LOG_EVERY_STEPS, STEPS_PER_EPOCH + 1, LOG_EVERY_STEPS)
+    )
+    gaps = [abs(a - b) for (_, a), (_, b) in zip(one_losses, two_losses)]
+    assert max(gaps) < LOSS_TOLERANCE, gaps
+    assert one["metrics"]["val"]["rows"] == two["metrics"]["val"]["rows"]
+    assert abs(one["metrics"]["val"]["auc"] - two["metrics"]["val"]["auc"]) < AUC_TOLERANCE
+    assert one["metrics"]["val"]["auc"] > 0.7  # both learned: the comparison is not of two untrained models
+
+
+def test_two_ranks_stopped_and_resumed_equal_two_ranks_never_stopped(tmp_path, learnable_data, two_ranks_straight):
+    stop_at = 10  # mid-epoch, mid logging window
+    cfg = _config(tmp_path, learnable_data, "resumed", BATCH)
+    first = _run_two_ranks(cfg, SEED, f"max_steps={stop_at}", f"checkpoint_every_steps={stop_at}")
+    assert first["steps"] == stop_at and first["world_size"] == 2
+    written = cfg.parent / "out" / checkpoint.CHECKPOINT_DIR / f"step_{stop_at:08d}"
+    assert sorted(p.name for p in written.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # both ranks' shards
+    resumed = _run_two_ranks(cfg, SEED, f"max_steps={STEPS_PER_EPOCH}", "resume_from=latest")
+    straight = two_ranks_straight
+    for key in ("status", "steps", "samples", "epochs_completed", "last_loss", "metrics"):
+        assert resumed[key] == straight[key], key
+    # The window in progress at the stop (steps 9..12) restarts there; later windows are whole.
+    first_full = (stop_at // LOG_EVERY_STEPS + 2) * LOG_EVERY_STEPS
+    tail = [(s, loss) for s, loss in _losses(resumed) if s >= first_full]
+    assert tail and tail == [(s, loss) for s, loss in _losses(straight) if s >= first_full]
+
+
+def test_a_two_rank_checkpoint_resumed_on_one_rank_is_refused_clearly(tmp_path, learnable_data, capsys):
+    """torch.distributed.checkpoint would reshard the tables, but the loop state's position in the
+    epoch counts 2 ranks' batches in the 2-rank block order: one rank would replay other rows."""
+    cfg = _config(tmp_path, learnable_data, "run", BATCH)
+    _run_two_ranks(cfg, SEED, "max_steps=4", "checkpoint_every_steps=4")
+    latest = checkpoint.resolve("latest", cfg.parent / "out")
+    assert json.loads((latest / checkpoint.MANIFEST_FILE).read_text())["world_size"] == 2
+    # The same global batch on one rank: 512 rows a step.
+    code = trainer.main(["--config", str(cfg), SEED, f"hparams.batch_size={GLOBAL_BATCH}", "max_steps=8",
+                         "resume_from=latest"])
+    message = f"checkpoint {latest} was written by 2 rank(s) and this run has 1: resume it with 2 rank(s)"
+    assert code == 2 and message in capsys.readouterr().err
+    result = _result(cfg)
+    assert result["status"] == "failed" and message in result["error"]
