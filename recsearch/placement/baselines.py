@@ -33,6 +33,7 @@ from recsearch.placement.types import (
     check_fits,
     format_bytes,
     placement_summary,
+    rank_caps,
     save_placement,
     table_memory_bytes,
 )
@@ -40,9 +41,10 @@ from recsearch.types import TableSpec, Topology
 
 
 def _no_room(
-    table: TableSpec, need: int, loads: Sequence[int], cap: int, placer: str
+    table: TableSpec, need: int, loads: Sequence[int], caps: Sequence[int], placer: str
 ) -> PlacementError:
-    free = ", ".join(f"rank {r}: {format_bytes(cap - m)}" for r, m in enumerate(loads))
+    free = ", ".join(f"rank {r}: {format_bytes(c - m)}" for r, (m, c) in enumerate(zip(loads, caps)))
+    cap = max(caps)
     return PlacementError(
         f"{placer}: table {table.name!r} needs {format_bytes(need)} ({need:,} bytes) but no device "
         f"has that much left under the cap of {format_bytes(cap)} ({cap:,} bytes); free: {free}"
@@ -53,11 +55,11 @@ class _MemoryTracker:
     def __init__(self, tables: Sequence[TableSpec], topology: Topology, optimizer: str):
         check_fits(tables, topology, optimizer)
         self.mem = [table_memory_bytes(t, optimizer) for t in tables]
-        self.cap = topology.device_memory_bytes
+        self.caps = rank_caps(topology)
         self.loads = [0] * topology.world_size
 
     def fits(self, index: int, rank: int) -> bool:
-        return self.loads[rank] + self.mem[index] <= self.cap
+        return self.loads[rank] + self.mem[index] <= self.caps[rank]
 
     def add(self, index: int, rank: int) -> None:
         self.loads[rank] += self.mem[index]
@@ -87,7 +89,7 @@ class GreedyPlacer:
         for i in order:
             legal = [r for r in range(world) if memory.fits(i, r)]
             if not legal:
-                raise _no_room(tables[i], memory.mem[i], memory.loads, memory.cap, self.name)
+                raise _no_room(tables[i], memory.mem[i], memory.loads, memory.caps, self.name)
             r = min(legal, key=lambda r: (sums[r], memory.loads[r], r))
             ranks[i] = r
             sums[r] += self.key(tables[i])
@@ -117,7 +119,7 @@ class RandomPlacer:
                 for i in order:
                     legal = [r for r in range(topology.world_size) if memory.fits(i, r)]
                     if not legal:
-                        raise _no_room(tables[i], memory.mem[i], memory.loads, memory.cap, "random")
+                        raise _no_room(tables[i], memory.mem[i], memory.loads, memory.caps, "random")
                     ranks[i] = self.rng.choice(legal)
                     memory.add(i, ranks[i])
                 return Placement(tuple(ranks), topology.world_size)
@@ -144,7 +146,7 @@ class RoundRobinPlacer:
                 if memory.fits(i, r):
                     break
             else:
-                raise _no_room(t, memory.mem[i], memory.loads, memory.cap, "round_robin")
+                raise _no_room(t, memory.mem[i], memory.loads, memory.caps, "round_robin")
             ranks.append(r)
             memory.add(i, r)
         return Placement(tuple(ranks), world)

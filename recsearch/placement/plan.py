@@ -23,8 +23,13 @@ pooling_factors), FixedPercentageStorageReservation, apply_optimizer_in_backward
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
+import time
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -33,27 +38,73 @@ from torch import nn
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.planner import Topology as TorchRecTopology
+from torchrec.distributed.planner.constants import BATCH_SIZE as TORCHREC_BATCH_SIZE
 from torchrec.distributed.planner.storage_reservations import (
     FixedPercentageStorageReservation,
+    HeuristicalStorageReservation,
 )
-from torchrec.distributed.planner.types import ParameterConstraints, PlannerError
+from torchrec.distributed.planner.types import (
+    ParameterConstraints,
+    PlannerError,
+    StorageReservation,
+)
 from torchrec.distributed.sharding_plan import (
+    column_wise,
     construct_module_sharding_plan,
+    data_parallel,
+    get_default_sharders,
+    row_wise,
     table_wise,
 )
 from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from recsearch.placement.shards import (
+    SUPPORTED_SHARDING,
+    ShardingKind,
+    Split,
+    TableRequest,
+    split_tables,
+)
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
+    OPTIMIZER_STATE,
+    CappedTopology,
     Placement,
     PlacementError,
     Placer,
     check_fits,
     format_bytes,
+    rank_caps,
 )
 from recsearch.types import TableSpec, Topology
+
+FUSED = EmbeddingComputeKernel.FUSED.value
+DENSE = EmbeddingComputeKernel.DENSE.value
+# optimizer class (applied in backward) / FBGEMM EmbOptimType value -> the memory rule's name
+_OPTIMIZER_BY_CLASS = {
+    "SGD": "sgd",
+    "RowWiseAdagrad": "rowwise_adagrad",
+    "Adagrad": "adagrad",
+    "Adam": "adam",
+}
+_OPTIMIZER_BY_FUSED = {
+    "sgd": "sgd",
+    "exact_sgd": "sgd",
+    "exact_row_wise_adagrad": "rowwise_adagrad",
+    "row_wise_adagrad": "rowwise_adagrad",
+    "exact_adagrad": "adagrad",
+    "adam": "adam",
+}
+# ParameterConstraints fields TorchRec's planner copies onto the table's ParameterSharding
+_CONSTRAINT_OPTIONS = (
+    "cache_params",
+    "enforce_hbm",
+    "stochastic_rounding",
+    "bounds_check_mode",
+    "output_dtype",
+)
 
 # Where recsearch's DLRMTrain keeps its EmbeddingBagCollection (recsearch.model.dlrm.EBC_MODULE_PATH;
 # repeated here because placement does not import the model package).
@@ -143,10 +194,10 @@ def plan_from_ranks(
         bad = {n: ranks[n] for n in names if not 0 <= ranks[n] < world_size}
         if bad:
             raise PlacementError(f"ranks outside 0..{world_size - 1}: {bad}")
-        kernel = {"compute_kernel": compute_kernel} if compute_kernel else {}
+        kernel = compute_kernel or FUSED  # as TorchRec's planner picks
         plan[path] = construct_module_sharding_plan(
             ebc,
-            per_param_sharding={n: table_wise(rank=ranks[n], **kernel) for n in names},
+            per_param_sharding={n: table_wise(rank=ranks[n], compute_kernel=kernel) for n in names},
             sharder=_sharder_for(ebc, sharders),
             local_size=local,
             world_size=world_size,
@@ -187,75 +238,427 @@ def plan_ranks(plan: ShardingPlan) -> dict[str, dict[str, tuple[str, list[int]]]
 
 
 # --------------------------------------------------------------------------------------------
-# The planner
+# The planner: enumerate tables, device caps, split, place, build the plan
 
 
-def _as_topology(
-    topology: Topology | TorchRecTopology | None, world_size: int | None = None
-) -> Topology:
-    if isinstance(topology, Topology):
-        return topology
-    if isinstance(topology, TorchRecTopology):
-        dev = topology.compute_device
-        storage = topology.devices[0].storage
-        cap = storage.hbm if dev == "cuda" else storage.ddr
-        return Topology(topology.world_size, int(cap), dev)
+@dataclass(frozen=True)
+class ShardableTable:
+    """One table of a shardable module, as the planner sees it: where it is, its sharder, its
+    TableSpec, the sharding types it may get and the compute kernel it gets."""
+
+    path: str
+    module: nn.Module
+    sharder: ModuleSharder[nn.Module]
+    spec: TableSpec
+    request: TableRequest
+    kernels: tuple[str, ...]  # allowed kernels by sharding type order: see kernel_for
+    constraint: ParameterConstraints | None
+
+
+def _configs_of(module: nn.Module) -> dict[str, Any]:
+    """Table name -> its EmbeddingBagConfig / EmbeddingConfig, when the module exposes them."""
+    for getter in ("embedding_bag_configs", "embedding_configs"):
+        if hasattr(module, getter):
+            return {c.name: c for c in getattr(module, getter)()}
+    return {}
+
+
+def shardable_modules(
+    module: nn.Module, sharders: Sequence[ModuleSharder[nn.Module]]
+) -> dict[str, tuple[nn.Module, ModuleSharder[nn.Module]]]:
+    """Module path -> (module, its sharder) for every outermost submodule a sharder takes, as
+    TorchRec's planner finds them (exact module type)."""
+    by_type = {s.module_type: s for s in sharders}
+    found: dict[str, tuple[nn.Module, ModuleSharder[nn.Module]]] = {}
+    for path, sub in module.named_modules():
+        if any(path == p or path.startswith(p + ".") for p in found if p) or "" in found:
+            continue
+        sharder = by_type.get(type(sub))
+        if sharder is not None:
+            found[path] = (sub, sharder)
+    return found
+
+
+def enumerate_tables(
+    module: nn.Module,
+    sharders: Sequence[ModuleSharder[nn.Module]],
+    constraints: Mapping[str, ParameterConstraints] | None,
+    device_type: str,
+    stats: Sequence[TableSpec] | None = None,
+) -> list[ShardableTable]:
+    """Every shardable table of module with the sharding types and compute kernels it may get:
+    its constraint's (TorchRec's ParameterConstraints by table name) intersected with its
+    sharder's for device_type. Pooling factors: stats (TableSpecs by name), else the
+    constraint's pooling_factors, else 1."""
+    constraints = dict(constraints or {})
+    by_name = {t.name: t for t in stats or ()}
+    out: list[ShardableTable] = []
+    seen: set[str] = set()
+    for path, (sub, sharder) in shardable_modules(module, sharders).items():
+        configs = _configs_of(sub)
+        for name, param in sharder.shardable_parameters(sub).items():
+            if name in seen:
+                raise PlacementError(f"table name {name!r} occurs twice (again in {path or '<root>'})")
+            seen.add(name)
+            cfg = configs.get(name)
+            constraint = constraints.get(name)
+            known = by_name.get(name)
+            pooling = 1.0
+            if known is not None:
+                pooling = known.pooling_factor
+            elif constraint is not None and constraint.pooling_factors:
+                pooling = float(sum(constraint.pooling_factors))
+            rows, dim = int(param.shape[0]), int(param.shape[1])
+            spec = TableSpec(
+                name=name,
+                num_rows=rows,
+                dim=dim,
+                pooling_factor=pooling,
+                reuse_hist=known.reuse_hist if known is not None else (),
+                feature_names=tuple(cfg.feature_names) if cfg is not None else (),
+                bytes_per_value=param.element_size(),
+            )
+            offered = list(sharder.sharding_types(device_type))
+            wanted = list(constraint.sharding_types) if constraint and constraint.sharding_types else None
+            where = f"{path or '<root>'} ({type(sub).__name__})"
+            if wanted is not None:
+                allowed = [s for s in wanted if s in offered]
+                if not allowed:
+                    raise PlacementError(
+                        f"table {name!r} in {where} is constrained to {wanted}, but its sharder "
+                        f"{type(sharder).__name__} offers only {offered} on {device_type}"
+                    )
+            else:
+                allowed = [s for s in SUPPORTED_SHARDING if s in offered]
+                # left to choose, the planner never makes a table data_parallel: those are dense
+                # parameters the dense optimizer trains (TorchRec's planner may; constrain a
+                # table to data_parallel to get it)
+                allowed = [s for s in allowed if s != ShardingKind.DATA_PARALLEL]
+            kernels = tuple(constraint.compute_kernels) if constraint and constraint.compute_kernels else ()
+            out.append(
+                ShardableTable(
+                    path=path,
+                    module=sub,
+                    sharder=sharder,
+                    spec=spec,
+                    request=TableRequest(
+                        spec,
+                        tuple(allowed),
+                        constraint.min_partition if constraint else None,
+                        where,
+                    ),
+                    kernels=kernels,
+                    constraint=constraint,
+                )
+            )
+    return out
+
+
+def kernel_for(table: ShardableTable, sharding_type: str, device_type: str) -> str:
+    """The compute kernel: the first of the table's constraint's kernels (or, unconstrained,
+    of fused then dense, as TorchRec's planner prefers the fused TBE) that its sharder offers
+    for this sharding type. Memory is counted as in device memory, so kernels that keep tables
+    elsewhere (UVM, key-value, SSD) are refused with the table named."""
+    offered = list(table.sharder.compute_kernels(sharding_type, device_type))
+    preferred = list(table.kernels) or [FUSED, DENSE]
+    usable = [k for k in preferred if k in offered and k in (FUSED, DENSE)]
+    if not usable:
+        raise PlacementError(
+            f"table {table.spec.name!r} in {table.request.where} sharded {sharding_type} may use "
+            f"kernels {preferred}, its sharder offers {offered} on {device_type}; "
+            f"LearnedShardingPlanner places tables in device memory with '{FUSED}' or '{DENSE}'"
+        )
+    return usable[0]
+
+
+def embedding_optimizer(
+    tables: Sequence[ShardableTable], default: str = DEFAULT_OPTIMIZER
+) -> str:
+    """The embedding optimizer whose state the placement must hold, read as TorchRec's planner
+    reads it: the optimizer applied in backward to the tables' parameters, else the sharders'
+    fused_params["optimizer"], else default."""
+    names: set[str] = set()
+    for t in tables:
+        param = t.sharder.shardable_parameters(t.module).get(t.spec.name)
+        for cls in getattr(param, "_optimizer_classes", ()) or ():
+            names.add(_OPTIMIZER_BY_CLASS.get(cls.__name__, cls.__name__))
+        fused = (t.sharder.fused_params or {}).get("optimizer")
+        if fused is not None and not getattr(param, "_optimizer_classes", None):
+            value = str(getattr(fused, "value", fused))
+            names.add(_OPTIMIZER_BY_FUSED.get(value, value))
+    unknown = sorted(n for n in names if n not in OPTIMIZER_STATE)
+    if unknown:
+        raise PlacementError(
+            f"embedding optimizer(s) {unknown} unknown to the planner's memory rule "
+            f"(known: {', '.join(OPTIMIZER_STATE)}); pass optimizer= to say which state to count"
+        )
+    if not names:
+        return default
+    # the largest state decides what must fit
+    return max(names, key=lambda n: sum(OPTIMIZER_STATE[n]) * 1000 + OPTIMIZER_STATE[n][0])
+
+
+def _torchrec_topology(
+    topology: Topology, local_world_size: int | None = None
+) -> TorchRecTopology:
+    """TorchRec's Topology with each rank's cap (HBM on cuda, DDR on cpu)."""
+    caps = rank_caps(topology)
+    device = topology.compute_device
+    trec = TorchRecTopology(
+        world_size=topology.world_size,
+        compute_device=device,
+        local_world_size=local_world_size or _local_size(topology.world_size, device),
+        **({"hbm_cap": max(caps)} if device == "cuda" else {"hbm_cap": 0, "ddr_cap": max(caps)}),
+    )
+    for dev, cap in zip(trec.devices, caps):
+        if device == "cuda":
+            dev.storage.hbm = cap
+        else:
+            dev.storage.ddr = cap
+    return trec
+
+
+def _caps_of(topology: TorchRecTopology) -> tuple[int, ...]:
+    """Each rank's memory for tables: HBM on cuda, DDR on cpu (the fused kernel's home)."""
+    if topology.compute_device == "cuda":
+        return tuple(int(d.storage.hbm) for d in topology.devices)
+    return tuple(int(d.storage.ddr) for d in topology.devices)
+
+
+def _default_topology(world_size: int | None) -> TorchRecTopology:
     world = world_size or (dist.get_world_size() if dist.is_initialized() else 1)
-    if torch.cuda.is_available():
-        cap = torch.cuda.get_device_properties(0).total_memory
-        return Topology(world, int(cap), "cuda")
-    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return Topology(world, int(ram // _local_size(world, "cpu")), "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return TorchRecTopology(
+        world_size=world, compute_device=device, local_world_size=_local_size(world, device)
+    )
+
+
+def build_plan(
+    tables: Sequence[ShardableTable],
+    shardings: Sequence[tuple[str, tuple[int, ...]]],
+    world_size: int,
+    device_type: str,
+    local_size: int,
+) -> ShardingPlan:
+    """The ShardingPlan giving each table its (sharding type, ranks), built per module with
+    TorchRec's construct_module_sharding_plan and its sharder; per-table options of the
+    constraints (cache_params, enforce_hbm, stochastic_rounding, bounds_check_mode,
+    output_dtype) carried over as TorchRec's planner does."""
+    per_module: dict[str, dict[str, Any]] = {}
+    modules: dict[str, tuple[nn.Module, ModuleSharder[nn.Module]]] = {}
+    for t, (kind, ranks) in zip(tables, shardings):
+        kernel = kernel_for(t, kind, device_type)
+        if kind == ShardingKind.TABLE_WISE:
+            gen = table_wise(rank=ranks[0], compute_kernel=kernel)
+        elif kind == ShardingKind.COLUMN_WISE:
+            gen = column_wise(ranks=list(ranks), compute_kernel=kernel)
+        elif kind == ShardingKind.ROW_WISE:
+            gen = row_wise(compute_kernel=kernel)
+        else:
+            gen = data_parallel()
+        per_module.setdefault(t.path, {})[t.spec.name] = gen
+        modules[t.path] = (t.module, t.sharder)
+    plan: dict[str, Any] = {}
+    options = {t.spec.name: t.constraint for t in tables if t.constraint is not None}
+    for path, gens in per_module.items():
+        sub, sharder = modules[path]
+        module_plan = construct_module_sharding_plan(
+            sub,
+            per_param_sharding=gens,
+            sharder=sharder,
+            local_size=local_size,
+            world_size=world_size,
+            device_type=device_type,
+        )
+        for name, ps in module_plan.items():  # type: ignore[union-attr]
+            constraint = options.get(name)
+            for key in _CONSTRAINT_OPTIONS:
+                value = getattr(constraint, key, None)
+                if value is not None and hasattr(ps, key):
+                    setattr(ps, key, value)
+        plan[path] = module_plan
+    return ShardingPlan(plan)
 
 
 class LearnedShardingPlanner:
-    """A drop-in for TorchRec's EmbeddingShardingPlanner (plan / collective_plan) that places
-    tables table-wise with any Placer (learned policy or baseline).
+    """A drop-in for TorchRec's EmbeddingShardingPlanner: the same constructor arguments and
+    plan / collective_plan, with a Placer (learned or baseline) choosing the ranks.
 
-    topology: recsearch Topology, a TorchRec planner Topology (its HBM cap on cuda, DDR cap on
-    cpu), or None (the process group's world size and the device's whole memory).
-    table_stats: TableSpecs with pooling factors / reuse histograms, matched by table name.
+    topology: TorchRec's Topology (each device's HBM cap on cuda, DDR cap on cpu), a recsearch
+    Topology (its cap is the room for tables), or None (the process group's world, TorchRec's
+    default caps). storage_reservation: any TorchRec StorageReservation; default TorchRec's
+    HeuristicalStorageReservation(0.15) for a TorchRec Topology or None, no reservation for a
+    recsearch Topology. constraints: TorchRec's ParameterConstraints by table name
+    (sharding_types, compute_kernels, min_partition, pooling_factors and the per-table kernel
+    options). batch_size: per rank, as TorchRec's (for the reservation and the torchrec placer).
+    TorchRec's search parts (enumerator, proposer, partitioner, performance_model, stats,
+    callbacks, timeout_seconds, plan_loader) are accepted and not used: the placer replaces them;
+    passing one warns.
+
+    placer: a Placer or a name (recsearch.placement.baselines.PLACERS); "learned" (the default)
+    is the shipped policy checked against the baselines under its own cost net, the cheapest
+    kept (best_of.learned_or_better). table_stats: TableSpecs with pooling factors and reuse
+    histograms by table name. optimizer: the embedding optimizer whose state counts against
+    memory; None reads it from the module (optimizer applied in backward, else the sharders'
+    fused_params), else rowwise_adagrad.
+
+    Tables: each gets table_wise when allowed and it fits a device; a table too big for any
+    device is split column-wise or row-wise (recsearch.placement.shards) and the pieces placed.
+    Kernels: fused unless constrained (data_parallel: dense).
+    The older form LearnedShardingPlanner(placer, topology) still works.
     """
 
     def __init__(
         self,
-        placer: Placer,
-        topology: Topology | TorchRecTopology | None = None,
+        topology: TorchRecTopology | Topology | None = None,
+        batch_size: int | None = None,
+        enumerator: Any = None,
+        storage_reservation: StorageReservation | None = None,
+        proposer: Any = None,
+        partitioner: Any = None,
+        performance_model: Any = None,
+        stats: Any = None,
+        constraints: Mapping[str, ParameterConstraints] | None = None,
+        debug: bool = True,
+        callbacks: Any = None,
+        timeout_seconds: int | None = None,
+        *,
+        placer: Placer | str = "learned",
         table_stats: Sequence[TableSpec] | None = None,
-        optimizer: str = DEFAULT_OPTIMIZER,
-        compute_kernel: str | None = None,
+        optimizer: str | None = None,
+        **torchrec_kwargs: Any,
     ):
-        self.placer = placer
+        if isinstance(topology, Placer):  # the older form: (placer, topology)
+            placer, topology = topology, batch_size  # type: ignore[assignment]
+            batch_size = None
+        if topology is not None and not isinstance(topology, (Topology, TorchRecTopology)):
+            raise TypeError(
+                f"topology must be a TorchRec or recsearch Topology, got {type(topology).__name__}"
+            )
+        if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        unused = {
+            "enumerator": enumerator,
+            "proposer": proposer,
+            "partitioner": partitioner,
+            "performance_model": performance_model,
+            "stats": stats,
+            "callbacks": callbacks,
+            "timeout_seconds": timeout_seconds,
+        }
+        self.heuristic_percentage = float(
+            torchrec_kwargs.pop("heuristical_storage_reservation_percentage", 0.15)
+        )
+        known_extra = {"plan_loader"}
+        bad = sorted(set(torchrec_kwargs) - known_extra)
+        if bad:
+            raise TypeError(f"LearnedShardingPlanner got unexpected keyword arguments {bad}")
+        ignored = [k for k, v in {**unused, **torchrec_kwargs}.items() if v is not None]
+        if ignored:
+            warnings.warn(
+                f"LearnedShardingPlanner does not use TorchRec's {', '.join(ignored)}: the "
+                "placer chooses the ranks",
+                stacklevel=2,
+            )
         self.topology = topology
+        self.batch_size = batch_size or TORCHREC_BATCH_SIZE
+        self.storage_reservation = storage_reservation
+        self.constraints = dict(constraints or {})
+        self.debug = debug
+        self.placer_name = placer if isinstance(placer, str) else type(placer).__name__
+        self._placer = placer
+        self._named: dict[tuple[str, int], Placer] = {}
         self.table_stats = table_stats
         self.optimizer = optimizer
-        self.compute_kernel = compute_kernel
         self.last_placement: Placement | None = None
-        self.last_tables: list[TableSpec] = []
+        self.last_tables: list[TableSpec] = []  # the pieces placed (whole tables unless split)
+        self.last_split: Split | None = None
+        self.last_caps_bytes: tuple[int, ...] = ()
+        self.last_optimizer = ""
 
-    def place(self, module: nn.Module) -> tuple[list[TableSpec], Placement, Topology]:
-        ebcs = find_ebcs(module)
-        if not ebcs:
-            raise PlacementError(f"no EmbeddingBagCollection in {type(module).__name__}")
-        tables = tables_of(ebcs, self.table_stats)
-        topo = _as_topology(self.topology)
-        placement = self.placer.place(tables, topo)
-        placement.validate(tables, topo, self.optimizer)
-        self.last_placement, self.last_tables = placement, tables
-        return tables, placement, topo
+    def placer_for(self, optimizer: str) -> Placer:
+        """The placer: the one given, or the named one built for this optimizer (kept)."""
+        if not isinstance(self._placer, str):
+            return self._placer
+        key = (optimizer, self._global_batch())
+        if key not in self._named:
+            self._named[key] = _placer_by_name(self._placer, optimizer, key[1])
+        return self._named[key]
+
+    def _global_batch(self) -> int:
+        return self.batch_size * self._world()
+
+    def _world(self) -> int:
+        if self.topology is not None:
+            return self.topology.world_size
+        return dist.get_world_size() if dist.is_initialized() else 1
+
+    def _caps(
+        self, module: nn.Module, sharders: list[ModuleSharder[nn.Module]]
+    ) -> tuple[tuple[int, ...], str, int]:
+        """(each rank's room for tables after the storage reservation, device type, local size)."""
+        if isinstance(self.topology, TorchRecTopology) or self.topology is None:
+            trec = self.topology or _default_topology(None)
+            reservation = self.storage_reservation or HeuristicalStorageReservation(
+                percentage=self.heuristic_percentage
+            )
+        else:
+            trec = _torchrec_topology(self.topology)
+            reservation = self.storage_reservation or FixedPercentageStorageReservation(0.0)
+        if trec.compute_device == "cuda":
+            reserved = reservation.reserve(
+                trec, self.batch_size, module, sharders, constraints=self.constraints or None
+            )
+            return _caps_of(reserved), "cuda", trec.local_world_size
+        # CPU tables live in DDR, but TorchRec's reservations shrink HBM only (on CPU its own
+        # planner reserves nothing): reserve on a view whose HBM is the DDR, and take off what
+        # the reservation took from either
+        view = copy.deepcopy(trec)
+        for dev in view.devices:
+            dev.storage.hbm = dev.storage.ddr
+        reserved = reservation.reserve(
+            view, self.batch_size, module, sharders, constraints=self.constraints or None
+        )
+        caps = tuple(
+            max(0, int(r.storage.hbm) + int(r.storage.ddr) - int(d.storage.ddr))
+            for r, d in zip(reserved.devices, trec.devices)
+        )
+        return caps, trec.compute_device, trec.local_world_size
 
     def plan(
         self, module: nn.Module, sharders: list[ModuleSharder[nn.Module]] | None = None
     ) -> ShardingPlan:
-        tables, placement, topo = self.place(module)
-        return plan_from_ranks(
-            find_ebcs(module),
-            placement.to_dict(tables),
-            topo.world_size,
-            topo.compute_device,
-            sharders,
-            compute_kernel=self.compute_kernel,
-        )
+        sharders = list(sharders) if sharders else get_default_sharders()
+        start = time.perf_counter()
+        caps, device, local = self._caps(module, sharders)
+        tables = enumerate_tables(module, sharders, self.constraints, device, self.table_stats)
+        if not tables:
+            raise PlacementError(
+                f"no table to shard in {type(module).__name__}: no submodule matches the "
+                f"sharders {[type(s).__name__ for s in sharders]}"
+            )
+        optimizer = self.optimizer or embedding_optimizer(tables)
+        split = split_tables([t.request for t in tables], caps, optimizer)
+        free = CappedTopology.of(split.free_bytes, device)
+        placer = self.placer_for(optimizer)
+        placement = placer.place(split.pieces, free) if split.pieces else Placement((), len(caps))
+        placement.validate(split.pieces, free, optimizer)
+        shardings = split.ranks(placement)
+        plan = build_plan(tables, shardings, len(caps), device, local)
+        self.last_placement, self.last_tables, self.last_split = placement, list(split.pieces), split
+        self.last_caps_bytes, self.last_optimizer = caps, optimizer
+        if self.debug:
+            logging.getLogger(__name__).info(
+                "%s planned %d tables (%d pieces) on %d ranks in %.3f s; bytes per rank %s of %s",
+                self.placer_name,
+                len(tables),
+                len(split.pieces),
+                len(caps),
+                time.perf_counter() - start,
+                split.memory_per_rank(placement, optimizer),
+                list(caps),
+            )
+        return plan
 
     def collective_plan(
         self,
@@ -272,7 +675,7 @@ class LearnedShardingPlanner:
                 )
             pg = dist.GroupMember.WORLD
         if self.topology is None:
-            self.topology = _as_topology(None, dist.get_world_size(pg))
+            self.topology = _default_topology(dist.get_world_size(pg))
         payload: list[Any] = [None]
         if dist.get_rank(pg) == 0:
             try:
@@ -289,6 +692,18 @@ class LearnedShardingPlanner:
         if status != "ok":
             raise PlacementError(f"planning on rank 0 failed: {value}")
         return value
+
+
+def _placer_by_name(name: str, optimizer: str, global_batch: int) -> Placer:
+    from recsearch.placement.baselines import make_placer
+
+    if name == "learned":
+        from recsearch.placement.best_of import learned_or_better
+
+        return learned_or_better(optimizer=optimizer)
+    if name == "torchrec":
+        return make_placer(name, optimizer, batch_size=global_batch)
+    return make_placer(name, optimizer)
 
 
 # --------------------------------------------------------------------------------------------
@@ -351,16 +766,9 @@ class TorchRecPlacer:
         )
         opt_cls, opt_kwargs = _optimizer_class(self.optimizer)
         apply_optimizer_in_backward(opt_cls, ebc.parameters(), opt_kwargs)
-        cap = topology.device_memory_bytes
         world = topology.world_size
-        caps = (
-            {"hbm_cap": cap}
-            if topology.compute_device == "cuda"
-            else {"hbm_cap": 0, "ddr_cap": cap}
-        )
-        trec_topo = TorchRecTopology(
-            world_size=world, compute_device=topology.compute_device, local_world_size=world, **caps
-        )
+        cap = max(rank_caps(topology))
+        trec_topo = _torchrec_topology(topology, local_world_size=world)
         constraints = {
             t.name: ParameterConstraints(
                 sharding_types=[ShardingType.TABLE_WISE.value],

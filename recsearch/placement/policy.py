@@ -62,6 +62,7 @@ from recsearch.placement.types import (
     PlacementError,
     check_fits,
     format_bytes,
+    rank_caps,
     table_memory_bytes,
 )
 from recsearch.types import TableSpec, Topology
@@ -208,7 +209,7 @@ class _Prepared:
     alone_ms: np.ndarray  # [T] predicted fwd + bwd of each table on a device of its own
     mem: np.ndarray  # [T] bytes
     dims: np.ndarray  # [T]
-    cap: int
+    cap: np.ndarray  # [D] each rank's memory cap in bytes (rank_caps)
     world: int
     ref_ms: float
     batch_size: int
@@ -244,7 +245,7 @@ def _prepare(
         alone_ms=alone,
         mem=np.array([table_memory_bytes(t, optimizer) for t in tables], dtype=np.int64),
         dims=dims,
-        cap=topology.device_memory_bytes,
+        cap=np.array(rank_caps(topology), dtype=np.int64),
         world=world,
         ref_ms=float(ref),
         batch_size=meta.batch_size,
@@ -354,8 +355,8 @@ class _Episodes:
                 (new_max + comm_after) / ref - self.cost[:, None] / ref,
                 comm_now / ref,
                 comm_after / ref,
-                self.used / p.cap,
-                (self.used + p.mem[t]) / p.cap,
+                self.used / np.maximum(p.cap, 1),
+                (self.used + p.mem[t]) / np.maximum(p.cap, 1),
                 self.count / tables_per_dev,
                 (self.compute >= cur_max - 1e-9).astype(np.float64),
             ],
@@ -402,12 +403,14 @@ class _Episodes:
         t = p.tables[int(p.order[self.step_index])]
         need = int(p.mem[p.order[self.step_index]])
         free = ", ".join(
-            f"rank {r}: {format_bytes(p.cap - u)}" for r, u in enumerate(self.used[row])
+            f"rank {r}: {format_bytes(int(c) - u)}"
+            for r, (u, c) in enumerate(zip(self.used[row], p.cap))
         )
+        cap = int(p.cap.max())
         return PlacementError(
             f"learned placer: table {t.name!r} needs {format_bytes(need)} ({need:,} bytes) but "
-            f"no device has that much left under the cap of {format_bytes(p.cap)} "
-            f"({p.cap:,} bytes); free: {free}"
+            f"no device has that much left under the cap of {format_bytes(cap)} "
+            f"({cap:,} bytes); free: {free}"
         )
 
 
@@ -519,11 +522,14 @@ class ShippedLearnedPlacer:
         self.samples, self.seed, self.optimizer = samples, seed, optimizer
         self._loaded: dict[str, LearnedPlacer] = {}
 
+    def policy_for(self, device: str) -> LearnedPlacer:
+        """The shipped policy for device ('cpu' or 'cuda'), loaded once."""
+        if device not in self._loaded:
+            self._loaded[device] = load_shipped(device, self.samples, self.seed, self.optimizer)
+        return self._loaded[device]
+
     def place(self, tables: Sequence[TableSpec], topology: Topology) -> Placement:
-        dev = topology.compute_device
-        if dev not in self._loaded:
-            self._loaded[dev] = load_shipped(dev, self.samples, self.seed, self.optimizer)
-        return self._loaded[dev].place(tables, topology)
+        return self.policy_for(topology.compute_device).place(tables, topology)
 
 
 # ------------------------------------------------------------------------------ rollouts

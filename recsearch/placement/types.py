@@ -66,11 +66,48 @@ class PlacementError(ValueError):
     its memory cap, a rank outside the world). The message names the table and the sizes."""
 
 
+@dataclass(frozen=True)
+class CappedTopology(Topology):
+    """A Topology whose devices have different memory caps (rank r: caps_bytes[r]); what the
+    planner hands placers when a TorchRec Topology, a storage reservation or pinned row-wise
+    shards leave ranks with different room. device_memory_bytes is the largest cap."""
+
+    caps_bytes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "caps_bytes", tuple(int(c) for c in self.caps_bytes))
+        if len(self.caps_bytes) != self.world_size:
+            raise ValueError(
+                f"caps_bytes has {len(self.caps_bytes)} entries for {self.world_size} ranks"
+            )
+        if any(c < 0 for c in self.caps_bytes):
+            raise ValueError(f"caps_bytes must be >= 0, got {self.caps_bytes}")
+        if max(self.caps_bytes) != self.device_memory_bytes:
+            raise ValueError(
+                f"device_memory_bytes ({self.device_memory_bytes}) must be the largest cap "
+                f"({max(self.caps_bytes)})"
+            )
+
+    @classmethod
+    def of(cls, caps_bytes: Sequence[int], compute_device: str = "cpu") -> CappedTopology:
+        caps = tuple(int(c) for c in caps_bytes)
+        if not caps or max(caps) <= 0:
+            raise PlacementError(f"no device has any memory left for tables: caps {caps}")
+        return cls(len(caps), max(caps), compute_device, caps)
+
+
+def rank_caps(topology: Topology) -> tuple[int, ...]:
+    """Each rank's memory cap in bytes: CappedTopology's own, else device_memory_bytes for all."""
+    caps = getattr(topology, "caps_bytes", ())
+    return tuple(caps) if caps else (topology.device_memory_bytes,) * topology.world_size
+
+
 def check_fits(
     tables: Sequence[TableSpec], topology: Topology, optimizer: str = DEFAULT_OPTIMIZER
 ) -> None:
-    """Raise PlacementError naming every table larger than one device's memory cap."""
-    cap = topology.device_memory_bytes
+    """Raise PlacementError naming every table larger than the largest device memory cap."""
+    cap = max(rank_caps(topology))
     too_big = [(t, table_memory_bytes(t, optimizer)) for t in tables]
     too_big = [(t, m) for t, m in too_big if m > cap]
     if too_big:
@@ -141,8 +178,9 @@ class Placement:
                 f"placement is for {self.world_size} ranks, topology has {topology.world_size}"
             )
         check_fits(tables, topology, optimizer)
-        cap = topology.device_memory_bytes
-        over = [(r, m) for r, m in enumerate(self.memory_per_rank(tables, optimizer)) if m > cap]
+        caps = rank_caps(topology)
+        memory = self.memory_per_rank(tables, optimizer)
+        over = [(r, m) for r, m in enumerate(memory) if m > caps[r]]
         if over:
             parts = []
             for r, m in over:
@@ -151,8 +189,8 @@ class Placement:
                     f", ... ({len(names)} tables)" if len(names) > 8 else ""
                 )
                 parts.append(
-                    f"rank {r} holds {format_bytes(m)} ({m:,} bytes) > cap {format_bytes(cap)} "
-                    f"({cap:,} bytes): {shown}"
+                    f"rank {r} holds {format_bytes(m)} ({m:,} bytes) > cap "
+                    f"{format_bytes(caps[r])} ({caps[r]:,} bytes): {shown}"
                 )
             raise PlacementError(f"memory cap exceeded with {optimizer} state: " + "; ".join(parts))
 

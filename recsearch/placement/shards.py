@@ -1,0 +1,250 @@
+"""Tables -> the pieces a placer places, as TorchRec shards them.
+
+A table that fits a device stays whole (table-wise: one piece). One that fits no device is split:
+column-wise into k equal pieces of whole columns (TorchRec's `column_wise(ranks=...)`: each piece
+is a table of dim / k, placed like any other table, and pieces may share a rank), or, when no
+column split fits, row-wise over every rank (TorchRec's `row_wise()`: rank r holds rows
+[r * ceil(R / W), ...), fixed, so those blocks are not placed but taken off each rank's room
+first). Tables constrained to row_wise or data_parallel are pinned the same way; to column_wise,
+they are split into pieces of `min_partition` columns (TorchRec's MIN_CW_DIM, 128, by default)
+or narrower pieces if those do not fit.
+
+Sharding types are TorchRec's names (ShardingType values); this module does not import torchrec,
+so it is cheap and the rules can be tested on their own. Memory is `table_memory_bytes` (weights
++ optimizer state, per piece: FBGEMM keeps row-wise state per shard).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from enum import Enum
+
+from recsearch.placement.types import (
+    DEFAULT_OPTIMIZER,
+    Placement,
+    PlacementError,
+    format_bytes,
+    table_memory_bytes,
+)
+from recsearch.types import TableSpec
+
+
+class ShardingKind(str, Enum):
+    """The sharding types the planner makes (values: TorchRec's ShardingType values), in the
+    order it prefers them."""
+
+    TABLE_WISE = "table_wise"
+    COLUMN_WISE = "column_wise"
+    ROW_WISE = "row_wise"
+    DATA_PARALLEL = "data_parallel"
+
+
+SUPPORTED_SHARDING = tuple(k.value for k in ShardingKind)
+COLUMN_ALIGN = 4  # FBGEMM's TBE wants embedding dims that are multiples of 4
+DEFAULT_MIN_PARTITION = 128  # TorchRec's MIN_CW_DIM: column-wise shard width when constrained
+
+
+@dataclass(frozen=True)
+class TableRequest:
+    """One table and the sharding types it may get (constraints and its sharder, intersected).
+
+    min_partition: the narrowest column-wise piece (ParameterConstraints.min_partition), or None
+    (then DEFAULT_MIN_PARTITION sets the width of a table constrained to column_wise, and a
+    table split only because it is too big may go down to COLUMN_ALIGN columns).
+    where: the module path, for error messages.
+    """
+
+    table: TableSpec
+    sharding_types: tuple[str, ...] = SUPPORTED_SHARDING
+    min_partition: int | None = None
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class TableSharding:
+    """How one table is sharded: the pieces the placer places (table_wise: the table itself;
+    column_wise: its column slices in order), or, for row_wise / data_parallel, the bytes pinned
+    on every rank."""
+
+    sharding_type: str
+    pieces: tuple[TableSpec, ...] = ()
+    pinned_bytes: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Split:
+    """Every table's sharding, the pieces to place (in table order) with their owner
+    (table index, shard index), and each rank's room left after the pinned shards."""
+
+    tables: tuple[TableSpec, ...]
+    shardings: tuple[TableSharding, ...]
+    pieces: tuple[TableSpec, ...]
+    owners: tuple[tuple[int, int], ...]
+    free_bytes: tuple[int, ...]
+
+    def ranks(self, placement: Placement) -> list[tuple[str, tuple[int, ...]]]:
+        """(sharding type, ranks) per table for a placement of the pieces: the rank of the
+        table (table_wise), of each column slice in order (column_wise), or every rank."""
+        if len(placement) != len(self.pieces):
+            raise PlacementError(
+                f"placement has {len(placement)} pieces, the split has {len(self.pieces)}"
+            )
+        per_table: list[list[int]] = [[] for _ in self.tables]
+        for (t, _shard), r in zip(self.owners, placement.ranks):
+            per_table[t].append(r)
+        world = len(self.free_bytes)
+        out = []
+        for s, got in zip(self.shardings, per_table):
+            pinned = s.sharding_type in (ShardingKind.ROW_WISE, ShardingKind.DATA_PARALLEL)
+            out.append((s.sharding_type, tuple(range(world)) if pinned else tuple(got)))
+        return out
+
+    def memory_per_rank(self, placement: Placement, optimizer: str = DEFAULT_OPTIMIZER) -> list[int]:
+        """Bytes on each rank: the pinned shards plus the placed pieces."""
+        mem = [0] * len(self.free_bytes)
+        for s in self.shardings:
+            for r, b in enumerate(s.pinned_bytes):
+                mem[r] += b
+        for piece, r in zip(self.pieces, placement.ranks):
+            mem[r] += table_memory_bytes(piece, optimizer)
+        return mem
+
+
+def row_blocks(num_rows: int, world_size: int) -> list[int]:
+    """Rows per rank under TorchRec's row_wise(): ceil(R / W) on each rank, the rest on the
+    last ranks that still have rows (10 rows on 4 ranks: 3, 3, 3, 1)."""
+    block = math.ceil(num_rows / world_size)
+    return [max(0, min(block, num_rows - r * block)) for r in range(world_size)]
+
+
+def column_splits(dim: int, min_width: int) -> list[int]:
+    """Piece counts k > 1 that split dim into equal pieces of whole columns, each a multiple of
+    COLUMN_ALIGN and at least min_width wide, fewest pieces first."""
+    return [
+        k
+        for k in range(2, dim // max(1, min_width) + 1)
+        if dim % k == 0 and (dim // k) % COLUMN_ALIGN == 0 and dim // k >= min_width
+    ]
+
+
+def column_pieces(table: TableSpec, k: int) -> tuple[TableSpec, ...]:
+    if k == 1:
+        return (table,)
+    width = table.dim // k
+    return tuple(replace(table, name=f"{table.name}/col{i}", dim=width) for i in range(k))
+
+
+def _describe(t: TableSpec, optimizer: str) -> str:
+    m = table_memory_bytes(t, optimizer)
+    return f"table {t.name!r} ({t.num_rows:,} rows x dim {t.dim}, {format_bytes(m)} with {optimizer} state)"
+
+
+def split_tables(
+    requests: Sequence[TableRequest], caps_bytes: Sequence[int], optimizer: str = DEFAULT_OPTIMIZER
+) -> Split:
+    """Decide every table's sharding for ranks with these memory caps (see the module
+    docstring); PlacementError naming the table when none of its allowed sharding types fits."""
+    world = len(caps_bytes)
+    if world == 0:
+        raise PlacementError("no ranks to place tables on")
+    free = [int(c) for c in caps_bytes]
+    shardings: list[TableSharding | None] = [None] * len(requests)
+
+    def pin(i: int, kind: ShardingKind) -> None:
+        req = requests[i]
+        t = req.table
+        if kind == ShardingKind.ROW_WISE:
+            blocks = row_blocks(t.num_rows, world)
+            pinned = [
+                table_memory_bytes(replace(t, num_rows=n), optimizer) if n else 0 for n in blocks
+            ]
+        else:
+            pinned = [table_memory_bytes(t, optimizer)] * world
+        short = [r for r in range(world) if pinned[r] > free[r]]
+        if short:
+            where = f" in {req.where}" if req.where else ""
+            raise PlacementError(
+                f"{_describe(t, optimizer)}{where} sharded {kind.value} needs "
+                f"{format_bytes(max(pinned))} on every rank, but rank(s) {short} have only "
+                + ", ".join(format_bytes(free[r]) for r in short)
+                + " left"
+            )
+        for r in range(world):
+            free[r] -= pinned[r]
+        shardings[i] = TableSharding(kind.value, (), tuple(pinned))
+
+    for i, req in enumerate(requests):
+        unsupported = [s for s in req.sharding_types if s not in SUPPORTED_SHARDING]
+        allowed = [s for s in req.sharding_types if s in SUPPORTED_SHARDING]
+        if not allowed:
+            where = f" in {req.where}" if req.where else ""
+            raise PlacementError(
+                f"table {req.table.name!r}{where} may only be sharded {unsupported or 'no way'} "
+                f"(constraints and sharder together); LearnedShardingPlanner makes "
+                f"{', '.join(SUPPORTED_SHARDING)}"
+            )
+    # pinned-only tables first: they take room on every rank whatever the placer does
+    for i, req in enumerate(requests):
+        if ShardingKind.TABLE_WISE not in req.sharding_types and (
+            ShardingKind.COLUMN_WISE not in req.sharding_types
+        ):
+            kind = (
+                ShardingKind.ROW_WISE
+                if ShardingKind.ROW_WISE in req.sharding_types
+                else ShardingKind.DATA_PARALLEL
+            )
+            pin(i, kind)
+    # the rest, largest first, so that a big table falling back to row_wise is decided before
+    # the tables that must fit into what it leaves
+    rest = sorted(
+        (i for i in range(len(requests)) if shardings[i] is None),
+        key=lambda i: -table_memory_bytes(requests[i].table, optimizer),
+    )
+    for i in rest:
+        req = requests[i]
+        t, allowed = req.table, req.sharding_types
+        room = max(free)
+        if ShardingKind.TABLE_WISE in allowed and table_memory_bytes(t, optimizer) <= room:
+            shardings[i] = TableSharding(ShardingKind.TABLE_WISE.value, (t,))
+            continue
+        if ShardingKind.COLUMN_WISE in allowed:
+            if ShardingKind.TABLE_WISE in allowed:  # split only because it is too big
+                counts = column_splits(t.dim, req.min_partition or COLUMN_ALIGN)
+            else:  # constrained to column_wise: pieces of min_partition columns, or narrower
+                first = max([1, *column_splits(t.dim, req.min_partition or DEFAULT_MIN_PARTITION)])
+                counts = [first] + [
+                    k for k in column_splits(t.dim, req.min_partition or COLUMN_ALIGN) if k > first
+                ]
+            k = next(
+                (k for k in counts if table_memory_bytes(column_pieces(t, k)[0], optimizer) <= room),
+                None,
+            )
+            if k is not None:
+                shardings[i] = TableSharding(ShardingKind.COLUMN_WISE.value, column_pieces(t, k))
+                continue
+        if ShardingKind.ROW_WISE in allowed:
+            pin(i, ShardingKind.ROW_WISE)
+            continue
+        where = f" in {req.where}" if req.where else ""
+        raise PlacementError(
+            f"{_describe(t, optimizer)}{where} fits no rank (the most room left on one is "
+            f"{format_bytes(room)}) and its allowed sharding types {list(allowed)} cannot split "
+            f"it small enough (column_wise needs dims in equal multiples of {COLUMN_ALIGN}; "
+            f"row_wise must be allowed for a row split)"
+        )
+    done = [s for s in shardings if s is not None]
+    assert len(done) == len(requests)
+    pieces, owners = [], []
+    for i, s in enumerate(done):
+        for j, p in enumerate(s.pieces):
+            pieces.append(p)
+            owners.append((i, j))
+    return Split(
+        tables=tuple(r.table for r in requests),
+        shardings=tuple(done),
+        pieces=tuple(pieces),
+        owners=tuple(owners),
+        free_bytes=tuple(free),
+    )

@@ -1,0 +1,249 @@
+"""LearnedShardingPlanner as a drop-in for TorchRec's EmbeddingShardingPlanner, in one process:
+TorchRec's constructor arguments, constraints, per-device caps, storage reservation, kernels,
+optimizer state, EmbeddingCollection, and the split of tables larger than a device."""
+
+import warnings
+
+import pytest
+import torch
+from torch import nn
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
+from torchrec.distributed.planner import Topology as TorchRecTopology
+from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+
+from recsearch.placement.plan import LearnedShardingPlanner, plan_ranks
+from recsearch.placement.types import PlacementError, table_memory_bytes
+from recsearch.types import TableSpec, Topology
+
+ROWS = [100, 200, 300, 400]
+DIM = 8
+
+
+class TwoCollections(nn.Module):
+    """An EmbeddingBagCollection (bag_0..3) and an EmbeddingCollection (seq_0) on meta."""
+
+    def __init__(self, rows=ROWS, dim=DIM, seq_rows=50):
+        super().__init__()
+        self.ebc = EmbeddingBagCollection(
+            tables=[
+                EmbeddingBagConfig(
+                    name=f"bag_{i}", embedding_dim=dim, num_embeddings=r, feature_names=[f"f{i}"]
+                )
+                for i, r in enumerate(rows)
+            ],
+            device=torch.device("meta"),
+        )
+        self.ec = EmbeddingCollection(
+            tables=[
+                EmbeddingConfig(
+                    name="seq_0", embedding_dim=dim, num_embeddings=seq_rows, feature_names=["s0"]
+                )
+            ],
+            device=torch.device("meta"),
+        )
+
+
+def _cpu_topology(caps, world=2):
+    topo = TorchRecTopology(world_size=world, compute_device="cpu", hbm_cap=0, ddr_cap=max(caps))
+    for dev, cap in zip(topo.devices, caps):
+        dev.storage.ddr = cap
+    return topo
+
+
+def _sharders():
+    return [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
+
+
+def test_takes_torchrec_planner_arguments_and_plans_both_collection_types():
+    planner = LearnedShardingPlanner(
+        topology=TorchRecTopology(world_size=2, compute_device="cpu"),
+        batch_size=64,
+        storage_reservation=FixedPercentageStorageReservation(0.1),
+        constraints={"bag_0": ParameterConstraints(sharding_types=["table_wise"])},
+        debug=False,
+        placer="dim_greedy",
+    )
+    plan = plan_ranks(planner.plan(TwoCollections(), _sharders()))
+    assert set(plan) == {"ebc", "ec"}
+    assert set(plan["ebc"]) == {f"bag_{i}" for i in range(4)} and set(plan["ec"]) == {"seq_0"}
+    assert all(st == "table_wise" for mod in plan.values() for st, _ in mod.values())
+    # TorchRec's own planner accepts the same call
+    EmbeddingShardingPlanner(
+        topology=TorchRecTopology(world_size=2, compute_device="cpu"),
+        batch_size=64,
+        storage_reservation=FixedPercentageStorageReservation(0.1),
+        constraints={"bag_0": ParameterConstraints(sharding_types=["table_wise"])},
+        debug=False,
+    ).plan(TwoCollections(), _sharders())
+
+
+def test_unknown_keyword_is_a_type_error_and_unused_torchrec_parts_warn():
+    with pytest.raises(TypeError, match="unexpected keyword arguments \\['bogus'\\]"):
+        LearnedShardingPlanner(topology=Topology(2, 1 << 20), bogus=1)
+    with pytest.warns(UserWarning, match="does not use TorchRec's timeout_seconds"):
+        LearnedShardingPlanner(topology=Topology(2, 1 << 20), timeout_seconds=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LearnedShardingPlanner(topology=Topology(2, 1 << 20), batch_size=8, debug=True)
+
+
+def test_kernel_is_fused_by_default_and_dense_only_when_constrained():
+    model = TwoCollections()
+    planner = LearnedShardingPlanner(Topology(2, 1 << 20), placer="round_robin", debug=False)
+    plan = planner.plan(model, _sharders())
+    kernels = {t: ps.compute_kernel for mp in plan.plan.values() for t, ps in mp.items()}
+    assert set(kernels.values()) == {"fused"}
+    dp = LearnedShardingPlanner(
+        Topology(2, 1 << 20),
+        constraints={"bag_1": ParameterConstraints(sharding_types=["data_parallel"])},
+        placer="round_robin",
+        debug=False,
+    ).plan(model, _sharders())
+    ps = dp.plan["ebc"]["bag_1"]
+    assert (ps.sharding_type, ps.compute_kernel, ps.ranks) == ("data_parallel", "dense", [0, 1])
+
+
+def test_constraints_give_the_sharding_type_torchrec_would_or_name_the_table():
+    model = TwoCollections()
+    constraints = {
+        "bag_2": ParameterConstraints(sharding_types=["column_wise"], min_partition=4),
+        "seq_0": ParameterConstraints(sharding_types=["row_wise"]),
+    }
+    ours = LearnedShardingPlanner(
+        Topology(2, 1 << 20), constraints=constraints, placer="round_robin", debug=False
+    ).plan(model, _sharders())
+    theirs = EmbeddingShardingPlanner(
+        topology=TorchRecTopology(world_size=2, compute_device="cpu"),
+        constraints=constraints,
+        debug=False,
+    ).plan(model, _sharders())
+    for path, table in (("ebc", "bag_2"), ("ec", "seq_0")):
+        a, b = ours.plan[path][table], theirs.plan[path][table]
+        assert a.sharding_type == b.sharding_type == constraints[table].sharding_types[0]
+        assert a.compute_kernel == b.compute_kernel == "fused"
+    # row-wise: the same shards as TorchRec's planner makes (ceil(rows / world) per rank)
+    assert [s.shard_sizes for s in ours.plan["ec"]["seq_0"].sharding_spec.shards] == [
+        s.shard_sizes for s in theirs.plan["ec"]["seq_0"].sharding_spec.shards
+    ]
+    # column-wise at min_partition 4: two pieces of 4 columns, each placed
+    cw = ours.plan["ebc"]["bag_2"].sharding_spec.shards
+    assert [s.shard_sizes for s in cw] == [[300, 4], [300, 4]]
+    # a sharding type the EBC sharder does not offer on cpu: the table is named
+    with pytest.raises(PlacementError, match="table 'bag_0' in ebc .*constrained to \\['row_wise'\\]"):
+        LearnedShardingPlanner(
+            Topology(2, 1 << 20),
+            constraints={"bag_0": ParameterConstraints(sharding_types=["row_wise"])},
+            placer="round_robin",
+        ).plan(model, _sharders())
+    # one TorchRec supports but this planner does not make
+    with pytest.raises(PlacementError, match="table 'bag_3'.*table_column_wise.*makes table_wise"):
+        LearnedShardingPlanner(
+            Topology(2, 1 << 20),
+            constraints={"bag_3": ParameterConstraints(sharding_types=["table_column_wise"])},
+            placer="round_robin",
+        ).plan(model, _sharders())
+    # a kernel that keeps the table outside device memory
+    with pytest.raises(PlacementError, match="table 'bag_1'.*kernels \\['fused_uvm'\\]"):
+        LearnedShardingPlanner(
+            Topology(2, 1 << 20),
+            constraints={"bag_1": ParameterConstraints(compute_kernels=["fused_uvm"])},
+            placer="round_robin",
+        ).plan(model, _sharders())
+
+
+def test_each_rank_keeps_to_its_own_cap_from_a_torchrec_topology():
+    rows = [1000] * 6  # 1000 x 8 fp32 + rowwise state: 36,000 bytes each
+    model = TwoCollections(rows=rows)
+    per_table = table_memory_bytes(TableSpec("t", 1000, DIM))
+    seq = table_memory_bytes(TableSpec("s", 50, DIM))
+    caps = [6 * per_table, 1 * per_table + seq]  # rank 1 takes at most one bag table
+    planner = LearnedShardingPlanner(
+        topology=_cpu_topology(caps),
+        storage_reservation=FixedPercentageStorageReservation(0.0),
+        placer="round_robin",  # alternates ranks when both have room
+        debug=False,
+    )
+    plan = plan_ranks(planner.plan(model, _sharders()))
+    assert planner.last_caps_bytes == tuple(caps)
+    on_1 = [t for mod in plan.values() for t, (_, r) in mod.items() if r == [1]]
+    assert len([t for t in on_1 if t.startswith("bag")]) <= 1
+    mem = planner.last_split.memory_per_rank(planner.last_placement, "rowwise_adagrad")
+    assert all(m <= c for m, c in zip(mem, caps))
+    # with rank 0's cap on both ranks the same placer spreads the tables evenly
+    even = LearnedShardingPlanner(
+        topology=_cpu_topology([caps[0], caps[0]]),
+        storage_reservation=FixedPercentageStorageReservation(0.0),
+        placer="round_robin",
+        debug=False,
+    )
+    even_plan = plan_ranks(even.plan(model, _sharders()))
+    assert sum(r == [1] for mod in even_plan.values() for _, r in mod.values()) >= 3
+
+
+def test_storage_reservation_takes_its_share_of_each_rank():
+    big = table_memory_bytes(TableSpec("t", 400, DIM))  # bag_3, 14,400 bytes
+    cap = 26_000
+    model = TwoCollections()
+    fits = LearnedShardingPlanner(
+        topology=_cpu_topology([cap] * 4, world=4),
+        storage_reservation=FixedPercentageStorageReservation(0.0),
+        placer="size_greedy",
+        debug=False,
+    )
+    assert plan_ranks(fits.plan(model, _sharders()))["ebc"]["bag_3"][0] == "table_wise"
+    # reserving half leaves 13,000 bytes per rank: bag_3 no longer fits whole and is split
+    reserved = LearnedShardingPlanner(
+        topology=_cpu_topology([cap] * 4, world=4),
+        storage_reservation=FixedPercentageStorageReservation(0.5),
+        placer="size_greedy",
+        debug=False,
+    )
+    plan = reserved.plan(model, _sharders())
+    assert reserved.last_caps_bytes == (cap // 2,) * 4 and cap // 2 < big
+    assert plan.plan["ebc"]["bag_3"].sharding_type == "column_wise"
+    mem = reserved.last_split.memory_per_rank(reserved.last_placement, "rowwise_adagrad")
+    assert max(mem) <= cap // 2
+
+
+def test_optimizer_state_is_read_from_the_module():
+    model = TwoCollections()
+    apply_optimizer_in_backward(torch.optim.Adam, model.parameters(), {"lr": 0.1})
+    planner = LearnedShardingPlanner(Topology(2, 1 << 20), placer="round_robin", debug=False)
+    planner.plan(model, _sharders())
+    assert planner.last_optimizer == "adam"
+    fused = [EmbeddingBagCollectionSharder(fused_params={"optimizer": "exact_sgd"})]
+    planner = LearnedShardingPlanner(Topology(2, 1 << 20), placer="round_robin", debug=False)
+    planner.plan(TwoCollections(), fused)
+    assert planner.last_optimizer == "sgd"
+
+
+def test_a_table_larger_than_a_device_is_split_not_refused():
+    # bag_3: 40,000 rows x 64 = 10.24 MB + row state > a 4 MiB device; the rest are small
+    rows = [100, 200, 300, 40_000]
+    model = TwoCollections(rows=rows, dim=64)
+    planner = LearnedShardingPlanner(Topology(4, 4 << 20), placer="lookup_greedy", debug=False)
+    plan = planner.plan(model, _sharders())
+    big = plan.plan["ebc"]["bag_3"]
+    assert big.sharding_type == "column_wise"
+    widths = [s.shard_sizes[1] for s in big.sharding_spec.shards]
+    assert sum(widths) == 64 and len(widths) == 4  # the fewest equal pieces that fit: 4 x 16
+    assert [s.shard_offsets[1] for s in big.sharding_spec.shards] == [0, 16, 32, 48]
+    assert len(set(big.ranks)) == 4  # the placer spread the pieces
+    mem = planner.last_split.memory_per_rank(planner.last_placement, "rowwise_adagrad")
+    assert max(mem) <= 4 << 20
+    # an EmbeddingCollection table that cannot be split by columns (dim 4) goes row-wise
+    seq = TwoCollections(rows=[10] * 4, dim=4, seq_rows=400_000)  # 8 MB with row state
+    plan = LearnedShardingPlanner(Topology(4, 4 << 20), placer="round_robin", debug=False).plan(
+        seq, _sharders()
+    )
+    rw = plan.plan["ec"]["seq_0"]
+    assert rw.sharding_type == "row_wise" and rw.ranks == [0, 1, 2, 3]
+    assert [s.shard_sizes for s in rw.sharding_spec.shards] == [[100_000, 4]] * 4
+    # too big even row-wise: the error names the table and what was tried
+    with pytest.raises(PlacementError, match="table 'seq_0'.*row_wise needs"):
+        LearnedShardingPlanner(Topology(2, 2 << 20), placer="round_robin").plan(seq, _sharders())
