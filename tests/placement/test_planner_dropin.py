@@ -47,6 +47,12 @@ class TwoCollections(nn.Module):
             device=torch.device("meta"),
         )
 
+    def forward(self, bags, seq):
+        """A loss with distinct gradients per table, row and column (for the 2-rank tests)."""
+        pooled = self.ebc(bags).values()
+        looked_up = self.ec(seq)["s0"].values()
+        return ((pooled - 0.3) ** 2).sum() + ((looked_up - 0.1) ** 2).sum()
+
 
 def _cpu_topology(caps, world=2):
     topo = TorchRecTopology(world_size=world, compute_device="cpu", hbm_cap=0, ddr_cap=max(caps))
