@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import yaml
@@ -15,6 +16,14 @@ def _rows(text: str) -> dict[str, list[str]]:
             cells = [c.strip() for c in line.strip("|").split("|")]
             rows[cells[0]] = cells
     return rows
+
+
+def _verdict(text: str, prefix: str, pattern: str) -> tuple[float, bool]:
+    """The number and met/NOT met of the one line starting with prefix."""
+    (line,) = [line for line in text.splitlines() if line.startswith(prefix)]
+    found = re.match(pattern, line.removeprefix(prefix))
+    assert found, line
+    return float(found.group(1)), found.group(2) == "met"
 
 
 @pytest.mark.slow
@@ -47,8 +56,19 @@ def test_accuracy_bench_runs_every_model_on_one_split_and_writes_its_section(tmp
         assert rows[name][1] == f"{val_auc:.4f}"
         assert rows[name][3] == f"{meta['bayes']['val']['auc'] - val_auc:+.4f}"
     assert rows["logistic regression (1 epoch)"][4] == "+0.0000"
-    assert "- default config within 0.02 AUC of the ceiling: gap" in text
-    assert "- AUC effect of embeddings fp16, dense fp32:" in text
+    # each verdict from the numbers in the rows (4 decimals: 1e-4 slack), "met" at its threshold
+    default, logreg = rows["DLRM, embeddings fp32, dense fp32"], rows["logistic regression (1 epoch)"]
+    fp16 = rows["DLRM, embeddings fp16, dense fp32"]
+    gap, met = _verdict(text, "- default config within 0.02 AUC of the ceiling: gap ", r"([0-9.]+) \((met|NOT met)\)")
+    assert gap == pytest.approx(meta["bayes"]["val"]["auc"] - float(default[1]), abs=1.5e-4)
+    assert met == (gap <= 0.02)
+    margin, met = _verdict(text, "- clearly beats logistic regression: ", r"\+?(-?[0-9.]+) val AUC \((met|NOT met)")
+    assert margin == pytest.approx(float(default[1]) - float(logreg[1]), abs=1.5e-4)
+    assert met == (margin >= 0.01)
+    (effect,) = [line for line in text.splitlines() if line.startswith("- AUC effect of embeddings fp16, dense fp32: ")]
+    val_effect, test_effect = (float(x) for x in re.findall(r"([+-][0-9.]+) (?:val|test)", effect))
+    assert val_effect == pytest.approx(float(fp16[1]) - float(default[1]), abs=1.5e-4)
+    assert test_effect == pytest.approx(float(fp16[2]) - float(default[2]), abs=1.5e-4)
 
 
 def test_a_bad_precision_pair_is_refused(capsys):

@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from tools import bench_data
@@ -13,6 +15,31 @@ def _table_rows(text: str, method_prefix: str) -> list[list[str]]:
 
 def _number(cell: str) -> float:
     return float(cell.replace(",", "").removesuffix("x"))
+
+
+def _torchrec_storage(recsearch_method: str) -> str:
+    """The TorchRec loader row with the same storage as a recsearch loader row."""
+    return "(in memory)" if "(in memory" in recsearch_method else "(mmap)"
+
+
+def _check_loader_verdicts(text: str, loaders: list[list[str]]) -> None:
+    """Each recsearch loader's "vs TorchRec" cell and verdict are its rows/s over TorchRec's on the
+    same storage, from the rows' own numbers (printed to 2 decimals), "met" exactly at >= 1x."""
+    prefix = "- Batch 256, loader >= TorchRec's (same storage): "
+    (line,) = [line for line in text.splitlines() if line.startswith(prefix)]
+    verdicts = {name: (float(ratio), met == "met")
+                for name, ratio, met in re.findall(r"(\([^)]*\)): ([0-9.]+)x \((met|NOT met)\)", line)}
+    rows_per_s = {row[0]: _number(row[4]) for row in loaders}
+    ours = [row for row in loaders if row[0].startswith("recsearch NpyBatchLoader")]
+    assert len(ours) == 3 and len(verdicts) == 3, line
+    for row in ours:
+        (torchrec,) = [name for name in rows_per_s if name.startswith("TorchRec ") and name.endswith(_torchrec_storage(row[0]))]
+        ratio = rows_per_s[row[0]] / rows_per_s[torchrec]
+        assert _number(row[5]) == pytest.approx(ratio, abs=0.006), row
+        said, met = verdicts[row[0].removeprefix("recsearch NpyBatchLoader ")]
+        assert said == pytest.approx(ratio, abs=0.006), (row, line)
+        if abs(ratio - 1) > 0.01:  # clear of the rounding at the threshold
+            assert met == (ratio >= 1), (row, line)
 
 
 @pytest.mark.slow
@@ -35,8 +62,7 @@ def test_quick_benchmark_writes_a_section_with_measured_numbers(tmp_path):
     assert len(loaders) == 5
     for row in loaders:  # batch, ms/batch, CPU ms/batch, rows/s, vs TorchRec
         assert row[1] == "256" and all(_number(cell) > 0 for cell in row[2:6])
-    assert "- Batch 256, loader >= TorchRec's (same storage): " in text
-    assert "(met)" in text or "(NOT met)" in text
+    _check_loader_verdicts(text, loaders)
 
     assert bench_data.main(args) == 0  # re-running replaces the section instead of appending
     assert md.read_text().count(bench_data.SECTION_START) == 1

@@ -1,5 +1,7 @@
 """LearnedShardingPlanner under DistributedModelParallel: 2 CPU ranks (gloo on loopback)."""
 
+import math
+
 import pytest
 import torch
 
@@ -56,7 +58,7 @@ def test_dmp_with_learned_planner_puts_tables_on_the_placers_ranks(tmp_path):
     ranks = [0 if i % 3 else 1 for i in range(26)]  # uneven on purpose
     results = run_two_ranks(_worker, tmp_path / "result.json", ranks)
     for r in results:
-        assert r["loss"] == pytest.approx(r["loss"]) and r["loss"] > 0  # finite, positive BCE
+        assert math.isfinite(r["loss"]) and r["loss"] > 0  # finite, positive BCE
         assert r["owned"] == sorted(f"t_cat_{i}" for i in range(26) if ranks[i] == r["rank"])
         for i in range(26):
             assert r["plan"][f"t_cat_{i}"] == ["table_wise", [ranks[i]]]
