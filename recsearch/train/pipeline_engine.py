@@ -1,8 +1,8 @@
 """The `pipeline` engine: DistributedModelParallel + TrainPipelineSparseDist, any number of ranks.
 
 The model is built on the meta device with its embedding optimizer fused into backward; the
-sharding plan comes from TorchRec's planner (fused-kernel shardings only) or a table placement
-file; DMP materializes this rank's shards, which then get the engine-independent initial weights;
+sharding plan comes from recsearch.placement.plan.LearnedShardingPlanner (the ranks chosen by
+TorchRec's planner, the learned placer, a baseline or a placement file; fused kernels); DMP materializes this rank's shards, which then get the engine-independent initial weights;
 TrainPipelineSparseDist overlaps the next batch's copy and input all-to-all with this step.
 """
 
@@ -15,35 +15,21 @@ import torch
 import torch.distributed as dist
 from torchrec.datasets.utils import Batch
 from torchrec.distributed import DistributedModelParallel
-from torchrec.distributed.embedding_types import EmbeddingComputeKernel
-from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
-from torchrec.distributed.sharding_plan import construct_module_sharding_plan, table_wise
+from torchrec.distributed.planner import Topology
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.distributed.types import ShardingPlan
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsearch.data.loader import NpyBatchLoader
-from recsearch.model.dlrm import EBC_MODULE_PATH, build_model, compile_dense_parts, init_model_tables, table_configs
+from recsearch.model.dlrm import build_model, compile_dense_parts, init_model_tables, table_configs
+from recsearch.placement.plan import LearnedShardingPlanner
 from recsearch.train.config import TrainConfig
 from recsearch.train import placement_file
 from recsearch.train.engine import EngineReport
 from recsearch.train.optim import dense_optimizer, embedding_optimizer
 from recsearch.train.schedule import apply_lr
-
-# What the "torchrec" plan may choose for a table: every sharding but data_parallel, on FBGEMM's
-# fused TBE kernel (see sharding_plan).
-FUSED_KERNEL_CONSTRAINTS = ParameterConstraints(
-    sharding_types=[
-        ShardingType.TABLE_WISE.value,
-        ShardingType.ROW_WISE.value,
-        ShardingType.COLUMN_WISE.value,
-        ShardingType.TABLE_ROW_WISE.value,
-    ],
-    compute_kernels=[EmbeddingComputeKernel.FUSED.value],
-)
-
 
 class PipelineEngine:
     """DMP + TrainPipelineSparseDist (see the module docstring)."""
@@ -124,31 +110,21 @@ class PipelineEngine:
 
 
 def sharding_plan(cfg: TrainConfig, model, device: torch.device, world_size: int) -> ShardingPlan:  # type: ignore[no-untyped-def]
-    """The run's ShardingPlan: TorchRec's planner restricted to fused-kernel shardings, or the
-    table-wise placement of cfg.plan (a placement file)."""
-    ebc = model.model.sparse_arch.embedding_bag_collection
-    if cfg.plan == "torchrec":
-        # Left to itself the planner makes small tables data_parallel with the "dense" kernel: those
-        # are plain DDP parameters that the *dense* optimizer trains, so hparams.embedding_optimizer
-        # and embedding_lr would be silently ignored. Only fused-kernel shardings keep the
-        # embedding optimizer fused into backward.
-        fused_only = {c.name: FUSED_KERNEL_CONSTRAINTS for c in ebc.embedding_bag_configs()}
-        planner = EmbeddingShardingPlanner(
-            topology=Topology(world_size=world_size, compute_device=device.type),
-            batch_size=cfg.hparams.batch_size,
-            constraints=fused_only,
-        )
-        return planner.collective_plan(model, None, dist.GroupMember.WORLD)
-    names = [c.name for c in ebc.embedding_bag_configs()]
-    placement = placement_file.load_placement(cfg.plan, names, world_size)
-    module_plan = construct_module_sharding_plan(
-        ebc,
-        per_param_sharding={name: table_wise(rank=placement[name]) for name in names},
-        local_size=world_size if device.type == "cpu" else torch.cuda.device_count(),
-        world_size=world_size,
-        device_type=device.type,
+    """The run's ShardingPlan, always from LearnedShardingPlanner (one road from placement to
+    plan): cfg.plan picks who chooses the ranks ("torchrec": TorchRec's planner, table-wise;
+    "learned" or a baseline name; or a placement file). TorchRec's default topology and storage
+    reservation for this world; the embedding optimizer's state counted (read from the model);
+    every table on the fused kernel, so hparams.embedding_optimizer trains it (a table left to
+    TorchRec's own planner could become data_parallel and be trained by the dense optimizer);
+    a table too big for one device split column- or row-wise."""
+    local = world_size if device.type == "cpu" else min(world_size, torch.cuda.device_count())
+    planner = LearnedShardingPlanner(
+        topology=Topology(world_size=world_size, compute_device=device.type, local_world_size=local),
+        batch_size=cfg.hparams.batch_size,  # per rank, as TorchRec's planner takes it
+        placer=placement_file.plan_placer(cfg.plan),
+        debug=False,
     )
-    return ShardingPlan({EBC_MODULE_PATH: module_plan})
+    return planner.collective_plan(model, None, dist.GroupMember.WORLD)
 
 
 class _TimedIterator(Iterator[Batch]):

@@ -6,7 +6,12 @@ and are not read). It must name every table of the model exactly once, with an i
 0..world_size-1, and nothing else: a table name the model does not have is a file written for
 another model (or a typo) and is refused rather than ignored.
 
-Standard library only (plus recsearch.remote, so the file may be an fsspec URL).
+The trainer's `plan:` setting is "torchrec", a placer name (recsearch.placement.baselines.PLACERS:
+"learned", a baseline) or such a file; `plan_placer` turns it into what
+recsearch.placement.plan.LearnedShardingPlanner takes, so every plan is made by that planner.
+
+Standard library only (plus recsearch.remote, so the file may be an fsspec URL, and the
+torch-free recsearch.placement.types / baselines).
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from recsearch import remote
+from recsearch.placement.baselines import PLACERS
+from recsearch.placement.types import Placement, PlacementError
+from recsearch.types import TableSpec, Topology
 
 MAX_NAMES_SHOWN = 8  # an error lists at most this many table names of each kind
 
@@ -72,6 +80,45 @@ def load_placement(path: str | os.PathLike[str], table_names: Sequence[str], wor
     if problems:
         raise PlacementFileError(f"{path}: " + "; ".join(problems))
     return {name: int(raw[name]) for name in table_names}
+
+
+class FilePlacer:
+    """A Placer that reads the placement from a placement file (table-wise: every table the
+    planner places must be in the file)."""
+
+    def __init__(self, path: str | os.PathLike[str]):
+        self.path = path
+
+    def place(self, tables: Sequence[TableSpec], topology: Topology) -> Placement:
+        split = sorted({t.name.rsplit("/col", 1)[0] for t in tables if "/col" in t.name})
+        if split:
+            raise PlacementError(
+                f"{self.path}: table(s) {_shown(split)} do not fit one device and are split "
+                f"column-wise; a placement file places whole tables (use plan: learned, or give "
+                f"the devices more room)"
+            )
+        ranks = load_placement(self.path, [t.name for t in tables], topology.world_size)
+        return Placement(tuple(ranks[t.name] for t in tables), topology.world_size)
+
+    def __repr__(self) -> str:
+        return f"FilePlacer({str(self.path)!r})"
+
+
+def plan_placer(setting: str) -> str | FilePlacer:
+    """The placer for the trainer's `plan:` setting: a name LearnedShardingPlanner resolves
+    ("torchrec": TorchRec's planner choosing the ranks; "learned"; a baseline), else a
+    FilePlacer for the placement file at that path (checked when the plan is made)."""
+    if not isinstance(setting, str) or not setting:
+        raise ValueError(f"plan must be 'torchrec', a placer name or a file, got {setting!r}")
+    return setting if setting in PLACERS else FilePlacer(setting)
+
+
+def check_plan_setting(setting: str, table_names: Sequence[str], world_size: int) -> None:
+    """Fail early on a `plan:` that names a placement file this model cannot use (missing,
+    malformed, other tables, ranks outside the world); placer names pass."""
+    placer = plan_placer(setting)
+    if isinstance(placer, FilePlacer):
+        load_placement(placer.path, table_names, world_size)
 
 
 class _DuplicateKey(ValueError):

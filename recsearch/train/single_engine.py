@@ -78,8 +78,8 @@ class SingleDeviceEngine:
         elsewhere = sorted({str(t.device) for t in [*model.parameters(), *model.buffers()] if t.device.type != device.type})
         if elsewhere:  # a tensor on another device would make every step copy (and wait)
             raise RuntimeError(f"single engine: model tensors on {elsewhere}, not only on {device}")
-        if cfg.plan != "torchrec":  # a placement file still has to name this model's tables
-            placement_file.load_placement(cfg.plan, [t.name for t in tables], world_size=1)
+        # a placement file still has to name this model's tables (placer names need no check)
+        placement_file.check_plan_setting(cfg.plan, [t.name for t in tables], world_size=1)
         init_model_tables(model, tables, hp.seed)
         if cfg.compile_dense:
             compile_dense_parts(model)
