@@ -273,4 +273,16 @@ class TrialResult:
     latency_spread: float | None = None
     # the search's reference architecture, timed in the same rounds as this model
     latency_reference_p50_ms: float | None = None
+    # this model's latency over the reference's, paired round by round (None: not measured so)
+    latency_vs_reference: float | None = None
     error: str | None = None
+
+    @property
+    def latency_ratio(self) -> float | None:
+        """This model's latency over the reference architecture's, timed in the same rounds: the
+        paired ratio where the trainer measured it, else the ratio of the two p50s."""
+        if self.latency_vs_reference is not None:
+            return self.latency_vs_reference
+        if self.latency_p50_ms is None or not self.latency_reference_p50_ms:
+            return None
+        return self.latency_p50_ms / self.latency_reference_p50_ms

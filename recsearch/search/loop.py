@@ -611,7 +611,7 @@ class Search:
         ref = next((r for r in self.store.trials() if r.notes.get("reference")), None)
         if ref and ref.state is TrialState.COMPLETE and self.cfg.objective.metric == "latency" and self.budget_ms is None:
             self.budget_ms = ref.result.latency_p50_ms
-            self.reference_ratio = _ratio(ref.result.latency_p50_ms, ref.result.latency_reference_p50_ms)
+            self.reference_ratio = ref.result.latency_ratio
         if len(self.sched.trials()) >= self.cfg.trials:
             self._close_proposals()
         for bracket in {self.sched.bracket_of(t) for t in self.sched.trials()}:
@@ -705,7 +705,7 @@ class Search:
             return
         if self.cfg.objective.metric == "latency" and self.budget_ms is None:
             self.budget_ms = rec.result.latency_p50_ms
-            self.reference_ratio = _ratio(rec.result.latency_p50_ms, rec.result.latency_reference_p50_ms)
+            self.reference_ratio = rec.result.latency_ratio
             self.echo(f"[search] latency budget: {self.budget_ms:.3f} ms at batch "
                       f"{self.cfg.objective.serving_batch} (the reference config's p50)")
 
@@ -882,6 +882,7 @@ class Search:
                     "latency_p50_ms": entry["latency_p50_ms"], "latency_p99_ms": entry.get("latency_p99_ms"),
                     "latency_spread": entry.get("latency_spread"),
                     "latency_reference_p50_ms": entry.get("latency_reference_p50_ms"),
+                    "latency_vs_reference": entry.get("latency_vs_reference"),
                 }
         return None
 
@@ -890,7 +891,7 @@ class Search:
         rounds when the budget is the reference's latency (objective.latency_for_budget)."""
         budget_is_reference = self.cfg.objective.budget_ms is None
         return latency_for_budget(
-            result.latency_p50_ms, result.latency_reference_p50_ms, self.budget_ms, budget_is_reference, self.reference_ratio
+            result.latency_p50_ms, result.latency_ratio, self.budget_ms, budget_is_reference, self.reference_ratio
         )
 
     def _record_rung(self, trial_id: int, rung: int, result: TrialResult | None, score: float | None, extra: dict) -> None:
@@ -902,7 +903,7 @@ class Search:
             "train_rows": self.cfg.fidelity.train_rows[rung], "score": score, "auc": result.auc,
             "latency_p50_ms": result.latency_p50_ms, "latency_p99_ms": result.latency_p99_ms,
             "latency_spread": result.latency_spread, "latency_reference_p50_ms": result.latency_reference_p50_ms,
-            "latency_vs_reference": _ratio(result.latency_p50_ms, result.latency_reference_p50_ms),
+            "latency_vs_reference": _round(result.latency_ratio),
             "wall_s": extra.get("wall_s"), "error": result.error,
         }
         self.sched.record(trial_id, rung, score)
@@ -1017,8 +1018,8 @@ class Search:
         return {"counts": counts, "wall_s": wall, "pareto": [p.trial_id for p in front]}
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return round(a / b, 5) if a is not None and b else None
+def _round(ratio: float | None) -> float | None:
+    return round(ratio, 5) if ratio is not None else None
 
 
 class _DryRun(Exception):

@@ -56,22 +56,19 @@ class ObjectiveConfig:
 
 
 def latency_for_budget(
-    latency_ms: float | None, reference_in_same_rounds_ms: float | None, budget_ms: float | None,
+    latency_ms: float | None, vs_reference: float | None, budget_ms: float | None,
     budget_is_reference: bool, reference_trial_ratio: float | None = None,
 ) -> float | None:
     """The latency to compare with the budget. When the budget is the reference config's latency
     and the trial timed the reference's architecture in the same rounds as its own model (the
-    device to itself, recsearch.train.latency), the candidate's latency is that ratio over the
-    reference trial's own ratio (the reference trial timed its trained model beside a fresh one
-    of the same architecture; dividing by it makes the reference exactly meet its budget) times
-    the budget: models timed under the same conditions, instead of two moments of a shared
-    machine. Otherwise the measured latency."""
-    if (
-        budget_is_reference and budget_ms is not None and latency_ms is not None
-        and reference_in_same_rounds_ms is not None and reference_in_same_rounds_ms > 0
-    ):
+    device to itself, recsearch.train.latency), the candidate's latency is its ratio to that
+    reference (`vs_reference`) over the reference trial's own ratio (the reference trial timed
+    its trained model beside a fresh one of the same architecture; dividing by it makes the
+    reference exactly meet its budget) times the budget: models timed under the same
+    conditions, instead of two moments of a shared machine. Otherwise the measured latency."""
+    if budget_is_reference and budget_ms is not None and latency_ms is not None and vs_reference is not None and vs_reference > 0:
         own = reference_trial_ratio if reference_trial_ratio and reference_trial_ratio > 0 else 1.0
-        return latency_ms / reference_in_same_rounds_ms / own * budget_ms
+        return vs_reference / own * budget_ms
     return latency_ms
 
 

@@ -145,11 +145,8 @@ def _against_budget(row: TrialRow, cost_key: str, budget: Budget, reference: Tri
     else the measured cost."""
     budget_is_reference = not budget.source.startswith("objective.budget_ms")
     if cost_key == "latency_p50_ms":
-        reference_same_rounds = None
-        if row.latency_vs_reference is not None and row.latency_p50_ms is not None:
-            reference_same_rounds = row.latency_p50_ms / row.latency_vs_reference
         own = reference.latency_vs_reference if reference is not None else None
-        return latency_for_budget(row.value(cost_key), reference_same_rounds, budget.limit, budget_is_reference, own)
+        return latency_for_budget(row.value(cost_key), row.latency_vs_reference, budget.limit, budget_is_reference, own)
     return row.value(cost_key)
 
 

@@ -117,11 +117,6 @@ def trial_params(spec: TrialSpec) -> dict[str, Any]:
     return params
 
 
-def _ratio(value: float | None, reference: float | None) -> float | None:
-    value, reference = _num(value), _num(reference)
-    return value / reference if value is not None and reference else None
-
-
 def fmt(value: float | None, digits: int = 4) -> str:
     """A number for a table or a log line, "-" when there is none."""
     return "-" if value is None else f"{value:.{digits}f}"
@@ -174,7 +169,7 @@ def row_of(record: TrialRecord) -> TrialRow:
         test_auc=_num(notes.get("test_auc")),
         latency_p50_ms=_num(result.latency_p50_ms) if result else None,
         latency_p99_ms=_num(result.latency_p99_ms) if result else None,
-        latency_vs_reference=_ratio(result.latency_p50_ms, result.latency_reference_p50_ms) if result else None,
+        latency_vs_reference=_num(result.latency_ratio) if result else None,
         step_time_ms=_num(result.step_time_ms) if result else None,
         est_step_cost_ms=_num(notes.get("est_step_cost_ms")),
         reward=_num(notes.get("reward")),

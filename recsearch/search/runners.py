@@ -155,6 +155,7 @@ def read_result(
         latency_p99_ms=_finite(latency.get("p99_ms")),
         latency_spread=_finite(latency.get("spread")),
         latency_reference_p50_ms=_finite(latency.get("reference_p50_ms")),
+        latency_vs_reference=_finite(latency.get("vs_reference")),
     )
 
 

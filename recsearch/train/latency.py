@@ -13,8 +13,8 @@ trial trains is noise that decides which candidates win. Three remedies:
 - `measure_interleaved`: every model is timed in rounds, in an order that alternates (A B, B A,
   ...), so a drift of the machine's speed hits them alike; rounds continue until the p50 of the
   first half of the rounds and that of the second half differ by at most `target_spread` (the
-  same model measured twice) for every model, or `max_seconds` pass. The spread reached is
-  reported either way.
+  same model measured twice) for every model, and so does each model's ratio to the reference
+  (paired round by round), or `max_seconds` pass. The spreads reached are reported either way.
 - The reference: a trial times a model of the search's reference architecture (random weights:
   the latency of a forward does not depend on them) in the same rounds, so the search can compare
   a candidate with the budget as a ratio measured under the same conditions.
@@ -120,6 +120,11 @@ class LatencyStats:
     p99_ms: float
     spread: float  # |p50 of the first half of the rounds - p50 of the second half| / p50
     calls: int  # timed calls (warm-up excluded)
+    # with a reference timed in the same rounds: the median over rounds of (this model's median in
+    # the round / the reference's), paired round by round so that a drift of the machine's speed
+    # cancels; and its spread (first half of the rounds vs second half, as `spread`)
+    vs_reference: float | None = None
+    vs_reference_spread: float | None = None
 
 
 def measure_interleaved(
@@ -130,17 +135,21 @@ def measure_interleaved(
     calls_per_round: int = 10,
     min_rounds: int = 4,
     warmup_calls: int = 5,
+    reference: str | None = None,
 ) -> dict[str, LatencyStats]:
-    """Time every callable in alternating rounds until each one's spread is within the target
-    (or max_seconds pass); return their statistics."""
+    """Time every callable in alternating rounds until each one's spread (and, with `reference`
+    naming one of them, each one's spread of its ratio to it) is within the target, or max_seconds
+    pass; return their statistics."""
     names = list(calls)
+    if reference is not None and reference not in calls:
+        raise ValueError(f"reference {reference!r} is not one of the timed calls {names}")
     for name in names:
         for _ in range(warmup_calls):
             _timed(calls[name], device)
     collecting = gc.isenabled()
     gc.disable()  # a collection would land on whichever call happens to trigger it (as timeit does)
     try:
-        return _rounds(calls, names, device, target_spread, max_seconds, calls_per_round, min_rounds)
+        return _rounds(calls, names, device, target_spread, max_seconds, calls_per_round, max(2, min_rounds), reference)
     finally:
         if collecting:
             gc.enable()
@@ -148,9 +157,10 @@ def measure_interleaved(
 
 def _rounds(
     calls: Mapping[str, Callable[[], object]], names: list[str], device: torch.device, target_spread: float,
-    max_seconds: float, calls_per_round: int, min_rounds: int,
+    max_seconds: float, calls_per_round: int, min_rounds: int, reference: str | None,
 ) -> dict[str, LatencyStats]:
     rounds: dict[str, list[list[float]]] = {name: [] for name in names}
+    others = [name for name in names if reference is not None and name != reference]
     started = time.perf_counter()
     round_index = 0
     while True:
@@ -160,17 +170,21 @@ def _rounds(
         round_index += 1
         if round_index < min_rounds:
             continue
-        spreads = {name: _spread(rounds[name]) for name in names}
-        if all(s <= target_spread for s in spreads.values()) or time.perf_counter() - started > max_seconds:
+        spreads = [_spread(rounds[name]) for name in names]
+        spreads += [_halves_spread(_round_ratios(rounds[name], rounds[reference])) for name in others]  # type: ignore[index]
+        if all(s <= target_spread for s in spreads) or time.perf_counter() - started > max_seconds:
             break
     out = {}
     for name in names:
         times = sorted(t for block in rounds[name] for t in block)
+        ratios = _round_ratios(rounds[name], rounds[reference]) if name in others else None  # type: ignore[index]
         out[name] = LatencyStats(
             p50_ms=statistics.median(times),
             p99_ms=times[min(len(times) - 1, int(round(0.99 * (len(times) - 1))))],
             spread=_spread(rounds[name]),
             calls=len(times),
+            vs_reference=statistics.median(ratios) if ratios else None,
+            vs_reference_spread=_halves_spread(ratios) if ratios else None,
         )
     return out
 
@@ -179,6 +193,17 @@ def _spread(rounds: list[list[float]]) -> float:
     half = len(rounds) // 2
     first = statistics.median(t for block in rounds[:half] for t in block)
     second = statistics.median(t for block in rounds[half:] for t in block)
+    return abs(first - second) / statistics.median([first, second])
+
+
+def _round_ratios(model_rounds: list[list[float]], reference_rounds: list[list[float]]) -> list[float]:
+    """Per round: the model's median call over the reference's (the two timed back to back)."""
+    return [statistics.median(m) / statistics.median(r) for m, r in zip(model_rounds, reference_rounds)]
+
+
+def _halves_spread(values: list[float]) -> float:
+    half = len(values) // 2
+    first, second = statistics.median(values[:half]), statistics.median(values[half:])
     return abs(first - second) / statistics.median([first, second])
 
 

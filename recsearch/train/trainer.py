@@ -274,21 +274,27 @@ def measure_latency(
                 {name: (lambda m=m: m(batch)) for name, m in models.items()}, device,
                 target_spread=target_spread, max_seconds=max_seconds,
                 calls_per_round=CALLS_PER_ROUND, min_rounds=max(2, rounds),
+                reference="reference" if reference is not None else None,
             )
             mine = stats["model"]
             entry = {"p50_ms": mine.p50_ms, "p99_ms": mine.p99_ms, "spread": round(mine.spread, 5), "calls": mine.calls}
             if "reference" in stats:
                 entry["reference_p50_ms"] = stats["reference"].p50_ms
                 entry["reference_spread"] = round(stats["reference"].spread, 5)
+                entry["vs_reference"] = mine.vs_reference
+                entry["vs_reference_spread"] = round(mine.vs_reference_spread or 0.0, 5)
             out[str(batch_size)] = entry
     model.train()
     return out
 
 
 def _latency_reference_model(cfg: TrainConfig, rows: list[int], device: torch.device, engine: str):  # type: ignore[no-untyped-def]
-    """The search's reference architecture built as this run serves its own model (random
-    weights: a forward's latency does not depend on them), or None: none asked for, or the model
-    is sharded over ranks (its forward is collective; there is no like-for-like reference)."""
+    """The search's reference architecture built as this run serves its own model, or None: none
+    asked for, or the model is sharded over ranks (its forward is collective; there is no
+    like-for-like reference). Random weights: a forward's latency does not depend on them. The
+    same fused table optimizer as this run's: FBGEMM's forward takes another, slower path for
+    row-wise Adagrad tables than for SGD ones (measured 5-8% of a quickstart model's p50 on the
+    CPU), which a ratio between the two would count as architecture."""
     ref = cfg.latency_reference
     if ref is None or engine != "single":
         return None
@@ -296,7 +302,7 @@ def _latency_reference_model(cfg: TrainConfig, rows: list[int], device: torch.de
         return build_model(
             ref.arch, rows, device=device, embedding_dtype=ref.embedding_precision,
             dense_dtype=ref.dense_precision, compute_device_type=device.type,
-            fused_optimizer=embedding_optimizer("sgd", 0.01, device.type),
+            fused_optimizer=embedding_optimizer(cfg.hparams.embedding_optimizer, cfg.hparams.embedding_lr, device.type),
         )
 
 

@@ -58,14 +58,14 @@ def test_latency_against_a_reference_budget_is_the_ratio_measured_in_the_same_ro
     from recsearch.search.objective import latency_for_budget
 
     # the budget is the reference's latency (1.0 ms, measured in its own trial); this trial timed
-    # itself at 1.5 ms while the reference, in the same rounds, took 1.6 ms: it is the faster one
-    assert latency_for_budget(1.5, 1.6, 1.0, budget_is_reference=True) == pytest.approx(1.5 / 1.6)
+    # itself at 1.5 ms and at 1.5 / 1.6 of the reference in the same rounds: it is the faster one
+    assert latency_for_budget(1.5, 1.5 / 1.6, 1.0, budget_is_reference=True) == pytest.approx(1.5 / 1.6)
     # an explicit budget in ms compares the measured latency itself
-    assert latency_for_budget(1.5, 1.6, 1.0, budget_is_reference=False) == 1.5
+    assert latency_for_budget(1.5, 1.5 / 1.6, 1.0, budget_is_reference=False) == 1.5
     # no reference timed alongside (torchx trials, multi-rank) or nothing measured: the measured value
     assert latency_for_budget(1.5, None, 1.0, budget_is_reference=True) == 1.5
-    assert latency_for_budget(None, 1.6, 1.0, budget_is_reference=True) is None
+    assert latency_for_budget(None, 0.9, 1.0, budget_is_reference=True) is None
     # the reference trial timed its trained model 8 % slower than a fresh one of its architecture:
     # it meets its own budget exactly, and candidates are judged by the same yardstick
-    assert latency_for_budget(1.08, 1.0, 1.0, True, reference_trial_ratio=1.08) == pytest.approx(1.0)
-    assert latency_for_budget(1.5, 1.6, 1.0, True, reference_trial_ratio=1.08) == pytest.approx(1.5 / 1.6 / 1.08)
+    assert latency_for_budget(1.08, 1.08, 1.0, True, reference_trial_ratio=1.08) == pytest.approx(1.0)
+    assert latency_for_budget(1.5, 1.5 / 1.6, 1.0, True, reference_trial_ratio=1.08) == pytest.approx(1.5 / 1.6 / 1.08)

@@ -90,6 +90,27 @@ def test_interleaved_rounds_stop_once_the_spread_is_met():
     assert time.perf_counter() - started < 3.0 and capped["x"].spread > 0.03
 
 
+def test_the_ratio_to_a_reference_is_paired_round_by_round_while_the_machine_drifts():
+    # the machine slows down threefold while it measures: each call of either model takes longer
+    # than the one before, but within a round the model takes twice the reference's time
+    calls_made = []
+
+    def work(units: int):
+        def call() -> None:
+            calls_made.append(1)
+            time.sleep(0.001 * units * (1 + 2 * len(calls_made) / 400))
+        return call
+
+    stats = measure_interleaved({"model": work(2), "ref": work(1)}, CPU, target_spread=0.5, max_seconds=30.0,
+                                calls_per_round=5, min_rounds=40, warmup_calls=0, reference="ref")
+    assert stats["model"].calls == stats["ref"].calls == 200
+    assert stats["model"].vs_reference == pytest.approx(2.0, rel=0.1)
+    assert stats["model"].vs_reference_spread < 0.1 and stats["ref"].vs_reference is None
+    assert stats["model"].spread > 0.3  # its own p50 is not reproducible: the machine drifted
+    with pytest.raises(ValueError, match="reference 'nope' is not one of the timed calls"):
+        measure_interleaved({"model": work(1)}, CPU, reference="nope")
+
+
 def test_a_run_times_the_reference_in_the_same_rounds(tmp_path, learnable_data):
     cfg = small_config(
         learnable_data, tmp_path / "out", "max_steps=4", "latency_batch_sizes=[64]", "latency_iters=20",
@@ -100,6 +121,7 @@ def test_a_run_times_the_reference_in_the_same_rounds(tmp_path, learnable_data):
     entry = result["latency_ms"]["64"]
     assert entry["calls"] >= 20 and 0 <= entry["spread"] and entry["p99_ms"] >= entry["p50_ms"] > 0
     assert entry["reference_p50_ms"] > 0 and entry["reference_spread"] >= 0
+    assert entry["vs_reference"] > 0 and entry["vs_reference_spread"] >= 0
     assert result["latency_setup"]["device_to_itself"] is True
     assert "eager" in result["latency_setup"]["serving"]
     # without a reference there is no reference entry, and nothing is locked
@@ -126,7 +148,7 @@ def test_the_latency_against_a_reference_in_the_same_rounds_is_reproducible(tmp_
                                "latency_iters=40", *same_arch)
             entries.append(trainer.train(cfg)["latency_ms"]["256"])
         if all(e["spread"] <= 0.03 and e["reference_spread"] <= 0.03 for e in entries):
-            ratios = [e["p50_ms"] / e["reference_p50_ms"] for e in entries]
+            ratios = [e["vs_reference"] for e in entries]
             clean_pairs.append(ratios)
             if all(0.9 < r < 1.1 for r in ratios) and abs(ratios[0] - ratios[1]) / min(ratios) < 0.06:
                 return
