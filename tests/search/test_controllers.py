@@ -20,12 +20,15 @@ def _space():
     return SearchSpace(SpaceConfig(), TOPO, train_rows=100_000)
 
 
+PLANTED_BASE, PLANTED_SPAN = 0.7, 0.1  # the planted objective: 0.7 with no decision right, 0.8 with all
+
+
 def _objective(space, spec, rng):
     """A planted optimum: one target option per decision; relevant decisions count."""
     choices = space.choices_of(spec)
     targets = [n - 1 for n in space.sizes]
     hits = [c == t for c, t in zip(choices, targets)]
-    return 0.7 + 0.1 * float(np.mean(hits)) + rng.normal(0, 0.002)
+    return PLANTED_BASE + PLANTED_SPAN * float(np.mean(hits)) + rng.normal(0, 0.002)
 
 
 def _run(controller, space, trials, seed=0):
@@ -58,12 +61,19 @@ def test_actor_critic_learns_the_planted_optimum_and_beats_random():
     ac_rewards = _run(ac, space, 160)
     random_rewards = _run(RandomController(space, seed=0), space, 160)
     assert ac.updates == 160 and len(ac.losses) == 160
-    # It never repeats a point, so late trials still explore; judge it against random instead.
+    # Margins in units of the objective, not tuned to a seed: one more decision right is worth
+    # PLANTED_SPAN / decisions (0.00625 here); every decision right scores 0.8, one wrong 0.79375,
+    # so half a decision below 0.8 separates the optimum (noise sd 0.002).
+    hit = PLANTED_SPAN / len(space.sizes)
+    optimum_cut = PLANTED_BASE + PLANTED_SPAN - hit / 2
+    # It never repeats a point, so late trials still explore; judge it against random instead:
+    # late in the search it gets two more decisions right than random search, on average
+    # (measured, seed 0: 0.7822 vs 0.7636, i.e. three more).
     assert np.mean(ac_rewards[-40:]) > np.mean(ac_rewards[:40])
-    assert np.mean(ac_rewards[-40:]) > np.mean(random_rewards[-40:]) + 0.015
-    # it finds the planted optimum itself (every decision right: 0.8 up to the 0.002 noise)
-    first_optimum = next(i for i, r in enumerate(ac_rewards) if r > 0.795)
-    assert first_optimum < 80 and max(random_rewards) < 0.79, (first_optimum, max(random_rewards))
+    assert np.mean(ac_rewards[-40:]) > np.mean(random_rewards[-40:]) + 2 * hit
+    # it finds the planted optimum itself (measured: at trial 38 of 160); random search, drawing
+    # 160 of the 13,824 points, does not (chance ~1%)
+    assert max(ac_rewards) > optimum_cut > max(random_rewards), (max(ac_rewards), max(random_rewards))
     probs = ac.probabilities()
     target_prob = [p[-1] for p, d in zip(probs, space.decisions) if len(d.options) > 1]
     assert np.mean(target_prob) > 0.5
@@ -138,11 +148,20 @@ def test_corrupt_state_file_is_a_clear_error(tmp_path):
         controllers.make_controller("grid", _space())
 
 
-@pytest.mark.slow
-def test_bayesian_baseline_improves():
+def test_bayesian_baseline_finds_better_configs_than_random_search():
+    """40 trials on the planted objective, 10 seeds: TPE's median best reward beats random
+    search's by half a decision right (a margin in the objective's units). Measured over seeds
+    0..29, in windows of 10 consecutive seeds: TPE clears it in 18 of 21 windows (its median is
+    ahead in all 21), random search with other seeds in 0 of 21 (ahead in 4). Before, the test
+    asked only that the best improve during the search, which random search does in about half
+    the seeds."""
     space = _space()
-    rewards = _run(BayesianController(space, seed=0), space, 60)
-    assert max(rewards[30:]) > max(rewards[:10])
+    hit = PLANTED_SPAN / len(space.sizes)
+    tpe_best, random_best = [], []
+    for seed in range(10):
+        tpe_best.append(max(_run(BayesianController(space, seed=seed), space, 40, seed=seed)))
+        random_best.append(max(_run(RandomController(space, seed=seed), space, 40, seed=seed)))
+    assert np.median(tpe_best) > np.median(random_best) + hit / 2, (tpe_best, random_best)
 
 
 def _synthetic(space, seed):
@@ -193,7 +212,9 @@ def test_critic_guided_actor_critic_finds_better_configs_than_random_at_an_equal
         ac_best.append(_best_after(ac, space, _synthetic(space, seed), 20))
         random_best.append(_best_after(RandomController(space, seed=seed), space, _synthetic(space, seed), 20))
         assert ac.updates == 20 and len(ac.critic_q().mean) == 1 + sum(n for n in space.sizes if n > 1)
-    assert np.median(ac_best) > np.median(random_best) + 0.002, (ac_best, random_best)
+    # medians without a margin (measured, seeds 0..4: 0.7597 vs 0.7535; the actor-critic's best
+    # beats random's in 7 of seeds 0..8)
+    assert np.median(ac_best) > np.median(random_best), (ac_best, random_best)
     assert np.mean(ac_best) > np.mean(random_best), (ac_best, random_best)
 
 
