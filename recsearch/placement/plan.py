@@ -77,6 +77,7 @@ from recsearch.placement.types import (
     check_fits,
     format_bytes,
     rank_caps,
+    table_memory_bytes,
 )
 from recsearch.types import TableSpec, Topology
 
@@ -97,6 +98,7 @@ _OPTIMIZER_BY_FUSED = {
     "exact_adagrad": "adagrad",
     "adam": "adam",
 }
+MAX_SPLIT_ROUNDS = 6  # placement attempts, each with pieces at most half as big as the last
 # ParameterConstraints fields TorchRec's planner copies onto the table's ParameterSharding
 _CONSTRAINT_OPTIONS = (
     "cache_params",
@@ -638,11 +640,7 @@ class LearnedShardingPlanner:
                 f"sharders {[type(s).__name__ for s in sharders]}"
             )
         optimizer = self.optimizer or embedding_optimizer(tables)
-        split = split_tables([t.request for t in tables], caps, optimizer)
-        free = CappedTopology.of(split.free_bytes, device)
-        placer = self.placer_for(optimizer)
-        placement = placer.place(split.pieces, free) if split.pieces else Placement((), len(caps))
-        placement.validate(split.pieces, free, optimizer)
+        split, placement = self._split_and_place(tables, caps, device, optimizer)
         shardings = split.ranks(placement)
         plan = build_plan(tables, shardings, len(caps), device, local)
         self.last_placement, self.last_tables, self.last_split = placement, list(split.pieces), split
@@ -659,6 +657,38 @@ class LearnedShardingPlanner:
                 list(caps),
             )
         return plan
+
+    def _split_and_place(
+        self, tables: Sequence[ShardableTable], caps: tuple[int, ...], device: str, optimizer: str
+    ) -> tuple[Split, Placement]:
+        """Split (only what fits no rank), place the pieces; when the placer cannot pack them,
+        split finer (pieces at most half as big, up to MAX_SPLIT_ROUNDS times) and place again."""
+        requests = [t.request for t in tables]
+        placer = self.placer_for(optimizer)
+        max_piece: int | None = None
+        last: tuple[Split, PlacementError] | None = None
+        for _ in range(MAX_SPLIT_ROUNDS):
+            try:
+                split = split_tables(requests, caps, optimizer, max_piece)
+            except PlacementError:
+                if last is None:
+                    raise
+                break  # cannot split finer: the placer's error below says what did not fit
+            if last is not None and split.pieces == last[0].pieces:
+                break  # nothing left to split finer
+            free = CappedTopology.of(split.free_bytes, device)
+            try:
+                if not split.pieces:
+                    return split, Placement((), len(caps))
+                placement = placer.place(split.pieces, free)
+                placement.validate(split.pieces, free, optimizer)
+                return split, placement
+            except PlacementError as err:
+                last = (split, err)
+                biggest = max(table_memory_bytes(p, optimizer) for p in split.pieces)
+                max_piece = biggest // 2
+        assert last is not None
+        raise last[1]
 
     def collective_plan(
         self,

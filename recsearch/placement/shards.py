@@ -142,10 +142,17 @@ def _describe(t: TableSpec, optimizer: str) -> str:
 
 
 def split_tables(
-    requests: Sequence[TableRequest], caps_bytes: Sequence[int], optimizer: str = DEFAULT_OPTIMIZER
+    requests: Sequence[TableRequest],
+    caps_bytes: Sequence[int],
+    optimizer: str = DEFAULT_OPTIMIZER,
+    max_piece_bytes: int | None = None,
 ) -> Split:
     """Decide every table's sharding for ranks with these memory caps (see the module
-    docstring); PlacementError naming the table when none of its allowed sharding types fits."""
+    docstring); PlacementError naming the table when none of its allowed sharding types fits.
+
+    max_piece_bytes: the largest piece to hand the placer (default: the most room one rank has
+    after the pinned shards); a table above it is split when a split is allowed (the planner
+    lowers it when the placer cannot pack the pieces)."""
     world = len(caps_bytes)
     if world == 0:
         raise PlacementError("no ranks to place tables on")
@@ -206,7 +213,13 @@ def split_tables(
         req = requests[i]
         t, allowed = req.table, req.sharding_types
         room = max(free)
-        if ShardingKind.TABLE_WISE in allowed and table_memory_bytes(t, optimizer) <= room:
+        if max_piece_bytes is not None:
+            room = min(room, max_piece_bytes)
+        splittable = ShardingKind.COLUMN_WISE in allowed or ShardingKind.ROW_WISE in allowed
+        whole = table_memory_bytes(t, optimizer)
+        if ShardingKind.TABLE_WISE in allowed and (
+            whole <= room or (not splittable and whole <= max(free))
+        ):
             shardings[i] = TableSharding(ShardingKind.TABLE_WISE.value, (t,))
             continue
         if ShardingKind.COLUMN_WISE in allowed:

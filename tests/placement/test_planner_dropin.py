@@ -253,3 +253,41 @@ def test_a_table_larger_than_a_device_is_split_not_refused():
     # too big even row-wise: the error names the table and what was tried
     with pytest.raises(PlacementError, match="table 'seq_0'.*row_wise needs"):
         LearnedShardingPlanner(Topology(2, 2 << 20), placer="round_robin").plan(seq, _sharders())
+
+
+def test_pieces_too_big_to_pack_are_split_finer_and_placed_again():
+    # sgd (no state): big 1000 x 32 = 128,000 B, mid 1875 x 8 = 60,000 B on 2 x 100,000 B.
+    # Split only what fits no rank: big -> 2 x 64,000, and 64 + 64 + 60 cannot be packed;
+    # the planner splits finer (big 4 x 32,000, mid 2 x 30,000): 94,000 B per rank
+    model = EmbeddingBagCollection(
+        tables=[
+            EmbeddingBagConfig(name="big", embedding_dim=32, num_embeddings=1000, feature_names=["a"]),
+            EmbeddingBagConfig(name="mid", embedding_dim=8, num_embeddings=1875, feature_names=["b"]),
+        ],
+        device=torch.device("meta"),
+    )
+    planner = LearnedShardingPlanner(
+        Topology(2, 100_000), placer="size_greedy", optimizer="sgd", debug=False
+    )
+    plan = planner.plan(model, [EmbeddingBagCollectionSharder()])
+    widths = {t: [s.shard_sizes[1] for s in ps.sharding_spec.shards] for t, ps in plan.plan[""].items()}
+    assert widths == {"big": [8, 8, 8, 8], "mid": [4, 4]}
+    assert planner.last_split.memory_per_rank(planner.last_placement, "sgd") == [94_000, 94_000]
+    # a table that cannot be split (table_wise only) and does not fit: named, nothing relaxed
+    with pytest.raises(PlacementError, match="table 'big'.*fits no rank"):
+        LearnedShardingPlanner(
+            Topology(2, 100_000),
+            constraints={"big": ParameterConstraints(sharding_types=["table_wise"])},
+            placer="size_greedy",
+            optimizer="sgd",
+        ).plan(model, [EmbeddingBagCollectionSharder()])
+
+
+def test_row_blocks_are_torchrecs():
+    from torchrec.distributed.sharding_plan import _calculate_rw_shard_sizes_and_offsets
+
+    from recsearch.placement.shards import row_blocks
+
+    for rows, world in ((10, 4), (5, 4), (400_000, 4), (7, 7), (3, 8)):
+        sizes, _ = _calculate_rw_shard_sizes_and_offsets(rows, world, 4)
+        assert row_blocks(rows, world) == [s[0] for s in sizes]
