@@ -94,7 +94,21 @@ class RunnerConfig:
     # kill a trial still running this long after it started (subprocess, torchx) and record it
     # FAILED ("timed out"); the search goes on. None: no limit
     trial_timeout_s: float | None = None
+    # CUDA trials on this host share its devices: each trial may allocate at most this share of a
+    # device's memory (torch.cuda.set_per_process_memory_fraction), so one trial over it fails
+    # alone ("CUDA out of memory", recorded) instead of starving the others. None: 1/concurrency
+    # when several trials run at once, else no cap
+    device_memory_share: float | None = None
     torchx: TorchxSettings = field(default_factory=TorchxSettings)
+
+    def memory_share(self, compute_device: str) -> float | None:
+        """The device memory share each trial is capped at, or None (no cap: CPU trials, torchx
+        jobs, which their scheduler gives devices of their own, or one trial at a time)."""
+        if compute_device != "cuda" or self.kind == "torchx":
+            return None
+        if self.device_memory_share is not None:
+            return self.device_memory_share
+        return 1.0 / self.concurrency if self.concurrency > 1 else None
 
     def problems(self) -> list[str]:
         """'runner.key: what' for every bad setting."""
@@ -112,6 +126,14 @@ class RunnerConfig:
             if self.kind == "inprocess":
                 out.append("runner.trial_timeout_s: the inprocess runner cannot stop a running trial; "
                            "use runner.kind subprocess, or set it to null")
+        share = self.device_memory_share
+        if share is not None:
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+                out.append(f"runner.device_memory_share: must be in (0, 1] or null, got {share!r}")
+            elif isinstance(self.concurrency, int) and share * self.concurrency > 1 + 1e-9:
+                out.append(f"runner.device_memory_share: {share:g} x runner.concurrency {self.concurrency} = "
+                           f"{share * self.concurrency:g} > 1: the trials sharing a device would be promised "
+                           "more memory than it has")
         t = self.torchx
         out += _at_least("runner.torchx.cpu", t.cpu, 1)
         out += _at_least("runner.torchx.gpu", t.gpu, 0)
@@ -808,6 +830,9 @@ class Search:
             raw["plan"] = str((workdir / PLACEMENT_FILE).resolve())
         if not top_rung:
             raw["eval_splits"] = ["val"]
+        share = self.cfg.runner.memory_share(self.cfg.topology.compute_device)
+        if share is not None:
+            raw["device_memory_fraction"] = share
         raw["latency_batch_sizes"] = [self.cfg.objective.serving_batch] if measure_latency else []
         if self.cfg.objective.metric == "latency":
             # Latency with the device to itself (trials on this host share one lock file) and the

@@ -54,6 +54,9 @@ class TrainConfig:
     auc_threshold: float | None = None  # stop once validation AUC reaches it (like MLPerf)
     plan: str = "torchrec"  # "torchrec" (its planner) or a JSON file {table name: rank}
     device: str = "auto"  # auto | cpu | cuda
+    # CUDA: this process may allocate at most this share of the device's memory (several trials
+    # of a search sharing one GPU); an allocation past it fails this run alone. null: no cap
+    device_memory_fraction: float | None = None
     engine: str = "auto"  # auto | single | pipeline (see ENGINES)
     # single engine on CUDA: capture the whole step (forward, backward, both optimizer updates) as
     # one CUDA graph. auto: when the step allows it (result.json says why not, when not)
@@ -115,6 +118,7 @@ def settings_problems(cfg: TrainConfig) -> list[str]:
     check_int(problems, "latency_iters", cfg.latency_iters, 1)
     check_number(problems, "latency_target_spread", cfg.latency_target_spread, above=0, maximum=1)
     check_number(problems, "latency_max_seconds", cfg.latency_max_seconds, above=0)
+    check_number(problems, "device_memory_fraction", cfg.device_memory_fraction, above=0, maximum=1, optional=True)
     if cfg.device_lock is not None and (not isinstance(cfg.device_lock, str) or not cfg.device_lock):
         problems.append(f"device_lock must be a non-empty path or null, got {cfg.device_lock!r}")
     for key in ("eval_every_steps", "checkpoint_every_steps", "prefetch_batches"):

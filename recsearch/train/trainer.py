@@ -71,6 +71,8 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> dict:
     `split_cache`: in-memory splits kept across the runs of one process (the search's pool
     workers), so a run on data an earlier run loaded reads nothing again."""
     device = init_distributed(cfg.device)
+    if device.type == "cuda":  # set every run: a pool worker's previous trial may have capped it
+        torch.cuda.set_per_process_memory_fraction(cfg.device_memory_fraction or 1.0, device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)

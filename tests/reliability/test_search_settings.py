@@ -34,6 +34,9 @@ from tests.search.test_loop import write_config
     ("runner.poll_s", 0, "runner.poll_s: must be >= 0.01 s, got 0.0"),
     ("runner.trial_timeout_s", 0, "runner.trial_timeout_s: must be >= 1 s (or null: no limit), got 0.0"),
     ("runner.torchx.memMB", 0, "runner.torchx.memMB: must be >= 1, got 0"),
+    ("runner.device_memory_share", 0, "runner.device_memory_share: must be in (0, 1] or null, got 0.0"),
+    ("runner.device_memory_share", 0.75, "runner.device_memory_share: 0.75 x runner.concurrency 2 = 1.5 > 1: "
+                                         "the trials sharing a device would be promised more memory than it has"),
     ("fidelity.eta", 1, "fidelity.eta: must be >= 2, got 1"),
     ("fidelity.bracket_size", -2, "fidelity.bracket_size: must be >= 0, got -2"),
     ("fidelity.train_rows", [2048, 0], "fidelity.train_rows: must be positive and strictly increasing, got [2048, 0]"),
@@ -44,7 +47,7 @@ from tests.search.test_loop import write_config
     ("objective.budget_ms", 0.0, "objective.budget_ms: must be positive (or null), got 0.0"),
 ])
 def test_each_numeric_setting_is_checked_with_file_and_key(tmp_path, learnable_data, key, value, message):
-    runner_kind = {"runner.kind": "subprocess"} if key.startswith("runner.") else {}
+    runner_kind = {"runner.kind": "subprocess", "runner.concurrency": 2} if key.startswith("runner.") and key != "runner.concurrency" else {}
     path = write_config(tmp_path, tiny_config(learnable_data, **runner_kind, **{key: value}))
     with pytest.raises(config.ConfigError) as err:
         loop.load_search_config(path)
@@ -134,3 +137,12 @@ def test_a_hung_trial_is_killed_at_the_timeout_and_the_search_goes_on(tmp_path, 
     # the trial's whole process group was killed, its own child included
     pids = [int(p) for p in (out / "trials" / "0" / "pids").read_text().split()]
     assert all_dead(pids, timeout=5)
+
+
+def test_cuda_trials_sharing_a_device_are_each_capped_at_their_share_of_its_memory():
+    share = loop.RunnerConfig
+    assert share(kind="pool", concurrency=4).memory_share("cuda") == 0.25
+    assert share(kind="subprocess", concurrency=2, device_memory_share=0.3).memory_share("cuda") == 0.3
+    assert share(kind="subprocess", concurrency=1).memory_share("cuda") is None  # alone: no cap
+    assert share(kind="pool", concurrency=4).memory_share("cpu") is None
+    assert share(kind="torchx", concurrency=4).memory_share("cuda") is None  # the scheduler gives each its devices

@@ -43,6 +43,8 @@ REFUSED = [
     (["latency_iters=0"], ["latency_iters must be >= 1, got 0"]),
     (["latency_batch_sizes=[1,0]"], ["latency_batch_sizes must be a list of integers >= 1, got (1, 0)"]),
     (["log_every_steps=0"], ["log_every_steps must be >= 1, got 0"]),
+    (["device_memory_fraction=0"], ["device_memory_fraction must be a finite number > 0 and <= 1 or null, got 0.0"]),
+    (["device_memory_fraction=1.5"], ["device_memory_fraction must be a finite number > 0 and <= 1 or null, got 1.5"]),
     (["eval_splits=[val,train]"], ["eval_splits must be a list of distinct splits out of ['val', 'test'], got ('val', 'train')"]),
     (["eval_splits=[test,test]"], ["eval_splits must be a list of distinct splits out of ['val', 'test'], got ('test', 'test')"]),
     (["prefetch_batches=-1"], ["prefetch_batches must be >= 0, got -1"]),

@@ -88,3 +88,16 @@ def test_a_pinned_batch_round_trips(learnable_data):
     torch.cuda.synchronize()
     assert torch.equal(moved.dense_features.cpu(), batch.dense_features)
     assert torch.equal(moved.sparse_features.values().cpu(), batch.sparse_features.values())
+
+
+def test_a_run_over_its_device_memory_share_fails_alone_and_the_next_run_is_uncapped(tmp_path, learnable_data):
+    from recsearch.train import trainer
+
+    # a share of about 140 kB of the device cannot hold the tables: the run fails with CUDA's
+    # out-of-memory error (what the search records as the trial's failure), nothing else does
+    capped = small_config(learnable_data, tmp_path / "capped", "device=cuda", "max_steps=2", "device_memory_fraction=0.000001")
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        trainer.train(capped)
+    # the next run in the same process (a pool worker's next trial) sets its own cap: none
+    result = trainer.train(small_config(learnable_data, tmp_path / "free", "device=cuda", "max_steps=2"))
+    assert result["status"] == "completed" and result["steps"] == 2
