@@ -1,5 +1,6 @@
 """The actor-critic placer: masking, errors, training, greedy vs sampled decoding."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from recsearch.placement.policy import (
     train_policy,
     training_tasks,
 )
-from recsearch.placement.tables import load_tables, load_tasks, make_task
+from recsearch.placement.tables import load_tables, load_task, load_tasks, make_task
 from recsearch.placement.types import (
     PlacementError,
     Placer,
@@ -164,6 +165,33 @@ def test_shipped_cpu_policy_beats_the_baselines_on_unseen_tasks(test_tasks):
     # measured when written (all 18 tasks): learned / dim_greedy (the best baseline) 0.825
     assert (ratio["round_robin"] < 1).all()
     assert ratio["dim_greedy"].mean() < 0.9 and ratio["lookup_greedy"].mean() < 0.9
+
+
+@pytest.mark.slow
+def test_shipped_cpu_policy_beats_the_baselines_by_measured_cost(tmp_path):
+    """The judge is the measurement, not the cost net the policy was trained against: a small
+    `recsearch place eval` times every device's fused kernel of each placement on this CPU. Task
+    t80_d8_000: 80 tables of pool_test (never seen by the CPU cost net or policy) on 8 devices,
+    a device count never in policy training. Measured (1 round, 3 warm-up + 5 timed calls, 2
+    shared cores): learned 33.8 ms vs the cheapest baseline 41.5 (size_lookup_greedy), 0.815;
+    docs/BENCHMARKS.md's full eval (2 rounds, 10 calls): 0.866. The margin, 0.92, is the learned
+    placer's own claim (cheaper than the best baseline on unseen tables) with room for noise."""
+    from recsearch.placement.evaluate import main as place_eval
+
+    task_file = DATA / "tasks_test" / "t80_d8_000.json"
+    baselines = ["round_robin", "dim_greedy", "lookup_greedy", "size_lookup_greedy"]
+    out = tmp_path / "eval.json"
+    argv = ["--tasks", str(task_file), "--methods", "learned", *baselines, "--out", str(out),
+            "--rounds", "1", "--warmup", "3", "--iters", "5", "--no-bound", "--no-timing"]  # fmt: skip
+    assert place_eval(argv) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    task_tables = {t.name for t in load_task(task_file).tables}
+    assert row["tables"] == 80 and row["devices"] == 8
+    assert not task_tables & set(load_shipped("cpu").cost_net.meta.tables_seen)  # held out
+    measured = {m: r["measured_ms"] for m, r in row["results"].items()}
+    assert all(r["feasible"] for r in row["results"].values()) and set(measured) == {"learned", *baselines}
+    cheapest = min(measured[m] for m in baselines)
+    assert measured["learned"] < 0.92 * cheapest, measured
 
 
 def test_make_placer_learned_picks_the_policy_of_the_topology_device(test_tasks):
