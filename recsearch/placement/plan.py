@@ -1,24 +1,30 @@
-"""Placements as TorchRec sharding plans, a TorchRec-compatible planner around any Placer, and
+"""Placements as TorchRec sharding plans, a TorchRec drop-in planner around any Placer, and
 TorchRec's own planner as a baseline. The only placement module that imports torchrec.distributed.
 
 Switching an existing TorchRec pipeline to a learned (or baseline) placement is one line:
 
-    planner = EmbeddingShardingPlanner(topology=topology)             # before
-    planner = LearnedShardingPlanner(placer=my_placer, topology=topology)  # after
+    planner = EmbeddingShardingPlanner(topology=topology, batch_size=B, constraints=c)  # before
+    planner = LearnedShardingPlanner(topology=topology, batch_size=B, constraints=c)   # after
     plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
-    model = DistributedModelParallel(model, plan=plan, ...)
+    model = DistributedModelParallel(model, plan=plan, sharders=sharders, ...)
 
-LearnedShardingPlanner reads the tables from every EmbeddingBagCollection in the module (rows,
-dim, dtype, features; pooling factors and reuse histograms from optional TableSpec statistics by
-table name), asks the placer for a table -> rank placement, checks it against the memory cap, and
-returns the table-wise ShardingPlan that `construct_module_sharding_plan` + `table_wise(rank=...)`
-build (plan keys are module paths relative to the module given, e.g.
-"model.sparse_arch.embedding_bag_collection" for recsearch's DLRMTrain).
+The planner's steps, each a small function or class here or in shards.py / best_of.py:
+enumerate_tables (every table of a module a sharder takes: EmbeddingBagCollection,
+EmbeddingCollection, ...; the sharding types and kernels its constraint and sharder allow) ->
+each rank's cap (the Topology's own per device, less the StorageReservation) -> split_tables
+(whole tables, or column-/row-wise pieces of those too big for a device) -> the Placer places the
+pieces (re-split finer if it cannot pack them) -> build_plan (construct_module_sharding_plan with
+table_wise / column_wise / row_wise / data_parallel and the chosen kernel; plan keys are module
+paths relative to the module given, e.g. "model.sparse_arch.embedding_bag_collection" for
+recsearch's DLRMTrain).
 
-APIs used are in both TorchRec 1.6.1 and 1.8.0: construct_module_sharding_plan, table_wise,
-EmbeddingShardingPlanner(topology, batch_size, storage_reservation, constraints), Topology(world_size,
-compute_device, hbm_cap, ddr_cap, local_world_size), ParameterConstraints(sharding_types,
-pooling_factors), FixedPercentageStorageReservation, apply_optimizer_in_backward.
+APIs used are in both TorchRec 1.6.1 and 1.8.0 (checked against 1.4 and 1.8 sources):
+construct_module_sharding_plan, table_wise / column_wise(ranks) / row_wise() / data_parallel()
+with compute_kernel, get_default_sharders, ModuleSharder.sharding_types / compute_kernels /
+shardable_parameters / fused_params, EmbeddingShardingPlanner(topology, batch_size,
+storage_reservation, constraints), Topology(world_size, compute_device, hbm_cap, ddr_cap,
+local_world_size).devices[r].storage, StorageReservation.reserve(topology, batch_size, module,
+sharders, constraints), ParameterConstraints, ParameterSharding's per-table options.
 """
 
 from __future__ import annotations
