@@ -20,3 +20,40 @@ def test_openmp_threads_wait_passively_unless_the_user_chose(monkeypatch):
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert cli.main(["data", "nothing"]) == 2
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_version_and_help_print_and_succeed(capsys):
+    from importlib.metadata import version
+
+    import recsearch
+
+    assert cli.main(["--version"]) == 0
+    printed = capsys.readouterr().out.strip()
+    # the version the package reports is the one it was installed as (setup.cfg reads it from
+    # recsearch.__version__)
+    assert printed == recsearch.__version__ == version("recsearch")
+    for flag in ("--help", "-h"):
+        assert cli.main([flag]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith("usage: recsearch <command> [args]")
+        # every command is listed with its help line
+        for words, (_, help_text) in cli.commands().items():
+            assert f"  {' '.join(words):<18} {help_text}" in text
+
+
+def test_the_console_script_runs_the_cli(tmp_path):
+    """`recsearch`, the entry point setup.cfg installs beside the interpreter, runs cli.main."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import recsearch
+
+    script = Path(sys.executable).parent / "recsearch"
+    assert script.exists(), "the recsearch console script is not installed in this environment"
+    proc = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          check=False)
+    assert proc.returncode == 0 and proc.stdout.strip() == recsearch.__version__, proc.stderr
+    proc = subprocess.run([str(script), "frobnicate"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          check=False)
+    assert proc.returncode == 2 and "unknown command 'frobnicate'" in proc.stderr

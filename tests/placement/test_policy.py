@@ -297,3 +297,32 @@ def test_cli_place_writes_a_placement_file_and_names_the_estimate(tmp_path, caps
     assert set(raw["placement"].values()) <= {0, 1, 2, 3} and raw["samples"] == 4
     assert main(["place", "--task", str(tmp_path / "none.json")]) == 2
     assert "none.json" in capsys.readouterr().err
+
+
+def test_cli_policy_train_writes_a_policy_that_places_and_names_its_cost_net(tmp_path, capsys):
+    """`recsearch place policy train`: a few PPO iterations on the shipped CPU cost net; the
+    files load as a placer (the JSON names the cost net relative to itself and the pool)."""
+    from recsearch import cli
+
+    out = tmp_path / "policies" / "tiny"
+    out.parent.mkdir()
+    argv = ["place", "policy", "train", "--cost-net", str(DATA / "cost_net_cpu"),
+            "--pool", str(DATA / "pool_train_wide.json"), "--out", str(out), "--iters", "3",
+            "--episodes", "4", "--num-tasks", "4", "--max-tables", "20", "--devices", "2", "4"]  # fmt: skip
+    assert cli.main(argv) == 0
+    text = capsys.readouterr().out
+    assert "4 training tasks from" in text and "devices [2, 4]" in text
+    assert "trained 3 PPO iterations in" in text and f"wrote {out}.pt, {out}.json" in text
+    info = json.loads(out.with_suffix(".json").read_text())
+    assert (out.parent / info["cost_net"]).resolve() == (DATA / "cost_net_cpu").resolve()
+    placer = LearnedPlacer.load(out)
+    assert placer.info["iters_done"] == 3 and placer.info["pool"] == str(DATA / "pool_train_wide.json")
+    task = load_tasks(DATA / "tasks_test")[0]
+    placement = placer.place(task.tables, task.topology)
+    assert len(placement.ranks) == len(task.tables) and max(placement.ranks) < task.world_size == placement.world_size
+    # a cost net that is not there: a clear error, no files
+    missing = ["place", "policy", "train", "--cost-net", str(tmp_path / "none"), "--pool",
+               str(DATA / "pool_train_wide.json"), "--out", str(tmp_path / "x")]  # fmt: skip
+    assert cli.main(missing) == 2
+    assert "recsearch place policy train:" in capsys.readouterr().err
+    assert not list(tmp_path.glob("x*"))

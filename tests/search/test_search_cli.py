@@ -14,7 +14,7 @@ import pytest
 
 from recsearch.search.store import JournalStore
 from recsearch.types import TrialState
-from tests.procs import pid_alive
+from tests.procs import all_dead
 from tests.search.test_loop import learnable_data, search_config, write_config  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,8 +59,7 @@ def test_sigkill_mid_trial_then_resume_loses_nothing_and_duplicates_nothing(tmp_
     proc.wait()
     before = {r.trial_id: r for r in JournalStore(out).trials() if r.state.finished}
     assert victim.trial_id not in before
-    time.sleep(1.0)
-    assert children and not any(pid_alive(int(p)) for p in children), "trainer children outlived the search"
+    assert children and all_dead(int(p) for p in children), "trainer children outlived the search"
 
     resumed = subprocess.run([*CLI, "--resume", str(out)], cwd=REPO, env=_env(), capture_output=True,
                              text=True, timeout=600, check=False)
@@ -84,6 +83,46 @@ def test_sigkill_mid_trial_then_resume_loses_nothing_and_duplicates_nothing(tmp_
     creates = [e["trial_id"] for e in lines if e["op"] == "create"]
     assert len(creates) == len(set(creates)) == 4
     assert "configurations trained" in resumed.stdout and "Pareto front" in resumed.stdout
+
+
+def _running_trial_log(out: Path, deadline_s: float) -> Path | None:
+    """The train.log of a trial the journal says is RUNNING, once its trainer wrote one."""
+    while time.monotonic() < deadline_s:
+        if (out / "journal.jsonl").exists():
+            running = [r for r in JournalStore(out).trials() if r.state is TrialState.RUNNING]
+            for record in running:
+                log = out / "trials" / str(record.trial_id) / "train.log"
+                if log.exists():
+                    return log
+        time.sleep(0.05)
+    return None
+
+
+@pytest.mark.slow
+def test_ctrl_c_cancels_the_running_trial_and_exits_130(tmp_path, learnable_data):  # noqa: F811
+    """SIGINT to the search process alone (not its process group, so the trial's trainer is not
+    signalled too): the search cancels the trial itself, says how to resume, exits 130, and the
+    trial stays RUNNING in the journal for --resume to retry."""
+    raw = search_config(learnable_data, **{"runner.kind": "subprocess", "reference": False, "trials": 2,
+                                           "objective.budget_ms": 100.0, "fidelity.train_rows": [12288]})
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*CLI, "--config", str(write_config(tmp_path, raw)), "--out", str(out)], cwd=REPO,
+                            env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log = _running_trial_log(out, time.monotonic() + 120)
+        assert log is not None, "no trial started"
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                                   text=True).stdout.split()]
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, output[-3000:]
+    assert f"[search] interrupted; resume with: recsearch search --resume {out}" in output
+    assert children and all_dead(children), "the trial's trainer outlived the search"
+    trial_id = int(log.parent.name)
+    (record,) = [r for r in JournalStore(out).trials() if r.trial_id == trial_id]
+    assert record.state is TrialState.RUNNING and not (log.parent / "result.json").exists()
 
 
 def test_search_help_and_argument_errors():
