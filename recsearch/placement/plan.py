@@ -793,7 +793,8 @@ class TorchRecPlacer:
                     name=t.name,
                     embedding_dim=t.dim,
                     num_embeddings=t.num_rows,
-                    feature_names=list(t.features),
+                    # unique per table: column-wise pieces of one table share its features
+                    feature_names=[f"{t.name}:{j}" for j in range(len(t.features))],
                     data_type=DataType.FP16 if t.bytes_per_value == 2 else DataType.FP32,
                 )
                 for t in tables
