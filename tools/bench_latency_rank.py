@@ -91,7 +91,33 @@ def run_round(data: Path, scratch: Path, mode: str, order: list[Candidate], conc
 
 
 def key(entry: dict, mode: str) -> float:
-    return entry["p50_ms"] / entry["reference_p50_ms"] if mode == "locked" else entry["p50_ms"]
+    """What the search ranks by: locked, the ratio to the reference timed in the same rounds
+    (paired round by round where the trainer recorded it); raw, the p50 itself."""
+    if mode == "raw":
+        return entry["p50_ms"]
+    return entry.get("vs_reference") or entry["p50_ms"] / entry["reference_p50_ms"]
+
+
+def ranking(results: dict[str, dict], mode: str) -> list[str]:
+    return sorted(results, key=lambda n: key(results[n], mode))
+
+
+def contradictions(rounds: list[dict[str, dict]], mode: str, resolution: float) -> list[str]:
+    """Pairs that two rounds order oppositely, each time by more than `resolution` (relative):
+    a swap between configurations closer than the measurement's resolution is a tie, not a
+    contradiction."""
+    out = []
+    names = list(rounds[0])
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            signs = set()
+            for res in rounds:
+                ka, kb = key(res[a], mode), key(res[b], mode)
+                if abs(ka - kb) / min(ka, kb) > resolution:
+                    signs.add(ka < kb)
+            if len(signs) == 2:
+                out.append(f"{a[0]}/{b[0]}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the rounds' candidate orders")
     p.add_argument("--out-md", type=Path, default=REPO / "docs" / "BENCHMARKS.md")
     p.add_argument("--section", default="bench_latency_rank")
+    p.add_argument("--resolution", type=float, default=0.03, help="pairs closer than this (relative) are ties")
     args = p.parse_args(argv)
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench_latency_rank_") as tmp:
@@ -133,25 +160,32 @@ def render(args: argparse.Namespace, rounds: dict[str, list[dict[str, dict]]], w
         f"Measured {date.today().isoformat()} on {machine()}, {args.repeats} rounds, {args.concurrency} trainings at a time "
         f"(OMP_NUM_THREADS=1 each, as the search's subprocess runner), {wall_s / 60:.1f} min:",
         "",
-        f"    python tools/bench_latency_rank.py --repeats {args.repeats} --rows {args.rows} --section {args.section}",
+        f"    python tools/bench_latency_rank.py --repeats {args.repeats} --rows {args.rows} --section {args.section}"
+        + (f" --resolution {args.resolution:g}" if args.resolution != 0.03 else ""),
         "",
         "Each configuration is one `recsearch train` run (30 steps on the quickstart tables, p50 at batch "
         f"{SERVING_BATCH}, eager forward). `raw`: ranked by its own p50, timed while the other training may run. "
         "`locked`: the runs share a device lock and time configuration A's architecture in the same rounds; "
-        "ranked by p50 / A's p50 (what the search compares with a reference budget).",
+        "ranked by the ratio to it, paired round by round (what the search compares with a reference budget).",
         "",
-        "| mode | rankings, fastest first (one per round) | all rounds agree |",
-        "|---|---|---|",
+        f"`agree beyond {args.resolution:.0%}`: no two rounds order a pair oppositely when both times the pair is more than "
+        f"{args.resolution:.0%} apart (closer pairs are ties at the measurement's resolution, the 3 % spread target).",
+        "",
+        f"| mode | rankings, fastest first (one per round) | all rounds agree | agree beyond {args.resolution:.0%} |",
+        "|---|---|---|---|",
     ]
     for mode, per_round in rounds.items():
-        orders = [" < ".join(n[0] for n in sorted(names, key=lambda n: key(res[n], mode))) for res in per_round]
-        lines.append(f"| {mode} | {'; '.join(orders)} | {'yes' if len(set(orders)) == 1 else '**no**'} |")
-    lines += ["", "| configuration | raw p50 ms, median (max / min over rounds) | locked: p50 / reference p50, median (max / min) | locked: within-run spread, median |",
+        orders = [" < ".join(n[0] for n in ranking(res, mode)) for res in per_round]
+        swaps = contradictions(per_round, mode, args.resolution)
+        beyond = "yes" if not swaps else f"**no** ({', '.join(swaps)})"
+        lines.append(f"| {mode} | {'; '.join(orders)} | {'yes' if len(set(orders)) == 1 else '**no**'} | {beyond} |")
+    lines += ["", "| configuration | raw p50 ms, median (max / min over rounds) | locked: vs reference, median (max / min) "
+              "| locked: spread of the ratio within a run, median |",
               "|---|---:|---:|---:|"]
     for n in names:
         raw = [res[n]["p50_ms"] for res in rounds["raw"]]
         ratio = [key(res[n], "locked") for res in rounds["locked"]]
-        spread = [res[n]["spread"] for res in rounds["locked"]]
+        spread = [res[n].get("vs_reference_spread", res[n]["spread"]) for res in rounds["locked"]]
         lines.append(f"| {n} | {statistics.median(raw):.3f} ({max(raw) / min(raw):.3f}) | "
                      f"{statistics.median(ratio):.3f} ({max(ratio) / min(ratio):.3f}) | {statistics.median(spread):.3f} |")
     return "\n".join(lines) + "\n"

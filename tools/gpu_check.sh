@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: makes the data, runs issue 12's trainer targets, the engines side
-# by side (same losses), the bare-TorchRec and plain-PyTorch anchors and the `gpu` tests, and
+# by side (same losses), the bare-TorchRec and plain-PyTorch anchors, the `gpu` tests and (step
+# `search`, not in the default STEPS) issue 13's search throughput on the GPU, and
 # writes the docs/BENCHMARKS.md GPU section to $OUT/BENCHMARKS_gpu.md (copy it into the docs with
 # `python tools/bench_gpu.py report --out <dir with results.jsonl> --md docs/BENCHMARKS.md`).
 #
@@ -53,6 +54,11 @@ for group in $STEPS; do
     host)     step host 90 "$PY" tools/bench_gpu.py run --data "$DATA" --out "$OUT" --runs "$RUNS" --group host $QUICK ;;
     profile)  step profile 120 "$PY" tools/bench_gpu.py profile --data "$DATA" --out "$OUT" $QUICK ;;
     anchors)  step anchors 150 "$PY" tools/bench_gpu.py anchors --out "$OUT" --anchor-script .gpu/bench_anchor.py $QUICK ;;
+    search)   # issue 13: quickstart-sized searches on the GPU, today's runner (subprocess, 2 at a time)
+              # against the pool runner with 4 trials sharing the GPU; writes $OUT/BENCHMARKS_search.md
+              step search 300 "$PY" tools/bench_trial_overhead.py --device cuda --trials 9 --breakdown-runs 2 \
+                --concurrency subprocess=2 --concurrency pool=4 --workdir "$RUNS/search" \
+                --data "$RUNS/quickstart_data" --out-md "$OUT/BENCHMARKS_search.md" ;;
     pytest)   step pytest 180 "$PY" -m pytest -q -m gpu tests/train/test_gpu.py -p no:cacheprovider
               "$PY" tools/bench_gpu.py record --out "$OUT" --group pytest --case "pytest -q -m gpu tests/train/test_gpu.py" \
                 --summary "$(grep -E '(passed|failed|skipped|error)' "$OUT/steps.log" | tail -1)" ;;

@@ -72,6 +72,9 @@ class TrainConfig:
     # second half) differs by at most this share at the p50, or latency_max_seconds pass
     latency_target_spread: float = 0.03
     latency_max_seconds: float = 20.0
+    # on CUDA, time replays of the forward captured as a CUDA graph (how a GPU server that graphs
+    # its model serves it). auto: when the capture works (else eager, and result.json says why)
+    latency_cuda_graph: str | bool = "auto"  # auto | true | false
     # also time a model of this architecture in the same rounds (the search's reference; random
     # weights): the search compares candidates with the budget as a ratio measured alike
     latency_reference: LatencyReference | None = None
@@ -89,7 +92,7 @@ class TrainConfig:
     upload_to: str | None = None
 
     def __post_init__(self) -> None:
-        for key in ("cuda_graph", "data_on_device"):  # YAML reads true/false as booleans
+        for key in ("cuda_graph", "data_on_device", "latency_cuda_graph"):  # YAML reads true/false as booleans
             value = getattr(self, key)
             if isinstance(value, bool):
                 object.__setattr__(self, key, "true" if value else "false")
@@ -149,6 +152,7 @@ def settings_problems(cfg: TrainConfig) -> list[str]:
         ("engine", ENGINES),
         ("cuda_graph", TRISTATE),
         ("data_on_device", TRISTATE),
+        ("latency_cuda_graph", TRISTATE),
     ):
         value = getattr(cfg, key)
         if value not in allowed:

@@ -19,8 +19,11 @@ trial trains is noise that decides which candidates win. Three remedies:
   the latency of a forward does not depend on them) in the same rounds, so the search can compare
   a candidate with the budget as a ratio measured under the same conditions.
 
-Serving setup measured: eager `model(batch)` under torch.no_grad() in eval mode, one batch at a
-time, batch already on the device, host synchronised with the device before and after each call.
+Serving setup measured: `model(batch)` under torch.no_grad() in eval mode, one batch at a time,
+batch already on the device, host synchronised with the device before and after each call; on
+CUDA (`latency_cuda_graph`, default auto) the forward is captured once as a CUDA graph and each
+timed call is a replay, as a GPU server that graphs its model serves it (at batch 256 an eager
+forward is mostly kernel launches); eager where capture fails (the reason is recorded) or on CPU.
 """
 
 from __future__ import annotations
@@ -37,7 +40,11 @@ from pathlib import Path
 
 import torch
 
-SERVING_SETUP = "eager model(batch), torch.no_grad, eval mode, batch on the device, synchronised per call"
+SERVING_SETUP = {
+    "eager": "eager model(batch), torch.no_grad, eval mode, batch on the device, synchronised per call",
+    "cuda_graph": "model(batch) captured as one CUDA graph, timed replays, torch.no_grad, eval mode, "
+                  "static batch on the device, synchronised per call",
+}
 
 
 class DeviceLock:
@@ -110,6 +117,23 @@ class DeviceLock:
             if fd is not None:
                 os.close(fd)
         self._device_fd = self._turnstile_fd = None
+
+
+def graphed(call: Callable[[], object], device: torch.device, warmup_calls: int = 3) -> Callable[[], object]:
+    """`call` captured as a CUDA graph; returns its replay. The call's inputs must stay where they
+    are (a static batch). Warm-up calls run first on a side stream (lazy initialisation, caches
+    a capture may not fill), as capture requires. Raises what the capture raises."""
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup_calls):
+            call()
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        call()
+    torch.cuda.synchronize(device)
+    return graph.replay
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from recsearch.train.config import TrainConfig
 from recsearch.train.dispatch import OpCounter
 from recsearch.train.engine import TrainEngine, make_engine
 from recsearch.train.latency import SERVING_SETUP, DeviceLock, measure_interleaved
+from recsearch.train.latency import graphed as latency_graphed
 from recsearch.train.metrics import EvalMetrics, MetricAccumulator
 from recsearch.train.optim import embedding_optimizer
 from recsearch.train.schedule import LRSchedule
@@ -71,6 +72,8 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> dict:
     `split_cache`: in-memory splits kept across the runs of one process (the search's pool
     workers), so a run on data an earlier run loaded reads nothing again."""
     device = init_distributed(cfg.device)
+    if cfg.latency_cuda_graph == "true" and cfg.latency_batch_sizes and device.type != "cuda":
+        raise ValueError("latency_cuda_graph=true needs a CUDA device (this run is on the CPU)")
     if device.type == "cuda":  # set every run: a pool worker's previous trial may have capped it
         torch.cuda.set_per_process_memory_fraction(cfg.device_memory_fraction or 1.0, device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -200,6 +203,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> dict:
         model = engine.model
         final: dict[str, EvalMetrics] = {}
         latency: dict[str, dict[str, float]] = {}
+        latency_notes: list[str] = []
         if state.status != "diverged":
             for split in cfg.eval_splits:
                 with device_lock.shared():
@@ -208,8 +212,8 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> dict:
                     _write_eval(writer, split, final[split], state.step)
             if cfg.latency_batch_sizes:
                 reference = _latency_reference_model(cfg, rows, device, report.engine)
-                latency = measure_latency(model, cfg, loader, device, reference, device_lock)
-        result = _result(cfg, meta, state, final, latency, engine, world_size, device)
+                latency = measure_latency(model, cfg, loader, device, reference, device_lock, latency_notes)
+        result = _result(cfg, meta, state, final, latency, engine, world_size, device, latency_notes)
         if writer:
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _flat(config.to_dict(cfg)).items()}
             metrics = {f"final/{s}_{k}": getattr(m, k) for s, m in final.items() for k in ("auc", "log_loss", "accuracy")}
@@ -243,12 +247,19 @@ def evaluate(model: torch.nn.Module, loader: NpyBatchLoader, device: torch.devic
 
 def measure_latency(
     model, cfg: TrainConfig, make_loader, device: torch.device, reference=None, device_lock: DeviceLock | None = None,
+    notes: list[str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """p50/p99 ms of the trained model's forward at each serving batch size, on this device, with
     the device to itself (`device_lock` held exclusive) and, with a reference model, the
-    reference's p50 timed in the same rounds (recsearch.train.latency)."""
+    reference's p50 timed in the same rounds (recsearch.train.latency). On CUDA the forward is
+    timed as CUDA graph replays (cfg.latency_cuda_graph); why it was not, if it was not, is
+    appended to `notes`."""
     out: dict[str, dict[str, float]] = {}
     lock = device_lock or DeviceLock(None)
+    if cfg.latency_cuda_graph == "true" and device.type != "cuda":
+        raise ValueError("latency_cuda_graph=true needs a CUDA device (this run is on the CPU)")
+    use_graph = device.type == "cuda" and cfg.latency_cuda_graph != "false"
+    notes = notes if notes is not None else []
     models = {"model": model, **({"reference": reference} if reference is not None else {})}
     for m in models.values():
         m.eval()
@@ -272,14 +283,27 @@ def measure_latency(
                 if close:  # the prefetch thread stops before the timing starts
                     close()
             batch = batch.to(device)
-            stats = measure_interleaved(
-                {name: (lambda m=m: m(batch)) for name, m in models.items()}, device,
+            calls = {name: (lambda m=m: m(batch)) for name, m in models.items()}
+            graphed = False
+            if use_graph:
+                try:
+                    calls = {name: latency_graphed(call, device) for name, call in calls.items()}
+                    graphed = True
+                except Exception as err:  # noqa: BLE001 - auto: any capture failure times the eager forward
+                    if cfg.latency_cuda_graph == "true":
+                        raise
+                    torch.cuda.synchronize(device)
+                    use_graph = False
+                    notes.append(f"CUDA graph capture failed at batch {batch_size} ({type(err).__name__}: "
+                                 f"{str(err)[:200]}); timed eagerly")
+            stats = measure_interleaved(calls, device,
                 target_spread=target_spread, max_seconds=max_seconds,
                 calls_per_round=CALLS_PER_ROUND, min_rounds=max(2, rounds),
                 reference="reference" if reference is not None else None,
             )
             mine = stats["model"]
-            entry = {"p50_ms": mine.p50_ms, "p99_ms": mine.p99_ms, "spread": round(mine.spread, 5), "calls": mine.calls}
+            entry = {"p50_ms": mine.p50_ms, "p99_ms": mine.p99_ms, "spread": round(mine.spread, 5), "calls": mine.calls,
+                     "serving": "cuda_graph" if graphed else "eager"}
             if "reference" in stats:
                 entry["reference_p50_ms"] = stats["reference"].p50_ms
                 entry["reference_spread"] = round(stats["reference"].spread, 5)
@@ -398,7 +422,7 @@ def _embedding_bytes(model: torch.nn.Module) -> list[int]:
     return gathered
 
 
-def _result(cfg, meta, state: RunState, final, latency, engine: TrainEngine, world_size, device) -> dict:
+def _result(cfg, meta, state: RunState, final, latency, engine: TrainEngine, world_size, device, latency_notes=()) -> dict:
     step_ms = 1000 * state.train_seconds / state.step if state.step else math.nan
     model = engine.model
     return {
@@ -416,8 +440,11 @@ def _result(cfg, meta, state: RunState, final, latency, engine: TrainEngine, wor
         "data_wait_fraction": round(state.data_wait_seconds / state.train_seconds, 4) if state.train_seconds else math.nan,
         "latency_ms": latency,
         "latency_setup": {
-            "serving": SERVING_SETUP, "target_spread": cfg.latency_target_spread,
+            "serving": _serving_setup(latency),
+            "batch_sizes": [int(b) for b in latency],
+            "target_spread": cfg.latency_target_spread,
             "device_to_itself": cfg.device_lock is not None and world_size == 1,
+            "notes": list(latency_notes),
         },
         "plan": engine.plan_summary(),
         "engine": dataclasses.asdict(engine.report),
@@ -428,6 +455,15 @@ def _result(cfg, meta, state: RunState, final, latency, engine: TrainEngine, wor
         "embedding_bytes_per_rank": _embedding_bytes(model),
         "history": state.history,
     }
+
+
+def _serving_setup(latency: dict[str, dict]) -> str | None:
+    """What was timed: one description when every batch size was timed alike (None: nothing was)."""
+    kinds = {entry["serving"] for entry in latency.values()}
+    if not kinds:
+        return None
+    return "; ".join(f"{k}: {SERVING_SETUP[k]} (batch {', '.join(b for b, e in latency.items() if e['serving'] == k)})"
+                     for k in sorted(kinds)) if len(kinds) > 1 else SERVING_SETUP[kinds.pop()]
 
 
 def write_result(out: Path, result: dict) -> Path:

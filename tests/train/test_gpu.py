@@ -101,3 +101,24 @@ def test_a_run_over_its_device_memory_share_fails_alone_and_the_next_run_is_unca
     # the next run in the same process (a pool worker's next trial) sets its own cap: none
     result = trainer.train(small_config(learnable_data, tmp_path / "free", "device=cuda", "max_steps=2"))
     assert result["status"] == "completed" and result["steps"] == 2
+
+
+def test_serving_latency_is_timed_as_cuda_graph_replays_that_compute_the_eager_forward(tmp_path, learnable_data):
+    from recsearch.train import trainer
+    from recsearch.train.latency import graphed
+
+    engine, loader = engine_and_loader(small_config(learnable_data, tmp_path / "e", "engine=single", "device=cuda"), CUDA)
+    model = engine.model.eval()
+    batch = next(iter(loader)).to(CUDA)
+    with torch.no_grad():
+        eager = model(batch)[1][1].clone()
+        outputs = []
+        replay = graphed(lambda: outputs.append(model(batch)[1][1]), CUDA)
+        outputs[-1].zero_()  # the captured output buffer: a replay must write it again
+        replay()
+        torch.cuda.synchronize()
+    torch.testing.assert_close(outputs[-1], eager, rtol=1e-5, atol=1e-6)
+    result = trainer.train(small_config(learnable_data, tmp_path / "run", "device=cuda", "max_steps=2",
+                                        "latency_batch_sizes=[64]", "latency_iters=10"))
+    assert result["latency_ms"]["64"]["serving"] == "cuda_graph" and "CUDA graph" in result["latency_setup"]["serving"]
+    assert result["latency_setup"]["notes"] == [] and result["latency_ms"]["64"]["p50_ms"] > 0

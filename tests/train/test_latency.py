@@ -123,7 +123,8 @@ def test_a_run_times_the_reference_in_the_same_rounds(tmp_path, learnable_data):
     assert entry["reference_p50_ms"] > 0 and entry["reference_spread"] >= 0
     assert entry["vs_reference"] > 0 and entry["vs_reference_spread"] >= 0
     assert result["latency_setup"]["device_to_itself"] is True
-    assert "eager" in result["latency_setup"]["serving"]
+    assert "eager" in result["latency_setup"]["serving"] and entry["serving"] == "eager"  # on the CPU
+    assert result["latency_setup"]["batch_sizes"] == [64] and result["latency_setup"]["notes"] == []
     # without a reference there is no reference entry, and nothing is locked
     plain = trainer.train(small_config(learnable_data, tmp_path / "plain", "max_steps=4", "latency_batch_sizes=[64]"))
     assert "reference_p50_ms" not in plain["latency_ms"]["64"] and plain["latency_setup"]["device_to_itself"] is False
@@ -155,3 +156,10 @@ def test_the_latency_against_a_reference_in_the_same_rounds_is_reproducible(tmp_
     if not clean_pairs:
         pytest.skip("the machine was too busy for any measurement to reach its spread target")
     raise AssertionError(f"ratios of measurements that reported themselves reproducible disagree: {clean_pairs}")
+
+
+def test_a_graphed_latency_on_the_cpu_is_refused_before_training(tmp_path, learnable_data):
+    cfg = small_config(learnable_data, tmp_path / "out", "max_steps=4", "latency_batch_sizes=[64]", "latency_cuda_graph=true")
+    with pytest.raises(ValueError, match="latency_cuda_graph=true needs a CUDA device"):
+        trainer.train(cfg)
+    assert not (tmp_path / "out" / "result.json").exists()
