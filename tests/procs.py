@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -36,3 +36,14 @@ def wait_for_file(path: Path, timeout: float = 120.0) -> Path:
     while not path.exists() and time.time() < deadline:
         time.sleep(0.05)
     return path
+
+
+def wait_until(done: Callable[[], bool], timeout_s: float = 120.0, interval_s: float = 0.05) -> bool:
+    """Call done() until it returns true or timeout_s pass; whether it did (so a test asserts on
+    it, with its own message, instead of looping forever)."""
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval_s)
+    return True

@@ -141,7 +141,12 @@ def test_a_worker_dies_with_the_process_that_started_it(tmp_path):
         "from tests.search.test_pool_runner import FakePool\n"
         "pool = FakePool(serving_batch=64, size=2)\n"
         "pool._top_up()\n"
-        "print(' '.join(str(w.pid) for w in pool.workers), flush=True)\n"
+        # each worker says "ready" after its imports, so well after it set its death signal
+        "deadline = time.monotonic() + 120\n"
+        "while not all(w.ready_info for w in pool.workers) and time.monotonic() < deadline:\n"
+        "    [w.read() for w in pool.workers]\n"
+        "    time.sleep(0.02)\n"
+        "print(' '.join(str(w.pid) for w in pool.workers if w.ready_info), flush=True)\n"
         "time.sleep(600)\n"
     )
     repo = Path(__file__).resolve().parents[2]
@@ -149,7 +154,6 @@ def test_a_worker_dies_with_the_process_that_started_it(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(repo)})
     pids = [int(p) for p in proc.stdout.readline().split()]
     assert len(pids) == 2 and all(pid_alive(p) for p in pids)
-    time.sleep(1.0)  # past their start (the death signal is set first thing)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert all_dead(pids)

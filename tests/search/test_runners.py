@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import yaml
 from recsearch.search import runners
 from recsearch.search.runners import InProcessRunner, SubprocessRunner, TorchxRunner, TorchxSettings, read_result
 from recsearch.types import ArchSpec, HParams, Topology, TrialSpec, TrialState
+from tests.procs import wait_until
 from tests.search.test_loop import learnable_data  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -106,20 +106,16 @@ def test_subprocess_runner_runs_two_trials_at_once_and_reports_a_killed_one(tmp_
     handles = [runner.submit(_spec(i), _trial_dir(tmp_path, learnable_data, f"t{i}")) for i in range(2)]
     both_running = all(runner.poll(h) is TrialState.RUNNING for h in handles)
     victim = runner.submit(_spec(2), _trial_dir(tmp_path, learnable_data, "victim", train_rows=12288, epochs=50))
-    deadline = time.time() + 300
-    while any(runner.poll(h) is TrialState.RUNNING for h in handles) and time.time() < deadline:
-        time.sleep(0.2)
+    assert wait_until(lambda: all(runner.poll(h) is not TrialState.RUNNING for h in handles), 300), "trials still running"
     assert both_running  # the two were in flight together
     for h in handles:
         r = runner.result(h)
         assert r.state is TrialState.COMPLETE and 0.6 < r.auc < 1, r.error
         assert h.info["returncode"] == 0 and h.wall_s > 0
     # SIGKILL (what the OOM killer sends) mid-training: FAILED, saying so
-    while "step" not in (tmp_path / "victim" / runners.LOG_FILE).read_text() and time.time() < deadline:
-        time.sleep(0.2)
+    assert wait_until(lambda: "step" in (tmp_path / "victim" / runners.LOG_FILE).read_text(), 300), "victim never trained"
     os.kill(victim.info["pid"], signal.SIGKILL)
-    while runner.poll(victim) is TrialState.RUNNING:
-        time.sleep(0.1)
+    assert wait_until(lambda: runner.poll(victim) is not TrialState.RUNNING, 60), "SIGKILLed trial still RUNNING"
     r = runner.result(victim)
     assert r.state is TrialState.FAILED and "killed by SIGKILL" in r.error and "result.json missing" in r.error
 
@@ -127,8 +123,7 @@ def test_subprocess_runner_runs_two_trials_at_once_and_reports_a_killed_one(tmp_
 def test_subprocess_runner_reports_a_bad_config_with_the_log_tail(tmp_path, learnable_data):  # noqa: F811
     runner = SubprocessRunner(serving_batch=64)
     h = runner.submit(_spec(), _trial_dir(tmp_path, learnable_data, "bad", epochs=0))
-    while runner.poll(h) is TrialState.RUNNING:
-        time.sleep(0.1)
+    assert wait_until(lambda: runner.poll(h) is not TrialState.RUNNING, 120), "bad trial still running"
     r = runner.result(h)
     assert r.state is TrialState.FAILED and "exited with code 2" in r.error and "epochs must be >= 1" in r.error
 
@@ -215,9 +210,7 @@ def test_torchx_local_cwd_trial_runs_for_real_and_reports_through_its_result_fil
     runner = TorchxRunner(TorchxSettings(scheduler="local_cwd", cfg={"log_dir": str(tmp_path / "torchx")}), serving_batch=64)
     h = runner.submit(_spec(5), _trial_dir(tmp_path, learnable_data, "tx"))
     assert h.info["app_handle"].startswith("local_cwd://")
-    deadline = time.time() + 300
-    while runner.poll(h) is TrialState.RUNNING and time.time() < deadline:
-        time.sleep(0.5)
+    assert wait_until(lambda: runner.poll(h) is not TrialState.RUNNING, 300, interval_s=0.2), "job still running after 300 s"
     r = runner.result(h)
     assert r.state is TrialState.COMPLETE and 0.6 < r.auc < 1 and r.latency_p50_ms > 0, r.error
 
@@ -234,9 +227,7 @@ def test_torchx_local_cwd_trial_through_a_remote_dir_runs_for_real(tmp_path, lea
     runner = TorchxRunner(settings, serving_batch=64)
     workdir = _trial_dir(tmp_path / "search" / "trials", learnable_data, "6", tensorboard=True)
     h = runner.submit(_spec(6), workdir)
-    deadline = time.time() + 300
-    while runner.poll(h) is TrialState.RUNNING and time.time() < deadline:
-        time.sleep(0.5)
+    assert wait_until(lambda: runner.poll(h) is not TrialState.RUNNING, 300, interval_s=0.2), "job still running after 300 s"
     r = runner.result(h)
     assert r.state is TrialState.COMPLETE and 0.6 < r.auc < 1 and r.latency_p50_ms > 0, r.error
     scratch = next((tmp_path / "job_scratch" / "search").iterdir())

@@ -39,9 +39,10 @@ def _start(path, mode: str, hold_s: float) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", _HOLDER, str(path), mode, str(hold_s)], stdout=subprocess.PIPE, text=True)
 
 
-def _times(proc: subprocess.Popen) -> dict[str, float]:
+def _times(proc: subprocess.Popen, read_before: str = "") -> dict[str, float]:
+    """What the holder printed ("got <t>", "done <t>"), including lines the test already read."""
     out, _ = proc.communicate(timeout=60)
-    return {word: float(value) for word, value in (line.split() for line in out.splitlines())}
+    return {word: float(value) for word, value in (line.split() for line in (read_before + out).splitlines())}
 
 
 def test_the_device_lock_gives_a_measurement_the_device_alone_and_prefers_it(tmp_path):
@@ -49,11 +50,14 @@ def test_the_device_lock_gives_a_measurement_the_device_alone_and_prefers_it(tmp
     for while the measurement waits starts only after the measurement: no overlap either way."""
     path = tmp_path / "device.lock"
     trainer_a = _start(path, "shared", 1.5)
-    time.sleep(0.7)  # A holds its window
+    a_got = trainer_a.stdout.readline()  # A holds its window (a condition, not a guessed delay)
+    assert a_got.startswith("got ")
     measurement = _start(path, "exclusive", 1.0)
-    time.sleep(0.5)  # the measurement waits for A, holding the turnstile
+    # the measurement waits for A, holding the turnstile (nothing outside it shows when it has
+    # started waiting: a fixed delay, well inside A's remaining window)
+    time.sleep(0.5)
     trainer_b = _start(path, "shared", 0.1)
-    a, m, b = _times(trainer_a), _times(measurement), _times(trainer_b)
+    a, m, b = _times(trainer_a, a_got), _times(measurement), _times(trainer_b)
     assert m["got"] >= a["done"] - 0.05  # the measurement started only after A's window ended
     assert b["got"] >= m["done"] - 0.05  # B waited for the measurement though asked before it began
     # two trainers share: without a measurement, windows overlap
