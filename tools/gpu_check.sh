@@ -59,8 +59,8 @@ for group in $STEPS; do
               step search 300 "$PY" tools/bench_trial_overhead.py --device cuda --trials 9 --breakdown-runs 2 \
                 --concurrency subprocess=2 --concurrency pool=4 --workdir "$RUNS/search" \
                 --data "$RUNS/quickstart_data" --out-md "$OUT/BENCHMARKS_search.md" ;;
-    pytest)   step pytest 180 "$PY" -m pytest -q -m gpu tests/train/test_gpu.py -p no:cacheprovider
-              "$PY" tools/bench_gpu.py record --out "$OUT" --group pytest --case "pytest -q -m gpu tests/train/test_gpu.py" \
+    pytest)   step pytest 180 "$PY" -m pytest -q -m gpu tests/train/test_gpu.py tests/placement/test_gpu_measure.py -p no:cacheprovider
+              "$PY" tools/bench_gpu.py record --out "$OUT" --group pytest --case "pytest -q -m gpu tests/train/test_gpu.py tests/placement/test_gpu_measure.py" \
                 --summary "$(grep -E '(passed|failed|skipped|error)' "$OUT/steps.log" | tail -1)" ;;
   esac
 done

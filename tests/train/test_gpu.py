@@ -101,6 +101,9 @@ def test_a_run_over_its_device_memory_share_fails_alone_and_the_next_run_is_unca
     # the next run in the same process (a pool worker's next trial) sets its own cap: none
     result = trainer.train(small_config(learnable_data, tmp_path / "free", "device=cuda", "max_steps=2"))
     assert result["status"] == "completed" and result["steps"] == 2
+    # CUDA branches of the trainer: the device it set, and the peak device memory of the run
+    assert result["device"] == "cuda:0" and len(result["peak_memory_mb_per_rank"]) == 1
+    assert result["peak_memory_mb_per_rank"][0] > 0
 
 
 def test_serving_latency_is_timed_as_cuda_graph_replays_that_compute_the_eager_forward(tmp_path, learnable_data):
