@@ -52,7 +52,10 @@ class TrainConfig:
     # the splits evaluated when training ends (a search's lower rungs skip test: it decides nothing)
     eval_splits: tuple[str, ...] = ("val", "test")
     auc_threshold: float | None = None  # stop once validation AUC reaches it (like MLPerf)
-    plan: str = "torchrec"  # "torchrec" (its planner) or a JSON file {table name: rank}
+    # where the tables go over several ranks, always through LearnedShardingPlanner: "torchrec"
+    # (TorchRec's planner picks the ranks), a placer name (learned or a baseline:
+    # recsearch.placement.baselines.PLACERS) or a JSON placement file {table name: rank}
+    plan: str = "torchrec"
     device: str = "auto"  # auto | cpu | cuda
     # CUDA: this process may allocate at most this share of the device's memory (several trials
     # of a search sharing one GPU); an allocation past it fails this run alone. null: no cap

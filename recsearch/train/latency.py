@@ -7,7 +7,8 @@ trial trains is noise that decides which candidates win. Three remedies:
 - `DeviceLock`: trainers hold it shared while they run steps (released at every log window, after
   the host has waited for the device), a latency measurement holds it exclusive. Writer-preferring
   (a turnstile file): once a measurement asks, no new training window starts, the running ones end
-  within one window, and the measurement runs alone. Plain fcntl locks on files in the search
+  after their current step (a trainer checks for a waiting measurement after every step), and the
+  measurement runs alone. Plain fcntl locks on files in the search
   directory: they work across the processes of one host and are released by the kernel when a
   process dies.
 - `measure_interleaved`: every model is timed in rounds, in an order that alternates (A B, B A,
@@ -75,6 +76,21 @@ class DeviceLock:
         fcntl.flock(turnstile_fd, fcntl.LOCK_UN)
         fcntl.flock(device_fd, fcntl.LOCK_SH)
         self._shared = True
+
+    def measurement_waiting(self) -> bool:
+        """Whether a latency measurement waits for the device (holds the turnstile) while this
+        process holds it shared: the trainer then ends its window after the current step instead
+        of at its next log line, so the measurement waits one step, not a whole log window. One
+        non-blocking flock call."""
+        if self.path is None or not self._shared:
+            return False
+        assert self._turnstile_fd is not None
+        try:
+            fcntl.flock(self._turnstile_fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(self._turnstile_fd, fcntl.LOCK_UN)
+        return False
 
     def release(self) -> None:
         """End a training window. Call it only once the device has finished the window's work."""

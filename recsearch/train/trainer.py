@@ -169,6 +169,10 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> dict:
                     device_lock.release()  # the window's loss read-back waited for the device
                     if not logged:
                         break  # diverged
+                elif device_lock.measurement_waiting():  # another trial times its latency: let it now
+                    if device.type == "cuda":
+                        torch.cuda.synchronize(device)  # the window's work is done before the release
+                    device_lock.release()
             # Whatever ended the stretch (an evaluation, the epoch's end), the steps since the last log
             # are logged and checked too: a divergence is caught at the first stretch end after it.
             if window.steps and state.status == "running":

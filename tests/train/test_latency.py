@@ -66,6 +66,24 @@ def test_the_device_lock_gives_a_measurement_the_device_alone_and_prefers_it(tmp
     assert s["got"] < f["done"] and f["got"] < s["done"]
 
 
+def test_a_trainer_sees_a_waiting_measurement_and_lets_it_in_after_its_step(tmp_path):
+    path = tmp_path / "device.lock"
+    lock = DeviceLock(path)
+    assert lock.measurement_waiting() is False  # not holding it: nothing to give way to
+    lock.hold_shared()
+    assert lock.measurement_waiting() is False  # nobody waits
+    measurement = _start(path, "exclusive", 0.1)
+    deadline = time.time() + 30
+    while not lock.measurement_waiting():  # the measurement holds the turnstile and waits for us
+        assert time.time() < deadline, "the waiting measurement was never seen"
+        time.sleep(0.01)
+    assert measurement.poll() is None  # still waiting: the trainer holds the device
+    lock.release()
+    m = _times(measurement)  # it gets the device once the trainer lets go
+    assert m["got"] <= m["done"]
+    lock.close()
+
+
 def test_no_lock_path_locks_nothing():
     lock = DeviceLock(None)
     lock.hold_shared()
