@@ -49,9 +49,10 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from recsearch.data import layout
 from recsearch.data.split_cache import SplitCache
 from recsearch.data.split_cache import available_memory_bytes as _available_memory_bytes
+from recsearch.tables import feature_name
 from recsearch.types import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 
-FEATURE_NAMES = tuple(f"cat_{i}" for i in range(NUM_SPARSE_FEATURES))  # TorchRec's default keys
+FEATURE_NAMES = tuple(feature_name(i) for i in range(NUM_SPARSE_FEATURES))  # TorchRec's default keys
 _INDEX_PER_KEY = {name: i for i, name in enumerate(FEATURE_NAMES)}
 # Sources whose meta.json records the true id range of each feature. `infer_meta` (directories
 # written by TorchRec's scripts) can only record the table sizes the caller asked for, so their

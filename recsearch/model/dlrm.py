@@ -25,6 +25,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from recsearch.tables import feature_name, table_name
 from recsearch.types import NUM_DENSE_FEATURES, ArchSpec, Interaction, TableSpec
 
 EBC_MODULE_PATH = "model.sparse_arch.embedding_bag_collection"  # inside DLRMTrain
@@ -42,11 +43,11 @@ def table_specs(
     pooling = pooling_factors or [1.0] * len(rows)
     return [
         TableSpec(
-            name=f"t_cat_{i}",
+            name=table_name(i),
             num_rows=int(n),
             dim=arch.embedding_dim,
             pooling_factor=float(pooling[i]),
-            feature_names=(f"cat_{i}",),
+            feature_names=(feature_name(i),),
         )
         for i, n in enumerate(rows)
     ]
@@ -105,10 +106,10 @@ def build_model(
         raise ValueError(f"dense dtype must be one of {sorted(DENSE_DTYPES)}, got {dense_dtype!r}")
     configs = [
         EmbeddingBagConfig(
-            name=f"t_cat_{i}",
+            name=table_name(i),
             embedding_dim=arch.embedding_dim,
             num_embeddings=int(n),
-            feature_names=[f"cat_{i}"],
+            feature_names=[feature_name(i)],
             data_type=EMBEDDING_DTYPES[embedding_dtype],
         )
         for i, n in enumerate(rows)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from recsearch.data import layout, stats
+from recsearch.tables import reuse_histogram
 from recsearch.types import NUM_REUSE_BINS, TableSpec
 from tests.conftest import write_dataset
 
@@ -17,13 +18,13 @@ def test_reuse_histogram_by_hand():
     expected[1] = 2 / 11  # reuse 2 in (1, 2]
     expected[2] = 3 / 11  # reuse 3 in (2, 4]
     expected[3] = 5 / 11  # reuse 5 in (4, 8]
-    np.testing.assert_allclose(stats.reuse_histogram(ids), expected)
+    np.testing.assert_allclose(reuse_histogram(ids), expected)
     # bin edges: reuse 4 is in (2, 4], 2^15 in (2^14, 2^15], 2^15 + 1 in the last bin
-    assert stats.reuse_histogram(np.zeros(4, int))[2] == 1.0
-    assert stats.reuse_histogram(np.zeros(2**15, int))[15] == 1.0
-    assert stats.reuse_histogram(np.zeros(2**15 + 1, int))[16] == 1.0
-    assert stats.reuse_histogram(np.arange(10)).tolist() == [1.0] + [0.0] * 16
-    assert not stats.reuse_histogram(np.array([], int)).any()
+    assert reuse_histogram(np.zeros(4, int))[2] == 1.0
+    assert reuse_histogram(np.zeros(2**15, int))[15] == 1.0
+    assert reuse_histogram(np.zeros(2**15 + 1, int))[16] == 1.0
+    assert reuse_histogram(np.arange(10)).tolist() == [1.0] + [0.0] * 16
+    assert not reuse_histogram(np.array([], int)).any()
     assert stats.reuse_bin_labels()[:4] == ["1", "2", "3-4", "5-8"]
     assert (
         stats.reuse_bin_labels()[-1] == ">32768" and len(stats.reuse_bin_labels()) == NUM_REUSE_BINS
