@@ -51,6 +51,19 @@ def check_int(
         problems.append(f"{key} must be >= {minimum}{null}, got {value!r}")
 
 
+def check_table_sizes(problems: list[str], key: str, value: object) -> None:
+    """Append a problem unless value is None (not set) or a list of NUM_SPARSE_FEATURES table
+    sizes, or of one size for every table, each an integer >= 1."""
+    if value is None:
+        return
+    if not isinstance(value, (list, tuple)) or len(value) not in (1, NUM_SPARSE_FEATURES):
+        problems.append(f"{key} must be a list of {NUM_SPARSE_FEATURES} table sizes, or of one size "
+                        f"for every table, or null, got {value!r}")
+        return
+    bad = [s for s in value if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+    if bad:
+        problems.append(f"{key} must hold integers >= 1, got {bad[0]!r}")
+
 def check_number(
     problems: list[str], key: str, value: object, *, above: float | None = None,
     minimum: float | None = None, maximum: float | None = None, optional: bool = False,

@@ -9,7 +9,8 @@ A dataset directory holds, for each day ``i``::
                           feature t's ids are columns [off_t, off_t + multi_hot_sizes[t])
 
 and ``meta.json`` (DatasetMeta), written last and atomically: a directory without it is incomplete.
-Directories preprocessed by TorchRec's own scripts (no meta.json) are read with ``infer_meta``.
+Directories preprocessed by TorchRec's own scripts (no meta.json) are read with ``infer_meta``
+(``recsearch.data.dataset.dataset_meta`` picks between the two and finds the table sizes).
 
 Splits follow TorchRec's InMemoryBinaryCriteoIterDataPipe: ``train`` is every day but the last,
 ``val`` the first half of the last day and ``test`` its second half.
@@ -135,7 +136,8 @@ def read_meta(root: Path | str) -> DatasetMeta:
             "a dataset is incomplete: `recsearch data preprocess` or `synth` did not finish "
             "there (run it again; a preprocess run builds in <out>.incomplete-<pid> and leaves "
             "nothing usable behind). Data preprocessed by TorchRec's own scripts has no "
-            "meta.json either: pass its table sizes so the layout can be inferred"
+            "meta.json either: recsearch.data.dataset.dataset_meta describes it (train and "
+            "search take its table sizes as num_embeddings_per_feature, or derive them)"
         )
     try:
         raw = json.loads(path.read_text())

@@ -27,6 +27,7 @@ import numpy as np
 
 from recsearch import remote
 from recsearch.data import layout
+from recsearch.data.dataset import dataset_meta
 from recsearch.data.loader import FEATURE_NAMES, NpyBatchLoader
 from recsearch.types import NUM_REUSE_BINS, NUM_SPARSE_FEATURES, TableSpec
 
@@ -209,18 +210,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--table-sizes",
         type=_sizes_arg,
-        help=f"N or {NUM_SPARSE_FEATURES} comma-separated table sizes; required for directories "
-        "written by TorchRec's scripts (no meta.json)",
+        help=f"N or {NUM_SPARSE_FEATURES} comma-separated table sizes; for directories written by "
+        "TorchRec's scripts (no meta.json) they default to max id + 1 per feature",
     )
     parser.add_argument("--out", help="write JSON here (default: print only)")
     args = parser.parse_args(argv)
     if args.batch_size <= 0 or args.max_batches <= 0 or args.embedding_dim <= 0:
         parser.error("--batch-size, --max-batches and --embedding-dim must be positive")
     try:
-        if args.table_sizes and not (Path(args.root) / layout.META_FILE).exists():
-            meta = layout.infer_meta(args.root, args.table_sizes)
-        else:
-            meta = layout.read_meta(args.root)
+        has_meta = (Path(args.root) / layout.META_FILE).exists()
+        meta = dataset_meta(args.root, None if has_meta else args.table_sizes)
         sizes = args.table_sizes or meta.num_embeddings_per_feature
         if args.max_rows_per_table:
             sizes = tuple(min(n, args.max_rows_per_table) for n in sizes)

@@ -183,6 +183,8 @@ class SearchConfig:
 
     data_dir: str
     fidelity: FidelityConfig
+    # tables of a data_dir without meta.json (TorchRec's npy files), for every trial; see TrainConfig
+    num_embeddings_per_feature: tuple[int, ...] | None = None
     train: str | None = None  # base `recsearch train` config file (what trials inherit)
     base: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields over `train`'s
     space: SpaceConfig = field(default_factory=SpaceConfig)
@@ -247,7 +249,7 @@ class Resolved:
 def load_search_config(path: Path | str, overrides: list[str] | None = None) -> Resolved:
     """Parse and validate a search config, every problem at once; then check the search is
     possible at all (data present, rungs within the data, something fits the topology)."""
-    from recsearch.data import layout
+    from recsearch.data.dataset import dataset_meta
     from recsearch.train.config import TrainConfig
 
     path = Path(path)
@@ -265,6 +267,8 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
         origin = f"{cfg.train} (base of {path})"
     base_raw = _merge(base_raw, cfg.base)
     base_raw["data_dir"] = cfg.data_dir
+    if cfg.num_embeddings_per_feature is not None:
+        base_raw["num_embeddings_per_feature"] = list(cfg.num_embeddings_per_feature)
     base_raw.setdefault("output_dir", "unused")
     try:
         base = config.build(TrainConfig, base_raw, origin=origin)
@@ -275,7 +279,7 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
     if cfg.runner.kind in ("inprocess", "pool") and cfg.topology.devices != 1:
         problems.append(f"{path}: runner.kind: {cfg.runner.kind} trains on one rank; topology.devices is {cfg.topology.devices}")
     try:
-        meta = layout.read_meta(cfg.data_dir)
+        meta = dataset_meta(cfg.data_dir, base.num_embeddings_per_feature if base is not None else None)
     except (FileNotFoundError, ValueError) as err:
         problems.append(f"{path}: data_dir: {err}")
         meta = None

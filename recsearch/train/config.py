@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recsearch.types import ArchSpec, HParams, SettingsError, check_int, check_number
+from recsearch.types import ArchSpec, HParams, SettingsError, check_int, check_number, check_table_sizes
 
 EMBEDDING_PRECISIONS = ("fp32", "fp16")  # table weights (and their fused optimizer updates)
 DENSE_PRECISIONS = ("fp32", "bf16")  # MLPs + interaction under autocast (weights stay fp32)
@@ -44,6 +44,9 @@ class TrainConfig:
     arch: ArchSpec = field(default_factory=ArchSpec)
     hparams: HParams = field(default_factory=HParams)
     max_rows_per_table: int | None = None  # cap table rows (ids are hashed into the cap)
+    # Table sizes of a data_dir without meta.json (TorchRec's own npy files): 26 sizes, or one for
+    # every table; ids are hashed modulo them. Unset there: max id + 1 (recsearch.data.dataset)
+    num_embeddings_per_feature: tuple[int, ...] | None = None
     train_rows: int | None = None  # use only the first rows of the train split (fidelity)
     epochs: int = 1
     max_steps: int | None = None
@@ -119,6 +122,7 @@ def settings_problems(cfg: TrainConfig) -> list[str]:
             problems.append(f"{key} must be a non-empty string or null, got {value!r}")
     for key in ("max_rows_per_table", "train_rows", "eval_rows", "max_steps"):
         check_int(problems, key, getattr(cfg, key), 1, optional=True)  # 0 would train or test nothing
+    check_table_sizes(problems, "num_embeddings_per_feature", cfg.num_embeddings_per_feature)
     check_int(problems, "epochs", cfg.epochs, 1)
     check_int(problems, "log_every_steps", cfg.log_every_steps, 1)
     check_int(problems, "latency_iters", cfg.latency_iters, 1)

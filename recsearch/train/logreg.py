@@ -29,11 +29,11 @@ import torch
 from torch import nn
 
 from recsearch import remote
-from recsearch.data import layout
+from recsearch.data.dataset import dataset_meta
 from recsearch.data.loader import read_split_arrays
 from recsearch.model.dlrm import table_rows
 from recsearch.train.metrics import EvalMetrics, MetricAccumulator
-from recsearch.types import MAX_SEED, RESULT_FILE, SettingsError, check_int, check_number
+from recsearch.types import MAX_SEED, RESULT_FILE, SettingsError, check_int, check_number, check_table_sizes
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class LogRegConfig:
     lr: float = 0.05
     l2: float = 0.0  # weight decay on the dense weights and, per touched row, on the id weights
     max_rows_per_table: int | None = None
+    num_embeddings_per_feature: tuple[int, ...] | None = None  # as `recsearch train`'s key
     train_rows: int | None = None
     eval_rows: int | None = None
     seed: int = 0
@@ -58,6 +59,7 @@ class LogRegConfig:
         for key in ("max_rows_per_table", "train_rows", "eval_rows"):
             check_int(problems, key, getattr(self, key), 1, optional=True)
         check_int(problems, "seed", self.seed, 0, maximum=MAX_SEED)
+        check_table_sizes(problems, "num_embeddings_per_feature", self.num_embeddings_per_feature)
         if problems:
             raise SettingsError(problems)
 
@@ -94,7 +96,7 @@ def evaluate(model: LogisticRegression, dense: torch.Tensor, ids: torch.Tensor, 
 
 def train(cfg: LogRegConfig) -> dict:
     torch.manual_seed(cfg.seed)
-    meta = layout.read_meta(cfg.data_dir)
+    meta = dataset_meta(cfg.data_dir, cfg.num_embeddings_per_feature)
     if meta.multi_hot_sizes is not None:
         raise ValueError(f"{cfg.data_dir}: multi-hot data is not supported by the logistic-regression baseline")
     rows = table_rows(meta.num_embeddings_per_feature, cfg.max_rows_per_table)

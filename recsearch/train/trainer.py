@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
 from recsearch import config, remote
-from recsearch.data import layout
+from recsearch.data.dataset import dataset_meta
 from recsearch.data.loader import NpyBatchLoader
 from recsearch.data.split_cache import SplitCache
 from recsearch.model.dlrm import build_model, compile_dense_parts, dense_parameter_count, table_rows
@@ -81,7 +81,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     hp = cfg.hparams
 
-    meta = layout.read_meta(cfg.data_dir)
+    meta = dataset_meta(cfg.data_dir, cfg.num_embeddings_per_feature)
     rows = table_rows(meta.num_embeddings_per_feature, cfg.max_rows_per_table)
 
     eval_loaders: dict[tuple, NpyBatchLoader] = {}  # built once: an in-memory split is read once

@@ -123,10 +123,15 @@ def test_cli_prints_and_writes(tmp_path, capsys):
     assert "meta.json" in capsys.readouterr().err
 
 
-def test_cli_reads_torchrec_directories_with_table_sizes(tmp_path, capsys):
+def test_cli_reads_torchrec_directories_with_table_sizes(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RECSEARCH_CACHE_DIR", str(tmp_path / "cache"))
     write_dataset(tmp_path, day_rows=(20, 10))
     (tmp_path / layout.META_FILE).unlink()
-    assert stats.main([str(tmp_path), "--batch-size", "10"]) == 2
+    # Without --table-sizes, the sizes are max id + 1 of each feature (recsearch.data.dataset).
+    derived = tmp_path / "derived.json"
+    assert stats.main([str(tmp_path), "--batch-size", "10", "--out", str(derived)]) == 0
+    sparse = np.concatenate([np.load(layout.day_file(tmp_path, d, "sparse")) for d in (0, 1)])
+    assert [t.num_rows for t in stats.load_tables(derived)] == (sparse.max(axis=0) + 1).tolist()
     out = tmp_path / "s.json"
     assert (
         stats.main([str(tmp_path), "--batch-size", "10", "--table-sizes", "7", "--out", str(out)])
