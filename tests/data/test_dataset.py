@@ -199,3 +199,40 @@ def test_recsearch_train_runs_on_torchrec_npy_folders(tmp_path, torchrec_dirs, k
     assert result["status"] == "completed" and result["steps"] == 3
     assert result["metrics"]["val"]["rows"] == 15 and result["metrics"]["test"]["rows"] == 15
     assert result["config"]["num_embeddings_per_feature"] == key
+
+
+def test_a_search_over_an_npy_preproc_folder_gives_every_trial_the_table_sizes(tmp_path, torchrec_dirs):
+    """The search config's top-level num_embeddings_per_feature reaches every trial's config."""
+    from recsearch.search import loop
+
+    raw = {
+        "data_dir": str(torchrec_dirs["raw"]),
+        "num_embeddings_per_feature": [HASH],
+        "base": {
+            "arch": {"embedding_dim": 4, "bottom_mlp": [8, 4], "top_mlp": [8, 1]},
+            "hparams": {"batch_size": 16},
+            "latency_iters": 2,
+            "latency_batch_sizes": [1],
+            "log_every_steps": 2,
+            "tensorboard": False,
+        },
+        "space": {
+            "embedding_dim": [4], "bottom_depth": [1], "bottom_width": [8, 16], "top_depth": [1],
+            "top_width": [8], "interaction": ["dot"], "batch_size": [16],
+        },
+        "fidelity": {"train_rows": [64]},
+        "controller": "random",
+        "trials": 2,
+        "runner": {"kind": "inprocess"},
+        "objective": {"serving_batch": 8},
+        "heartbeat_s": 0.2,
+    }
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert loop.main(["--config", str(path), "--out", str(tmp_path / "s")]) == 0
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "s" / "trials").glob("*/result.json"))]
+    assert len(results) == 3  # the reference and two trials
+    for result in results:
+        assert result["status"] == "completed"
+        assert result["config"]["num_embeddings_per_feature"] == [HASH]
+        assert 0.0 < result["metrics"]["val"]["auc"] < 1.0
