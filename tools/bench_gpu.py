@@ -285,7 +285,7 @@ def report(results: list[Path], md: Path | None, device: str, note: str = "") ->
         )
     anchors = [r for r in records if r["group"] == "anchors"]
     if anchors:
-        lines += ["", "Anchors in the same run (../shared/gpu/bench_anchor.py: SGD, random one-hot ids, batches pre-pinned, no data path):", ""]
+        lines += ["", "Anchors in the same run (bench_anchor.py of the team's GPU bundle, ../shared/gpu beside the repository, not in it; tools/gpu_check.sh runs it from the copy in .gpu/: SGD, random one-hot ids, batches pre-pinned, no data path):", ""]
         for r in anchors:
             value = (f"{r['samples_per_s'] / 1e6:.3f}M samples/s ({r['ms_per_step']:.2f} ms/step)" if r["status"] == "completed"
                      else f"failed: {r.get('error', '')[-200:]}")

@@ -40,9 +40,9 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig  # noqa: E402
 from torchrec.modules.embedding_modules import EmbeddingBagCollection  # noqa: E402
 
 from recsearch import benchmd  # noqa: E402
-from recsearch.placement.best_of import learned_or_better  # noqa: E402
 from recsearch.placement.plan import LearnedShardingPlanner  # noqa: E402
 from recsearch.placement.policy import ShippedLearnedPlacer  # noqa: E402
+from recsearch.placement.registry import learned_or_better  # noqa: E402
 from recsearch.placement.tables import PoolConfig, generate_pool, load_tasks  # noqa: E402
 from recsearch.placement.types import table_memory_bytes  # noqa: E402
 from recsearch.types import TableSpec, Topology  # noqa: E402

@@ -10,13 +10,13 @@ histogram is the share of the batch's lookups whose row's reuse falls in the bin
 
 The batches are the training loader's own (NpyBatchLoader, unshuffled, ids hashed into the table
 sizes), so the statistics describe the lookups the model will actually make. The JSON file holds
-one entry per table with TableSpec's fields, read back by `load_tables`.
+one entry per table with TableSpec's fields: a table file (recsearch.tables), read back by
+`recsearch.tables.load_tables`; the reuse histogram is `recsearch.tables.reuse_histogram`.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -29,6 +29,13 @@ from recsearch import remote
 from recsearch.data import layout
 from recsearch.data.dataset import dataset_meta
 from recsearch.data.loader import FEATURE_NAMES, NpyBatchLoader
+from recsearch.tables import (  # load_tables: read by search/loop.py from here until it imports recsearch.tables
+    histogram_of_counts,
+    load_tables,  # noqa: F401
+    reuse_bin_labels,
+    table_name,
+    tables_payload,
+)
 from recsearch.types import NUM_REUSE_BINS, NUM_SPARSE_FEATURES, TableSpec
 
 
@@ -48,29 +55,6 @@ class StatsRun:
     batches: int
     rows: int
     partial_batch: bool  # the split was smaller than one batch: reuse counts are lower than real
-
-
-def reuse_bin_labels() -> list[str]:
-    """Reuse range of each bin: "1", "2", "3-4", "5-8", ..., ">32768"."""
-    labels = ["1", "2"]
-    labels += [f"{2 ** (k - 1) + 1}-{2**k}" for k in range(2, NUM_REUSE_BINS - 1)]
-    return labels + [f">{2 ** (NUM_REUSE_BINS - 2)}"]
-
-
-def reuse_histogram(ids: np.ndarray) -> np.ndarray:
-    """Share of lookups per power-of-two reuse bin for one batch of one table's ids."""
-    if ids.size == 0:
-        return np.zeros(NUM_REUSE_BINS)
-    _, reuse = np.unique(ids, return_counts=True)
-    return _histogram_of_counts(reuse)
-
-
-def _histogram_of_counts(reuse: np.ndarray) -> np.ndarray:
-    """Histogram from each looked-up row's reuse count: a row hit r times adds r lookups to bin
-    ceil(log2(r)) (1 -> 0, 2 -> 1, 3..4 -> 2, 5..8 -> 3, ...; the last bin takes the rest)."""
-    bins = np.minimum(np.ceil(np.log2(reuse)).astype(np.int64), NUM_REUSE_BINS - 1)
-    lookups = np.bincount(bins, weights=reuse, minlength=NUM_REUSE_BINS)
-    return lookups / reuse.sum()
 
 
 def table_stats(
@@ -113,7 +97,7 @@ def table_stats(
         values, offsets = kjt.values().numpy(), kjt.offset_per_key()
         for t in range(NUM_SPARSE_FEATURES):
             rows, reuse = np.unique(values[offsets[t] : offsets[t + 1]], return_counts=True)
-            hist_sums[t] += _histogram_of_counts(reuse)
+            hist_sums[t] += histogram_of_counts(reuse)
             ids_per_table[t] += offsets[t + 1] - offsets[t]
             seen[t].append(rows)
         samples += kjt.stride()
@@ -121,7 +105,7 @@ def table_stats(
     tables = []
     for t in range(NUM_SPARSE_FEATURES):
         spec = TableSpec(
-            name=f"t_{FEATURE_NAMES[t]}",
+            name=table_name(t),
             num_rows=loader.num_embeddings_per_feature[t],
             dim=embedding_dim,
             pooling_factor=float(ids_per_table[t] / samples),
@@ -136,30 +120,8 @@ def save_stats(path: Path | str, tables: list[TableStats], info: dict[str, objec
     """Write the statistics JSON: `info` and `unique_ids` (one count per table, in table order) at
     the top level, and one entry per table holding exactly TableSpec's fields, so that any reader
     of TableSpec dicts (recsearch.placement too) can load it."""
-    payload = {
-        **info,
-        "unique_ids": [t.unique_ids for t in tables],
-        "tables": [dataclasses.asdict(t.spec) for t in tables],
-    }
+    payload = tables_payload([t.spec for t in tables], {**info, "unique_ids": [t.unique_ids for t in tables]})
     remote.write_text(Path(path), json.dumps(payload, indent=2) + "\n")
-
-
-def load_tables(path: Path | str) -> list[TableSpec]:
-    """Tables from a `recsearch data stats` JSON file (keys that are not TableSpec fields are
-    ignored, so files from later versions with more per-table facts still load)."""
-    path = Path(path)
-    fields = {f.name for f in dataclasses.fields(TableSpec)}
-    try:
-        raw = json.loads(path.read_text())
-        tables = []
-        for entry in raw["tables"]:
-            kwargs = {k: v for k, v in entry.items() if k in fields}
-            for key in ("reuse_hist", "feature_names"):
-                kwargs[key] = tuple(kwargs.get(key, ()))
-            tables.append(TableSpec(**kwargs))
-        return tables
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{path}: not a table statistics file: {err}") from err
 
 
 def _sizes_arg(text: str) -> tuple[int, ...]:

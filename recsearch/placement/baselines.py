@@ -1,6 +1,7 @@
 """Baseline placers, as DreamShard (Zha et al., NeurIPS 2022) defines them, each a `Placer`.
 
 `recsearch place baseline --task TASK.json [--placer size_greedy ...] --out-dir DIR`
+(recsearch.placement.cli.baseline); every placer by name: recsearch.placement.registry.
 
 - random: each table (largest first) on a uniformly random device that still has room.
 - round_robin: table i on device i mod D (the next device with room if that one is full).
@@ -8,7 +9,8 @@
   smallest accumulated key among those that still have memory for it (ties: least memory used,
   then lowest rank). Keys: size_greedy = weight bytes; dim_greedy = dim; lookup_greedy =
   dim x pooling factor; size_lookup_greedy = dim x pooling factor x log10(rows).
-- torchrec: TorchRec's EmbeddingShardingPlanner restricted to table-wise (recsearch.placement.plan).
+- torchrec: TorchRec's EmbeddingShardingPlanner restricted to table-wise
+  (recsearch.placement.torchrec_placer).
 
 Every placer respects the topology's memory cap with `table_memory_bytes` (weights + optimizer
 state) and raises PlacementError naming the table and the sizes when a table fits no device.
@@ -17,12 +19,9 @@ No torch import here: placers are cheap to construct and call.
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from recsearch.placement.types import (
@@ -32,9 +31,7 @@ from recsearch.placement.types import (
     Placer,
     check_fits,
     format_bytes,
-    placement_summary,
     rank_caps,
-    save_placement,
     table_memory_bytes,
 )
 from recsearch.types import TableSpec, Topology
@@ -175,85 +172,26 @@ GREEDY_KEYS: dict[str, Callable[[TableSpec], float]] = {
     "lookup_greedy": lookup_key,
     "size_lookup_greedy": size_lookup_key,
 }
-PLACERS = ("random", "round_robin", *GREEDY_KEYS, "torchrec", "learned")
+BASELINES = ("random", "round_robin", *GREEDY_KEYS)
 
 
-def make_placer(
-    name: str, optimizer: str = DEFAULT_OPTIMIZER, seed: int = 0, **kwargs: Any
-) -> Placer:
-    """A placer by name (PLACERS). kwargs go to the TorchRec placer (batch_size, ...) or to the
-    learned one (samples: K sampled placements besides greedy); "learned" is the shipped policy
-    for the topology's compute device (recsearch.placement.policy)."""
+def make_baseline(name: str, optimizer: str = DEFAULT_OPTIMIZER, seed: int = 0) -> Placer:
+    """One of this module's placers by name (BASELINES); recsearch.placement.registry.make_placer
+    knows every placer (these, TorchRec's planner and the learned one)."""
     if name == "random":
         return RandomPlacer(seed=seed, optimizer=optimizer)
     if name == "round_robin":
         return RoundRobinPlacer(optimizer=optimizer)
     if name in GREEDY_KEYS:
         return GreedyPlacer(GREEDY_KEYS[name], name, optimizer=optimizer)
-    if name == "torchrec":
-        from recsearch.placement.plan import (
-            TorchRecPlacer,  # imports torchrec.distributed
-        )
-
-        return TorchRecPlacer(optimizer=optimizer, **kwargs)
-    if name == "learned":
-        from recsearch.placement.policy import ShippedLearnedPlacer  # imports torch
-
-        return ShippedLearnedPlacer(seed=seed, optimizer=optimizer, **kwargs)
-    raise ValueError(f"unknown placer {name!r}; known: {', '.join(PLACERS)}")
+    raise ValueError(f"unknown baseline placer {name!r}; known: {', '.join(BASELINES)}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    from recsearch.placement.tables import load_task
+def __getattr__(name: str) -> Any:
+    """Transition only: recsearch/search/loop.py still imports PLACERS and make_placer from here;
+    they live in recsearch.placement.registry (remove this when loop.py imports the registry)."""
+    if name in ("PLACERS", "make_placer"):
+        from recsearch.placement import registry
 
-    parser = argparse.ArgumentParser(
-        prog="recsearch place baseline", description="Place a task's tables with baseline placers."
-    )
-    parser.add_argument("--task", required=True, help="task file (recsearch place tables tasks)")
-    parser.add_argument(
-        "--placer",
-        nargs="+",
-        default=[p for p in PLACERS if p not in ("torchrec", "learned")],
-        choices=PLACERS,
-    )
-    parser.add_argument("--seed", type=int, default=0, help="for random")
-    parser.add_argument("--batch-size", type=int, default=8192, help="global batch (torchrec)")
-    parser.add_argument("--out-dir", help="write <task>.<placer>.json placement files here")
-    args = parser.parse_args(argv)
-    try:
-        task = load_task(args.task)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"recsearch place baseline: {err}", file=sys.stderr)
-        return 2
-    topo = task.topology
-    print(
-        f"{task.name}: {len(task.tables)} tables on {topo.world_size} x {topo.compute_device}, "
-        f"cap {format_bytes(topo.device_memory_bytes)} ({task.optimizer})"
-    )
-    status = 0
-    for name in args.placer:
-        kwargs = {"batch_size": args.batch_size} if name == "torchrec" else {}
-        try:
-            placement = make_placer(name, task.optimizer, args.seed, **kwargs).place(
-                task.tables, topo
-            )
-            placement.validate(task.tables, topo, task.optimizer)
-        except PlacementError as err:
-            print(f"  {name:<19} failed: {err}")
-            status = 1
-            continue
-        summary = placement_summary(placement, task.tables, task.optimizer)
-        mem = max(s["memory_bytes"] for s in summary) / topo.device_memory_bytes
-        lookups = [s["lookup_dims"] for s in summary]
-        print(
-            f"  {name:<19} max mem {mem:5.1%} of cap, lookup-dims per rank "
-            f"max {max(lookups):,.0f} / mean {sum(lookups) / len(lookups):,.0f}"
-        )
-        if args.out_dir:
-            path = Path(args.out_dir) / f"{task.name}.{name}.json"
-            save_placement(path, placement, task.tables, task=task.name, placer=name)
-    return status
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -4,6 +4,7 @@ keep the cheapest (the primary on ties).
 
 What it costs is the baselines' planning (greedy: milliseconds) plus one cost-model estimate
 per candidate; `tools/bench_planner.py` measures it (docs/BENCHMARKS.md `bench_planner`).
+The learned placer checked against DEFAULT_RIVALS is `registry.learned_or_better`.
 """
 
 from __future__ import annotations
@@ -82,21 +83,3 @@ class BestOfPlacer:
             raise PlacementError("no placer found a placement: " + " | ".join(errors))
         self.last_choice = best[1]
         return best[2]
-
-
-def learned_or_better(
-    samples: int = 0, seed: int = 0, optimizer: str = DEFAULT_OPTIMIZER
-) -> BestOfPlacer:
-    """The shipped learned placer checked against DEFAULT_RIVALS under its own cost net: what
-    LearnedShardingPlanner uses for placer="learned"."""
-    from recsearch.placement.baselines import make_placer
-    from recsearch.placement.policy import ShippedLearnedPlacer  # imports torch
-
-    learned = ShippedLearnedPlacer(samples=samples, seed=seed, optimizer=optimizer)
-    return BestOfPlacer(
-        learned,
-        {name: make_placer(name, optimizer) for name in DEFAULT_RIVALS},
-        lambda topology: learned.policy_for(topology.compute_device).cost_net,
-        primary_name="learned" if samples == 0 else f"learned_k{samples}",
-        optimizer=optimizer,
-    )

@@ -3,6 +3,7 @@
 `recsearch place cost-net train --samples S.jsonl [...] --out PREFIX [--test-samples T.jsonl]
     [--holdout-tables F --holdout-splits N]`
 `recsearch place cost-net eval --model PREFIX --samples T.jsonl`
+(command line: recsearch.placement.cli.cost_net)
 
 Shape. One shared MLP encodes each table's feature vector (recsearch.placement.features); a
 device's encoding is the *sum* of its tables' encodings (so a device holds any number of tables and
@@ -28,11 +29,9 @@ communication model and the held-out errors measured when it was trained.
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -45,12 +44,7 @@ from torch import nn
 
 from recsearch import remote
 from recsearch.placement.features import FEATURE_NAMES, NUM_FEATURES, features_matrix
-from recsearch.placement.measure import (
-    DEFAULT_COMM,
-    CommModel,
-    comm_costs,
-    read_samples,
-)
+from recsearch.placement.comm import DEFAULT_COMM, CommModel, comm_costs
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
     Cost,
@@ -693,140 +687,6 @@ def split_by_tables(
     return seen, unseen, sorted(held)
 
 
-# ------------------------------------------------------------------------------ CLI
-
-
-def _read_all(paths: Sequence[str]) -> list[CostSample]:
-    out: list[CostSample] = []
-    for p in paths:
-        if not Path(p).exists():
-            raise FileNotFoundError(f"samples file {p} does not exist")
-        got = read_samples(p)
-        if not got:
-            raise ValueError(f"samples file {p} has no samples")
-        out.extend(got)
-    return out
-
-
-def _train_main(args: argparse.Namespace) -> int:
-    samples = _read_all(args.samples)
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        seed=args.seed,
-        threads=args.threads,
-    )
-    comm = CommModel.load(args.comm_model) if args.comm_model else None
-    shape = CostNetShape(args.hidden, args.embed, args.members, args.additive)
-    report: dict[str, Any] = {}
-    if args.holdout_tables:
-        names = {t.name for s in samples for t in s.tables}
-        splits = []
-        for k in range(args.holdout_splits):
-            seen, unseen, held = split_by_tables(samples, args.holdout_tables, args.seed + k)
-            probe = CostNet(shape, cfg, comm)
-            probe.fit(seen)
-            err = probe.evaluate(unseen)
-            print(
-                f"unseen-table split {k} (seed {args.seed + k}): {len(held)} of {len(names)} "
-                f"tables held out; trained on {len(seen)} samples without them, tested on "
-                f"{len(unseen)} samples with them: {err.line()}"
-            )
-            splits.append(
-                {
-                    "seed": args.seed + k,
-                    "held_out_tables": held,
-                    "train_samples": len(seen),
-                    "errors": asdict(err),
-                }
-            )
-        mean = {
-            key: float(np.mean([sp["errors"][key] for sp in splits]))
-            for key in ("fwd", "bwd", "total")
-        }
-        print(
-            f"  held-out placements of unseen tables, mean of {len(splits)} split(s): MRE fwd "
-            f"{mean['fwd']:.2%}  bwd {mean['bwd']:.2%}  fwd+bwd {mean['total']:.2%}"
-        )
-        report["unseen_tables_split"] = {
-            "holdout_fraction": args.holdout_tables,
-            "splits": splits,
-            "mean_errors": mean,
-        }
-    model = CostNet(shape, cfg, comm)
-    model.fit(samples)
-    val = model.metrics.get("val")
-    print(
-        f"trained {model.metrics['members']} member(s) on {model.metrics['samples']} device "
-        f"samples ({model.metrics['fit_seconds']} s, best epoch {model.metrics['best_epoch']})"
-    )
-    if val:
-        print(f"  random held-out samples (out of bag): {Errors(**val).line()}")
-    for path in args.test_samples or ():
-        test = _read_all([path])
-        err = model.evaluate(test)
-        unseen = {t.name for s in test for t in s.tables} - set(model.meta.tables_seen)  # type: ignore[union-attr]
-        print(f"  {path} ({len(unseen)} tables never seen in training): {err.line()}")
-        report.setdefault("test", {})[path] = {"errors": asdict(err), "unseen_tables": len(unseen)}
-    model.metrics = {**model.metrics, **report}
-    pt, js = model.save(args.out)
-    print(f"wrote {pt} and {js}")
-    return 0
-
-
-def _eval_main(args: argparse.Namespace) -> int:
-    model = CostNet.load(args.model)
-    for path in args.samples:
-        err = model.evaluate(_read_all([path]))
-        print(f"{path}: {err.line()}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="recsearch place cost-net", description="Train / evaluate the placement cost network."
-    )
-    sub = parser.add_subparsers(dest="what", required=True)
-    t = sub.add_parser("train", help="fit on measured samples (JSONL from `place measure`)")
-    t.add_argument("--samples", nargs="+", required=True)
-    t.add_argument("--out", required=True, help="writes OUT.pt and OUT.json")
-    t.add_argument("--test-samples", nargs="*", help="samples to report errors on (unseen tables)")
-    t.add_argument(
-        "--holdout-tables",
-        type=float,
-        default=0.0,
-        help="also report the error on samples with this share of tables never seen in training",
-    )
-    t.add_argument(
-        "--holdout-splits", type=int, default=1, help="how many such splits (seeds seed, seed+1..)"
-    )
-    t.add_argument("--epochs", type=int, default=TrainConfig.epochs)
-    t.add_argument("--weight-decay", type=float, default=TrainConfig.weight_decay)
-    t.add_argument("--lr", type=float, default=TrainConfig.lr)
-    t.add_argument("--hidden", type=int, default=CostNetShape.hidden)
-    t.add_argument("--embed", type=int, default=CostNetShape.embed)
-    t.add_argument("--members", type=int, default=CostNetShape.members, help="ensemble size")
-    t.add_argument(
-        "--additive",
-        default=CostNetShape.additive,
-        choices=ADDITIVE_MODES,
-        help="per-table positive contributions (table) or softplus of the device sum (device)",
-    )
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=1)
-    t.add_argument("--comm-model", help="CommModel JSON (`place measure --calibrate-comm`)")
-    e = sub.add_parser("eval", help="errors of a trained net on measured samples")
-    e.add_argument("--model", required=True, help="prefix (or .pt/.json) of a trained net")
-    e.add_argument("--samples", nargs="+", required=True)
-    args = parser.parse_args(argv)
-    try:
-        return _train_main(args) if args.what == "train" else _eval_main(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"recsearch place cost-net {args.what}: {err}", file=sys.stderr)
-        return 2
-
-
 def load_shipped(device: str = "cpu") -> CostNet:
     """The cost net shipped in recsearch/placement/data for 'cpu' or 'cuda' (H100)."""
     if device not in SHIPPED:
@@ -843,9 +703,5 @@ __all__ = [
     "TrainConfig",
     "device_samples",
     "load_shipped",
-    "main",
     "split_by_tables",
 ]
-
-if __name__ == "__main__":
-    raise SystemExit(main())

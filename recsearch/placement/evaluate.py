@@ -1,5 +1,7 @@
-"""Compare placers on held-out tasks by *measured* cost: `recsearch place eval`.
+"""Compare placers on held-out tasks by *measured* cost: `run_eval(tasks, methods, cost_net,
+EvalConfig) -> EvalReport`; its markdown is eval_markdown.render_markdown.
 
+Command line (recsearch.placement.cli.eval):
 `recsearch place eval --tasks DIR [DIR ...] --methods round_robin ... learned learned_k16 --out results.json [--md docs/BENCHMARKS.md]`
 
 For every task and method: the placement (planning time, feasibility), the cost network's
@@ -9,7 +11,7 @@ one 2-core machine cannot run 16 ranks' all-to-alls for real). The cost network 
 it is the model the learned placer optimizes, so ranking methods by it would flatter the learned
 placer; it is reported beside the measurement to show how far to trust it on unseen tables.
 
-Methods: the baselines of recsearch.placement.baselines (random, round_robin, size_greedy,
+Methods: the baselines of recsearch.placement.registry (random, round_robin, size_greedy,
 dim_greedy, lookup_greedy, size_lookup_greedy, torchrec), `learned` (greedy decoding of the
 policy) and `learned_kK` (K sampled placements plus greedy, the cheapest under the cost net kept).
 
@@ -28,21 +30,24 @@ With --md the results become the `place_eval` section (or --section) of that mar
 
 from __future__ import annotations
 
-import argparse
-import json
+import logging
 import os
 import re
-import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from recsearch import remote
-from recsearch.placement.baselines import PLACERS, make_placer
+from recsearch.placement.comm import CommModel
+from recsearch.placement.cost_net import CostNet
+from recsearch.placement.hardware import hardware_string
+from recsearch.placement.measure import measure_placement, time_device_kernel
+from recsearch.placement.policy import SHIPPED, LearnedPlacer
+from recsearch.placement.registry import PLACERS, make_placer
+from recsearch.placement.tables import PoolConfig, Task, generate_pool, make_task
 from recsearch.placement.types import PlacementError, Placer
 
 BASELINES = tuple(p for p in PLACERS if p != "learned")
@@ -51,16 +56,32 @@ _LEARNED = re.compile(r"^learned(?:_k(\d+))?$")
 
 @dataclass(frozen=True)
 class EvalConfig:
-    batch_size: int = 4096
+    batch_size: int = 4096  # global batch measured (the cost net's own, normally)
     warmup: int = 3
     iters: int = 10
-    measure: bool = True
+    measure: bool = True  # False: cost-net estimates only
     seed: int = 0
     threads: int = 1
     row_cap: int | None = None
     rounds: int = 3  # interleaved measurement rounds per task; medians over rounds
     clock: str = "thread"  # CPU kernel clock (measure.CLOCKS)
     bound: bool = True  # also measure the task's lower bound (measure_bound)
+    device: str = "cpu"  # where kernels are timed; the shipped policy is this device's
+    policy: str | None = None  # policy prefix for learned methods (None: the shipped one)
+    planning_timing: bool = True  # also time every method on a fresh 200-table, 16-device task
+
+
+def is_learned_method(name: str) -> bool:
+    """learned or learned_kK (K sampled placements besides greedy)."""
+    return _LEARNED.match(name) is not None
+
+
+def check_methods(methods: Sequence[str]) -> None:
+    for m in methods:
+        if not is_learned_method(m) and m not in BASELINES:
+            raise ValueError(
+                f"unknown method {m!r}; known: {', '.join(BASELINES)}, learned, learned_kK"
+            )
 
 
 def method_placer(
@@ -70,8 +91,6 @@ def method_placer(
     loaded here so that planning times do not include reading model files."""
     m = _LEARNED.match(name)
     if m:
-        from recsearch.placement.policy import SHIPPED, LearnedPlacer
-
         k = int(m.group(1) or 0)
         return LearnedPlacer.load(
             policy or SHIPPED[device], samples=k, seed=cfg.seed, optimizer=optimizer
@@ -85,13 +104,13 @@ def method_placer(
 
 
 def evaluate_tasks(
-    tasks: Sequence[Any],
+    tasks: Sequence[Task],
     methods: Sequence[str],
-    cost_net: Any,
+    cost_net: CostNet,
     cfg: EvalConfig = EvalConfig(),
     policy: str | None = None,
     device: str = "cpu",
-    progress: Any = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Per task: {name, tables, devices, cap, results: {method: {...}}}."""
     out = []
@@ -141,9 +160,9 @@ def evaluate_tasks(
 
 
 def _measure_interleaved(
-    task: Any,
+    task: Task,
     placements: dict[str, Any],
-    cost_net: Any,
+    cost_net: CostNet,
     cfg: EvalConfig,
     device: str,
     n_task: int,
@@ -151,8 +170,6 @@ def _measure_interleaved(
     """Measure a task's distinct placements in cfg.rounds rounds, each in a fresh random order;
     per method the median over rounds of the step cost and of the slowest device's compute, the
     per-round totals and the spread (max - min) / median."""
-    from recsearch.placement.measure import measure_placement
-
     rng = np.random.default_rng([cfg.seed, n_task])
     distinct: dict[tuple[int, ...], Any] = {}
     for p in placements.values():
@@ -196,7 +213,7 @@ def _measure_interleaved(
     return out
 
 
-def measure_bound(task: Any, comm_model: Any, cfg: EvalConfig, device: str) -> dict[str, Any]:
+def measure_bound(task: Task, comm_model: CommModel, cfg: EvalConfig, device: str) -> dict[str, Any]:
     """A measured lower bound on the step cost of any table-wise placement of the task.
 
     Compute. Every device runs one fused kernel over its tables. A fused kernel costs at least its
@@ -217,8 +234,6 @@ def measure_bound(task: Any, comm_model: Any, cfg: EvalConfig, device: str) -> d
     whatever the placement (modeled with the same comm model as the placements).
     The bound is not attainable in general (it assumes perfect balance); it says how much room
     any placer, learned or not, has left above it."""
-    from recsearch.placement.measure import time_device_kernel
-
     tables = list(task.tables)
     world = task.world_size
     kw = {"seed": cfg.seed, "row_cap": cfg.row_cap, "threads": cfg.threads, "clock": cfg.clock}
@@ -284,8 +299,6 @@ def planning_times(
 ) -> dict[str, Any]:
     """Median wall time of each method planning num_tables fresh tables on world_size devices
     (a pool drawn for this, seed 0, cap as the task generator sets it), one CPU thread."""
-    from recsearch.placement.tables import PoolConfig, generate_pool, make_task
-
     pool = generate_pool(PoolConfig(num_tables=num_tables, seed=0))
     task = make_task(pool.tables, num_tables, world_size, seed=0)
     times: dict[str, Any] = {}
@@ -368,342 +381,101 @@ def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str], key: str) 
     return {"methods": per_method, "best_baseline": best, "tasks": len(rows)}
 
 
-def task_ratios(
-    row: dict[str, Any], method: str, best_baseline: str | None, key: str
-) -> tuple[float | None, float | None]:
-    """(cost / best baseline method's, cost / the task's cheapest baseline) of one method on one
-    task; None where either side has no result."""
-    results = row["results"]
-    mine = results.get(method, {}).get(key)
-    base = [r[key] for m, r in results.items() if m in BASELINES and key in r]
-    if mine is None or not base:
-        return None, None
-    best = results.get(best_baseline or "", {}).get(key)
-    return (mine / best if best else None), mine / min(base)
+@dataclass(frozen=True)
+class EvalReport:
+    """What run_eval found: per-task rows (every method's placement, estimate and, when measured,
+    cost), summaries per cost key, the lower-bound summary, planning times and how far the cost
+    net was from the measurements; with where and when it was measured."""
+
+    methods: tuple[str, ...]
+    config: EvalConfig
+    rows: list[dict[str, Any]]
+    summary: dict[str, dict[str, Any]]  # "estimate_ms" and (measured) "measured_ms" -> summarize()
+    bound: dict[str, Any] | None
+    planning: dict[str, Any] | None  # planning_times(), None when not timed
+    placement_error: dict[str, Any] | None  # measured only
+    hardware: str
+    load_average_before: tuple[float, float, float]
+    load_average_after: tuple[float, float, float]
+    elapsed_s: float
+
+    @property
+    def key(self) -> str:
+        """The cost methods are ranked by: measured_ms when measured, else estimate_ms."""
+        return "measured_ms" if self.config.measure else "estimate_ms"
+
+    def to_dict(self, title: str, notes: Sequence[str]) -> dict[str, Any]:
+        """The results JSON (and what render_markdown reads)."""
+        cfg = self.config
+        out: dict[str, Any] = {
+            "title": title,
+            "notes": list(notes),
+            "methods": list(self.methods),
+            "hardware": self.hardware,
+            "config": {
+                "batch_size": cfg.batch_size,
+                "warmup": cfg.warmup,
+                "iters": cfg.iters,
+                "rounds": cfg.rounds,
+                "clock": cfg.clock,
+                "measure": cfg.measure,
+                "device": cfg.device,
+                "load_average_before": list(self.load_average_before),
+                "load_average_after": list(self.load_average_after),
+            },
+            "summary": self.summary,
+            "bound": self.bound,
+            "planning_200": self.planning,
+            "rows": self.rows,
+        }
+        if self.placement_error is not None:
+            out["cost_net_placement_error"] = self.placement_error
+        return out
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """The benchmark section: settings, summary per method, per-task table with the learned
-    methods' ratios to the best baseline method and to the task's cheapest baseline."""
-    methods = report["methods"]
-    lines = [f"## {report['title']}", ""]
-    lines += [f"- {line}" for line in report["notes"]]
-    lines.append("")
-    for label, key in (("measured", "measured_ms"), ("cost-net estimate", "estimate_ms")):
-        s = report["summary"].get(key)
-        if not s or not s["tasks"]:
-            continue
-        lines.append(
-            f"**Summary, {label} cost** ({s['tasks']} tasks; best baseline method: "
-            f"`{s['best_baseline']}`; ratio < 1 is cheaper):"
-        )
-        lines.append("")
-        lines.append(
-            "| method | mean cost (ms) | cost / best baseline | cost / per-task best baseline "
-            "| tasks cheaper than best baseline | infeasible | mean planning time (ms) |"
-        )
-        lines.append("|---|---:|---:|---:|---:|---:|---:|")
-        for m in methods:
-            v = s["methods"].get(m, {})
-            if not v.get("tasks"):
-                lines.append(f"| {m} | - | - | - | - | {v.get('infeasible', '-')} | - |")
-                continue
-            lines.append(
-                f"| {m} | {v['mean_ms']:.3f} | {v['ratio_vs_best_baseline']:.3f} | "
-                f"{v['ratio_vs_task_best']:.3f} | {v['wins_vs_best_baseline']}/{v['tasks']} | "
-                f"{v['infeasible']} | {v['mean_plan_ms']} |"
-            )
-        lines.append("")
-    bound = report.get("bound")
-    if bound and bound.get("tasks"):
-        lines.append(
-            f"**Room left: measured cost / the task's lower bound** (mean over {bound['tasks']} "
-            "tasks; 1.000 would be a perfect placement; the bound, measured per task, is the "
-            "larger of the heaviest table alone and a perfectly balanced share of all tables' "
-            "work, plus the least possible all-to-all (`measure_bound` in placement/evaluate.py); "
-            f"the heaviest table alone binds on {bound['heaviest_table_binds']} of them): "
-            + ", ".join(f"{m} {v:.3f}" for m, v in bound["methods"].items())
-        )
-        lines.append("")
-    err = report.get("cost_net_placement_error")
-    if err and err.get("placements"):
-        lines.append(
-            f"**Cost net vs measurement** over the {err['placements']} distinct placements above "
-            f"(tables the net never saw): mean relative error {err['mre']:.1%} of the step cost, "
-            f"{err['compute_mre']:.1%} of the slowest device's compute."
-        )
-        lines.append("")
-    timing = report.get("planning_200")
-    if timing:
-        lines.append(
-            f"**Planning time**, {timing['tables']} tables on {timing['devices']} devices "
-            f"(median of 3, one CPU thread, ms): "
-            + ", ".join(f"{m} {v}" for m, v in timing["median_ms"].items())
-        )
-        lines.append("")
-    measured = any("measured_ms" in r for row in report["rows"] for r in row["results"].values())
-    key = "measured_ms" if measured else "estimate_ms"
-    best = (report["summary"].get(key) or {}).get("best_baseline")
-    learned = [m for m in methods if _LEARNED.match(m)]
-    unit = "measured ms (cost-net estimate)" if measured else "cost-net estimate, ms"
-    has_bound = any("bound" in row for row in report["rows"])
-    lines.append(
-        f"**Per task**, {unit}; x = infeasible"
-        + ("; lower bound: measured, * where the heaviest table alone binds" if has_bound else "")
-        + (
-            f"; last columns: learned cost / `{best}` (best baseline method) and / the task's "
-            "cheapest baseline"
-            if learned and best
-            else ""
-        )
-        + ":"
-    )
-    lines.append("")
-    ratio_heads = [f"{m} / {h}" for m in learned for h in ("best", "task best")] if best else []
-    bound_heads = ["lower bound"] if has_bound else []
-    heads = [*methods, *bound_heads, *ratio_heads]
-    lines.append("| task | tables | devices | " + " | ".join(heads) + " |")
-    lines.append("|---|---:|---:|" + "---:|" * len(heads))
-    for row in report["rows"]:
-        cells = []
-        for m in methods:
-            r = row["results"].get(m, {})
-            if not r.get("feasible"):
-                cells.append("x")
-            elif measured and "measured_ms" in r:
-                cells.append(f"{r['measured_ms']:.2f} ({r['estimate_ms']:.2f})")
-            else:
-                cells.append(f"{r['estimate_ms']:.3f}")
-        if has_bound:
-            b = row.get("bound")
-            star = "*" if b and b["binding"] == "heaviest table" else ""
-            cells.append(f"{b['bound_ms']:.2f}{star}" if b else "-")
-        if ratio_heads:
-            for m in learned:
-                vs_best, vs_task = task_ratios(row, m, best, key)
-                cells += [f"{v:.3f}" if v is not None else "-" for v in (vs_best, vs_task)]
-        lines.append(
-            f"| {row['task']} | {row['tables']} | {row['devices']} | " + " | ".join(cells) + " |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="recsearch place eval", description="Compare placers on tasks by measured cost."
-    )
-    parser.add_argument("--tasks", nargs="+", required=True, help="task files or directories")
-    parser.add_argument(
-        "--methods",
-        nargs="+",
-        default=[*BASELINES, "learned", "learned_k16"],
-        help="baselines, learned, learned_kK",
-    )
-    parser.add_argument("--out", required=True, help="results JSON")
-    parser.add_argument("--cost-net", help="cost net prefix (default: the shipped one for --device)")
-    parser.add_argument("--policy", help="policy prefix (default: the shipped one for --device)")
-    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument(
-        "--batch-size", type=int, help="global batch (default: the one the cost net predicts)"
-    )
-    parser.add_argument("--warmup", type=int, default=EvalConfig.warmup)
-    parser.add_argument("--iters", type=int, default=EvalConfig.iters)
-    parser.add_argument("--rounds", type=int, default=EvalConfig.rounds, help="interleaved rounds")
-    parser.add_argument(
-        "--clock",
-        choices=("wall", "thread"),
-        help="CPU kernel clock (default: the one the cost net's samples were timed with)",
-    )
-    parser.add_argument("--no-measure", action="store_true", help="cost-net estimates only")
-    parser.add_argument(
-        "--no-bound",
-        dest="bound",
-        action="store_false",
-        help="skip measuring each task's lower bound (all tables fused, heaviest tables alone)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--limit", type=int, default=0, help="first N tasks only (0: all)")
-    parser.add_argument(
-        "--no-timing",
-        dest="timing",
-        action="store_false",
-        help="skip timing every method on a fresh 200-table, 16-device task",
-    )
-    parser.add_argument("--md", help="markdown file to write the section into")
-    parser.add_argument("--section", default="place_eval")
-    parser.add_argument("--title", default="Embedding-table placement")
-    parser.add_argument("--note", action="append", default=[], help="extra line for the notes")
-    args = parser.parse_args(argv)
-    args.argv_list = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return _run(args)
-    except (FileNotFoundError, ValueError, PlacementError) as err:
-        print(f"recsearch place eval: {err}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
-    import logging
-
-    import torch
-
+def run_eval(
+    tasks: Sequence[Task],
+    methods: Sequence[str],
+    cost_net: CostNet,
+    cfg: EvalConfig = EvalConfig(),
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> EvalReport:
+    """Place every task with every method, estimate each placement with cost_net and, if
+    cfg.measure, measure it on this machine (plus each task's lower bound if cfg.bound); then
+    summarize. One torch thread. progress(row) is called after each task."""
+    check_methods(methods)
+    if not tasks:
+        raise ValueError("no tasks to evaluate")
+    if cfg.measure and cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda but no CUDA device is available (use --no-measure)")
+    meta = cost_net.meta
+    if meta is None:
+        raise ValueError("the cost net has no metadata (was it trained?)")
     # TorchRec's planner warns on every call that its Topology was built directly: noise here
     logging.getLogger("torchrec.distributed.planner.types").setLevel(logging.ERROR)
-
-    from recsearch.placement.cost_net import CostNet, load_shipped
-    from recsearch.placement.measure import clock_of, hardware_string
-    from recsearch.placement.tables import load_tasks
-
-    for m in args.methods:
-        if not _LEARNED.match(m) and m not in BASELINES:
-            raise ValueError(
-                f"unknown method {m!r}; known: {', '.join(BASELINES)}, learned, learned_kK"
-            )
-    tasks = [t for path in args.tasks for t in load_tasks(path)]
-    if not tasks:
-        raise ValueError(f"no task files in {args.tasks}")
-    if args.limit:
-        tasks = tasks[: args.limit]
-    cost_net = CostNet.load(args.cost_net) if args.cost_net else load_shipped(args.device)
-    meta = cost_net.meta
-    assert meta is not None
-    measure = not args.no_measure
-    if measure and args.device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda but no CUDA device is available (use --no-measure)")
-    batch = args.batch_size or meta.batch_size
-    if batch != meta.batch_size:
-        print(
-            f"note: the cost net predicts batch {meta.batch_size}, measuring at {batch}",
-            file=sys.stderr,
-        )
-    clock = args.clock or clock_of(meta.hardware)
-    cfg = EvalConfig(
-        batch,
-        args.warmup,
-        args.iters,
-        measure,
-        args.seed,
-        rounds=args.rounds,
-        clock=clock,
-        bound=args.bound,
-    )
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-
-    def progress(row: dict[str, Any]) -> None:
-        shown = "  ".join(
-            f"{m} {r.get('measured_ms', r.get('estimate_ms')):.2f}"
-            for m, r in row["results"].items()
-            if r.get("feasible")
-        )
-        print(f"[{time.perf_counter() - t0:6.0f} s] {row['task']}: {shown}", flush=True)
-
-    rows = evaluate_tasks(tasks, args.methods, cost_net, cfg, args.policy, args.device, progress)
+    rows = evaluate_tasks(tasks, methods, cost_net, cfg, cfg.policy, cfg.device, progress)
     elapsed = time.perf_counter() - t0
     load_after = os.getloadavg()
-    keys = ["estimate_ms"] + (["measured_ms"] if measure else [])
-    summary = {k: summarize(rows, args.methods, k) for k in keys}
-    comm = cost_net.comm_model
-    if measure:
-        hardware = hardware_string(args.device, 1, clock)
-        clock_text = (
-            "the kernel thread's CPU time (time.thread_time: what the kernel costs on a core of "
-            "its own; other processes' time slices on this shared machine are not counted)"
-            if clock == "thread" and args.device == "cpu"
-            else ("CUDA events" if args.device == "cuda" else "wall time")
-        )
-        notes = [
-            f"hardware: {hardware}, measured {time.strftime('%Y-%m-%d')}; load average "
-            f"(1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after",
-            f"tasks: {len(tasks)} from {', '.join(args.tasks)}; global batch {batch}; each "
-            f"device's fused kernel (forward + backward with the fused {tasks[0].optimizer} "
-            f"update) timed by {clock_text}, median of {args.iters} iterations after "
-            f"{args.warmup} warm-up; {cfg.rounds} rounds per task, methods in a fresh random "
-            "order each round, median over rounds",
-            f"communication (all-to-all of pooled embeddings and gradients) is modeled, not "
-            f"measured: {comm.source}, {comm.latency_ms} ms + bytes / "
-            f"{comm.bytes_per_ms:,.0f} B/ms per all-to-all",
-        ]
+    keys = ["estimate_ms"] + (["measured_ms"] if cfg.measure else [])
+    summary = {k: summarize(rows, methods, k) for k in keys}
+    if cfg.measure:
+        hardware = hardware_string(cfg.device, 1, cfg.clock)
     else:
         hardware = f"estimates of {meta.hardware}"
-        notes = [
-            f"NOT measured: estimates of the cost network trained on {meta.hardware} "
-            f"(batch {meta.batch_size}); communication {comm.source}, {comm.latency_ms} ms + "
-            f"bytes / {comm.bytes_per_ms:,.0f} B/ms",
-            f"tasks: {len(tasks)} from {', '.join(args.tasks)}",
-        ]
-    notes += [
-        f"cost net: {args.cost_net or 'shipped for ' + args.device}; policy: "
-        f"{args.policy or 'shipped for ' + args.device}",
-        f"command: `recsearch place eval {' '.join(_quote(a) for a in args.argv_list)}` "
-        f"({elapsed / 60:.1f} min)",
-        *args.note,
-    ]
-    timing = planning_times(args.methods, cfg, args.policy, args.device) if args.timing else None
-    if timing:
-        print(
-            f"planning {timing['tables']} tables on {timing['devices']} devices (median ms): "
-            + ", ".join(f"{m} {v}" for m, v in timing["median_ms"].items())
-        )
-    report: dict[str, Any] = {
-        "title": args.title,
-        "notes": notes,
-        "methods": list(args.methods),
-        "hardware": hardware,
-        "config": {
-            "batch_size": batch,
-            "warmup": args.warmup,
-            "iters": args.iters,
-            "rounds": cfg.rounds,
-            "clock": clock,
-            "measure": measure,
-            "device": args.device,
-            "load_average_before": list(load_before),
-            "load_average_after": list(load_after),
-        },
-        "summary": summary,
-        "bound": bound_summary(rows, args.methods) if measure else None,
-        "planning_200": timing,
-        "rows": rows,
-    }
-    key = "measured_ms" if measure else "estimate_ms"
-    if measure:
-        report["cost_net_placement_error"] = placement_error(rows)
-        e = report["cost_net_placement_error"]
-        print(
-            f"cost net vs measurement over {e['placements']} placements: mean relative error "
-            f"{e['mre']:.1%} (slowest device's compute {e['compute_mre']:.1%})"
-        )
-    out = Path(args.out)
-    remote.write_text(out, json.dumps(report, indent=1) + "\n")
-    s = summary[key]
-    print(f"best baseline method ({key}): {s['best_baseline']}")
-    for m, v in s["methods"].items():
-        if v.get("tasks"):
-            print(
-                f"  {m:<19} cost / best baseline {v['ratio_vs_best_baseline']:.3f}  "
-                f"/ per-task best {v['ratio_vs_task_best']:.3f}  infeasible {v['infeasible']}  "
-                f"plan {v['mean_plan_ms']} ms"
-            )
-        else:
-            print(f"  {m:<19} no results (infeasible {v['infeasible']})")
-    if args.md:
-        _write_section(Path(args.md), args.section, render_markdown(report))
-        print(f"wrote section {args.section} of {args.md}")
-    print(f"wrote {out}")
-    return 0
-
-
-def _quote(a: str) -> str:
-    return a if re.fullmatch(r"[\w./:=@+-]+", a) else json.dumps(a)
-
-
-def _write_section(md_path: Path, name: str, body: str) -> None:
-    from recsearch.benchmd import write_section
-
-    write_section(md_path, name, body)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    planning = planning_times(methods, cfg, cfg.policy, cfg.device) if cfg.planning_timing else None
+    return EvalReport(
+        methods=tuple(methods),
+        config=cfg,
+        rows=rows,
+        summary=summary,
+        bound=bound_summary(rows, methods) if cfg.measure else None,
+        planning=planning,
+        placement_error=placement_error(rows) if cfg.measure else None,
+        hardware=hardware,
+        load_average_before=load_before,
+        load_average_after=load_after,
+        elapsed_s=elapsed,
+    )

@@ -1,5 +1,6 @@
-"""Placements as TorchRec sharding plans, a TorchRec drop-in planner around any Placer, and
-TorchRec's own planner as a baseline. The only placement module that imports torchrec.distributed.
+"""Placements as TorchRec sharding plans and a TorchRec drop-in planner around any Placer (named
+placers come from registry.py; TorchRec's own planner as a baseline is torchrec_placer.py). With
+torchrec_placer.py, the only placement modules that import torchrec.distributed.
 
 Switching an existing TorchRec pipeline to a learned (or baseline) placement is one line:
 
@@ -31,7 +32,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -42,7 +42,6 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
-from torchrec.distributed.planner import EmbeddingShardingPlanner
 from torchrec.distributed.planner import Topology as TorchRecTopology
 from torchrec.distributed.planner.constants import BATCH_SIZE as TORCHREC_BATCH_SIZE
 from torchrec.distributed.planner.storage_reservations import (
@@ -51,7 +50,6 @@ from torchrec.distributed.planner.storage_reservations import (
 )
 from torchrec.distributed.planner.types import (
     ParameterConstraints,
-    PlannerError,
     StorageReservation,
 )
 from torchrec.distributed.sharding_plan import (
@@ -62,10 +60,11 @@ from torchrec.distributed.sharding_plan import (
     row_wise,
     table_wise,
 )
-from torchrec.distributed.types import ModuleSharder, ShardingPlan, ShardingType
-from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig
+from torchrec.distributed.types import ModuleSharder, ShardingPlan
+from torchrec.modules.embedding_configs import DataType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
+from recsearch.placement.registry import planner_placer
 from recsearch.placement.shards import (
     SUPPORTED_SHARDING,
     ShardingKind,
@@ -80,11 +79,9 @@ from recsearch.placement.types import (
     Placement,
     PlacementError,
     Placer,
-    check_fits,
-    format_bytes,
-    rank_caps,
     table_memory_bytes,
 )
+from recsearch.placement.torchrec_placer import default_local_world_size, torchrec_topology
 from recsearch.types import TableSpec, Topology
 
 FUSED = EmbeddingComputeKernel.FUSED.value
@@ -167,14 +164,6 @@ def tables_of(
 # Placement -> ShardingPlan
 
 
-def _local_size(world_size: int, device_type: str) -> int:
-    if "LOCAL_WORLD_SIZE" in os.environ:
-        return int(os.environ["LOCAL_WORLD_SIZE"])
-    if device_type == "cuda" and torch.cuda.is_available():
-        return min(world_size, torch.cuda.device_count())
-    return world_size
-
-
 def _sharder_for(module: nn.Module, sharders: Sequence[ModuleSharder[nn.Module]] | None) -> Any:
     for s in sharders or ():
         if isinstance(module, s.module_type):
@@ -192,7 +181,7 @@ def plan_from_ranks(
     compute_kernel: str | None = None,
 ) -> ShardingPlan:
     """ShardingPlan putting table name -> rank (table-wise) for every table of the EBCs."""
-    local = local_size or _local_size(world_size, device_type)
+    local = local_size or default_local_world_size(world_size, device_type)
     plan = {}
     for path, ebc in ebcs.items():
         names = [c.name for c in ebc.embedding_bag_configs()]
@@ -406,26 +395,6 @@ def embedding_optimizer(
     return max(names, key=lambda n: sum(OPTIMIZER_STATE[n]) * 1000 + OPTIMIZER_STATE[n][0])
 
 
-def _torchrec_topology(
-    topology: Topology, local_world_size: int | None = None
-) -> TorchRecTopology:
-    """TorchRec's Topology with each rank's cap (HBM on cuda, DDR on cpu)."""
-    caps = rank_caps(topology)
-    device = topology.compute_device
-    trec = TorchRecTopology(
-        world_size=topology.world_size,
-        compute_device=device,
-        local_world_size=local_world_size or _local_size(topology.world_size, device),
-        **({"hbm_cap": max(caps)} if device == "cuda" else {"hbm_cap": 0, "ddr_cap": max(caps)}),
-    )
-    for dev, cap in zip(trec.devices, caps):
-        if device == "cuda":
-            dev.storage.hbm = cap
-        else:
-            dev.storage.ddr = cap
-    return trec
-
-
 def _caps_of(topology: TorchRecTopology) -> tuple[int, ...]:
     """Each rank's memory for tables: HBM on cuda, DDR on cpu (the fused kernel's home)."""
     if topology.compute_device == "cuda":
@@ -437,7 +406,7 @@ def _default_topology(world_size: int | None) -> TorchRecTopology:
     world = world_size or (dist.get_world_size() if dist.is_initialized() else 1)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return TorchRecTopology(
-        world_size=world, compute_device=device, local_world_size=_local_size(world, device)
+        world_size=world, compute_device=device, local_world_size=default_local_world_size(world, device)
     )
 
 
@@ -590,7 +559,7 @@ class LearnedShardingPlanner:
             return self._placer
         key = (optimizer, self._global_batch())
         if key not in self._named:
-            self._named[key] = _placer_by_name(self._placer, optimizer, key[1])
+            self._named[key] = planner_placer(self._placer, optimizer, key[1])
         return self._named[key]
 
     def _global_batch(self) -> int:
@@ -611,7 +580,7 @@ class LearnedShardingPlanner:
                 percentage=self.heuristic_percentage
             )
         else:
-            trec = _torchrec_topology(self.topology)
+            trec = torchrec_topology(self.topology)
             reservation = self.storage_reservation or FixedPercentageStorageReservation(0.0)
         if trec.compute_device == "cuda":
             reserved = reservation.reserve(
@@ -728,111 +697,3 @@ class LearnedShardingPlanner:
         if status != "ok":
             raise PlacementError(f"planning on rank 0 failed: {value}")
         return value
-
-
-def _placer_by_name(name: str, optimizer: str, global_batch: int) -> Placer:
-    from recsearch.placement.baselines import make_placer
-
-    if name == "learned":
-        from recsearch.placement.best_of import learned_or_better
-
-        return learned_or_better(optimizer=optimizer)
-    if name == "torchrec":
-        return make_placer(name, optimizer, batch_size=global_batch)
-    return make_placer(name, optimizer)
-
-
-# --------------------------------------------------------------------------------------------
-# TorchRec's planner as a baseline
-
-
-def _optimizer_class(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, float]]:
-    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
-
-    classes: dict[str, type[torch.optim.Optimizer]] = {
-        "sgd": torch.optim.SGD,
-        "adagrad": torch.optim.Adagrad,
-        "rowwise_adagrad": RowWiseAdagrad,
-        "adam": torch.optim.Adam,
-    }
-    if name not in classes:
-        raise ValueError(f"unknown embedding optimizer {name!r}")
-    return classes[name], {"lr": 0.01}
-
-
-class TorchRecPlacer:
-    """TorchRec's EmbeddingShardingPlanner, table-wise only, as a Placer.
-
-    The tables become an EmbeddingBagCollection on the meta device with the embedding optimizer
-    applied in backward (so the planner counts its state like table_memory_bytes does), each
-    constrained to table_wise with the fused kernel (whole table in device memory) and its pooling
-    factor; the planner gets a Topology of the same
-    world size with the cap as HBM (cuda) or DDR (cpu) and no storage reservation. TorchRec also
-    reserves room for each shard's input/output buffers, so on very tight caps it can fail where
-    the greedy placers succeed: that is reported as PlacementError, not relaxed.
-    batch_size: the global batch (TorchRec's planner takes the per-rank one: batch / world).
-    """
-
-    def __init__(
-        self, batch_size: int = 8192, optimizer: str = DEFAULT_OPTIMIZER, reservation: float = 0.0
-    ):
-        self.batch_size = batch_size
-        self.optimizer = optimizer
-        self.reservation = reservation
-
-    def place(self, tables: Sequence[TableSpec], topology: Topology) -> Placement:
-        from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
-        from torchrec.optim.apply_optimizer_in_backward import (
-            apply_optimizer_in_backward,
-        )
-
-        check_fits(tables, topology, self.optimizer)
-        ebc = EmbeddingBagCollection(
-            tables=[
-                EmbeddingBagConfig(
-                    name=t.name,
-                    embedding_dim=t.dim,
-                    num_embeddings=t.num_rows,
-                    # unique per table: column-wise pieces of one table share its features
-                    feature_names=[f"{t.name}:{j}" for j in range(len(t.features))],
-                    data_type=DataType.FP16 if t.bytes_per_value == 2 else DataType.FP32,
-                )
-                for t in tables
-            ],
-            device=torch.device("meta"),
-        )
-        opt_cls, opt_kwargs = _optimizer_class(self.optimizer)
-        apply_optimizer_in_backward(opt_cls, ebc.parameters(), opt_kwargs)
-        world = topology.world_size
-        cap = max(rank_caps(topology))
-        trec_topo = _torchrec_topology(topology, local_world_size=world)
-        constraints = {
-            t.name: ParameterConstraints(
-                sharding_types=[ShardingType.TABLE_WISE.value],
-                # whole tables in device memory: on cuda the planner would otherwise pick UVM
-                # caching and keep tables in host memory, outside the cap
-                compute_kernels=[EmbeddingComputeKernel.FUSED.value],
-                pooling_factors=[t.pooling_factor] * len(t.features),
-            )
-            for t in tables
-        }
-        planner = EmbeddingShardingPlanner(
-            topology=trec_topo,
-            batch_size=max(1, self.batch_size // world),
-            storage_reservation=FixedPercentageStorageReservation(self.reservation),
-            constraints=constraints,
-            debug=False,
-        )
-        try:
-            plan = planner.plan(ebc, [EmbeddingBagCollectionSharder()])
-        except PlannerError as err:
-            total = sum(t.size_bytes for t in tables)
-            raise PlacementError(
-                f"torchrec planner found no table-wise plan for {len(tables)} tables "
-                f"({format_bytes(total)} of weights) on {world} x {format_bytes(cap)}: "
-                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
-            ) from err
-        ranks = {t: r[0] for t, (_, r) in plan_ranks(plan)[""].items()}
-        placement = Placement(tuple(ranks[t.name] for t in tables), world)
-        placement.validate(tables, topology, self.optimizer)  # never hand back an over-commit
-        return placement

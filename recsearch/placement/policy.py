@@ -2,6 +2,7 @@
 
 `recsearch place policy train --cost-net PREFIX --pool POOL --out PREFIX [--iters 300] [--minutes M]`
 `recsearch place policy place --task TASK [--policy PREFIX] [--samples K] [--out placement.json]`
+(command line: recsearch.placement.cli.policy)
 
 The MDP (as DreamShard's, with the cost network standing in for hardware, so training needs none):
 tables are placed one at a time in descending order of their cost-net cost alone; the state is,
@@ -36,9 +37,6 @@ kept, so never worse than greedy under that estimate.
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -52,10 +50,10 @@ from torch import nn
 from recsearch.placement.cost_net import (
     CostNet,
     HeadEvaluator,
-    model_paths,
     read_model_info,
     save_model_files,
 )
+from recsearch.placement.tables import make_task
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
     Placement,
@@ -611,8 +609,6 @@ def training_tasks(
 ) -> list[tuple[tuple[TableSpec, ...], Topology]]:
     """cfg.num_tasks tasks from the pool: table counts uniform in [min_tables, max_tables], device
     counts from cfg.devices, caps as the task generator sets them (tight, feasible)."""
-    from recsearch.placement.tables import make_task
-
     rng = np.random.default_rng([cfg.seed, 0xA11])
     hi = min(cfg.max_tables, len(pool))
     out = []
@@ -747,127 +743,12 @@ def _train(
     return LearnedPlacer(net, cost_net, shape, optimizer=optimizer, info=info), info
 
 
-# ------------------------------------------------------------------------------ CLI
-
-
-def _train_main(args: argparse.Namespace) -> int:
-    from recsearch.placement.tables import load_tables
-
-    cost_net = CostNet.load(args.cost_net)
-    pool = load_tables(args.pool)
-    cfg = PPOConfig(
-        iters=args.iters,
-        episodes=args.episodes,
-        lr=args.lr,
-        seed=args.seed,
-        threads=args.threads,
-        max_seconds=args.minutes * 60,
-        max_tables=args.max_tables,
-        devices=tuple(args.devices),
-        monotone=args.monotone,
-        num_tasks=args.num_tasks,
-    )
-    t0 = time.perf_counter()
-    tasks = training_tasks(pool, cfg)
-    print(
-        f"{len(tasks)} training tasks from {args.pool} ({len(pool)} tables; devices "
-        f"{sorted({t.world_size for _, t in tasks})}) in {time.perf_counter() - t0:.1f} s"
-    )
-    placer, info = train_policy(cost_net, tasks, cfg, PolicyShape(args.hidden), log=print)
-    out = Path(args.out)
-    cn_path = model_paths(args.cost_net)[0].with_suffix("")  # the cost net's prefix
-    try:
-        ref = os.path.relpath(cn_path.resolve(), out.resolve().parent)
-    except ValueError:
-        ref = str(cn_path.resolve())
-    placer.info = {**info, "pool": str(args.pool)}
-    pt, js = placer.save(out, ref)
-    print(f"trained {info['iters_done']} PPO iterations in {info['train_seconds']} s; wrote {pt}, {js}")
-    return 0
-
-
-def _place_main(args: argparse.Namespace) -> int:
-    from recsearch.placement.tables import load_task
-    from recsearch.placement.types import placement_summary, save_placement
-
-    task = load_task(args.task)
-    if args.policy:
-        placer = LearnedPlacer.load(args.policy, samples=args.samples, seed=args.seed, optimizer=task.optimizer)
-    else:
-        placer = load_shipped(task.compute_device, args.samples, args.seed, task.optimizer)
-    t0 = time.perf_counter()
-    placement = placer.place(task.tables, task.topology)
-    ms = (time.perf_counter() - t0) * 1e3
-    est = placer.cost_net.predict(task.tables, placement, task.topology)
-    print(
-        f"{task.name}: {len(task.tables)} tables on {task.world_size} devices placed in {ms:.0f} ms; "
-        f"cost-net estimate {est.total_ms:.3f} ms (compute {est.fwd_ms + est.bwd_ms:.3f} + comm "
-        f"{est.comm_ms:.3f})"
-    )
-    for s in placement_summary(placement, task.tables, task.optimizer):
-        print(
-            f"  rank {s['rank']:>2}: {s['tables']:>3} tables, dims {s['dim_sum']:>5}, "
-            f"{s['memory_bytes'] / task.device_memory_bytes:6.1%} of cap"
-        )
-    if args.out:
-        save_placement(
-            args.out, placement, task.tables, task=task.name, placer="learned",
-            samples=args.samples, estimate_ms=est.total_ms,
-        )
-        print(f"wrote {args.out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="recsearch place policy", description="Train / apply the actor-critic placer."
-    )
-    sub = parser.add_subparsers(dest="what", required=True)
-    t = sub.add_parser("train", help="PPO on the cost network's estimated MDP")
-    t.add_argument("--cost-net", required=True, help="trained cost net prefix")
-    t.add_argument("--pool", required=True, help="table file to draw training tasks from")
-    t.add_argument("--out", required=True, help="writes OUT.pt and OUT.json")
-    t.add_argument("--iters", type=int, default=PPOConfig.iters)
-    t.add_argument("--episodes", type=int, default=PPOConfig.episodes)
-    t.add_argument("--minutes", type=float, default=0.0, help="stop after this long (0: no limit)")
-    t.add_argument("--lr", type=float, default=PPOConfig.lr)
-    t.add_argument("--hidden", type=int, default=PolicyShape.hidden)
-    t.add_argument("--max-tables", type=int, default=PPOConfig.max_tables)
-    t.add_argument("--devices", type=int, nargs="+", default=list(PPOConfig.devices))
-    t.add_argument("--num-tasks", type=int, default=PPOConfig.num_tasks)
-    t.add_argument(
-        "--monotone",
-        action="store_true",
-        help="train on each device's running max of the cost net's estimates (not the raw one)",
-    )
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=1)
-    p = sub.add_parser("place", help="place a task's tables with a trained policy")
-    p.add_argument("--task", required=True)
-    p.add_argument("--policy", help="policy prefix (default: the shipped one for the task's device)")
-    p.add_argument("--samples", type=int, default=0, help="K sampled placements besides greedy")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="placement JSON for `recsearch train plan=...`")
-    args = parser.parse_args(argv)
-    try:
-        return _train_main(args) if args.what == "train" else _place_main(args)
-    except (FileNotFoundError, ValueError, PlacementError, RuntimeError) as err:
-        print(f"recsearch place policy {args.what}: {err}", file=sys.stderr)
-        return 2
-
-
 __all__ = [
     "LearnedPlacer",
     "PPOConfig",
     "PolicyShape",
     "ShippedLearnedPlacer",
     "load_shipped",
-    "main",
     "train_policy",
     "training_tasks",
 ]
-
-if __name__ == "__main__":
-    raise SystemExit(main())
-
-

@@ -3,6 +3,7 @@
 `recsearch place tables pool  --out-dir DIR [--num-tables 1000] [--seed 0] [--test-fraction 0.5]`
 `recsearch place tables tasks --pool DIR/pool_train.json --tables 50 100 --devices 4 8 --num 10 --out-dir DIR/tasks/train`
 `recsearch place tables suite --pool-dir DIR [--num 10]`   (the standard train/test task sets)
+(command line: recsearch.placement.cli.tables)
 
 A *pool* is a set of tables described the way placement sees them (TableSpec: rows, dim, pooling
 factor, bytes per value, reuse histogram). Generated tables follow what production DLRM tables look
@@ -11,26 +12,24 @@ ids. The reuse histogram is not made up: for each table a batch of ids is sample
 distribution and histogrammed exactly as `recsearch data stats` does for real data (share of the
 batch's lookups per power-of-two reuse bin), at a recorded batch size. The default Zipf exponents
 are calibrated so that a pool's lookup-weighted reuse histogram is close to the aggregate of Meta's
-DLRM datasets (shared/data/dlrm_datasets_202{1,2}_locality_stats.txt; see `calibrate_zipf`).
+DLRM datasets: the `embedding_bag/202{1,2}/locality_stats.txt` files of the public repository
+facebookresearch/dlrm_datasets (not shipped here; `load_locality_stats` reads one, `calibrate_zipf`
+fits the exponents to it).
 
 A pool is split into disjoint train and test pools (DreamShard's protocol); a *task* draws T tables
 from one pool for D devices with a per-device memory cap that is tight but feasible: the tables'
 total memory x slack / D, never below the largest table, raised until a first-fit-decreasing
 packing succeeds and until the key-greedy baselines can place them too (`feasible_cap`). Pools
 and tasks are JSON files, so every result can be reproduced from them; tables are also read from
-YAML and CSV (and pool files are `recsearch data stats` files, read by
-recsearch.data.stats.load_tables too).
+YAML and CSV (recsearch.tables owns the table-file format: pool files are `recsearch data stats`
+files).
 """
 
 from __future__ import annotations
 
-import argparse
-import csv
-import io
 import json
 import math
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -39,15 +38,14 @@ from typing import Any
 import numpy as np
 
 from recsearch import remote
+from recsearch.placement.baselines import make_baseline
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
     OPTIMIZER_STATE,
     PlacementError,
-    check_fits,
-    format_bytes,
-    table_from_dict,
     table_memory_bytes,
 )
+from recsearch.tables import read_table_file, reuse_histogram, save_tables, table_from_dict
 from recsearch.types import NUM_REUSE_BINS, TableSpec, Topology
 
 POOL_KIND = "recsearch.placement.pool"
@@ -103,22 +101,6 @@ def _power_inverse(a: float, b: float, s: float, v: np.ndarray) -> np.ndarray:
         return a * np.exp(v * math.log(b / a))
     lo, hi = a ** (1 - s), b ** (1 - s)
     return (lo + v * (hi - lo)) ** (1 / (1 - s))
-
-
-def reuse_histogram(ids: np.ndarray) -> np.ndarray:
-    """Share of lookups per power-of-two reuse bin for one batch of one table's ids: the lookups of
-    a row used r times in the batch fall in bin ceil(log2 r) (r=1 -> 0, 2 -> 1, 3..4 -> 2, ...,
-    > 2^15 -> 16). Same definition as recsearch.data.stats.reuse_histogram (a test checks it).
-
-    DreamShard's table_configs bins count *distinct rows* per reuse bin instead; the lookup share
-    weights each row by its reuse, which is what a kernel's memory traffic follows.
-    """
-    ids = np.asarray(ids).reshape(-1)
-    if ids.size == 0:
-        return np.zeros(NUM_REUSE_BINS)
-    _, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    bins = np.minimum(np.ceil(np.log2(counts[inverse])).astype(np.int64), NUM_REUSE_BINS - 1)
-    return np.bincount(bins, minlength=NUM_REUSE_BINS) / ids.size
 
 
 def sample_lengths(rng: np.random.Generator, pooling_factor: float, batch_size: int) -> np.ndarray:
@@ -282,8 +264,6 @@ def feasible_cap(
     """Per-device cap = total memory x slack / world_size, at least the largest table, raised in
     2% steps until first-fit-decreasing packs the tables and every baseline in placers places
     them (so every task has solutions and every baseline a result)."""
-    from recsearch.placement.baselines import make_placer
-
     if slack < 1:
         raise ValueError(f"slack must be >= 1 (a cap below total/D is infeasible), got {slack}")
     mems = [table_memory_bytes(t, optimizer) for t in tables]
@@ -295,7 +275,7 @@ def feasible_cap(
         topo = Topology(world_size, cap)
         for name in placers:
             try:
-                make_placer(name, optimizer=optimizer).place(tables, topo)
+                make_baseline(name, optimizer=optimizer).place(tables, topo)
             except PlacementError:
                 return False
         return True
@@ -381,102 +361,6 @@ def generate_tasks(
 # Files
 
 
-_CSV_FIXED = ("name", "num_rows", "dim", "pooling_factor", "bytes_per_value", "feature_names")
-_CSV_REUSE = tuple(f"reuse_{b}" for b in range(NUM_REUSE_BINS))
-
-
-def tables_to_csv(tables: Sequence[TableSpec]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(_CSV_FIXED + _CSV_REUSE)
-    for t in tables:
-        hist = list(t.reuse_hist) or [""] * NUM_REUSE_BINS
-        writer.writerow(
-            [
-                t.name,
-                t.num_rows,
-                t.dim,
-                t.pooling_factor,
-                t.bytes_per_value,
-                "|".join(t.feature_names),
-            ]
-            + hist
-        )
-    return out.getvalue()
-
-
-def tables_from_csv(text: str, origin: str = "<csv>") -> list[TableSpec]:
-    reader = csv.DictReader(io.StringIO(text))
-    missing = [c for c in ("name", "num_rows", "dim") if c not in (reader.fieldnames or [])]
-    if missing:
-        raise ValueError(f"{origin}: CSV needs columns {missing}")
-    tables = []
-    for line, row in enumerate(reader, start=2):
-        try:
-            hist = tuple(float(row[c]) for c in _CSV_REUSE if row.get(c) not in (None, ""))
-            tables.append(
-                TableSpec(
-                    name=row["name"],
-                    num_rows=int(row["num_rows"]),
-                    dim=int(row["dim"]),
-                    pooling_factor=float(row.get("pooling_factor") or 1.0),
-                    reuse_hist=hist,
-                    feature_names=tuple(
-                        f for f in (row.get("feature_names") or "").split("|") if f
-                    ),
-                    bytes_per_value=int(row.get("bytes_per_value") or 4),
-                )
-            )
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"{origin}: line {line}: {err}") from err
-    return tables
-
-
-def save_tables(
-    path: Path | str, tables: Sequence[TableSpec], info: dict[str, Any] | None = None
-) -> None:
-    """Tables to .json (the `recsearch data stats` format, with info keys beside "tables"),
-    .yaml/.yml (same structure) or .csv (one row per table, info dropped)."""
-    path = Path(path)
-    payload = {**(info or {}), "tables": [asdict(t) for t in tables]}
-    suffix = path.suffix.lower()
-    if suffix == ".json":
-        text = json.dumps(payload, indent=1) + "\n"
-    elif suffix in (".yaml", ".yml"):
-        import yaml
-
-        text = yaml.safe_dump(payload, sort_keys=False)
-    elif suffix == ".csv":
-        text = tables_to_csv(tables)
-    else:
-        raise ValueError(f"{path}: table files are .json, .yaml/.yml or .csv")
-    remote.write_text(path, text)
-
-
-def read_table_file(path: Path | str) -> tuple[list[TableSpec], dict[str, Any]]:
-    """(tables, the file's other top-level keys) from a .json/.yaml/.yml/.csv table file."""
-    path = Path(path)
-    text = path.read_text()
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return tables_from_csv(text, str(path)), {}
-    try:
-        if suffix in (".yaml", ".yml"):
-            import yaml
-
-            raw = yaml.safe_load(text)
-        else:
-            raw = json.loads(text)
-        info = {k: v for k, v in raw.items() if k != "tables"}
-        return [table_from_dict(t) for t in raw["tables"]], info
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, ValueError) as err:
-        raise ValueError(f"{path}: not a table file: {err}") from err
-
-
-def load_tables(path: Path | str) -> list[TableSpec]:
-    return read_table_file(path)[0]
-
-
 def save_pool(path: Path | str, pool: TablePool) -> None:
     info = {
         "kind": POOL_KIND,
@@ -505,6 +389,12 @@ def load_pool(path: Path | str) -> TablePool:
         cfg,
         info.get("split", "all"),
     )
+
+
+# The standard sets: DreamShard-like shapes for training, the same shapes plus device counts never
+# seen in training for testing, on the disjoint test pool.
+TRAIN_SHAPES = ((50, 4), (100, 8), (200, 16))
+TEST_SHAPES = TRAIN_SHAPES + ((60, 2), (75, 6), (150, 12))
 
 
 def task_to_dict(task: Task) -> dict[str, Any]:
@@ -644,158 +534,24 @@ def calibrate_zipf(
     return sorted(results)
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-
-
-def _pool_main(args: argparse.Namespace) -> int:
-    cfg = PoolConfig(
-        num_tables=args.num_tables,
-        seed=args.seed,
-        reuse_batch_size=args.reuse_batch_size,
-        max_table_bytes=args.max_table_mb * 2**20,
-    )
-    pool = generate_pool(cfg)
-    train, test = split_pool(pool, args.test_fraction, args.seed)
-    out = Path(args.out_dir)
-    for p in (train, test):
-        save_pool(out / f"pool_{p.split}.json", p)
-    sizes = [t.size_bytes for t in pool.tables]
-    print(
-        f"{len(pool.tables)} tables (seed {args.seed}): rows {min(t.num_rows for t in pool.tables):,}.."
-        f"{max(t.num_rows for t in pool.tables):,}, weights {format_bytes(sum(sizes))} "
-        f"(largest {format_bytes(max(sizes))}); reuse at batch {cfg.reuse_batch_size:,}"
-    )
-    print(
-        f"wrote {out / 'pool_train.json'} ({len(train.tables)} tables), {out / 'pool_test.json'} ({len(test.tables)} tables)"
-    )
-    return 0
-
-
-def _write_tasks(tasks: Sequence[Task], out_dir: Path) -> None:
-    for task in tasks:
-        save_task(out_dir / f"{task.name}.json", task)
-    print(f"wrote {len(tasks)} tasks to {out_dir}")
-
-
-def _tasks_main(args: argparse.Namespace) -> int:
-    if len(args.tables) != len(args.devices):
-        print(
-            "recsearch place tables tasks: --tables and --devices need the same count",
-            file=sys.stderr,
-        )
-        return 2
-    pool, info = read_table_file(args.pool)
-    tasks = generate_tasks(
-        pool,
-        list(zip(args.tables, args.devices)),
-        args.num,
-        args.seed,
-        prefix=args.prefix,
-        slack=args.slack,
-        optimizer=args.optimizer,
-        compute_device=args.compute_device,
-        pool_name=str(args.pool),
-        reuse_batch_size=info.get("batch_size"),
-    )
-    _write_tasks(tasks, Path(args.out_dir))
-    return 0
-
-
-# The standard sets: DreamShard-like shapes for training, the same shapes plus device counts never
-# seen in training for testing, on the disjoint test pool.
-TRAIN_SHAPES = ((50, 4), (100, 8), (200, 16))
-TEST_SHAPES = TRAIN_SHAPES + ((60, 2), (75, 6), (150, 12))
-
-
-def _suite_main(args: argparse.Namespace) -> int:
-    root = Path(args.pool_dir)
-    for split, shapes in (("train", TRAIN_SHAPES), ("test", TEST_SHAPES)):
-        path = root / f"pool_{split}.json"
-        pool, info = read_table_file(path)
-        usable = [(t, d) for t, d in shapes if t <= len(pool)]
-        tasks = generate_tasks(
-            pool,
-            usable,
-            args.num,
-            args.seed,
-            slack=args.slack,
-            optimizer=args.optimizer,
-            compute_device=args.compute_device,
-            pool_name=str(path),
-            reuse_batch_size=info.get("batch_size"),
-        )
-        _write_tasks(tasks, root / "tasks" / split)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="recsearch place tables", description="Generate table pools and placement tasks."
-    )
-    sub = parser.add_subparsers(dest="what", required=True)
-    p = sub.add_parser("pool", help="generate a table pool split into disjoint train/test pools")
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--num-tables", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--test-fraction", type=float, default=0.5)
-    p.add_argument("--reuse-batch-size", type=int, default=PoolConfig.reuse_batch_size)
-    p.add_argument("--max-table-mb", type=int, default=PoolConfig.max_table_bytes // 2**20)
-    for name, helptext in (
-        ("tasks", "draw tasks from one pool"),
-        ("suite", "standard train/test task sets"),
-    ):
-        t = sub.add_parser(name, help=helptext)
-        if name == "tasks":
-            t.add_argument("--pool", required=True, help="table file (.json/.yaml/.csv)")
-            t.add_argument("--tables", type=int, nargs="+", required=True, help="T per shape")
-            t.add_argument("--devices", type=int, nargs="+", required=True, help="D per shape")
-            t.add_argument("--out-dir", required=True)
-            t.add_argument("--prefix", default="")
-        else:
-            t.add_argument(
-                "--pool-dir", required=True, help="directory with pool_{train,test}.json"
-            )
-        t.add_argument("--num", type=int, default=10, help="tasks per shape")
-        t.add_argument("--seed", type=int, default=0)
-        t.add_argument("--slack", type=float, default=1.1, help="cap = total memory x slack / D")
-        t.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=sorted(OPTIMIZER_STATE))
-        t.add_argument("--compute-device", default="cpu", choices=("cpu", "cuda"))
-    args = parser.parse_args(argv)
-    try:
-        return {"pool": _pool_main, "tasks": _tasks_main, "suite": _suite_main}[args.what](args)
-    except (FileNotFoundError, ValueError, PlacementError) as err:
-        print(f"recsearch place tables {args.what}: {err}", file=sys.stderr)
-        return 2
-
-
 __all__ = [
     "PoolConfig",
     "TablePool",
     "Task",
     "calibrate_zipf",
-    "check_fits",
     "feasible_cap",
     "generate_pool",
     "generate_tasks",
     "load_locality_stats",
     "load_pool",
-    "load_tables",
     "load_task",
     "load_tasks",
-    "main",
     "make_task",
     "pool_lookup_hist",
-    "read_table_file",
-    "reuse_histogram",
     "sample_lengths",
     "save_pool",
-    "save_tables",
     "save_task",
     "split_pool",
     "zipf_ids",
     "zipf_reuse_hist",
 ]
-
-if __name__ == "__main__":
-    raise SystemExit(main())

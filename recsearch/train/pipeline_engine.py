@@ -27,7 +27,7 @@ from recsearch.model.dlrm import build_model, compile_dense_parts, init_model_ta
 from recsearch.placement.plan import LearnedShardingPlanner
 from recsearch.train.config import TrainConfig
 from recsearch.train import placement_file
-from recsearch.train.engine import EngineReport
+from recsearch.train.engine_report import EngineReport
 from recsearch.train.optim import dense_optimizer, embedding_optimizer
 from recsearch.train.schedule import apply_lr
 

@@ -6,12 +6,12 @@ and are not read). It must name every table of the model exactly once, with an i
 0..world_size-1, and nothing else: a table name the model does not have is a file written for
 another model (or a typo) and is refused rather than ignored.
 
-The trainer's `plan:` setting is "torchrec", a placer name (recsearch.placement.baselines.PLACERS:
+The trainer's `plan:` setting is "torchrec", a placer name (recsearch.placement.registry.PLACERS:
 "learned", a baseline) or such a file; `plan_placer` turns it into what
 recsearch.placement.plan.LearnedShardingPlanner takes, so every plan is made by that planner.
 
 Standard library only (plus recsearch.remote, so the file may be an fsspec URL, and the
-torch-free recsearch.placement.types / baselines).
+torch-free recsearch.placement.types / registry).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from recsearch import remote
-from recsearch.placement.baselines import PLACERS
+from recsearch.placement.registry import PLACERS
 from recsearch.placement.types import Placement, PlacementError
 from recsearch.types import TableSpec, Topology
 

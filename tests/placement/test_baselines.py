@@ -1,13 +1,9 @@
 import pytest
 
 from recsearch.placement import baselines
-from recsearch.placement.baselines import (
-    PLACERS,
-    GreedyPlacer,
-    RandomPlacer,
-    RoundRobinPlacer,
-    make_placer,
-)
+from recsearch.placement.baselines import GreedyPlacer, RandomPlacer, RoundRobinPlacer
+from recsearch.placement.cli import baseline as baseline_cli
+from recsearch.placement.registry import PLACERS, make_placer
 from recsearch.placement.tables import make_task, save_task
 from recsearch.placement.types import Placement, PlacementError, table_memory_bytes
 from recsearch.types import TableSpec, Topology
@@ -111,7 +107,7 @@ def test_torchrec_planner_reports_infeasible_caps():
 def test_cli_writes_placement_files(tmp_path, tiny_pool, capsys):
     task = make_task(tiny_pool.tables, 10, 2, seed=0, name="small")
     save_task(tmp_path / "small.json", task)
-    rc = baselines.main(
+    rc = baseline_cli.main(
         [
             "--task",
             str(tmp_path / "small.json"),

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from recsearch.placement.baselines import make_placer
-from recsearch.placement.best_of import DEFAULT_RIVALS, BestOfPlacer, learned_or_better
+from recsearch.placement.best_of import DEFAULT_RIVALS, BestOfPlacer
 from recsearch.placement.cost_net import load_shipped
+from recsearch.placement.registry import learned_or_better, make_placer
 from recsearch.placement.tables import load_tasks
 from recsearch.placement.types import Placement, PlacementError
 from recsearch.types import Topology

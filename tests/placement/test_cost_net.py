@@ -15,10 +15,11 @@ from recsearch.placement.cost_net import (
     device_samples,
     errors_of,
     load_shipped,
-    main,
     split_by_tables,
 )
-from recsearch.placement.measure import comm_costs, read_samples
+from recsearch.placement.cli.cost_net import main
+from recsearch.placement.comm import comm_costs
+from recsearch.placement.samples import read_samples
 from recsearch.placement.types import Cost, CostSample, DeviceCost, Placement
 from recsearch.types import TableSpec, Topology
 

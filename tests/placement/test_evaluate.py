@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from recsearch.placement.evaluate import bound_summary, main, render_markdown, summarize
+from recsearch.placement.cli.eval import main
+from recsearch.placement.eval_markdown import render_markdown
+from recsearch.placement.evaluate import bound_summary, summarize
 from recsearch.placement.cost_net import load_shipped
 from recsearch.placement.tables import load_task, make_task, save_task
 

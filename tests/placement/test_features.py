@@ -12,7 +12,7 @@ from recsearch.placement.features import (
     features_matrix,
     table_features,
 )
-from recsearch.placement.tables import load_tables
+from recsearch.tables import load_tables
 from recsearch.types import NUM_REUSE_BINS, TableSpec
 
 DATA = Path(__file__).parents[2] / "recsearch" / "placement" / "data"

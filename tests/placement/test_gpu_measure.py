@@ -4,6 +4,7 @@
 import pytest
 import torch
 
+from recsearch.placement import hardware
 from recsearch.placement import measure as M
 from recsearch.types import TableSpec
 
@@ -24,5 +25,5 @@ def test_cuda_event_timing_is_positive_and_grows_with_the_device_work():
     assert 0 < fs < 5 and 0 < bs < 5, (fs, bs)  # a small kernel: well under a few ms on any GPU
     assert fb > 5 * fs and bb > 5 * bs, (fs, bs, fb, bb)
     assert all(len(r[1].fwd_samples) == len(r[1].bwd_samples) == 5 for r in runs)  # the timed calls only
-    info = M.hardware_info("cuda")
+    info = hardware.hardware_info("cuda")
     assert info["device"] == "cuda" and info["name"] == torch.cuda.get_device_name(0)

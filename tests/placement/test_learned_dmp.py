@@ -34,7 +34,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     from torchrec.optim.optimizers import in_backward_optimizer_filter
 
     from recsearch.model.dlrm import EBC_MODULE_PATH, build_model
-    from recsearch.placement.baselines import make_placer
+    from recsearch.placement.registry import make_placer
     from recsearch.placement.plan import LearnedShardingPlanner, plan_ranks
     from recsearch.types import ArchSpec, Topology
 

@@ -5,7 +5,6 @@ from torchrec.distributed.planner import Topology as TorchRecTopology
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
-from recsearch.placement.baselines import make_placer
 from recsearch.placement.plan import (
     DLRM_EBC_PATH,
     LearnedShardingPlanner,
@@ -14,6 +13,7 @@ from recsearch.placement.plan import (
     tables_of,
     to_sharding_plan,
 )
+from recsearch.placement.registry import make_placer
 from recsearch.placement.types import Placement, PlacementError
 from recsearch.types import TableSpec, Topology
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from recsearch.placement import policy as pol
-from recsearch.placement.baselines import make_placer
+from recsearch.placement.cli.policy import main
 from recsearch.placement.cost_net import load_shipped as load_cost_net
 from recsearch.placement.policy import (
     LearnedPlacer,
@@ -16,17 +16,18 @@ from recsearch.placement.policy import (
     _feasible_mask,
     _PolicyNet,
     load_shipped,
-    main,
     train_policy,
     training_tasks,
 )
-from recsearch.placement.tables import load_tables, load_task, load_tasks, make_task
+from recsearch.placement.registry import make_placer
+from recsearch.placement.tables import load_task, load_tasks, make_task
 from recsearch.placement.types import (
     PlacementError,
     Placer,
     format_bytes,
     table_memory_bytes,
 )
+from recsearch.tables import load_tables
 from recsearch.types import TableSpec, Topology
 
 DATA = Path(__file__).parents[2] / "recsearch" / "placement" / "data"
@@ -176,7 +177,7 @@ def test_shipped_cpu_policy_beats_the_baselines_by_measured_cost(tmp_path):
     shared cores): learned 33.8 ms vs the cheapest baseline 41.5 (size_lookup_greedy), 0.815;
     docs/BENCHMARKS.md's full eval (2 rounds, 10 calls): 0.866. The margin, 0.92, is the learned
     placer's own claim (cheaper than the best baseline on unseen tables) with room for noise."""
-    from recsearch.placement.evaluate import main as place_eval
+    from recsearch.placement.cli.eval import main as place_eval
 
     task_file = DATA / "tasks_test" / "t80_d8_000.json"
     baselines = ["round_robin", "dim_greedy", "lookup_greedy", "size_lookup_greedy"]

@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsearch.data import stats
+from recsearch import tables as RT
 from recsearch.placement import tables as T
+from recsearch.placement.cli import tables as tables_cli
 from recsearch.placement.types import table_memory_bytes
 from recsearch.types import NUM_REUSE_BINS, TableSpec
 
@@ -30,13 +31,6 @@ def test_zipf_ids_follow_the_law():
     # beyond the exact head the tail is continuous: the hottest tail id is still inside the table
     big = T.zipf_ids(rng, 3_000_000, 1.0, 100_000)
     assert big.max() < 3_000_000 and (big >= 1 << 16).any()
-
-
-def test_reuse_histogram_matches_data_stats():
-    rng = np.random.default_rng(1)
-    ids = T.zipf_ids(rng, 5000, 1.1, 20_000)
-    assert np.allclose(T.reuse_histogram(ids), stats.reuse_histogram(ids))
-    assert T.reuse_histogram(np.array([5, 5, 7])).tolist()[:2] == pytest.approx([1 / 3, 2 / 3])
 
 
 def test_more_skew_means_more_reuse():
@@ -113,13 +107,13 @@ def test_table_files_round_trip(tmp_path, tiny_pool, suffix):
     tables = list(tiny_pool.tables[:5]) + [
         TableSpec("f", 10, 4, 2.5, feature_names=("a", "b"), bytes_per_value=2)
     ]
-    T.save_tables(tmp_path / f"t{suffix}", tables, {"note": 1})
-    assert T.load_tables(tmp_path / f"t{suffix}") == tables
+    RT.save_tables(tmp_path / f"t{suffix}", tables, {"note": 1})
+    assert RT.load_tables(tmp_path / f"t{suffix}") == tables
 
 
 def test_pool_file_is_a_data_stats_file(tmp_path, tiny_pool):
     T.save_pool(tmp_path / "pool.json", tiny_pool)
-    assert stats.load_tables(tmp_path / "pool.json") == list(tiny_pool.tables)
+    assert RT.load_tables(tmp_path / "pool.json") == list(tiny_pool.tables)
     back = T.load_pool(tmp_path / "pool.json")
     assert back.tables == tiny_pool.tables and back.zipf_exponents == tiny_pool.zipf_exponents
     assert back.config == tiny_pool.config
@@ -153,14 +147,14 @@ def test_default_pool_reuse_resembles_the_dlrm_datasets():
 def test_cli_pool_tasks_suite(tmp_path, capsys):
     out = tmp_path / "pools"
     assert (
-        T.main(["pool", "--out-dir", str(out), "--num-tables", "24", "--reuse-batch-size", "128"])
+        tables_cli.main(["pool", "--out-dir", str(out), "--num-tables", "24", "--reuse-batch-size", "128"])
         == 0
     )
-    train = T.load_tables(out / "pool_train.json")
-    test = T.load_tables(out / "pool_test.json")
+    train = RT.load_tables(out / "pool_train.json")
+    test = RT.load_tables(out / "pool_test.json")
     assert len(train) == len(test) == 12 and not {t.name for t in train} & {t.name for t in test}
     assert (
-        T.main(
+        tables_cli.main(
             [
                 "tasks",
                 "--pool",
@@ -179,7 +173,7 @@ def test_cli_pool_tasks_suite(tmp_path, capsys):
     )
     first = T.load_tasks(tmp_path / "tasks")
     assert len(first) == 2 and first[0].reuse_batch_size == 128
-    T.main(
+    tables_cli.main(
         [
             "tasks",
             "--pool",
@@ -196,7 +190,7 @@ def test_cli_pool_tasks_suite(tmp_path, capsys):
     )
     assert T.load_tasks(tmp_path / "tasks2") == first  # same seed, same tasks
     assert (
-        T.main(
+        tables_cli.main(
             [
                 "tasks",
                 "--pool",
@@ -213,6 +207,6 @@ def test_cli_pool_tasks_suite(tmp_path, capsys):
         == 2
     )
     assert (
-        T.main(["suite", "--pool-dir", str(out), "--num", "1"]) == 0
+        tables_cli.main(["suite", "--pool-dir", str(out), "--num", "1"]) == 0
     )  # shapes larger than the pool skipped
     capsys.readouterr()

@@ -34,7 +34,7 @@ def _worker(rank: int, port: int, setting: str, data_dir: str, out: str) -> None
 @pytest.mark.multiproc
 @pytest.mark.slow
 def test_placer_names_and_files_reach_the_plan_on_two_ranks(tmp_path):
-    from recsearch.placement.baselines import make_placer
+    from recsearch.placement.registry import make_placer
 
     tables = [TableSpec(f"t_cat_{i}", r, 8, feature_names=(f"cat_{i}",)) for i, r in enumerate(ROWS)]
     expected = make_placer("size_greedy").place(tables, Topology(2, 1 << 30)).to_dict(tables)

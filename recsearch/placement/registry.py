@@ -1,0 +1,69 @@
+"""Every placer by name: the one place that maps names to Placers.
+
+- `PLACERS`: the names `make_placer` takes (the baselines, TorchRec's planner, the learned one);
+- `make_placer(name)`: a Placer (`types.Placer`);
+- `learned_or_better()`: the shipped learned placer checked against the fast baselines under its
+  own cost net (best_of.BestOfPlacer), what the drop-in planner uses for "learned";
+- `planner_placer(name, ...)`: the placer LearnedShardingPlanner builds for a name.
+
+The registry sits above the placers (baselines, policy, torchrec_placer, best_of) and below
+their users (plan.py, evaluate.py, the command line, the search and the trainer). Importing it
+costs no torch: the learned placer (torch) and TorchRec's planner (torchrec.distributed) are
+imported when one is made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from recsearch.placement.baselines import BASELINES, make_baseline
+from recsearch.placement.best_of import DEFAULT_RIVALS, BestOfPlacer
+from recsearch.placement.types import DEFAULT_OPTIMIZER, Placer
+
+PLACERS = (*BASELINES, "torchrec", "learned")
+
+
+def make_placer(
+    name: str, optimizer: str = DEFAULT_OPTIMIZER, seed: int = 0, **kwargs: Any
+) -> Placer:
+    """A placer by name (PLACERS). kwargs go to the TorchRec placer (batch_size, ...) or to the
+    learned one (samples: K sampled placements besides greedy); "learned" is the shipped policy
+    for the topology's compute device (recsearch.placement.policy)."""
+    if name in BASELINES:
+        return make_baseline(name, optimizer=optimizer, seed=seed)
+    if name == "torchrec":
+        from recsearch.placement.torchrec_placer import TorchRecPlacer  # torchrec.distributed
+
+        return TorchRecPlacer(optimizer=optimizer, **kwargs)
+    if name == "learned":
+        from recsearch.placement.policy import ShippedLearnedPlacer  # torch
+
+        return ShippedLearnedPlacer(seed=seed, optimizer=optimizer, **kwargs)
+    raise ValueError(f"unknown placer {name!r}; known: {', '.join(PLACERS)}")
+
+
+def learned_or_better(
+    samples: int = 0, seed: int = 0, optimizer: str = DEFAULT_OPTIMIZER
+) -> BestOfPlacer:
+    """The shipped learned placer checked against DEFAULT_RIVALS under its own cost net: what
+    LearnedShardingPlanner uses for placer="learned"."""
+    from recsearch.placement.policy import ShippedLearnedPlacer  # torch
+
+    learned = ShippedLearnedPlacer(samples=samples, seed=seed, optimizer=optimizer)
+    return BestOfPlacer(
+        learned,
+        {name: make_baseline(name, optimizer) for name in DEFAULT_RIVALS},
+        lambda topology: learned.policy_for(topology.compute_device).cost_net,
+        primary_name="learned" if samples == 0 else f"learned_k{samples}",
+        optimizer=optimizer,
+    )
+
+
+def planner_placer(name: str, optimizer: str, global_batch: int) -> Placer:
+    """The placer LearnedShardingPlanner(placer=name) uses: "learned" is learned_or_better,
+    "torchrec" plans for the planner's global batch, the rest are make_placer's."""
+    if name == "learned":
+        return learned_or_better(optimizer=optimizer)
+    if name == "torchrec":
+        return make_placer(name, optimizer, batch_size=global_batch)
+    return make_placer(name, optimizer)

@@ -1,0 +1,50 @@
+"""Cost-sample files: JSON lines, one `types.CostSample` per line, appended as they are measured
+(`recsearch place measure --pool`) and read by the cost network. An interrupted writer leaves at
+most one torn last line: readers skip it, writers cut it before appending.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, TextIO
+
+from recsearch.placement.types import CostSample
+
+
+def read_samples(path: Path | str) -> list[CostSample]:
+    """Every complete line of a samples JSONL file (a torn last line is skipped)."""
+    return [CostSample.from_dict(raw) for raw in read_jsonl(Path(path))]
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every complete JSON line of a file (none if it does not exist); stops at a torn line."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # torn tail of an interrupted run
+    return out
+
+
+def truncate_torn_tail(path: Path) -> None:
+    """Cut an unfinished last line (an interrupted writer's) so that appending starts clean."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        path.write_bytes(data[: data.rfind(b"\n") + 1])
+
+
+def append_sample(f: TextIO, sample: CostSample) -> None:
+    """One sample as one JSON line, flushed and synced (a crash loses at most the line being
+    written, which `read_jsonl` skips and `truncate_torn_tail` removes)."""
+    f.write(json.dumps(sample.to_dict(), separators=(",", ":")) + "\n")
+    f.flush()
+    os.fsync(f.fileno())

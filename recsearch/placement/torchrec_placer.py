@@ -1,0 +1,153 @@
+"""TorchRec's own planner as a placement baseline (`make_placer("torchrec")`), and the TorchRec
+Topology of a recsearch Topology (each rank's cap as its HBM on cuda, DDR on cpu), which the
+drop-in planner (plan.py) uses too. Imports torchrec.distributed; nothing in placement imports
+this module at import time except plan.py.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.planner import EmbeddingShardingPlanner
+from torchrec.distributed.planner import Topology as TorchRecTopology
+from torchrec.distributed.planner.storage_reservations import FixedPercentageStorageReservation
+from torchrec.distributed.planner.types import ParameterConstraints, PlannerError
+from torchrec.distributed.types import ShardingType
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+from recsearch.placement.types import (
+    DEFAULT_OPTIMIZER,
+    Placement,
+    PlacementError,
+    check_fits,
+    format_bytes,
+    rank_caps,
+)
+from recsearch.types import TableSpec, Topology
+
+
+def default_local_world_size(world_size: int, device_type: str) -> int:
+    """Ranks per host: LOCAL_WORLD_SIZE, else the visible GPUs (cuda), else every rank."""
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        return int(os.environ["LOCAL_WORLD_SIZE"])
+    if device_type == "cuda" and torch.cuda.is_available():
+        return min(world_size, torch.cuda.device_count())
+    return world_size
+
+
+def torchrec_topology(
+    topology: Topology, local_world_size: int | None = None
+) -> TorchRecTopology:
+    """TorchRec's Topology with each rank's cap (HBM on cuda, DDR on cpu)."""
+    caps = rank_caps(topology)
+    device = topology.compute_device
+    trec = TorchRecTopology(
+        world_size=topology.world_size,
+        compute_device=device,
+        local_world_size=local_world_size or default_local_world_size(topology.world_size, device),
+        **({"hbm_cap": max(caps)} if device == "cuda" else {"hbm_cap": 0, "ddr_cap": max(caps)}),
+    )
+    for dev, cap in zip(trec.devices, caps):
+        if device == "cuda":
+            dev.storage.hbm = cap
+        else:
+            dev.storage.ddr = cap
+    return trec
+
+
+
+
+def _optimizer_class(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, float]]:
+    from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
+
+    classes: dict[str, type[torch.optim.Optimizer]] = {
+        "sgd": torch.optim.SGD,
+        "adagrad": torch.optim.Adagrad,
+        "rowwise_adagrad": RowWiseAdagrad,
+        "adam": torch.optim.Adam,
+    }
+    if name not in classes:
+        raise ValueError(f"unknown embedding optimizer {name!r}")
+    return classes[name], {"lr": 0.01}
+
+
+class TorchRecPlacer:
+    """TorchRec's EmbeddingShardingPlanner, table-wise only, as a Placer.
+
+    The tables become an EmbeddingBagCollection on the meta device with the embedding optimizer
+    applied in backward (so the planner counts its state like table_memory_bytes does), each
+    constrained to table_wise with the fused kernel (whole table in device memory) and its pooling
+    factor; the planner gets a Topology of the same
+    world size with the cap as HBM (cuda) or DDR (cpu) and no storage reservation. TorchRec also
+    reserves room for each shard's input/output buffers, so on very tight caps it can fail where
+    the greedy placers succeed: that is reported as PlacementError, not relaxed.
+    batch_size: the global batch (TorchRec's planner takes the per-rank one: batch / world).
+    """
+
+    def __init__(
+        self, batch_size: int = 8192, optimizer: str = DEFAULT_OPTIMIZER, reservation: float = 0.0
+    ):
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.reservation = reservation
+
+    def place(self, tables: Sequence[TableSpec], topology: Topology) -> Placement:
+        from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+        from torchrec.optim.apply_optimizer_in_backward import (
+            apply_optimizer_in_backward,
+        )
+
+        check_fits(tables, topology, self.optimizer)
+        ebc = EmbeddingBagCollection(
+            tables=[
+                EmbeddingBagConfig(
+                    name=t.name,
+                    embedding_dim=t.dim,
+                    num_embeddings=t.num_rows,
+                    # unique per table: column-wise pieces of one table share its features
+                    feature_names=[f"{t.name}:{j}" for j in range(len(t.features))],
+                    data_type=DataType.FP16 if t.bytes_per_value == 2 else DataType.FP32,
+                )
+                for t in tables
+            ],
+            device=torch.device("meta"),
+        )
+        opt_cls, opt_kwargs = _optimizer_class(self.optimizer)
+        apply_optimizer_in_backward(opt_cls, ebc.parameters(), opt_kwargs)
+        world = topology.world_size
+        cap = max(rank_caps(topology))
+        trec_topo = torchrec_topology(topology, local_world_size=world)
+        constraints = {
+            t.name: ParameterConstraints(
+                sharding_types=[ShardingType.TABLE_WISE.value],
+                # whole tables in device memory: on cuda the planner would otherwise pick UVM
+                # caching and keep tables in host memory, outside the cap
+                compute_kernels=[EmbeddingComputeKernel.FUSED.value],
+                pooling_factors=[t.pooling_factor] * len(t.features),
+            )
+            for t in tables
+        }
+        planner = EmbeddingShardingPlanner(
+            topology=trec_topo,
+            batch_size=max(1, self.batch_size // world),
+            storage_reservation=FixedPercentageStorageReservation(self.reservation),
+            constraints=constraints,
+            debug=False,
+        )
+        try:
+            plan = planner.plan(ebc, [EmbeddingBagCollectionSharder()])
+        except PlannerError as err:
+            total = sum(t.size_bytes for t in tables)
+            raise PlacementError(
+                f"torchrec planner found no table-wise plan for {len(tables)} tables "
+                f"({format_bytes(total)} of weights) on {world} x {format_bytes(cap)}: "
+                f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            ) from err
+        ranks = {name: list(ps.ranks or [])[0] for name, ps in plan.plan[""].items()}  # type: ignore[union-attr]
+        placement = Placement(tuple(ranks[t.name] for t in tables), world)
+        placement.validate(tables, topology, self.optimizer)  # never hand back an over-commit
+        return placement
