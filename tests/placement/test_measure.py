@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 
 from recsearch.placement import measure as M
+from recsearch.placement.cli import measure as measure_cli
+from recsearch.placement.comm import calibrate_comm
+from recsearch.placement.samples import read_samples
 from recsearch.placement.tables import make_task, reuse_histogram, save_pool, save_task
 from recsearch.placement.types import Placement
 from recsearch.types import TableSpec, Topology
@@ -98,7 +101,7 @@ def test_collect_samples_appends_and_resumes(tmp_path, tiny_pool):
     with out.open("a") as f:
         f.write('{"torn": ')  # an interrupted write
     assert M.collect_samples(tiny_pool.tables, 3, out, cfg, progress=False) == 1
-    samples = M.read_samples(out)
+    samples = read_samples(out)
     assert [s.extra["sample_index"] for s in samples] == [0, 1, 2]
     for s in samples:
         assert 1 <= len(s.tables) <= 3 and s.batch_size == 64 and s.cost.total_ms > 0
@@ -110,7 +113,7 @@ def test_collect_samples_appends_and_resumes(tmp_path, tiny_pool):
 
 def test_cli_pool_and_task(tmp_path, tiny_pool, capsys):
     save_pool(tmp_path / "pool.json", tiny_pool)
-    rc = M.main(
+    rc = measure_cli.main(
         [
             "--pool",
             str(tmp_path / "pool.json"),
@@ -129,10 +132,10 @@ def test_cli_pool_and_task(tmp_path, tiny_pool, capsys):
             "--no-progress",
         ]
     )
-    assert rc == 0 and len(M.read_samples(tmp_path / "s.jsonl")) == 1
+    assert rc == 0 and len(read_samples(tmp_path / "s.jsonl")) == 1
     task = make_task(tiny_pool.tables[:10], 4, 2, seed=0, name="tiny")
     save_task(tmp_path / "task.json", task)
-    rc = M.main(
+    rc = measure_cli.main(
         [
             "--task",
             str(tmp_path / "task.json"),
@@ -152,13 +155,13 @@ def test_cli_pool_and_task(tmp_path, tiny_pool, capsys):
     raw = json.loads((tmp_path / "cost.json").read_text())
     assert raw["placement"]["world_size"] == 2 and raw["cost"]["total_ms"] > 0
     assert "tiny / size_greedy" in capsys.readouterr().out
-    assert M.main(["--task", str(tmp_path / "task.json")]) == 2  # no placement
+    assert measure_cli.main(["--task", str(tmp_path / "task.json")]) == 2  # no placement
 
 
 @pytest.mark.multiproc
 @pytest.mark.slow
 def test_gloo_alltoall_measurement_and_calibration():
-    model = M.calibrate_comm(sizes_bytes=(2**10, 2**14, 2**18), warmup=1, iters=3)
+    model = calibrate_comm(sizes_bytes=(2**10, 2**14, 2**18), warmup=1, iters=3)
     assert model.latency_ms >= 0 and model.bytes_per_ms > 0
     # fitted on what each rank sent (the requested totals, split over its one peer) and measured
     assert [nbytes for nbytes, _ in model.points] == [2**10, 2**14, 2**18]
