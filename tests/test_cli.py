@@ -29,7 +29,7 @@ def test_version_and_help_print_and_succeed(capsys):
 
     assert cli.main(["--version"]) == 0
     printed = capsys.readouterr().out.strip()
-    # the version the package reports is the one it was installed as (setup.cfg reads it from
+    # the version the package reports is the one it was installed as (pyproject.toml reads it from
     # recsearch.__version__)
     assert printed == recsearch.__version__ == version("recsearch")
     for flag in ("--help", "-h"):
@@ -42,7 +42,7 @@ def test_version_and_help_print_and_succeed(capsys):
 
 
 def test_the_console_script_runs_the_cli(tmp_path):
-    """`recsearch`, the entry point setup.cfg installs beside the interpreter, runs cli.main."""
+    """`recsearch`, the entry point pyproject.toml installs beside the interpreter, runs cli.main."""
     import subprocess
     import sys
     from pathlib import Path

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Creates a virtual environment (default .venv) and installs recsearch with its pinned stack:
-# torch 2.13.0, FBGEMM 1.8.0 (fbgemm-gpu-cpu without a GPU, fbgemm-gpu with one), torchrec 1.8.0
-# (with --no-deps: it declares the CUDA-only fbgemm-gpu, which would replace the CPU build), torchx,
-# tensorboard. Every version comes from requirements/lock.txt. Safe to re-run: an environment
-# already built from the same lock file is kept.
+# the package and its extras as pyproject.toml declares them, at the exact versions of
+# requirements/lock.txt: torch 2.13.0, FBGEMM 1.8.0 (fbgemm-gpu-cpu without a GPU, fbgemm-gpu with
+# one), torchrec 1.8.0 (on a CPU machine with --no-deps: it declares the CUDA-only fbgemm-gpu,
+# which would replace the CPU build), torchx, tensorboard, optuna. The package is built by the
+# backend pyproject.toml declares (setuptools, fetched by pip into an isolated build environment),
+# so the venv needs no setuptools of its own (Python 3.12's venvs have none). Safe to re-run: an
+# environment already built from the same lock and pyproject.toml is kept.
 #
 #   tools/install.sh            # -> .venv
 #   VENV=/path/env tools/install.sh
@@ -14,10 +17,14 @@ PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   FBGEMM="fbgemm-gpu==1.8.0"
+  EXTRAS="cuda,search,launch,test"
+  TORCHREC_APART=false
 else
   FBGEMM="fbgemm-gpu-cpu==1.8.0"
+  EXTRAS="cpu,search,launch,test"
+  TORCHREC_APART=true  # torchrec without its dependency fbgemm-gpu (the CUDA build)
 fi
-stamp_want="$(cat requirements/lock.txt requirements/base.txt setup.cfg | sha256sum | cut -c1-16) $FBGEMM"
+stamp_want="$(cat requirements/lock.txt pyproject.toml | sha256sum | cut -c1-16) $FBGEMM"
 stamp_file="$VENV/.recsearch-installed"
 if [ -f "$stamp_file" ] && [ "$(cat "$stamp_file")" = "$stamp_want" ]; then
   echo "recsearch: environment $VENV is up to date"
@@ -32,9 +39,10 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 lock=$(mktemp)
 trap 'rm -f "$lock"' EXIT
 grep -v -i '^fbgemm' requirements/lock.txt > "$lock"
-"${PIP[@]}" install -q -c "$lock" -r requirements/base.txt "$FBGEMM"
-"${PIP[@]}" install -q --no-deps torchrec==1.8.0
-"${PIP[@]}" install -q --no-deps --no-build-isolation -e .
+"${PIP[@]}" install -q -c "$lock" "$FBGEMM" -e ".[$EXTRAS]"
+if [ "$TORCHREC_APART" = true ]; then
+  "${PIP[@]}" install -q -c "$lock" --no-deps torchrec
+fi
 "$VENV/bin/python" - <<'PY'
 import fbgemm_gpu, torch, torchrec  # noqa: F401  (fails loudly if the FBGEMM build does not load)
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist  # noqa: F401
