@@ -140,7 +140,8 @@ def test_a_hung_trial_is_killed_at_the_timeout_and_the_search_goes_on(tmp_path, 
 
 
 def test_cuda_trials_sharing_a_device_are_each_capped_at_their_share_of_its_memory():
-    share = loop.RunnerConfig
+    from recsearch.search.settings import RunnerConfig as share
+
     assert share(kind="pool", concurrency=4).memory_share("cuda") == 0.25
     assert share(kind="subprocess", concurrency=2, device_memory_share=0.3).memory_share("cuda") == 0.3
     assert share(kind="subprocess", concurrency=1).memory_share("cuda") is None  # alone: no cap

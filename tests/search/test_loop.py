@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from recsearch import config
-from recsearch.search import loop
+from recsearch.search import checks, loop
 from recsearch.search.controllers import RandomController, load_state
 from recsearch.search.store import JournalStore
 from recsearch.types import TrialState
@@ -131,9 +131,13 @@ def test_inprocess_search_trains_the_budget_with_halving_and_leaves_every_file(t
     for r in cands:
         assert r.notes["memory_bytes_per_device"] == [TABLE_BYTES_PER_DIM * r.spec.arch.embedding_dim + TABLE_BYTES_FIXED]
         assert r.notes["observed"] is True
+        # placed once, at the proposal (the journal keeps it), and every rung trains with that placement
+        placed = json.loads((out / "trials" / str(r.trial_id) / "placement.json").read_text())["placement"]
+        assert r.notes["placement"] == placed and set(placed) == {f"t_cat_{i}" for i in range(26)}
         if r.state is TrialState.COMPLETE:  # promoted: its rung-0 run kept beside the top one
             rung0 = json.loads((out / "trials" / str(r.trial_id) / "rung_0" / "result.json").read_text())
             assert rung0["config"]["train_rows"] == 2048 and r.notes["train_rows"] == 6144
+            assert json.loads((out / "trials" / str(r.trial_id) / "rung_0" / "placement.json").read_text())["placement"] == placed
     # the controller state saw every candidate
     controller = RandomController(loop.load_search_config(out / "search.yaml").space)
     load_state(controller, out / "controller.pt")
@@ -290,8 +294,8 @@ def test_estimated_step_cost_rejects_candidates_before_training(tmp_path, learna
               "topology.compute_device": "cuda", "reference": False, "trials": 2, "seed": 0}
     probe = search_config(learnable_data, **common, **{"objective.budget_ms": 1.0})
     res = loop.load_search_config(write_config(tmp_path, probe, "probe.yaml"))
-    checker = loop.Checker(res.tables, res.cfg.topology.topology(), res.cfg.placer, res.cfg.seed)
-    est_ms = {b: checker.check(loop._probe(res.space, 8, "rowwise_adagrad", b)).est_step_cost_ms for b in (256, 1024)}
+    checker = checks.Checker(res.tables, res.cfg.topology.topology(), res.cfg.placer, res.cfg.seed)
+    est_ms = {b: checker.check(checks._probe(res.space, 8, "rowwise_adagrad", b)).est_step_cost_ms for b in (256, 1024)}
     assert est_ms[256] is not None and est_ms[1024] > 2 * est_ms[256], est_ms
     budget_ms = round((est_ms[256] * est_ms[1024]) ** 0.5, 4)
     searches = {
@@ -314,7 +318,7 @@ def test_estimated_step_cost_rejects_candidates_before_training(tmp_path, learna
 
 
 def test_a_step_cost_cap_without_a_cost_model_is_an_error(tmp_path, learnable_data, monkeypatch):
-    monkeypatch.setattr(loop, "_load_cost_net", lambda device: (None, "no cost net for this device"))
+    monkeypatch.setattr(checks, "_load_cost_net", lambda device: (None, "no cost net for this device"))
     raw = search_config(learnable_data, **{"objective.max_step_cost_ms": 1.0})
     code, out = run_search(tmp_path, raw)
     assert code == 2 and not (out / "trials").exists()

@@ -193,7 +193,7 @@ def test_search_component_runs_the_search_command():
 @pytest.mark.parametrize("path", sorted((REPO / "configs" / "search").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_search_configs_are_valid(path):
     from recsearch import config
-    from recsearch.search.loop import SearchConfig
+    from recsearch.search.settings import SearchConfig
     from recsearch.search.space import SearchSpace
 
     cfg = config.build(SearchConfig, config.load_yaml(path), origin=str(path))

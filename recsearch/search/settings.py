@@ -1,0 +1,325 @@
+"""A search's settings: the search YAML (configs/search/*.yaml) as typed, validated dataclasses,
+and `load_search_config`, which checks everything that can be checked before a search starts
+(every setting, the base train config, the data, the space) and reports it all at once.
+
+Torch-free: the search's base train config is read through recsearch.train.config.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from recsearch import config
+from recsearch.search.objective import ObjectiveConfig
+from recsearch.search.runners import TorchxSettings
+from recsearch.search.space import SearchSpace, SpaceConfig
+from recsearch.tables import feature_name, load_tables, table_name
+from recsearch.types import TableSpec, Topology
+
+RUNNERS = ("inprocess", "subprocess", "pool", "torchx")
+CONTROLLERS = ("random", "actor_critic", "bayesian")
+# every running trial journals (and fsyncs) a heartbeat this often at most
+MIN_HEARTBEAT_S = 0.1
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    """`runner:` how trials run."""
+
+    kind: str = "subprocess"  # inprocess | subprocess | pool | torchx
+    concurrency: int = 1  # trials at a time
+    threads: int = 1  # CPU threads per trial (OMP_NUM_THREADS); 0: leave unset
+    retries: int = 1  # reruns of a trial (at its rung) whose worker died with the search process
+    poll_s: float = 0.5
+    # kill a trial still running this long after it started (subprocess, torchx) and record it
+    # FAILED ("timed out"); the search goes on. None: no limit
+    trial_timeout_s: float | None = None
+    # CUDA trials on this host share its devices: each trial may allocate at most this share of a
+    # device's memory (torch.cuda.set_per_process_memory_fraction), so one trial over it fails
+    # alone ("CUDA out of memory", recorded) instead of starving the others. None: 1/concurrency
+    # when several trials run at once, else no cap
+    device_memory_share: float | None = None
+    torchx: TorchxSettings = field(default_factory=TorchxSettings)
+
+    def memory_share(self, compute_device: str) -> float | None:
+        """The device memory share each trial is capped at, or None (no cap: CPU trials, torchx
+        jobs, which their scheduler gives devices of their own, or one trial at a time)."""
+        if compute_device != "cuda" or self.kind == "torchx":
+            return None
+        if self.device_memory_share is not None:
+            return self.device_memory_share
+        return 1.0 / self.concurrency if self.concurrency > 1 else None
+
+    def problems(self) -> list[str]:
+        """'runner.key: what' for every bad setting."""
+        out = []
+        if self.kind not in RUNNERS:
+            out.append(f"runner.kind: must be {', '.join(RUNNERS)}, got {self.kind!r}")
+        out += _at_least("runner.concurrency", self.concurrency, 1)
+        if self.kind == "inprocess" and self.concurrency != 1:
+            out.append("runner.concurrency: runner.kind inprocess runs one trial at a time: set runner.concurrency: 1")
+        out += _at_least("runner.threads", self.threads, 0)
+        out += _at_least("runner.retries", self.retries, 0)
+        out += _at_least("runner.poll_s", self.poll_s, 0.01, "s")
+        if self.trial_timeout_s is not None:
+            out += _at_least("runner.trial_timeout_s", self.trial_timeout_s, 1.0, "s (or null: no limit)")
+            if self.kind == "inprocess":
+                out.append("runner.trial_timeout_s: the inprocess runner cannot stop a running trial; "
+                           "use runner.kind subprocess, or set it to null")
+        share = self.device_memory_share
+        if share is not None:
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+                out.append(f"runner.device_memory_share: must be in (0, 1] or null, got {share!r}")
+            elif isinstance(self.concurrency, int) and share * self.concurrency > 1 + 1e-9:
+                out.append(f"runner.device_memory_share: {share:g} x runner.concurrency {self.concurrency} = "
+                           f"{share * self.concurrency:g} > 1: the trials sharing a device would be promised "
+                           "more memory than it has")
+        t = self.torchx
+        out += _at_least("runner.torchx.cpu", t.cpu, 1)
+        out += _at_least("runner.torchx.gpu", t.gpu, 0)
+        out += _at_least("runner.torchx.memMB", t.memMB, 1)
+        return out
+
+
+@dataclass(frozen=True)
+class FidelityConfig:
+    """`fidelity:` successive halving over training rows (one rung: no early stopping)."""
+
+    train_rows: tuple[int, ...]  # rows of the train split per rung, ascending
+    eta: int = 3  # keep the best 1/eta at each rung
+    bracket_size: int = 0  # configurations decided together; 0: eta ** (rungs - 1)
+
+    def problems(self) -> list[str]:
+        out = []
+        rows = list(self.train_rows)
+        if not rows or any(r <= 0 for r in rows) or rows != sorted(set(rows)):
+            out.append(f"fidelity.train_rows: must be positive and strictly increasing, got {rows}")
+        return out + _at_least("fidelity.eta", self.eta, 2) + _at_least("fidelity.bracket_size", self.bracket_size, 0)
+
+
+@dataclass(frozen=True)
+class TopologyConfig:
+    """`topology:` the devices the model is placed on (the placement and memory check's target)."""
+
+    devices: int = 1
+    memory_per_device_mb: float = 1024.0  # for embedding tables + optimizer state
+    compute_device: str = "cpu"  # cpu | cuda
+
+    def topology(self) -> Topology:
+        return Topology(self.devices, int(self.memory_per_device_mb * 2**20), self.compute_device)
+
+    def problems(self) -> list[str]:
+        out = _at_least("topology.devices", self.devices, 1)
+        if not (math.isfinite(self.memory_per_device_mb) and self.memory_per_device_mb > 0):
+            out.append(f"topology.memory_per_device_mb: must be a positive number, got {self.memory_per_device_mb}")
+        if self.compute_device not in ("cpu", "cuda"):
+            out.append(f"topology.compute_device: must be cpu or cuda, got {self.compute_device!r}")
+        return out
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A search (configs/search/*.yaml)."""
+
+    data_dir: str
+    fidelity: FidelityConfig
+    # tables of a data_dir without meta.json (TorchRec's npy files), for every trial; see TrainConfig
+    num_embeddings_per_feature: tuple[int, ...] | None = None
+    train: str | None = None  # base `recsearch train` config file (what trials inherit)
+    base: dict[str, Any] = field(default_factory=dict)  # TrainConfig fields over `train`'s
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    controller: str = "actor_critic"  # random | actor_critic | bayesian
+    trials: int = 10  # configurations trained (the budget); rejected candidates do not count
+    max_rejected: int = 0  # stop proposing after this many rejected candidates; 0: 10 x trials
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    topology: TopologyConfig = field(default_factory=TopologyConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    placer: str = "auto"  # a recsearch.placement.baselines name; auto: learned, else size_lookup_greedy
+    reference: bool = True  # train the base config once (human baseline; default latency budget)
+    stats: str | None = None  # table statistics (recsearch data stats); default <data_dir>/stats.json
+    output_dir: str = "runs/search"
+    heartbeat_s: float = 10.0  # a journal line (fsynced) per running trial every heartbeat_s
+    seed: int = 0
+
+    def problems(self) -> list[str]:
+        """'key: what' for every bad setting of the search itself (not its base train config,
+        data or space: load_search_config checks those), all at once."""
+        out = []
+        if self.controller not in CONTROLLERS:
+            out.append(f"controller: must be {', '.join(CONTROLLERS)}, got {self.controller!r}")
+        out += _at_least("trials", self.trials, 1)
+        out += _at_least("max_rejected", self.max_rejected, 0)
+        out += _at_least("heartbeat_s", self.heartbeat_s, MIN_HEARTBEAT_S, "s")
+        out += _at_least("seed", self.seed, 0)
+        out += self.fidelity.problems() + self.runner.problems() + self.topology.problems()
+        out += self.objective.problems()
+        if self.objective.metric == "latency" and self.objective.budget_ms is None and not self.reference:
+            out.append("objective.budget_ms: null (= the reference config's latency) but reference is false: "
+                       "set a budget or train the reference")
+        return out
+
+
+def _at_least(key: str, value: float, low: float, unit: str = "") -> list[str]:
+    """['key: what'] unless value is a finite number >= low."""
+    if isinstance(value, (int, float)) and math.isfinite(value) and value >= low:
+        return []
+    return [f"{key}: must be >= {low:g}{' ' + unit if unit else ''}, got {value!r}"]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A validated search: its config, the base train config (a TrainConfig), the data's tables."""
+
+    cfg: SearchConfig
+    base: Any  # recsearch.train.trainer.TrainConfig (imported lazily: it pulls in torchrec)
+    space: SearchSpace
+    tables: tuple[TableSpec, ...]  # the data's tables (rows, pooling, reuse) at the space's first dim
+    train_split_rows: int
+
+    def resolved_dict(self, search_dir: Path) -> dict[str, Any]:
+        raw = config.to_dict(self.cfg)
+        raw["train"] = None
+        raw["base"] = {k: v for k, v in config.to_dict(self.base).items() if k not in ("output_dir",)}
+        raw["data_dir"] = str(Path(self.cfg.data_dir).resolve())
+        raw["base"]["data_dir"] = raw["data_dir"]
+        raw["output_dir"] = str(search_dir.resolve())
+        return raw
+
+
+def load_search_config(path: Path | str, overrides: list[str] | None = None) -> Resolved:
+    """Parse and validate a search config, every problem at once; then check the search is
+    possible at all (data present, rungs within the data, something fits the topology)."""
+    from recsearch.data.dataset import dataset_meta
+    from recsearch.train.config import TrainConfig
+
+    path = Path(path)
+    raw = config.apply_overrides(config.load_yaml(path), overrides or [], origin=f"{path} (overrides)")
+    cfg = config.build(SearchConfig, raw, origin=str(path))
+    settings = [f"{path}: {p}" for p in cfg.problems()]  # every numeric and named setting
+    problems = list(settings)
+    base_raw: dict[str, Any] = {}
+    origin = f"{path}: base"
+    if cfg.train:
+        try:
+            base_raw = config.load_yaml(cfg.train)
+        except config.ConfigError as err:
+            problems += [f"{path}: train: {p}" for p in err.problems]
+        origin = f"{cfg.train} (base of {path})"
+    base_raw = _merge(base_raw, cfg.base)
+    base_raw["data_dir"] = cfg.data_dir
+    if cfg.num_embeddings_per_feature is not None:
+        base_raw["num_embeddings_per_feature"] = list(cfg.num_embeddings_per_feature)
+    base_raw.setdefault("output_dir", "unused")
+    try:
+        base = config.build(TrainConfig, base_raw, origin=origin)
+    except config.ConfigError as err:
+        problems += err.problems
+        base = None
+    f = cfg.fidelity
+    if cfg.runner.kind in ("inprocess", "pool") and cfg.topology.devices != 1:
+        problems.append(f"{path}: runner.kind: {cfg.runner.kind} trains on one rank; topology.devices is {cfg.topology.devices}")
+    try:
+        meta = dataset_meta(cfg.data_dir, base.num_embeddings_per_feature if base is not None else None)
+    except (FileNotFoundError, ValueError) as err:
+        problems.append(f"{path}: data_dir: {err}")
+        meta = None
+    if meta is not None:
+        train_rows = sum(meta.day_rows[:-1])
+        eval_rows = meta.day_rows[-1] // 2
+        if f.train_rows and f.train_rows[-1] > train_rows:
+            problems.append(f"{path}: fidelity.train_rows: top rung {f.train_rows[-1]:,} > the train split's {train_rows:,} rows")
+        batch = cfg.objective.serving_batch
+        if batch > eval_rows:
+            problems.append(f"{path}: objective.serving_batch: {batch} > the test split's {eval_rows:,} rows")
+    if base is not None and not settings:
+        problems += _reference_problems(path, cfg, base)
+    if settings or base is None or meta is None:
+        # the checks below need sane settings, the base config and the data
+        raise config.ConfigError(problems)
+    topology = cfg.topology.topology()
+    try:
+        space = SearchSpace(cfg.space, topology, f.train_rows[-1], cfg.seed)
+        lowest = min(cfg.space.batch_size) * topology.world_size
+        if lowest > f.train_rows[0]:
+            problems.append(
+                f"{path}: fidelity.train_rows: the lowest rung ({f.train_rows[0]:,} rows) is smaller than "
+                f"one batch ({lowest:,})"
+            )
+    except ValueError as err:
+        problems.append(f"{path}: space: {err}")
+        space = None
+    problems += _unknown_optimizers(path, cfg.space)
+    if cfg.placer != "auto":
+        from recsearch.placement.baselines import PLACERS
+
+        if cfg.placer not in PLACERS:
+            problems.append(f"{path}: placer: {cfg.placer!r} is not one of auto, {', '.join(PLACERS)}")
+    try:
+        tables = tuple(data_tables(cfg, base, meta))
+    except ValueError as err:
+        problems.append(f"{path}: stats: {err}")
+        tables = ()
+    if problems or space is None:
+        raise config.ConfigError(problems)
+    return Resolved(cfg, base, space, tables, train_rows)
+
+
+def _reference_problems(path: Path, cfg: SearchConfig, base: Any) -> list[str]:
+    """The base train config as the reference trial: its batch must be one a rung can hold (the
+    trainer's own checks of each key run when the TrainConfig is built)."""
+    batch = base.hparams.batch_size
+    key = f"{path}: base.hparams.batch_size"
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        return [f"{key}: must be a positive integer, got {batch!r}"]
+    top = cfg.fidelity.train_rows[-1]
+    if cfg.reference and batch * cfg.topology.devices > top:
+        return [f"{key}: the reference trains on the top rung ({top:,} rows), which is smaller than its "
+                f"batch ({batch:,} x {cfg.topology.devices} devices)"]
+    return []
+
+
+def _unknown_optimizers(path: Path, space: SpaceConfig) -> list[str]:
+    """Optimizer names the trainer does not know: errors now, not one failed trial per candidate.
+    (A known optimizer the device cannot run, e.g. adam tables on CPU, stays a trial failure.)"""
+    from recsearch.train.optim import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS
+
+    problems = []
+    for key, known in (("embedding_optimizer", EMBEDDING_OPTIMIZERS), ("dense_optimizer", DENSE_OPTIMIZERS)):
+        unknown = [name for name in getattr(space, key) if name not in known]
+        if unknown:
+            problems.append(f"{path}: space.{key}: {', '.join(map(repr, unknown))} not one of {', '.join(known)}")
+    return problems
+
+
+def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def data_tables(cfg: SearchConfig, base: Any, meta: Any) -> list[TableSpec]:
+    """The model's tables for this data: rows as the trainer builds them (capped), pooling factor
+    and reuse histogram from the statistics file when there is one (better cost estimates)."""
+    from recsearch.model.dlrm import table_rows
+
+    rows = table_rows(meta.num_embeddings_per_feature, base.max_rows_per_table)
+    stats_path = Path(cfg.stats) if cfg.stats else Path(cfg.data_dir) / "stats.json"
+    stats: list[TableSpec] = []
+    if cfg.stats or stats_path.exists():
+        stats = load_tables(stats_path)
+        if len(stats) != len(rows):
+            raise ValueError(f"{stats_path} has {len(stats)} tables, the data has {len(rows)}")
+    bytes_per_value = 2 if base.embedding_precision == "fp16" else 4
+    return [
+        TableSpec(
+            name=table_name(i), num_rows=int(n), dim=1,
+            pooling_factor=stats[i].pooling_factor if stats else 1.0,
+            reuse_hist=stats[i].reuse_hist if stats else (),
+            feature_names=(feature_name(i),), bytes_per_value=bytes_per_value,
+        )
+        for i, n in enumerate(rows)
+    ]
