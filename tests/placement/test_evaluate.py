@@ -121,3 +121,25 @@ def test_bound_summary_ratios_and_binding_count():
     s = bound_summary(rows, ["lookup_greedy", "learned"])
     assert s["tasks"] == 2 and s["heaviest_table_binds"] == 1
     assert s["methods"] == {"lookup_greedy": pytest.approx((1.2 + 1.1) / 2), "learned": 1.1}
+
+
+def test_run_eval_is_a_typed_function_with_its_markdown_apart(task_dir):
+    """The library call behind the command: tasks, methods, a cost net and an EvalConfig in, an
+    EvalReport out; its JSON form is what the command writes and what render_markdown reads."""
+    from recsearch.placement.evaluate import EvalConfig, EvalReport, run_eval
+    from recsearch.placement.tables import load_tasks
+
+    tasks = load_tasks(task_dir)
+    cfg = EvalConfig(batch_size=256, measure=False, planning_timing=False)
+    report = run_eval(tasks, ["round_robin", "size_greedy", "learned"], load_shipped("cpu"), cfg)
+    assert isinstance(report, EvalReport) and report.key == "estimate_ms"
+    assert [r["task"] for r in report.rows] == [t.name for t in tasks]
+    assert report.bound is None and report.planning is None and report.placement_error is None
+    assert report.hardware.startswith("estimates of cpu:")
+    as_dict = report.to_dict("T", ["a note"])
+    assert list(as_dict) == ["title", "notes", "methods", "hardware", "config", "summary", "bound",
+                             "planning_200", "rows"]  # fmt: skip
+    text = render_markdown(as_dict)
+    assert text.startswith("## T\n\n- a note\n") and "| learned |" in text
+    with pytest.raises(ValueError, match="unknown method 'best_fit'"):
+        run_eval(tasks, ["best_fit"], load_shipped("cpu"), cfg)
