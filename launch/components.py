@@ -106,6 +106,7 @@ def search(
     config: str = "configs/search/quickstart.yaml",
     out: Optional[str] = None,
     resume: Optional[str] = None,
+    resume_if_exists: bool = True,
     name: str = "recsearch-search",
     image: str = torchx.IMAGE,
     cpu: int = 2,
@@ -117,13 +118,16 @@ def search(
 ) -> specs.AppDef:
     """Runs a search (`recsearch search`) as one job: the search process itself, which launches its
     trials with the runner its config names (for runner.kind torchx, each trial is its own job).
-    With max_retries > 0 a restarted job should pass --resume DIR to continue the same search.
+    The job can be run again as it is: a retry (max_retries), a Slurm requeue or a preempted
+    Kubernetes pod continues the search in its directory (`recsearch search --resume-if-exists`).
 
     Args:
         overrides: key=value search config overrides, e.g. trials=40 runner.concurrency=8
         config: search config YAML (ignored with resume)
         out: search directory (default: the config's output_dir)
         resume: continue the search in this directory instead of starting one
+        resume_if_exists: if the search directory (out, or the config's output_dir) already holds
+            a search, continue it instead of failing with "already holds a search"
         name: job name
         image: container image (local_cwd: the working directory)
         cpu: CPUs for the search process (and in-process/subprocess trials)
@@ -136,7 +140,8 @@ def search(
     if resume:
         args = ["search", "--resume", resume]
     else:
-        args = ["search", "--config", config, *(["--out", out] if out else []), *overrides]
+        args = ["search", "--config", config, *(["--out", out] if out else []),
+                *(["--resume-if-exists"] if resume_if_exists else []), *overrides]
     return specs.AppDef(
         name=name,
         roles=[

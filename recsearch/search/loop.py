@@ -698,6 +698,19 @@ def resume_problems(search_dir: Path) -> list[str]:
     return []
 
 
+def _resume_if_exists(args: argparse.Namespace) -> argparse.Namespace:
+    """--resume-if-exists, for a job the scheduler may run again (requeued, preempted, retried):
+    when the directory of --config/--out already holds a search, continue it as --resume DIR."""
+    if not args.resume_if_exists or args.resume:
+        return args
+    search_dir = Path(args.out or load_search_config(args.config, args.overrides).cfg.output_dir)
+    if not (search_dir / SEARCH_CONFIG).exists():
+        return args
+    print(f"[search] {search_dir} already holds a search: resuming it (--resume-if-exists; it continues "
+          f"as its {SEARCH_CONFIG} says, {args.config} and overrides are not read again)", flush=True)
+    return argparse.Namespace(**{**vars(args), "config": None, "out": None, "overrides": [], "resume": str(search_dir)})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="recsearch search",
@@ -706,6 +719,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="search YAML (configs/search/)")
     parser.add_argument("--out", help="search directory (default: the config's output_dir)")
     parser.add_argument("--resume", metavar="DIR", help="continue the search in DIR (reads DIR/search.yaml)")
+    parser.add_argument("--resume-if-exists", action="store_true",
+                        help="with --config: resume the search directory if it already holds a search "
+                             "(a requeued or retried job) instead of refusing")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. trials=20 runner.concurrency=2")
     args = parser.parse_args(argv)
     if bool(args.config) == bool(args.resume):
@@ -717,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     refused = (config.ConfigError, RuntimeError, JournalError, ctl.ControllerStateError)
     lock = None
     try:
+        args = _resume_if_exists(args)
         if args.resume:
             search_dir = Path(args.resume)
             problems = resume_problems(search_dir)
@@ -729,7 +746,7 @@ def main(argv: list[str] | None = None) -> int:
             search_dir = Path(args.out or res.cfg.output_dir)
             if (search_dir / SEARCH_CONFIG).exists():
                 raise config.ConfigError([f"{search_dir}: already holds a search; continue it with "
-                                          f"--resume {search_dir} or pick another --out"])
+                                          f"--resume {search_dir} (or pass --resume-if-exists) or pick another --out"])
             checker = Checker(res.tables, res.cfg.topology.topology(), res.cfg.placer, res.cfg.seed)
             problems = preflight_problems(res, checker)
             if problems:

@@ -186,7 +186,7 @@ def test_search_component_runs_the_search_command():
 
     app = components.search("trials=4", config="configs/search/quickstart.yaml", out="runs/s")
     assert app.roles[0].args == ["-m", "recsearch.cli", "search", "--config", "configs/search/quickstart.yaml",
-                                 "--out", "runs/s", "trials=4"]
+                                 "--out", "runs/s", "--resume-if-exists", "trials=4"]
     assert components.search(resume="runs/s").roles[0].args[-2:] == ["--resume", "runs/s"]
 
 
