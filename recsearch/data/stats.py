@@ -29,9 +29,8 @@ from recsearch import remote
 from recsearch.data import layout
 from recsearch.data.dataset import dataset_meta
 from recsearch.data.loader import FEATURE_NAMES, NpyBatchLoader
-from recsearch.tables import (  # load_tables: read by search/loop.py from here until it imports recsearch.tables
+from recsearch.tables import (
     histogram_of_counts,
-    load_tables,  # noqa: F401
     reuse_bin_labels,
     table_name,
     tables_payload,

@@ -52,7 +52,7 @@ POOL_KIND = "recsearch.placement.pool"
 TASK_KIND = "recsearch.placement.task"
 FORMAT_VERSION = 1
 REUSE_HIST_KIND = (
-    "lookup_share"  # share of lookups per reuse bin (recsearch.data.stats' definition)
+    "lookup_share"  # share of lookups per reuse bin (recsearch.tables.reuse_histogram)
 )
 _ZIPF_HEAD = 1 << 16  # rows sampled from the exact discrete CDF; the tail from the continuous law
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from recsearch.data import layout, stats
-from recsearch.tables import reuse_histogram
+from recsearch.tables import load_tables, reuse_histogram
 from recsearch.types import NUM_REUSE_BINS, TableSpec
 from tests.conftest import write_dataset
 
@@ -90,7 +90,7 @@ def test_json_round_trip_to_table_specs(tmp_path):
     tables, _ = stats.table_stats(tmp_path / "d", batch_size=32, max_batches=4, embedding_dim=8)
     path = tmp_path / "stats.json"
     stats.save_stats(path, tables, {"dataset": "d", "batch_size": 32})
-    loaded = stats.load_tables(path)
+    loaded = load_tables(path)
     assert loaded == [t.spec for t in tables] and all(isinstance(t, TableSpec) for t in loaded)
     assert loaded[3].num_rows == 110 and loaded[3].name == "t_cat_3"  # the fixture's raw id range
     raw = json.loads(path.read_text())
@@ -98,10 +98,10 @@ def test_json_round_trip_to_table_specs(tmp_path):
     assert set(raw["tables"][3]) == {f.name for f in dataclasses.fields(TableSpec)}
     raw["tables"][3]["future_fact"] = 1  # unknown per-table keys are ignored
     path.write_text(json.dumps(raw))
-    assert stats.load_tables(path) == [t.spec for t in tables]
+    assert load_tables(path) == [t.spec for t in tables]
     path.write_text(json.dumps({"tables": [{"name": "x"}]}))
     with pytest.raises(ValueError, match="not a table statistics file"):
-        stats.load_tables(path)
+        load_tables(path)
 
 
 def test_cli_prints_and_writes(tmp_path, capsys):
@@ -116,7 +116,7 @@ def test_cli_prints_and_writes(tmp_path, capsys):
     assert len(raw["tables"]) == 26 and {t["num_rows"] for t in raw["tables"]} == {50}
     assert len(raw["unique_ids"]) == 26 and max(raw["unique_ids"]) <= 50
     assert all(t["dim"] == 4 and len(t["reuse_hist"]) == NUM_REUSE_BINS for t in raw["tables"])
-    assert stats.load_tables(out)[0].num_rows == 50
+    assert load_tables(out)[0].num_rows == 50
     assert stats.main([str(tmp_path / "d"), "--batch-size", "1000"]) == 0  # smaller split: warns
     assert "fewer than one batch" in capsys.readouterr().err
     assert stats.main([str(tmp_path / "missing")]) == 2
@@ -131,12 +131,12 @@ def test_cli_reads_torchrec_directories_with_table_sizes(tmp_path, capsys, monke
     derived = tmp_path / "derived.json"
     assert stats.main([str(tmp_path), "--batch-size", "10", "--out", str(derived)]) == 0
     sparse = np.concatenate([np.load(layout.day_file(tmp_path, d, "sparse")) for d in (0, 1)])
-    assert [t.num_rows for t in stats.load_tables(derived)] == (sparse.max(axis=0) + 1).tolist()
+    assert [t.num_rows for t in load_tables(derived)] == (sparse.max(axis=0) + 1).tolist()
     out = tmp_path / "s.json"
     assert (
         stats.main([str(tmp_path), "--batch-size", "10", "--table-sizes", "7", "--out", str(out)])
         == 0
     )
-    assert [t.num_rows for t in stats.load_tables(out)] == [7] * 26
+    assert [t.num_rows for t in load_tables(out)] == [7] * 26
     with pytest.raises(SystemExit):
         stats.main([str(tmp_path), "--table-sizes", "1,2"])
