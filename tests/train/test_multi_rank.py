@@ -12,7 +12,6 @@ import torch.multiprocessing as mp
 
 from recsearch import config
 from recsearch.train import checkpoint, trainer
-from tests.placement.two_ranks import free_port
 from tests.train.test_trainer import BATCH, TRAIN_ROWS, _write_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
@@ -48,20 +47,22 @@ def _config(tmp_path: Path, data: Path, name: str, batch_size: int, **settings) 
     return cfg
 
 
-def _rank_main(rank: int, cfg_path: str, port: int, overrides: list[str]) -> None:
-    # The environment torchrun gives each rank: the trainer joins the group from it.
-    os.environ.update(
-        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
-    )
+def _rank_main(rank: int, cfg_path: str, store_path: str, overrides: list[str]) -> None:
+    # The environment torchrun gives each rank; the group itself is joined here through a file
+    # (no TCP store whose server lives in rank 0), and the trainer trains in it.
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      OMP_NUM_THREADS="1")
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2)
     try:
         trainer.train(config.load(trainer.TrainConfig, cfg_path, overrides))
+        dist.barrier()  # both ranks are done with the group before either leaves it
     finally:
         dist.destroy_process_group()
 
 
 def _run_two_ranks(cfg: Path, *overrides: str) -> dict:
-    mp.spawn(_rank_main, args=(str(cfg), free_port(), list(overrides)), nprocs=2, join=True)
+    store = cfg.parent / f"store_{len(list(cfg.parent.glob('store_*')))}"
+    mp.spawn(_rank_main, args=(str(cfg), str(store), list(overrides)), nprocs=2, join=True)
     return _result(cfg)
 
 
@@ -101,34 +102,42 @@ def test_two_ranks_train_like_one_rank_at_the_same_global_batch(tmp_path, learna
     assert one["metrics"]["val"]["auc"] > 0.7  # both learned: the comparison is not of two untrained models
 
 
-def test_two_ranks_stopped_and_resumed_equal_two_ranks_never_stopped(tmp_path, learnable_data, two_ranks_straight):
-    stop_at = 10  # mid-epoch, mid logging window
-    cfg = _config(tmp_path, learnable_data, "resumed", BATCH)
-    first = _run_two_ranks(cfg, SEED, f"max_steps={stop_at}", f"checkpoint_every_steps={stop_at}")
-    assert first["steps"] == stop_at and first["world_size"] == 2
-    written = cfg.parent / "out" / checkpoint.CHECKPOINT_DIR / f"step_{stop_at:08d}"
+STOP_AT = 10  # mid-epoch, mid logging window
+
+
+@pytest.fixture(scope="module")
+def two_ranks_stopped(tmp_path_factory, learnable_data) -> Path:
+    """The straight run's config on 2 ranks, stopped at STOP_AT with a checkpoint there; its
+    config file (the run's output directory is beside it)."""
+    cfg = _config(tmp_path_factory.mktemp("two_ranks_stopped"), learnable_data, "resumed", BATCH)
+    first = _run_two_ranks(cfg, SEED, f"max_steps={STOP_AT}", f"checkpoint_every_steps={STOP_AT}")
+    assert first["steps"] == STOP_AT and first["world_size"] == 2
+    return cfg
+
+
+def test_two_ranks_stopped_and_resumed_equal_two_ranks_never_stopped(two_ranks_stopped, two_ranks_straight):
+    cfg = two_ranks_stopped
+    written = cfg.parent / "out" / checkpoint.CHECKPOINT_DIR / f"step_{STOP_AT:08d}"
     assert sorted(p.name for p in written.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]  # both ranks' shards
     resumed = _run_two_ranks(cfg, SEED, f"max_steps={STEPS_PER_EPOCH}", "resume_from=latest")
     straight = two_ranks_straight
     for key in ("status", "steps", "samples", "epochs_completed", "last_loss", "metrics"):
         assert resumed[key] == straight[key], key
     # The window in progress at the stop (steps 9..12) restarts there; later windows are whole.
-    first_full = (stop_at // LOG_EVERY_STEPS + 2) * LOG_EVERY_STEPS
+    first_full = (STOP_AT // LOG_EVERY_STEPS + 2) * LOG_EVERY_STEPS
     tail = [(s, loss) for s, loss in _losses(resumed) if s >= first_full]
     assert tail and tail == [(s, loss) for s, loss in _losses(straight) if s >= first_full]
 
 
-def test_a_two_rank_checkpoint_resumed_on_one_rank_is_refused_clearly(tmp_path, learnable_data, capsys):
+def test_a_two_rank_checkpoint_resumed_on_one_rank_is_refused_clearly(tmp_path, learnable_data, two_ranks_stopped, capsys):
     """torch.distributed.checkpoint would reshard the tables, but the loop state's position in the
-    epoch counts 2 ranks' batches in the 2-rank block order: one rank would replay other rows."""
-    cfg = _config(tmp_path, learnable_data, "run", BATCH)
-    _run_two_ranks(cfg, SEED, "max_steps=4", "checkpoint_every_steps=4")
-    latest = checkpoint.resolve("latest", cfg.parent / "out")
-    assert json.loads((latest / checkpoint.MANIFEST_FILE).read_text())["world_size"] == 2
-    # The same global batch on one rank: 512 rows a step.
-    code = trainer.main(["--config", str(cfg), SEED, f"hparams.batch_size={GLOBAL_BATCH}", "max_steps=8",
-                         "resume_from=latest"])
-    message = f"checkpoint {latest} was written by 2 rank(s) and this run has 1: resume it with 2 rank(s)"
+    epoch counts 2 ranks' batches in the 2-rank block order: one rank would replay other rows.
+    (Run in its own output directory, from the stopped run's checkpoint directory.)"""
+    saved = two_ranks_stopped.parent / "out" / checkpoint.CHECKPOINT_DIR / f"step_{STOP_AT:08d}"
+    assert json.loads((saved / checkpoint.MANIFEST_FILE).read_text())["world_size"] == 2
+    cfg = _config(tmp_path, learnable_data, "one", GLOBAL_BATCH)  # the same global batch on one rank
+    code = trainer.main(["--config", str(cfg), SEED, f"max_steps={STOP_AT + 4}", f"resume_from={saved}"])
+    message = f"checkpoint {saved} was written by 2 rank(s) and this run has 1: resume it with 2 rank(s)"
     assert code == 2 and message in capsys.readouterr().err
     result = _result(cfg)
     assert result["status"] == "failed" and message in result["error"]
