@@ -12,7 +12,8 @@ The step cost is the slowest device's compute plus the all-to-all time (`combine
 place that rule lives). Memory per table is `table_memory_bytes`, used by every placer, task
 generator and check.
 
-Standard library only (plus recsearch.types), so cost models and placers can import it cheaply.
+Standard library plus recsearch.types and recsearch.tables (numpy; TableSpec dicts are read there),
+so cost models and placers can import it cheaply (no torch).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from recsearch.tables import table_from_dict
 from recsearch.types import TableSpec, Topology
 
 # Embedding optimizers (the names HParams.embedding_optimizer uses) -> optimizer state they keep,
@@ -347,17 +349,6 @@ class CostSample:
             device=str(raw.get("device", "cpu")),
             extra=dict(raw.get("extra", {})),
         )
-
-
-def table_from_dict(raw: Mapping[str, Any]) -> TableSpec:
-    """TableSpec from its asdict() form (lists back to tuples)."""
-    return TableSpec(
-        **{
-            **raw,
-            "reuse_hist": tuple(float(x) for x in raw.get("reuse_hist", ())),
-            "feature_names": tuple(raw.get("feature_names", ())),
-        }
-    )
 
 
 @runtime_checkable
