@@ -10,12 +10,24 @@
 #
 #   tools/install.sh            # -> .venv
 #   VENV=/path/env tools/install.sh
+#   RECSEARCH_STACK=cuda tools/install.sh   # the CUDA stack without a GPU here (a Docker build);
+#                                           # auto (default): cuda when nvidia-smi lists a GPU
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-$(command -v python3.11 || command -v python3)}
 
+STACK=${RECSEARCH_STACK:-auto}
+HAS_GPU=false
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  HAS_GPU=true
+fi
+case "$STACK" in
+  auto) if [ "$HAS_GPU" = true ]; then STACK=cuda; else STACK=cpu; fi ;;
+  cpu|cuda) ;;
+  *) echo "recsearch: RECSEARCH_STACK must be auto, cpu or cuda, got '$STACK'" >&2; exit 2 ;;
+esac
+if [ "$STACK" = cuda ]; then
   FBGEMM="fbgemm-gpu==1.8.0"
   EXTRAS="cuda,search,launch,test"
   TORCHREC_APART=false
@@ -43,10 +55,15 @@ grep -v -i '^fbgemm' requirements/lock.txt > "$lock"
 if [ "$TORCHREC_APART" = true ]; then
   "${PIP[@]}" install -q -c "$lock" --no-deps torchrec
 fi
-"$VENV/bin/python" - <<'PY'
+if [ "$STACK" = cuda ] && [ "$HAS_GPU" = false ]; then
+  echo "recsearch: the CUDA build is not loaded here (no GPU visible); on a GPU host check it with:" \
+    "python -c 'import fbgemm_gpu, torchrec'"
+else
+  "$VENV/bin/python" - <<'PY'
 import fbgemm_gpu, torch, torchrec  # noqa: F401  (fails loudly if the FBGEMM build does not load)
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist  # noqa: F401
 print(f"recsearch: torch {torch.__version__}, torchrec ok, fbgemm_gpu ok")
 PY
+fi
 echo "$stamp_want" > "$stamp_file"
 echo "recsearch: installed; activate with: source $VENV/bin/activate"

@@ -390,6 +390,7 @@ class Search:
             hparams=config.to_dict(spec.hparams),
             train_rows=spec.train_rows,
             tensorboard=True,
+            tensorboard_hparams=False,  # the search's tensorboard/ holds the trial's one HParams entry
             resume_from=None,
         )
         if placed:

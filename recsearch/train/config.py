@@ -88,6 +88,8 @@ class TrainConfig:
     # shared, the latency measurement exclusive, so latency is timed with the device to itself
     device_lock: str | None = None
     tensorboard: bool = True
+    # the run's HParams entry in tb/hparams (a search sets false: its tensorboard/ has one per trial)
+    tensorboard_hparams: bool = True
     checkpoint_every_steps: int = 0  # 0: no checkpoints; else save every N steps (and at the end)
     embedding_precision: str = "fp32"  # fp32 | fp16: table weights (and fused optimizer updates)
     dense_precision: str = "fp32"  # fp32 | bf16: MLPs + interaction under autocast (fp32 weights)
@@ -164,7 +166,7 @@ def settings_problems(cfg: TrainConfig) -> list[str]:
         value = getattr(cfg, key)
         if value not in allowed:
             problems.append(f"{key} must be {' or '.join(allowed)}, got {value!r}")
-    for key in ("tensorboard", "compile_dense"):
+    for key in ("tensorboard", "tensorboard_hparams", "compile_dense"):
         if not isinstance(getattr(cfg, key), bool):
             problems.append(f"{key} must be true or false, got {getattr(cfg, key)!r}")
     return problems

@@ -218,10 +218,12 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> dict:
                 reference = _latency_reference_model(cfg, rows, device, report.engine)
                 latency = measure_latency(model, cfg, loader, device, reference, device_lock, latency_notes)
         result = _result(cfg, meta, state, final, latency, engine, world_size, device, latency_notes)
-        if writer:
-            hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _flat(config.to_dict(cfg)).items()}
+        if writer and cfg.tensorboard_hparams:
+            hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _flat(config.to_dict(cfg)).items()
+                       if v is not None and k.startswith(HPARAM_KEYS)}  # the model and its training, no paths
             metrics = {f"final/{s}_{k}": getattr(m, k) for s, m in final.items() for k in ("auc", "log_loss", "accuracy")}
             writer.add_hparams(hparams, metrics or {"final/diverged": 1.0}, run_name="hparams")
+        if writer:
             writer.close()
         if rank == 0:
             write_result(out, result)
@@ -493,6 +495,11 @@ def upload_outputs(cfg: TrainConfig, out: Path) -> str | None:
 def _write_eval(writer: SummaryWriter, split: str, m: EvalMetrics, step: int) -> None:
     for key in ("auc", "log_loss", "accuracy"):
         writer.add_scalar(f"{split}/{key}", getattr(m, key), step)
+
+
+# What the HParams entry of a run holds: the model and how it is trained (not paths or run settings).
+HPARAM_KEYS = ("arch.", "hparams.", "embedding_precision", "dense_precision", "train_rows", "max_rows_per_table",
+               "num_embeddings_per_feature", "epochs", "max_steps")
 
 
 def _flat(tree: dict, prefix: str = "") -> dict:

@@ -1,0 +1,79 @@
+"""The container image recipe (Dockerfile, .dockerignore) and what torchx's Kubernetes workspace
+patch builds from a checkout; the search component's Kubernetes job retries and resumes. No image is
+built here (no Docker daemon in CI): the build's steps are checked where they can be."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import fsspec
+import pytest
+from torchx.workspace.api import walk_workspace
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _workspace_files() -> set[str]:
+    """The files torchx puts in the build context of its workspace patch (.dockerignore applied)."""
+    out = set()
+    for directory, _dirs, files in walk_workspace(fsspec.filesystem("file"), str(REPO), ".dockerignore"):
+        for name in files:
+            out.add(posixpath.relpath(posixpath.join(directory, name), str(REPO)))
+    return out
+
+
+def test_the_build_context_holds_the_checkout_and_leaves_out_environments_and_outputs():
+    files = _workspace_files()
+    needed = {"pyproject.toml", "README.md", "tools/install.sh", "requirements/lock.txt",
+              "recsearch/__init__.py", "recsearch/cli.py", "launch/components.py",
+              "configs/search/quickstart.yaml", "recsearch/placement/data/policy_cpu.pt"}
+    assert needed <= files, needed - files
+    leaked = {f for f in files if f.split("/")[0] in (".venv", "runs", ".git", "data", "build")
+              or "__pycache__" in f or ".egg-info" in f}
+    assert not leaked, sorted(leaked)[:5]
+
+
+def test_the_dockerfile_copies_files_that_exist_and_installs_with_the_lock():
+    text = (REPO / "Dockerfile").read_text()
+    context = _workspace_files()
+    for line in text.splitlines():
+        if line.startswith("COPY ") and line != "COPY . .":
+            *sources, _dest = line.split()[1:]
+            for source in sources:
+                assert source.rstrip("/") in context or any(f.startswith(source) for f in context), source
+    run = next(line for line in text.splitlines() if line.startswith("RUN") and "tools/install.sh" in line)
+    assert re.search(r"RECSEARCH_STACK=\$\{STACK\} VENV=/opt/venv tools/install.sh", run)
+    assert "WORKDIR /workspace/recsearch" in text  # where torchx's patch copies the workspace
+
+
+def test_install_sh_refuses_an_unknown_stack_before_creating_anything(tmp_path):
+    venv = tmp_path / "venv"
+    proc = subprocess.run(
+        ["bash", str(REPO / "tools" / "install.sh")], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "RECSEARCH_STACK": "gpu", "VENV": str(venv)}, check=False,
+    )
+    assert proc.returncode == 2
+    assert "RECSEARCH_STACK must be auto, cpu or cuda, got 'gpu'" in proc.stderr
+    assert not venv.exists()
+
+
+@pytest.mark.slow
+def test_the_search_job_on_kubernetes_retries_and_resumes():
+    proc = subprocess.run(
+        [sys.executable, "-m", "torchx.cli.main", "run", "--workspace", "", "--dryrun",
+         "-s", "kubernetes", "-cfg", "queue=research", "launch/components.py:search",
+         "--image", "registry.example/recsearch:0.1", "--out", "/mnt/runs/kaggle",
+         "--config", "configs/search/kaggle_cluster.yaml", "--max_retries", "3",
+         "--mounts", "type=volume,src=runs-pvc,dst=/mnt/runs"],
+        cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "maxRetry: 3" in out and "image: registry.example/recsearch:0.1" in out
+    assert "--resume-if-exists" in out and "--out" in out and "/mnt/runs/kaggle" in out
+    assert "claimName: runs-pvc" in out
