@@ -33,6 +33,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recsearch import benchmd  # noqa: E402
+from recsearch.train.result import TrainResult  # noqa: E402
 from recsearch.types import RESULT_FILE  # noqa: E402
 from tools.bench_data import machine  # noqa: E402
 
@@ -66,11 +67,11 @@ def _run(cmd: list[str], out_dir: Path, name: str) -> RunOutcome:
     wall_s = time.perf_counter() - started
     if proc.returncode != 0:
         raise RuntimeError(f"{name} failed (exit {proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    result = json.loads((out_dir / RESULT_FILE).read_text())
-    metrics = result["metrics"]
+    result = TrainResult.read(out_dir / RESULT_FILE)
+    metrics = result.metrics
     return RunOutcome(
-        name=name, val_auc=metrics["val"]["auc"], test_auc=metrics["test"]["auc"],
-        val_log_loss=metrics["val"]["log_loss"], wall_s=wall_s, samples_per_s=result.get("samples_per_s"),
+        name=name, val_auc=metrics["val"].auc, test_auc=metrics["test"].auc,
+        val_log_loss=metrics["val"].log_loss, wall_s=wall_s, samples_per_s=result.samples_per_s,
         load_before=load_before, load_after=_load(),
     )  # fmt: skip
 

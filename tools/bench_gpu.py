@@ -125,14 +125,14 @@ def run_group(data: Path, out: Path, group: str, quick: bool, runs: Path | None 
             cfg = config.build(trainer.TrainConfig, config.apply_overrides({}, overrides), origin=case.name)
             result = trainer.train(cfg)
             record.update(
-                status=result["status"],
-                steady_samples_per_s=steady_rate(result["history"]),
-                samples_per_s_overall=result["samples_per_s"],
-                step_time_ms=result["step_time_ms"],
-                val_auc=result["metrics"].get("val", {}).get("auc"),
-                engine=result["engine"],
-                losses=[h["loss"] for h in result["history"]] if group == "equality" else None,
-                peak_memory_mb=result["peak_memory_mb_per_rank"],
+                status=result.status,
+                steady_samples_per_s=steady_rate(result.history),
+                samples_per_s_overall=result.samples_per_s,
+                step_time_ms=result.step_time_ms,
+                val_auc=result.auc("val"),
+                engine=result.engine,
+                losses=[h["loss"] for h in result.history] if group == "equality" else None,
+                peak_memory_mb=result.peak_memory_mb_per_rank,
             )
         except Exception as err:  # noqa: BLE001 - a failed case is recorded, the next one runs
             record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=8))

@@ -18,7 +18,7 @@ rounds (max / min of its p50, or of its ratio). Written to docs/BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import json
+import dataclasses
 import os
 import random
 import statistics
@@ -33,6 +33,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python tools/bench_latency_rank.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recsearch import benchmd  # noqa: E402
+from recsearch.train.result import TrainResult  # noqa: E402
 from recsearch.types import RESULT_FILE  # noqa: E402
 from tools.bench_data import machine  # noqa: E402
 
@@ -85,8 +86,10 @@ def run_round(data: Path, scratch: Path, mode: str, order: list[Candidate], conc
         _, err = proc.communicate()
         if proc.returncode != 0:
             raise RuntimeError(f"{cand.name} ({mode}) failed: {err[-1500:]}")
-        entry = json.loads((out / RESULT_FILE).read_text())["latency_ms"][str(SERVING_BATCH)]
-        results[cand.name] = entry
+        entry = TrainResult.read(out / RESULT_FILE).latency(SERVING_BATCH)
+        if entry is None:
+            raise RuntimeError(f"{cand.name} ({mode}): no latency at batch {SERVING_BATCH} in {out / RESULT_FILE}")
+        results[cand.name] = dataclasses.asdict(entry)
     return results
 
 

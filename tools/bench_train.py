@@ -42,6 +42,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python tools/bench_train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recsearch import benchmd  # noqa: E402
+from recsearch.train.result import TrainResult  # noqa: E402
 from recsearch.types import RESULT_FILE  # noqa: E402
 from tools.bench_data import ORIGINAL, ORIGINAL_NPZ, ensure_tsv, machine, original_unavailable  # noqa: E402
 
@@ -192,13 +193,13 @@ class Runner:
             f"compile_dense={str(compile_dense).lower()}", f"engine={engine}",
         ]  # fmt: skip
         progress = _run_timed(cmd, REPO, self.env, r"\[recsearch train\] step (\d+)/\d+ loss")
-        result = json.loads((out / RESULT_FILE).read_text())
-        if result["status"] != "completed":
-            raise RuntimeError(f"recsearch run ended {result['status']}")
+        result = TrainResult.read(out / RESULT_FILE)
+        if result.status != "completed":
+            raise RuntimeError(f"recsearch run ended {result.status}")
         return _timing(progress, self.args.steps, RECSEARCH, {
-            "samples_per_s": result["samples_per_s"],
-            "data_wait_fraction": result["data_wait_fraction"],
-            "loss": result["last_loss"],
+            "samples_per_s": result.samples_per_s,
+            "data_wait_fraction": result.data_wait_fraction,
+            "loss": result.last_loss,
         })
 
     def original(self, shape: ModelShape, steps: tuple[int, int] | None = None) -> RunTiming:

@@ -29,7 +29,6 @@ costs, is shown apart from the median of the others. The section `bench_trial_ov
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shlex
@@ -46,6 +45,8 @@ if str(REPO) not in sys.path:
 
 from recsearch import benchmd  # noqa: E402
 from recsearch.search.store import JournalStore  # noqa: E402
+from recsearch.train.result import ResultError, TrainResult  # noqa: E402
+from recsearch.types import RESULT_FILE  # noqa: E402
 
 SECTION = "bench_trial_overhead"
 SEARCH_CONFIG = REPO / "configs" / "search" / "quickstart.yaml"
@@ -108,12 +109,12 @@ def measure(search_dir: Path) -> tuple[list[float], list[float], int]:
             runs = {k: (v.get("wall_s"), dirs[k]) for k, v in rungs.items()}
         for wall, where in runs.values():
             try:
-                result = json.loads((where / "result.json").read_text())
-            except (OSError, json.JSONDecodeError):
+                result = TrainResult.read(where / RESULT_FILE)
+            except ResultError:
                 failed += 1
                 continue
-            train = result.get("train_seconds")
-            if result.get("status") not in ("completed", "early_stopped") or wall is None or train is None:
+            train = result.train_seconds
+            if not result.ok or wall is None or train is None:
                 failed += 1
                 continue
             walls.append(float(wall))
@@ -199,10 +200,10 @@ def breakdown(search_dir: Path, runs: int, threads: int = 1) -> Breakdown | None
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 code = trainer.main(["--config", str(workdir / "trial.yaml")])
             total = time.perf_counter() - start
-            result = json.loads((workdir / "result.json").read_text())
+            result = TrainResult.read(workdir / RESULT_FILE)
             if code != 0:
-                raise SystemExit(f"breakdown run {i} failed: {result.get('error')}")
-            row = {"total": total, "train": float(result["train_seconds"]),
+                raise SystemExit(f"breakdown run {i} failed: {result.error}")
+            row = {"total": total, "train": float(result.train_seconds),
                    "evaluate": timers.get("evaluate", 0.0), "latency": timers.get("measure_latency", 0.0)}
             row["other"] = row["total"] - row["train"] - row["evaluate"] - row["latency"]
             out.append(row)

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
@@ -185,13 +184,3 @@ def make_baseline(name: str, optimizer: str = DEFAULT_OPTIMIZER, seed: int = 0) 
     if name in GREEDY_KEYS:
         return GreedyPlacer(GREEDY_KEYS[name], name, optimizer=optimizer)
     raise ValueError(f"unknown baseline placer {name!r}; known: {', '.join(BASELINES)}")
-
-
-def __getattr__(name: str) -> Any:
-    """Transition only: recsearch/search/loop.py still imports PLACERS and make_placer from here;
-    they live in recsearch.placement.registry (remove this when loop.py imports the registry)."""
-    if name in ("PLACERS", "make_placer"):
-        from recsearch.placement import registry
-
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

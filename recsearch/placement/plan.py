@@ -472,7 +472,7 @@ class LearnedShardingPlanner:
     callbacks, timeout_seconds, plan_loader) are accepted and not used: the placer replaces them;
     passing one warns.
 
-    placer: a Placer or a name (recsearch.placement.baselines.PLACERS); "learned" (the default)
+    placer: a Placer or a name (recsearch.placement.registry.PLACERS); "learned" (the default)
     is the shipped policy checked against the baselines under its own cost net, the cheapest
     kept (best_of.learned_or_better). table_stats: TableSpecs with pooling factors and reuse
     histograms by table name. optimizer: the embedding optimizer whose state counts against

@@ -62,7 +62,7 @@ class Checker:
 
 
 def _make_placer(name: str, topology: Topology, seed: int):
-    from recsearch.placement.baselines import make_placer
+    from recsearch.placement.registry import make_placer
 
     if name != "auto":
         return name, make_placer(name, seed=seed)

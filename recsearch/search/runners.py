@@ -31,7 +31,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import json
-import math
 import select
 import os
 import signal
@@ -45,12 +44,11 @@ from typing import Any, Callable, Protocol
 import yaml
 
 from recsearch import remote
-from recsearch.types import TrialResult, TrialSpec, TrialState
+from recsearch.train.result import ResultError, TrainResult, finite
+from recsearch.types import RESULT_FILE, TrialResult, TrialSpec, TrialState
 
 TRIAL_CONFIG = "trial.yaml"
-RESULT_FILE = "result.json"  # what recsearch.train.trainer writes (trainer.RESULT_FILE)
 LOG_FILE = "train.log"
-OK_STATUSES = ("completed", "early_stopped")
 
 
 @dataclass
@@ -120,71 +118,65 @@ def wait_readable(fds: list[int], timeout_s: float) -> None:
 def read_result(
     workdir: Path, trial_id: int, serving_batch: int, runner_error: str | None = None
 ) -> TrialResult:
-    """The trial's outcome from its result.json. Validation AUC is the AUC; latency is the p50/p99
-    at the serving batch. A missing, unreadable or failed result is FAILED with the reason."""
+    """The trial's outcome from its result.json (recsearch.train.result.TrainResult). Validation
+    AUC is the AUC; latency is the p50/p99 at the serving batch. A missing, unreadable or failed
+    result is FAILED with the reason."""
     path = Path(workdir) / RESULT_FILE
     if not path.exists():
         error = runner_error or "the run ended without writing result.json"
         return TrialResult(trial_id, TrialState.FAILED, error=f"{error} ({path} missing)")
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        return TrialResult(trial_id, TrialState.FAILED, error=f"{path}: unreadable result: {err}")
-    status = raw.get("status")
-    if status not in OK_STATUSES:
-        if status == "diverged":
-            error = f"non-finite loss (diverged) at step {raw.get('steps')}: last loss {raw.get('last_loss')}"
+        run = TrainResult.read(path)
+    except ResultError as err:
+        return TrialResult(trial_id, TrialState.FAILED, error=str(err))
+    if not run.ok:
+        if run.status == "diverged":
+            error = f"non-finite loss (diverged) at step {run.steps}: last loss {run.last_loss}"
         else:
-            error = raw.get("error") or f"run ended with status {status!r}"
+            error = run.error or f"run ended with status {run.status!r}"
         if runner_error and runner_error not in error:
             error = f"{error}; {runner_error}"
         return TrialResult(trial_id, TrialState.FAILED, error=error)
-    val = raw.get("metrics", {}).get("val", {})
-    latency = raw.get("latency_ms", {}).get(str(serving_batch), {})
-    auc = _finite(val.get("auc"))
+    auc = run.auc("val")
     if auc is None:
         return TrialResult(trial_id, TrialState.FAILED, error=f"{path}: no finite validation AUC")
+    val = run.metrics["val"]
+    latency = run.latency(serving_batch)
     return TrialResult(
         trial_id=trial_id,
         state=TrialState.COMPLETE,
         auc=auc,
-        log_loss=_finite(val.get("log_loss")),
-        accuracy=_finite(val.get("accuracy")),
-        step_time_ms=_finite(raw.get("step_time_ms")),
-        latency_p50_ms=_finite(latency.get("p50_ms")),
-        latency_p99_ms=_finite(latency.get("p99_ms")),
-        latency_spread=_finite(latency.get("spread")),
-        latency_reference_p50_ms=_finite(latency.get("reference_p50_ms")),
-        latency_vs_reference=_finite(latency.get("vs_reference")),
+        log_loss=finite(val.log_loss),
+        accuracy=finite(val.accuracy),
+        step_time_ms=finite(run.step_time_ms),
+        latency_p50_ms=finite(latency.p50_ms) if latency else None,
+        latency_p99_ms=finite(latency.p99_ms) if latency else None,
+        latency_spread=finite(latency.spread) if latency else None,
+        latency_reference_p50_ms=finite(latency.reference_p50_ms) if latency else None,
+        latency_vs_reference=finite(latency.vs_reference) if latency else None,
     )
 
 
 def result_notes(workdir: Path) -> dict[str, Any]:
     """Numbers from result.json that have no TrialResult field (for the store's notes)."""
     try:
-        raw = json.loads((Path(workdir) / RESULT_FILE).read_text())
-    except (OSError, json.JSONDecodeError):
+        run = TrainResult.read(Path(workdir) / RESULT_FILE)
+    except ResultError:
         return {}
     notes: dict[str, Any] = {}
-    test_auc = _finite(raw.get("metrics", {}).get("test", {}).get("auc"))
+    test_auc = run.auc("test")
     if test_auc is not None:
         notes["test_auc"] = test_auc
     for key in ("samples_per_s", "steps", "train_seconds", "dense_parameters"):
-        value = raw.get(key)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            notes[key] = value
-    if raw.get("peak_memory_mb_per_rank"):
-        notes["peak_memory_mb_per_rank"] = raw["peak_memory_mb_per_rank"]
-    rows = raw.get("config", {}).get("train_rows")
+        value = finite(getattr(run, key))
+        if value is not None:
+            notes[key] = int(value) if key in ("steps", "dense_parameters") else value
+    if run.peak_memory_mb_per_rank:
+        notes["peak_memory_mb_per_rank"] = run.peak_memory_mb_per_rank
+    rows = run.config.get("train_rows")
     if isinstance(rows, int):
         notes["train_rows"] = rows
     return notes
-
-
-def _finite(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
 
 
 def _signal_error(returncode: int) -> str:

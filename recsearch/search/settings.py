@@ -253,7 +253,7 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
         space = None
     problems += _unknown_optimizers(path, cfg.space)
     if cfg.placer != "auto":
-        from recsearch.placement.baselines import PLACERS
+        from recsearch.placement.registry import PLACERS
 
         if cfg.placer not in PLACERS:
             problems.append(f"{path}: placer: {cfg.placer!r} is not one of auto, {', '.join(PLACERS)}")

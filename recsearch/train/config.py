@@ -57,7 +57,7 @@ class TrainConfig:
     auc_threshold: float | None = None  # stop once validation AUC reaches it (like MLPerf)
     # where the tables go over several ranks, always through LearnedShardingPlanner: "torchrec"
     # (TorchRec's planner picks the ranks), a placer name (learned or a baseline:
-    # recsearch.placement.baselines.PLACERS) or a JSON placement file {table name: rank}
+    # recsearch.placement.registry.PLACERS) or a JSON placement file {table name: rank}
     plan: str = "torchrec"
     device: str = "auto"  # auto | cpu | cuda
     # CUDA: this process may allocate at most this share of the device's memory (several trials

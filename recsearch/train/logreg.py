@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -33,6 +32,7 @@ from recsearch.data.dataset import dataset_meta
 from recsearch.data.loader import read_split_arrays
 from recsearch.model.dlrm import table_rows
 from recsearch.train.metrics import EvalMetrics, MetricAccumulator
+from recsearch.train.result import SplitMetrics, TrainResult
 from recsearch.types import MAX_SEED, RESULT_FILE, SettingsError, check_int, check_number, check_table_sizes
 
 
@@ -94,7 +94,7 @@ def evaluate(model: LogisticRegression, dense: torch.Tensor, ids: torch.Tensor, 
     return acc.compute()
 
 
-def train(cfg: LogRegConfig) -> dict:
+def train(cfg: LogRegConfig) -> TrainResult:
     torch.manual_seed(cfg.seed)
     meta = dataset_meta(cfg.data_dir, cfg.num_embeddings_per_feature)
     if meta.multi_hot_sizes is not None:
@@ -135,17 +135,17 @@ def train(cfg: LogRegConfig) -> dict:
         d, s, y = read_split_arrays(cfg.data_dir, split, cfg.eval_rows, meta)
         metrics[split] = evaluate(model, torch.from_numpy(d), _wrapped(s, rows),
                                   torch.from_numpy(y.astype(np.float32)), 8192)
-    return {
-        "status": "completed",
-        "model": "logistic_regression",
-        "config": dataclasses.asdict(cfg),
-        "metrics": {split: dataclasses.asdict(m) for split, m in metrics.items()},
-        "bayes": {k: dataclasses.asdict(v) for k, v in meta.bayes.items()},
-        "steps": steps,
-        "train_rows": len(labels),
-        "train_seconds": round(train_seconds, 3),
-        "last_loss": last_loss,
-    }
+    return TrainResult(
+        status="completed",
+        model="logistic_regression",
+        config=dataclasses.asdict(cfg),
+        metrics={split: SplitMetrics(**dataclasses.asdict(m)) for split, m in metrics.items()},
+        bayes={k: dataclasses.asdict(v) for k, v in meta.bayes.items()},
+        steps=steps,
+        train_rows=len(labels),
+        train_seconds=round(train_seconds, 3),
+        last_loss=last_loss,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,12 +183,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recsearch baseline logreg: error: {err}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    remote.write_text(out / RESULT_FILE, json.dumps(result, indent=2) + "\n")
-    m = result["metrics"]
-    bayes = result["bayes"]
+    remote.write_text(out / RESULT_FILE, result.to_json())
+    m = result.metrics
+    bayes = result.bayes
     ceiling = f" (Bayes ceiling {bayes['val']['auc']:.4f} / {bayes['test']['auc']:.4f})" if "val" in bayes else ""
     print(
-        f"[recsearch baseline logreg] val AUC {m['val']['auc']:.4f} log loss {m['val']['log_loss']:.4f}; "
-        f"test AUC {m['test']['auc']:.4f}{ceiling}; {result['train_seconds']:.1f} s; result in {out / RESULT_FILE}"
+        f"[recsearch baseline logreg] val AUC {m['val'].auc:.4f} log loss {m['val'].log_loss:.4f}; "
+        f"test AUC {m['test'].auc:.4f}{ceiling}; {result.train_seconds:.1f} s; result in {out / RESULT_FILE}"
     )
     return 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import resource
@@ -42,6 +41,7 @@ from recsearch.train.latency import graphed as latency_graphed
 from recsearch.train.metrics import EvalMetrics, MetricAccumulator
 from recsearch.train.optim import embedding_optimizer
 from recsearch.train.schedule import LRSchedule
+from recsearch.train.result import LatencyEntry, SplitMetrics, TrainResult
 from recsearch.types import RESULT_FILE
 
 __all__ = ["TrainConfig", "compile_dense_parts", "main", "train"]
@@ -67,7 +67,7 @@ class RunState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> dict:
+def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainResult:
     """Run one training job in this process (one rank of it under torchrun); return the result.
     `split_cache`: in-memory splits kept across the runs of one process (the search's pool
     workers), so a run on data an earlier run loaded reads nothing again."""
@@ -206,7 +206,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> dict:
 
         model = engine.model
         final: dict[str, EvalMetrics] = {}
-        latency: dict[str, dict[str, float]] = {}
+        latency: dict[str, LatencyEntry] = {}
         latency_notes: list[str] = []
         if state.status != "diverged":
             for split in cfg.eval_splits:
@@ -229,7 +229,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> dict:
             write_result(out, result)
             error = upload_outputs(cfg, out)
             if error:  # the run's own result.json stays as it is; the exit code says it
-                result["upload_error"] = error
+                result = dataclasses.replace(result, upload_error=error)
         return result
     finally:
         device_lock.close()
@@ -254,13 +254,13 @@ def evaluate(model: torch.nn.Module, loader: NpyBatchLoader, device: torch.devic
 def measure_latency(
     model, cfg: TrainConfig, make_loader, device: torch.device, reference=None, device_lock: DeviceLock | None = None,
     notes: list[str] | None = None,
-) -> dict[str, dict[str, float]]:
+) -> dict[str, LatencyEntry]:
     """p50/p99 ms of the trained model's forward at each serving batch size, on this device, with
     the device to itself (`device_lock` held exclusive) and, with a reference model, the
     reference's p50 timed in the same rounds (recsearch.train.latency). On CUDA the forward is
     timed as CUDA graph replays (cfg.latency_cuda_graph); why it was not, if it was not, is
     appended to `notes`."""
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, LatencyEntry] = {}
     lock = device_lock or DeviceLock(None)
     if cfg.latency_cuda_graph == "true" and device.type != "cuda":
         raise ValueError("latency_cuda_graph=true needs a CUDA device (this run is on the CPU)")
@@ -307,15 +307,15 @@ def measure_latency(
                 calls_per_round=CALLS_PER_ROUND, min_rounds=max(2, rounds),
                 reference="reference" if reference is not None else None,
             )
-            mine = stats["model"]
-            entry = {"p50_ms": mine.p50_ms, "p99_ms": mine.p99_ms, "spread": round(mine.spread, 5), "calls": mine.calls,
-                     "serving": "cuda_graph" if graphed else "eager"}
-            if "reference" in stats:
-                entry["reference_p50_ms"] = stats["reference"].p50_ms
-                entry["reference_spread"] = round(stats["reference"].spread, 5)
-                entry["vs_reference"] = mine.vs_reference
-                entry["vs_reference_spread"] = round(mine.vs_reference_spread or 0.0, 5)
-            out[str(batch_size)] = entry
+            mine, ref = stats["model"], stats.get("reference")
+            out[str(batch_size)] = LatencyEntry(
+                p50_ms=mine.p50_ms, p99_ms=mine.p99_ms, spread=round(mine.spread, 5), calls=mine.calls,
+                serving="cuda_graph" if graphed else "eager",
+                reference_p50_ms=ref.p50_ms if ref else None,
+                reference_spread=round(ref.spread, 5) if ref else None,
+                vs_reference=mine.vs_reference,
+                vs_reference_spread=round(mine.vs_reference_spread, 5) if mine.vs_reference_spread is not None else None,
+            )
     model.train()
     return out
 
@@ -428,53 +428,53 @@ def _embedding_bytes(model: torch.nn.Module) -> list[int]:
     return gathered
 
 
-def _result(cfg, meta, state: RunState, final, latency, engine: TrainEngine, world_size, device, latency_notes=()) -> dict:
+def _result(cfg, meta, state: RunState, final, latency, engine: TrainEngine, world_size, device, latency_notes=()) -> TrainResult:
     step_ms = 1000 * state.train_seconds / state.step if state.step else math.nan
     model = engine.model
-    return {
-        "status": state.status,
-        "config": config.to_dict(cfg),
-        "metrics": {split: dataclasses.asdict(m) for split, m in final.items()},
-        "bayes": {k: dataclasses.asdict(v) for k, v in meta.bayes.items()},
-        "steps": state.step,
-        "epochs_completed": state.epoch,
-        "samples": state.samples,
-        "last_loss": state.last_loss,
-        "train_seconds": round(state.train_seconds, 3),
-        "step_time_ms": round(step_ms, 3),
-        "samples_per_s": round(state.samples / state.train_seconds, 1) if state.train_seconds else math.nan,
-        "data_wait_fraction": round(state.data_wait_seconds / state.train_seconds, 4) if state.train_seconds else math.nan,
-        "latency_ms": latency,
-        "latency_setup": {
+    return TrainResult(
+        status=state.status,
+        config=config.to_dict(cfg),
+        metrics={split: SplitMetrics(**dataclasses.asdict(m)) for split, m in final.items()},
+        bayes={k: dataclasses.asdict(v) for k, v in meta.bayes.items()},
+        steps=state.step,
+        epochs_completed=state.epoch,
+        samples=state.samples,
+        last_loss=state.last_loss,
+        train_seconds=round(state.train_seconds, 3),
+        step_time_ms=round(step_ms, 3),
+        samples_per_s=round(state.samples / state.train_seconds, 1) if state.train_seconds else math.nan,
+        data_wait_fraction=round(state.data_wait_seconds / state.train_seconds, 4) if state.train_seconds else math.nan,
+        latency_ms=latency,
+        latency_setup={
             "serving": _serving_setup(latency),
             "batch_sizes": [int(b) for b in latency],
             "target_spread": cfg.latency_target_spread,
             "device_to_itself": cfg.device_lock is not None and world_size == 1,
             "notes": list(latency_notes),
         },
-        "plan": engine.plan_summary(),
-        "engine": dataclasses.asdict(engine.report),
-        "world_size": world_size,
-        "device": str(device),
-        "dense_parameters": dense_parameter_count(model),
-        "peak_memory_mb_per_rank": _peak_memory_mb(device),
-        "embedding_bytes_per_rank": _embedding_bytes(model),
-        "history": state.history,
-    }
+        plan=engine.plan_summary(),
+        engine=dataclasses.asdict(engine.report),
+        world_size=world_size,
+        device=str(device),
+        dense_parameters=dense_parameter_count(model),
+        peak_memory_mb_per_rank=_peak_memory_mb(device),
+        embedding_bytes_per_rank=_embedding_bytes(model),
+        history=state.history,
+    )
 
 
-def _serving_setup(latency: dict[str, dict]) -> str | None:
+def _serving_setup(latency: dict[str, LatencyEntry]) -> str | None:
     """What was timed: one description when every batch size was timed alike (None: nothing was)."""
-    kinds = {entry["serving"] for entry in latency.values()}
+    kinds = {entry.serving for entry in latency.values()}
     if not kinds:
         return None
-    return "; ".join(f"{k}: {SERVING_SETUP[k]} (batch {', '.join(b for b, e in latency.items() if e['serving'] == k)})"
+    return "; ".join(f"{k}: {SERVING_SETUP[k]} (batch {', '.join(b for b, e in latency.items() if e.serving == k)})"
                      for k in sorted(kinds)) if len(kinds) > 1 else SERVING_SETUP[kinds.pop()]
 
 
-def write_result(out: Path, result: dict) -> Path:
+def write_result(out: Path, result: TrainResult) -> Path:
     path = out / RESULT_FILE
-    remote.write_text(path, json.dumps(result, indent=2, default=str, allow_nan=True) + "\n")
+    remote.write_text(path, result.to_json())
     return path
 
 
@@ -541,10 +541,9 @@ def main(argv: list[str] | None = None, *, split_cache: SplitCache | None = None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    metrics = result["metrics"]
-    summary = ", ".join(f"{s} AUC {m['auc']:.4f}" for s, m in metrics.items())
-    print(f"[recsearch train] {result['status']}: {summary or 'no evaluation'}; result in {Path(cfg.output_dir) / RESULT_FILE}")
-    return 0 if result["status"] in ("completed", "early_stopped") and "upload_error" not in result else 1
+    summary = ", ".join(f"{s} AUC {m.auc:.4f}" for s, m in result.metrics.items())
+    print(f"[recsearch train] {result.status}: {summary or 'no evaluation'}; result in {Path(cfg.output_dir) / RESULT_FILE}")
+    return 0 if result.ok and result.upload_error is None else 1
 
 
 def _write_failure(cfg: TrainConfig, err: BaseException) -> None:
@@ -552,16 +551,10 @@ def _write_failure(cfg: TrainConfig, err: BaseException) -> None:
         return
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_result(
-        out,
-        {
-            "status": "failed",
-            "error": f"{type(err).__name__}: {err}",
-            "metrics": {},
-            "traceback": traceback.format_exc(limit=20),
-            "config": config.to_dict(cfg),
-        },
-    )
+    write_result(out, TrainResult(
+        status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=20),
+        config=config.to_dict(cfg),
+    ))
     upload_outputs(cfg, out)  # on failure the local result.json still says what failed
 
 

@@ -23,12 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("recsearch", "launch")
 ARCHITECTURE = REPO / "docs" / "ARCHITECTURE.md"
 # Edges allowed for a transition only, each with the reason; remove them when the reason goes.
-TRANSITION_EDGES = {
-    # search/loop.py still imports PLACERS / make_placer from baselines (lazily, in functions);
-    # baselines forwards them to the registry with a module __getattr__ until loop.py imports
-    # recsearch.placement.registry itself.
-    ("recsearch.placement.baselines", "recsearch.placement.registry"),
-}
+TRANSITION_EDGES: set[tuple[str, str]] = set()
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ LOSS_RTOL = 1e-5
 
 def _run(tmp_path, data, name: str, *overrides: str) -> dict:
     cfg = small_config(data, tmp_path / name, "max_steps=40", "epochs=2", "eval_rows=1024", *overrides)
-    return trainer.train(cfg)
+    return trainer.train(cfg).to_dict()
 
 
 @pytest.mark.slow
@@ -135,11 +135,11 @@ def test_resume_on_the_single_engine_is_exact(tmp_path, learnable_data):
     same losses and the same final weights, with a stateful optimizer on both sides."""
     common = ["engine=single", "max_steps=40", "epochs=2", "hparams.embedding_optimizer=rowwise_adagrad",
               "hparams.dense_optimizer=adam", "hparams.dense_lr=0.01", *SCHEDULE, "eval_rows=512"]
-    straight = trainer.train(small_config(learnable_data, tmp_path / "straight", *common))
+    straight = trainer.train(small_config(learnable_data, tmp_path / "straight", *common)).to_dict()
     out = tmp_path / "split"
-    first = trainer.train(small_config(learnable_data, out, *common, "checkpoint_every_steps=20", "max_steps=20"))
+    first = trainer.train(small_config(learnable_data, out, *common, "checkpoint_every_steps=20", "max_steps=20")).to_dict()
     assert first["steps"] == 20
-    resumed = trainer.train(small_config(learnable_data, out, *common, "resume_from=latest"))
+    resumed = trainer.train(small_config(learnable_data, out, *common, "resume_from=latest")).to_dict()
     assert resumed["steps"] == 40
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
     assert resumed["metrics"]["val"]["auc"] == straight["metrics"]["val"]["auc"]
@@ -161,6 +161,6 @@ def test_device_resident_batches_equal_the_loaders_for_multi_hot_data(tmp_path):
             data, tmp_path / placement, "engine=single", f"data_on_device={placement}",
             "hparams.batch_size=64", "max_steps=12", "epochs=2",
         ))
-        assert result["engine"]["data_on_device"] == (placement == "true")
-        losses[placement] = [h["loss"] for h in result["history"]]
+        assert result.engine["data_on_device"] == (placement == "true")
+        losses[placement] = [h["loss"] for h in result.history]
     assert len(losses["true"]) == 12 and losses["true"] == losses["false"]

@@ -99,7 +99,7 @@ def test_a_run_over_its_device_memory_share_fails_alone_and_the_next_run_is_unca
     with pytest.raises(torch.cuda.OutOfMemoryError):
         trainer.train(capped)
     # the next run in the same process (a pool worker's next trial) sets its own cap: none
-    result = trainer.train(small_config(learnable_data, tmp_path / "free", "device=cuda", "max_steps=2"))
+    result = trainer.train(small_config(learnable_data, tmp_path / "free", "device=cuda", "max_steps=2")).to_dict()
     assert result["status"] == "completed" and result["steps"] == 2
     # CUDA branches of the trainer: the device it set, and the peak device memory of the run
     assert result["device"] == "cuda:0" and len(result["peak_memory_mb_per_rank"]) == 1
@@ -122,6 +122,6 @@ def test_serving_latency_is_timed_as_cuda_graph_replays_that_compute_the_eager_f
         torch.cuda.synchronize()
     torch.testing.assert_close(outputs[-1], eager, rtol=1e-5, atol=1e-6)
     result = trainer.train(small_config(learnable_data, tmp_path / "run", "device=cuda", "max_steps=2",
-                                        "latency_batch_sizes=[64]", "latency_iters=10"))
+                                        "latency_batch_sizes=[64]", "latency_iters=10")).to_dict()
     assert result["latency_ms"]["64"]["serving"] == "cuda_graph" and "CUDA graph" in result["latency_setup"]["serving"]
     assert result["latency_setup"]["notes"] == [] and result["latency_ms"]["64"]["p50_ms"] > 0

@@ -13,6 +13,7 @@ import torch
 
 from recsearch.train import trainer
 from recsearch.train.latency import DeviceLock, measure_interleaved
+from recsearch.train.result import TrainResult
 from tests.train.engines import small_config
 
 CPU = torch.device("cpu")
@@ -140,16 +141,19 @@ def test_a_run_times_the_reference_in_the_same_rounds(tmp_path, learnable_data):
         "latency_reference.arch.bottom_mlp=[64,32,8]", "latency_reference.arch.top_mlp=[256,128,1]",
     )
     result = trainer.train(cfg)
-    entry = result["latency_ms"]["64"]
-    assert entry["calls"] >= 20 and 0 <= entry["spread"] and entry["p99_ms"] >= entry["p50_ms"] > 0
-    assert entry["reference_p50_ms"] > 0 and entry["reference_spread"] >= 0
-    assert entry["vs_reference"] > 0 and entry["vs_reference_spread"] >= 0
-    assert result["latency_setup"]["device_to_itself"] is True
-    assert "eager" in result["latency_setup"]["serving"] and entry["serving"] == "eager"  # on the CPU
-    assert result["latency_setup"]["batch_sizes"] == [64] and result["latency_setup"]["notes"] == []
+    entry = result.latency(64)
+    assert entry.calls >= 20 and 0 <= entry.spread and entry.p99_ms >= entry.p50_ms > 0
+    assert entry.reference_p50_ms > 0 and entry.reference_spread >= 0
+    assert entry.vs_reference > 0 and entry.vs_reference_spread >= 0
+    assert result.latency_setup["device_to_itself"] is True
+    assert "eager" in result.latency_setup["serving"] and entry.serving == "eager"  # on the CPU
+    assert result.latency_setup["batch_sizes"] == [64] and result.latency_setup["notes"] == []
+    # the file says what the run returned
+    assert TrainResult.read(tmp_path / "out" / "result.json").latency(64) == entry
     # without a reference there is no reference entry, and nothing is locked
     plain = trainer.train(small_config(learnable_data, tmp_path / "plain", "max_steps=4", "latency_batch_sizes=[64]"))
-    assert "reference_p50_ms" not in plain["latency_ms"]["64"] and plain["latency_setup"]["device_to_itself"] is False
+    assert plain.latency(64).reference_p50_ms is None and plain.latency(64).vs_reference is None
+    assert plain.latency_setup["device_to_itself"] is False
 
 
 @pytest.mark.slow
@@ -169,9 +173,9 @@ def test_the_latency_against_a_reference_in_the_same_rounds_is_reproducible(tmp_
         for name in ("a", "b"):
             cfg = small_config(learnable_data, tmp_path / f"{attempt}{name}", "max_steps=2", "latency_batch_sizes=[256]",
                                "latency_iters=40", *same_arch)
-            entries.append(trainer.train(cfg)["latency_ms"]["256"])
-        if all(e["spread"] <= 0.03 and e["reference_spread"] <= 0.03 for e in entries):
-            ratios = [e["vs_reference"] for e in entries]
+            entries.append(trainer.train(cfg).latency(256))
+        if all(e.spread <= 0.03 and e.reference_spread <= 0.03 for e in entries):
+            ratios = [e.vs_reference for e in entries]
             clean_pairs.append(ratios)
             if all(0.9 < r < 1.1 for r in ratios) and abs(ratios[0] - ratios[1]) / min(ratios) < 0.06:
                 return

@@ -159,7 +159,7 @@ def _train_one_rank(rank: int, cfg_path: str, port: int, results) -> None:
         RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
     )
-    result = trainer.train(config.load(trainer.TrainConfig, cfg_path))
+    result = trainer.train(config.load(trainer.TrainConfig, cfg_path)).to_dict()
     results[rank] = {k: result[k] for k in ("status", "steps", "metrics", "plan", "world_size")}
     dist.destroy_process_group()
 
