@@ -36,6 +36,7 @@ def commands() -> dict[tuple[str, ...], tuple[str, str]]:
         ("place", "eval"): ("recsearch.placement.cli.eval", "compare placers on tasks by measured cost"),
         ("search",): ("recsearch.search.loop", "search architectures and hyperparameters"),
         ("report",): ("recsearch.search.report", "report on a search directory"),
+        ("optuna", "export"): ("recsearch.search.optuna_cli", "a search as an Optuna study (journal file)"),
     }
 
 

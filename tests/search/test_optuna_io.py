@@ -1,0 +1,153 @@
+"""A real search exported as an Optuna study (journal file) and read back with Optuna: values,
+states, Pareto front and importance; an Optuna study's trials as a controller's warm start."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from recsearch import cli
+from recsearch.search import controllers as ctl
+from recsearch.search import loop, optuna_io
+from recsearch.search.pareto import pareto_front
+from recsearch.search.results import row_of
+from recsearch.search.store import JournalStore
+from recsearch.types import TrialState
+from tests.train.conftest import write_learnable_dataset
+
+
+@pytest.fixture(scope="module")
+def search_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("optuna_search")
+    data = root / "data"
+    write_learnable_dataset(data)
+    raw = {
+        "data_dir": str(data),
+        "base": {
+            "arch": {"embedding_dim": 4, "bottom_mlp": [8, 4], "top_mlp": [8, 1]},
+            "hparams": {"batch_size": 256},
+            "latency_iters": 2, "latency_batch_sizes": [1], "log_every_steps": 8, "tensorboard": False,
+        },
+        "space": {
+            "embedding_dim": [4], "bottom_depth": [1], "bottom_width": [8, 16], "top_depth": [1],
+            "top_width": [8, 16], "interaction": ["dot"], "batch_size": [256],
+            "embedding_lr": {"low": 0.03, "high": 0.1, "num": 2}, "dense_lr": {"low": 0.05, "high": 0.05, "num": 1},
+        },
+        "fidelity": {"train_rows": [2048, 6144], "eta": 2},
+        "controller": "random", "trials": 4, "runner": {"kind": "inprocess"},
+        "objective": {"serving_batch": 64}, "heartbeat_s": 0.2,
+    }
+    config = root / "search.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert loop.main(["--config", str(config), "--out", str(root / "search")]) == 0
+    return root / "search"
+
+
+def _study(path: Path) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    return optuna.load_study(study_name=None, storage=storage)
+
+
+@pytest.mark.slow
+def test_export_writes_every_finished_trial_with_its_objectives(search_dir, tmp_path, capsys):
+    out = tmp_path / "study.log"
+    assert cli.main(["optuna", "export", str(search_dir), "--out", str(out)]) == 0
+    assert f"view it with: optuna-dashboard {out}" in capsys.readouterr().out
+    study = _study(out)
+    assert study.study_name == "search" and study.metric_names == ["auc", "latency_p50_ms"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    rows = {r.trial_id: r for r in map(row_of, JournalStore(search_dir).trials())}
+    trials = study.get_trials()
+    assert sorted(t.user_attrs["recsearch_trial_id"] for t in trials) == sorted(rows)
+    states = {s: 0 for s in optuna.trial.TrialState}
+    for trial in trials:
+        row = rows[trial.user_attrs["recsearch_trial_id"]]
+        states[trial.state] += 1
+        assert trial.params == row.params
+        if row.state is TrialState.COMPLETE:
+            assert trial.state is optuna.trial.TrialState.COMPLETE
+            assert trial.values == [row.auc, row.latency_p50_ms]
+            if row.reward is None:  # the reference: trained for the budget, not rewarded
+                assert row.kind == "reference" and "reward" not in trial.user_attrs
+            else:
+                assert math.isclose(trial.user_attrs["reward"], row.reward)
+        elif row.state is TrialState.PRUNED:
+            assert trial.state is optuna.trial.TrialState.PRUNED and trial.values is None
+    assert states[optuna.trial.TrialState.PRUNED] >= 1  # successive halving stopped someone
+    assert states[optuna.trial.TrialState.COMPLETE] >= 2
+
+    # Optuna's own analyses run on it and agree with recsearch's.
+    complete = [r for r in rows.values() if r.state is TrialState.COMPLETE]
+    front = {p.trial_id for p in pareto_front((r.trial_id, r.auc, r.latency_p50_ms) for r in complete).points}
+    assert {t.user_attrs["recsearch_trial_id"] for t in study.best_trials} == front
+    importance = optuna.importance.get_param_importances(study, target=lambda t: t.values[0])
+    varied = {k for k in importance if len({r.params.get(k) for r in complete}) > 1}
+    assert varied <= set(importance) and math.isclose(sum(importance.values()), 1.0)
+    axes = optuna.visualization.matplotlib.plot_pareto_front(study)
+    assert axes is not None
+
+    # A second export is refused without --force; unknown objectives are refused by name.
+    assert cli.main(["optuna", "export", str(search_dir), "--out", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
+    assert cli.main(["optuna", "export", str(search_dir), "--out", str(tmp_path / "x.log"), "--objectives", "speed"]) == 2
+    assert "objectives must be some of" in capsys.readouterr().err
+    single = tmp_path / "reward.log"
+    assert cli.main(["optuna", "export", str(search_dir), "--out", str(single), "--objectives", "reward"]) == 0
+    assert _study(single).best_trial.user_attrs["recsearch_trial_id"] == max(
+        (r for r in complete if r.reward is not None), key=lambda r: r.reward).trial_id
+
+
+@pytest.mark.slow
+def test_a_study_warm_starts_a_controller(search_dir, tmp_path):
+    out = tmp_path / "study.log"
+    optuna_io.export_study(search_dir, out)
+    space = loop.load_search_config(search_dir / "search.yaml").space
+    warm = optuna_io.warm_start(out, space)
+    complete = [t for t in _study(out).get_trials() if t.state is optuna.trial.TrialState.COMPLETE]
+    assert len(warm.observations) + len(warm.skipped) == len(complete)
+    by_choice = {space.choices_of(spec): reward for spec, reward in warm.observations}
+    for trial in complete:
+        if not trial.user_attrs["kind"] == "reference":
+            assert any(math.isclose(r, trial.user_attrs["reward"]) for r in by_choice.values())
+    # The reference (bottom_mlp [8, 4]: width 8, depth 1) is in this space; the lr grid decides.
+    # A random controller told of them never proposes those configurations again.
+    controller = ctl.RandomController(space, seed=1)
+    for spec, reward in warm.observations:
+        controller.observe(spec, reward)
+    proposed = []
+    while (spec := controller.propose()) is not None:
+        proposed.append(space.choices_of(spec))
+    assert len(proposed) == space.cardinality - len(by_choice)
+    assert not set(proposed) & set(by_choice)
+    # TPE starts from them.
+    bayes = ctl.BayesianController(space, seed=0)
+    for spec, reward in warm.observations:
+        bayes.observe(spec, reward)
+    assert len(bayes.study.trials) == len(warm.observations)
+
+
+def test_a_foreign_single_objective_study_maps_onto_the_space(tmp_path):
+    from recsearch.search.space import SearchSpace, SpaceConfig
+    from recsearch.types import Topology
+
+    space = SearchSpace(SpaceConfig(bottom_width=(128, 256), top_width=(256,)), Topology(1, 2**30), 10_000)
+    path = tmp_path / "mine.log"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    study = optuna.create_study(storage=storage, study_name="mine", direction="minimize")
+    dist = optuna.distributions.CategoricalDistribution
+    base = {"embedding_dim": 16, "bottom_depth": 2, "top_depth": 1, "top_width": 256, "interaction": "dot",
+            "batch_size": 2048, "embedding_optimizer": "rowwise_adagrad", "embedding_lr": 0.01,
+            "dense_optimizer": "adagrad", "dense_lr": 0.003, "warmup_steps": 0, "decay_steps": 0}
+    for width, loss in ((128, 0.45), (256, 0.44), (512, 0.43)):
+        params = {**base, "bottom_width": width}
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: dist([v]) for k, v in params.items()}, value=loss))
+    warm = optuna_io.warm_start(path, space)
+    assert [(s.arch.bottom_mlp, r) for s, r in warm.observations] == [((128, 128, 16), -0.45), ((256, 256, 16), -0.44)]
+    assert len(warm.skipped) == 1 and "bottom_width=512 is not an option of this space" in warm.skipped[0]
+    with pytest.raises(ValueError, match="no study 'other'"):
+        optuna_io.warm_start(path, space, study_name="other")
