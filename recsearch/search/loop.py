@@ -67,6 +67,7 @@ from recsearch.search.runners import (
 from recsearch.search.results import describe, fmt
 from recsearch.search.settings import Resolved, load_search_config
 from recsearch.search.store import JOURNAL_FILE, JournalError, JournalStore, TrialRecord
+from recsearch.train.config import LatencyReference, TrainConfig
 from recsearch.types import TrialResult, TrialSpec, TrialState
 
 SEARCH_CONFIG = "search.yaml"
@@ -361,9 +362,9 @@ class Search:
         placement = self.store.get(trial_id).notes.get("placement") or self.checker.check(spec).placement
         if placement:
             (workdir / PLACEMENT_FILE).write_text(json.dumps({"placement": placement}, indent=1) + "\n")
-        raw = self.trial_config(spec, workdir, bool(placement), top_rung=rung == len(self.cfg.fidelity.train_rows) - 1,
+        trial = self.trial_config(spec, workdir, bool(placement), top_rung=rung == len(self.cfg.fidelity.train_rows) - 1,
                                 measure_latency=self._earlier_latency(trial_id, rung) is None)
-        (workdir / TRIAL_CONFIG).write_text(yaml.safe_dump(raw, sort_keys=False))
+        (workdir / TRIAL_CONFIG).write_text(yaml.safe_dump(config.to_dict(trial), sort_keys=False))
         self.store.set_state(trial_id, TrialState.RUNNING, notes={"rung": rung, "train_rows": rows})
         self.heartbeat.add(trial_id)
         handle = self.runner.submit(spec, workdir)  # in-process: returns when the run has ended
@@ -375,43 +376,36 @@ class Search:
 
     def trial_config(
         self, spec: TrialSpec, workdir: Path, placed: bool, top_rung: bool = True, measure_latency: bool = True,
-    ) -> dict[str, Any]:
+    ) -> TrainConfig:
         """The exact `recsearch train` config of a trial: the base config with the candidate's
         architecture, hyperparameters, fidelity, placement and output directory. Below the top
         rung only the validation split is evaluated (the test split decides nothing there), and
         latency is timed at the serving batch only, once per trial: a promoted trial serves the
         same architecture, so its rung reuses the latency an earlier rung measured
         (`measure_latency=False`; `_finish` copies it in)."""
-        raw = config.to_dict(self.res.base)
-        raw.update(
+        base = self.res.base
+        latency_metric = self.cfg.objective.metric == "latency"
+        return replace(
+            base,
             data_dir=str(Path(self.cfg.data_dir).resolve()),
             output_dir=str(workdir.resolve()),
-            arch=config.to_dict(spec.arch),
-            hparams=config.to_dict(spec.hparams),
+            arch=spec.arch,
+            hparams=spec.hparams,
             train_rows=spec.train_rows,
             tensorboard=True,
             tensorboard_hparams=False,  # the search's tensorboard/ holds the trial's one HParams entry
             resume_from=None,
-        )
-        if placed:
-            raw["plan"] = str((workdir / PLACEMENT_FILE).resolve())
-        if not top_rung:
-            raw["eval_splits"] = ["val"]
-        share = self.cfg.runner.memory_share(self.cfg.topology.compute_device)
-        if share is not None:
-            raw["device_memory_fraction"] = share
-        raw["latency_batch_sizes"] = [self.cfg.objective.serving_batch] if measure_latency else []
-        if self.cfg.objective.metric == "latency":
+            plan=str((workdir / PLACEMENT_FILE).resolve()) if placed else base.plan,
+            eval_splits=base.eval_splits if top_rung else ("val",),
+            device_memory_fraction=self.cfg.runner.memory_share(self.cfg.topology.compute_device) or base.device_memory_fraction,
+            latency_batch_sizes=(self.cfg.objective.serving_batch,) if measure_latency else (),
             # Latency with the device to itself (trials on this host share one lock file) and the
             # reference's architecture timed in the same rounds (recsearch.train.latency).
-            if self.cfg.runner.kind != "torchx":
-                raw["device_lock"] = str((self.dir / DEVICE_LOCK_FILE).resolve())
-            raw["latency_reference"] = {
-                "arch": config.to_dict(self.res.base.arch),
-                "embedding_precision": self.res.base.embedding_precision,
-                "dense_precision": self.res.base.dense_precision,
-            }
-        return raw
+            device_lock=str((self.dir / DEVICE_LOCK_FILE).resolve())
+            if latency_metric and self.cfg.runner.kind != "torchx" else base.device_lock,
+            latency_reference=LatencyReference(base.arch, base.embedding_precision, base.dense_precision)
+            if latency_metric else base.latency_reference,
+        )
 
     def _wait_one(self) -> None:
         """Block until at least one running trial ends (or runs out of time, then is killed);

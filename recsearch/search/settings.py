@@ -17,6 +17,7 @@ from recsearch.search.objective import ObjectiveConfig
 from recsearch.search.runners import TorchxSettings
 from recsearch.search.space import SearchSpace, SpaceConfig
 from recsearch.tables import feature_name, load_tables, table_name
+from recsearch.train.config import TrainConfig
 from recsearch.types import TableSpec, Topology
 
 RUNNERS = ("inprocess", "subprocess", "pool", "torchx")
@@ -174,7 +175,7 @@ class Resolved:
     """A validated search: its config, the base train config (a TrainConfig), the data's tables."""
 
     cfg: SearchConfig
-    base: Any  # recsearch.train.trainer.TrainConfig (imported lazily: it pulls in torchrec)
+    base: TrainConfig  # the base train config: the reference trial, and what every trial starts from
     space: SearchSpace
     tables: tuple[TableSpec, ...]  # the data's tables (rows, pooling, reuse) at the space's first dim
     train_split_rows: int
@@ -193,7 +194,6 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
     """Parse and validate a search config, every problem at once; then check the search is
     possible at all (data present, rungs within the data, something fits the topology)."""
     from recsearch.data.dataset import dataset_meta
-    from recsearch.train.config import TrainConfig
 
     path = Path(path)
     raw = config.apply_overrides(config.load_yaml(path), overrides or [], origin=f"{path} (overrides)")
@@ -267,7 +267,7 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
     return Resolved(cfg, base, space, tables, train_rows)
 
 
-def _reference_problems(path: Path, cfg: SearchConfig, base: Any) -> list[str]:
+def _reference_problems(path: Path, cfg: SearchConfig, base: TrainConfig) -> list[str]:
     """The base train config as the reference trial: its batch must be one a rung can hold (the
     trainer's own checks of each key run when the TrainConfig is built)."""
     batch = base.hparams.batch_size
@@ -301,7 +301,7 @@ def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def data_tables(cfg: SearchConfig, base: Any, meta: Any) -> list[TableSpec]:
+def data_tables(cfg: SearchConfig, base: TrainConfig, meta: Any) -> list[TableSpec]:
     """The model's tables for this data: rows as the trainer builds them (capped), pooling factor
     and reuse histogram from the statistics file when there is one (better cost estimates)."""
     from recsearch.model.dlrm import table_rows
