@@ -38,6 +38,9 @@ MAX_DERIVED_ROWS = 2**31
 SCAN_BLOCK_ROWS = 1 << 20  # rows of a sparse file reduced at a time (26 x 8 B x 1M = 208 MB)
 CACHE_DIR_ENV = "RECSEARCH_CACHE_DIR"
 CACHE_FORMAT = "recsearch-derived-table-sizes/1"
+# `recsearch data preprocess` builds in `<out>.incomplete-<pid>` (recsearch.data.criteo.WORK_TAG):
+# whole day files and no meta.json there mean a run that died, never TorchRec's files.
+WORK_FOLDER = re.compile(r".+\.incomplete-\d+")
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,9 @@ def dataset_meta(
     """The DatasetMeta of a dataset directory: its meta.json, or, for TorchRec's own npy files,
     one built from the files with table sizes from the config or from the data (module doc)."""
     root = Path(root)
-    if (root / layout.META_FILE).exists():
-        if num_embeddings_per_feature is not None:
+    has_meta = (root / layout.META_FILE).exists()
+    if has_meta or WORK_FOLDER.fullmatch(root.name):  # read_meta says why a work folder is unfinished
+        if has_meta and num_embeddings_per_feature is not None:
             raise ValueError(
                 f"{KEY} is set, but {root / layout.META_FILE} records the tables' sizes already: "
                 f"{KEY} is for directories of TorchRec's own npy files (no meta.json). Remove it "
@@ -120,9 +124,9 @@ def torchrec_days(root: Path) -> list[int]:
             if kaggle else ""
         )
         raise FileNotFoundError(
-            f"{root} is not a dataset: no {layout.META_FILE} (a recsearch dataset) and no "
-            f"day_0_sparse.npy (TorchRec's npy layout; `recsearch data preprocess` and `synth` "
-            f"write meta.json last, so an interrupted run leaves neither).{hint}"
+            f"{root / layout.META_FILE} not found, and no day_0_sparse.npy either: {root} is "
+            "neither a recsearch dataset nor TorchRec's npy files (`recsearch data preprocess` "
+            f"and `synth` write meta.json last, so an interrupted run leaves neither).{hint}"
         )
     if days != list(range(len(days))):
         raise FileNotFoundError(f"{root}: day files must be numbered 0..n-1, found days {days}")

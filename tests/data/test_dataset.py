@@ -20,7 +20,7 @@ from torchrec.datasets.criteo import BinaryCriteoUtils, InMemoryBinaryCriteoIter
 from torchrec.datasets.scripts import npy_preproc_criteo
 
 from recsearch import config
-from recsearch.data import dataset, layout
+from recsearch.data import criteo, dataset, layout
 from recsearch.data.loader import NpyBatchLoader
 from recsearch.train import logreg, trainer
 from recsearch.train.config import TrainConfig
@@ -135,7 +135,7 @@ def test_contiguous_ids_give_derived_sizes_that_are_stated_and_cached(torchrec_d
 def test_every_failure_says_which_way_to_go(tmp_path, torchrec_dirs):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(FileNotFoundError, match="no meta.json .* and no day_0_sparse.npy"):
+    with pytest.raises(FileNotFoundError, match="empty/meta.json not found, and no day_0_sparse.npy either"):
         dataset.dataset_meta(empty)
     np.save(empty / "train_sparse.npy", np.zeros((2, 26), np.int64))
     with pytest.raises(FileNotFoundError, match="criteo_kaggle output"):
@@ -145,6 +145,12 @@ def test_every_failure_says_which_way_to_go(tmp_path, torchrec_dirs):
     (partial / "day_2_dense.npy.partial").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match="unfinished files .*day_2_dense.npy.partial"):
         dataset.dataset_meta(partial)
+    # A preprocess run's work folder killed before meta.json is unfinished, whatever it holds.
+    assert dataset.WORK_FOLDER.fullmatch(f"data{criteo.WORK_TAG}123")
+    work = tmp_path / "data.incomplete-4242"
+    shutil.copytree(torchrec_dirs["contig"], work)
+    with pytest.raises(FileNotFoundError, match="is not a finished recsearch dataset"):
+        dataset.dataset_meta(work)
     negative = tmp_path / "negative"
     shutil.copytree(torchrec_dirs["contig"], negative)
     day0 = np.load(layout.day_file(negative, 0, "sparse"))
