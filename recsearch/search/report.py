@@ -58,7 +58,7 @@ from recsearch.types import TrialState
 BEST_CONFIG = "best_train.yaml"
 BEST_PLACEMENT = "best_placement.json"
 LABELS = {
-    "auc": "val AUC", "test_auc": "test AUC", "reward": "reward", "log_loss": "val log loss",
+    "auc": "val AUC", "test_auc": "test AUC", "reward": "reward", "log_loss": "val log loss", "ne": "val NE",
     "accuracy": "val accuracy", "latency_p50_ms": "latency p50 (ms)", "latency_p99_ms": "latency p99 (ms)",
     "est_step_cost_ms": "est. step cost (ms)", "step_time_ms": "train step (ms)",
 }
@@ -293,12 +293,12 @@ def render_markdown(rep: Report, plots: dict[str, Path], best_config: Path | Non
     else:
         lines.append(rep.importance_note or "")
     lines += ["", "## Trials", "",
-              f"| trial | kind | state | decisions | {m} | log loss | {k} | est. cost (ms) | rows | wall (s) | error |",
-              "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
+              f"| trial | kind | state | decisions | {m} | log loss | NE | {k} | est. cost (ms) | rows | wall (s) | error |",
+              "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rep.rows:
         lines.append(
             f"| {r.trial_id} | {r.kind} | {r.state_label} | {_cell(r.summary)} | {fmt(r.value(rep.metric))} | "
-            f"{fmt(r.log_loss)} | {fmt(r.value(rep.cost_key))} | {fmt(r.est_step_cost_ms)} | "
+            f"{fmt(r.log_loss)} | {fmt(r.ne)} | {fmt(r.value(rep.cost_key))} | {fmt(r.est_step_cost_ms)} | "
             f"{r.train_rows if r.train_rows is not None else '-'} | {fmt(r.wall_s, 1)} | {_cell(r.error)} |"
         )
     return "\n".join(lines) + "\n"
@@ -309,7 +309,7 @@ def summary_dict(rep: Report, best_config: Path | None) -> dict[str, Any]:
         if r is None:
             return None
         return {"trial_id": r.trial_id, "kind": r.kind, "state": r.state_label, "auc": r.auc,
-                "test_auc": r.test_auc, "log_loss": r.log_loss, "latency_p50_ms": r.latency_p50_ms,
+                "test_auc": r.test_auc, "log_loss": r.log_loss, "ne": r.ne, "latency_p50_ms": r.latency_p50_ms,
                 "latency_p99_ms": r.latency_p99_ms, "est_step_cost_ms": r.est_step_cost_ms,
                 "reward": r.reward, "wall_s": r.wall_s, "params": r.params, "error": r.error,
                 "created_at_s": r.created_at_s}

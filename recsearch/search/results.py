@@ -34,6 +34,7 @@ METRICS: dict[str, bool] = {
     "test_auc": True,
     "reward": True,
     "log_loss": False,
+    "ne": False,
     "accuracy": True,
 }
 COSTS = ("latency_p50_ms", "latency_p99_ms", "est_step_cost_ms", "step_time_ms")
@@ -54,6 +55,7 @@ class TrialRow:
     summary: str = ""  # the architecture and hyperparameters in one line
     auc: float | None = None  # validation AUC (the search's metric)
     log_loss: float | None = None
+    ne: float | None = None  # validation normalized entropy (log loss / entropy of the click rate)
     accuracy: float | None = None
     test_auc: float | None = None
     latency_p50_ms: float | None = None  # at the search's serving batch
@@ -166,6 +168,7 @@ def row_of(record: TrialRecord) -> TrialRow:
         auc=_num(result.auc) if result else None,
         log_loss=_num(result.log_loss) if result else None,
         accuracy=_num(result.accuracy) if result else None,
+        ne=_num(notes.get("val_ne")),
         test_auc=_num(notes.get("test_auc")),
         latency_p50_ms=_num(result.latency_p50_ms) if result else None,
         latency_p99_ms=_num(result.latency_p99_ms) if result else None,

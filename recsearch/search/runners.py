@@ -167,6 +167,9 @@ def result_notes(workdir: Path) -> dict[str, Any]:
     test_auc = run.auc("test")
     if test_auc is not None:
         notes["test_auc"] = test_auc
+    val = run.metrics.get("val")
+    if val is not None and finite(val.ne) is not None:
+        notes["val_ne"] = val.ne
     for key in ("samples_per_s", "steps", "train_seconds", "dense_parameters"):
         value = finite(getattr(run, key))
         if value is not None:

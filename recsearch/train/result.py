@@ -38,6 +38,7 @@ class SplitMetrics:
     log_loss: float | None = None  # None: not recorded (a result written by another tool)
     accuracy: float | None = None
     rows: int | None = None  # rows evaluated
+    ne: float | None = None  # normalized entropy (log loss / entropy of the split's click rate)
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
         if writer and cfg.tensorboard_hparams:
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _flat(config.to_dict(cfg)).items()
                        if v is not None and k.startswith(HPARAM_KEYS)}  # the model and its training, no paths
-            metrics = {f"final/{s}_{k}": getattr(m, k) for s, m in final.items() for k in ("auc", "log_loss", "accuracy")}
+            metrics = {f"final/{s}_{k}": getattr(m, k) for s, m in final.items() for k in ("auc", "log_loss", "ne", "accuracy")}
             writer.add_hparams(hparams, metrics or {"final/diverged": 1.0}, run_name="hparams")
         if writer:
             writer.close()
@@ -493,7 +493,7 @@ def upload_outputs(cfg: TrainConfig, out: Path) -> str | None:
 
 
 def _write_eval(writer: SummaryWriter, split: str, m: EvalMetrics, step: int) -> None:
-    for key in ("auc", "log_loss", "accuracy"):
+    for key in ("auc", "log_loss", "ne", "accuracy"):
         writer.add_scalar(f"{split}/{key}", getattr(m, key), step)
 
 
@@ -541,7 +541,8 @@ def main(argv: list[str] | None = None, *, split_cache: SplitCache | None = None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    summary = ", ".join(f"{s} AUC {m.auc:.4f}" for s, m in result.metrics.items())
+    summary = ", ".join(f"{s} AUC {m.auc:.4f} NE {m.ne:.4f}" if m.ne is not None else f"{s} AUC {m.auc:.4f}"
+                        for s, m in result.metrics.items())
     print(f"[recsearch train] {result.status}: {summary or 'no evaluation'}; result in {Path(cfg.output_dir) / RESULT_FILE}")
     return 0 if result.ok and result.upload_error is None else 1
 

@@ -117,6 +117,7 @@ class FakeSearch:
                                  latency_p99_ms=None if latency_ms is None else latency_ms * 1.5)
             self.store.set_state(trial_id, TrialState.COMPLETE, result=result,
                                  notes={"wall_s": wall_s, "test_auc": auc - 0.001 if auc else None,
+                                        "val_ne": round(1.5 - auc, 4) if auc else None,
                                         "est_step_cost_ms": est_ms, "reward": auc, "train_rows": TRAIN_ROWS})
         return trial_id
 

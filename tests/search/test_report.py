@@ -64,12 +64,12 @@ def test_report_numbers_tables_plots_and_best_config(search, tmp_path):
     cells = [[c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]] for line in trials.splitlines() if line.startswith("| ")]
     rows = {int(c[0]): c for c in cells if c[0].isdigit()}
     assert sorted(rows) == list(range(9))
-    assert rows[5][2] == "FAILED" and rows[5][10] == "RuntimeError: CUDA out of memory \\| at step 3"
-    assert rows[6][1:3] == ["rejected", "REJECTED"] and rows[6][10].startswith("does not fit")
-    assert rows[7][2] == "PRUNED" and rows[7][4] == "0.7100" and rows[7][10].startswith("not promoted")
+    assert rows[5][2] == "FAILED" and rows[5][11] == "RuntimeError: CUDA out of memory \\| at step 3"
+    assert rows[6][1:3] == ["rejected", "REJECTED"] and rows[6][11].startswith("does not fit")
+    assert rows[7][2] == "PRUNED" and rows[7][4] == "0.7100" and rows[7][11].startswith("not promoted")
     assert rows[8][2] == "RUNNING" and rows[8][4] == "-"
     assert rows[0][1] == "reference" and rows[0][3].startswith("dim 16, bottom 64-32, top 64, dot, batch 512")
-    assert rows[2][4:9] == ["0.7600", "0.4400", "0.9500", "0.4000", "4096"]
+    assert rows[2][4:10] == ["0.7600", "0.4400", "0.7400", "0.9500", "0.4000", "4096"]  # auc, log loss, NE, ...
 
     # 4 complete candidates < 5: importance is refused with the counts
     assert "needs at least 5 complete trials with a finite auc; this search has 4 (of 9 trials" in md

@@ -127,6 +127,13 @@ def test_metrics_match_numpy_single_process():
     assert m.auc == pytest.approx(auc, abs=1e-6)
     assert m.log_loss == pytest.approx(loss, rel=1e-5)
     assert m.accuracy == pytest.approx(accuracy)
+    # NE: the log loss over the entropy of predicting the click rate for every row
+    rate = labels.mean()
+    assert m.ne == pytest.approx(loss / -(rate * np.log(rate) + (1 - rate) * np.log(1 - rate)), rel=1e-5)
+    assert m.ne < 1  # these logits carry information about the labels
+    constant = MetricAccumulator(torch.device("cpu"))  # predicting the click rate itself: NE 1
+    constant.update(torch.full((len(labels),), float(np.log(rate / (1 - rate)))), torch.tensor(labels))
+    assert constant.compute().ne == pytest.approx(1.0, rel=1e-6)
 
 
 def _free_port():

@@ -82,6 +82,7 @@ def test_cli_run_learns_and_reports_everything(tmp_path, learnable_data):
     assert 0.75 < test["auc"] <= bayes["test"]["auc"] + 0.02
     assert bayes["val"]["log_loss"] - 0.02 < val["log_loss"] < 0.6
     assert 0.5 < val["accuracy"] < 1
+    assert 0 < val["ne"] < 0.95  # learned: below the constant click-rate predictor's 1
 
     # Speed, memory and placement facts.
     assert result["step_time_ms"] > 0 and result["samples_per_s"] > 0
