@@ -70,8 +70,8 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "recsearch.cli", *args]
 
 
-def _env() -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
+def _env(src: Path = REPO) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(src), os.environ.get("PYTHONPATH", "")) if p)}
 
 
 def ensure_data(data: Path) -> Path:
@@ -122,20 +122,23 @@ def measure(search_dir: Path) -> tuple[list[float], list[float], int]:
     return walls, trains, failed
 
 
-def run_search(runner: str, trials: int, data: Path, out: Path, round_: int, extra: list[str]) -> SearchRun:
-    """One search with this runner (extra: key=value overrides, the runner's own last)."""
-    command = _cli("search", "--config", str(SEARCH_CONFIG), "--out", str(out), f"data_dir={data}",
-                   f"trials={trials}", f"runner.kind={runner}", *extra)
-    print(f"[bench] {runner} (round {round_}): {shlex.join(command[1:])}", flush=True)
+def run_search(runner: str, trials: int, data: Path, out: Path, round_: int, extra: list[str],
+               src: Path = REPO, label: str | None = None) -> SearchRun:
+    """One search with this runner (extra: key=value overrides, the runner's own last), by the
+    recsearch checkout at `src` (another commit's, for a before/after comparison)."""
+    label = label or runner
+    command = _cli("search", "--config", str(src / SEARCH_CONFIG.relative_to(REPO)), "--out", str(out),
+                   f"data_dir={data}", f"trials={trials}", f"runner.kind={runner}", *extra)
+    print(f"[bench] {label} (round {round_}): {shlex.join(command[1:])}", flush=True)
     started = time.perf_counter()
-    proc = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, check=False)
+    proc = subprocess.run(command, cwd=src, env=_env(src), capture_output=True, text=True, check=False)
     wall = time.perf_counter() - started
     if proc.returncode != 0:
         raise SystemExit(f"the {runner} search failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     walls, trains, failed = measure(out)
     overheads = [w - t for w, t in zip(walls, trains, strict=True)]
-    run = SearchRun(runner, round_, wall, overheads, walls, trains, len(walls), failed)
-    print(f"[bench] {runner}: search {wall:.1f} s, {run.trained} trial runs, median overhead "
+    run = SearchRun(label, round_, wall, overheads, walls, trains, len(walls), failed)
+    print(f"[bench] {label}: search {wall:.1f} s, {run.trained} trial runs, median overhead "
           f"{statistics.median(overheads):.2f} s", flush=True)
     return run
 
@@ -298,6 +301,17 @@ def render(runs: list[SearchRun], command: str, setup: str, split: Breakdown | N
             f"- Issue 13's {'CPU' if device == 'cpu' else 'GPU'} target, median overhead <= {target:.1f} s: {met} "
             f"({pool['overhead']:.2f} s with the pool runner).",
         ]
+    before = next((r for r in summary if r.startswith("before")), None)
+    if before is not None and "pool" in summary:
+        old, pool = summary[before], summary["pool"]
+        ratio = pool["search"] / old["search"]
+        lines += [
+            f"- pool (this commit) / {before}: search wall time {pool['search']:.1f} s vs {old['search']:.1f} s "
+            f"({ratio:.2f}x), median trial overhead {pool['overhead']:.2f} s vs {old['overhead']:.2f} s, trial runs "
+            f"per hour {pool['per_hour'] / old['per_hour']:.2f}x.",
+            f"- Issue 13's CPU target, the quickstart search in <= 60% of the wall time before it, same trials and "
+            f"fidelities: {'met' if ratio <= 0.6 else 'not met'} ({ratio:.0%}).",
+        ]
     if split is not None:
         lines += render_breakdown(split)
     return "\n".join(lines)
@@ -319,6 +333,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="cuda: trials train on the GPU (topology.compute_device and base.device cuda)")
     parser.add_argument("--concurrency", action="append", default=[], metavar="RUNNER=N",
                         help="trials at a time for one runner (default: the config's 2), e.g. pool=4")
+    parser.add_argument("--baseline-src", type=Path,
+                        help="a checkout of an earlier commit (git worktree add DIR COMMIT): its subprocess-runner "
+                             "search runs in every round too, as 'before' (overrides are not passed to it)")
     parser.add_argument("overrides", nargs="*", help="search key=value for every search, e.g. runner.poll_s=0.1")
     return parser.parse_args(argv)
 
@@ -332,10 +349,17 @@ def main(argv: list[str] | None = None) -> int:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     concurrency = dict(item.split("=", 1) for item in args.concurrency)
     device = ["topology.compute_device=cuda", "base.device=cuda"] if args.device == "cuda" else []
+    runners = [*args.runners, *(["before"] if args.baseline_src else [])]
     for round_ in range(args.rounds):
-        order = args.runners if round_ % 2 == 0 else list(reversed(args.runners))
+        order = runners if round_ % 2 == 0 else list(reversed(runners))
         for runner in order:
             out = args.workdir / f"{stamp}-{runner}-{round_}"
+            if runner == "before":
+                commit = subprocess.run(["git", "-C", str(args.baseline_src), "rev-parse", "--short", "HEAD"],
+                                        capture_output=True, text=True, check=False).stdout.strip()
+                runs.append(run_search("subprocess", args.trials, data, out, round_, device,
+                                       src=args.baseline_src.resolve(), label=f"before ({commit}, subprocess)"))
+                continue
             mine = [f"runner.concurrency={concurrency[runner]}"] if runner in concurrency else []
             runs.append(run_search(runner, args.trials, data, out, round_, [*device, *args.overrides, *mine]))
     load_after = os.getloadavg()[0]

@@ -64,6 +64,11 @@ def test_the_section_compares_the_runners_and_states_the_target():
     assert ("median trial overhead 2.50 s vs 8.00 s (0.31x), search wall time 60.0 s vs 90.0 s (0.67x), "
             "trial runs per hour 1.50x") in text
     assert "Issue 13's CPU target, median overhead <= 1.0 s: not met (2.50 s with the pool runner)" in text
+    before = bench.SearchRun("before (abc123, subprocess)", 0, 100.0, [9.0] * 3, [11.0] * 3, [2.0] * 3, 3, 0)
+    with_before = bench.render([*runs, before], "python tools/bench_trial_overhead.py", "setup", split)
+    assert ("pool (this commit) / before (abc123, subprocess): search wall time 60.0 s vs 100.0 s (0.60x), "
+            "median trial overhead 2.50 s vs 9.00 s, trial runs per hour 1.67x") in with_before
+    assert "same trials and fidelities: met (60%)" in with_before
     on_gpu = bench.render(runs, "python tools/bench_trial_overhead.py --device cuda", "setup", split, "cuda")
     assert "(one GPU)" in on_gpu and "Issue 13's GPU target, median overhead <= 1.5 s: not met (2.50 s" in on_gpu
     assert "| first (first-call costs) | 6.00 | 4.00 | 2.00 | 1.00 | 0.50 | 0.50 |" in text
