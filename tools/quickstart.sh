@@ -4,7 +4,7 @@
 #  2. prints per-table statistics (saved for placement and step-cost estimates),
 #  3. searches DLRM architectures and hyperparameters on it (configs/search/quickstart.yaml):
 #     actor-critic controller, successive halving, sharding-aware memory checks, a latency budget
-#     set by the reference DLRM; about two and a half minutes on 2 idle CPU cores (README.md: measured run),
+#     set by the reference DLRM; about a minute and a half on 2 idle CPU cores (README.md: measured run),
 #  4. writes the search report: runs/quickstart/search/report/ (report.md, PNGs, best_train.yaml).
 # Output goes to runs/quickstart/ (override with OUT=...); view with `tensorboard --logdir runs/quickstart/search`.
 # For a smaller run (the test suite runs this script that way): DATA_ARGS and SEARCH_ARGS add key=value
