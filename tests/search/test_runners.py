@@ -194,13 +194,13 @@ def test_torchx_components_load_outside_the_repository_root(tmp_path):
     import subprocess
 
     code = ("from recsearch.search.runners import load_components; m = load_components(); "
-            "print(m.__file__); print(m.search(config='c.yaml').roles[0].args[-2:])")
+            "print(m.__file__); print(m.search(config='c.yaml').roles[0].args[-3:])")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, env=env,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
-    assert lines[0] == str(REPO / "launch" / "components.py") and lines[1] == "['--config', 'c.yaml']"
+    assert lines[0] == str(REPO / "launch" / "components.py") and lines[1] == "['--config', 'c.yaml', '--resume-if-exists']"
 
 
 @pytest.mark.slow
