@@ -26,7 +26,7 @@ def test_quickstart_script_runs_a_search_and_writes_report_and_tensorboard(tmp_p
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout
-    assert "[search] actor_critic controller; 3 trials, rungs [4000, 12000] rows (eta 3); subprocess runner x 2" in text
+    assert "[search] actor_critic controller; 3 trials, rungs [4000, 12000] rows (eta 3); pool runner x 2" in text
     assert "[search] space: 11 decisions, 41,472 configurations: embedding_dim [8, 16, 32, 64]; " in text
     assert "[search] done: 3/3 configurations trained" in text
     meta = json.loads((out / "data" / "meta.json").read_text())
