@@ -193,6 +193,8 @@ class Search:
             if fresh_controller or not rec.notes.get("observed"):
                 score = None if rec.notes.get("rejected") or rec.state is TrialState.FAILED else rec.notes.get("reward")
                 self._observe(rec.trial_id, rec.spec, score)
+        if fresh_controller and not records and self.cfg.warm_start:
+            self._warm_start(self.cfg.warm_start)
         orphans = [r for r in records if r.state is TrialState.RUNNING]
         if orphans:
             self.store.fail_stale(0.0)  # this process holds the directory lock: they are orphans
@@ -210,6 +212,18 @@ class Search:
             done = sum(r.state in FINAL for r in records)
             self.echo(f"[search] resumed {self.dir}: {len(records)} trials in the journal, {done} finished, "
                       f"{len(orphans)} were running when the search died")
+
+    def _warm_start(self, storage_file: str) -> None:
+        """Feed a study's completed trials to the new controller (recsearch.search.optuna_io); they
+        are observations, not trials of this search: its journal and budget do not count them."""
+        from recsearch.search import optuna_io
+
+        warm = optuna_io.warm_start(storage_file, self.res.space)
+        for spec, score in warm.observations:
+            self.controller.observe(spec, score)
+        ctl.save_state(self.controller, self.dir / CONTROLLER_FILE)
+        skipped = f"; {len(warm.skipped)} skipped ({warm.skipped[0]}{', ...' if len(warm.skipped) > 1 else ''})" if warm.skipped else ""
+        self.echo(f"[search] warm start: the controller observed {len(warm.observations)} trials of {storage_file}{skipped}")
 
     def _retry_or_fail(self, rec: TrialRecord) -> None:
         """A trial whose run died with the previous search process (now failed as stale): within

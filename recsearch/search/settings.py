@@ -138,12 +138,15 @@ class SearchConfig:
     runner: RunnerConfig = field(default_factory=RunnerConfig)
     topology: TopologyConfig = field(default_factory=TopologyConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
-    placer: str = "auto"  # a recsearch.placement.baselines name; auto: learned, else size_lookup_greedy
+    placer: str = "auto"  # a recsearch.placement.registry name; auto: learned, else size_lookup_greedy
     reference: bool = True  # train the base config once (human baseline; default latency budget)
     stats: str | None = None  # table statistics (recsearch data stats); default <data_dir>/stats.json
     output_dir: str = "runs/search"
     heartbeat_s: float = 10.0  # a journal line (fsynced) per running trial every heartbeat_s
     seed: int = 0
+    # an Optuna journal file (recsearch optuna export, or any study over this space's decisions):
+    # its completed trials are observed by the new search's controller before its first proposal
+    warm_start: str | None = None
 
     def problems(self) -> list[str]:
         """'key: what' for every bad setting of the search itself (not its base train config,
@@ -262,6 +265,9 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
     except ValueError as err:
         problems.append(f"{path}: stats: {err}")
         tables = ()
+    if cfg.warm_start is not None and not Path(cfg.warm_start).is_file():
+        problems.append(f"{path}: warm_start: {cfg.warm_start}: no such file (an Optuna journal file, e.g. "
+                        "from `recsearch optuna export`)")
     if problems or space is None:
         raise config.ConfigError(problems)
     return Resolved(cfg, base, space, tables, train_rows)

@@ -151,3 +151,24 @@ def test_a_foreign_single_objective_study_maps_onto_the_space(tmp_path):
     assert len(warm.skipped) == 1 and "bottom_width=512 is not an option of this space" in warm.skipped[0]
     with pytest.raises(ValueError, match="no study 'other'"):
         optuna_io.warm_start(path, space, study_name="other")
+
+
+def test_a_search_config_warm_starts_its_controller_from_a_study(search_dir, tmp_path, capsys):
+    study = tmp_path / "study.log"
+    optuna_io.export_study(search_dir, study)
+    raw = yaml.safe_load((search_dir / "search.yaml").read_text())
+    raw.update(train=None, trials=1, warm_start=str(study), output_dir=str(tmp_path / "warm"))
+    config = tmp_path / "warm.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    assert loop.main(["--config", str(config)]) == 0
+    warm = optuna_io.warm_start(study, loop.load_search_config(config).space)
+    assert f"[search] warm start: the controller observed {len(warm.observations)} trials of {study}" in capsys.readouterr().out
+    # the new search's one trial is none of the configurations the study had already tried
+    space = loop.load_search_config(config).space
+    new = [r for r in JournalStore(tmp_path / "warm").trials() if not r.notes.get("reference")]
+    assert len(new) == 1 and space.choices_of(new[0].spec) not in {space.choices_of(s) for s, _ in warm.observations}
+    # a file that is not there is refused before anything is written
+    raw.update(warm_start=str(tmp_path / "missing.log"), output_dir=str(tmp_path / "never"))
+    config.write_text(yaml.safe_dump(raw))
+    assert loop.main(["--config", str(config)]) == 2
+    assert "warm_start: " in capsys.readouterr().err and not (tmp_path / "never").exists()
