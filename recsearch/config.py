@@ -4,13 +4,16 @@ Every problem in a file is reported at once, each naming the file and the dotted
 wrong types, missing required values, and values a dataclass refuses (a ``SettingsError`` from its
 ``__post_init__`` names each bad field; the file and the section go in front of it:
 ``train.yaml: hparams.batch_size must be >= 1, got -4``). ``key=value`` overrides from the command
-line use the same dotted names (``hparams.batch_size=4096``) and are parsed as YAML scalars.
+line use the same dotted names (``hparams.batch_size=4096``) and are parsed as YAML values (so a
+list is ``arch.bottom_mlp=[512,256,64]``); a problem with a value set there names the override, not
+the file: ``command line: hparams.batchsize=4: unknown key (did you mean 'batch_size'?) ...``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+import re
 import types
 import typing
 from pathlib import Path
@@ -53,19 +56,68 @@ def load_yaml(path: Path | str) -> dict[str, Any]:
     return raw
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str], origin: str = "<cli>") -> dict:
-    """Return a copy of raw with each 'a.b.c=value' set (value parsed as a YAML scalar/list)."""
+COMMAND_LINE = "command line"
+
+
+@dataclasses.dataclass(frozen=True)
+class Origins:
+    """Where each key of a config came from: the file (``file``), or a ``key=value`` given on the
+    command line (``overrides``: (dotted key, the override as typed), in the order given)."""
+
+    file: str
+    overrides: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, file: Path | str, overrides: list[str] | None = None) -> Origins:
+        pairs = tuple((item.partition("=")[0], item) for item in overrides or [] if "=" in item)
+        return cls(str(file), pairs)
+
+    def override_for(self, key: str) -> tuple[str, str] | None:
+        """The last override that set key or a section holding it, as (its key, its text)."""
+        for set_key, item in reversed(self.overrides):
+            if key == set_key or key.startswith((f"{set_key}.", f"{set_key}[")):
+                return set_key, item
+        return None
+
+    def locate(self, problem: str) -> str:
+        """'origin: problem' for a problem that starts with its dotted key ('hparams.seed: ...',
+        'hparams.batch_size must be >= 1'): the override that set the key, else the file."""
+        match = _LEADING_KEY.match(problem)
+        found = self.override_for(match.group(0)) if match else None
+        if found is None:
+            return f"{self.file}: {problem}"
+        set_key, item = found
+        if problem.startswith(set_key) and problem[len(set_key) : len(set_key) + 2] == ": ":
+            problem = problem[len(set_key) + 2 :]  # the override already names the key
+        elif problem.startswith(set_key) and problem[len(set_key) : len(set_key) + 1] == " ":
+            problem = problem[len(set_key) + 1 :]
+        return f"{COMMAND_LINE}: {item}: {problem}"
+
+    def section(self, name: str, file: str) -> Origins:
+        """The origins of the mapping under key `name`, whose own keys come from `file`."""
+        inner = tuple((k[len(name) + 1 :], item) for k, item in self.overrides if k.startswith(f"{name}."))
+        whole = [item for k, item in self.overrides if k == name]
+        return Origins(f"{COMMAND_LINE}: {whole[-1]}" if whole else file, inner)
+
+
+_LEADING_KEY = re.compile(r"[^\s:]+")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict:
+    """Return a copy of raw with each 'a.b.c=value' set (value parsed as YAML: a scalar, or a list
+    such as [1,2]); a bad override is reported as 'command line: <override>: what'."""
     out = _deep_copy(raw)
     problems = []
     for item in overrides:
         key, sep, text = item.partition("=")
+        where = f"{COMMAND_LINE}: {item}"
         if not sep or not key:
-            problems.append(f"{origin}: override {item!r} is not of the form key=value")
+            problems.append(f"{where}: not of the form key=value (e.g. hparams.batch_size=4096)")
             continue
         try:
             value = yaml.safe_load(text) if text else ""
         except yaml.YAMLError as err:
-            problems.append(f"{origin}: {key}: cannot parse value {text!r}: {err}")
+            problems.append(f"{where}: cannot parse the value as YAML: {' '.join(str(err).split())}")
             continue
         node = out
         parts = key.split(".")
@@ -74,7 +126,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], origin: str = "<c
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                problems.append(f"{origin}: {key}: {part} is not a section")
+                problems.append(f"{where}: {part} is not a section")
                 break
             node = child
         else:
@@ -84,18 +136,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], origin: str = "<c
     return out
 
 
-def build(cls: type[T], raw: dict[str, Any], origin: str = "<config>") -> T:
-    """Build dataclass cls from a mapping, collecting every problem before raising ConfigError."""
+def build(cls: type[T], raw: dict[str, Any], origin: str | Origins = "<config>") -> T:
+    """Build dataclass cls from a mapping, collecting every problem before raising ConfigError;
+    each problem names where its key came from (`origin`: a file name, or Origins)."""
+    origins = origin if isinstance(origin, Origins) else Origins(origin)
     problems: list[str] = []
-    value = _build_dataclass(cls, raw, origin, "", problems)
+    value = _build_dataclass(cls, raw, "", problems)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError([origins.locate(p) for p in problems])
     return value  # type: ignore[return-value]
 
 
 def load(cls: type[T], path: Path | str, overrides: list[str] | None = None) -> T:
-    raw = apply_overrides(load_yaml(path), overrides or [], origin=f"{path} (overrides)")
-    return build(cls, raw, origin=str(path))
+    raw = apply_overrides(load_yaml(path), overrides or [])
+    return build(cls, raw, Origins.of(path, overrides))
+
+
+def load_raw(path: Path | str | None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The mapping a config file plus key=value overrides give (no file: the overrides alone)."""
+    return apply_overrides(load_yaml(path) if path is not None else {}, overrides or [])
 
 
 def to_dict(value: Any) -> Any:
@@ -119,10 +178,10 @@ def _deep_copy(raw: Any) -> Any:
     return raw
 
 
-def _build_dataclass(cls: type, raw: Any, origin: str, prefix: str, problems: list[str]) -> Any:
+def _build_dataclass(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
     where = prefix.rstrip(".") or "(top level)"
     if not isinstance(raw, dict):
-        problems.append(f"{origin}: {where}: expected a mapping, got {type(raw).__name__}")
+        problems.append(f"{where}: expected a mapping, got {type(raw).__name__}")
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
@@ -131,37 +190,37 @@ def _build_dataclass(cls: type, raw: Any, origin: str, prefix: str, problems: li
             close = [n for n in fields if n.startswith(str(key)[:3])]
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             problems.append(
-                f"{origin}: {prefix}{key}: unknown key{hint}; known keys: {', '.join(sorted(fields))}"
+                f"{prefix}{key}: unknown key{hint}; known keys: {', '.join(sorted(fields))}"
             )
     kwargs = {}
     before = len(problems)
     for name, f in fields.items():
         if name not in raw:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                problems.append(f"{origin}: {prefix}{name}: required key is missing")
+                problems.append(f"{prefix}{name}: required key is missing")
             continue
-        kwargs[name] = _convert(hints[name], raw[name], origin, f"{prefix}{name}", problems)
-    if any(p.startswith(f"{origin}: {prefix}") for p in problems):
-        _check_the_rest(cls, kwargs, fields, origin, prefix, problems[before:], problems)
+        kwargs[name] = _convert(hints[name], raw[name], f"{prefix}{name}", problems)
+    if any(p.startswith(f"{prefix}") for p in problems):
+        _check_the_rest(cls, kwargs, fields, prefix, problems[before:], problems)
         return None
     try:
         return cls(**kwargs)
     except SettingsError as err:  # each problem starts with the field's name: prefix the section
-        problems.extend(f"{origin}: {prefix}{problem}" for problem in err.problems)
+        problems.extend(f"{prefix}{problem}" for problem in err.problems)
         return None
     except (TypeError, ValueError) as err:
-        problems.append(f"{origin}: {where}: {err}")
+        problems.append(f"{where}: {err}")
         return None
 
 
 def _check_the_rest(
-    cls: type, kwargs: dict[str, Any], fields: dict[str, Any], origin: str, prefix: str,
+    cls: type, kwargs: dict[str, Any], fields: dict[str, Any], prefix: str,
     found: list[str], problems: list[str],
 ) -> None:
     """Some fields of cls are already bad (`found`): still report the values its __post_init__
     refuses among the others (a bad hparams section and max_steps=0 are reported together), by
     building it once with the bad fields left at their defaults."""
-    bad = {name for name in kwargs if any(_is_about(p, f"{origin}: {prefix}{name}") for p in found)}
+    bad = {name for name in kwargs if any(_is_about(p, f"{prefix}{name}") for p in found)}
     rest = {name: value for name, value in kwargs.items() if name not in bad}
     for name, f in fields.items():
         if name not in rest and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
@@ -170,7 +229,7 @@ def _check_the_rest(
         cls(**rest)
     except SettingsError as err:
         problems.extend(
-            f"{origin}: {prefix}{p}" for p in err.problems if p.split(" ", 1)[0] not in bad
+            f"{prefix}{p}" for p in err.problems if p.split(" ", 1)[0] not in bad
         )
     except (TypeError, ValueError):
         pass  # reported once the fields above are fixed
@@ -181,7 +240,7 @@ def _is_about(problem: str, key: str) -> bool:
     return problem.startswith(key) and problem[len(key) : len(key) + 1] in (":", ".", "[", " ")
 
 
-def _convert(tp: Any, value: Any, origin: str, key: str, problems: list[str]) -> Any:
+def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
     origin_tp = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin_tp in (typing.Union, types.UnionType):
@@ -189,35 +248,35 @@ def _convert(tp: Any, value: Any, origin: str, key: str, problems: list[str]) ->
             return None
         options = [a for a in args if a is not type(None)]
         if len(options) == 1:
-            return _convert(options[0], value, origin, key, problems)
+            return _convert(options[0], value, key, problems)
         for option in options:
             trial: list[str] = []
-            out = _convert(option, value, origin, key, trial)
+            out = _convert(option, value, key, trial)
             if not trial:
                 return out
-        problems.append(f"{origin}: {key}: {value!r} matches none of {options}")
+        problems.append(f"{key}: {value!r} matches none of {options}")
         return None
     if dataclasses.is_dataclass(tp):
-        return _build_dataclass(tp, value, origin, f"{key}.", problems)
+        return _build_dataclass(tp, value, f"{key}.", problems)
     if origin_tp in (tuple, list):
         if not isinstance(value, (list, tuple)):
-            problems.append(f"{origin}: {key}: expected a list, got {value!r}")
+            problems.append(f"{key}: expected a list, got {value!r}")
             return None
         item_tp = args[0] if args else Any
-        items = [_convert(item_tp, v, origin, f"{key}[{i}]", problems) for i, v in enumerate(value)]
+        items = [_convert(item_tp, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]
         return tuple(items) if origin_tp is tuple else items
     if origin_tp is dict:
         if not isinstance(value, dict):
-            problems.append(f"{origin}: {key}: expected a mapping, got {value!r}")
+            problems.append(f"{key}: expected a mapping, got {value!r}")
             return None
         val_tp = args[1] if len(args) == 2 else Any
-        return {k: _convert(val_tp, v, origin, f"{key}.{k}", problems) for k, v in value.items()}
+        return {k: _convert(val_tp, v, f"{key}.{k}", problems) for k, v in value.items()}
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
         try:
             return tp(value)
         except ValueError:
             allowed = ", ".join(str(m.value) for m in tp)
-            problems.append(f"{origin}: {key}: {value!r} is not one of: {allowed}")
+            problems.append(f"{key}: {value!r} is not one of: {allowed}")
             return None
     if tp is Any:
         return value
@@ -228,25 +287,25 @@ def _convert(tp: Any, value: Any, origin: str, key: str, problems: list[str]) ->
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            problems.append(f"{origin}: {key}: expected a number, got {value!r}")
+            problems.append(f"{key}: expected a number, got {value!r}")
             return None
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            problems.append(f"{origin}: {key}: expected an integer, got {value!r}")
+            problems.append(f"{key}: expected an integer, got {value!r}")
             return None
         return value
     if tp is bool:
         if not isinstance(value, bool):
-            problems.append(f"{origin}: {key}: expected true or false, got {value!r}")
+            problems.append(f"{key}: expected true or false, got {value!r}")
             return None
         return value
     if tp is str:
         if not isinstance(value, str):
-            problems.append(f"{origin}: {key}: expected a string, got {value!r}")
+            problems.append(f"{key}: expected a string, got {value!r}")
             return None
         return value
     if isinstance(tp, type) and not isinstance(value, tp):
-        problems.append(f"{origin}: {key}: expected {tp.__name__}, got {value!r}")
+        problems.append(f"{key}: expected {tp.__name__}, got {value!r}")
         return None
     return value

@@ -59,3 +59,48 @@ def test_bad_override_and_bad_yaml(tmp_path):
         config.load(_Run, path)
     with pytest.raises(config.ConfigError, match="file not found"):
         config.load(_Run, tmp_path / "missing.yaml")
+
+
+def test_a_bad_override_names_the_command_line_and_a_bad_file_key_names_the_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: a\nhparams:\n  seed: true\n")
+    with pytest.raises(config.ConfigError) as err:
+        config.load(_Run, path, ["hparams.batchsize=4", "rows=many", "hparams.batch_size=-4"])
+    problems = err.value.problems
+    assert f"{path}: hparams.seed: expected an integer, got True" in problems
+    assert "command line: rows=many: expected an integer, got 'many'" in problems
+    assert any(p.startswith("command line: hparams.batchsize=4: unknown key (did you mean 'batch_size'?); known keys: ")
+               for p in problems)
+    assert "command line: hparams.batch_size=-4: must be >= 1, got -4" in problems
+    assert len(problems) == 4
+
+
+def test_a_whole_section_given_on_the_command_line_names_it_with_the_inner_key(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: a\n")
+    with pytest.raises(config.ConfigError) as err:
+        config.load(_Run, path, ["arch={embedding_dim: 8, bottom_mlp: [32, x]}"])
+    assert err.value.problems == [
+        "command line: arch={embedding_dim: 8, bottom_mlp: [32, x]}: arch.bottom_mlp[1]: expected an integer, got 'x'"
+    ]
+
+
+def test_override_syntax_errors_name_the_override(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("name: a\nrows: 5\n")
+    with pytest.raises(config.ConfigError) as err:
+        config.load(_Run, path, ["rows", "rows.x=1", "name=[unclosed"])
+    problems = err.value.problems
+    assert problems[0] == "command line: rows: not of the form key=value (e.g. hparams.batch_size=4096)"
+    assert problems[1] == "command line: rows.x=1: rows is not a section"
+    assert problems[2].startswith("command line: name=[unclosed: cannot parse the value as YAML: ")
+    assert len(problems) == 3
+
+
+def test_origins_of_a_section_strip_its_name():
+    origins = config.Origins.of("s.yaml", ["base.hparams.seed=x", "trials=3"])
+    base = origins.section("base", "s.yaml: base")
+    assert base.locate("hparams.seed: expected an integer, got 'x'") == (
+        "command line: base.hparams.seed=x: expected an integer, got 'x'")
+    assert base.locate("hparams.batch_size: bad") == "s.yaml: base: hparams.batch_size: bad"
+    assert origins.locate("trials must be >= 1") == "command line: trials=3: must be >= 1"

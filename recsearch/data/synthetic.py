@@ -703,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config.load(SynthConfig, args.config, args.overrides)
         else:
             raw = config.apply_overrides({}, args.overrides)
-            cfg = config.build(SynthConfig, raw, origin="<command line>")
+            cfg = config.build(SynthConfig, raw, config.Origins.of(config.COMMAND_LINE, args.overrides))
         meta = generate(cfg, args.out, workers=args.workers, force=args.force,
                         progress=not args.no_progress)  # fmt: skip
     except (config.ConfigError, FileExistsError, ValueError) as err:

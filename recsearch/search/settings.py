@@ -199,9 +199,11 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
     from recsearch.data.dataset import dataset_meta
 
     path = Path(path)
-    raw = config.apply_overrides(config.load_yaml(path), overrides or [], origin=f"{path} (overrides)")
-    cfg = config.build(SearchConfig, raw, origin=str(path))
-    settings = [f"{path}: {p}" for p in cfg.problems()]  # every numeric and named setting
+    raw = config.apply_overrides(config.load_yaml(path), overrides or [])
+    origins = config.Origins.of(path, overrides)  # a bad key=value names the command line, not the file
+    cfg = config.build(SearchConfig, raw, origins)
+    at = origins.locate
+    settings = [at(p) for p in cfg.problems()]  # every numeric and named setting
     problems = list(settings)
     base_raw: dict[str, Any] = {}
     origin = f"{path}: base"
@@ -217,28 +219,28 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
         base_raw["num_embeddings_per_feature"] = list(cfg.num_embeddings_per_feature)
     base_raw.setdefault("output_dir", "unused")
     try:
-        base = config.build(TrainConfig, base_raw, origin=origin)
+        base = config.build(TrainConfig, base_raw, origins.section("base", origin))
     except config.ConfigError as err:
         problems += err.problems
         base = None
     f = cfg.fidelity
     if cfg.runner.kind in ("inprocess", "pool") and cfg.topology.devices != 1:
-        problems.append(f"{path}: runner.kind: {cfg.runner.kind} trains on one rank; topology.devices is {cfg.topology.devices}")
+        problems.append(at(f"runner.kind: {cfg.runner.kind} trains on one rank; topology.devices is {cfg.topology.devices}"))
     try:
         meta = dataset_meta(cfg.data_dir, base.num_embeddings_per_feature if base is not None else None)
     except (FileNotFoundError, ValueError) as err:
-        problems.append(f"{path}: data_dir: {err}")
+        problems.append(at(f"data_dir: {err}"))
         meta = None
     if meta is not None:
         train_rows = sum(meta.day_rows[:-1])
         eval_rows = meta.day_rows[-1] // 2
         if f.train_rows and f.train_rows[-1] > train_rows:
-            problems.append(f"{path}: fidelity.train_rows: top rung {f.train_rows[-1]:,} > the train split's {train_rows:,} rows")
+            problems.append(at(f"fidelity.train_rows: top rung {f.train_rows[-1]:,} > the train split's {train_rows:,} rows"))
         batch = cfg.objective.serving_batch
         if batch > eval_rows:
-            problems.append(f"{path}: objective.serving_batch: {batch} > the test split's {eval_rows:,} rows")
+            problems.append(at(f"objective.serving_batch: {batch} > the test split's {eval_rows:,} rows"))
     if base is not None and not settings:
-        problems += _reference_problems(path, cfg, base)
+        problems += [at(p) for p in _reference_problems(cfg, base)]
     if settings or base is None or meta is None:
         # the checks below need sane settings, the base config and the data
         raise config.ConfigError(problems)
@@ -247,37 +249,37 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
         space = SearchSpace(cfg.space, topology, f.train_rows[-1], cfg.seed)
         lowest = min(cfg.space.batch_size) * topology.world_size
         if lowest > f.train_rows[0]:
-            problems.append(
-                f"{path}: fidelity.train_rows: the lowest rung ({f.train_rows[0]:,} rows) is smaller than "
+            problems.append(at(
+                f"fidelity.train_rows: the lowest rung ({f.train_rows[0]:,} rows) is smaller than "
                 f"one batch ({lowest:,})"
-            )
+            ))
     except ValueError as err:
-        problems.append(f"{path}: space: {err}")
+        problems.append(at(f"space: {err}"))
         space = None
-    problems += _unknown_optimizers(path, cfg.space)
+    problems += [at(p) for p in _unknown_optimizers(cfg.space)]
     if cfg.placer != "auto":
         from recsearch.placement.registry import PLACERS
 
         if cfg.placer not in PLACERS:
-            problems.append(f"{path}: placer: {cfg.placer!r} is not one of auto, {', '.join(PLACERS)}")
+            problems.append(at(f"placer: {cfg.placer!r} is not one of auto, {', '.join(PLACERS)}"))
     try:
         tables = tuple(data_tables(cfg, base, meta))
     except ValueError as err:
-        problems.append(f"{path}: stats: {err}")
+        problems.append(at(f"stats: {err}"))
         tables = ()
     if cfg.warm_start is not None and not Path(cfg.warm_start).is_file():
-        problems.append(f"{path}: warm_start: {cfg.warm_start}: no such file (an Optuna journal file, e.g. "
-                        "from `recsearch optuna export`)")
+        problems.append(at(f"warm_start: {cfg.warm_start}: no such file (an Optuna journal file, e.g. "
+                           "from `recsearch optuna export`)"))
     if problems or space is None:
         raise config.ConfigError(problems)
     return Resolved(cfg, base, space, tables, train_rows)
 
 
-def _reference_problems(path: Path, cfg: SearchConfig, base: TrainConfig) -> list[str]:
+def _reference_problems(cfg: SearchConfig, base: TrainConfig) -> list[str]:
     """The base train config as the reference trial: its batch must be one a rung can hold (the
     trainer's own checks of each key run when the TrainConfig is built)."""
     batch = base.hparams.batch_size
-    key = f"{path}: base.hparams.batch_size"
+    key = "base.hparams.batch_size"
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         return [f"{key}: must be a positive integer, got {batch!r}"]
     top = cfg.fidelity.train_rows[-1]
@@ -287,7 +289,7 @@ def _reference_problems(path: Path, cfg: SearchConfig, base: TrainConfig) -> lis
     return []
 
 
-def _unknown_optimizers(path: Path, space: SpaceConfig) -> list[str]:
+def _unknown_optimizers(space: SpaceConfig) -> list[str]:
     """Optimizer names the trainer does not know: errors now, not one failed trial per candidate.
     (A known optimizer the device cannot run, e.g. adam tables on CPU, stays a trial failure.)"""
     from recsearch.train.optim import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS
@@ -296,7 +298,7 @@ def _unknown_optimizers(path: Path, space: SpaceConfig) -> list[str]:
     for key, known in (("embedding_optimizer", EMBEDDING_OPTIMIZERS), ("dense_optimizer", DENSE_OPTIMIZERS)):
         unknown = [name for name in getattr(space, key) if name not in known]
         if unknown:
-            problems.append(f"{path}: space.{key}: {', '.join(map(repr, unknown))} not one of {', '.join(known)}")
+            problems.append(f"space.{key}: {', '.join(map(repr, unknown))} not one of {', '.join(known)}")
     return problems
 
 

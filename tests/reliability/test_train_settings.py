@@ -14,7 +14,8 @@ from recsearch import cli, config
 from recsearch.train.config import TrainConfig
 from recsearch.types import ArchSpec, HParams, SettingsError
 
-# (overrides, the exact problem lines after '<file>: ')
+# (overrides, the exact problem lines; each is reported as 'command line: <the override>: ...', the
+# override that set its key, see _as_reported)
 REFUSED = [
     (["hparams.batch_size=-4"], ["hparams.batch_size must be >= 1, got -4"]),
     (["hparams.batch_size=0"], ["hparams.batch_size must be >= 1, got 0"]),
@@ -75,11 +76,18 @@ def _config(tmp_path):
     return path
 
 
+def _as_reported(line: str, overrides: list[str]) -> str:
+    """'hparams.batch_size must be >= 1, got -4' given on the command line as hparams.batch_size=-4
+    is reported as 'command line: hparams.batch_size=-4: must be >= 1, got -4'."""
+    (item,) = [o for o in overrides if line.startswith(o.partition("=")[0] + " ")]
+    return f"command line: {item}: {line[len(item.partition('=')[0]) + 1:]}"
+
+
 @pytest.mark.parametrize(("overrides", "lines"), REFUSED, ids=[" ".join(o) for o, _ in REFUSED])
 def test_train_refuses_the_setting_by_key_before_writing_anything(tmp_path, capsys, overrides, lines):
     path = _config(tmp_path)
     assert cli.main(["train", "--config", str(path), *overrides]) == 2
-    expected = "recsearch train: invalid config:\n" + "".join(f"  {path}: {line}\n" for line in lines)
+    expected = "recsearch train: invalid config:\n" + "".join(f"  {_as_reported(line, overrides)}\n" for line in lines)
     assert sorted(capsys.readouterr().err.splitlines()) == sorted(expected.splitlines())
     assert not (tmp_path / "out").exists()
 
@@ -117,7 +125,7 @@ def test_the_installed_command_exits_2_with_the_key(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 2
-    assert done.stderr.endswith(f"recsearch train: invalid config:\n  {path}: hparams.batch_size must be >= 1, got -4\n")
+    assert done.stderr.endswith("recsearch train: invalid config:\n  command line: hparams.batch_size=-4: must be >= 1, got -4\n")
     assert not (tmp_path / "out").exists()
 
 
