@@ -20,6 +20,11 @@ import sys
 OMP_WAIT_POLICY_DEFAULT = "PASSIVE"
 
 
+# `recsearch train|search --print-config ...`: print the config those arguments give (recsearch
+# config show) instead of running the command.
+PRINT_CONFIG_COMMANDS = ("train", "search")
+
+
 def commands() -> dict[tuple[str, ...], tuple[str, str]]:
     """(command words) -> (module exposing main(argv) -> int, one-line help)."""
     return {
@@ -37,6 +42,7 @@ def commands() -> dict[tuple[str, ...], tuple[str, str]]:
         ("search",): ("recsearch.search.loop", "search architectures and hyperparameters"),
         ("report",): ("recsearch.search.report", "report on a search directory"),
         ("optuna", "export"): ("recsearch.search.optuna_cli", "a search as an Optuna study (journal file)"),
+        ("config", "show"): ("recsearch.config_show", "print a resolved train/search/synth config as YAML"),
     }
 
 
@@ -45,7 +51,8 @@ def usage() -> str:
     for words, (_, help_text) in commands().items():
         lines.append(f"  {' '.join(words):<18} {help_text}")
     lines.append("")
-    lines.append("run `recsearch <command> --help` for a command's options")
+    lines.append("run `recsearch <command> --help` for a command's options; `recsearch train|search "
+                 "--print-config ...` prints the resolved config instead of running")
     return "\n".join(lines)
 
 
@@ -60,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         print(__version__)
         return 0
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY_DEFAULT)
+    if argv[0] in PRINT_CONFIG_COMMANDS and "--print-config" in argv[1:]:
+        from recsearch import config_show
+
+        return config_show.print_config_main(argv[0], argv[1:])
     table = commands()
     for n_words in (2, 1):
         words = tuple(argv[:n_words])

@@ -1,0 +1,124 @@
+"""`recsearch config show KIND [--config FILE] [key=value ...]`: the resolved config as YAML.
+
+Every key is printed, with its default where neither the file nor an override sets it, after the
+same checks the command that reads the config runs (`recsearch train`, `recsearch search`,
+`recsearch data synth`); a config the command would refuse is refused here with the same messages
+and exit status 2. The output is itself a valid config for that command. `recsearch train
+--print-config ...` and `recsearch search --print-config ...` run this on their own arguments
+(recsearch.cli).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+from recsearch import config
+
+# KIND -> (the command that reads such a config, what the file holds)
+KINDS: dict[str, tuple[str, str]] = {
+    "train": ("recsearch train", "TrainConfig (configs/train/)"),
+    "search": ("recsearch search", "SearchConfig (configs/search/)"),
+    "synth": ("recsearch data synth", "SynthConfig (configs/data/)"),
+}
+
+
+def resolve_train(path: str | None, overrides: list[str], out_dir: str | None) -> dict[str, Any]:
+    from recsearch.train.config import TrainConfig
+
+    raw = config.load_raw(path, overrides)
+    origins = config.Origins.of(path if path is not None else config.COMMAND_LINE, overrides)
+    return config.to_dict(config.build(TrainConfig, raw, origins))
+
+
+def resolve_synth(path: str | None, overrides: list[str], out_dir: str | None) -> dict[str, Any]:
+    from recsearch.data.synthetic import SynthConfig
+
+    raw = config.load_raw(path, overrides)
+    origins = config.Origins.of(path if path is not None else config.COMMAND_LINE, overrides)
+    return config.to_dict(config.build(SynthConfig, raw, origins))
+
+
+def resolve_search(path: str | None, overrides: list[str], out_dir: str | None) -> dict[str, Any]:
+    """As `recsearch search` writes it to DIR/search.yaml: the base train config in full under
+    `base:`, data_dir and output_dir absolute."""
+    from recsearch.search.settings import load_search_config
+
+    if path is None:
+        raise config.ConfigError(["search: --config FILE is required (a search has no config without one)"])
+    res = load_search_config(path, overrides)
+    return res.resolved_dict(Path(out_dir or res.cfg.output_dir))
+
+
+RESOLVERS: dict[str, Callable[[str | None, list[str], str | None], dict[str, Any]]] = {
+    "train": resolve_train,
+    "search": resolve_search,
+    "synth": resolve_synth,
+}
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block mappings; a list of scalars on one line ([512, 256, 64]), as the shipped configs write it."""
+
+
+def _represent_list(dumper: yaml.SafeDumper, items: list) -> yaml.Node:
+    flat = all(not isinstance(v, (dict, list)) for v in items)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", items, flow_style=flat)
+
+
+_Dumper.add_representer(list, _represent_list)
+
+
+def render(kind: str, path: str | None, overrides: list[str], out_dir: str | None = None) -> str:
+    """The resolved config of `kind` as YAML text; ConfigError when the command would refuse it."""
+    return yaml.dump(RESOLVERS[kind](path, overrides, out_dir), Dumper=_Dumper, sort_keys=False)
+
+
+def parser(prog: str = "recsearch config show") -> argparse.ArgumentParser:
+    kinds = "; ".join(f"{kind}: {what}, read by `{command}`" for kind, (command, what) in KINDS.items())
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Print the resolved config as YAML: every key, with its default where the file and "
+        "the overrides do not set it, checked as the command checks it (exit 2 if refused). " + kinds,
+    )
+    p.add_argument("kind", choices=list(KINDS), help="which config")
+    p.add_argument("--config", help="YAML file (without one: the defaults and the overrides alone; "
+                                    "required for search)")
+    p.add_argument("--out", help="search only: the search directory (as `recsearch search --out`)")
+    p.add_argument("overrides", nargs="*", help="key=value, value as YAML: hparams.batch_size=4096 "
+                                                "arch.bottom_mlp=[512,256,64]")
+    return p
+
+
+def main(argv: list[str] | None = None, prog: str = "recsearch config show") -> int:
+    args = parser(prog).parse_intermixed_args(argv)
+    if args.out and args.kind != "search":
+        parser(prog).error("--out is a search option")
+    try:
+        text = render(args.kind, args.config, args.overrides, args.out)
+    except config.ConfigError as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
+def print_config_main(command: str, argv: list[str]) -> int:
+    """`recsearch train|search --print-config ARGS`: the config those ARGS give, printed instead
+    of run. The command's other flags that do not change the config are refused by name."""
+    rest = [a for a in argv if a != "--print-config"]
+    if command == "search":
+        if "--resume" in rest or any(a.startswith("--resume=") for a in rest):
+            print("recsearch search: --print-config shows a new search's config; a search directory's "
+                  "is DIR/search.yaml", file=sys.stderr)
+            return 2
+        rest = [a for a in rest if a != "--resume-if-exists"]
+    return main([command, *rest], prog=f"recsearch {command} --print-config")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
