@@ -25,6 +25,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from recsearch.model.factory import ModelInputs
 from recsearch.tables import feature_name, table_name
 from recsearch.types import NUM_DENSE_FEATURES, ArchSpec, Interaction, TableSpec
 
@@ -104,16 +105,7 @@ def build_model(
         raise ValueError(f"embedding dtype must be one of {sorted(EMBEDDING_DTYPES)}, got {embedding_dtype!r}")
     if dense_dtype not in DENSE_DTYPES:
         raise ValueError(f"dense dtype must be one of {sorted(DENSE_DTYPES)}, got {dense_dtype!r}")
-    configs = [
-        EmbeddingBagConfig(
-            name=table_name(i),
-            embedding_dim=arch.embedding_dim,
-            num_embeddings=int(n),
-            feature_names=[feature_name(i)],
-            data_type=EMBEDDING_DTYPES[embedding_dtype],
-        )
-        for i, n in enumerate(rows)
-    ]
+    configs = embedding_configs(rows, arch.embedding_dim, embedding_dtype)
     if fused_optimizer is None:
         ebc: torch.nn.Module = EmbeddingBagCollection(tables=configs, device=torch.device(device))
     else:
@@ -154,6 +146,39 @@ def build_model(
         model.sparse_arch = ViewSparseArch(ebc)
     autocast_dtype = DENSE_DTYPES[dense_dtype]
     return DLRMTrain(model) if autocast_dtype is None else AutocastDLRMTrain(model, autocast_dtype, compute_device_type)
+
+
+def embedding_configs(rows: Sequence[int], dim: int, embedding_dtype: str = "fp32") -> list[EmbeddingBagConfig]:
+    """One table per categorical feature (the data's feature names), `dim` wide."""
+    if embedding_dtype not in EMBEDDING_DTYPES:
+        raise ValueError(f"embedding dtype must be one of {sorted(EMBEDDING_DTYPES)}, got {embedding_dtype!r}")
+    return [
+        EmbeddingBagConfig(
+            name=table_name(i), embedding_dim=dim, num_embeddings=int(n), feature_names=[feature_name(i)],
+            data_type=EMBEDDING_DTYPES[embedding_dtype],
+        )
+        for i, n in enumerate(rows)
+    ]
+
+
+def dlrm(inputs: ModelInputs) -> DLRMTrain:
+    """The built-in DLRMs (torchrec's DLRM, DLRM_DCN, DLRM_Projection) through the model-factory
+    contract (recsearch.model.factory): `model: recsearch.model.dlrm:dlrm` with `model_args` the
+    architecture's fields (bottom_mlp, top_mlp, interaction, dcn_num_layers, ...); the embedding
+    dim is the tables'. The trainer's default path (`model: null`) builds the same model with its
+    engine extras (fused tables, bf16 autocast)."""
+    if inputs.dense_in_features != NUM_DENSE_FEATURES:
+        raise ValueError(f"the built-in DLRMs take {NUM_DENSE_FEATURES} dense features, got {inputs.dense_in_features}")
+    dims = {t.embedding_dim for t in inputs.tables}
+    if len(dims) != 1:
+        raise ValueError(f"the built-in DLRMs need one embedding dim for every table, got {sorted(dims)}")
+    decisions = {k: tuple(v) if isinstance(v, list) else v for k, v in inputs.decisions.items()}
+    arch = ArchSpec(**{**decisions, "embedding_dim": dims.pop()})
+    dtypes = {t.data_type for t in inputs.tables}
+    dtype = next((name for name, d in EMBEDDING_DTYPES.items() if {d} == dtypes), None)
+    if dtype is None:
+        raise ValueError(f"the built-in DLRMs need one table data type, one of {sorted(EMBEDDING_DTYPES)}")
+    return build_model(arch, [t.num_embeddings for t in inputs.tables], device=inputs.device, embedding_dtype=dtype)
 
 
 class GatherDotInteraction(InteractionArch):
@@ -336,6 +361,5 @@ def compile_dense_parts(model: torch.nn.Module) -> None:
 
 
 def dense_parameter_count(model: torch.nn.Module) -> int:
-    return sum(
-        p.numel() for name, p in model.named_parameters() if "embedding_bag_collection" not in name
-    )
+    """Parameters outside the embedding tables (any model holding a torchrec collection)."""
+    return sum(p.numel() for name, p in model.named_parameters() if ".embedding_bags." not in name)

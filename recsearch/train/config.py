@@ -8,6 +8,7 @@ acts on it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from recsearch.types import ArchSpec, HParams, SettingsError, check_int, check_number, check_table_sizes
 
@@ -43,6 +44,10 @@ class TrainConfig:
     output_dir: str = "runs/train"
     arch: ArchSpec = field(default_factory=ArchSpec)
     hparams: HParams = field(default_factory=HParams)
+    # a TorchRec model of your own instead of the built-in DLRMs: a factory 'package.module:function'
+    # (recsearch.model.factory: the contract) and the decisions it is called with
+    model: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
     max_rows_per_table: int | None = None  # cap table rows (ids are hashed into the cap)
     # Table sizes of a data_dir without meta.json (TorchRec's own npy files): 26 sizes, or one for
     # every table; ids are hashed modulo them. Unset there: max id + 1 (recsearch.data.dataset)
@@ -140,6 +145,16 @@ def settings_problems(cfg: TrainConfig) -> list[str]:
         isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes
     ):
         problems.append(f"latency_batch_sizes must be a list of integers >= 1, got {sizes!r}")
+    if cfg.model is not None:
+        if not isinstance(cfg.model, str) or cfg.model.count(":") != 1 or cfg.model.startswith(":") or cfg.model.endswith(":"):
+            problems.append(f"model must be 'package.module:function' (a TorchRec model factory) or null, got {cfg.model!r}")
+        if cfg.compile_dense:
+            problems.append("compile_dense compiles the built-in DLRMs' dense parts; a model of your own (model) compiles itself")
+        if cfg.dense_precision != "fp32":
+            problems.append("dense_precision autocasts the built-in DLRMs; a model of your own (model) casts itself: "
+                            "leave dense_precision fp32")
+    elif cfg.model_args:
+        problems.append("model_args are the decisions of a model factory (model), and model is null")
     splits = cfg.eval_splits
     if not isinstance(splits, (tuple, list)) or any(s not in EVAL_SPLITS for s in splits) or len(set(splits)) != len(splits):
         problems.append(f"eval_splits must be a list of distinct splits out of {list(EVAL_SPLITS)}, got {splits!r}")

@@ -23,7 +23,9 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsearch.data.loader import NpyBatchLoader
-from recsearch.model.dlrm import build_model, compile_dense_parts, init_model_tables, table_configs
+from recsearch.model.dlrm import build_model, compile_dense_parts, embedding_configs, init_model_tables
+from recsearch.model.factory import ModelInputs, build_user_model
+from recsearch.types import NUM_DENSE_FEATURES
 from recsearch.placement.plan import LearnedShardingPlanner
 from recsearch.train.config import TrainConfig
 from recsearch.train import placement_file
@@ -42,15 +44,23 @@ class PipelineEngine:
         self.world_size = world_size
         self.train_loader = train_loader
         torch.manual_seed(hp.seed)  # the dense layers' initial weights (the tables': init_model_tables)
-        model = build_model(
-            cfg.arch, rows, device="meta", embedding_dtype=cfg.embedding_precision,
-            dense_dtype=cfg.dense_precision, compute_device_type=device.type,
-        )
-        tables = table_configs(model)
+        if cfg.model is None:
+            model = build_model(
+                cfg.arch, rows, device="meta", embedding_dtype=cfg.embedding_precision,
+                dense_dtype=cfg.dense_precision, compute_device_type=device.type,
+            )
+            ebc_path = "model.sparse_arch.embedding_bag_collection"
+        else:  # a user's model (recsearch.model.factory): tables on meta, sharded by DMP below
+            model, ebc_path = build_user_model(cfg.model, ModelInputs(
+                embedding_configs(rows, cfg.arch.embedding_dim, cfg.embedding_precision), NUM_DENSE_FEATURES,
+                dict(cfg.model_args),
+            ))
+        ebc = model.get_submodule(ebc_path)
+        tables = list(ebc.embedding_bag_configs())
         if cfg.compile_dense:
             compile_dense_parts(model)
         emb_cls, emb_kwargs = embedding_optimizer(hp.embedding_optimizer, hp.embedding_lr, device.type)
-        apply_optimizer_in_backward(emb_cls, model.model.sparse_arch.parameters(), emb_kwargs)
+        apply_optimizer_in_backward(emb_cls, ebc.parameters(), emb_kwargs)
         self.plan = sharding_plan(cfg, model, device, world_size)
         self.model = DistributedModelParallel(module=model, device=device, plan=self.plan)
         init_model_tables(self.model, tables, hp.seed)

@@ -41,7 +41,9 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsearch.data.loader import FEATURE_NAMES, NpyBatchLoader
-from recsearch.model.dlrm import build_model, compile_dense_parts, init_model_tables, table_configs
+from recsearch.model.dlrm import ScaledGradFusedEBC, build_model, compile_dense_parts, embedding_configs, init_model_tables
+from recsearch.model.factory import ModelInputs, build_user_model, replace_module
+from recsearch.types import NUM_DENSE_FEATURES
 from recsearch.train.config import TrainConfig
 from recsearch.train import placement_file
 from recsearch.train.dispatch import OpCounter
@@ -69,12 +71,24 @@ class SingleDeviceEngine:
         self._feature_columns = list(zip([0, *stops[:-1]], stops))
         torch.manual_seed(hp.seed)  # the dense layers' initial weights (the tables': init_model_tables)
         emb_cls, emb_kwargs = embedding_optimizer(hp.embedding_optimizer, hp.embedding_lr, device.type)
-        model = build_model(
-            cfg.arch, rows, device=device, embedding_dtype=cfg.embedding_precision,
-            dense_dtype=cfg.dense_precision, compute_device_type=device.type,
-            fused_optimizer=(emb_cls, emb_kwargs),
-        )
-        tables = table_configs(model)
+        if cfg.model is None:
+            model = build_model(
+                cfg.arch, rows, device=device, embedding_dtype=cfg.embedding_precision,
+                dense_dtype=cfg.dense_precision, compute_device_type=device.type,
+                fused_optimizer=(emb_cls, emb_kwargs),
+            )
+            ebc_path = "model.sparse_arch.embedding_bag_collection"
+        else:  # a user's model: its tables (built on meta) become one fused FBGEMM collection here
+            model, ebc_path = build_user_model(cfg.model, ModelInputs(
+                embedding_configs(rows, cfg.arch.embedding_dim, cfg.embedding_precision), NUM_DENSE_FEATURES,
+                dict(cfg.model_args),
+            ))
+            with torch.random.fork_rng(devices=[]):  # its throwaway init must not shift later draws
+                fused = ScaledGradFusedEBC(embedding_configs(rows, cfg.arch.embedding_dim, cfg.embedding_precision),
+                                           emb_cls, emb_kwargs, device=device)
+            replace_module(model, ebc_path, fused)
+            model.to(device)
+        tables = list(model.get_submodule(ebc_path).embedding_bag_configs())
         elsewhere = sorted({str(t.device) for t in [*model.parameters(), *model.buffers()] if t.device.type != device.type})
         if elsewhere:  # a tensor on another device would make every step copy (and wait)
             raise RuntimeError(f"single engine: model tensors on {elsewhere}, not only on {device}")
@@ -84,7 +98,7 @@ class SingleDeviceEngine:
         if cfg.compile_dense:
             compile_dense_parts(model)
         self.model = model
-        self._ebc = model.model.sparse_arch.embedding_bag_collection
+        self._ebc = model.get_submodule(ebc_path)
         self._tbes = self._ebc.tbe_modules()
         dense = {n: p for n, p in model.named_parameters() if ".embedding_bags." not in n}
         self._dense_params = list(dense.values())

@@ -328,8 +328,8 @@ def _latency_reference_model(cfg: TrainConfig, rows: list[int], device: torch.de
     row-wise Adagrad tables than for SGD ones (measured 5-8% of a quickstart model's p50 on the
     CPU), which a ratio between the two would count as architecture."""
     ref = cfg.latency_reference
-    if ref is None or engine != "single":
-        return None
+    if ref is None or engine != "single" or cfg.model is not None:
+        return None  # (a model of the user's own: the reference is a built-in DLRM, not like for like)
     with torch.random.fork_rng(devices=[]):
         return build_model(
             ref.arch, rows, device=device, embedding_dtype=ref.embedding_precision,
