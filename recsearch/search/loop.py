@@ -570,9 +570,17 @@ class Search:
         best_text = (f"best: trial {best.trial_id} AUC {best.result.auc:.4f} reward {best.notes.get('reward'):.4f}"
                      if best and best.notes.get("reward") is not None else "best -")
         tail = f" | {r.error[:200]}" if r and r.state is TrialState.FAILED and r.error else ""
+        from recsearch.search.eta import progress_eta
+
+        trials = [t for t in self.store.trials() if not t.notes.get("reference")]
+        f = self.cfg.fidelity
+        budget = len(self.sched.trials()) if self.proposals_closed else self.cfg.trials
+        eta = progress_eta([t.notes.get("rungs", {}) for t in trials], sum(t.state in FINAL for t in trials), budget,
+                           self.sched.bracket_size, f.eta, f.train_rows, self.cfg.runner.concurrency)
         self.echo(
             f"[search] trial {rec.trial_id:>3} rung {rung}/{top} ({rec.notes.get('train_rows', 0):,} rows) "
-            f"{describe(rec.spec)} | {auc} {lat} | {wall if wall is not None else 0:.1f} s | {status} | {best_text}{tail}"
+            f"{describe(rec.spec)} | {auc} {lat} | {wall if wall is not None else 0:.1f} s | {status} | {best_text} "
+            f"| {eta}{tail}"
         )
 
     def best(self, n: int = 1) -> Any:
