@@ -10,6 +10,7 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 NUM_DENSE_FEATURES = 13
 # The file every training run (`recsearch train`, `recsearch baseline logreg`) writes in its output
@@ -268,6 +269,8 @@ class TrialSpec:
     train_rows: int  # fidelity: training rows seen
     topology: Topology
     extra: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    # the decisions of a model of the user's own (the train config's model_args), as searched
+    model_args: dict[str, Any] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)

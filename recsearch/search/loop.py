@@ -405,6 +405,7 @@ class Search:
             output_dir=str(workdir.resolve()),
             arch=spec.arch,
             hparams=spec.hparams,
+            model_args={**base.model_args, **spec.model_args},  # a user model's searched decisions
             train_rows=spec.train_rows,
             tensorboard=True,
             tensorboard_hparams=False,  # the search's tensorboard/ holds the trial's one HParams entry

@@ -116,6 +116,8 @@ def trial_params(spec: TrialSpec) -> dict[str, Any]:
     )
     if h.decay_steps:  # where a decay starts means something only when there is one
         params["decay_start_step"] = int(h.decay_start_step)
+    for name, value in spec.model_args.items():  # a user model's decisions, under the space's names
+        params[f"model_args.{name}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return params
 
 
@@ -135,9 +137,10 @@ def describe(spec: TrialSpec) -> str:
     warmup = f", warmup {h.warmup_steps}" if h.warmup_steps else ""
     if h.decay_steps:
         warmup += f", decay {h.decay_start_step}+{h.decay_steps}"
+    user = "".join(f", {k} {v}" for k, v in spec.model_args.items())
     return (
         f"dim {a.embedding_dim}, bottom {bottom}, top {top}, {inter}, batch {h.batch_size}, "
-        f"emb {h.embedding_optimizer} {h.embedding_lr:g}, dense {h.dense_optimizer} {h.dense_lr:g}{warmup}"
+        f"emb {h.embedding_optimizer} {h.embedding_lr:g}, dense {h.dense_optimizer} {h.dense_lr:g}{warmup}{user}"
     )
 
 

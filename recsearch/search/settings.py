@@ -257,6 +257,9 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
         problems.append(at(f"space: {err}"))
         space = None
     problems += [at(p) for p in _unknown_optimizers(cfg.space)]
+    if cfg.space.model_args and base is not None and base.model is None:
+        problems.append(at("space.model_args: decisions of a model of your own, and the base train config's "
+                           "model is null: name its factory there (model: package.module:function)"))
     if cfg.placer != "auto":
         from recsearch.placement.registry import PLACERS
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from recsearch.types import ArchSpec, HParams, Interaction, Topology, TrialSpec
 
@@ -54,6 +55,22 @@ class SpaceConfig:
     warmup_steps: tuple[int, ...] = (0,)
     decay_start_step: tuple[int, ...] = (0,)  # polynomial LR decay (MLPerf DLRM's): where it starts
     decay_steps: tuple[int, ...] = (0,)  # and how long it lasts; 0: no decay
+    # decisions a model of the user's own declares (train config `model`): name -> its options,
+    # searched like the ones above and passed to the model's factory as model_args
+    model_args: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+
+
+MODEL_ARG = "model_args."  # the prefix of a user model's decisions among the space's
+
+
+def _frozen(option: Any) -> Any:
+    """A YAML option as a hashable value (lists become tuples), to compare options."""
+    return tuple(_frozen(o) for o in option) if isinstance(option, (list, tuple)) else option
+
+
+def _thawed(option: Any) -> Any:
+    """The option as the factory gets it (tuples back to lists)."""
+    return [_thawed(o) for o in option] if isinstance(option, tuple) else option
 
 
 @dataclass(frozen=True)
@@ -73,6 +90,8 @@ class SearchSpace:
     def __post_init__(self) -> None:
         decisions = []
         for name in SpaceConfig.__dataclass_fields__:
+            if name == "model_args":
+                continue
             raw = getattr(self.space, name)
             options = raw.values() if isinstance(raw, LogGrid) else tuple(raw)
             if not options:
@@ -80,6 +99,13 @@ class SearchSpace:
             if len(set(options)) != len(options):
                 raise ValueError(f"search space: {name} lists an option twice: {list(options)}")
             decisions.append(Decision(name, options))
+        for name, raw in self.space.model_args.items():  # after the built-in ones: their indices stay put
+            options = tuple(_frozen(o) for o in raw)
+            if not options:
+                raise ValueError(f"search space: model_args.{name} has no options (an empty list)")
+            if len(set(options)) != len(options):
+                raise ValueError(f"search space: model_args.{name} lists an option twice: {list(raw)}")
+            decisions.append(Decision(f"{MODEL_ARG}{name}", options))
         object.__setattr__(self, "decisions", tuple(decisions))
         for name in ("embedding_dim", "bottom_width", "top_width", "batch_size", "dcn_low_rank_dim"):
             if any(int(v) <= 0 for v in getattr(self.space, name)):
@@ -118,7 +144,7 @@ class SearchSpace:
         the decisions that vary with their options, then those fixed to one option, then the
         number of configurations (what a trial budget is a fraction of)."""
         def text(options: tuple[object, ...], name: str) -> str:
-            raw = getattr(self.space, name)
+            raw = getattr(self.space, name, None)  # (a user model's decisions are not attributes)
             if isinstance(raw, LogGrid) and len(options) > 1:
                 return f"log grid {raw.low:g}-{raw.high:g} x{len(options)}"
             shown = [o.value if isinstance(o, Interaction) else o for o in options]
@@ -177,6 +203,7 @@ class SearchSpace:
             train_rows=self.train_rows,
             topology=self.topology,
             extra={"choices": ",".join(str(c) for c in choices)},
+            model_args={name[len(MODEL_ARG):]: _thawed(v) for name, v in value.items() if name.startswith(MODEL_ARG)},
         )
 
     def choices_of(self, spec: TrialSpec) -> tuple[int, ...]:

@@ -98,3 +98,53 @@ def _other_tables(inputs: ModelInputs) -> torch.nn.Module:
     from recsearch.model.dlrm import embedding_configs
 
     return EmbeddingBagCollection(tables=embedding_configs([7] * 26, 8), device=inputs.device)
+
+
+@pytest.mark.slow
+def test_a_search_over_a_model_of_ones_own_searches_its_declared_decisions(tmp_path, learnable_data):
+    import math
+
+    import yaml
+
+    from recsearch.search import loop
+    from recsearch.search.store import JournalStore
+
+    raw = {
+        "data_dir": str(learnable_data),
+        "base": {
+            "arch": {"embedding_dim": 8, "bottom_mlp": [16, 8], "top_mlp": [16, 1]},  # width of the tables
+            "model": "examples.two_tower:two_tower", "model_args": {"tower": [16, 8], "split": 13},
+            "hparams": {"batch_size": 256, "embedding_optimizer": "rowwise_adagrad", "embedding_lr": 0.1,
+                        "dense_optimizer": "adagrad", "dense_lr": 0.05},
+            "latency_iters": 2, "log_every_steps": 8, "tensorboard": False,
+        },
+        "space": {  # the built-in architecture's knobs fixed; the two-tower's own decisions searched
+            "embedding_dim": [8], "bottom_depth": [1], "bottom_width": [16], "top_depth": [1], "top_width": [16],
+            "interaction": ["dot"], "batch_size": [256],
+            "model_args": {"tower": [[16, 8], [32, 16], [8]], "split": [6, 13, 20]},
+        },
+        "fidelity": {"train_rows": [2048]}, "controller": "random", "trials": 4,
+        "runner": {"kind": "inprocess"}, "objective": {"serving_batch": 64}, "heartbeat_s": 0.2,
+    }
+    config = tmp_path / "search.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    res = loop.load_search_config(config)
+    assert {d.name for d in res.space.decisions[-2:]} == {"model_args.tower", "model_args.split"}
+    assert res.space.cardinality == 9 * math.prod(len(d.options) for d in res.space.decisions[:-2])
+    assert loop.main(["--config", str(config), "--out", str(tmp_path / "s")]) == 0
+    trials = [r for r in JournalStore(tmp_path / "s").trials() if not r.notes.get("reference")]
+    assert len(trials) == 4 and all(r.result is not None and r.result.auc > 0.5 for r in trials)
+    seen = set()
+    for r in trials:
+        trial_cfg = yaml.safe_load((tmp_path / "s" / "trials" / str(r.trial_id) / "trial.yaml").read_text())
+        # each trial trained the decisions it was given: the journal's spec, its trial.yaml, its model
+        assert trial_cfg["model"] == "examples.two_tower:two_tower"
+        assert trial_cfg["model_args"] == r.spec.model_args and set(r.spec.model_args) == {"tower", "split"}
+        seen.add((tuple(r.spec.model_args["tower"]), r.spec.model_args["split"]))
+    assert len(seen) == 4  # the random controller never proposes one configuration twice
+    # a space with a user model's decisions but no model is refused before anything is written
+    raw["base"].pop("model")
+    raw["base"].pop("model_args")
+    config.write_text(yaml.safe_dump(raw))
+    assert loop.main(["--config", str(config), "--out", str(tmp_path / "never")]) == 2
+    assert not (tmp_path / "never").exists()
