@@ -4,8 +4,9 @@ Every problem in a file is reported at once, each naming the file and the dotted
 wrong types, missing required values, and values a dataclass refuses (a ``SettingsError`` from its
 ``__post_init__`` names each bad field; the file and the section go in front of it:
 ``train.yaml: hparams.batch_size must be >= 1, got -4``). ``key=value`` overrides from the command
-line use the same dotted names (``hparams.batch_size=4096``) and are parsed as YAML values (so a
-list is ``arch.bottom_mlp=[512,256,64]``); a problem with a value set there names the override, not
+line use the same dotted names (``hparams.batch_size=4096``) and are parsed as YAML values; a list
+is written comma-separated, ``arch.bottom_mlp=512,256,64`` (the list syntax of every recsearch
+command, recsearch.cliargs), or as YAML, ``[512,256,64]``; a problem with a value set there names the override, not
 the file: ``command line: hparams.batchsize=4: unknown key (did you mean 'batch_size'?) ...``.
 """
 
@@ -170,6 +171,18 @@ def to_dict(value: Any) -> Any:
     return value
 
 
+def _comma_list(text: str) -> list[Any]:
+    """'512,256,64' -> [512, 256, 64]: each item read as a YAML scalar (an unreadable one stays a
+    string, and its type check reports it)."""
+    items: list[Any] = []
+    for item in text.split(","):
+        try:
+            items.append(yaml.safe_load(item) if item.strip() else item)
+        except yaml.YAMLError:
+            items.append(item)
+    return items
+
+
 def _deep_copy(raw: Any) -> Any:
     if isinstance(raw, dict):
         return {k: _deep_copy(v) for k, v in raw.items()}
@@ -259,8 +272,10 @@ def _convert(tp: Any, value: Any, key: str, problems: list[str]) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build_dataclass(tp, value, f"{key}.", problems)
     if origin_tp in (tuple, list):
+        if isinstance(value, str) and "," in value:
+            value = _comma_list(value)  # arch.bottom_mlp=512,256,64: the command line's list syntax
         if not isinstance(value, (list, tuple)):
-            problems.append(f"{key}: expected a list, got {value!r}")
+            problems.append(f"{key}: expected a list (a,b,c or [a, b, c]), got {value!r}")
             return None
         item_tp = args[0] if args else Any
         items = [_convert(item_tp, v, f"{key}[{i}]", problems) for i, v in enumerate(value)]

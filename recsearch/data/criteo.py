@@ -51,6 +51,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
+from recsearch.cliargs import list_flag
 from recsearch.data import layout
 from recsearch.types import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 
@@ -1029,10 +1030,9 @@ def main(argv: list[str] | None = None) -> int:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
         "--hash-size",
-        type=int,
-        nargs="+",
+        **list_flag(int),
         metavar="N",
-        help="one table size, or 26: id = 1 + value mod (N - 1), 0 = missing",
+        help="one table size, or 26 (comma-separated): id = 1 + value mod (N - 1), 0 = missing",
     )
     group.add_argument(
         "--vocab-threshold",

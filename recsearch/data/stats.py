@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from recsearch import remote
+from recsearch.cliargs import list_flag
 from recsearch.data import layout
 from recsearch.data.dataset import dataset_meta
 from recsearch.data.loader import FEATURE_NAMES, NpyBatchLoader
@@ -123,13 +124,13 @@ def save_stats(path: Path | str, tables: list[TableStats], info: dict[str, objec
     remote.write_text(Path(path), json.dumps(payload, indent=2) + "\n")
 
 
-def _sizes_arg(text: str) -> tuple[int, ...]:
-    """One size for every table, or NUM_SPARSE_FEATURES comma-separated sizes."""
-    sizes = tuple(int(x) for x in text.split(","))
+def _table_sizes(values: list[int]) -> tuple[int, ...]:
+    """--table-sizes: one size for every table, or NUM_SPARSE_FEATURES sizes."""
+    sizes = tuple(values)
     if len(sizes) == 1:
         sizes *= NUM_SPARSE_FEATURES
     if len(sizes) != NUM_SPARSE_FEATURES or min(sizes) <= 0:
-        raise argparse.ArgumentTypeError(f"need 1 or {NUM_SPARSE_FEATURES} positive sizes")
+        raise ValueError(f"--table-sizes: need 1 or {NUM_SPARSE_FEATURES} positive sizes, got {len(values)}")
     return sizes
 
 
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--table-sizes",
-        type=_sizes_arg,
+        **list_flag(int, words=False),
         help=f"N or {NUM_SPARSE_FEATURES} comma-separated table sizes; for directories written by "
         "TorchRec's scripts (no meta.json) they default to max id + 1 per feature",
     )
@@ -179,9 +180,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size <= 0 or args.max_batches <= 0 or args.embedding_dim <= 0:
         parser.error("--batch-size, --max-batches and --embedding-dim must be positive")
     try:
+        table_sizes = _table_sizes(args.table_sizes) if args.table_sizes else None
+    except ValueError as err:
+        parser.error(str(err))
+    try:
         has_meta = (Path(args.root) / layout.META_FILE).exists()
-        meta = dataset_meta(args.root, None if has_meta else args.table_sizes)
-        sizes = args.table_sizes or meta.num_embeddings_per_feature
+        meta = dataset_meta(args.root, None if has_meta else table_sizes)
+        sizes = table_sizes or meta.num_embeddings_per_feature
         if args.max_rows_per_table:
             sizes = tuple(min(n, args.max_rows_per_table) for n in sizes)
         tables, run = table_stats(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from recsearch.cliargs import list_flag
 from recsearch.search import optuna_io
 
 
@@ -18,15 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("search_dir", help="the search directory (holds journal.jsonl)")
     parser.add_argument("--out", required=True, help="the Optuna journal file to write")
     parser.add_argument(
-        "--objectives", default=",".join(optuna_io.DEFAULT_OBJECTIVES),
-        help=f"comma-separated, each one of {', '.join(optuna_io.OBJECTIVES)} (default: %(default)s)",
+        "--objectives", **list_flag(str, words=False), default=list(optuna_io.DEFAULT_OBJECTIVES),
+        help=f"comma-separated, each one of {', '.join(optuna_io.OBJECTIVES)} "
+             f"(default: {','.join(optuna_io.DEFAULT_OBJECTIVES)})",
     )
     parser.add_argument("--study-name", help="default: the search directory's name")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
     args = parser.parse_args(argv)
     try:
         summary = optuna_io.export_study(
-            args.search_dir, args.out, objectives=[o for o in args.objectives.split(",") if o],
+            args.search_dir, args.out, objectives=args.objectives,
             study_name=args.study_name, force=args.force,
         )
     except (FileNotFoundError, FileExistsError, ValueError) as err:

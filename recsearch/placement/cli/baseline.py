@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from recsearch.cliargs import list_flag
 from recsearch.placement.registry import PLACERS, make_placer
 from recsearch.placement.tables import load_task
 from recsearch.placement.types import (
@@ -24,9 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", required=True, help="task file (recsearch place tables tasks)")
     parser.add_argument(
         "--placer",
-        nargs="+",
+        **list_flag(str, PLACERS),
         default=[p for p in PLACERS if p not in ("torchrec", "learned")],
-        choices=PLACERS,
+        help=f"comma-separated, each one of {', '.join(PLACERS)} (default: the baselines)",
     )
     parser.add_argument("--seed", type=int, default=0, help="for random")
     parser.add_argument("--batch-size", type=int, default=8192, help="global batch (torchrec)")

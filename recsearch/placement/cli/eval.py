@@ -14,6 +14,7 @@ from typing import Any
 
 from recsearch import remote
 from recsearch.benchmd import write_section
+from recsearch.cliargs import list_flag
 from recsearch.placement.cost_net import CostNet, load_shipped
 from recsearch.placement.eval_markdown import render_markdown
 from recsearch.placement.evaluate import (
@@ -36,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", required=True, help="task files or directories")
     parser.add_argument(
         "--methods",
-        nargs="+",
+        **list_flag(str),
         default=[*BASELINES, "learned", "learned_k16"],
-        help="baselines, learned, learned_kK",
+        help="comma-separated: baselines, learned, learned_kK",
     )
     parser.add_argument("--out", required=True, help="results JSON")
     parser.add_argument("--cost-net", help="cost net prefix (default: the shipped one for --device)")

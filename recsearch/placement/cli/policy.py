@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from recsearch.cliargs import list_flag
 from recsearch.placement.cost_net import CostNet, model_paths
 from recsearch.placement.policy import (
     LearnedPlacer,
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--lr", type=float, default=PPOConfig.lr)
     t.add_argument("--hidden", type=int, default=PolicyShape.hidden)
     t.add_argument("--max-tables", type=int, default=PPOConfig.max_tables)
-    t.add_argument("--devices", type=int, nargs="+", default=list(PPOConfig.devices))
+    t.add_argument("--devices", **list_flag(int), default=list(PPOConfig.devices),
+                   help="device counts to train on, comma-separated (default: %(default)s)")
     t.add_argument("--num-tasks", type=int, default=PPOConfig.num_tasks)
     t.add_argument(
         "--monotone",

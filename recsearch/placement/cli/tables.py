@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from recsearch.cliargs import list_flag
 from recsearch.placement.tables import (
     TEST_SHAPES,
     TRAIN_SHAPES,
@@ -122,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
         t = sub.add_parser(name, help=helptext)
         if name == "tasks":
             t.add_argument("--pool", required=True, help="table file (.json/.yaml/.csv)")
-            t.add_argument("--tables", type=int, nargs="+", required=True, help="T per shape")
-            t.add_argument("--devices", type=int, nargs="+", required=True, help="D per shape")
+            t.add_argument("--tables", **list_flag(int), required=True, help="T per shape (comma-separated)")
+            t.add_argument("--devices", **list_flag(int), required=True, help="D per shape (comma-separated)")
             t.add_argument("--out-dir", required=True)
             t.add_argument("--prefix", default="")
         else:
