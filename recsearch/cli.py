@@ -68,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY_DEFAULT)
     if argv[0] in PRINT_CONFIG_COMMANDS and "--print-config" in argv[1:]:
-        from recsearch import config_show
-
-        return config_show.print_config_main(argv[0], argv[1:])
+        show = importlib.import_module(commands()[("config", "show")][0])
+        return int(show.print_config_main(argv[0], argv[1:]))
     table = commands()
     for n_words in (2, 1):
         words = tuple(argv[:n_words])

@@ -1,4 +1,4 @@
-"""Command-line lists, one syntax for every command (docs/ARCHITECTURE.md, "Lists on the command line").
+"""Command-line lists, one syntax for every command (README.md, "Lists on the command line").
 
 A list of values is written comma-separated, without spaces: ``--hash-size 1000,2000``,
 ``--devices 2,4``, ``--objectives auc,latency_p50_ms``, and the same in a ``key=value`` override:
