@@ -46,11 +46,17 @@ def resolve_synth(path: str | None, overrides: list[str], out_dir: str | None) -
 def resolve_search(path: str | None, overrides: list[str], out_dir: str | None) -> dict[str, Any]:
     """As `recsearch search` writes it to DIR/search.yaml: the base train config in full under
     `base:`, data_dir and output_dir absolute."""
+    from recsearch.search.checks import Checker, preflight_problems
     from recsearch.search.settings import load_search_config
 
     if path is None:
         raise config.ConfigError(["search: --config FILE is required (a search has no config without one)"])
     res = load_search_config(path, overrides)
+    # the placement checks `recsearch search` runs next: nothing in the space fits, the reference does not
+    checker = Checker(res.tables, res.cfg.topology.topology(), res.cfg.placer, res.cfg.seed)
+    problems = preflight_problems(res, checker)
+    if problems:
+        raise config.ConfigError([f"{path}: {p}" for p in problems])
     return res.resolved_dict(Path(out_dir or res.cfg.output_dir))
 
 

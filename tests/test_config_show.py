@@ -99,3 +99,15 @@ def test_search_print_config_is_the_search_yaml_the_search_would_write(tmp_path,
     assert load_search_config(resolved).cfg.trials == 5
     assert cli.main(["config", "show", "search", "--config", str(path), "trials=0"]) == 2
     assert "command line: trials=0: must be >= 1" in capsys.readouterr().err
+
+
+def test_search_print_config_runs_the_searchs_placement_checks(tmp_path, learnable_data, capsys):  # noqa: F811
+    path = write_config(tmp_path, search_config(learnable_data, **{"topology.memory_per_device_mb": 0.001}))
+    argv = ["--config", str(path), "--out", str(tmp_path / "out")]
+    assert cli.main(["search", "--print-config", *argv]) == 2
+    shown = capsys.readouterr()
+    assert shown.out == "" and f"{path}: search space: no embedding_dim x embedding_optimizer option fits" in shown.err
+    assert cli.main(["search", *argv]) == 2
+    assert capsys.readouterr().err.replace("recsearch search:", "recsearch search --print-config:", 1) == shown.err
+    assert cli.main(["search", "--print-config", "--resume", str(tmp_path)]) == 2
+    assert "--print-config shows a new search's config" in capsys.readouterr().err
