@@ -33,6 +33,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recsearch import benchmd  # noqa: E402
+from recsearch.cliargs import list_flag  # noqa: E402
 from recsearch.train.result import TrainResult  # noqa: E402
 from recsearch.types import RESULT_FILE  # noqa: E402
 from tools.bench_data import machine  # noqa: E402
@@ -154,7 +155,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--data", type=Path, default=REPO / "runs" / "ceiling" / "data")
     p.add_argument("--config-data", type=Path, default=REPO / "configs" / "data" / "ceiling.yaml")
     p.add_argument("--config-train", type=Path, default=REPO / "configs" / "train" / "ceiling.yaml")
-    p.add_argument("--precisions", nargs="+", default=["fp32/fp32", "fp16/fp32"], metavar="EMB/DENSE")
+    p.add_argument("--precisions", **list_flag(str), default=["fp32/fp32", "fp16/fp32"], metavar="EMB/DENSE")
     p.add_argument("--logreg-epochs", type=int, default=1)
     p.add_argument("--workdir", type=Path, default=REPO / "runs" / "bench_accuracy")
     p.add_argument("--out-md", type=Path, default=REPO / "docs" / "BENCHMARKS.md")

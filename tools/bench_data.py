@@ -39,6 +39,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as `python tools/bench_data.py`: make `tools` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recsearch import benchmd  # noqa: E402
+from recsearch.cliargs import list_flag  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "criteo_kaggle_sample100_paddlerec.tsv"
@@ -497,7 +498,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--original-rows", type=int, default=200_000)
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[2048, 16384])
+    parser.add_argument("--batch-sizes", **list_flag(int), default=[2048, 16384])
     parser.add_argument(
         "--batches",
         type=int,

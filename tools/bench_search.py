@@ -49,6 +49,7 @@ if __package__ in (None, ""):  # run as `python tools/bench_search.py`: make `to
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from recsearch import config  # noqa: E402
+from recsearch.cliargs import list_flag  # noqa: E402
 from recsearch.search.report import count  # noqa: E402
 from recsearch.search.results import (  # noqa: E402
     CANDIDATE,
@@ -472,9 +473,9 @@ def load_note(before: float, after: float, cores: int, reused: int) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", **list_flag(int), default=[0, 1, 2, 3, 4])
     parser.add_argument("--trials", type=int, default=20, help="trained candidates per search (the budget)")
-    parser.add_argument("--controllers", nargs="+", default=list(CONTROLLERS), choices=CONTROLLERS)
+    parser.add_argument("--controllers", **list_flag(str, CONTROLLERS), default=list(CONTROLLERS))
     parser.add_argument("--rows-per-day", type=int, default=10_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/recsearch_bench_search"),
                         help="data and search directories; finished searches found here are reused")

@@ -42,6 +42,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python tools/bench_train.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recsearch import benchmd  # noqa: E402
+from recsearch.cliargs import list_flag  # noqa: E402
 from recsearch.train.result import TrainResult  # noqa: E402
 from recsearch.types import RESULT_FILE  # noqa: E402
 from tools.bench_data import ORIGINAL, ORIGINAL_NPZ, ensure_tsv, machine, original_unavailable  # noqa: E402
@@ -418,8 +419,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=2048)
     p.add_argument("--steps", type=int, nargs=2, default=[20, 120], metavar=("S1", "S2"))
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["kaggle", "mlperf"])
-    p.add_argument("--methods", nargs="+", choices=["recsearch", "recsearch-pipeline", "recsearch-compiled", "original", "plain"],
+    p.add_argument("--models", **list_flag(str, sorted(MODELS)), default=["kaggle", "mlperf"])
+    p.add_argument("--methods", **list_flag(str, ["recsearch", "recsearch-pipeline", "recsearch-compiled", "original", "plain"]),
                    default=["recsearch", "original", "plain"])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--omp-wait-policy", choices=["passive", "active"], default="passive",

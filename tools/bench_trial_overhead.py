@@ -44,6 +44,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from recsearch import benchmd  # noqa: E402
+from recsearch.cliargs import list_flag  # noqa: E402
 from recsearch.search.store import JournalStore  # noqa: E402
 from recsearch.train.result import ResultError, TrainResult  # noqa: E402
 from recsearch.types import RESULT_FILE  # noqa: E402
@@ -320,7 +321,7 @@ def render(runs: list[SearchRun], command: str, setup: str, split: Breakdown | N
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--runners", nargs="+", default=["subprocess", "pool"], choices=["subprocess", "pool"])
+    parser.add_argument("--runners", **list_flag(str, ["subprocess", "pool"]), default=["subprocess", "pool"])
     parser.add_argument("--rounds", type=int, default=1, help="searches per runner, alternating")
     parser.add_argument("--data", type=Path, default=REPO / "runs" / "quickstart" / "data")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/recsearch_bench_overhead"))
