@@ -1,8 +1,10 @@
 """`recsearch config show KIND [--config FILE] [key=value ...]`: the resolved config as YAML.
 
-Every key is printed, with its default where neither the file nor an override sets it, after the
-same checks the command that reads the config runs (`recsearch train`, `recsearch search`,
-`recsearch data synth`); a config the command would refuse is refused here with the same messages
+Every key is printed, with its default where neither the file nor an override sets it, and a
+value that is not the default is followed by a comment saying the default (``batch_size: 64  #
+default: 2048``; ``# required`` for a key without one). It is printed after the same checks the
+command that reads the config runs (`recsearch train`, `recsearch search`, `recsearch data
+synth`); a config the command would refuse is refused here with the same messages
 and exit status 2. The output is itself a valid config for that command. `recsearch train
 --print-config ...` and `recsearch search --print-config ...` run this on their own arguments
 (recsearch.cli).
@@ -11,6 +13,7 @@ and exit status 2. The output is itself a valid config for that command. `recsea
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -79,9 +82,71 @@ def _represent_list(dumper: yaml.SafeDumper, items: list) -> yaml.Node:
 _Dumper.add_representer(list, _represent_list)
 
 
+REQUIRED = object()  # a field without a default
+
+
+def defaults_of(cls: type) -> dict[str, Any]:
+    """Each field's default as config.to_dict writes it (nested dataclasses as mappings),
+    REQUIRED where there is none."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            out[f.name] = REQUIRED
+            continue
+        out[f.name] = config.to_dict(value)
+    return out
+
+
+def kind_defaults(kind: str) -> dict[str, Any]:
+    if kind == "train":
+        from recsearch.train.config import TrainConfig
+
+        return defaults_of(TrainConfig)
+    if kind == "synth":
+        from recsearch.data.synthetic import SynthConfig
+
+        return defaults_of(SynthConfig)
+    from recsearch.search.settings import SearchConfig
+    from recsearch.train.config import TrainConfig
+
+    return {**defaults_of(SearchConfig), "base": defaults_of(TrainConfig)}
+
+
+def _flow(value: Any) -> str:
+    """One YAML value on one line: a scalar, or a list or mapping in flow style."""
+    text = yaml.dump(value, Dumper=_Dumper, default_flow_style=True, width=2**31)
+    return text.removesuffix("\n").removesuffix("\n...")
+
+
+def annotated_yaml(tree: dict[str, Any], defaults: Any, indent: int = 0) -> list[str]:
+    """Block YAML of tree, one key a line, each value that is not its default followed by a
+    comment saying the default (`# default: 1024`), or `# required` where there is none."""
+    lines = []
+    pad = " " * indent
+    for key, value in tree.items():
+        default = defaults.get(key, None) if isinstance(defaults, dict) else None
+        name = _flow(key)
+        if isinstance(value, dict) and value:
+            lines.append(f"{pad}{name}:")
+            lines += annotated_yaml(value, default if isinstance(default, dict) else {}, indent + 2)
+            continue
+        line = f"{pad}{name}: {_flow(value)}"
+        if default is REQUIRED:
+            line += "  # required"
+        elif isinstance(defaults, dict) and key in defaults and value != default:
+            line += f"  # default: {_flow(default)}"
+        lines.append(line)
+    return lines
+
+
 def render(kind: str, path: str | None, overrides: list[str], out_dir: str | None = None) -> str:
-    """The resolved config of `kind` as YAML text; ConfigError when the command would refuse it."""
-    return yaml.dump(RESOLVERS[kind](path, overrides, out_dir), Dumper=_Dumper, sort_keys=False)
+    """The resolved config of `kind` as YAML text, each value that is not the default commented
+    with it; ConfigError when the command would refuse the config."""
+    return "\n".join(annotated_yaml(RESOLVERS[kind](path, overrides, out_dir), kind_defaults(kind))) + "\n"
 
 
 def parser(prog: str = "recsearch config show") -> argparse.ArgumentParser:

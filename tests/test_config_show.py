@@ -42,7 +42,12 @@ def test_train_config_is_printed_with_every_key_and_reads_back_as_the_same_confi
     assert printed == config.to_dict(expected)
     assert printed["hparams"]["batch_size"] == 64 and printed["arch"]["top_mlp"] == [16, 1]
     assert printed["epochs"] == 1 and printed["output_dir"] == "runs/train"  # defaults, not in the file
-    assert "  bottom_mlp: [32, 8]\n" in text  # lists of numbers on one line, as configs write them
+    # one key a line, lists on one line as configs write them; a value that is not the default says it
+    lines = text.splitlines()
+    assert "data_dir: /data/x  # required" in lines
+    assert "  bottom_mlp: [32, 8]  # default: [512, 256, 64, 16]" in lines
+    assert "  batch_size: 64  # default: 2048" in lines
+    assert "  embedding_dim: 8  # default: 16" in lines and "epochs: 1" in lines  # a default: no comment
     keys = _printed_keys(printed)
     assert {k for k in _keys(TrainConfig) if not k.startswith("latency_reference.")} <= keys
     again = tmp_path / "printed.yaml"
@@ -111,3 +116,17 @@ def test_search_print_config_runs_the_searchs_placement_checks(tmp_path, learnab
     assert capsys.readouterr().err.replace("recsearch search:", "recsearch search --print-config:", 1) == shown.err
     assert cli.main(["search", "--print-config", "--resume", str(tmp_path)]) == 2
     assert "--print-config shows a new search's config" in capsys.readouterr().err
+
+
+def test_annotated_yaml_quotes_what_yaml_needs_and_reads_back():
+    from recsearch.config_show import REQUIRED, annotated_yaml
+
+    tree = {"path": "a: b #c", "empty": "", "nested": {"xs": [1, "two", None], "flag": True}, "args": {},
+            "no": "no", "n": 1.5e-9}
+    defaults = {"path": REQUIRED, "empty": "x", "nested": {"xs": [], "flag": True}, "args": {}, "no": "no"}
+    lines = annotated_yaml(tree, defaults)
+    assert yaml.safe_load("\n".join(lines)) == tree
+    assert lines[0] == "path: 'a: b #c'  # required"
+    assert lines[1] == "empty: ''  # default: x"
+    assert "  xs: [1, two, null]  # default: []" in lines and "  flag: true" in lines
+    assert "'no': 'no'" in lines  # neither read back as false
