@@ -166,7 +166,10 @@ def parser(prog: str = "recsearch config show") -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, prog: str = "recsearch config show") -> int:
-    args = parser(prog).parse_intermixed_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    if not any(w in KINDS or w in ("-h", "--help") for w in words):  # argparse would say "overrides" too
+        parser(prog).error(f"say which config: one of {', '.join(KINDS)}")
+    args = parser(prog).parse_intermixed_args(words)
     if args.out and args.kind != "search":
         parser(prog).error("--out is a search option")
     try:

@@ -130,3 +130,13 @@ def test_annotated_yaml_quotes_what_yaml_needs_and_reads_back():
     assert lines[1] == "empty: ''  # default: x"
     assert "  xs: [1, two, null]  # default: []" in lines and "  flag: true" in lines
     assert "'no': 'no'" in lines  # neither read back as false
+
+
+def test_config_show_without_a_kind_says_which_are_known(capsys):
+    import pytest
+
+    with pytest.raises(SystemExit) as err:
+        cli.main(["config", "show", "tran", "data_dir=x"])
+    assert err.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "recsearch config show: error: say which config: one of train, search, synth")
