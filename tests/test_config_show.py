@@ -3,6 +3,7 @@ YAML, every key present, refused with the command's own messages (exit 2)."""
 
 import dataclasses
 
+import pytest
 import yaml
 
 from recsearch import cli, config
@@ -133,8 +134,6 @@ def test_annotated_yaml_quotes_what_yaml_needs_and_reads_back():
 
 
 def test_config_show_without_a_kind_says_which_are_known(capsys):
-    import pytest
-
     with pytest.raises(SystemExit) as err:
         cli.main(["config", "show", "tran", "data_dir=x"])
     assert err.value.code == 2
