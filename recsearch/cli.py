@@ -10,6 +10,8 @@ import importlib
 import os
 import sys
 
+from recsearch import logs
+
 # OpenMP threads that spin while they wait for work are ruinous on a busy CPU: measured on a
 # loaded 2-core machine, FBGEMM's CPU embedding backward (dim 128, batch 2048, 26 tables) took
 # ~1,000 ms with spinning waits and ~43 ms with passive ones, and whole training steps ran 1.2-7x
@@ -51,6 +53,8 @@ def usage() -> str:
     for words, (_, help_text) in commands().items():
         lines.append(f"  {' '.join(words):<18} {help_text}")
     lines.append("")
+    lines.append("`recsearch --log-level debug|info|warning|error <command> ...` sets how much progress it prints "
+                 "(default info; also RECSEARCH_LOG_LEVEL)")
     lines.append("run `recsearch <command> --help` for a command's options; `recsearch train|search "
                  "--print-config ...` prints the resolved config instead of running")
     return "\n".join(lines)
@@ -66,6 +70,16 @@ def main(argv: list[str] | None = None) -> int:
 
         print(__version__)
         return 0
+    if argv[0] == "--log-level" or argv[0].startswith("--log-level="):
+        level, argv = (argv[1] if len(argv) > 1 else "", argv[2:]) if argv[0] == "--log-level" else (argv[0].split("=", 1)[1], argv[1:])
+        if level.lower() not in logs.LEVELS:
+            print(f"recsearch: --log-level {level!r}: expected one of {', '.join(logs.LEVELS)}", file=sys.stderr)
+            return 2
+        # through the environment: the trials a search starts (processes of their own) log alike
+        os.environ[logs.LEVEL_ENV] = level.lower()
+        if not argv:
+            print(usage())
+            return 2
     os.environ.setdefault("OMP_WAIT_POLICY", OMP_WAIT_POLICY_DEFAULT)
     if argv[0] in PRINT_CONFIG_COMMANDS and "--print-config" in argv[1:]:
         show = importlib.import_module(commands()[("config", "show")][0])

@@ -51,7 +51,7 @@ from typing import Any
 
 import yaml
 
-from recsearch import config, remote
+from recsearch import config, logs, remote
 from recsearch.search import controllers as ctl
 from recsearch.search.asha import Status, SuccessiveHalving
 from recsearch.search.checks import Check, Checker, preflight_problems, reference_spec
@@ -134,12 +134,12 @@ def _beat(store: JournalStore, interval_s: float, ids: set[int], lock: threading
 class Search:
     """One search directory: its store, controller, runner, scheduler and the loop over them."""
 
-    def __init__(self, res: Resolved, search_dir: Path, runner: TrialRunner | None = None, echo=print,
+    def __init__(self, res: Resolved, search_dir: Path, runner: TrialRunner | None = None, echo=None,
                  checker: Checker | None = None):
         self.res = res
         self.cfg = res.cfg
         self.dir = Path(search_dir)
-        self.echo = echo
+        self.echo = echo or logs.get("search").info  # progress lines (recsearch.logs)
         self.store = JournalStore(self.dir)
         self.topology = self.cfg.topology.topology()
         self._owns_runner = runner is None  # a runner made here is closed by run()
@@ -724,8 +724,8 @@ def _resume_if_exists(args: argparse.Namespace) -> argparse.Namespace:
     search_dir = Path(args.out or load_search_config(args.config, args.overrides).cfg.output_dir)
     if not (search_dir / SEARCH_CONFIG).exists():
         return args
-    print(f"[search] {search_dir} already holds a search: resuming it (--resume-if-exists; it continues "
-          f"as its {SEARCH_CONFIG} says, {args.config} and overrides are not read again)", flush=True)
+    logs.get("search").info(f"[search] {search_dir} already holds a search: resuming it (--resume-if-exists; it continues "
+          f"as its {SEARCH_CONFIG} says, {args.config} and overrides are not read again)")
     return argparse.Namespace(**{**vars(args), "config": None, "out": None, "overrides": [], "resume": str(search_dir)})
 
 
@@ -742,6 +742,11 @@ def main(argv: list[str] | None = None) -> int:
                              "(a requeued or retried job) instead of refusing")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. trials=20 runner.concurrency=2")
     args = parser.parse_args(argv)
+    try:
+        logs.configure()
+    except ValueError as err:
+        print(f"recsearch search: {err}", file=sys.stderr)
+        return 2
     if bool(args.config) == bool(args.resume):
         parser.error("give exactly one of --config FILE or --resume DIR")
     if args.resume and (args.out or args.overrides):
@@ -776,10 +781,10 @@ def main(argv: list[str] | None = None) -> int:
             text += yaml.safe_dump(res.resolved_dict(search_dir), sort_keys=False)
             remote.write_text(search_dir / SEARCH_CONFIG, text)
         search = Search(res, search_dir, checker=checker)
-        print(f"[search] {res.cfg.controller} controller; "
+        logs.get("search").info(f"[search] {res.cfg.controller} controller; "
               f"{res.cfg.trials} trials, rungs {list(res.cfg.fidelity.train_rows)} rows (eta {res.cfg.fidelity.eta}); "
               f"{res.cfg.runner.kind} runner x {res.cfg.runner.concurrency}; placer {search.checker.placer_name}; "
-              f"{search.checker.cost_note[:160]}; {search_dir}", flush=True)
+              f"{search.checker.cost_note[:160]}; {search_dir}")
         return search.run()
     except refused as err:
         print(f"recsearch search: {err}", file=sys.stderr)

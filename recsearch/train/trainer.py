@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
-from recsearch import config, remote
+from recsearch import config, logs, remote
 from recsearch.data.dataset import dataset_meta
 from recsearch.data.loader import NpyBatchLoader
 from recsearch.data.split_cache import SplitCache
@@ -514,7 +514,7 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 def _log(rank: int, message: str) -> None:
     if rank == 0:
-        print(f"[recsearch train] {message}", flush=True)
+        logs.get("train").info(f"[recsearch train] {message}")
 
 
 def main(argv: list[str] | None = None, *, split_cache: SplitCache | None = None) -> int:
@@ -522,6 +522,11 @@ def main(argv: list[str] | None = None, *, split_cache: SplitCache | None = None
     parser.add_argument("--config", required=True, help="YAML file of TrainConfig fields (configs/train/)")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. hparams.batch_size=4096")
     args = parser.parse_args(argv)
+    try:
+        logs.configure()
+    except ValueError as err:
+        print(f"recsearch train: {err}", file=sys.stderr)
+        return 2
     try:
         cfg = config.load(TrainConfig, args.config, args.overrides)
     except config.ConfigError as err:
@@ -543,7 +548,7 @@ def main(argv: list[str] | None = None, *, split_cache: SplitCache | None = None
             dist.destroy_process_group()
     summary = ", ".join(f"{s} AUC {m.auc:.4f} NE {m.ne:.4f}" if m.ne is not None else f"{s} AUC {m.auc:.4f}"
                         for s, m in result.metrics.items())
-    print(f"[recsearch train] {result.status}: {summary or 'no evaluation'}; result in {Path(cfg.output_dir) / RESULT_FILE}")
+    _log(int(os.environ.get("RANK", "0")), f"{result.status}: {summary or 'no evaluation'}; result in {Path(cfg.output_dir) / RESULT_FILE}")
     return 0 if result.ok and result.upload_error is None else 1
 
 
