@@ -25,6 +25,7 @@ from recsearch.data.loader import NpyBatchLoader
 from recsearch.train import logreg, trainer
 from recsearch.train.config import TrainConfig
 from tests.conftest import KAGGLE_SAMPLE
+from tests.search.configs import tiny_search
 
 DAY_LINES = (40, 30, 30)  # the sample's 100 rows as Terabyte-style days day_0..day_2
 HASH = 1000
@@ -211,28 +212,10 @@ def test_a_search_over_an_npy_preproc_folder_gives_every_trial_the_table_sizes(t
     """The search config's top-level num_embeddings_per_feature reaches every trial's config."""
     from recsearch.search import loop
 
-    raw = {
-        "data_dir": str(torchrec_dirs["raw"]),
-        "num_embeddings_per_feature": [HASH],
-        "base": {
-            "arch": {"embedding_dim": 4, "bottom_mlp": [8, 4], "top_mlp": [8, 1]},
-            "hparams": {"batch_size": 16},
-            "latency_iters": 2,
-            "latency_batch_sizes": [1],
-            "log_every_steps": 2,
-            "tensorboard": False,
-        },
-        "space": {
-            "embedding_dim": [4], "bottom_depth": [1], "bottom_width": [8, 16], "top_depth": [1],
-            "top_width": [8], "interaction": ["dot"], "batch_size": [16],
-        },
-        "fidelity": {"train_rows": [64]},
-        "controller": "random",
-        "trials": 2,
-        "runner": {"kind": "inprocess"},
-        "objective": {"serving_batch": 8},
-        "heartbeat_s": 0.2,
-    }
+    raw = tiny_search(torchrec_dirs["raw"], **{
+        "num_embeddings_per_feature": [HASH], "base.hparams": {"batch_size": 16}, "base.log_every_steps": 2,
+        "space.top_width": [8], "space.batch_size": [16], "fidelity": {"train_rows": [64]}, "trials": 2,
+        "objective.serving_batch": 8})
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(raw))
     assert loop.main(["--config", str(path), "--out", str(tmp_path / "s")]) == 0

@@ -17,6 +17,7 @@ from launch import components
 from recsearch.search import loop
 from recsearch.search.store import JournalStore
 from recsearch.types import TrialState
+from tests.search.configs import tiny_search
 from tests.train.conftest import write_learnable_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,27 +32,7 @@ def data(tmp_path_factory) -> Path:
 
 
 def _config(tmp_path: Path, data: Path) -> Path:
-    raw = {
-        "data_dir": str(data),
-        "base": {
-            "arch": {"embedding_dim": 4, "bottom_mlp": [8, 4], "top_mlp": [8, 1]},
-            "hparams": {"batch_size": 256},
-            "latency_iters": 2,
-            "latency_batch_sizes": [1],
-            "log_every_steps": 8,
-            "tensorboard": False,
-        },
-        "space": {
-            "embedding_dim": [4], "bottom_depth": [1], "bottom_width": [8, 16], "top_depth": [1],
-            "top_width": [8, 16], "interaction": ["dot"], "batch_size": [256],
-        },
-        "fidelity": {"train_rows": [6144]},
-        "controller": "random",
-        "trials": TRIALS,
-        "runner": {"kind": "inprocess"},
-        "objective": {"serving_batch": 64},
-        "heartbeat_s": 0.2,
-    }
+    raw = tiny_search(data, **{"fidelity": {"train_rows": [6144]}, "trials": TRIALS})
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path

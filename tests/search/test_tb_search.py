@@ -17,6 +17,7 @@ from tensorboard.plugins.hparams import backend_context, metadata
 from recsearch.search import loop
 from recsearch.search.store import JournalStore
 from recsearch.train import trainer
+from tests.search.configs import tiny_search
 from tests.train.conftest import write_learnable_dataset
 
 RUN_KEYS = {"data_dir", "output_dir", "plan", "device_lock", "latency_iters", "log_every_steps"}
@@ -57,26 +58,7 @@ def _sessions(logdir: Path) -> tuple[dict[str, dict], set[str], set[str]]:
 
 @pytest.mark.slow
 def test_a_search_shows_one_clean_hparams_session_per_trial(tmp_path, data):
-    raw = {
-        "data_dir": str(data),
-        "base": {
-            "arch": {"embedding_dim": 4, "bottom_mlp": [8, 4], "top_mlp": [8, 1]},
-            "hparams": {"batch_size": 256},
-            "latency_iters": 2,
-            "latency_batch_sizes": [1],
-            "log_every_steps": 4,
-        },
-        "space": {
-            "embedding_dim": [4], "bottom_depth": [1], "bottom_width": [8, 16], "top_depth": [1],
-            "top_width": [8, 16], "interaction": ["dot"], "batch_size": [256],
-        },
-        "fidelity": {"train_rows": [2048, 6144], "eta": 2},
-        "controller": "random",
-        "trials": 3,
-        "runner": {"kind": "inprocess"},
-        "objective": {"serving_batch": 64},
-        "heartbeat_s": 0.2,
-    }
+    raw = tiny_search(data, **{"base.log_every_steps": 4, "base.tensorboard": True})
     config = tmp_path / "search.yaml"
     config.write_text(yaml.safe_dump(raw))
     out = tmp_path / "search"
