@@ -14,7 +14,9 @@ from tests.train.test_trainer import _write_config
 
 @pytest.fixture(autouse=True)
 def _restore_level(monkeypatch):
-    monkeypatch.delenv(logs.LEVEL_ENV, raising=False)
+    # setenv (not delenv, which records nothing when the variable is unset): the level cli.main
+    # puts into the environment is taken back after the test instead of leaking into later ones
+    monkeypatch.setenv(logs.LEVEL_ENV, "info")
     yield
     logs.configure("info")
 
