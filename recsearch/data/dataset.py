@@ -52,10 +52,10 @@ class DerivedSizes:
     from_cache: bool
 
 
-def expand_sizes(sizes: Sequence[int]) -> tuple[int, ...]:
-    """26 table sizes from a config value of 26 sizes or one for every table."""
+def expand_sizes(sizes: Sequence[int], key: str = KEY) -> tuple[int, ...]:
+    """26 table sizes from a config value (or `key`'s flag) of 26 sizes or one for every table."""
     problems: list[str] = []
-    check_table_sizes(problems, KEY, list(sizes))
+    check_table_sizes(problems, key, list(sizes))
     if problems:
         raise ValueError(problems[0])
     if len(sizes) == 1:

@@ -28,7 +28,7 @@ import numpy as np
 from recsearch import remote
 from recsearch.cliargs import list_flag
 from recsearch.data import layout
-from recsearch.data.dataset import dataset_meta
+from recsearch.data.dataset import dataset_meta, expand_sizes
 from recsearch.data.loader import FEATURE_NAMES, NpyBatchLoader
 from recsearch.tables import (
     histogram_of_counts,
@@ -124,16 +124,6 @@ def save_stats(path: Path | str, tables: list[TableStats], info: dict[str, objec
     remote.write_text(Path(path), json.dumps(payload, indent=2) + "\n")
 
 
-def _table_sizes(values: list[int]) -> tuple[int, ...]:
-    """--table-sizes: one size for every table, or NUM_SPARSE_FEATURES sizes."""
-    sizes = tuple(values)
-    if len(sizes) == 1:
-        sizes *= NUM_SPARSE_FEATURES
-    if len(sizes) != NUM_SPARSE_FEATURES or min(sizes) <= 0:
-        raise ValueError(f"--table-sizes: need 1 or {NUM_SPARSE_FEATURES} positive sizes, got {len(values)}")
-    return sizes
-
-
 def format_table(tables: list[TableStats]) -> str:
     labels = reuse_bin_labels()
     lines = [
@@ -180,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size <= 0 or args.max_batches <= 0 or args.embedding_dim <= 0:
         parser.error("--batch-size, --max-batches and --embedding-dim must be positive")
     try:
-        table_sizes = _table_sizes(args.table_sizes) if args.table_sizes else None
+        table_sizes = expand_sizes(args.table_sizes, "--table-sizes") if args.table_sizes else None
     except ValueError as err:
         parser.error(str(err))
     try:
