@@ -46,7 +46,7 @@ from recsearch.placement.cost_net import CostNet
 from recsearch.placement.hardware import hardware_string
 from recsearch.placement.measure import measure_placement, time_device_kernel
 from recsearch.placement.policy import SHIPPED, LearnedPlacer
-from recsearch.placement.registry import PLACERS, make_placer
+from recsearch.placement.registry import PLACERS, placer_for_batch
 from recsearch.placement.tables import PoolConfig, Task, generate_pool, make_task
 from recsearch.placement.types import PlacementError, Placer
 
@@ -95,12 +95,8 @@ def method_placer(
         return LearnedPlacer.load(
             policy or SHIPPED[device], samples=k, seed=cfg.seed, optimizer=optimizer
         )
-    if name not in BASELINES:
-        raise ValueError(
-            f"unknown method {name!r}; known: {', '.join(BASELINES)}, learned, learned_kK"
-        )
-    kw = {"batch_size": cfg.batch_size} if name == "torchrec" else {}
-    return make_placer(name, optimizer, cfg.seed, **kw)
+    check_methods([name])
+    return placer_for_batch(name, optimizer, cfg.seed, cfg.batch_size)
 
 
 def evaluate_tasks(

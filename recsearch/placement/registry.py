@@ -1,7 +1,8 @@
 """Every placer by name: the one place that maps names to Placers.
 
 - `PLACERS`: the names `make_placer` takes (the baselines, TorchRec's planner, the learned one);
-- `make_placer(name)`: a Placer (`types.Placer`);
+- `make_placer(name)`: a Placer (`types.Placer`); `placer_for_batch(name, ...)`: the same, with
+  TorchRec's planner planning for a given global batch;
 - `learned_or_better()`: the shipped learned placer checked against the fast baselines under its
   own cost net (best_of.BestOfPlacer), what the drop-in planner uses for "learned";
 - `planner_placer(name, ...)`: the placer LearnedShardingPlanner builds for a name.
@@ -42,6 +43,15 @@ def make_placer(
     raise ValueError(f"unknown placer {name!r}; known: {', '.join(PLACERS)}")
 
 
+def placer_for_batch(
+    name: str, optimizer: str, seed: int, batch_size: int
+) -> Placer:
+    """make_placer(name, optimizer, seed), TorchRec's planner planning for batch_size (the other
+    placers do not depend on the batch)."""
+    kwargs = {"batch_size": batch_size} if name == "torchrec" else {}
+    return make_placer(name, optimizer, seed, **kwargs)
+
+
 def learned_or_better(
     samples: int = 0, seed: int = 0, optimizer: str = DEFAULT_OPTIMIZER
 ) -> BestOfPlacer:
@@ -64,6 +74,4 @@ def planner_placer(name: str, optimizer: str, global_batch: int) -> Placer:
     "torchrec" plans for the planner's global batch, the rest are make_placer's."""
     if name == "learned":
         return learned_or_better(optimizer=optimizer)
-    if name == "torchrec":
-        return make_placer(name, optimizer, batch_size=global_batch)
-    return make_placer(name, optimizer)
+    return placer_for_batch(name, optimizer, 0, global_batch)

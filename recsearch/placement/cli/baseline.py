@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from recsearch.cliargs import list_flag
-from recsearch.placement.registry import PLACERS, make_placer
+from recsearch.placement.registry import BASELINES, PLACERS, placer_for_batch
 from recsearch.placement.tables import load_task
 from recsearch.placement.types import (
     PlacementError,
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--placer",
         **list_flag(str, PLACERS),
-        default=[p for p in PLACERS if p not in ("torchrec", "learned")],
+        default=list(BASELINES),
         help=f"comma-separated, each one of {', '.join(PLACERS)} (default: the baselines)",
     )
     parser.add_argument("--seed", type=int, default=0, help="for random")
@@ -45,11 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     status = 0
     for name in args.placer:
-        kwargs = {"batch_size": args.batch_size} if name == "torchrec" else {}
         try:
-            placement = make_placer(name, task.optimizer, args.seed, **kwargs).place(
-                task.tables, topo
-            )
+            placer = placer_for_batch(name, task.optimizer, args.seed, args.batch_size)
+            placement = placer.place(task.tables, topo)
             placement.validate(task.tables, topo, task.optimizer)
         except PlacementError as err:
             print(f"  {name:<19} failed: {err}")

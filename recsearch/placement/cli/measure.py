@@ -13,7 +13,7 @@ import torch
 from recsearch.placement.comm import DEFAULT_COMM, CommModel, calibrate_comm
 from recsearch.placement.hardware import hardware_string
 from recsearch.placement.measure import CLOCKS, CollectConfig, collect_samples, measure_placement
-from recsearch.placement.registry import PLACERS, make_placer
+from recsearch.placement.registry import PLACERS, placer_for_batch
 from recsearch.placement.tables import load_task
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
@@ -129,8 +129,8 @@ def _measure_task(args: argparse.Namespace, threads: int | None) -> int:
     optimizer = args.optimizer or task.optimizer
     topo = Topology(task.world_size, task.device_memory_bytes, args.device)
     if args.placement in PLACERS:
-        kw = {"batch_size": args.batch_size} if args.placement == "torchrec" else {}
-        placement = make_placer(args.placement, optimizer, args.seed, **kw).place(task.tables, topo)
+        placer = placer_for_batch(args.placement, optimizer, args.seed, args.batch_size)
+        placement = placer.place(task.tables, topo)
     else:
         placement = load_placement(args.placement, task.tables, task.world_size)
     comm: CommModel | str = (
