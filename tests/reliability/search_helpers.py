@@ -14,6 +14,7 @@ import yaml
 
 from recsearch.search import loop
 from recsearch.search.runners import RESULT_FILE, Handle, read_result
+from recsearch.search.store import JournalStore
 from recsearch.types import TrialResult, TrialSpec, TrialState
 from tests.search.test_loop import search_config, write_config
 
@@ -71,6 +72,23 @@ def tiny_config(data: Path, **settings) -> dict:
     base = {"reference": False, "objective.budget_ms": 100.0, "controller": "random", "trials": 2,
             "fidelity.train_rows": [2048]}
     return search_config(data, **{**base, **settings})
+
+
+def run_past_a_hung_trial_0(search: loop.Search, out: Path, timeout_s: float) -> dict:
+    """Run a search of 3 trials whose trial 0 hangs under runner.trial_timeout_s `timeout_s`, and
+    check what every runner promises (docs/RELIABILITY.md): the run ends well within a minute,
+    trial 0 is FAILED as timed out after at least `timeout_s`, trials 1 and 2 complete. Returns
+    the trial records by id, for the runner's own checks (what was killed)."""
+    started = time.time()
+    assert search.run() == 0
+    assert time.time() - started < 60
+    records = {r.trial_id: r for r in JournalStore(out).trials()}
+    hung = records[0]
+    assert hung.state is TrialState.FAILED
+    assert "timed out" in hung.result.error and f"runner.trial_timeout_s {timeout_s}" in hung.result.error
+    assert hung.notes["timed_out"].startswith("timed out") and timeout_s <= hung.notes["wall_s"] < 30
+    assert [records[i].state for i in (1, 2)] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    return records
 
 
 def start_search(tmp_path: Path, raw: dict, runner=None, out: str = "out") -> tuple[loop.Search, Path]:

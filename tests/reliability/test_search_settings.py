@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -14,10 +13,8 @@ import pytest
 from recsearch import config
 from recsearch.search import loop
 from recsearch.search.runners import SubprocessRunner
-from recsearch.search.store import JournalStore
-from recsearch.types import TrialState
 from tests.procs import all_dead
-from tests.reliability.search_helpers import CLI, REPO, env, start_search, tiny_config
+from tests.reliability.search_helpers import CLI, REPO, env, run_past_a_hung_trial_0, start_search, tiny_config
 from tests.search.test_loop import write_config
 
 
@@ -125,15 +122,7 @@ def test_a_hung_trial_is_killed_at_the_timeout_and_the_search_goes_on(tmp_path, 
     raw = tiny_config(learnable_data, **{"runner.kind": "subprocess", "runner.trial_timeout_s": 2,
                                          "runner.poll_s": 0.1, "trials": 3})
     search, out = start_search(tmp_path, raw, runner=_HangFirst(serving_batch=64))
-    started = time.time()
-    assert search.run() == 0
-    assert time.time() - started < 60
-    records = {r.trial_id: r for r in JournalStore(out).trials()}
-    hung = records[0]
-    assert hung.state is TrialState.FAILED
-    assert "timed out" in hung.result.error and "runner.trial_timeout_s 2" in hung.result.error
-    assert hung.notes["timed_out"].startswith("timed out") and 2 <= hung.notes["wall_s"] < 30
-    assert [records[i].state for i in (1, 2)] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    run_past_a_hung_trial_0(search, out, timeout_s=2)
     # the trial's whole process group was killed, its own child included
     pids = [int(p) for p in (out / "trials" / "0" / "pids").read_text().split()]
     assert all_dead(pids, timeout=5)
