@@ -61,12 +61,18 @@ def test_bad_override_and_bad_yaml(tmp_path):
         config.load(_Run, tmp_path / "missing.yaml")
 
 
-def test_a_bad_override_names_the_command_line_and_a_bad_file_key_names_the_file(tmp_path):
+def _problems(tmp_path, text: str, overrides: list[str]) -> tuple:
+    """(the file, the problems config.load reports) for a run.yaml of `text` and the overrides."""
     path = tmp_path / "run.yaml"
-    path.write_text("name: a\nhparams:\n  seed: true\n")
+    path.write_text(text)
     with pytest.raises(config.ConfigError) as err:
-        config.load(_Run, path, ["hparams.batchsize=4", "rows=many", "hparams.batch_size=-4"])
-    problems = err.value.problems
+        config.load(_Run, path, overrides)
+    return path, err.value.problems
+
+
+def test_a_bad_override_names_the_command_line_and_a_bad_file_key_names_the_file(tmp_path):
+    path, problems = _problems(tmp_path, "name: a\nhparams:\n  seed: true\n",
+                               ["hparams.batchsize=4", "rows=many", "hparams.batch_size=-4"])
     assert f"{path}: hparams.seed: expected an integer, got True" in problems
     assert "command line: rows=many: expected an integer, got 'many'" in problems
     assert any(p.startswith("command line: hparams.batchsize=4: unknown key (did you mean 'batch_size'?); known keys: ")
@@ -76,21 +82,14 @@ def test_a_bad_override_names_the_command_line_and_a_bad_file_key_names_the_file
 
 
 def test_a_whole_section_given_on_the_command_line_names_it_with_the_inner_key(tmp_path):
-    path = tmp_path / "run.yaml"
-    path.write_text("name: a\n")
-    with pytest.raises(config.ConfigError) as err:
-        config.load(_Run, path, ["arch={embedding_dim: 8, bottom_mlp: [32, x]}"])
-    assert err.value.problems == [
+    _, problems = _problems(tmp_path, "name: a\n", ["arch={embedding_dim: 8, bottom_mlp: [32, x]}"])
+    assert problems == [
         "command line: arch={embedding_dim: 8, bottom_mlp: [32, x]}: arch.bottom_mlp[1]: expected an integer, got 'x'"
     ]
 
 
 def test_override_syntax_errors_name_the_override(tmp_path):
-    path = tmp_path / "run.yaml"
-    path.write_text("name: a\nrows: 5\n")
-    with pytest.raises(config.ConfigError) as err:
-        config.load(_Run, path, ["rows", "rows.x=1", "name=[unclosed"])
-    problems = err.value.problems
+    _, problems = _problems(tmp_path, "name: a\nrows: 5\n", ["rows", "rows.x=1", "name=[unclosed"])
     assert problems[0] == "command line: rows: not of the form key=value (e.g. hparams.batch_size=4096)"
     assert problems[1] == "command line: rows.x=1: rows is not a section"
     assert problems[2].startswith("command line: name=[unclosed: cannot parse the value as YAML: ")
