@@ -84,16 +84,14 @@ def check_methods(methods: Sequence[str]) -> None:
             )
 
 
-def method_placer(
-    name: str, optimizer: str, cfg: EvalConfig, policy: str | None = None, device: str = "cpu"
-) -> Placer:
-    """A placer by method name; learned ones from --policy or the shipped policy for device,
-    loaded here so that planning times do not include reading model files."""
+def method_placer(name: str, optimizer: str, cfg: EvalConfig) -> Placer:
+    """A placer by method name; learned ones from cfg.policy or the shipped policy for
+    cfg.device, loaded here so that planning times do not include reading model files."""
     m = _LEARNED.match(name)
     if m:
         k = int(m.group(1) or 0)
         return LearnedPlacer.load(
-            policy or SHIPPED[device], samples=k, seed=cfg.seed, optimizer=optimizer
+            cfg.policy or SHIPPED[cfg.device], samples=k, seed=cfg.seed, optimizer=optimizer
         )
     check_methods([name])
     return placer_for_batch(name, optimizer, cfg.seed, cfg.batch_size)
@@ -104,8 +102,6 @@ def evaluate_tasks(
     methods: Sequence[str],
     cost_net: CostNet,
     cfg: EvalConfig = EvalConfig(),
-    policy: str | None = None,
-    device: str = "cpu",
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Per task: {name, tables, devices, cap, results: {method: {...}}}."""
@@ -118,7 +114,7 @@ def evaluate_tasks(
         for name in methods:
             key = (name, task.optimizer)
             if key not in placers:
-                placers[key] = method_placer(name, task.optimizer, cfg, policy, device)
+                placers[key] = method_placer(name, task.optimizer, cfg)
             placer = placers[key]
             t0 = time.perf_counter()
             try:
@@ -138,7 +134,7 @@ def evaluate_tasks(
                 "ranks": list(placement.ranks),
             }
         if cfg.measure and placements:
-            for name, cost in _measure_interleaved(task, placements, cost_net, cfg, device, n_task).items():
+            for name, cost in _measure_interleaved(task, placements, cost_net, cfg, n_task).items():
                 results[name].update(cost)
         row = {
             "task": task.name,
@@ -148,7 +144,7 @@ def evaluate_tasks(
             "results": results,
         }
         if cfg.measure and cfg.bound:
-            row["bound"] = measure_bound(task, cost_net.comm_model, cfg, device)
+            row["bound"] = measure_bound(task, cost_net.comm_model, cfg)
         out.append(row)
         if progress is not None:
             progress(row)
@@ -160,7 +156,6 @@ def _measure_interleaved(
     placements: dict[str, Any],
     cost_net: CostNet,
     cfg: EvalConfig,
-    device: str,
     n_task: int,
 ) -> dict[str, dict[str, Any]]:
     """Measure a task's distinct placements in cfg.rounds rounds, each in a fresh random order;
@@ -182,7 +177,7 @@ def _measure_interleaved(
                 distinct[key],
                 task.topology,
                 cfg.batch_size,
-                device,
+                cfg.device,
                 task.optimizer,
                 cfg.warmup,
                 cfg.iters,
@@ -209,7 +204,7 @@ def _measure_interleaved(
     return out
 
 
-def measure_bound(task: Task, comm_model: CommModel, cfg: EvalConfig, device: str) -> dict[str, Any]:
+def measure_bound(task: Task, comm_model: CommModel, cfg: EvalConfig) -> dict[str, Any]:
     """A measured lower bound on the step cost of any table-wise placement of the task.
 
     Compute. Every device runs one fused kernel over its tables. A fused kernel costs at least its
@@ -236,7 +231,7 @@ def measure_bound(task: Task, comm_model: CommModel, cfg: EvalConfig, device: st
 
     def compute_ms(group: Sequence[Any]) -> float:
         t = time_device_kernel(
-            group, cfg.batch_size, device, task.optimizer, cfg.warmup, cfg.iters, **kw
+            group, cfg.batch_size, cfg.device, task.optimizer, cfg.warmup, cfg.iters, **kw
         )
         return t.fwd_ms + t.bwd_ms
 
@@ -287,8 +282,6 @@ def bound_summary(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> dic
 def planning_times(
     methods: Sequence[str],
     cfg: EvalConfig,
-    policy: str | None = None,
-    device: str = "cpu",
     num_tables: int = 200,
     world_size: int = 16,
     repeats: int = 3,
@@ -299,7 +292,7 @@ def planning_times(
     task = make_task(pool.tables, num_tables, world_size, seed=0)
     times: dict[str, Any] = {}
     for name in methods:
-        placer = method_placer(name, task.optimizer, cfg, policy, device)
+        placer = method_placer(name, task.optimizer, cfg)
         got = []
         for _ in range(repeats):
             t0 = time.perf_counter()
@@ -452,7 +445,7 @@ def run_eval(
     torch.set_num_threads(1)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    rows = evaluate_tasks(tasks, methods, cost_net, cfg, cfg.policy, cfg.device, progress)
+    rows = evaluate_tasks(tasks, methods, cost_net, cfg, progress)
     elapsed = time.perf_counter() - t0
     load_after = os.getloadavg()
     keys = ["estimate_ms"] + (["measured_ms"] if cfg.measure else [])
@@ -461,7 +454,7 @@ def run_eval(
         hardware = hardware_string(cfg.device, 1, cfg.clock)
     else:
         hardware = f"estimates of {meta.hardware}"
-    planning = planning_times(methods, cfg, cfg.policy, cfg.device) if cfg.planning_timing else None
+    planning = planning_times(methods, cfg) if cfg.planning_timing else None
     return EvalReport(
         methods=tuple(methods),
         config=cfg,
