@@ -30,20 +30,26 @@ KINDS: dict[str, tuple[str, str]] = {
 }
 
 
-def resolve_train(path: str | None, overrides: list[str], out_dir: str | None) -> dict[str, Any]:
-    from recsearch.train.config import TrainConfig
+def config_class(kind: str) -> type:
+    """The dataclass a config of `kind` is built into (imported only when asked for)."""
+    if kind == "train":
+        from recsearch.train.config import TrainConfig
 
+        return TrainConfig
+    if kind == "synth":
+        from recsearch.data.synthetic import SynthConfig
+
+        return SynthConfig
+    from recsearch.search.settings import SearchConfig
+
+    return SearchConfig
+
+
+def resolve_dataclass(kind: str, path: str | None, overrides: list[str]) -> dict[str, Any]:
+    """A train or synth config as its command builds it: the file (if any) plus the overrides."""
     raw = config.load_raw(path, overrides)
     origins = config.Origins.of(path if path is not None else config.COMMAND_LINE, overrides)
-    return config.to_dict(config.build(TrainConfig, raw, origins))
-
-
-def resolve_synth(path: str | None, overrides: list[str], out_dir: str | None) -> dict[str, Any]:
-    from recsearch.data.synthetic import SynthConfig
-
-    raw = config.load_raw(path, overrides)
-    origins = config.Origins.of(path if path is not None else config.COMMAND_LINE, overrides)
-    return config.to_dict(config.build(SynthConfig, raw, origins))
+    return config.to_dict(config.build(config_class(kind), raw, origins))
 
 
 def resolve_search(path: str | None, overrides: list[str], out_dir: str | None) -> dict[str, Any]:
@@ -64,9 +70,9 @@ def resolve_search(path: str | None, overrides: list[str], out_dir: str | None) 
 
 
 RESOLVERS: dict[str, Callable[[str | None, list[str], str | None], dict[str, Any]]] = {
-    "train": resolve_train,
+    "train": lambda path, overrides, out_dir: resolve_dataclass("train", path, overrides),
     "search": resolve_search,
-    "synth": resolve_synth,
+    "synth": lambda path, overrides, out_dir: resolve_dataclass("synth", path, overrides),
 }
 
 
@@ -102,18 +108,10 @@ def defaults_of(cls: type) -> dict[str, Any]:
 
 
 def kind_defaults(kind: str) -> dict[str, Any]:
-    if kind == "train":
-        from recsearch.train.config import TrainConfig
-
-        return defaults_of(TrainConfig)
-    if kind == "synth":
-        from recsearch.data.synthetic import SynthConfig
-
-        return defaults_of(SynthConfig)
-    from recsearch.search.settings import SearchConfig
-    from recsearch.train.config import TrainConfig
-
-    return {**defaults_of(SearchConfig), "base": defaults_of(TrainConfig)}
+    defaults = defaults_of(config_class(kind))
+    if kind == "search":
+        defaults["base"] = defaults_of(config_class("train"))
+    return defaults
 
 
 def _flow(value: Any) -> str:
