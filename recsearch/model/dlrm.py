@@ -25,7 +25,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from recsearch.model.factory import ModelInputs
+from recsearch.model.factory import ModelInputs, build_user_model
 from recsearch.tables import feature_name, table_name
 from recsearch.types import NUM_DENSE_FEATURES, ArchSpec, Interaction, TableSpec
 
@@ -331,7 +331,16 @@ def init_model_tables(model: torch.nn.Module, tables: Sequence[EmbeddingBagConfi
 
 def table_configs(model: torch.nn.Module) -> list[EmbeddingBagConfig]:
     """The configs of an (unsharded) DLRMTrain's tables, in order."""
-    return list(model.model.sparse_arch.embedding_bag_collection.embedding_bag_configs())
+    return list(model.get_submodule(EBC_MODULE_PATH).embedding_bag_configs())
+
+
+def user_model(
+    factory: str, model_args: dict[str, Any], rows: Sequence[int], dim: int, embedding_dtype: str = "fp32",
+) -> tuple[torch.nn.Module, str]:
+    """A model of the user's own (recsearch.model.factory) over one `dim`-wide table per feature,
+    its tables on the meta device; and the attribute path of its EmbeddingBagCollection."""
+    inputs = ModelInputs(embedding_configs(rows, dim, embedding_dtype), NUM_DENSE_FEATURES, dict(model_args))
+    return build_user_model(factory, inputs)
 
 
 def _table_of(state_key: str) -> str | None:

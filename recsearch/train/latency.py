@@ -211,7 +211,7 @@ def _rounds(
         if round_index < min_rounds:
             continue
         spreads = [_spread(rounds[name]) for name in names]
-        spreads += [_halves_spread(_round_ratios(rounds[name], rounds[reference])) for name in others]  # type: ignore[index]
+        spreads += [_spread(_round_ratios(rounds[name], rounds[reference])) for name in others]  # type: ignore[index]
         if all(s <= target_spread for s in spreads) or time.perf_counter() - started > max_seconds:
             break
     out = {}
@@ -223,28 +223,25 @@ def _rounds(
             p99_ms=times[min(len(times) - 1, int(round(0.99 * (len(times) - 1))))],
             spread=_spread(rounds[name]),
             calls=len(times),
-            vs_reference=statistics.median(ratios) if ratios else None,
-            vs_reference_spread=_halves_spread(ratios) if ratios else None,
+            vs_reference=statistics.median(r for (r,) in ratios) if ratios else None,
+            vs_reference_spread=_spread(ratios) if ratios else None,
         )
     return out
 
 
 def _spread(rounds: list[list[float]]) -> float:
+    """|median of the first half of the rounds' values - median of the second half| / their middle:
+    the same quantity measured twice."""
     half = len(rounds) // 2
     first = statistics.median(t for block in rounds[:half] for t in block)
     second = statistics.median(t for block in rounds[half:] for t in block)
     return abs(first - second) / statistics.median([first, second])
 
 
-def _round_ratios(model_rounds: list[list[float]], reference_rounds: list[list[float]]) -> list[float]:
-    """Per round: the model's median call over the reference's (the two timed back to back)."""
-    return [statistics.median(m) / statistics.median(r) for m, r in zip(model_rounds, reference_rounds)]
-
-
-def _halves_spread(values: list[float]) -> float:
-    half = len(values) // 2
-    first, second = statistics.median(values[:half]), statistics.median(values[half:])
-    return abs(first - second) / statistics.median([first, second])
+def _round_ratios(model_rounds: list[list[float]], reference_rounds: list[list[float]]) -> list[list[float]]:
+    """Per round (one value each, in _spread's shape): the model's median call over the
+    reference's (the two timed back to back)."""
+    return [[statistics.median(m) / statistics.median(r)] for m, r in zip(model_rounds, reference_rounds)]
 
 
 def _timed(call: Callable[[], object], device: torch.device) -> float:

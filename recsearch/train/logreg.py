@@ -31,7 +31,7 @@ from recsearch import remote
 from recsearch.data.dataset import dataset_meta
 from recsearch.data.loader import read_split_arrays
 from recsearch.model.dlrm import table_rows
-from recsearch.train.metrics import EvalMetrics, MetricAccumulator
+from recsearch.train.metrics import MetricAccumulator
 from recsearch.train.result import SplitMetrics, TrainResult
 from recsearch.types import MAX_SEED, RESULT_FILE, SettingsError, check_int, check_number, check_table_sizes
 
@@ -86,7 +86,7 @@ def _wrapped(sparse: np.ndarray, rows: list[int]) -> torch.Tensor:
 
 
 def evaluate(model: LogisticRegression, dense: torch.Tensor, ids: torch.Tensor, labels: torch.Tensor,
-             batch_size: int) -> EvalMetrics:
+             batch_size: int) -> SplitMetrics:
     acc = MetricAccumulator(torch.device("cpu"))
     with torch.no_grad():
         for lo in range(0, len(labels), batch_size):
@@ -139,7 +139,7 @@ def train(cfg: LogRegConfig) -> TrainResult:
         status="completed",
         model="logistic_regression",
         config=dataclasses.asdict(cfg),
-        metrics={split: SplitMetrics(**dataclasses.asdict(m)) for split, m in metrics.items()},
+        metrics=metrics,
         bayes={k: dataclasses.asdict(v) for k, v in meta.bayes.items()},
         steps=steps,
         train_rows=len(labels),

@@ -12,23 +12,15 @@ the same sums.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torchmetrics.classification import BinaryAUROC
 from torchrec.metrics.ne import compute_ne
 
+from recsearch.train.result import SplitMetrics
+
 NE_ETA = 1e-12  # torchrec's clamp for a split whose click rate is 0 or 1
-
-
-@dataclass(frozen=True)
-class EvalMetrics:
-    auc: float
-    log_loss: float
-    accuracy: float
-    rows: int
-    ne: float  # normalized entropy: log_loss / the entropy of the split's click rate
 
 
 class MetricAccumulator:
@@ -51,14 +43,14 @@ class MetricAccumulator:
         self._rows += labels.numel()
         self._positives += labels.sum().double()
 
-    def compute(self) -> EvalMetrics:
+    def compute(self) -> SplitMetrics:
         """Metrics over all ranks' data (a collective: every rank must call it)."""
         totals = torch.stack([self._loss_sum, self._correct, self._rows, self._positives])
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             dist.all_reduce(totals)
         loss_sum, correct, rows, positives = (float(x) for x in totals)
         auc = float(self._auroc.compute()) if rows else math.nan  # torchmetrics gathers across ranks
-        return EvalMetrics(
+        return SplitMetrics(
             auc=auc,
             log_loss=loss_sum / rows if rows else math.nan,
             accuracy=correct / rows if rows else math.nan,

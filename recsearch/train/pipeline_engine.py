@@ -23,9 +23,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
 from recsearch.data.loader import NpyBatchLoader
-from recsearch.model.dlrm import build_model, compile_dense_parts, embedding_configs, init_model_tables
-from recsearch.model.factory import ModelInputs, build_user_model
-from recsearch.types import NUM_DENSE_FEATURES
+from recsearch.model.dlrm import EBC_MODULE_PATH, build_model, compile_dense_parts, init_model_tables, user_model
 from recsearch.placement.plan import LearnedShardingPlanner
 from recsearch.train.config import TrainConfig
 from recsearch.train import placement_file
@@ -49,12 +47,9 @@ class PipelineEngine:
                 cfg.arch, rows, device="meta", embedding_dtype=cfg.embedding_precision,
                 dense_dtype=cfg.dense_precision, compute_device_type=device.type,
             )
-            ebc_path = "model.sparse_arch.embedding_bag_collection"
+            ebc_path = EBC_MODULE_PATH
         else:  # a user's model (recsearch.model.factory): tables on meta, sharded by DMP below
-            model, ebc_path = build_user_model(cfg.model, ModelInputs(
-                embedding_configs(rows, cfg.arch.embedding_dim, cfg.embedding_precision), NUM_DENSE_FEATURES,
-                dict(cfg.model_args),
-            ))
+            model, ebc_path = user_model(cfg.model, cfg.model_args, rows, cfg.arch.embedding_dim, cfg.embedding_precision)
         ebc = model.get_submodule(ebc_path)
         tables = list(ebc.embedding_bag_configs())
         if cfg.compile_dense:

@@ -41,9 +41,8 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsearch.data.loader import FEATURE_NAMES, NpyBatchLoader
-from recsearch.model.dlrm import ScaledGradFusedEBC, build_model, compile_dense_parts, embedding_configs, init_model_tables
-from recsearch.model.factory import ModelInputs, build_user_model, replace_module
-from recsearch.types import NUM_DENSE_FEATURES
+from recsearch.model.dlrm import EBC_MODULE_PATH, ScaledGradFusedEBC, build_model, compile_dense_parts, init_model_tables, user_model
+from recsearch.model.factory import replace_module
 from recsearch.train.config import TrainConfig
 from recsearch.train import placement_file
 from recsearch.train.dispatch import OpCounter
@@ -77,15 +76,12 @@ class SingleDeviceEngine:
                 dense_dtype=cfg.dense_precision, compute_device_type=device.type,
                 fused_optimizer=(emb_cls, emb_kwargs),
             )
-            ebc_path = "model.sparse_arch.embedding_bag_collection"
+            ebc_path = EBC_MODULE_PATH
         else:  # a user's model: its tables (built on meta) become one fused FBGEMM collection here
-            model, ebc_path = build_user_model(cfg.model, ModelInputs(
-                embedding_configs(rows, cfg.arch.embedding_dim, cfg.embedding_precision), NUM_DENSE_FEATURES,
-                dict(cfg.model_args),
-            ))
+            model, ebc_path = user_model(cfg.model, cfg.model_args, rows, cfg.arch.embedding_dim, cfg.embedding_precision)
+            configs = list(model.get_submodule(ebc_path).embedding_bag_configs())
             with torch.random.fork_rng(devices=[]):  # its throwaway init must not shift later draws
-                fused = ScaledGradFusedEBC(embedding_configs(rows, cfg.arch.embedding_dim, cfg.embedding_precision),
-                                           emb_cls, emb_kwargs, device=device)
+                fused = ScaledGradFusedEBC(configs, emb_cls, emb_kwargs, device=device)
             replace_module(model, ebc_path, fused)
             model.to(device)
         tables = list(model.get_submodule(ebc_path).embedding_bag_configs())

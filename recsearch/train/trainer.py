@@ -38,7 +38,7 @@ from recsearch.train.dispatch import OpCounter
 from recsearch.train.engine import TrainEngine, make_engine
 from recsearch.train.latency import SERVING_SETUP, DeviceLock, measure_interleaved
 from recsearch.train.latency import graphed as latency_graphed
-from recsearch.train.metrics import EvalMetrics, MetricAccumulator
+from recsearch.train.metrics import MetricAccumulator
 from recsearch.train.optim import embedding_optimizer
 from recsearch.train.schedule import LRSchedule
 from recsearch.train.result import LatencyEntry, SplitMetrics, TrainResult
@@ -123,7 +123,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
             state = RunState(**{**restored, "status": "running"})
             _log(rank, f"resumed from {cfg.resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
         max_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * len(train_loader)
-        val_metrics: EvalMetrics | None = None
+        val_metrics: SplitMetrics | None = None
         report = engine.report
         graph_note = "CUDA graph per step" if report.cuda_graph_note == "" else f"no CUDA graph: {report.cuda_graph_note}"
         _log(
@@ -205,7 +205,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
             _log(rank, graphed + (f" ({report.cuda_graph_note})" if report.cuda_graph_note else ""))
 
         model = engine.model
-        final: dict[str, EvalMetrics] = {}
+        final: dict[str, SplitMetrics] = {}
         latency: dict[str, LatencyEntry] = {}
         latency_notes: list[str] = []
         if state.status != "diverged":
@@ -237,7 +237,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
             writer.close()
 
 
-def evaluate(model: torch.nn.Module, loader: NpyBatchLoader, device: torch.device) -> EvalMetrics:
+def evaluate(model: torch.nn.Module, loader: NpyBatchLoader, device: torch.device) -> SplitMetrics:
     """Metrics of the model on a split (every rank takes part: the model's forward is collective)."""
     was_training = model.training
     model.eval()
@@ -262,8 +262,6 @@ def measure_latency(
     appended to `notes`."""
     out: dict[str, LatencyEntry] = {}
     lock = device_lock or DeviceLock(None)
-    if cfg.latency_cuda_graph == "true" and device.type != "cuda":
-        raise ValueError("latency_cuda_graph=true needs a CUDA device (this run is on the CPU)")
     use_graph = device.type == "cuda" and cfg.latency_cuda_graph != "false"
     notes = notes if notes is not None else []
     models = {"model": model, **({"reference": reference} if reference is not None else {})}
@@ -434,7 +432,7 @@ def _result(cfg, meta, state: RunState, final, latency, engine: TrainEngine, wor
     return TrainResult(
         status=state.status,
         config=config.to_dict(cfg),
-        metrics={split: SplitMetrics(**dataclasses.asdict(m)) for split, m in final.items()},
+        metrics=dict(final),
         bayes={k: dataclasses.asdict(v) for k, v in meta.bayes.items()},
         steps=state.step,
         epochs_completed=state.epoch,
@@ -464,12 +462,14 @@ def _result(cfg, meta, state: RunState, final, latency, engine: TrainEngine, wor
 
 
 def _serving_setup(latency: dict[str, LatencyEntry]) -> str | None:
-    """What was timed: one description when every batch size was timed alike (None: nothing was)."""
-    kinds = {entry.serving for entry in latency.values()}
-    if not kinds:
-        return None
-    return "; ".join(f"{k}: {SERVING_SETUP[k]} (batch {', '.join(b for b, e in latency.items() if e.serving == k)})"
-                     for k in sorted(kinds)) if len(kinds) > 1 else SERVING_SETUP[kinds.pop()]
+    """What was timed: one description when every batch size was timed alike, else one per kind
+    with its batch sizes (None: nothing was)."""
+    batches_by_kind: dict[str, list[str]] = {}
+    for batch, entry in latency.items():
+        batches_by_kind.setdefault(entry.serving, []).append(batch)
+    if len(batches_by_kind) <= 1:
+        return next((SERVING_SETUP[kind] for kind in batches_by_kind), None)
+    return "; ".join(f"{kind}: {SERVING_SETUP[kind]} (batch {', '.join(batches)})" for kind, batches in sorted(batches_by_kind.items()))
 
 
 def write_result(out: Path, result: TrainResult) -> Path:
@@ -492,7 +492,7 @@ def upload_outputs(cfg: TrainConfig, out: Path) -> str | None:
     return None
 
 
-def _write_eval(writer: SummaryWriter, split: str, m: EvalMetrics, step: int) -> None:
+def _write_eval(writer: SummaryWriter, split: str, m: SplitMetrics, step: int) -> None:
     for key in ("auc", "log_loss", "ne", "accuracy"):
         writer.add_scalar(f"{split}/{key}", getattr(m, key), step)
 
