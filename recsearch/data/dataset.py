@@ -38,6 +38,7 @@ MAX_DERIVED_ROWS = 2**31
 SCAN_BLOCK_ROWS = 1 << 20  # rows of a sparse file reduced at a time (26 x 8 B x 1M = 208 MB)
 CACHE_DIR_ENV = "RECSEARCH_CACHE_DIR"
 CACHE_FORMAT = "recsearch-derived-table-sizes/1"
+DERIVED_FROM = "data: "  # extra["num_embeddings_from"] of sizes derived from the data
 # `recsearch data preprocess` builds in `<out>.incomplete-<pid>` (recsearch.data.criteo.WORK_TAG):
 # whole day files and no meta.json there mean a run that died, never TorchRec's files.
 WORK_FOLDER = re.compile(r".+\.incomplete-\d+")
@@ -50,6 +51,16 @@ class DerivedSizes:
     num_embeddings_per_feature: tuple[int, ...]
     rows_scanned: int
     from_cache: bool
+
+
+def ids_within_sizes(meta: layout.DatasetMeta) -> bool:
+    """Whether every id of the dataset is below meta's table size for its feature, so a reader
+    need not hash them: so for a recsearch dataset (its meta.json records the true id ranges) and
+    for sizes derived from the data (max id + 1); not for TorchRec's npy files described with
+    sizes from the config (raw hashes, hashed modulo the sizes)."""
+    return meta.source != layout.TORCHREC_NPY_SOURCE or meta.extra.get("num_embeddings_from", "").startswith(
+        DERIVED_FROM
+    )
 
 
 def expand_sizes(sizes: Sequence[int], key: str = KEY) -> tuple[int, ...]:
@@ -96,7 +107,7 @@ def dataset_meta(
     meta = layout.infer_meta(root, derived.num_embeddings_per_feature)
     return dataclasses.replace(
         meta,
-        extra={"num_embeddings_from": f"data: max id + 1 over {derived.rows_scanned} rows"},
+        extra={"num_embeddings_from": f"{DERIVED_FROM}max id + 1 over {derived.rows_scanned} rows"},
     )
 
 

@@ -37,6 +37,7 @@ FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
 PARTIAL_SUFFIX = ".partial"
 DENSE_TRANSFORMS = ("log1p", "torchrec")
+TORCHREC_NPY_SOURCE = "torchrec_npy"  # the source of an infer_meta description (no meta.json)
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,7 @@ def infer_meta(root: Path | str, num_embeddings_per_feature: tuple[int, ...]) ->
     )
     sparse_dtype = str(np.load(day_file(root, 0, "sparse"), mmap_mode="r").dtype)
     return DatasetMeta(
-        source="torchrec_npy",
+        source=TORCHREC_NPY_SOURCE,
         day_rows=rows,
         num_embeddings_per_feature=tuple(num_embeddings_per_feature),
         dense_transform="torchrec",

@@ -47,6 +47,7 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from recsearch.data import layout
+from recsearch.data.dataset import ids_within_sizes
 from recsearch.data.split_cache import SplitCache
 from recsearch.data.split_cache import available_memory_bytes as _available_memory_bytes
 from recsearch.tables import feature_name
@@ -54,10 +55,6 @@ from recsearch.types import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 
 FEATURE_NAMES = tuple(feature_name(i) for i in range(NUM_SPARSE_FEATURES))  # TorchRec's default keys
 _INDEX_PER_KEY = {name: i for i, name in enumerate(FEATURE_NAMES)}
-# Sources whose meta.json records the true id range of each feature. `infer_meta` (directories
-# written by TorchRec's scripts) can only record the table sizes the caller asked for, so their
-# ids (raw 32-bit Criteo hashes) are always hashed.
-_UNCHECKED_ID_SOURCES = ("torchrec_npy",)
 
 
 @dataclass(frozen=True)
@@ -133,7 +130,9 @@ class NpyBatchLoader:
             )
         self.num_embeddings_per_feature = sizes
         self.hotness = self.meta.multi_hot_sizes or (1,) * NUM_SPARSE_FEATURES
-        needs_hash = self.meta.source in _UNCHECKED_ID_SOURCES or any(
+        # A description of TorchRec's files with sizes from the config bounds no id (raw 32-bit
+        # Criteo hashes): hashed always; sizes derived from the data bound them (dataset doc).
+        needs_hash = not ids_within_sizes(self.meta) or any(
             s < m for s, m in zip(sizes, self.meta.num_embeddings_per_feature, strict=True)
         )
         # One modulus per stored sparse column (a multi-hot feature repeats its table size).

@@ -133,6 +133,19 @@ def test_contiguous_ids_give_derived_sizes_that_are_stated_and_cached(torchrec_d
     assert changed.num_embeddings_per_feature[:5] == want[:5]
 
 
+def test_derived_sizes_bound_the_ids_so_loaders_do_not_hash_them_and_config_sizes_are_hashed(torchrec_dirs):
+    contig = torchrec_dirs["contig"]
+    derived = NpyBatchLoader(contig, "train", 8, meta=dataset.dataset_meta(contig), prefetch_batches=0,
+                             in_memory=False)  # memory-mapped: a hashing loader keeps its moduli
+    assert derived._hash_per_column is None  # max id + 1 per feature: every id is in range already
+    ids = np.concatenate([b.sparse_features.values().numpy() for b in derived])
+    want = np.concatenate([np.load(layout.day_file(contig, d, "sparse")) for d in (0, 1)])
+    assert np.array_equal(np.sort(ids), np.sort(want.reshape(-1)))
+    given = NpyBatchLoader(contig, "train", 8, meta=dataset.dataset_meta(contig, [HASH]), prefetch_batches=0,
+                           in_memory=False)
+    assert given._hash_per_column is not None  # sizes from the config bound nothing: hashed
+
+
 def test_every_failure_says_which_way_to_go(tmp_path, torchrec_dirs):
     empty = tmp_path / "empty"
     empty.mkdir()
