@@ -182,6 +182,16 @@ def result_notes(workdir: Path) -> dict[str, Any]:
     return notes
 
 
+def _record_exit(handle: Handle, code: int) -> None:
+    """A trial's run ended with this exit code (negative: the signal that killed it): when, the
+    code, and for a bad ending the error the runners report (the signal, the log's tail)."""
+    handle.finished_at_s = time.time()
+    handle.info["returncode"] = code
+    if code != 0:
+        tail = _log_tail(handle.workdir)
+        handle.error = _signal_error(code) + (f"; log: {tail}" if tail and code > 0 else "")
+
+
 def _signal_error(returncode: int) -> str:
     if returncode < 0:
         try:
@@ -336,11 +346,7 @@ class SubprocessRunner:
         code = proc.poll()
         if code is None:
             return TrialState.RUNNING
-        handle.finished_at_s = time.time()
-        handle.info["returncode"] = code
-        if code != 0:
-            tail = _log_tail(handle.workdir)
-            handle.error = _signal_error(code) + (f"; log: {tail}" if tail and code > 0 else "")
+        _record_exit(handle, code)
         handle.state = read_result(handle.workdir, handle.trial_id, self.serving_batch, handle.error).state
         return handle.state
 
@@ -573,14 +579,10 @@ class PoolRunner:
         return handle.state
 
     def _finished(self, handle: Handle, worker: _PoolWorker, code: int) -> None:
-        """What the subprocess runner records for a process that ended with this code."""
-        handle.finished_at_s = time.time()
-        handle.info["returncode"] = code
+        """The worker is free again; the trial is recorded as a subprocess that exited with code."""
         worker.job = None
         worker.trials += 1
-        if code != 0:
-            tail = _log_tail(handle.workdir)
-            handle.error = _signal_error(code) + (f"; log: {tail}" if tail and code > 0 else "")
+        _record_exit(handle, code)
 
     def _drop(self, worker: _PoolWorker) -> None:
         if worker in self.workers:
