@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from recsearch.placement.cli import run_reporting
 from recsearch.placement.comm import CommModel
 from recsearch.placement.cost_net import (
     ADDITIVE_MODES,
@@ -150,11 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--model", required=True, help="prefix (or .pt/.json) of a trained net")
     e.add_argument("--samples", nargs="+", required=True)
     args = parser.parse_args(argv)
-    try:
-        return _train_main(args) if args.what == "train" else _eval_main(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"recsearch place cost-net {args.what}: {err}", file=sys.stderr)
-        return 2
+    run = _train_main if args.what == "train" else _eval_main
+    return run_reporting(
+        f"recsearch place cost-net {args.what}",
+        lambda: run(args),
+        (FileNotFoundError, ValueError, RuntimeError),
+    )
 
 
 if __name__ == "__main__":

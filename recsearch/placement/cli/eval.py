@@ -15,6 +15,7 @@ from typing import Any
 from recsearch import remote
 from recsearch.benchmd import write_section
 from recsearch.cliargs import list_flag
+from recsearch.placement.cli import run_reporting
 from recsearch.placement.cost_net import CostNet, load_shipped
 from recsearch.placement.eval_markdown import render_markdown
 from recsearch.placement.evaluate import (
@@ -27,7 +28,6 @@ from recsearch.placement.evaluate import (
 from recsearch.placement.hardware import clock_of
 from recsearch.placement.measure import CLOCKS
 from recsearch.placement.tables import Task, load_tasks
-from recsearch.placement.types import PlacementError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,11 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--note", action="append", default=[], help="extra line for the notes")
     args = parser.parse_args(argv)
     argv_list = list(sys.argv[1:] if argv is None else argv)
-    try:
-        return _run(args, argv_list)
-    except (FileNotFoundError, ValueError, PlacementError) as err:
-        print(f"recsearch place eval: {err}", file=sys.stderr)
-        return 2
+    return run_reporting("recsearch place eval", lambda: _run(args, argv_list))
 
 
 def _run(args: argparse.Namespace, argv_list: list[str]) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from recsearch.placement.cli import run_reporting
 from recsearch.placement.comm import DEFAULT_COMM, CommModel, calibrate_comm
 from recsearch.placement.hardware import hardware_string
 from recsearch.placement.measure import CLOCKS, CollectConfig, collect_samples, measure_placement
@@ -19,7 +20,6 @@ from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
     OPTIMIZER_STATE,
     CostSample,
-    PlacementError,
     load_placement,
     placement_summary,
 )
@@ -78,46 +78,46 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    return run_reporting("recsearch place measure", lambda: _run(args, parser))
+
+
+def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     threads = args.threads or None
-    try:
-        if args.calibrate_comm:
-            model = calibrate_comm(iters=args.iters)
-            model.save(args.calibrate_comm)
-            print(
-                f"gloo loopback all-to-all: latency {model.latency_ms:.3f} ms, "
-                f"bandwidth {model.bytes_per_ms / 1e6:.3f} GB/s ({model.bytes_per_ms:,.0f} bytes/ms)"
-            )
-            for b, t in model.points:
-                print(f"  {b:>12,} bytes  {t:8.3f} ms  (model {model.ms(b):8.3f})")
-            print(f"wrote {args.calibrate_comm}")
-            return 0
-        if args.pool:
-            if not args.out:
-                parser.error("--pool needs --out")
-            pool = load_tables(args.pool)
-            cfg = CollectConfig(
-                batch_size=args.batch_size,
-                device=args.device,
-                optimizer=args.optimizer or DEFAULT_OPTIMIZER,
-                warmup=args.warmup,
-                iters=args.iters,
-                min_tables=args.min_tables,
-                max_tables=args.max_tables,
-                threads=threads,
-                row_cap=args.row_cap,
-                seed=args.seed,
-                clock=args.clock,
-                extra={"pool": str(args.pool)},
-            )
-            taken = collect_samples(
-                pool, args.samples, args.out, cfg, progress=not args.no_progress
-            )
-            print(f"{taken} new samples ({args.samples} wanted) in {args.out}")
-            return 0
-        return _measure_task(args, threads)
-    except (FileNotFoundError, ValueError, PlacementError) as err:
-        print(f"recsearch place measure: {err}", file=sys.stderr)
-        return 2
+    if args.calibrate_comm:
+        model = calibrate_comm(iters=args.iters)
+        model.save(args.calibrate_comm)
+        print(
+            f"gloo loopback all-to-all: latency {model.latency_ms:.3f} ms, "
+            f"bandwidth {model.bytes_per_ms / 1e6:.3f} GB/s ({model.bytes_per_ms:,.0f} bytes/ms)"
+        )
+        for b, t in model.points:
+            print(f"  {b:>12,} bytes  {t:8.3f} ms  (model {model.ms(b):8.3f})")
+        print(f"wrote {args.calibrate_comm}")
+        return 0
+    if args.pool:
+        if not args.out:
+            parser.error("--pool needs --out")
+        pool = load_tables(args.pool)
+        cfg = CollectConfig(
+            batch_size=args.batch_size,
+            device=args.device,
+            optimizer=args.optimizer or DEFAULT_OPTIMIZER,
+            warmup=args.warmup,
+            iters=args.iters,
+            min_tables=args.min_tables,
+            max_tables=args.max_tables,
+            threads=threads,
+            row_cap=args.row_cap,
+            seed=args.seed,
+            clock=args.clock,
+            extra={"pool": str(args.pool)},
+        )
+        taken = collect_samples(
+            pool, args.samples, args.out, cfg, progress=not args.no_progress
+        )
+        print(f"{taken} new samples ({args.samples} wanted) in {args.out}")
+        return 0
+    return _measure_task(args, threads)
 
 
 def _measure_task(args: argparse.Namespace, threads: int | None) -> int:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
 from recsearch.cliargs import list_flag
+from recsearch.placement.cli import EXPECTED_ERRORS, run_reporting
 from recsearch.placement.cost_net import CostNet, model_paths
 from recsearch.placement.policy import (
     LearnedPlacer,
@@ -21,7 +21,7 @@ from recsearch.placement.policy import (
     training_tasks,
 )
 from recsearch.placement.tables import load_task
-from recsearch.placement.types import PlacementError, placement_summary, save_placement
+from recsearch.placement.types import placement_summary, save_placement
 from recsearch.tables import load_tables
 
 
@@ -120,11 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="placement JSON for `recsearch train plan=...`")
     args = parser.parse_args(argv)
-    try:
-        return _train_main(args) if args.what == "train" else _place_main(args)
-    except (FileNotFoundError, ValueError, PlacementError, RuntimeError) as err:
-        print(f"recsearch place policy {args.what}: {err}", file=sys.stderr)
-        return 2
+    run = _train_main if args.what == "train" else _place_main
+    return run_reporting(
+        f"recsearch place policy {args.what}", lambda: run(args), (*EXPECTED_ERRORS, RuntimeError)
+    )
 
 
 if __name__ == "__main__":

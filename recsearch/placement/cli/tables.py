@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from recsearch.cliargs import list_flag
+from recsearch.placement.cli import run_reporting
 from recsearch.placement.tables import (
     TEST_SHAPES,
     TRAIN_SHAPES,
@@ -23,7 +24,6 @@ from recsearch.placement.tables import (
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
     OPTIMIZER_STATE,
-    PlacementError,
     format_bytes,
 )
 from recsearch.tables import read_table_file
@@ -137,11 +137,8 @@ def main(argv: list[str] | None = None) -> int:
         t.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=sorted(OPTIMIZER_STATE))
         t.add_argument("--compute-device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args(argv)
-    try:
-        return {"pool": _pool_main, "tasks": _tasks_main, "suite": _suite_main}[args.what](args)
-    except (FileNotFoundError, ValueError, PlacementError) as err:
-        print(f"recsearch place tables {args.what}: {err}", file=sys.stderr)
-        return 2
+    run = {"pool": _pool_main, "tasks": _tasks_main, "suite": _suite_main}[args.what]
+    return run_reporting(f"recsearch place tables {args.what}", lambda: run(args))
 
 
 if __name__ == "__main__":
