@@ -31,6 +31,11 @@ def tiny_search(data: Path, **settings: Any) -> dict[str, Any]:
         "objective": {"serving_batch": 64},
         "heartbeat_s": 0.2,
     }
+    return with_settings(raw, settings)
+
+
+def with_settings(raw: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """raw with each dotted key of settings set (`base.log_every_steps` -> raw["base"]["log_every_steps"])."""
     for key, value in settings.items():
         node = raw
         *parents, last = key.split(".")

@@ -11,6 +11,7 @@ import yaml
 
 from recsearch import config
 from recsearch.search import checks, loop
+from tests.search.configs import with_settings
 from recsearch.search.controllers import RandomController, load_state
 from recsearch.search.store import JournalStore
 from recsearch.types import TrialState
@@ -61,13 +62,7 @@ def search_config(data: Path, **settings) -> dict:
         "objective": {"serving_batch": 64},
         "heartbeat_s": 0.2,
     }
-    for key, value in settings.items():
-        node = raw
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return raw
+    return with_settings(raw, settings)
 
 
 def write_config(tmp_path: Path, raw: dict, name: str = "search.yaml") -> Path:
