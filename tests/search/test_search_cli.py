@@ -98,6 +98,15 @@ def _running_trial_log(out: Path, deadline_s: float) -> Path | None:
     return None
 
 
+def _children_within(pid: int, deadline_s: float) -> list[int]:
+    """The child processes of pid, polled until there is at least one or the deadline passes."""
+    while True:
+        found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+        if found or time.monotonic() >= deadline_s:
+            return [int(p) for p in found]
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_ctrl_c_cancels_the_running_trial_and_exits_130(tmp_path, learnable_data):  # noqa: F811
     """SIGINT to the search process alone (not its process group, so the trial's trainer is not
@@ -111,8 +120,8 @@ def test_ctrl_c_cancels_the_running_trial_and_exits_130(tmp_path, learnable_data
     try:
         log = _running_trial_log(out, time.monotonic() + 120)
         assert log is not None, "no trial started"
-        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                                   text=True).stdout.split()]
+        # the runner creates train.log just before it starts the trainer: wait for the child itself
+        children = _children_within(proc.pid, time.monotonic() + 60)
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
     finally:
