@@ -10,6 +10,7 @@ from pathlib import Path
 
 from recsearch.cliargs import list_flag
 from recsearch.placement.cli import run_reporting
+from recsearch.placement.families import FamilySettings, family_names, save_family
 from recsearch.placement.tables import (
     TEST_SHAPES,
     TRAIN_SHAPES,
@@ -104,6 +105,20 @@ def _suite_main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _families_main(args: argparse.Namespace) -> int:
+    known = family_names()
+    unknown = [f for f in args.families if f not in known]
+    if unknown:
+        raise ValueError(f"unknown table families {unknown}; known: {', '.join(known)}")
+    settings = FamilySettings(seed=args.seed, max_table_bytes=args.max_table_mb * 2**20)
+    for name in args.families:
+        pool, tasks = save_family(args.out_dir, name, settings, args.compute_device)
+        tables, _ = read_table_file(pool)
+        print(f"{name:16} {len(tables):4} tables ({format_bytes(sum(t.size_bytes for t in tables))}) -> {pool}; "
+              f"{len(tasks)} tasks in {tasks[0].parent if tasks else '-'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="recsearch place tables", description="Generate table pools and placement tasks."
@@ -136,8 +151,16 @@ def main(argv: list[str] | None = None) -> int:
         t.add_argument("--slack", type=float, default=1.1, help="cap = total memory x slack / D")
         t.add_argument("--optimizer", default=DEFAULT_OPTIMIZER, choices=sorted(OPTIMIZER_STATE))
         t.add_argument("--compute-device", default="cpu", choices=("cpu", "cuda"))
+    f = sub.add_parser("families", help="pools and held-out tasks of the table families (placement/families.py)")
+    f.add_argument("--out-dir", required=True, help="writes OUT/pools/<family>.json and OUT/tasks/<family>/")
+    f.add_argument("--families", **list_flag(str), default=list(family_names()),
+                   help="comma-separated (default: all): " + ", ".join(family_names()))
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--max-table-mb", type=int, default=FamilySettings.max_table_bytes // 2**20,
+                   help="cut rows so that no table's weights exceed this (CPU measurement)")
+    f.add_argument("--compute-device", default="cpu", choices=("cpu", "cuda"))
     args = parser.parse_args(argv)
-    run = {"pool": _pool_main, "tasks": _tasks_main, "suite": _suite_main}[args.what]
+    run = {"pool": _pool_main, "tasks": _tasks_main, "suite": _suite_main, "families": _families_main}[args.what]
     return run_reporting(f"recsearch place tables {args.what}", lambda: run(args))
 
 

@@ -1,0 +1,275 @@
+"""Leave-one-family-out benchmark of the learned placer (issue 14, target 1).
+
+    python tools/bench_place_families.py --work WORK [--families ...] [--samples 150] [--jobs 2]
+        [--epochs 800] [--policy-minutes 3] [--rounds 1] [--out-md docs/BENCHMARKS.md]
+
+For every table family (recsearch.placement.families): a cost net and a policy trained WITHOUT
+that family, then every baseline and the learned placer measured on the family's tasks. Stages,
+each resumable (work already in WORK is kept and skipped; a rerun continues):
+
+1. pools:    WORK/pools/<family>.json (the family's tables) and WORK/tasks/<family>/*.json
+             (three tasks per family, families.FAMILY_TASK_SHAPES).
+2. samples:  WORK/samples/<family>.jsonl: `recsearch place measure --pool` single-device samples
+             (random sets of 1..40 of the family's tables, batch 4,096, kernel thread clock).
+3. per held-out family F, in WORK/lofo/F/:
+             cost_net  trained on the other families' samples (`place cost-net train`, F's samples
+                       as --test-samples: the held-out error);
+             policy    trained on the other families' tables (`place policy train`);
+             eval.json `place eval` of F's tasks with every baseline, learned and learned_kK,
+                       measured (thread clock), with this cost net and policy.
+4. report:   per family and overall: learned_kK's measured cost / the task's cheapest baseline
+             (mean and worst), / the single best baseline method, cost-net error on F's samples
+             and on F's evaluated placements; written to WORK/report.json and, with --out-md,
+             the `place_families` section of that file.
+
+Each command runs as its own process (argument lists, no shell), --jobs at a time; the kernel
+thread clock keeps measurements of concurrent jobs apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python tools/bench_place_families.py`: make recsearch importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+from recsearch import benchmd  # noqa: E402
+from recsearch.placement.evaluate import BASELINES  # noqa: E402
+from recsearch.placement.families import FamilySettings, family_names, save_family  # noqa: E402
+from recsearch.tables import read_table_file, save_tables  # noqa: E402
+
+SECTION = "place_families"
+RECSEARCH = [sys.executable, "-m", "recsearch.cli"]
+BATCH = 4096
+
+
+@dataclass(frozen=True)
+class Settings:
+    work: Path
+    families: tuple[str, ...]
+    samples: int
+    max_tables: int
+    jobs: int
+    epochs: int
+    policy_minutes: float
+    policy_iters: int
+    rounds: int
+    samples_k: int
+    seed: int
+
+
+def _run(cmd: Sequence[str], log: Path) -> None:
+    """Run one command, its output into log; a failure raises with the log's tail."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with log.open("a") as f:
+        f.write(f"$ {shlex.join(cmd)}\n")
+        f.flush()
+        proc = subprocess.run(list(cmd), stdout=f, stderr=subprocess.STDOUT, check=False)
+    took = time.perf_counter() - t0
+    print(f"[{time.strftime('%H:%M:%S')}] {'ok ' if proc.returncode == 0 else 'FAILED'} {took:6.0f} s  {shlex.join(cmd[3:6])} ... ({log})", flush=True)
+    if proc.returncode != 0:
+        tail = log.read_text()[-2000:]
+        raise RuntimeError(f"{shlex.join(cmd)} failed ({proc.returncode}):\n{tail}")
+
+
+def stage_pools(s: Settings) -> None:
+    for name in s.families:
+        save_family(s.work, name, FamilySettings(seed=s.seed))
+
+
+def sample_file(s: Settings, name: str) -> Path:
+    return s.work / "samples" / f"{name}.jsonl"
+
+
+def _sample_cmd(s: Settings, name: str) -> list[str]:
+    return [*RECSEARCH, "place", "measure", "--pool", str(s.work / "pools" / f"{name}.json"),
+            "--samples", str(s.samples), "--out", str(sample_file(s, name)), "--device", "cpu",
+            "--batch-size", str(BATCH), "--warmup", "3", "--iters", "10", "--max-tables", str(s.max_tables),
+            "--seed", str(s.seed + 11), "--clock", "thread", "--no-progress"]
+
+
+def _held_out_chain(s: Settings, held: str) -> None:
+    """Cost net, policy and measured evaluation for one held-out family."""
+    out = s.work / "lofo" / held
+    out.mkdir(parents=True, exist_ok=True)
+    others = [f for f in s.families if f != held]
+    net = out / "cost_net"
+    if not net.with_suffix(".pt").exists():
+        _run([*RECSEARCH, "place", "cost-net", "train", "--samples", *(str(sample_file(s, f)) for f in others),
+              "--test-samples", str(sample_file(s, held)), "--out", str(net), "--epochs", str(s.epochs),
+              "--seed", str(s.seed)], out / "cost_net.log")
+    policy = out / "policy"
+    if not policy.with_suffix(".pt").exists():
+        pool = out / "train_pool.json"
+        tables = [t for f in others for t in read_table_file(s.work / "pools" / f"{f}.json")[0]]
+        save_tables(pool, tables, {"families": others, "batch_size": FamilySettings().reuse_batch_size,
+                                   "reuse_hist_kind": "lookup_share"})
+        _run([*RECSEARCH, "place", "policy", "train", "--cost-net", str(net), "--pool", str(pool),
+              "--out", str(policy), "--iters", str(s.policy_iters), "--minutes", str(s.policy_minutes),
+              "--seed", str(s.seed)], out / "policy.log")
+    result = out / "eval.json"
+    if not result.exists():
+        _run([*RECSEARCH, "place", "eval", "--tasks", str(s.work / "tasks" / held), "--device", "cpu",
+              "--clock", "thread", "--rounds", str(s.rounds), "--cost-net", str(net), "--policy", str(policy),
+              "--methods", ",".join([*BASELINES, "learned", f"learned_k{s.samples_k}"]), "--no-timing",
+              "--out", str(result)], out / "eval.log")
+
+
+def run_stages(s: Settings, stop_after: str | None = None) -> None:
+    stage_pools(s)
+    if stop_after == "pools":
+        return
+    with ThreadPoolExecutor(s.jobs) as ex:
+        list(ex.map(lambda f: _run(_sample_cmd(s, f), s.work / "samples" / f"{f}.log"), s.families))
+    if stop_after == "samples":
+        return
+    with ThreadPoolExecutor(s.jobs) as ex:
+        list(ex.map(lambda f: _held_out_chain(s, f), s.families))
+
+
+# --------------------------------------------------------------------------------------------
+# Report
+
+
+def family_summary(eval_json: dict, net_json: dict, learned: str) -> dict:
+    """One held-out family: per task learned / cheapest baseline, learned / the best baseline
+    method, the cost net's errors."""
+    rows = eval_json["rows"]
+    summary = eval_json["summary"]["measured_ms"]
+    best_method = summary["best_baseline"]
+    tasks = []
+    for row in rows:
+        res = row["results"]
+        base = {m: res[m]["measured_ms"] for m in BASELINES if "measured_ms" in res.get(m, {})}
+        cheapest = min(base, key=base.__getitem__)
+        entry = {"task": row["task"], "cheapest_baseline": cheapest, "cheapest_ms": round(base[cheapest], 3)}
+        for m in ("learned", learned):
+            if "measured_ms" in res.get(m, {}):
+                entry[f"{m}_vs_task_best"] = round(res[m]["measured_ms"] / base[cheapest], 4)
+                entry[f"{m}_vs_best_method"] = round(res[m]["measured_ms"] / base[best_method], 4)
+        tasks.append(entry)
+    tests = list(net_json.get("metrics", {}).get("test", {}).values())  # the held-out family's samples
+    test = tests[0]["errors"] if tests else {}
+    return {
+        "best_baseline_method": best_method,
+        "tasks": tasks,
+        "cost_net_heldout_samples_mre": test.get("total"),
+        "cost_net_placement_mre": eval_json.get("cost_net_placement_error", {}).get("mre"),
+        "cost_net_placement_compute_mre": eval_json.get("cost_net_placement_error", {}).get("compute_mre"),
+    }
+
+
+def report(s: Settings) -> dict:
+    learned = f"learned_k{s.samples_k}"
+    per_family = {}
+    for name in s.families:
+        out = s.work / "lofo" / name
+        if not (out / "eval.json").exists():
+            continue
+        per_family[name] = family_summary(json.loads((out / "eval.json").read_text()),
+                                          json.loads((out / "cost_net.json").read_text()), learned)
+    all_tasks = [t for f in per_family.values() for t in f["tasks"]]
+    overall = {}
+    for m in ("learned", learned):
+        vs_task = [t[f"{m}_vs_task_best"] for t in all_tasks if f"{m}_vs_task_best" in t]
+        vs_method = [t[f"{m}_vs_best_method"] for t in all_tasks if f"{m}_vs_best_method" in t]
+        if vs_task:
+            overall[m] = {"mean_vs_task_best": round(float(np.mean(vs_task)), 4),
+                          "worst_vs_task_best": round(float(np.max(vs_task)), 4),
+                          "mean_vs_best_method": round(float(np.mean(vs_method)), 4),
+                          "tasks_over_1_02": int(sum(v > 1.02 for v in vs_task)), "tasks": len(vs_task)}
+    return {"families": per_family, "overall": overall, "learned_method": learned}
+
+
+def markdown(rep: dict, s: Settings, command: str, elapsed_min: float) -> str:
+    learned = rep["learned_method"]
+    lines = [
+        "## Learned placement on table families it never saw (place_families)",
+        "",
+        f"- date: {date.today().isoformat()}; machine: {platform.processor() or platform.machine()}, "
+        "this shared 2-core CPU; kernels timed by the kernel thread's CPU time, batch 4,096",
+        f"- command: `{command}` ({elapsed_min:.0f} min of this run; stages already in the work folder were kept)",
+        f"- protocol: for each family F, a cost net trained on {s.samples} measured samples of each OTHER family "
+        f"({s.epochs} epochs) and a policy trained on the other families' tables ({s.policy_minutes:g} min of PPO), "
+        f"then every baseline, `learned` and `{learned}` measured on F's 3 tasks ({s.rounds} round(s)). "
+        "Ratios are measured cost / the cheapest baseline on that task (the per-task best) and / the "
+        "baseline method with the lowest mean ratio on that family (the single best method).",
+        "",
+        f"| held-out family | best method | {learned} / task best (mean, worst) | learned / task best (mean, worst) "
+        f"| {learned} / best method | cost-net error: F's samples | F's placements |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.1f}%"
+
+    for name, fam in rep["families"].items():
+        k = [t[f"{learned}_vs_task_best"] for t in fam["tasks"]]
+        g = [t["learned_vs_task_best"] for t in fam["tasks"]]
+        m = [t[f"{learned}_vs_best_method"] for t in fam["tasks"]]
+        lines.append(
+            f"| {name} | {fam['best_baseline_method']} | {np.mean(k):.3f}, {max(k):.3f} | {np.mean(g):.3f}, {max(g):.3f} "
+            f"| {np.mean(m):.3f} | {pct(fam['cost_net_heldout_samples_mre'])} | {pct(fam['cost_net_placement_mre'])} |"
+        )
+    lines.append("")
+    for m, o in rep["overall"].items():
+        lines.append(
+            f"- **{m}, all {o['tasks']} held-out tasks**: {o['mean_vs_task_best']:.3f} of the per-task best "
+            f"baseline on average (worst {o['worst_vs_task_best']:.3f}; {o['tasks_over_1_02']} tasks above 1.02), "
+            f"{o['mean_vs_best_method']:.3f} of each family's best baseline method. Target: <= 0.92 on average, no task above 1.02."
+        )
+    lines.append("- per task (which baseline was cheapest, ratios): `docs/results/place_families.json`.")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bench_place_families", description=__doc__.split("\n")[0])
+    p.add_argument("--work", required=True, help="work folder (resumable)")
+    p.add_argument("--families", nargs="+", default=list(family_names()), choices=list(family_names()))
+    p.add_argument("--samples", type=int, default=150, help="measured samples per family")
+    p.add_argument("--max-tables", type=int, default=40)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=800)
+    p.add_argument("--policy-minutes", type=float, default=3.0)
+    p.add_argument("--policy-iters", type=int, default=600)
+    p.add_argument("--rounds", type=int, default=1)
+    p.add_argument("--samples-k", type=int, default=16, help="K of learned_kK")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop-after", choices=("pools", "samples"), help="stop after this stage")
+    p.add_argument("--report-only", action="store_true", help="only write the report from what WORK holds")
+    p.add_argument("--out-json", default="docs/results/place_families.json")
+    p.add_argument("--out-md", help="markdown file whose place_families section to write")
+    args = p.parse_args(argv)
+    s = Settings(Path(args.work), tuple(args.families), args.samples, args.max_tables, args.jobs, args.epochs,
+                 args.policy_minutes, args.policy_iters, args.rounds, args.samples_k, args.seed)
+    t0 = time.perf_counter()
+    if not args.report_only:
+        run_stages(s, args.stop_after)
+        if args.stop_after:
+            return 0
+    rep = report(s)
+    Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out_json).write_text(json.dumps(rep, indent=1) + "\n")
+    print(json.dumps(rep["overall"], indent=1))
+    if args.out_md:
+        command = shlex.join(["python", "tools/bench_place_families.py", *(argv if argv is not None else sys.argv[1:])])
+        benchmd.write_section(args.out_md, SECTION, markdown(rep, s, command, (time.perf_counter() - t0) / 60))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
