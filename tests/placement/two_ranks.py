@@ -36,6 +36,9 @@ def gloo_group(rank: int, port: int) -> Iterator[None]:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
         yield
+        # both ranks are done before either tears the group down: a rank that exits while the
+        # other still talks to its store can abort the other at exit (seen once under heavy load)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -247,6 +247,7 @@ def _two_rank_worker(rank: int, port: int, root: str, results) -> None:
             checkpoint.load(path, sharded(torch.zeros(8, 2)), _Optim({"lr": 0.0}))
         except CheckpointError as err:
             results[f"error{rank}"] = str(err)
+        dist.barrier()  # both ranks done before either tears the group down (tests/placement/two_ranks.py)
     finally:
         dist.destroy_process_group()
 
