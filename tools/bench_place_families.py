@@ -14,7 +14,8 @@ each resumable (work already in WORK is kept and skipped; a rerun continues):
 3. per held-out family F, in WORK/lofo/F/:
              cost_net  trained on the other families' samples (`place cost-net train`, F's samples
                        as --test-samples: the held-out error);
-             policy    trained on the other families' tables (`place policy train`);
+             policy    trained on tasks drawn from the other families, each task from one family
+                       (`place policy train --pool <their pools>`);
              eval.json `place eval` of F's tasks with every baseline, learned and learned_kK,
                        measured (thread clock), with this cost net and policy.
 4. report:   per family and overall: learned_kK's measured cost / the task's cheapest baseline
@@ -49,7 +50,6 @@ import numpy as np  # noqa: E402
 from recsearch import benchmd  # noqa: E402
 from recsearch.placement.evaluate import BASELINES  # noqa: E402
 from recsearch.placement.families import FamilySettings, family_names, save_family  # noqa: E402
-from recsearch.tables import read_table_file, save_tables  # noqa: E402
 
 SECTION = "place_families"
 RECSEARCH = [sys.executable, "-m", "recsearch.cli"]
@@ -114,11 +114,8 @@ def _held_out_chain(s: Settings, held: str) -> None:
               "--seed", str(s.seed)], out / "cost_net.log")
     policy = out / "policy"
     if not policy.with_suffix(".pt").exists():
-        pool = out / "train_pool.json"
-        tables = [t for f in others for t in read_table_file(s.work / "pools" / f"{f}.json")[0]]
-        save_tables(pool, tables, {"families": others, "batch_size": FamilySettings().reuse_batch_size,
-                                   "reuse_hist_kind": "lookup_share"})
-        _run([*RECSEARCH, "place", "policy", "train", "--cost-net", str(net), "--pool", str(pool),
+        pools = [str(s.work / "pools" / f"{f}.json") for f in others]  # each training task from one family
+        _run([*RECSEARCH, "place", "policy", "train", "--cost-net", str(net), "--pool", *pools,
               "--out", str(policy), "--iters", str(s.policy_iters), "--minutes", str(s.policy_minutes),
               "--seed", str(s.seed)], out / "policy.log")
     result = out / "eval.json"

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -617,6 +617,26 @@ def training_tasks(
         t = int(rng.integers(min(max(cfg.min_tables, d), hi), hi + 1))
         task = make_task(pool, t, d, seed=cfg.seed * 100_003 + i, slack=cfg.slack, optimizer=optimizer)
         out.append((task.tables, task.topology))
+    return out
+
+
+def training_tasks_from_pools(
+    pools: Sequence[Sequence[TableSpec]], cfg: PPOConfig, optimizer: str = DEFAULT_OPTIMIZER
+) -> list[tuple[tuple[TableSpec, ...], Topology]]:
+    """cfg.num_tasks tasks shared out over several pools (each task from one pool, as a model's
+    tables come from one kind of data): pool j gets num_tasks // len(pools) tasks, the first
+    num_tasks % len(pools) pools one more, drawn as training_tasks does with its own seed. One pool
+    gives exactly training_tasks(pool, cfg)."""
+    if not pools:
+        raise ValueError("no pools to draw training tasks from")
+    if len(pools) == 1:
+        return training_tasks(pools[0], cfg, optimizer)
+    share, extra = divmod(cfg.num_tasks, len(pools))
+    out = []
+    for j, pool in enumerate(pools):
+        n = share + (1 if j < extra else 0)
+        if n:
+            out.extend(training_tasks(pool, replace(cfg, num_tasks=n, seed=cfg.seed * 7919 + j + 1), optimizer))
     return out
 
 

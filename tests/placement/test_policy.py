@@ -327,3 +327,15 @@ def test_cli_policy_train_writes_a_policy_that_places_and_names_its_cost_net(tmp
     assert cli.main(missing) == 2
     assert "recsearch place policy train:" in capsys.readouterr().err
     assert not list(tmp_path.glob("x*"))
+
+
+def test_training_tasks_from_several_pools_draw_each_task_from_one_pool():
+    train, test = load_tables(DATA / "pool_train.json"), load_tables(DATA / "pool_test.json")
+    cfg = PPOConfig(num_tasks=7, max_tables=30, devices=(2, 4))
+    tasks = pol.training_tasks_from_pools([train, test], cfg)
+    names = [{t.name for t in pool} for pool in (train, test)]
+    origin = [next(j for j, pool in enumerate(names) if {t.name for t in tables} <= pool) for tables, _ in tasks]
+    assert origin == [0, 0, 0, 0, 1, 1, 1]  # 7 shared out 4 + 3, each task's tables from one pool
+    assert pol.training_tasks_from_pools([train], cfg) == training_tasks(train, cfg)
+    with pytest.raises(ValueError, match="no pools"):
+        pol.training_tasks_from_pools([], cfg)

@@ -18,7 +18,7 @@ from recsearch.placement.policy import (
     PPOConfig,
     load_shipped,
     train_policy,
-    training_tasks,
+    training_tasks_from_pools,
 )
 from recsearch.placement.tables import load_task
 from recsearch.placement.types import placement_summary, save_placement
@@ -27,7 +27,7 @@ from recsearch.tables import load_tables
 
 def _train_main(args: argparse.Namespace) -> int:
     cost_net = CostNet.load(args.cost_net)
-    pool = load_tables(args.pool)
+    pools = [load_tables(p) for p in args.pool]
     cfg = PPOConfig(
         iters=args.iters,
         episodes=args.episodes,
@@ -41,9 +41,9 @@ def _train_main(args: argparse.Namespace) -> int:
         num_tasks=args.num_tasks,
     )
     t0 = time.perf_counter()
-    tasks = training_tasks(pool, cfg)
+    tasks = training_tasks_from_pools(pools, cfg)
     print(
-        f"{len(tasks)} training tasks from {args.pool} ({len(pool)} tables; devices "
+        f"{len(tasks)} training tasks from {', '.join(args.pool)} ({sum(map(len, pools))} tables; devices "
         f"{sorted({t.world_size for _, t in tasks})}) in {time.perf_counter() - t0:.1f} s"
     )
     placer, info = train_policy(cost_net, tasks, cfg, PolicyShape(args.hidden), log=print)
@@ -53,7 +53,7 @@ def _train_main(args: argparse.Namespace) -> int:
         ref = os.path.relpath(cn_path.resolve(), out.resolve().parent)
     except ValueError:
         ref = str(cn_path.resolve())
-    placer.info = {**info, "pool": str(args.pool)}
+    placer.info = {**info, "pool": args.pool[0] if len(args.pool) == 1 else list(args.pool)}
     pt, js = placer.save(out, ref)
     print(f"trained {info['iters_done']} PPO iterations in {info['train_seconds']} s; wrote {pt}, {js}")
     return 0
@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="what", required=True)
     t = sub.add_parser("train", help="PPO on the cost network's estimated MDP")
     t.add_argument("--cost-net", required=True, help="trained cost net prefix")
-    t.add_argument("--pool", required=True, help="table file to draw training tasks from")
+    t.add_argument("--pool", nargs="+", required=True,
+                   help="table file(s) to draw training tasks from; several: the tasks are shared out, each from one file")
     t.add_argument("--out", required=True, help="writes OUT.pt and OUT.json")
     t.add_argument("--iters", type=int, default=PPOConfig.iters)
     t.add_argument("--episodes", type=int, default=PPOConfig.episodes)
