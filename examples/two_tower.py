@@ -3,7 +3,11 @@
     recsearch train --config configs/train/quickstart.yaml \
         model=examples.two_tower:two_tower 'model_args={tower: [64, 32], split: 13}'
 
-(run from the repository root, or with this directory's parent on PYTHONPATH). The factory follows
+    torchrun --nproc_per_node 2 -m recsearch.cli train --config configs/train/quickstart.yaml \
+        model=examples.two_tower:two_tower 'model_args={tower: [64, 32], split: 13}'
+
+(run from the repository root, or with this directory's parent on PYTHONPATH; the second command
+shards its tables over 2 ranks, docs/TRAINING.md "Several ranks"). The factory follows
 recsearch.model.factory's contract: it gets the tables (one per categorical feature, on the meta
 device) and its decisions, and returns a module that holds one EmbeddingBagCollection built from
 those tables and maps a torchrec Batch to (loss, (loss, logits, labels)).

@@ -415,11 +415,14 @@ class Search:
             device_memory_fraction=self.cfg.runner.memory_share(self.cfg.topology.compute_device) or base.device_memory_fraction,
             latency_batch_sizes=(self.cfg.objective.serving_batch,) if measure_latency else (),
             # Latency with the device to itself (trials on this host share one lock file) and the
-            # reference's architecture timed in the same rounds (recsearch.train.latency).
+            # reference config's model timed in the same rounds (recsearch.train.latency): the
+            # built-in DLRM of the base arch, or a model of the user's own at the base model_args.
             device_lock=str((self.dir / DEVICE_LOCK_FILE).resolve())
             if latency_metric and self.cfg.runner.kind != "torchx" else base.device_lock,
-            latency_reference=LatencyReference(base.arch, base.embedding_precision, base.dense_precision)
-            if latency_metric else base.latency_reference,
+            latency_reference=LatencyReference(
+                arch=base.arch, embedding_precision=base.embedding_precision, dense_precision=base.dense_precision,
+                model=base.model, model_args=dict(base.model_args),
+            ) if latency_metric else base.latency_reference,
         )
 
     def _wait_one(self) -> None:

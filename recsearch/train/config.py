@@ -24,16 +24,25 @@ EVAL_SPLITS = ("val", "test")
 
 @dataclass(frozen=True)
 class LatencyReference:
-    """The model a run times beside its own for latency (recsearch.train.latency)."""
+    """The model a run times beside its own for latency (recsearch.train.latency), built as the run
+    builds its own: the built-in DLRM of `arch`, or with `model` set a model of the user's own, that
+    factory called with `model_args` over tables `arch.embedding_dim` wide (a search sets the base
+    config's model and model_args here, so a trial of a user model is timed beside that model)."""
 
     arch: ArchSpec = field(default_factory=ArchSpec)
     embedding_precision: str = "fp32"
     dense_precision: str = "fp32"
+    model: str | None = None
+    model_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        problems: list[str] = []
         for key, allowed in (("embedding_precision", EMBEDDING_PRECISIONS), ("dense_precision", DENSE_PRECISIONS)):
             if getattr(self, key) not in allowed:
-                raise ValueError(f"latency_reference.{key} must be {' or '.join(allowed)}, got {getattr(self, key)!r}")
+                problems.append(f"{key} must be {' or '.join(allowed)}, got {getattr(self, key)!r}")
+        model_problems(problems, self.model, self.model_args, self.dense_precision)
+        if problems:
+            raise SettingsError(problems)
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,9 @@ class TrainConfig:
     # on CUDA, time replays of the forward captured as a CUDA graph (how a GPU server that graphs
     # its model serves it). auto: when the capture works (else eager, and result.json says why)
     latency_cuda_graph: str | bool = "auto"  # auto | true | false
-    # also time a model of this architecture in the same rounds (the search's reference; random
-    # weights): the search compares candidates with the budget as a ratio measured alike
+    # also time a reference model in the same rounds (the search's reference: the built-in DLRM of
+    # an architecture, or a model of your own at given model_args; random weights): the search
+    # compares candidates with the budget as a ratio measured alike
     latency_reference: LatencyReference | None = None
     # a lock file shared by the trainings on one device (a search sets it): training holds it
     # shared, the latency measurement exclusive, so latency is timed with the device to itself
@@ -145,16 +155,9 @@ def settings_problems(cfg: TrainConfig) -> list[str]:
         isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in sizes
     ):
         problems.append(f"latency_batch_sizes must be a list of integers >= 1, got {sizes!r}")
-    if cfg.model is not None:
-        if not isinstance(cfg.model, str) or cfg.model.count(":") != 1 or cfg.model.startswith(":") or cfg.model.endswith(":"):
-            problems.append(f"model must be 'package.module:function' (a TorchRec model factory) or null, got {cfg.model!r}")
-        if cfg.compile_dense:
-            problems.append("compile_dense compiles the built-in DLRMs' dense parts; a model of your own (model) compiles itself")
-        if cfg.dense_precision != "fp32":
-            problems.append("dense_precision autocasts the built-in DLRMs; a model of your own (model) casts itself: "
-                            "leave dense_precision fp32")
-    elif cfg.model_args:
-        problems.append("model_args are the decisions of a model factory (model), and model is null")
+    model_problems(problems, cfg.model, cfg.model_args, cfg.dense_precision)
+    if cfg.model is not None and cfg.compile_dense:
+        problems.append("compile_dense compiles the built-in DLRMs' dense parts; a model of your own (model) compiles itself")
     splits = cfg.eval_splits
     if not isinstance(splits, (tuple, list)) or any(s not in EVAL_SPLITS for s in splits) or len(set(splits)) != len(splits):
         problems.append(f"eval_splits must be a list of distinct splits out of {list(EVAL_SPLITS)}, got {splits!r}")
@@ -185,3 +188,19 @@ def settings_problems(cfg: TrainConfig) -> list[str]:
         if not isinstance(getattr(cfg, key), bool):
             problems.append(f"{key} must be true or false, got {getattr(cfg, key)!r}")
     return problems
+
+
+def model_problems(problems: list[str], model: str | None, model_args: dict[str, Any], dense_precision: str) -> None:
+    """What is wrong with a `model` / `model_args` pair (and the dense precision it is trained or
+    timed at), each problem starting with its key, appended to `problems`."""
+    if model is None:
+        if model_args:
+            problems.append("model_args are the decisions of a model factory (model), and model is null")
+        return
+    if not isinstance(model, str) or model.count(":") != 1 or model.startswith(":") or model.endswith(":"):
+        problems.append(f"model must be 'package.module:function' (a TorchRec model factory) or null, got {model!r}")
+    if not isinstance(model_args, dict):
+        problems.append(f"model_args must be a mapping of the factory's decisions, got {model_args!r}")
+    if dense_precision != "fp32":
+        problems.append("dense_precision autocasts the built-in DLRMs; a model of your own (model) casts itself: "
+                        "leave dense_precision fp32")

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,11 +50,39 @@ from recsearch.train.dispatch import OpCounter
 from recsearch.train.engine_report import EngineReport
 from recsearch.train.optim import dense_optimizer, embedding_optimizer
 from recsearch.train.schedule import LRSchedule, apply_lr
+from recsearch.types import ArchSpec
 
 WARMUP_STEPS = 3  # eager steps before the capture (lazy initialisation, cuBLAS workspaces, ...)
 MAX_GRAPHS = 2  # distinct host-side lrs captured (tables whose kernels read the lr on the host)
 # data_on_device=auto: the split must fit in this share of the device memory left after the model
 DEVICE_DATA_SHARE = 0.5
+
+
+def fused_model(
+    arch: ArchSpec, rows: list[int], device: torch.device,
+    fused_optimizer: tuple[type[torch.optim.Optimizer], dict[str, Any]],
+    embedding_precision: str = "fp32", dense_precision: str = "fp32",
+    model: str | None = None, model_args: dict[str, Any] | None = None,
+) -> tuple[torch.nn.Module, str]:
+    """The model a run trains on one device, and its collection's attribute path: the built-in
+    DLRM of `arch` (`model` None), or a model of the user's own (the factory `model` called with
+    `model_args` over one `arch.embedding_dim`-wide table per feature). Its tables are one FBGEMM
+    collection on `device` applying `fused_optimizer` in its backward; everything else is built on
+    the CPU, from the CPU random stream the caller seeded, and moved to `device`. The trainer builds
+    its latency reference here too, so the reference is served as the run's own model is."""
+    if model is None:
+        built = build_model(
+            arch, rows, device=device, embedding_dtype=embedding_precision, dense_dtype=dense_precision,
+            compute_device_type=device.type, fused_optimizer=fused_optimizer,
+        )
+        return built, EBC_MODULE_PATH
+    # a user's model: its tables (built on meta) become one fused FBGEMM collection here
+    built, ebc_path = user_model(model, model_args or {}, rows, arch.embedding_dim, embedding_precision)
+    configs = list(built.get_submodule(ebc_path).embedding_bag_configs())
+    with torch.random.fork_rng(devices=[]):  # its throwaway init must not shift later draws
+        fused = ScaledGradFusedEBC(configs, *fused_optimizer, device=device)
+    replace_module(built, ebc_path, fused)
+    return built.to(device), ebc_path
 
 
 class SingleDeviceEngine:
@@ -69,21 +98,10 @@ class SingleDeviceEngine:
         stops = np.cumsum(self.hotness).tolist()
         self._feature_columns = list(zip([0, *stops[:-1]], stops))
         torch.manual_seed(hp.seed)  # the dense layers' initial weights (the tables': init_model_tables)
-        emb_cls, emb_kwargs = embedding_optimizer(hp.embedding_optimizer, hp.embedding_lr, device.type)
-        if cfg.model is None:
-            model = build_model(
-                cfg.arch, rows, device=device, embedding_dtype=cfg.embedding_precision,
-                dense_dtype=cfg.dense_precision, compute_device_type=device.type,
-                fused_optimizer=(emb_cls, emb_kwargs),
-            )
-            ebc_path = EBC_MODULE_PATH
-        else:  # a user's model: its tables (built on meta) become one fused FBGEMM collection here
-            model, ebc_path = user_model(cfg.model, cfg.model_args, rows, cfg.arch.embedding_dim, cfg.embedding_precision)
-            configs = list(model.get_submodule(ebc_path).embedding_bag_configs())
-            with torch.random.fork_rng(devices=[]):  # its throwaway init must not shift later draws
-                fused = ScaledGradFusedEBC(configs, emb_cls, emb_kwargs, device=device)
-            replace_module(model, ebc_path, fused)
-            model.to(device)
+        model, ebc_path = fused_model(
+            cfg.arch, rows, device, embedding_optimizer(hp.embedding_optimizer, hp.embedding_lr, device.type),
+            cfg.embedding_precision, cfg.dense_precision, cfg.model, cfg.model_args,
+        )
         tables = list(model.get_submodule(ebc_path).embedding_bag_configs())
         elsewhere = sorted({str(t.device) for t in [*model.parameters(), *model.buffers()] if t.device.type != device.type})
         if elsewhere:  # a tensor on another device would make every step copy (and wait)

@@ -31,7 +31,7 @@ from recsearch import config, logs, remote
 from recsearch.data.dataset import dataset_meta
 from recsearch.data.loader import NpyBatchLoader
 from recsearch.data.split_cache import SplitCache
-from recsearch.model.dlrm import build_model, compile_dense_parts, dense_parameter_count, table_rows
+from recsearch.model.dlrm import compile_dense_parts, dense_parameter_count, table_rows
 from recsearch.train import checkpoint
 from recsearch.train.config import TrainConfig
 from recsearch.train.dispatch import OpCounter
@@ -41,6 +41,7 @@ from recsearch.train.latency import graphed as latency_graphed
 from recsearch.train.metrics import MetricAccumulator
 from recsearch.train.optim import embedding_optimizer
 from recsearch.train.schedule import LRSchedule
+from recsearch.train.single_engine import fused_model
 from recsearch.train.result import LatencyEntry, SplitMetrics, TrainResult
 from recsearch.types import RESULT_FILE
 
@@ -208,6 +209,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
         final: dict[str, SplitMetrics] = {}
         latency: dict[str, LatencyEntry] = {}
         latency_notes: list[str] = []
+        reference_parameters: int | None = None  # the dense parameters of the latency reference timed
         if state.status != "diverged":
             for split in cfg.eval_splits:
                 with device_lock.shared():
@@ -216,8 +218,13 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
                     _write_eval(writer, split, final[split], state.step)
             if cfg.latency_batch_sizes:
                 reference = _latency_reference_model(cfg, rows, device, report.engine)
+                if reference is not None:
+                    reference_parameters = dense_parameter_count(reference)
+                elif cfg.latency_reference is not None:
+                    latency_notes.append(f"latency_reference not timed: the {report.engine} engine's forward is "
+                                         "collective (sharded tables); a reference is timed beside a single-engine run")
                 latency = measure_latency(model, cfg, loader, device, reference, device_lock, latency_notes)
-        result = _result(cfg, meta, state, final, latency, engine, world_size, device, latency_notes)
+        result = _result(cfg, meta, state, final, latency, engine, world_size, device, latency_notes, reference_parameters)
         if writer and cfg.tensorboard_hparams:
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _flat(config.to_dict(cfg)).items()
                        if v is not None and k.startswith(HPARAM_KEYS)}  # the model and its training, no paths
@@ -318,22 +325,22 @@ def measure_latency(
     return out
 
 
-def _latency_reference_model(cfg: TrainConfig, rows: list[int], device: torch.device, engine: str):  # type: ignore[no-untyped-def]
-    """The search's reference architecture built as this run serves its own model, or None: none
-    asked for, or the model is sharded over ranks (its forward is collective; there is no
-    like-for-like reference). Random weights: a forward's latency does not depend on them. The
-    same fused table optimizer as this run's: FBGEMM's forward takes another, slower path for
-    row-wise Adagrad tables than for SGD ones (measured 5-8% of a quickstart model's p50 on the
-    CPU), which a ratio between the two would count as architecture."""
+def _latency_reference_model(cfg: TrainConfig, rows: list[int], device: torch.device, engine: str) -> torch.nn.Module | None:
+    """The run's latency reference (cfg.latency_reference) built as this run builds and serves its
+    own model (recsearch.train.single_engine.fused_model: the built-in DLRM of its arch, or the
+    user's factory at its model_args), or None: none asked for, or the model is sharded over ranks
+    (its forward is collective; there is no like-for-like reference). Random weights: a forward's
+    latency does not depend on them. The same fused table optimizer as this run's: FBGEMM's forward
+    takes another, slower path for row-wise Adagrad tables than for SGD ones (measured 5-8% of a
+    quickstart model's p50 on the CPU), which a ratio between the two would count as architecture."""
     ref = cfg.latency_reference
-    if ref is None or engine != "single" or cfg.model is not None:
-        return None  # (a model of the user's own: the reference is a built-in DLRM, not like for like)
-    with torch.random.fork_rng(devices=[]):
-        return build_model(
-            ref.arch, rows, device=device, embedding_dtype=ref.embedding_precision,
-            dense_dtype=ref.dense_precision, compute_device_type=device.type,
-            fused_optimizer=embedding_optimizer(cfg.hparams.embedding_optimizer, cfg.hparams.embedding_lr, device.type),
-        )
+    if ref is None or engine != "single":
+        return None
+    optimizer = embedding_optimizer(cfg.hparams.embedding_optimizer, cfg.hparams.embedding_lr, device.type)
+    with torch.random.fork_rng(devices=[]):  # the run's own random streams go on as without it
+        model, _ = fused_model(ref.arch, rows, device, optimizer, ref.embedding_precision, ref.dense_precision,
+                               ref.model, ref.model_args)
+    return model
 
 
 # ---- pieces ------------------------------------------------------------------------------------
@@ -426,7 +433,10 @@ def _embedding_bytes(model: torch.nn.Module) -> list[int]:
     return gathered
 
 
-def _result(cfg, meta, state: RunState, final, latency, engine: TrainEngine, world_size, device, latency_notes=()) -> TrainResult:
+def _result(
+    cfg, meta, state: RunState, final, latency, engine: TrainEngine, world_size, device, latency_notes=(),
+    reference_parameters: int | None = None,
+) -> TrainResult:
     step_ms = 1000 * state.train_seconds / state.step if state.step else math.nan
     model = engine.model
     return TrainResult(
@@ -449,6 +459,8 @@ def _result(cfg, meta, state: RunState, final, latency, engine: TrainEngine, wor
             "target_spread": cfg.latency_target_spread,
             "device_to_itself": cfg.device_lock is not None and world_size == 1,
             "notes": list(latency_notes),
+            # the reference timed beside the model (its parameters outside the tables), if one was
+            "reference_dense_parameters": reference_parameters,
         },
         plan=engine.plan_summary(),
         engine=dataclasses.asdict(engine.report),
