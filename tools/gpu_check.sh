@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: makes the data, runs issue 12's trainer targets, the engines side
-# by side (same losses), the bare-TorchRec and plain-PyTorch anchors, the `gpu` tests and (step
-# `search`, not in the default STEPS) issue 13's search throughput on the GPU, and
+# by side (same losses), the bare-TorchRec and plain-PyTorch anchors, the `gpu` tests, (step
+# `search`, not in the default STEPS) issue 13's search throughput on the GPU and (step `place`,
+# not in the default STEPS) issue 14's measured placement comparison, and
 # writes the docs/BENCHMARKS.md GPU section to $OUT/BENCHMARKS_gpu.md (copy it into the docs with
 # `python tools/bench_gpu.py report --out <dir with results.jsonl> --md docs/BENCHMARKS.md`).
 #
 #   OUT=/tmp/gpu_out bash tools/gpu_check.sh            # on the GPU machine, from the repo root
+#   OUT=/tmp/gpu_out STEPS=place bash tools/gpu_check.sh  # only `recsearch place eval --device cuda`
 #
 # With ../shared/gpu copied to .gpu (see ../shared/GPU.md) it first installs that bundle (fbgemm-gpu
 # 1.6.0 + torchrec 1.6.1 for torch 2.11). Each step has its own timeout and appends to
 # $OUT/results.jsonl as it goes, so a step that fails or runs out of time loses nothing before it.
-# STEPS picks and orders the steps (default: all, the targets first).
+# STEPS picks and orders the steps (default: all but search and place, the targets first); the
+# synthetic data is made only for the steps that train on it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check_out}
@@ -37,12 +40,16 @@ step() {  # step NAME SECONDS COMMAND...: run with a timeout, append its output 
   timeout "$limit" "$@" > "$OUT/step.tmp" 2>&1
   local rc=$?
   cat "$OUT/step.tmp" >> "$OUT/steps.log"
-  grep -E "^\[bench_gpu\]|passed|failed|skipped|Error|^ *(Name|[a-z_:]+.*[0-9]+\.[0-9]+(ms|us))" "$OUT/step.tmp" | tail -30
+  grep -E "^\[bench_gpu\]|passed|failed|skipped|Error|^ *(Name|[a-z_:]+.*[0-9]+\.[0-9]+(ms|us))|^\[ *[0-9]+ s\]|best baseline|device kernels" "$OUT/step.tmp" | tail -30
   rm -f "$OUT/step.tmp"
   echo "   $name: exit $rc after $((SECONDS - started))s" | tee -a "$OUT/steps.log"
 }
 
-if [ ! -f "$DATA/meta.json" ]; then
+needs_data=
+for group in $STEPS; do
+  case $group in targets|equality|mlperf|host|profile) needs_data=1 ;; esac
+done
+if [ -n "$needs_data" ] && [ ! -f "$DATA/meta.json" ]; then
   step synth 150 "$PY" -m recsearch.cli data synth --config configs/data/synthetic_kaggle.yaml --out "$DATA" \
     --workers 16 num_days=4 rows_per_day=2000000
 fi
@@ -59,10 +66,23 @@ for group in $STEPS; do
               step search 300 "$PY" tools/bench_trial_overhead.py --device cuda --trials 9 --breakdown-runs 2 \
                 --concurrency subprocess=2 --concurrency pool=4 --workdir "$RUNS/search" \
                 --data "$RUNS/quickstart_data" --out-md "$OUT/BENCHMARKS_search.md" ;;
-    pytest)   step pytest 180 "$PY" -m pytest -q -m gpu tests/train/test_gpu.py tests/placement/test_gpu_measure.py -p no:cacheprovider
-              "$PY" tools/bench_gpu.py record --out "$OUT" --group pytest --case "pytest -q -m gpu tests/train/test_gpu.py tests/placement/test_gpu_measure.py" \
+    place)    # issue 14: every method placed and measured on the 18 H100 tasks (50-200 tables on 2-16
+              # devices), one round, batch 65536 (the H100 cost net's); target <= 300 s. Writes
+              # $OUT/place_eval_h100.json and the markdown section $OUT/BENCHMARKS_place.md
+              # (QUICK=1: one task on the CPU, tiny batch and tables, to check the step itself)
+              place_args=(--device cuda)
+              [ -n "$QUICK" ] && place_args=(--device cpu --limit 1 --batch-size 256 --warmup 0 --iters 1 --row-cap 1000 --no-timing)
+              place_start=$(date +%s)
+              echo "   place eval started $(date -u +%FT%TZ)" | tee -a "$OUT/steps.log"
+              step place 400 "$PY" -m recsearch.cli place eval --tasks recsearch/placement/data/tasks_h100 \
+                --rounds 1 "${place_args[@]}" --out "$OUT/place_eval_h100.json" --md "$OUT/BENCHMARKS_place.md" \
+                --section place_eval_h100_measured --title "Embedding-table placement on one GPU, measured (place_eval_h100_measured)"
+              echo "   place eval finished $(date -u +%FT%TZ): $(($(date +%s) - place_start)) s wall (target <= 300 s)" | tee -a "$OUT/steps.log" ;;
+    pytest)   step pytest 180 "$PY" -m pytest -q -m gpu tests/train/test_gpu.py tests/placement/test_gpu_measure.py tests/placement/test_measure_reuse.py -p no:cacheprovider
+              "$PY" tools/bench_gpu.py record --out "$OUT" --group pytest --case "pytest -q -m gpu tests/train/test_gpu.py tests/placement/test_gpu_measure.py tests/placement/test_measure_reuse.py" \
                 --summary "$(grep -E '(passed|failed|skipped|error)' "$OUT/steps.log" | tail -1)" ;;
   esac
 done
-"$PY" tools/bench_gpu.py report --out "$OUT" --md "$OUT/BENCHMARKS_gpu.md" > /dev/null 2>> "$OUT/steps.log" \
+[ -f "$OUT/results.jsonl" ] \
+  && "$PY" tools/bench_gpu.py report --out "$OUT" --md "$OUT/BENCHMARKS_gpu.md" > /dev/null 2>> "$OUT/steps.log" \
   && sed -n '1,60p' "$OUT/BENCHMARKS_gpu.md"

@@ -22,6 +22,13 @@ result. Kernels are timed with the clock the cost net's samples were (on CPU nor
 thread's CPU time, which other processes' time slices do not inflate); the load average before and
 after is recorded.
 
+Measuring fast (measure.DeviceTimer, InputCache). Within a round a device table set is timed once:
+a placement that gives a device the same tables as one measured earlier in the round reuses that
+timing (each task's `measurement` says how many kernels were timed and how many looked up). Each
+table's synthetic ids are generated once per run (in parallel threads, kept on the device) and
+reused by every method, round and task that holds the table; a device's kernel reads its tables'
+ids concatenated. Warm-up, timed iterations and medians are those of time_device_kernel.
+
 Summary: per method, the mean over tasks of cost / (cost of the best baseline *method*, the one
 with the lowest mean cost relative to the per-task best baseline) and of cost / (cheapest baseline
 on that task, a per-task oracle), so tasks of different sizes weigh the same.
@@ -44,7 +51,7 @@ import torch
 from recsearch.placement.comm import CommModel
 from recsearch.placement.cost_net import CostNet
 from recsearch.placement.hardware import hardware_string
-from recsearch.placement.measure import measure_placement, time_device_kernel
+from recsearch.placement.measure import DeviceTimer, InputCache, measure_placement
 from recsearch.placement.policy import SHIPPED, LearnedPlacer
 from recsearch.placement.registry import PLACERS, placer_for_batch
 from recsearch.placement.tables import PoolConfig, Task, generate_pool, make_task
@@ -104,10 +111,14 @@ def evaluate_tasks(
     cfg: EvalConfig = EvalConfig(),
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per task: {name, tables, devices, cap, results: {method: {...}}}."""
+    """Per task: {name, tables, devices, cap, results: {method: {...}}}, and when measured what
+    the measurement did (`measurement`: kernels timed and looked up, where the time went)."""
     out = []
     placers: dict[tuple[str, str], Placer] = {}
+    # every table's synthetic ids, generated once for the whole run (tables recur across tasks)
+    inputs = InputCache(cfg.batch_size, cfg.device, seed=cfg.seed, row_cap=cfg.row_cap)
     for n_task, task in enumerate(tasks):
+        t_task = time.perf_counter()
         topo = task.topology
         results: dict[str, dict[str, Any]] = {}
         placements: dict[str, Any] = {}
@@ -133,22 +144,50 @@ def evaluate_tasks(
                 "estimate_compute_ms": round(est.fwd_ms + est.bwd_ms, 4),
                 "ranks": list(placement.ranks),
             }
-        if cfg.measure and placements:
-            for name, cost in _measure_interleaved(task, placements, cost_net, cfg, n_task).items():
-                results[name].update(cost)
-        row = {
+        row: dict[str, Any] = {
             "task": task.name,
             "tables": len(task.tables),
             "devices": task.world_size,
             "cap_bytes": task.device_memory_bytes,
             "results": results,
         }
-        if cfg.measure and cfg.bound:
-            row["bound"] = measure_bound(task, cost_net.comm_model, cfg)
+        if cfg.measure:
+            timer = task_timer(task, cfg, inputs)
+            if placements or cfg.bound:
+                timer.prepare()  # every table's ids at once, in parallel
+            if placements:
+                measured = _measure_interleaved(task, placements, cost_net, cfg, n_task, timer)
+                for name, cost in measured.items():
+                    results[name].update(cost)
+            if cfg.bound:
+                row["bound"] = measure_bound(task, cost_net.comm_model, cfg, timer)
+            timer.close()
+            row["measurement"] = {
+                **timer.stats().to_dict(),
+                "seconds": round(time.perf_counter() - t_task, 3),
+            }
         out.append(row)
         if progress is not None:
             progress(row)
+    inputs.clear()
     return out
+
+
+def task_timer(task: Task, cfg: EvalConfig, inputs: InputCache | None = None) -> DeviceTimer:
+    """The DeviceTimer that measures a task's device table sets with cfg's settings."""
+    return DeviceTimer(
+        task.tables,
+        cfg.batch_size,
+        cfg.device,
+        task.optimizer,
+        cfg.warmup,
+        cfg.iters,
+        seed=cfg.seed,
+        row_cap=cfg.row_cap,
+        threads=cfg.threads,
+        clock=cfg.clock,
+        input_cache=inputs,
+    )
 
 
 def _measure_interleaved(
@@ -157,10 +196,12 @@ def _measure_interleaved(
     cost_net: CostNet,
     cfg: EvalConfig,
     n_task: int,
+    timer: DeviceTimer,
 ) -> dict[str, dict[str, Any]]:
     """Measure a task's distinct placements in cfg.rounds rounds, each in a fresh random order;
     per method the median over rounds of the step cost and of the slowest device's compute, the
-    per-round totals and the spread (max - min) / median."""
+    per-round totals and the spread (max - min) / median. Within a round a device table set is
+    timed once (timer): placements that give a device the same tables share its timing."""
     rng = np.random.default_rng([cfg.seed, n_task])
     distinct: dict[tuple[int, ...], Any] = {}
     for p in placements.values():
@@ -170,6 +211,7 @@ def _measure_interleaved(
     computes: dict[tuple[int, ...], list[float]] = {k: [] for k in keys}
     comm: dict[tuple[int, ...], float] = {}
     for _ in range(max(1, cfg.rounds)):
+        timer.new_round()
         for i in rng.permutation(len(keys)):
             key = keys[int(i)]
             cost = measure_placement(
@@ -182,10 +224,7 @@ def _measure_interleaved(
                 cfg.warmup,
                 cfg.iters,
                 cost_net.comm_model,
-                seed=cfg.seed,
-                row_cap=cfg.row_cap,
-                threads=cfg.threads,
-                clock=cfg.clock,
+                timer,
             )
             totals[key].append(cost.total_ms)
             computes[key].append(cost.fwd_ms + cost.bwd_ms)
@@ -204,7 +243,9 @@ def _measure_interleaved(
     return out
 
 
-def measure_bound(task: Task, comm_model: CommModel, cfg: EvalConfig) -> dict[str, Any]:
+def measure_bound(
+    task: Task, comm_model: CommModel, cfg: EvalConfig, timer: DeviceTimer | None = None
+) -> dict[str, Any]:
     """A measured lower bound on the step cost of any table-wise placement of the task.
 
     Compute. Every device runs one fused kernel over its tables. A fused kernel costs at least its
@@ -219,7 +260,9 @@ def measure_bound(task: Task, comm_model: CommModel, cfg: EvalConfig) -> dict[st
       at most the cheapest table alone, they cost at least the sum of the tables alone minus
       (tables - devices) such overheads.
     The slowest device costs at least that sum / devices. Timed here: all tables as one kernel
-    (median over cfg.rounds) and every table alone (once).
+    (median over cfg.rounds rounds) and every table alone (once), with timer (task_timer; given
+    the one that timed the task's placements, the first fused timing and the singles join its
+    last round, so a table that was a device alone there is looked up, not timed again).
     Communication: each rank receives every other rank's pooled output for its own samples, so
     the largest all-to-all moves at least local batch x total dim x (world - 1) / world values,
     whatever the placement (modeled with the same comm model as the placements).
@@ -227,16 +270,27 @@ def measure_bound(task: Task, comm_model: CommModel, cfg: EvalConfig) -> dict[st
     any placer, learned or not, has left above it."""
     tables = list(task.tables)
     world = task.world_size
-    kw = {"seed": cfg.seed, "row_cap": cfg.row_cap, "threads": cfg.threads, "clock": cfg.clock}
+    own = timer is None
+    if timer is None:
+        timer = task_timer(task, cfg)
 
-    def compute_ms(group: Sequence[Any]) -> float:
-        t = time_device_kernel(
-            group, cfg.batch_size, cfg.device, task.optimizer, cfg.warmup, cfg.iters, **kw
-        )
+    def compute_ms(group: Sequence[int]) -> float:
+        t = timer.time(group)
         return t.fwd_ms + t.bwd_ms
 
-    fused = float(np.median([compute_ms(tables) for _ in range(max(1, cfg.rounds))]))
-    alone = {t.name: compute_ms([t]) for t in tables}
+    try:
+        # in the timer's current round (the placements' last): a lone table of a placement's
+        # device is looked up, not timed again
+        alone = {t.name: compute_ms([i]) for i, t in enumerate(tables)}
+        fused_rounds = [compute_ms(range(len(tables)))]
+        for _ in range(max(1, cfg.rounds) - 1):
+            timer.new_round()
+            fused_rounds.append(compute_ms(range(len(tables))))
+        fused = float(np.median(fused_rounds))
+    finally:
+        if own:
+            timer.close()
+            timer.input_cache.clear()
     heaviest = max(alone.values())
     overhead = min(alone.values())
     summed = sum(alone.values()) - max(0, len(tables) - world) * overhead
@@ -330,6 +384,19 @@ def placement_error(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def measurement_summary(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Totals of the tasks' `measurement` entries: device kernels timed and looked up (a table
+    set timed earlier in the same round), tables whose inputs were generated, and the seconds
+    spent generating inputs, building and timing kernels, and on the tasks altogether."""
+    have = [r["measurement"] for r in rows if "measurement" in r]
+    out: dict[str, Any] = {"tasks": len(have)}
+    for k in ("kernels_timed", "kernels_looked_up", "tables_generated"):
+        out[k] = sum(int(m[k]) for m in have)
+    for k in ("inputs_s", "kernels_s", "seconds"):
+        out[k] = round(sum(float(m[k]) for m in have), 3)
+    return out
+
+
 def summarize(rows: Sequence[dict[str, Any]], methods: Sequence[str], key: str) -> dict[str, Any]:
     """Per method: mean cost (key: measured_ms or estimate_ms), mean ratio to the best baseline
     method and to the per-task best baseline, wins, infeasible count, mean planning time.
@@ -383,6 +450,7 @@ class EvalReport:
     bound: dict[str, Any] | None
     planning: dict[str, Any] | None  # planning_times(), None when not timed
     placement_error: dict[str, Any] | None  # measured only
+    measurement: dict[str, Any] | None  # measured only: measurement_summary()
     hardware: str
     load_average_before: tuple[float, float, float]
     load_average_after: tuple[float, float, float]
@@ -419,6 +487,8 @@ class EvalReport:
         }
         if self.placement_error is not None:
             out["cost_net_placement_error"] = self.placement_error
+        if self.measurement is not None:
+            out["measurement"] = self.measurement
         return out
 
 
@@ -463,6 +533,7 @@ def run_eval(
         bound=bound_summary(rows, methods) if cfg.measure else None,
         planning=planning,
         placement_error=placement_error(rows) if cfg.measure else None,
+        measurement=measurement_summary(rows) if cfg.measure else None,
         hardware=hardware,
         load_average_before=load_before,
         load_average_after=load_after,

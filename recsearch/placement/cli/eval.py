@@ -64,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
         help="skip measuring each task's lower bound (all tables fused, heaviest tables alone)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--row-cap",
+        type=int,
+        help="allocate at most this many rows per table (ids drawn within it; for quick checks)",
+    )
     parser.add_argument("--limit", type=int, default=0, help="first N tasks only (0: all)")
     parser.add_argument(
         "--no-timing",
@@ -109,6 +114,7 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
         device=args.device,
         policy=args.policy,
         planning_timing=args.timing,
+        row_cap=args.row_cap,
     )
     t0 = time.perf_counter()
 
@@ -118,7 +124,14 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
             for m, r in row["results"].items()
             if r.get("feasible")
         )
-        print(f"[{time.perf_counter() - t0:6.0f} s] {row['task']}: {shown}", flush=True)
+        m = row.get("measurement")
+        kernels = (
+            f"  ({m['kernels_timed']} kernels timed, {m['kernels_looked_up']} looked up, "
+            f"{m['seconds']:.1f} s)"
+            if m
+            else ""
+        )
+        print(f"[{time.perf_counter() - t0:6.0f} s] {row['task']}: {shown}{kernels}", flush=True)
 
     report = run_eval(tasks, args.methods, cost_net, cfg, progress)
     notes = _notes(report, cost_net, tasks, args, argv_list)
@@ -133,6 +146,13 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
         print(
             f"cost net vs measurement over {e['placements']} placements: mean relative error "
             f"{e['mre']:.1%} (slowest device's compute {e['compute_mre']:.1%})"
+        )
+    if report.measurement is not None:
+        m = report.measurement
+        print(
+            f"device kernels: {m['kernels_timed']} timed, {m['kernels_looked_up']} looked up; "
+            f"inputs of {m['tables_generated']} tables generated in {m['inputs_s']:.1f} s, "
+            f"kernels built and timed in {m['kernels_s']:.1f} s, tasks {m['seconds']:.1f} s"
         )
     as_dict = report.to_dict(args.title, notes)
     out = Path(args.out)
@@ -189,6 +209,13 @@ def _notes(
             f"measured: {comm.source}, {comm.latency_ms} ms + bytes / "
             f"{comm.bytes_per_ms:,.0f} B/ms per all-to-all",
         ]
+        if report.measurement is not None:
+            m = report.measurement
+            notes.append(
+                f"device kernels: {m['kernels_timed']} timed, {m['kernels_looked_up']} looked up "
+                "(a device given the same tables as one timed earlier in the round); each "
+                "table's ids generated once and reused by every method, round and task"
+            )
     else:
         notes = [
             f"NOT measured: estimates of the cost network trained on {meta.hardware} "

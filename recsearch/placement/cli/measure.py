@@ -13,7 +13,13 @@ import torch
 from recsearch.placement.cli import run_reporting
 from recsearch.placement.comm import DEFAULT_COMM, CommModel, calibrate_comm
 from recsearch.placement.hardware import hardware_string
-from recsearch.placement.measure import CLOCKS, CollectConfig, collect_samples, measure_placement
+from recsearch.placement.measure import (
+    CLOCKS,
+    CollectConfig,
+    collect_samples,
+    collected_indices,
+    measure_placement,
+)
 from recsearch.placement.registry import PLACERS, placer_for_batch
 from recsearch.placement.tables import load_task
 from recsearch.placement.types import (
@@ -36,6 +42,18 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--task", help="task file whose placement to measure (with --placement)")
     mode.add_argument("--calibrate-comm", metavar="OUT", help="fit the gloo comm model, write JSON")
     parser.add_argument("--samples", type=int, default=100, help="with --pool: samples to collect")
+    parser.add_argument(
+        "--minutes",
+        type=float,
+        help="--pool: start no sample after this many minutes (the one under way is finished and "
+        "written); rerun the same command to continue",
+    )
+    parser.add_argument(
+        "--reuse-inputs",
+        action="store_true",
+        help="--pool: generate each pool table's ids once and reuse them in every sample holding "
+        "it (faster; the default draws a sample's ids afresh)",
+    )
     parser.add_argument(
         "--out", help="--pool: samples JSONL (appended, resumable); --task: cost JSON"
     )
@@ -110,12 +128,26 @@ def _run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             row_cap=args.row_cap,
             seed=args.seed,
             clock=args.clock,
+            reuse_inputs=args.reuse_inputs,
             extra={"pool": str(args.pool)},
         )
-        taken = collect_samples(
-            pool, args.samples, args.out, cfg, progress=not args.no_progress
-        )
-        print(f"{taken} new samples ({args.samples} wanted) in {args.out}")
+        budget_s = None if args.minutes is None else args.minutes * 60
+        try:
+            taken = collect_samples(
+                pool, args.samples, args.out, cfg, progress=not args.no_progress, budget_s=budget_s
+            )
+        except KeyboardInterrupt:  # every sample written so far is whole: a rerun continues
+            have = sum(i < args.samples for i in collected_indices(args.out, args.seed))
+            print(
+                f"interrupted: {have} of the {args.samples} wanted in {args.out}; rerun the same "
+                "command to continue",
+                file=sys.stderr,
+            )
+            return 130
+        have = sum(i < args.samples for i in collected_indices(args.out, args.seed))
+        print(f"{taken} new samples; {have} of the {args.samples} wanted in {args.out}")
+        if have < args.samples and args.minutes is not None:
+            print(f"stopped by the {args.minutes} min budget: rerun the same command to continue")
         return 0
     return _measure_task(args, threads)
 
