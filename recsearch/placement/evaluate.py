@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from recsearch.placement.baselines import make_baseline
+from recsearch.placement.best_of import DEFAULT_RIVALS, BestOfPlacer
 from recsearch.placement.comm import CommModel
 from recsearch.placement.cost_net import CostNet
 from recsearch.placement.hardware import hardware_string
@@ -58,7 +60,10 @@ from recsearch.placement.tables import PoolConfig, Task, generate_pool, make_tas
 from recsearch.placement.types import PlacementError, Placer
 
 BASELINES = tuple(p for p in PLACERS if p != "learned")
-_LEARNED = re.compile(r"^learned(?:_k(\d+))?$")
+# learned, learned_kK (K sampled placements besides greedy); best_ in front: the placement the
+# policy's cost net rates cheapest among the learned one and best_of.DEFAULT_RIVALS' (what
+# LearnedShardingPlanner's default placer does)
+_LEARNED = re.compile(r"^(best_)?learned(?:_k(\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -87,7 +92,7 @@ def check_methods(methods: Sequence[str]) -> None:
     for m in methods:
         if not is_learned_method(m) and m not in BASELINES:
             raise ValueError(
-                f"unknown method {m!r}; known: {', '.join(BASELINES)}, learned, learned_kK"
+                f"unknown method {m!r}; known: {', '.join(BASELINES)}, learned, learned_kK, best_learned, best_learned_kK"
             )
 
 
@@ -96,10 +101,15 @@ def method_placer(name: str, optimizer: str, cfg: EvalConfig) -> Placer:
     cfg.device, loaded here so that planning times do not include reading model files."""
     m = _LEARNED.match(name)
     if m:
-        k = int(m.group(1) or 0)
-        return LearnedPlacer.load(
+        k = int(m.group(2) or 0)
+        learned = LearnedPlacer.load(
             cfg.policy or SHIPPED[cfg.device], samples=k, seed=cfg.seed, optimizer=optimizer
         )
+        if not m.group(1):
+            return learned
+        rivals = {r: make_baseline(r, optimizer) for r in DEFAULT_RIVALS}
+        return BestOfPlacer(learned, rivals, lambda _topology: learned.cost_net,
+                            primary_name=name.removeprefix("best_"), optimizer=optimizer)
     check_methods([name])
     return placer_for_batch(name, optimizer, cfg.seed, cfg.batch_size)
 
