@@ -2,7 +2,7 @@
 until it is reproducible, and beside a reference model timed in the same window.
 
 A search trains several trials at once on one machine, and a latency measured while another
-trial trains is noise that decides which candidates win. Three remedies:
+trial trains is noise that decides which candidates win. The remedies:
 
 - `DeviceLock`: trainers hold it shared while they run steps (released at every log window, after
   the host has waited for the device), a latency measurement holds it exclusive. Writer-preferring
@@ -19,10 +19,24 @@ trial trains is noise that decides which candidates win. Three remedies:
 - The reference: a trial times a model of the search's reference architecture (random weights:
   the latency of a forward does not depend on them) in the same rounds, so the search can compare
   a candidate with the budget as a ratio measured under the same conditions.
+- No model's time carries its neighbour's. On the CPU every call runs on one intra-op thread
+  (`cpu_threads`): with a team of threads each parallel region waits for all of them, and on a
+  CPU that other processes use, a worker that lost its core costs scheduler ticks (measured on 2
+  shared cores: one x.add_(1) over 200k floats 0.013 ms on one thread; on two 0.010 ms or 12 ms,
+  depending on where the worker was). Where it was depends on what ran before: the [16, 8]
+  two-tower reference (examples/two_tower.py) took 4.7 ms alone and 40 ms beside a [1024, 1024,
+  64] one, or 40 ms alone and 0.38 ms beside it, for 0.33 ms on one thread, and their ratio came
+  out anywhere from 1.7 to 45 for 15. And every block of a round starts with untimed calls
+  (`settle_ms`): after the other model a model's first calls find the caches holding that
+  model's data (the light model's first call about 2x its p50, the next three about 12, 5 and 3 %
+  over).
+  Measured so, each model's p50 beside the other is within a few percent of its p50 alone, and
+  so is the ratio (tests/train/test_latency_interference.py).
 
 Serving setup measured: `model(batch)` under torch.no_grad() in eval mode, one batch at a time,
-batch already on the device, host synchronised with the device before and after each call; on
-CUDA (`latency_cuda_graph`, default auto) the forward is captured once as a CUDA graph and each
+batch already on the device, host synchronised with the device before and after each call, on
+the CPU on one intra-op thread (as a server that runs one request per core); on CUDA
+(`latency_cuda_graph`, default auto) the forward is captured once as a CUDA graph and each
 timed call is a replay, as a GPU server that graphs its model serves it (at batch 256 an eager
 forward is mostly kernel launches); eager where capture fails (the reason is recorded) or on CPU.
 """
@@ -42,7 +56,8 @@ from pathlib import Path
 import torch
 
 SERVING_SETUP = {
-    "eager": "eager model(batch), torch.no_grad, eval mode, batch on the device, synchronised per call",
+    "eager": "eager model(batch), torch.no_grad, eval mode, batch on the device, synchronised per call, "
+             "one intra-op thread on the CPU",
     "cuda_graph": "model(batch) captured as one CUDA graph, timed replays, torch.no_grad, eval mode, "
                   "static batch on the device, synchronised per call",
 }
@@ -176,28 +191,49 @@ def measure_interleaved(
     min_rounds: int = 4,
     warmup_calls: int = 5,
     reference: str | None = None,
+    settle_ms: float = 2.0,
+    cpu_threads: int | None = 1,
 ) -> dict[str, LatencyStats]:
     """Time every callable in alternating rounds until each one's spread (and, with `reference`
     naming one of them, each one's spread of its ratio to it) is within the target, or max_seconds
-    pass; return their statistics."""
+    pass; return their statistics. Each block of calls_per_round timed calls follows untimed
+    ones (at least one, until `settle_ms` have passed); on a CPU `device` every call runs on
+    `cpu_threads` intra-op threads (torch.set_num_threads, restored after; None: the process's)."""
     names = list(calls)
     if reference is not None and reference not in calls:
         raise ValueError(f"reference {reference!r} is not one of the timed calls {names}")
-    for name in names:
-        for _ in range(warmup_calls):
-            _timed(calls[name], device)
-    collecting = gc.isenabled()
-    gc.disable()  # a collection would land on whichever call happens to trigger it (as timeit does)
+    with _intra_op_threads(device, cpu_threads):
+        for name in names:
+            for _ in range(warmup_calls):
+                _timed(calls[name], device)
+        collecting = gc.isenabled()
+        gc.disable()  # a collection would land on whichever call happens to trigger it (as timeit does)
+        try:
+            return _rounds(calls, names, device, target_spread, max_seconds, calls_per_round, max(2, min_rounds),
+                           reference, settle_ms)
+        finally:
+            if collecting:
+                gc.enable()
+
+
+@contextmanager
+def _intra_op_threads(device: torch.device, threads: int | None) -> Iterator[None]:
+    """`threads` intra-op threads while timing on the CPU (see the module docstring: a team of
+    threads makes a small model's time depend on what ran before it on a shared CPU)."""
+    if device.type != "cpu" or threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
     try:
-        return _rounds(calls, names, device, target_spread, max_seconds, calls_per_round, max(2, min_rounds), reference)
+        yield
     finally:
-        if collecting:
-            gc.enable()
+        torch.set_num_threads(before)
 
 
 def _rounds(
     calls: Mapping[str, Callable[[], object]], names: list[str], device: torch.device, target_spread: float,
-    max_seconds: float, calls_per_round: int, min_rounds: int, reference: str | None,
+    max_seconds: float, calls_per_round: int, min_rounds: int, reference: str | None, settle_ms: float,
 ) -> dict[str, LatencyStats]:
     rounds: dict[str, list[list[float]]] = {name: [] for name in names}
     others = [name for name in names if reference is not None and name != reference]
@@ -206,6 +242,7 @@ def _rounds(
     while True:
         order = names if round_index % 2 == 0 else names[::-1]
         for name in order:
+            _settle(calls[name], device, settle_ms)
             rounds[name].append([_timed(calls[name], device) for _ in range(calls_per_round)])
         round_index += 1
         if round_index < min_rounds:
@@ -227,6 +264,18 @@ def _rounds(
             vs_reference_spread=_spread(ratios) if ratios else None,
         )
     return out
+
+
+def _settle(call: Callable[[], object], device: torch.device, settle_ms: float) -> None:
+    """Untimed calls, at least one, until settle_ms have passed: after the other model a model's
+    first calls run slow (its data left the caches; measured after a heavy two-tower on the CPU:
+    the light model's first call about 2x its p50, the next three about 12, 5 and 3 % over,
+    whether or not the CPU idled 3 ms between: calls bring it back, not time), and a short call
+    needs several to be back at its own speed."""
+    started = time.perf_counter()
+    _timed(call, device)
+    while (time.perf_counter() - started) * 1000.0 < settle_ms:
+        _timed(call, device)
 
 
 def _spread(rounds: list[list[float]]) -> float:
