@@ -1,7 +1,11 @@
 """Leave-one-family-out benchmark of the learned placer (issue 14, target 1).
 
     python tools/bench_place_families.py --work WORK [--families ...] [--samples 150] [--jobs 2]
-        [--epochs 800] [--policy-minutes 3] [--rounds 1] [--out-md docs/BENCHMARKS.md]
+        [--epochs 800] [--policy-minutes 3] [--rounds 1] [--device cpu|cuda] [--out-md docs/BENCHMARKS.md]
+
+On a GPU (`--device cuda`: the shipped H100 samples' settings, tables up to 4 GiB, sampling and
+evaluation one process at a time) a 15-minute window fits part of it: `--sample-minutes 1
+--samples 100` samples each family for a minute; every stage resumes, so the next window goes on.
 
 For every table family (recsearch.placement.families): a cost net and a policy trained WITHOUT
 that family, then every baseline and the learned placer measured on the family's tasks. Stages,
@@ -51,9 +55,28 @@ from recsearch import benchmd  # noqa: E402
 from recsearch.placement.evaluate import BASELINES  # noqa: E402
 from recsearch.placement.families import FamilySettings, family_names, save_family  # noqa: E402
 
-SECTION = "place_families"
+SECTION = {"cpu": "place_families", "cuda": "place_families_gpu"}
 RECSEARCH = [sys.executable, "-m", "recsearch.cli"]
-BATCH = 4096
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """How kernels are timed on a device: the CPU's settings are the shipped CPU samples' (batch
+    4,096, kernel thread clock), the GPU's the shipped H100 samples' (batch 65,536, CUDA events,
+    5 warm-up and 20 timed iterations); a GPU keeps tables up to 4 GiB of weights."""
+
+    device: str
+    batch_size: int
+    warmup: int
+    iters: int
+    clock_args: tuple[str, ...]
+    max_table_bytes: int
+
+
+PROFILES = {
+    "cpu": DeviceProfile("cpu", 4096, 3, 10, ("--clock", "thread"), 256 * 2**20),
+    "cuda": DeviceProfile("cuda", 65536, 5, 20, (), 4 * 2**30),
+}
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,8 @@ class Settings:
     rounds: int
     samples_k: int
     seed: int
+    profile: DeviceProfile = PROFILES["cpu"]
+    sample_minutes: float = 0.0  # per family's sampling command; 0: until --samples
 
 
 def _run(cmd: Sequence[str], log: Path) -> None:
@@ -88,7 +113,8 @@ def _run(cmd: Sequence[str], log: Path) -> None:
 
 def stage_pools(s: Settings) -> None:
     for name in s.families:
-        save_family(s.work, name, FamilySettings(seed=s.seed))
+        save_family(s.work, name, FamilySettings(seed=s.seed, max_table_bytes=s.profile.max_table_bytes),
+                    compute_device=s.profile.device)
 
 
 def sample_file(s: Settings, name: str) -> Path:
@@ -97,13 +123,14 @@ def sample_file(s: Settings, name: str) -> Path:
 
 def _sample_cmd(s: Settings, name: str) -> list[str]:
     return [*RECSEARCH, "place", "measure", "--pool", str(s.work / "pools" / f"{name}.json"),
-            "--samples", str(s.samples), "--out", str(sample_file(s, name)), "--device", "cpu",
-            "--batch-size", str(BATCH), "--warmup", "3", "--iters", "10", "--max-tables", str(s.max_tables),
-            "--seed", str(s.seed + 11), "--clock", "thread", "--no-progress"]
+            "--samples", str(s.samples), "--out", str(sample_file(s, name)), "--device", s.profile.device,
+            "--batch-size", str(s.profile.batch_size), "--warmup", str(s.profile.warmup), "--iters",
+            str(s.profile.iters), "--max-tables", str(s.max_tables), "--seed", str(s.seed + 11),
+            *s.profile.clock_args, "--no-progress", *(["--minutes", str(s.sample_minutes)] if s.sample_minutes else [])]
 
 
-def _held_out_chain(s: Settings, held: str) -> None:
-    """Cost net, policy and measured evaluation for one held-out family."""
+def _train_without(s: Settings, held: str) -> None:
+    """The cost net and the policy trained without one family."""
     out = s.work / "lofo" / held
     out.mkdir(parents=True, exist_ok=True)
     others = [f for f in s.families if f != held]
@@ -118,10 +145,17 @@ def _held_out_chain(s: Settings, held: str) -> None:
         _run([*RECSEARCH, "place", "policy", "train", "--cost-net", str(net), "--pool", *pools,
               "--out", str(policy), "--iters", str(s.policy_iters), "--minutes", str(s.policy_minutes),
               "--seed", str(s.seed)], out / "policy.log")
+
+
+def _eval_held_out(s: Settings, held: str) -> None:
+    """The held-out family's tasks measured with every method, its cost net and policy."""
+    out = s.work / "lofo" / held
+    net, policy = out / "cost_net", out / "policy"
     result = out / "eval.json"
     if not result.exists():
-        _run([*RECSEARCH, "place", "eval", "--tasks", str(s.work / "tasks" / held), "--device", "cpu",
-              "--clock", "thread", "--rounds", str(s.rounds), "--cost-net", str(net), "--policy", str(policy),
+        _run([*RECSEARCH, "place", "eval", "--tasks", str(s.work / "tasks" / held), "--device", s.profile.device,
+              *s.profile.clock_args, "--warmup", str(s.profile.warmup), "--iters", str(s.profile.iters),
+              "--rounds", str(s.rounds), "--cost-net", str(net), "--policy", str(policy),
               "--methods", ",".join([*BASELINES, "learned", f"learned_k{s.samples_k}", f"best_learned_k{s.samples_k}"]), "--no-timing",
               "--out", str(result)], out / "eval.log")
 
@@ -135,19 +169,23 @@ def run_stages(s: Settings, stop_after: str | None = None, held_out: Sequence[st
         if missing:
             raise SystemExit(f"--held-out needs the samples of every family; missing: {', '.join(missing)}")
     else:
-        with ThreadPoolExecutor(s.jobs) as ex:
+        with ThreadPoolExecutor(s.jobs if s.profile.device == "cpu" else 1) as ex:
             list(ex.map(lambda f: _run(_sample_cmd(s, f), s.work / "samples" / f"{f}.log"), s.families))
     if stop_after == "samples":
         return
+    chosen = list(held_out or s.families)
     with ThreadPoolExecutor(s.jobs) as ex:
-        list(ex.map(lambda f: _held_out_chain(s, f), held_out or s.families))
+        list(ex.map(lambda f: _train_without(s, f), chosen))
+    # one GPU is timed by one process at a time; the CPU's thread clock keeps concurrent jobs apart
+    with ThreadPoolExecutor(s.jobs if s.profile.device == "cpu" else 1) as ex:
+        list(ex.map(lambda f: _eval_held_out(s, f), chosen))
 
 
 # --------------------------------------------------------------------------------------------
 # Report
 
 
-def family_summary(eval_json: dict, net_json: dict, learned: str) -> dict:
+def family_summary(eval_json: dict, net_json: dict, learned: str, policy_json: dict | None = None) -> dict:
     """One held-out family: per task learned / cheapest baseline, learned / the best baseline
     method, the cost net's errors."""
     rows = eval_json["rows"]
@@ -169,6 +207,10 @@ def family_summary(eval_json: dict, net_json: dict, learned: str) -> dict:
     return {
         "best_baseline_method": best_method,
         "tasks": tasks,
+        "cost_net_epochs": net_json.get("metrics", {}).get("epochs"),
+        "cost_net_train_samples": net_json.get("metrics", {}).get("samples"),
+        "policy_iters": (policy_json or {}).get("iters_done"),
+        "policy_seconds": (policy_json or {}).get("train_seconds"),
         "cost_net_heldout_samples_mre": test.get("total"),
         "cost_net_placement_mre": eval_json.get("cost_net_placement_error", {}).get("mre"),
         "cost_net_placement_compute_mre": eval_json.get("cost_net_placement_error", {}).get("compute_mre"),
@@ -183,7 +225,8 @@ def report(s: Settings) -> dict:
         if not (out / "eval.json").exists():
             continue
         per_family[name] = family_summary(json.loads((out / "eval.json").read_text()),
-                                          json.loads((out / "cost_net.json").read_text()), learned)
+                                          json.loads((out / "cost_net.json").read_text()), learned,
+                                          json.loads((out / "policy.json").read_text()))
     all_tasks = [t for f in per_family.values() for t in f["tasks"]]
     overall = {}
     for m in ("learned", learned, f"best_{learned}"):
@@ -197,17 +240,26 @@ def report(s: Settings) -> dict:
     return {"families": per_family, "overall": overall, "learned_method": learned}
 
 
+def _values(rep: dict, key: str) -> str:
+    """The distinct values of a per-family key, e.g. '2000' or '800 / 2000'."""
+    got = sorted({f[key] for f in rep["families"].values() if f.get(key) is not None})
+    return " / ".join(str(v) for v in got) or "n/a"
+
+
 def markdown(rep: dict, s: Settings, command: str, elapsed_min: float) -> str:
     learned = rep["learned_method"]
     lines = [
-        "## Learned placement on table families it never saw (place_families)",
+        f"## Learned placement on table families it never saw ({SECTION[s.profile.device]})",
         "",
         f"- date: {date.today().isoformat()}; machine: {platform.processor() or platform.machine()}, "
-        "this shared 2-core CPU; kernels timed by the kernel thread's CPU time, batch 4,096",
+        + ("this shared 2-core CPU; kernels timed by the kernel thread's CPU time, batch 4,096"
+           if s.profile.device == "cpu" else f"CUDA events, batch {s.profile.batch_size:,}"),
         f"- command: `{command}` ({elapsed_min:.0f} min of this run; stages already in the work folder were kept)",
         f"- protocol: for each family F, a cost net trained on {s.samples} measured samples of each OTHER family "
-        f"({s.epochs} epochs) and a policy trained on the other families' tables ({s.policy_minutes:g} min of PPO), "
-        f"then every baseline, `learned` and `{learned}` measured on F's 3 tasks ({s.rounds} round(s)). "
+        f"({_values(rep, 'cost_net_epochs')} epochs) and a policy trained on tasks each drawn from one of the other "
+        f"families ({_values(rep, 'policy_iters')} PPO iterations, at most {s.policy_minutes:g} min), then every "
+        f"baseline, `learned`, `{learned}` and `best_{learned}` (the planner's default: the cheapest of the learned "
+        f"and the baselines' placements under the cost net) measured on F's 3 tasks ({s.rounds} round(s)). "
         "Ratios are measured cost / the cheapest baseline on that task (the per-task best) and / the "
         "baseline method with the lowest mean ratio on that family (the single best method).",
         "",
@@ -254,6 +306,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--samples-k", type=int, default=16, help="K of learned_kK")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=tuple(PROFILES), help="where kernels are timed")
+    p.add_argument("--sample-minutes", type=float, default=0.0,
+                   help="stop each family's sampling after this long (a rerun continues); 0: --samples each")
     p.add_argument("--held-out", nargs="+", default=[], choices=list(family_names()),
                    help="only the cost net / policy / eval chains of these held-out families, on the samples already "
                         "there (no sampling stage; default: every family, after sampling)")
@@ -263,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-md", help="markdown file whose place_families section to write")
     args = p.parse_args(argv)
     s = Settings(Path(args.work), tuple(args.families), args.samples, args.max_tables, args.jobs, args.epochs,
-                 args.policy_minutes, args.policy_iters, args.rounds, args.samples_k, args.seed)
+                 args.policy_minutes, args.policy_iters, args.rounds, args.samples_k, args.seed,
+                 PROFILES[args.device], args.sample_minutes)
     t0 = time.perf_counter()
     if not args.report_only:
         run_stages(s, args.stop_after, args.held_out)
@@ -275,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(rep["overall"], indent=1))
     if args.out_md:
         command = shlex.join(["python", "tools/bench_place_families.py", *(argv if argv is not None else sys.argv[1:])])
-        benchmd.write_section(args.out_md, SECTION, markdown(rep, s, command, (time.perf_counter() - t0) / 60))
+        benchmd.write_section(Path(args.out_md), SECTION[s.profile.device], markdown(rep, s, command, (time.perf_counter() - t0) / 60))
     return 0
 
 
