@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: makes the data, runs issue 12's trainer targets, the engines side
 # by side (same losses), the bare-TorchRec and plain-PyTorch anchors, the `gpu` tests, (step
-# `search`, not in the default STEPS) issue 13's search throughput on the GPU and (step `place`,
-# not in the default STEPS) issue 14's measured placement comparison, and
+# `search`, not in the default STEPS) issue 13's search throughput on the GPU, (step `place`,
+# not in the default STEPS) issue 14's measured placement comparison, (step `families`, not in the
+# default STEPS) issue 14's leave-one-family-out generalization, and
 # writes the docs/BENCHMARKS.md GPU section to $OUT/BENCHMARKS_gpu.md (copy it into the docs with
 # `python tools/bench_gpu.py report --out <dir with results.jsonl> --md docs/BENCHMARKS.md`).
 #
@@ -40,7 +41,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a timeout, append its output 
   timeout "$limit" "$@" > "$OUT/step.tmp" 2>&1
   local rc=$?
   cat "$OUT/step.tmp" >> "$OUT/steps.log"
-  grep -E "^\[bench_gpu\]|passed|failed|skipped|Error|^ *(Name|[a-z_:]+.*[0-9]+\.[0-9]+(ms|us))|^\[ *[0-9]+ s\]|best baseline|device kernels" "$OUT/step.tmp" | tail -30
+  grep -E "^\[bench_gpu\]|passed|failed|skipped|Error|^ *(Name|[a-z_:]+.*[0-9]+\.[0-9]+(ms|us))|^\[ *[0-9]+ s\]|best baseline|device kernels|^\[[0-9][0-9]:[0-9][0-9]:[0-9][0-9]\] |_vs_task_best" "$OUT/step.tmp" | tail -30
   rm -f "$OUT/step.tmp"
   echo "   $name: exit $rc after $((SECONDS - started))s" | tee -a "$OUT/steps.log"
 }
@@ -78,6 +79,18 @@ for group in $STEPS; do
                 --rounds 1 "${place_args[@]}" --out "$OUT/place_eval_h100.json" --md "$OUT/BENCHMARKS_place.md" \
                 --section place_eval_h100_measured --title "Embedding-table placement on one GPU, measured (place_eval_h100_measured)"
               echo "   place eval finished $(date -u +%FT%TZ): $(($(date +%s) - place_start)) s wall (target <= 300 s)" | tee -a "$OUT/steps.log" ;;
+    families) # issue 14 target 1 on the GPU: leave-one-family-out (7 table families; per held-out family a
+              # cost net and policy trained on the others' GPU samples, then its 3 tasks measured). Sized
+              # for one window: 60 samples per family, at most 0.6 min each; nets and policies on 8 CPU
+              # jobs. Resumable: $RUNS/families is kept while the machine stays warm, and its small
+              # files come back in $OUT/families_work.tar.gz to carry into the next window.
+              fam_args=(--device cuda --samples 60 --sample-minutes 0.6 --jobs 8 --epochs 2000 --policy-minutes 1.5)
+              [ -n "$QUICK" ] && fam_args=(--device cpu --families avazu criteo_terabyte --samples 4 --max-tables 4 \
+                --epochs 30 --policy-minutes 0.1 --policy-iters 2 --samples-k 2 --jobs 1)
+              [ -f "$OUT/families_work.tar.gz" ] && tar -xzf "$OUT/families_work.tar.gz" -C "$RUNS"
+              step families 540 "$PY" tools/bench_place_families.py --work "$RUNS/families" "${fam_args[@]}" \
+                --out-json "$OUT/place_families_gpu.json" --out-md "$OUT/BENCHMARKS_families.md"
+              [ -d "$RUNS/families" ] && tar -czf "$OUT/families_work.tar.gz" -C "$RUNS" --exclude='*.log' families ;;
     pytest)   step pytest 180 "$PY" -m pytest -q -m gpu tests/train/test_gpu.py tests/placement/test_gpu_measure.py tests/placement/test_measure_reuse.py -p no:cacheprovider
               "$PY" tools/bench_gpu.py record --out "$OUT" --group pytest --case "pytest -q -m gpu tests/train/test_gpu.py tests/placement/test_gpu_measure.py tests/placement/test_measure_reuse.py" \
                 --summary "$(grep -E '(passed|failed|skipped|error)' "$OUT/steps.log" | tail -1)" ;;
