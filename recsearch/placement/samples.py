@@ -1,10 +1,12 @@
 """Cost-sample files: JSON lines, one `types.CostSample` per line, appended as they are measured
 (`recsearch place measure --pool`) and read by the cost network. An interrupted writer leaves at
-most one torn last line: readers skip it, writers cut it before appending.
+most one torn last line: readers skip it, writers cut it before appending. Finished files may be
+shipped gzipped (`<name>.jsonl.gz`); readers take either.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 from pathlib import Path
@@ -19,11 +21,13 @@ def read_samples(path: Path | str) -> list[CostSample]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every complete JSON line of a file (none if it does not exist); stops at a torn line."""
+    """Every complete JSON line of a file (none if it does not exist); stops at a torn line. A
+    `.gz` file (a shipped, finished sample file) is read through gzip."""
     if not path.exists():
         return []
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
     out = []
-    for line in path.read_text().splitlines():
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:

@@ -106,3 +106,18 @@ def test_report_ratios_are_against_the_cheapest_baseline_of_each_task_and_the_be
     assert b["learned_k16_vs_best_method"] == 0.84 and b["learned_vs_task_best"] == 1.25
     assert got["cost_net_heldout_samples_mre"] == 0.2 and got["cost_net_placement_mre"] == 0.12
     assert json.loads(json.dumps(got)) == got
+
+
+def test_the_shipped_family_samples_read_back_gzipped():
+    """recsearch/placement/data/families_cpu: the leave-one-family-out bench's measured samples,
+    150 per family, gzipped; the sample reader takes .gz files as they are."""
+    from pathlib import Path
+
+    from recsearch.placement.samples import read_samples
+
+    root = Path(__file__).parents[2] / "recsearch" / "placement" / "data" / "families_cpu"
+    for name in family_names():
+        samples = read_samples(root / f"{name}.jsonl.gz")
+        assert len(samples) == 150
+        assert all(t.name.startswith(name + "_") for s in samples for t in s.tables)
+        assert all(s.batch_size == 4096 and s.cost.fwd_ms > 0 and s.cost.bwd_ms > 0 for s in samples)
