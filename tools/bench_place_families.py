@@ -246,7 +246,7 @@ def _values(rep: dict, key: str) -> str:
     return " / ".join(str(v) for v in got) or "n/a"
 
 
-def markdown(rep: dict, s: Settings, command: str, elapsed_min: float) -> str:
+def markdown(rep: dict, s: Settings, command: str, elapsed_min: float, notes: Sequence[str] = ()) -> str:
     learned = rep["learned_method"]
     lines = [
         f"## Learned placement on table families it never saw ({SECTION[s.profile.device]})",
@@ -290,6 +290,7 @@ def markdown(rep: dict, s: Settings, command: str, elapsed_min: float) -> str:
             f"{o['mean_vs_best_method']:.3f} of each family's best baseline method. Target: <= 0.92 on average, no task above 1.02."
         )
     lines.append("- per task (which baseline was cheapest, ratios): `docs/results/place_families.json`.")
+    lines.extend(f"- {note}" for note in notes)
     return "\n".join(lines) + "\n"
 
 
@@ -316,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--report-only", action="store_true", help="only write the report from what WORK holds")
     p.add_argument("--out-json", default="docs/results/place_families.json")
     p.add_argument("--out-md", help="markdown file whose place_families section to write")
+    p.add_argument("--note", action="append", default=[], help="a line for the section's notes (repeatable)")
     args = p.parse_args(argv)
     s = Settings(Path(args.work), tuple(args.families), args.samples, args.max_tables, args.jobs, args.epochs,
                  args.policy_minutes, args.policy_iters, args.rounds, args.samples_k, args.seed,
@@ -331,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(rep["overall"], indent=1))
     if args.out_md:
         command = shlex.join(["python", "tools/bench_place_families.py", *(argv if argv is not None else sys.argv[1:])])
-        benchmd.write_section(Path(args.out_md), SECTION[s.profile.device], markdown(rep, s, command, (time.perf_counter() - t0) / 60))
+        benchmd.write_section(Path(args.out_md), SECTION[s.profile.device], markdown(rep, s, command, (time.perf_counter() - t0) / 60, args.note))
     return 0
 
 
