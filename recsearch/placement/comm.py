@@ -80,6 +80,21 @@ def comm_costs(
     return out
 
 
+def comm_ms_of_dims(dim_sums: np.ndarray, model: CommModel, batch_size: int, world: int) -> np.ndarray:
+    """Per rank (last axis of dim_sums, each rank's sum of table dims): forward + backward
+    all-to-all time, the rule of comm_costs (types.alltoall_bytes: a rank sends its pooled
+    embeddings for the other ranks' samples and receives the others' for its own), vectorized
+    over leading axes for placers that try many placements at once."""
+    if world == 1:
+        return np.zeros_like(dim_sums, dtype=np.float64)
+    local = batch_size / world
+    total = dim_sums.sum(-1, keepdims=True)
+    send = (world - 1) * local * dim_sums * 4
+    recv = local * (total - dim_sums) * 4
+    nbytes = np.maximum(send, recv)
+    return 2 * np.where(nbytes > 0, model.latency_ms + nbytes / model.bytes_per_ms, 0.0)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -55,6 +55,7 @@ from recsearch.placement.cost_net import CostNet
 from recsearch.placement.hardware import hardware_string
 from recsearch.placement.measure import DeviceTimer, InputCache, measure_placement
 from recsearch.placement.policy import SHIPPED, LearnedPlacer
+from recsearch.placement.refine import RefinedPlacer
 from recsearch.placement.registry import PLACERS, placer_for_batch
 from recsearch.placement.tables import PoolConfig, Task, generate_pool, make_task
 from recsearch.placement.types import PlacementError, Placer
@@ -62,8 +63,9 @@ from recsearch.placement.types import PlacementError, Placer
 BASELINES = tuple(p for p in PLACERS if p != "learned")
 # learned, learned_kK (K sampled placements besides greedy); best_ in front: the placement the
 # policy's cost net rates cheapest among the learned one and best_of.DEFAULT_RIVALS' (what
-# LearnedShardingPlanner's default placer does)
-_LEARNED = re.compile(r"^(best_)?learned(?:_k(\d+))?$")
+# LearnedShardingPlanner's default placer does); refined_ in front of either: then moved table by
+# table while the cost net says it gets cheaper (refine.py)
+_LEARNED = re.compile(r"^(refined_)?(best_)?learned(?:_k(\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def check_methods(methods: Sequence[str]) -> None:
     for m in methods:
         if not is_learned_method(m) and m not in BASELINES:
             raise ValueError(
-                f"unknown method {m!r}; known: {', '.join(BASELINES)}, learned, learned_kK, best_learned, best_learned_kK"
+                f"unknown method {m!r}; known: {', '.join(BASELINES)}, learned, learned_kK, best_learned, best_learned_kK, refined_ before either"
             )
 
 
@@ -101,15 +103,18 @@ def method_placer(name: str, optimizer: str, cfg: EvalConfig) -> Placer:
     cfg.device, loaded here so that planning times do not include reading model files."""
     m = _LEARNED.match(name)
     if m:
-        k = int(m.group(2) or 0)
+        k = int(m.group(3) or 0)
         learned = LearnedPlacer.load(
             cfg.policy or SHIPPED[cfg.device], samples=k, seed=cfg.seed, optimizer=optimizer
         )
-        if not m.group(1):
-            return learned
-        rivals = {r: make_baseline(r, optimizer) for r in DEFAULT_RIVALS}
-        return BestOfPlacer(learned, rivals, lambda _topology: learned.cost_net,
-                            primary_name=name.removeprefix("best_"), optimizer=optimizer)
+        placer: Placer = learned
+        if m.group(2):
+            rivals = {r: make_baseline(r, optimizer) for r in DEFAULT_RIVALS}
+            placer = BestOfPlacer(learned, rivals, lambda _topology: learned.cost_net,
+                                  primary_name=name.split("best_")[-1], optimizer=optimizer)
+        if m.group(1):
+            placer = RefinedPlacer(placer, learned.cost_net, optimizer)
+        return placer
     check_methods([name])
     return placer_for_batch(name, optimizer, cfg.seed, cfg.batch_size)
 

@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recsearch.placement.comm import comm_ms_of_dims
 from recsearch.placement.cost_net import (
     CostNet,
     HeadEvaluator,
@@ -252,18 +253,9 @@ def _prepare(
 
 
 def _comm_ms(dim_sums: np.ndarray, cost_net: CostNet, batch_size: int, world: int) -> np.ndarray:
-    """Per rank (last axis): forward + backward all-to-all time from its dims (the rule of
-    measure.comm_costs, vectorized over leading axes)."""
-    if world == 1:
-        return np.zeros_like(dim_sums)
-    model = cost_net.comm_model
-    local = batch_size / world
-    total = dim_sums.sum(-1, keepdims=True)
-    send = (world - 1) * local * dim_sums * 4
-    recv = local * (total - dim_sums) * 4
-    nbytes = np.maximum(send, recv)
-    ms = np.where(nbytes > 0, model.latency_ms + nbytes / model.bytes_per_ms, 0.0)
-    return 2 * ms
+    """Per rank (last axis): forward + backward all-to-all time from its dims (comm.comm_ms_of_dims
+    with the cost net's comm model)."""
+    return comm_ms_of_dims(dim_sums, cost_net.comm_model, batch_size, world)
 
 
 def _feasible_mask(free: np.ndarray, mem_t: int, rest_desc: np.ndarray) -> np.ndarray:

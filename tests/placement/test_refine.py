@@ -1,0 +1,72 @@
+"""refine.py: single-table moves off the bottleneck devices under the cost net."""
+
+from pathlib import Path
+
+import pytest
+
+from recsearch.placement.baselines import make_baseline
+from recsearch.placement.cost_net import load_shipped
+from recsearch.placement.evaluate import EvalConfig, check_methods, method_placer
+from recsearch.placement.refine import RefinedPlacer, refine
+from recsearch.placement.tables import load_tasks
+from recsearch.placement.types import Placement, table_memory_bytes
+
+DATA = Path(__file__).parents[2] / "recsearch" / "placement" / "data"
+
+
+@pytest.fixture(scope="module")
+def net():
+    return load_shipped("cpu")
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return load_tasks(DATA / "tasks_test")[:6]
+
+
+def test_refine_lowers_the_estimate_keeps_the_caps_and_stops_at_a_local_optimum(net, tasks):
+    improved = 0
+    for task in tasks:
+        start = make_baseline("round_robin").place(task.tables, task.topology)
+        before = net.predict(task.tables, start, task.topology).total_ms
+        out, report = refine(task.tables, task.topology, start, net, task.optimizer)
+        out.validate(task.tables, task.topology, task.optimizer)  # every device within its cap
+        after = net.predict(task.tables, out, task.topology).total_ms
+        assert report.start_ms == pytest.approx(before, rel=1e-6)
+        assert report.end_ms <= report.start_ms and after <= before * (1 + 1e-9)
+        assert report.stopped == "converged" and (report.moves > 0) == (out.ranks != start.ranks)
+        improved += after < 0.97 * before
+        again, second = refine(task.tables, task.topology, out, net, task.optimizer)
+        assert second.moves == 0 and again.ranks == out.ranks  # nothing left to move
+    assert improved >= 4  # round robin ignores cost: refining it pays on most tasks
+
+
+def test_refine_never_moves_a_table_onto_a_full_device(net, tasks):
+    """A cap with no room beside what each device holds: no move fits, nothing changes."""
+    from recsearch.placement.types import CappedTopology
+
+    task = tasks[0]
+    start = make_baseline("round_robin").place(task.tables, task.topology)
+    used = [0] * task.world_size
+    for t, r in zip(task.tables, start.ranks):
+        used[r] += table_memory_bytes(t, task.optimizer)
+    full = CappedTopology.of(used)
+    out, report = refine(task.tables, full, start, net, task.optimizer)
+    assert report.moves == 0 and out.ranks == start.ranks
+
+
+def test_refined_placer_and_eval_method(net, tasks):
+    task = tasks[1]
+    placer = RefinedPlacer(make_baseline("dim_greedy"), net, task.optimizer)
+    out = placer.place(task.tables, task.topology)
+    assert isinstance(out, Placement) and placer.last_report is not None
+    assert placer.last_report.end_ms == pytest.approx(net.predict(task.tables, out, task.topology).total_ms, rel=0.05)
+    check_methods(["refined_learned", "refined_best_learned_k4"])
+    with pytest.raises(ValueError, match="unknown method 'refined_dim_greedy'"):
+        check_methods(["refined_dim_greedy"])
+    method = method_placer("refined_best_learned_k4", task.optimizer, EvalConfig())
+    assert isinstance(method, RefinedPlacer)
+    best = method_placer("best_learned_k4", task.optimizer, EvalConfig())
+    a = net.predict(task.tables, method.place(task.tables, task.topology), task.topology).total_ms
+    b = net.predict(task.tables, best.place(task.tables, task.topology), task.topology).total_ms
+    assert a <= b * (1 + 1e-9)  # refining starts from best-of's placement and only goes down
