@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.multiprocessing as mp
+from tests.spawn import spawn_ranks
 
 NUM_SPARSE = 26  # Criteo's categorical features: cat_0 .. cat_25
 
@@ -23,7 +23,7 @@ def free_port() -> int:
 
 def run_two_ranks(worker: Callable[..., None], out: Path, *args: Any) -> list[dict[str, Any]]:
     """Spawn worker(rank, port, *args, str(out)) on ranks 0 and 1; what gather_to_file wrote."""
-    mp.spawn(worker, args=(free_port(), *args, str(out)), nprocs=2, join=True)
+    spawn_ranks(worker, (free_port(), *args, str(out)))
     with open(out) as f:
         return json.load(f)
 

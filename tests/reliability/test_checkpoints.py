@@ -13,6 +13,7 @@ from torch import nn
 
 from recsearch.train import checkpoint
 from recsearch.train.checkpoint import CheckpointError
+from tests.spawn import spawn_ranks
 
 
 class _Optim:
@@ -256,7 +257,7 @@ def _two_rank_worker(rank: int, port: int, root: str, results) -> None:
 @pytest.mark.multiproc
 def test_two_ranks_manifest_covers_every_ranks_shards(tmp_path):
     results = mp.Manager().dict()
-    mp.spawn(_two_rank_worker, args=(_free_port(), str(tmp_path), results), nprocs=2, join=True)
+    spawn_ranks(_two_rank_worker, (_free_port(), str(tmp_path), results))
     path = tmp_path / "checkpoints" / "step_00000005"
     files = _manifest(path)["files"]
     assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "loop_state.json"} <= set(files)

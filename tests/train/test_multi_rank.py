@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from recsearch import config
 from recsearch.train import checkpoint, trainer
 from tests.train.test_trainer import BATCH, TRAIN_ROWS, _write_config
+from tests.spawn import spawn_ranks
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
 
@@ -62,7 +62,7 @@ def _rank_main(rank: int, cfg_path: str, store_path: str, overrides: list[str]) 
 
 def _run_two_ranks(cfg: Path, *overrides: str) -> dict:
     store = cfg.parent / f"store_{len(list(cfg.parent.glob('store_*')))}"
-    mp.spawn(_rank_main, args=(str(cfg), str(store), list(overrides)), nprocs=2, join=True)
+    spawn_ranks(_rank_main, (str(cfg), str(store), list(overrides)))
     return _result(cfg)
 
 

@@ -9,6 +9,7 @@ import torch.multiprocessing as mp
 from recsearch.train.metrics import MetricAccumulator
 from recsearch.train.optim import DenseOptimizer, dense_optimizer, embedding_optimizer
 from recsearch.train.schedule import LRSchedule, apply_lr
+from tests.spawn import spawn_ranks
 
 
 def test_warmup_then_polynomial_decay():
@@ -156,7 +157,7 @@ def _rank_metrics(rank, port, out):
 @pytest.mark.multiproc
 def test_metrics_are_global_across_two_ranks():
     out = mp.Manager().dict()
-    mp.spawn(_rank_metrics, args=(_free_port(), out), nprocs=2, join=True)
+    spawn_ranks(_rank_metrics, (_free_port(), out))
     auc, loss, accuracy = _reference(*_data())
     for rank in (0, 1):
         got_auc, got_loss, got_acc, rows = out[rank]

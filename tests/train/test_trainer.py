@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from recsearch import config
 from recsearch.train import trainer
 from tests.train.conftest import DAY_ROWS
+from tests.spawn import spawn_ranks
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 256
@@ -175,7 +176,7 @@ def test_two_ranks_with_a_table_wise_placement_agree(tmp_path, learnable_data):
         tmp_path, learnable_data, plan=str(tmp_path / "placement.json"), eval_every_steps=10
     )
     results = mp.Manager().dict()
-    mp.spawn(_train_one_rank, args=(str(cfg), _free_port(), results), nprocs=2, join=True)
+    spawn_ranks(_train_one_rank, (str(cfg), _free_port(), results))
 
     rank0, rank1 = results[0], results[1]
     assert rank0 == rank1  # same status, steps, plan and exactly the same metrics
