@@ -57,3 +57,23 @@ def test_the_console_script_runs_the_cli(tmp_path):
     proc = subprocess.run([str(script), "frobnicate"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           check=False)
     assert proc.returncode == 2 and "unknown command 'frobnicate'" in proc.stderr
+
+
+def test_a_rank_of_a_multi_process_run_exits_hard_with_its_code_and_flushed_output(tmp_path):
+    """exit_process: with WORLD_SIZE > 1 (a torchrun rank) the process leaves through os._exit,
+    skipping interpreter teardown, after flushing what it printed and logged; the exit code is
+    kept either way. An atexit hook shows which way it left."""
+    import subprocess
+    import sys
+
+    code = ("import atexit, logging; from recsearch.cli import exit_process; "
+            "atexit.register(lambda: print('teardown ran', flush=True)); "
+            "logging.basicConfig(level=logging.INFO, filename='log.txt'); logging.info('logged'); "
+            "print('printed', end=''); exit_process(3)")
+    for world, teardown in (("2", False), ("1", True)):
+        env = {**os.environ, "WORLD_SIZE": world}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                              cwd=tmp_path, env=env, check=False)
+        assert proc.returncode == 3, proc.stderr
+        assert proc.stdout.startswith("printed") and ("teardown ran" in proc.stdout) == teardown
+        assert "logged" in (tmp_path / "log.txt").read_text()
