@@ -182,6 +182,10 @@ class LatencyStats:
     vs_reference_spread: float | None = None
 
 
+# untimed calls' time at the start of each block of a round (see _settle)
+SETTLE_MS = 2.0
+
+
 def measure_interleaved(
     calls: Mapping[str, Callable[[], object]],
     device: torch.device,
@@ -191,7 +195,7 @@ def measure_interleaved(
     min_rounds: int = 4,
     warmup_calls: int = 5,
     reference: str | None = None,
-    settle_ms: float = 2.0,
+    settle_ms: float = SETTLE_MS,
     cpu_threads: int | None = 1,
 ) -> dict[str, LatencyStats]:
     """Time every callable in alternating rounds until each one's spread (and, with `reference`

@@ -36,7 +36,7 @@ from recsearch.train import checkpoint
 from recsearch.train.config import TrainConfig
 from recsearch.train.dispatch import OpCounter
 from recsearch.train.engine import TrainEngine, make_engine
-from recsearch.train.latency import SERVING_SETUP, DeviceLock, measure_interleaved
+from recsearch.train.latency import SERVING_SETUP, SETTLE_MS, DeviceLock, measure_interleaved
 from recsearch.train.latency import graphed as latency_graphed
 from recsearch.train.metrics import MetricAccumulator
 from recsearch.train.optim import embedding_optimizer
@@ -311,6 +311,9 @@ def measure_latency(
                 target_spread=target_spread, max_seconds=max_seconds,
                 calls_per_round=CALLS_PER_ROUND, min_rounds=max(2, rounds),
                 reference="reference" if reference is not None else None,
+                # settling runs calls until a time has passed: a count that differs between ranks,
+                # which collective forwards cannot take (they would wait on each other for ever)
+                settle_ms=0.0 if lockstep else SETTLE_MS,
             )
             mine, ref = stats["model"], stats.get("reference")
             out[str(batch_size)] = LatencyEntry(
