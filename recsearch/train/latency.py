@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import fcntl
 import gc
+import math
 import os
 import statistics
 import time
@@ -197,12 +198,19 @@ def measure_interleaved(
     reference: str | None = None,
     settle_ms: float = SETTLE_MS,
     cpu_threads: int | None = 1,
+    lockstep: bool = False,
 ) -> dict[str, LatencyStats]:
     """Time every callable in alternating rounds until each one's spread (and, with `reference`
     naming one of them, each one's spread of its ratio to it) is within the target, or max_seconds
     pass; return their statistics. Each block of calls_per_round timed calls follows untimed
     ones (at least one, until `settle_ms` have passed); on a CPU `device` every call runs on
-    `cpu_threads` intra-op threads (torch.set_num_threads, restored after; None: the process's)."""
+    `cpu_threads` intra-op threads (torch.set_num_threads, restored after; None: the process's).
+
+    lockstep: the calls are collective (a model sharded over ranks), so every rank must make the
+    same number of them: nothing may depend on time or on this rank's measurements. Then exactly
+    min_rounds rounds run and each block settles with one untimed call."""
+    if lockstep:
+        target_spread, max_seconds, settle_ms = math.inf, math.inf, 0.0
     names = list(calls)
     if reference is not None and reference not in calls:
         raise ValueError(f"reference {reference!r} is not one of the timed calls {names}")

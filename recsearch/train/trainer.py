@@ -36,7 +36,7 @@ from recsearch.train import checkpoint
 from recsearch.train.config import TrainConfig
 from recsearch.train.dispatch import OpCounter
 from recsearch.train.engine import TrainEngine, make_engine
-from recsearch.train.latency import SERVING_SETUP, SETTLE_MS, DeviceLock, measure_interleaved
+from recsearch.train.latency import SERVING_SETUP, DeviceLock, measure_interleaved
 from recsearch.train.latency import graphed as latency_graphed
 from recsearch.train.metrics import MetricAccumulator
 from recsearch.train.optim import embedding_optimizer
@@ -278,8 +278,6 @@ def measure_latency(
     # A sharded model's forward is collective: every rank must time the same number of calls, so
     # over several ranks the rounds are fixed instead of stopping at the spread target or time cap.
     lockstep = dist.is_initialized() and dist.get_world_size() > 1
-    target_spread = math.inf if lockstep else cfg.latency_target_spread
-    max_seconds = math.inf if lockstep else cfg.latency_max_seconds
     with torch.no_grad(), lock.exclusive():
         for batch_size in cfg.latency_batch_sizes:
             batches = None
@@ -308,12 +306,9 @@ def measure_latency(
                     notes.append(f"CUDA graph capture failed at batch {batch_size} ({type(err).__name__}: "
                                  f"{str(err)[:200]}); timed eagerly")
             stats = measure_interleaved(calls, device,
-                target_spread=target_spread, max_seconds=max_seconds,
+                target_spread=cfg.latency_target_spread, max_seconds=cfg.latency_max_seconds,
                 calls_per_round=CALLS_PER_ROUND, min_rounds=max(2, rounds),
-                reference="reference" if reference is not None else None,
-                # settling runs calls until a time has passed: a count that differs between ranks,
-                # which collective forwards cannot take (they would wait on each other for ever)
-                settle_ms=0.0 if lockstep else SETTLE_MS,
+                reference="reference" if reference is not None else None, lockstep=lockstep,
             )
             mine, ref = stats["model"], stats.get("reference")
             out[str(batch_size)] = LatencyEntry(

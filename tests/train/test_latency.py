@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import math
 import time
 
 import pytest
@@ -190,3 +191,26 @@ def test_a_graphed_latency_on_the_cpu_is_refused_before_training(tmp_path, learn
     with pytest.raises(ValueError, match="latency_cuda_graph=true needs a CUDA device"):
         trainer.train(cfg)
     assert not (tmp_path / "out" / "result.json").exists()
+
+
+def test_lockstep_makes_the_same_number_of_calls_whatever_the_timings():
+    """Collective calls (a sharded model) need the same count on every rank: with lockstep every
+    callable runs warm-up + min_rounds x (one settling call + calls_per_round), however fast it is
+    and whatever spread it shows (without lockstep a fast call settles for 2 ms: many calls)."""
+    counts = {"fast": 0, "slow": 0}
+
+    def call(name: str, seconds: float):
+        def run() -> None:
+            counts[name] += 1
+            time.sleep(seconds)
+        return run
+
+    calls = {"fast": call("fast", 0.0), "slow": call("slow", 0.001)}
+    stats = measure_interleaved(calls, torch.device("cpu"), calls_per_round=4, min_rounds=3, warmup_calls=2,
+                                reference="fast", target_spread=0.0, max_seconds=0.0, lockstep=True)
+    assert counts == {"fast": 2 + 3 * 5, "slow": 2 + 3 * 5}
+    assert stats["fast"].calls == stats["slow"].calls == 12
+    counts.update(fast=0, slow=0)
+    measure_interleaved(calls, torch.device("cpu"), calls_per_round=4, min_rounds=3, warmup_calls=2,
+                        target_spread=math.inf)
+    assert counts["fast"] > 2 + 3 * 5  # time-based settling: a count of its own
