@@ -1,25 +1,34 @@
-"""Local search after a placer: move single tables off the bottleneck devices while the cost
-net says the step gets cheaper.
+"""Local search after a placer: move tables off the bottleneck devices, or exchange them with
+tables elsewhere, while the cost net says the step gets cheaper.
 
 A placer (learned or greedy) decides each table once, in order; afterwards the device that sets
 the step time (the slowest compute, or the largest all-to-all) may still hold a table that
 another device could take more cheaply. `refine` tries every such move under the cost net and
-the memory caps, applies the best one, and repeats until no move helps or the time is up.
+the memory caps and applies the best one; when no move helps, it tries every exchange of a table
+on a bottleneck device with a table on another device and applies the best; it repeats until
+neither helps or the time is up. Moves come first because they are cheaper to search, and so
+the result is never rated worse than refining with moves alone (swaps=False; time limits
+aside).
+
+Why exchanges: where the all-to-all dominates (one-hot tables on a slow interconnect), a
+dim-balanced placement is already at the all-to-all's floor and every single move unbalances it;
+exchanging two tables of the same dim keeps it there while it evens out the compute.
 
 Costs come from the cost net's heads on summed per-table pre-activations (`HeadEvaluator.pre`), so
-a move costs two head evaluations, batched over all candidate moves; the all-to-all is the comm
-model's rule on each device's sum of dims (`comm.comm_ms_of_dims`). Estimates are kept monotone:
-a device's estimate never falls when a table joins it and never rises when one leaves (the net's
-bounded interaction term can say otherwise, and a search would seek out exactly those errors).
+a move or an exchange costs two head evaluations, batched over all candidates; the all-to-all is
+the comm model's rule on each device's sum of dims (`comm.comm_ms_of_dims`). Estimates are kept
+monotone: a device's estimate never falls when a table joins it and never rises when one leaves
+(the net's bounded interaction term can say otherwise, and a search would seek out exactly those
+errors); in an exchange, each device is no cheaper than it is without its leaving table.
 The objective is the step estimate (max compute + max all-to-all) plus a small share of the mean
-device time, so that ties at the maximum (two devices equally slow) can be broken one move at a
+device time, so that ties at the maximum (two devices equally slow) can be broken one step at a
 time.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,9 +66,11 @@ def refine(
     optimizer: str = DEFAULT_OPTIMIZER,
     max_seconds: float = 1.0,
     max_moves: int = 10_000,
+    swaps: bool = True,
 ) -> tuple[Placement, RefineReport]:
-    """The placement after best-improvement single-table moves under cost_net (see the module
-    docstring); the input placement when nothing helps. Memory caps are kept."""
+    """The placement after best-improvement single-table moves (and, with swaps, exchanges of two
+    tables between devices) under cost_net (see the module docstring); the input placement when
+    nothing helps. Memory caps are kept."""
     t0 = time.perf_counter()
     world = placement.world_size
     meta = cost_net.meta
@@ -85,6 +96,83 @@ def refine(
         """Step estimate + TIE_BREAK x mean device time, over the last axis."""
         return compute.max(-1) + comm_ms.max(-1) + TIE_BREAK * (compute + comm_ms).mean(-1)
 
+    def leave_ms(idx: np.ndarray) -> np.ndarray:
+        """Each table's device without it (monotone: never dearer than before; 0 when alone)."""
+        src = ranks[idx]
+        left = np.minimum(heads.ms_from_pre(dev_pre[src] - table_pre[idx]).sum(-1), dev_ms[src])
+        return np.where(counts[src] > 1, left, 0.0)
+
+    def best_move(cand: np.ndarray) -> tuple[float, tuple[int, int], float, float]:
+        """The best single move of a candidate table: (score, (table, dest), src ms, dest ms)."""
+        src = ranks[cand]  # [C]
+        left = leave_ms(cand)
+        # every destination with the table (monotone: never cheaper than before)
+        joined = heads.ms_from_pre(dev_pre[None, :] + table_pre[cand][:, None]).sum(-1)  # [C, D]
+        joined = np.maximum(joined, dev_ms[None, :])
+        diag = np.arange(world)[None, :] == src[:, None]  # "moving" a table to its own device
+        # [C, D(dest), D]: every device's time and dims after moving candidate c to dest
+        new_dims = np.broadcast_to(dev_dims, (cand.size, world, world)).copy()
+        c_idx = np.arange(cand.size)
+        new_dims[c_idx, :, src] -= dims[cand][:, None]
+        new_dims[:, np.arange(world), np.arange(world)] += dims[cand][:, None]
+        full = np.broadcast_to(dev_ms, (cand.size, world, world)).copy()
+        full[c_idx, :, src] = left[:, None]
+        full[:, np.arange(world), np.arange(world)] = joined
+        scores = objective(full, comm(new_dims))  # [C, D]
+        fits = dev_mem[None, :] + mem[cand][:, None] <= caps[None, :]
+        scores = np.where(fits & ~diag, scores, np.inf)
+        c, dest = np.unravel_index(int(np.argmin(scores)), scores.shape)
+        return float(scores[c, dest]), (int(cand[c]), int(dest)), float(left[c]), float(joined[c, dest])
+
+    def best_swap(cand: np.ndarray) -> tuple[float, tuple[int, int], float, float]:
+        """The best exchange of a candidate table with a table on another device:
+        (score, (table a, table b), a's device ms, b's device ms after the exchange). Each side
+        is kept monotone against the device without its leaving table (the arriving table never
+        makes it cheaper); pairs are scored in chunks to bound memory."""
+        others = np.arange(len(tables))
+        ia, ib = np.nonzero(ranks[cand][:, None] != ranks[None, :])
+        ia, ib = cand[ia], others[ib]
+        if ia.size == 0:
+            return np.inf, (-1, -1), 0.0, 0.0
+        left = np.zeros(len(tables))
+        involved = np.union1d(cand, ib)
+        left[involved] = leave_ms(involved)
+        best = (np.inf, (-1, -1), 0.0, 0.0)
+        chunk = 2048
+        for lo in range(0, ia.size, chunk):
+            a, b = ia[lo : lo + chunk], ib[lo : lo + chunk]
+            s, d = ranks[a], ranks[b]
+            delta = table_pre[b] - table_pre[a]  # what device s gains (d loses it)
+            s_ms = np.maximum(heads.ms_from_pre(dev_pre[s] + delta).sum(-1), left[a])
+            d_ms = np.maximum(heads.ms_from_pre(dev_pre[d] - delta).sum(-1), left[b])
+            n = a.size
+            rows = np.arange(n)
+            full = np.broadcast_to(dev_ms, (n, world)).copy()
+            full[rows, s], full[rows, d] = s_ms, d_ms
+            ddim = dims[b] - dims[a]
+            new_dims = np.broadcast_to(dev_dims, (n, world)).copy()
+            new_dims[rows, s] += ddim
+            new_dims[rows, d] -= ddim
+            dmem = mem[b] - mem[a]
+            fits = (dev_mem[s] + dmem <= caps[s]) & (dev_mem[d] - dmem <= caps[d])
+            scores = np.where(fits, objective(full, comm(new_dims)), np.inf)
+            k = int(np.argmin(scores))
+            if scores[k] < best[0]:
+                best = (float(scores[k]), (int(a[k]), int(b[k])), float(s_ms[k]), float(d_ms[k]))
+        return best
+
+    def relocate(t: int, dest: int) -> None:
+        s = int(ranks[t])
+        dev_pre[s] -= table_pre[t]
+        dev_pre[dest] += table_pre[t]
+        dev_dims[s] -= dims[t]
+        dev_dims[dest] += dims[t]
+        dev_mem[s] -= mem[t]
+        dev_mem[dest] += mem[t]
+        counts[s] -= 1
+        counts[dest] += 1
+        ranks[t] = dest
+
     now = float(objective(dev_ms, comm(dev_dims)))
     start = float(dev_ms.max() + comm(dev_dims).max())
     moves, stopped = 0, "converged"
@@ -100,41 +188,22 @@ def refine(
         cand = np.flatnonzero(np.isin(ranks, list(sources)))  # tables on a bottleneck device
         if cand.size == 0:
             break
-        src = ranks[cand]  # [C]
-        # source without the table (monotone: never dearer than before)
-        left = np.minimum(heads.ms_from_pre(dev_pre[src] - table_pre[cand]).sum(-1), dev_ms[src])
-        left = np.where(counts[src] > 1, left, 0.0)
-        # every destination with the table (monotone: never cheaper than before)
-        joined = heads.ms_from_pre(dev_pre[None, :] + table_pre[cand][:, None]).sum(-1)  # [C, D]
-        joined = np.maximum(joined, dev_ms[None, :])
-        diag = np.arange(world)[None, :] == src[:, None]  # "moving" a table to its own device
-        # [C, D(dest), D]: every device's time and dims after moving candidate c to dest
-        new_dims = np.broadcast_to(dev_dims, (cand.size, world, world)).copy()  # [C, D(dest), D]
-        c_idx = np.arange(cand.size)
-        new_dims[c_idx, :, src] -= dims[cand][:, None]
-        new_dims[:, np.arange(world), np.arange(world)] += dims[cand][:, None]
-        full = np.broadcast_to(dev_ms, (cand.size, world, world)).copy()  # [C, D(dest), D]
-        full[c_idx, :, src] = left[:, None]
-        full[:, np.arange(world), np.arange(world)] = joined
-        scores = objective(full, comm(new_dims))  # [C, D]
-        fits = dev_mem[None, :] + mem[cand][:, None] <= caps[None, :]
-        scores = np.where(fits & ~diag, scores, np.inf)
-        best = np.unravel_index(int(np.argmin(scores)), scores.shape)
-        if not scores[best] < now * (1 - 1e-9):
-            break
-        c, dest = int(best[0]), int(best[1])
-        t, s = int(cand[c]), int(src[c])
-        dev_pre[s] -= table_pre[t]
-        dev_pre[dest] += table_pre[t]
-        dev_dims[s] -= dims[t]
-        dev_dims[dest] += dims[t]
-        dev_mem[s] -= mem[t]
-        dev_mem[dest] += mem[t]
-        counts[s] -= 1
-        counts[dest] += 1
-        dev_ms[s], dev_ms[dest] = left[c], joined[c, dest]
-        ranks[t] = dest
-        now = float(scores[best])
+        score, (t, dest), src_ms, dest_ms = best_move(cand)
+        if score < now * (1 - 1e-9):
+            s = int(ranks[t])
+            relocate(t, dest)
+            dev_ms[s], dev_ms[dest] = src_ms, dest_ms
+        else:  # a local optimum of moves: try the exchanges (dearer to search)
+            if not swaps or world == 1:
+                break
+            score, (a, b), a_ms, b_ms = best_swap(cand)
+            if not score < now * (1 - 1e-9):
+                break
+            sa, sb = int(ranks[a]), int(ranks[b])
+            relocate(a, sb)
+            relocate(b, sa)
+            dev_ms[sa], dev_ms[sb] = a_ms, b_ms
+        now = score
         moves += 1
     end = float(dev_ms.max() + comm(dev_dims).max())
     out = Placement(tuple(int(r) for r in ranks), world)
@@ -142,23 +211,26 @@ def refine(
 
 
 class RefinedPlacer:
-    """Any placer followed by `refine` under a cost net (by default the placer's own, when it has
-    one: a LearnedPlacer's or a BestOfPlacer's judge). last_report: the last refine's report."""
+    """Any placer followed by `refine` under a cost net: a CostNet, or a function of the topology
+    that returns one (the shipped learned placer's net depends on the compute device).
+    last_report: the last refine's report."""
 
     def __init__(
         self,
         placer: Placer,
-        cost_net: CostNet,
+        cost_net: CostNet | Callable[[Topology], CostNet],
         optimizer: str = DEFAULT_OPTIMIZER,
         max_seconds: float = 1.0,
+        swaps: bool = True,
     ):
         self.placer, self.cost_net = placer, cost_net
-        self.optimizer, self.max_seconds = optimizer, max_seconds
+        self.optimizer, self.max_seconds, self.swaps = optimizer, max_seconds, swaps
         self.last_report: RefineReport | None = None
 
     def place(self, tables: Sequence[TableSpec], topology: Topology) -> Placement:
         first = self.placer.place(tables, topology)
+        net = self.cost_net if isinstance(self.cost_net, CostNet) else self.cost_net(topology)
         placement, self.last_report = refine(
-            tables, topology, first, self.cost_net, self.optimizer, self.max_seconds
+            tables, topology, first, net, self.optimizer, self.max_seconds, swaps=self.swaps
         )
         return placement

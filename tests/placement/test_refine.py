@@ -10,6 +10,7 @@ from recsearch.placement.evaluate import EvalConfig, check_methods, method_place
 from recsearch.placement.refine import RefinedPlacer, refine
 from recsearch.placement.tables import load_tasks
 from recsearch.placement.types import Placement, table_memory_bytes
+from recsearch.types import TableSpec
 
 DATA = Path(__file__).parents[2] / "recsearch" / "placement" / "data"
 
@@ -70,3 +71,34 @@ def test_refined_placer_and_eval_method(net, tasks):
     a = net.predict(task.tables, method.place(task.tables, task.topology), task.topology).total_ms
     b = net.predict(task.tables, best.place(task.tables, task.topology), task.topology).total_ms
     assert a <= b * (1 + 1e-9)  # refining starts from best-of's placement and only goes down
+
+
+def test_an_exchange_gets_out_of_a_local_optimum_of_moves(net):
+    """Four heavy and four light tables of one dim, the heavy ones all on device 0. After the
+    one move that helps, every further move would unbalance the all-to-all more than it saves;
+    exchanging heavy and light tables keeps the all-to-all balanced and shares the heavy work:
+    two heavy and two light tables on each device, well below the moves' optimum."""
+    from recsearch.types import Topology
+
+    heavy = [TableSpec(f"heavy{i}", 5_000_000, 128) for i in range(4)]
+    light = [TableSpec(f"light{i}", 1_000, 128) for i in range(4)]
+    tables = [*heavy, *light]
+    topology = Topology(2, 1 << 34)
+    start = Placement((0, 0, 0, 0, 1, 1, 1, 1), 2)
+    moved_only, report_moves = refine(tables, topology, start, net, swaps=False)
+    swapped, report = refine(tables, topology, start, net)
+    assert list(moved_only.ranks).count(0) != 4  # the moves left the all-to-all unbalanced
+    assert list(swapped.ranks).count(0) == 4 and sorted(swapped.ranks[:4]) == [0, 0, 1, 1]
+    assert report.end_ms < 0.9 * report_moves.end_ms and report.moves > report_moves.moves
+    after = net.predict(tables, swapped, topology).total_ms
+    assert report.end_ms == pytest.approx(after, rel=1e-6)
+
+
+def test_exchanges_start_where_moves_stop(net, tasks):
+    """Moves come first, so refining with exchanges never ends rated worse than moves alone."""
+    for task in tasks[:4]:
+        start = make_baseline("dim_greedy").place(task.tables, task.topology)
+        _, moves_only = refine(task.tables, task.topology, start, net, task.optimizer, swaps=False)
+        out, both = refine(task.tables, task.topology, start, net, task.optimizer)
+        assert both.end_ms <= moves_only.end_ms * (1 + 1e-9) and both.moves >= moves_only.moves
+        out.validate(task.tables, task.topology, task.optimizer)
