@@ -73,28 +73,55 @@ class CostNetShape:
     additive cost is exactly a sum over its tables with no fixed floor. "device" (the first
     version; nets saved without the key): softplus of a linear map of the summed encoding, which
     behaves like exp() below its knee and so is not additive for light devices: on the CPU samples
-    it predicted ~6 ms for single tables measured at ~1 ms."""
+    it predicted ~6 ms for single tables measured at ~1 ms.
+
+    bound: the interaction correction is exp(bound * tanh(MLP(sum))), i.e. within
+    x exp(-bound)..x exp(bound) of the additive part. 0.5 (x0.61..x1.65; nets saved without the
+    key) cannot express devices whose fused kernel costs several times the sum of their tables'
+    (many tables, several GB of weights) or far less.
+
+    fwd_step_dims: 0 (nets saved without the key): off. N > 0: a device whose tables' dims sum to
+    N or more gets a learned forward term proportional to that sum (added to the additive part,
+    before the log). Why: on the CPU a device's forward jumps once its pooled output (batch x
+    sum(dim) fp32 values) reaches 32 MiB, glibc's largest mmap threshold: from there the output
+    buffer is a fresh mmap every call, handed back on free, and its pages fault in again on first
+    write, a cost in the output bytes, not in the lookups. Measured (time_device_kernel, one-hot
+    tables of 1,000 rows x dim 100, batch 4096, thread clock): forward 5.5 ms at sum(dim) 2000,
+    19.7-20.1 ms at 2100; with GLIBC_TUNABLES=glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold
+    =4294967295 (no mmap, no trimming) 6.3 and 6.0 ms. At batch 4096 that is sum(dim) >= 2048
+    (criteo_kaggle/terabyte samples: sum(dim) >= 2048 vs <= 2000 separates the two regimes);
+    in general N = 2**25 / (4 * batch). A table passes dim / N to the device sum on an extra
+    channel of its encoding (one per member), so the device sum carries sum(dim) / N exactly."""
 
     hidden: int = 64
     embed: int = 32  # per member; a table's encoding is the members' encodings side by side
     members: int = 5
     additive: str = "table"
+    bound: float = 0.5
+    fwd_step_dims: int = 0
 
     def __post_init__(self) -> None:
         sizes = {"hidden": self.hidden, "embed": self.embed, "members": self.members}
         bad = {k: v for k, v in sizes.items() if v < 1}
         if bad:
             raise ValueError(f"cost net shape values must be >= 1, got {bad}")
+        if not (self.bound > 0 and math.isfinite(self.bound)):
+            raise ValueError(f"cost net interaction bound must be > 0, got {self.bound}")
         if self.additive not in ADDITIVE_MODES:
             raise ValueError(
                 f"cost net additive mode {self.additive!r} unknown; known: {ADDITIVE_MODES}"
             )
+        if self.fwd_step_dims < 0:
+            raise ValueError(f"cost net fwd_step_dims must be >= 0, got {self.fwd_step_dims}")
+        if self.fwd_step_dims and self.additive != "table":
+            raise ValueError('cost net fwd_step_dims needs additive mode "table"')
 
     @property
     def member_width(self) -> int:
         """One member's part of a table encoding: its embedding, plus ("table" mode) the table's
-        positive (fwd, bwd) additive contributions."""
-        return self.embed + (2 if self.additive == "table" else 0)
+        positive (fwd, bwd) additive contributions, plus (fwd_step_dims) dim / fwd_step_dims."""
+        extra = (2 if self.additive == "table" else 0) + (1 if self.fwd_step_dims else 0)
+        return self.embed + extra
 
     @property
     def width(self) -> int:
@@ -184,6 +211,8 @@ class _Net(nn.Module):
         super().__init__()
         m, h, e = shape.members, shape.hidden, shape.embed
         self.members, self.embed = m, e
+        self.bound = float(shape.bound)
+        self.step_dims = int(shape.fwd_step_dims)
         self.per_table = shape.additive == "table"
         self.member_width = shape.member_width
         self.encoder = nn.Sequential(
@@ -194,6 +223,12 @@ class _Net(nn.Module):
         self.bwd_head = nn.Sequential(_Linear(m, e, h), nn.ReLU(), _Linear(m, h, 1))
         # per member log-ms offset (mean of its training targets): the heads start near the data
         self.register_buffer("log_offset", torch.zeros(m, 2))
+        if self.step_dims:
+            # per member log of the forward cost (in the additive part's units, ~exp(log_offset)
+            # ms) per fwd_step_dims of output width. A log, starting at 1 unit: the CPU samples
+            # want ~13 ms at 2048 dims, which a softplus starting small did not reach in 600
+            # epochs of Adam at lr 3e-3
+            self.step_log = nn.Parameter(torch.zeros(m))
 
     def encode(self, features: torch.Tensor) -> torch.Tensor:
         """[N, NUM_FEATURES] -> [N, members * member_width]."""
@@ -201,6 +236,10 @@ class _Net(nn.Module):
         enc = self.encoder(x)
         if self.per_table:
             enc = torch.cat([enc, nn.functional.softplus(self.additive(enc))], -1)
+        if self.step_dims:
+            # dim / N, exact in float32 (dim / 256 is the "dim" feature)
+            width = features[:, FEATURE_NAMES.index("dim")] * (256.0 / self.step_dims)
+            enc = torch.cat([enc, width[:, None, None].expand(-1, self.members, 1)], -1)
         return enc.flatten(-2)
 
     def member_log_ms(self, device_encoding: torch.Tensor) -> torch.Tensor:
@@ -208,12 +247,18 @@ class _Net(nn.Module):
         log(bwd_ms)."""
         x = device_encoding.unflatten(-1, (self.members, self.member_width))
         if self.per_table:
-            x, summed = x[..., : self.embed], x[..., self.embed :]
+            summed = x[..., self.embed : self.embed + 2]
+            if self.step_dims:
+                width = x[..., -1:]  # sum(dim) / N; dims are whole, so sum(dim) >= N is:
+                over = (width > 1.0 - 0.5 / self.step_dims).to(width.dtype)
+                step = torch.exp(self.step_log)[:, None] * width * over
+                summed = summed + torch.cat([step, torch.zeros_like(step)], -1)
+            x = x[..., : self.embed]
             additive = torch.log(summed + 1e-4)
         else:
             additive = torch.log(nn.functional.softplus(self.additive(x)) + 1e-4)
         corr = torch.cat([self.fwd_head(x), self.bwd_head(x)], dim=-1)
-        return additive + 0.5 * torch.tanh(corr) + self.log_offset
+        return additive + self.bound * torch.tanh(corr) + self.log_offset
 
     def log_ms(self, device_encoding: torch.Tensor) -> torch.Tensor:
         """[..., members * member_width] -> [..., 2] the ensemble's log(fwd_ms), log(bwd_ms)."""
@@ -235,11 +280,13 @@ class HeadEvaluator:
         sd = {k: v.detach().double().numpy() for k, v in net.state_dict().items()}
         self.members, self.embed, self.width = net.members, net.embed, net.member_width
         self.per_table = net.per_table
+        self.bound = net.bound
+        self.step_dims = net.step_dims
         m, e = self.members, self.embed
         if self.per_table:
             # the summed per-table contributions pass through as they are (identity, no bias)
             add_w = np.zeros((m, self.width, 2))
-            add_w[:, e:, :] = np.eye(2)
+            add_w[:, e : e + 2, :] = np.eye(2)
             add_b = np.zeros((m, 2))
         else:
             add_w, add_b = sd["additive.weight"], sd["additive.bias"]
@@ -247,8 +294,16 @@ class HeadEvaluator:
         # additive part: [M, W, 2 + 2h]
         heads_w = np.concatenate([sd["fwd_head.0.weight"], sd["bwd_head.0.weight"]], -1)
         heads_w = np.concatenate([heads_w, np.zeros((m, self.width - e, heads_w.shape[-1]))], 1)
-        self.w1 = np.concatenate([add_w, heads_w], -1)
-        self.b1 = np.concatenate([add_b, sd["fwd_head.0.bias"], sd["bwd_head.0.bias"]], -1)
+        parts_w, parts_b = [add_w, heads_w], [add_b, sd["fwd_head.0.bias"], sd["bwd_head.0.bias"]]
+        if self.step_dims:
+            # the summed sum(dim) / N channel (the encoding's last) passes through as the last
+            step_w = np.zeros((m, self.width, 1))
+            step_w[:, -1, 0] = 1.0
+            parts_w.append(step_w)
+            parts_b.append(np.zeros((m, 1)))
+            self.step_scale = np.exp(sd["step_log"])[:, None]  # [M, 1]
+        self.w1 = np.concatenate(parts_w, -1)
+        self.b1 = np.concatenate(parts_b, -1)
         self.hidden = sd["fwd_head.0.weight"].shape[-1]
         self.wf, self.bf = sd["fwd_head.2.weight"][..., 0], sd["fwd_head.2.bias"]  # [M, h], [M, 1]
         self.wb, self.bb = sd["bwd_head.2.weight"][..., 0], sd["bwd_head.2.bias"]
@@ -256,7 +311,7 @@ class HeadEvaluator:
 
     @property
     def pre_width(self) -> int:
-        return 2 + 2 * self.hidden
+        return 2 + 2 * self.hidden + (1 if self.step_dims else 0)
 
     def pre(self, encoding: np.ndarray) -> np.ndarray:
         """[..., members * member_width] -> [..., members, 2 + 2 hidden] first-layer products (no
@@ -266,16 +321,23 @@ class HeadEvaluator:
         return (x @ self.w1).transpose(1, 0, 2).reshape(*lead, self.members, self.pre_width)
 
     def ms_from_pre(self, pre: np.ndarray) -> np.ndarray:
-        """[..., members, 2 + 2 hidden] summed pre-activations -> [..., 2] (fwd_ms, bwd_ms)."""
+        """[..., members, pre_width] summed pre-activations -> [..., 2] (fwd_ms, bwd_ms)."""
         z = pre + self.b1
         h = self.hidden
         if self.per_table:
-            additive = np.log(np.maximum(z[..., :2], 0.0) + 1e-4)
+            summed = np.maximum(z[..., :2], 0.0)
+            if self.step_dims:
+                width = z[..., -1:]
+                over = width > 1.0 - 0.5 / self.step_dims
+                step = np.where(over, self.step_scale * width, 0.0)
+                summed = summed + np.concatenate([step, np.zeros_like(step)], -1)
+            additive = np.log(summed + 1e-4)
         else:
             additive = np.log(np.logaddexp(0.0, z[..., :2]) + 1e-4)
         fwd = (np.maximum(z[..., 2 : 2 + h], 0.0) * self.wf).sum(-1, keepdims=True) + self.bf
-        bwd = (np.maximum(z[..., 2 + h :], 0.0) * self.wb).sum(-1, keepdims=True) + self.bb
-        log = additive + 0.5 * np.tanh(np.concatenate([fwd, bwd], -1)) + self.offset
+        bwd_hidden = np.maximum(z[..., 2 + h : 2 + 2 * h], 0.0)
+        bwd = (bwd_hidden * self.wb).sum(-1, keepdims=True) + self.bb
+        log = additive + self.bound * np.tanh(np.concatenate([fwd, bwd], -1)) + self.offset
         return np.exp(log.mean(-2))
 
     def ms(self, device_encoding: np.ndarray) -> np.ndarray:
@@ -319,6 +381,29 @@ def _pack(
             rows.append(cache[key])
             seg.append(i)
     return torch.from_numpy(np.stack(rows)), torch.tensor(seg, dtype=torch.long)
+
+
+def _pack_unique(
+    samples: Sequence[DeviceSample],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(features of each distinct table, the distinct-table index of every table of every sample,
+    the sample index of each of those): training encodes each distinct table once per epoch and
+    gathers, instead of encoding every occurrence (the same sums, several times faster)."""
+    index: dict[str, int] = {}
+    rows, which, seg = [], [], []
+    for i, s in enumerate(samples):
+        for t in s.tables:
+            key = repr(t)
+            if key not in index:
+                index[key] = len(rows)
+                rows.append(features_matrix([t])[0])
+            which.append(index[key])
+            seg.append(i)
+    return (
+        torch.from_numpy(np.stack(rows)),
+        torch.tensor(which, dtype=torch.long),
+        torch.tensor(seg, dtype=torch.long),
+    )
 
 
 def _targets(samples: Sequence[DeviceSample]) -> torch.Tensor:
@@ -449,7 +534,7 @@ class CostNet:
         held = np.zeros((n, members), dtype=bool)
         for m in range(members):
             held[np.random.default_rng(cfg.seed + 1000 * m).permutation(n)[:n_val], m] = True
-        x, seg = _pack(data)
+        x, which, seg = _pack_unique(data)
         y = torch.log(_targets(data))
         in_bag = torch.from_numpy(~held).float()  # [N, members]
         self.net = _Net(self.shape)
@@ -462,7 +547,7 @@ class CostNet:
         best = (math.inf, 0, {k: v.clone() for k, v in self.net.state_dict().items()})
         self.net.train()
         for epoch in range(1, cfg.epochs + 1):
-            enc = self.net.encode(x)
+            enc = self.net.encode(x)[which]
             dev = torch.zeros(n, enc.shape[1]).index_add_(0, seg, enc)
             sq = ((self.net.member_log_ms(dev) - y[:, None, :]) ** 2).sum(-1)  # [N, members]
             loss = ((sq * in_bag).sum(0) / in_bag.sum(0)).sum() / 2
@@ -471,7 +556,7 @@ class CostNet:
             opt.step()
             sched.step()
             if oob.any() and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
-                err = self._oob_errors(x, seg, data, held).total
+                err = self._oob_errors(x, which, seg, data, held).total
                 if err < best[0]:
                     best = (err, epoch, {k: v.clone() for k, v in self.net.state_dict().items()})
         if oob.any():
@@ -488,17 +573,23 @@ class CostNet:
             "train": asdict(self.evaluate_devices(data)),
         }
         if oob.any():
-            metrics["val"] = asdict(self._oob_errors(x, seg, data, held))
+            metrics["val"] = asdict(self._oob_errors(x, which, seg, data, held))
         return metrics
 
     @torch.no_grad()
     def _oob_errors(
-        self, x: torch.Tensor, seg: torch.Tensor, data: Sequence[DeviceSample], held: np.ndarray
+        self,
+        x: torch.Tensor,
+        which: torch.Tensor,
+        seg: torch.Tensor,
+        data: Sequence[DeviceSample],
+        held: np.ndarray,
     ) -> Errors:
-        """Errors on the samples some member held out, each predicted by those members only."""
+        """Errors on the samples some member held out, each predicted by those members only
+        (x, which, seg: `_pack_unique`)."""
         was = self.net.training
         self.net.eval()
-        enc = self.net.encode(x)
+        enc = self.net.encode(x)[which]
         dev = torch.zeros(len(data), enc.shape[1]).index_add_(0, seg, enc)
         logs = self.net.member_log_ms(dev).numpy()  # [N, members, 2]
         self.net.train(was)

@@ -220,3 +220,59 @@ def test_cli_eval_and_missing_file(tmp_path, capsys):
     assert "MRE fwd" in capsys.readouterr().out
     assert main(["train", "--samples", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "x")]) == 2
     assert "none.jsonl does not exist" in capsys.readouterr().err
+
+
+def test_fwd_step_and_bound_round_trip_and_old_jsons_keep_the_old_behaviour(tmp_path):
+    """The fwd_step_dims / bound options (CostNetShape): the encoding carries dim / N, the numpy
+    evaluator equals the net on both sides of the step, save/load (and the CLI) keep them, and a
+    JSON written before the options existed loads as bound 0.5 without the step."""
+    samples = read_samples(CPU_TEST)
+    prefix = tmp_path / "step"
+    argv = ["train", "--samples", str(CPU_TEST), "--out", str(prefix), "--epochs", "30"]
+    argv += ["--hidden", "16", "--embed", "8", "--members", "2"]
+    assert main([*argv, "--bound", "1.0", "--fwd-step-dims", "auto"]) == 0
+    net = CostNet.load(prefix)
+    assert net.shape == CostNetShape(16, 8, 2, "table", bound=1.0, fwd_step_dims=2048)  # b4096
+    assert net.net.bound == 1.0 and "step_log" in net.net.state_dict()
+    # a device under the step and one over it (the same tables repeated past sum(dim) 2048)
+    tables = list(max(samples, key=lambda s: len(s.tables)).tables)
+    reps = 2048 // sum(t.dim for t in tables) + 1
+    enc = net.encode_tables(tables * reps)
+    assert enc.shape[1] == (8 + 2 + 1) * 2 == net.shape.width
+    np.testing.assert_array_equal(enc.unflatten(-1, (2, 11))[:, 0, -1].numpy(),
+                                  [t.dim / 2048 for t in tables * reps])
+    heads = net.heads()
+    for dev in (enc[: len(tables)].sum(0), enc.sum(0)):
+        np.testing.assert_allclose(heads.ms(dev.double().numpy()), net.device_ms(dev).numpy(),
+                                   rtol=1e-5)
+    pre = heads.pre(enc.double().numpy()).sum(0)
+    big = net.device_ms(enc.sum(0)).numpy()
+    np.testing.assert_allclose(heads.ms_from_pre(pre), big, rtol=1e-5)
+    # the step adds to the forward only: without it the big device's forward is smaller
+    with torch.no_grad():
+        full = net.device_ms(enc.sum(0))
+        net.net.step_log.fill_(-30.0)
+        off = net.device_ms(enc.sum(0))
+    assert full[0] > off[0] and full[1] == pytest.approx(float(off[1]), rel=1e-6)
+    # save/load: identical predictions
+    net = CostNet.load(prefix)
+    net.save(tmp_path / "again")
+    again = CostNet.load(tmp_path / "again")
+    assert again.shape == net.shape
+    torch.testing.assert_close(again.device_ms(enc.sum(0)), net.device_ms(enc.sum(0)))
+    # an old JSON (no bound, no fwd_step_dims) loads with the old behaviour, as it was
+    old = load_shipped("cpu")
+    pt, js = old.save(tmp_path / "old")
+    info = json.loads(js.read_text())
+    for key in ("bound", "fwd_step_dims"):
+        info["shape"].pop(key)
+    js.write_text(json.dumps(info))
+    loaded = CostNet.load(tmp_path / "old")
+    assert loaded.shape.bound == 0.5 and loaded.shape.fwd_step_dims == 0
+    old_enc = old.encode_tables(tables * reps)
+    torch.testing.assert_close(loaded.encode_tables(tables * reps), old_enc)
+    torch.testing.assert_close(loaded.device_ms(old_enc.sum(0)), old.device_ms(old_enc.sum(0)))
+    with pytest.raises(ValueError, match="bound"):
+        CostNetShape(bound=0.0)
+    with pytest.raises(ValueError, match="fwd_step_dims needs"):
+        CostNetShape(additive="device", fwd_step_dims=2048)

@@ -38,6 +38,22 @@ def _read_all(paths: Sequence[str]) -> list[CostSample]:
     return out
 
 
+def _fwd_step_dims(value: str, samples: Sequence[CostSample]) -> int:
+    """--fwd-step-dims: a whole number, or "auto": the sum(dim) at which a device's fp32 pooled
+    output (batch x sum(dim) x 4 bytes) reaches 32 MiB, glibc's largest mmap threshold (2048 at
+    batch 4096; see CostNetShape.fwd_step_dims)."""
+    if value == "auto":
+        batches = sorted({s.batch_size for s in samples})
+        if len(batches) != 1:
+            raise ValueError(f"--fwd-step-dims auto: samples mix batch sizes {batches}")
+        return max(1, 2**25 // (4 * batches[0]))
+    try:
+        return int(value)
+    except ValueError:
+        msg = f"--fwd-step-dims must be a whole number or 'auto', got {value!r}"
+        raise ValueError(msg) from None
+
+
 def _train_main(args: argparse.Namespace) -> int:
     samples = _read_all(args.samples)
     cfg = TrainConfig(
@@ -48,7 +64,14 @@ def _train_main(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     comm = CommModel.load(args.comm_model) if args.comm_model else None
-    shape = CostNetShape(args.hidden, args.embed, args.members, args.additive)
+    shape = CostNetShape(
+        args.hidden,
+        args.embed,
+        args.members,
+        args.additive,
+        bound=args.bound,
+        fwd_step_dims=_fwd_step_dims(args.fwd_step_dims, samples),
+    )
     report: dict[str, Any] = {}
     if args.holdout_tables:
         names = {t.name for s in samples for t in s.tables}
@@ -142,6 +165,18 @@ def main(argv: list[str] | None = None) -> int:
         default=CostNetShape.additive,
         choices=ADDITIVE_MODES,
         help="per-table positive contributions (table) or softplus of the device sum (device)",
+    )
+    t.add_argument(
+        "--bound",
+        type=float,
+        default=CostNetShape.bound,
+        help="interaction correction bound: exp(bound * tanh(head)) (default %(default)s)",
+    )
+    t.add_argument(
+        "--fwd-step-dims",
+        default=str(CostNetShape.fwd_step_dims),
+        help="learned forward cost for devices whose tables' dims sum to at least this (the fp32 "
+        "output reaching 32 MiB); 'auto' derives it from the samples' batch size; 0: off",
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)
