@@ -104,7 +104,7 @@ def scale_rows(args: argparse.Namespace) -> list[str]:
     for device in ("cpu", "cuda"):
         topology = Topology(args.devices, cap, device)
         for label, placer in (
-            ("learned (best of learned + 5 baselines)", "learned"),
+            ("learned (best of learned + 5 baselines, refined)", "learned"),
             ("learned policy alone", ShippedLearnedPlacer()),
         ):
             planner = LearnedShardingPlanner(topology=topology, placer=placer, debug=False)
@@ -117,7 +117,7 @@ def scale_rows(args: argparse.Namespace) -> list[str]:
                 if s.sharding_type != "table_wise"
             ]
             named = planner.placer_for(planner.last_optimizer)
-            chosen = getattr(named, "last_choice", "-")
+            chosen = getattr(getattr(named, "placer", named), "last_choice", "-")
             rows.append(
                 f"| {device} | {label} | {cold:.2f} | **{statistics.median(warm):.2f}** | "
                 f"{min(warm):.2f}-{max(warm):.2f} | {len(kinds)}: {', '.join(kinds) or '-'} | {len(split.pieces)} | {chosen} |"
@@ -129,32 +129,39 @@ def scale_rows(args: argparse.Namespace) -> list[str]:
 def best_of_rows() -> list[str]:
     rows = [
         "| task set | device | tasks | baseline kept | learned / cheapest baseline (estimate) | "
-        "chosen / cheapest baseline | planning: learned alone, mean (ms) | best-of, mean (ms) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "chosen / cheapest baseline | refined / cheapest baseline | planning: learned alone, mean (ms) | "
+        "best-of, mean (ms) | best-of + refine, mean (ms) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for folder, device in (("tasks_test", "cpu"), ("tasks_h100", "cuda")):
         tasks = load_tasks(DATA / folder)
-        placer = learned_or_better()
-        learned_ratio, chosen_ratio, kept, alone_ms, total_ms = [], [], 0, [], []
+        placer = learned_or_better()  # the planner's default: best-of, then refined
+        best_of = placer.placer
+        learned_ratio, chosen_ratio, refined_ratio, kept = [], [], [], 0
+        alone_ms, best_ms, total_ms = [], [], []
         for task in tasks:
             topology = Topology(task.world_size, task.device_memory_bytes, device)
             placer.place(task.tables, topology)  # warm (loads the policy once)
             start = time.perf_counter()
-            placer.place(task.tables, topology)
+            final = placer.place(task.tables, topology)
             total_ms.append(1000 * (time.perf_counter() - start))
-            cands = {c.name: c for c in placer.last_candidates}
+            cands = {c.name: c for c in best_of.last_candidates}
             learned = cands["learned"]
             alone_ms.append(1000 * learned.plan_seconds)
+            best_ms.append(1000 * sum(c.plan_seconds for c in cands.values()))
             base = min(c.estimate_ms for n, c in cands.items() if n != "learned" and c.estimate_ms is not None)
-            chosen = cands[placer.last_choice].estimate_ms
+            chosen = cands[best_of.last_choice].estimate_ms
             assert learned.estimate_ms is not None and chosen is not None
+            refined = placer.cost_net(topology).predict(task.tables, final, topology).total_ms
             learned_ratio.append(learned.estimate_ms / base)
             chosen_ratio.append(chosen / base)
-            kept += placer.last_choice != "learned"
+            refined_ratio.append(refined / base)
+            kept += best_of.last_choice != "learned"
         rows.append(
             f"| {folder} | {device} | {len(tasks)} | {kept} | {statistics.mean(learned_ratio):.3f} "
             f"(worst {max(learned_ratio):.3f}) | {statistics.mean(chosen_ratio):.3f} (worst {max(chosen_ratio):.3f}) | "
-            f"{statistics.mean(alone_ms):.0f} | {statistics.mean(total_ms):.0f} |"
+            f"{statistics.mean(refined_ratio):.3f} (worst {max(refined_ratio):.3f}) | "
+            f"{statistics.mean(alone_ms):.0f} | {statistics.mean(best_ms):.0f} | {statistics.mean(total_ms):.0f} |"
         )
         print(rows[-1], flush=True)
     return rows

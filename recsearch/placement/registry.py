@@ -4,7 +4,8 @@
 - `make_placer(name)`: a Placer (`types.Placer`); `placer_for_batch(name, ...)`: the same, with
   TorchRec's planner planning for a given global batch;
 - `learned_or_better()`: the shipped learned placer checked against the fast baselines under its
-  own cost net (best_of.BestOfPlacer), what the drop-in planner uses for "learned";
+  own cost net (best_of.BestOfPlacer), then refined under that net (refine.RefinedPlacer), what
+  the drop-in planner uses for "learned";
 - `planner_placer(name, ...)`: the placer LearnedShardingPlanner builds for a name.
 
 The registry sits above the placers (baselines, policy, torchrec_placer, best_of) and below
@@ -15,13 +16,19 @@ imported when one is made.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from recsearch.placement.baselines import BASELINES, make_baseline
 from recsearch.placement.best_of import DEFAULT_RIVALS, BestOfPlacer
 from recsearch.placement.types import DEFAULT_OPTIMIZER, Placer
+from recsearch.types import Topology
+
+if TYPE_CHECKING:
+    from recsearch.placement.cost_net import CostNet
 
 PLACERS = (*BASELINES, "torchrec", "learned")
+# the planner's default placer refines its best-of placement for at most this long (seconds)
+REFINE_SECONDS = 0.5
 
 
 def make_placer(
@@ -53,20 +60,35 @@ def placer_for_batch(
 
 
 def learned_or_better(
-    samples: int = 0, seed: int = 0, optimizer: str = DEFAULT_OPTIMIZER
-) -> BestOfPlacer:
-    """The shipped learned placer checked against DEFAULT_RIVALS under its own cost net: what
-    LearnedShardingPlanner uses for placer="learned"."""
+    samples: int = 0,
+    seed: int = 0,
+    optimizer: str = DEFAULT_OPTIMIZER,
+    refine_seconds: float = REFINE_SECONDS,
+) -> Placer:
+    """The shipped learned placer checked against DEFAULT_RIVALS under its own cost net, then
+    refined under that net (refine.RefinedPlacer: moves and exchanges of tables while the net
+    says the step gets cheaper, for at most refine_seconds; 0: no refinement, the BestOfPlacer
+    itself): what LearnedShardingPlanner uses for placer="learned". The refined placer's
+    `.placer` is the BestOfPlacer (its last_candidates and last_choice say what was compared)."""
     from recsearch.placement.policy import ShippedLearnedPlacer  # torch
 
     learned = ShippedLearnedPlacer(samples=samples, seed=seed, optimizer=optimizer)
-    return BestOfPlacer(
+
+    def net_for(topology: Topology) -> CostNet:
+        return learned.policy_for(topology.compute_device).cost_net
+
+    best = BestOfPlacer(
         learned,
         {name: make_baseline(name, optimizer) for name in DEFAULT_RIVALS},
-        lambda topology: learned.policy_for(topology.compute_device).cost_net,
+        net_for,
         primary_name="learned" if samples == 0 else f"learned_k{samples}",
         optimizer=optimizer,
     )
+    if refine_seconds <= 0:
+        return best
+    from recsearch.placement.refine import RefinedPlacer  # torch
+
+    return RefinedPlacer(best, net_for, optimizer, max_seconds=refine_seconds)
 
 
 def planner_placer(name: str, optimizer: str, global_batch: int) -> Placer:

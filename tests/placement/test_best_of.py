@@ -25,7 +25,7 @@ class AllOnRankZero:
 def test_learned_or_better_is_never_rated_worse_than_a_baseline():
     tasks = load_tasks(TASKS)[:6]
     net = load_shipped("cpu")
-    placer = learned_or_better()
+    placer = learned_or_better(refine_seconds=0)
     for task in tasks:
         chosen = placer.place(task.tables, task.topology)
         chosen_ms = net.predict(task.tables, chosen, task.topology).total_ms
@@ -36,6 +36,26 @@ def test_learned_or_better_is_never_rated_worse_than_a_baseline():
             assert chosen_ms <= net.predict(task.tables, rival, task.topology).total_ms + 1e-9
         by_name = {c.name: c for c in placer.last_candidates}
         assert by_name[placer.last_choice].estimate_ms == pytest.approx(chosen_ms)
+
+
+def test_the_planners_default_refines_the_best_of_placement():
+    """learned_or_better(): best-of, then refine under the same net: never rated worse than the
+    best-of placement, and better on some tasks."""
+    from recsearch.placement.refine import RefinedPlacer
+
+    tasks = load_tasks(TASKS)[:6]
+    net = load_shipped("cpu")
+    refined = learned_or_better()
+    assert isinstance(refined, RefinedPlacer) and isinstance(refined.placer, BestOfPlacer)
+    better = 0
+    for task in tasks:
+        final = net.predict(task.tables, refined.place(task.tables, task.topology), task.topology).total_ms
+        by_name = {c.name: c for c in refined.placer.last_candidates}
+        chosen = by_name[refined.placer.last_choice].estimate_ms
+        assert final <= chosen * (1 + 1e-9)
+        assert refined.last_report is not None and refined.last_report.seconds < 5
+        better += final < chosen * 0.999
+    assert better >= 1
 
 
 def test_a_worse_primary_loses_to_the_baselines_and_failures_are_skipped():
