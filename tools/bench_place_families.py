@@ -94,6 +94,7 @@ class Settings:
     seed: int
     profile: DeviceProfile = PROFILES["cpu"]
     sample_minutes: float = 0.0  # per family's sampling command; 0: until --samples
+    fwd_step_dims: str = "0"  # `place cost-net train --fwd-step-dims`
 
 
 def _run(cmd: Sequence[str], log: Path) -> None:
@@ -138,7 +139,7 @@ def _train_without(s: Settings, held: str) -> None:
     if not net.with_suffix(".pt").exists():
         _run([*RECSEARCH, "place", "cost-net", "train", "--samples", *(str(sample_file(s, f)) for f in others),
               "--test-samples", str(sample_file(s, held)), "--out", str(net), "--epochs", str(s.epochs),
-              "--seed", str(s.seed)], out / "cost_net.log")
+              "--seed", str(s.seed), "--fwd-step-dims", s.fwd_step_dims], out / "cost_net.log")
     policy = out / "policy"
     if not policy.with_suffix(".pt").exists():
         pools = [str(s.work / "pools" / f"{f}.json") for f in others]  # each training task from one family
@@ -156,8 +157,7 @@ def _eval_held_out(s: Settings, held: str) -> None:
         _run([*RECSEARCH, "place", "eval", "--tasks", str(s.work / "tasks" / held), "--device", s.profile.device,
               *s.profile.clock_args, "--warmup", str(s.profile.warmup), "--iters", str(s.profile.iters),
               "--rounds", str(s.rounds), "--cost-net", str(net), "--policy", str(policy),
-              "--methods", ",".join([*BASELINES, "learned", f"learned_k{s.samples_k}", f"best_learned_k{s.samples_k}",
-                                     f"refined_best_learned_k{s.samples_k}"]), "--no-timing",
+              "--methods", ",".join([*BASELINES, *_methods(f"learned_k{s.samples_k}")]), "--no-timing",
               "--out", str(result)], out / "eval.log")
 
 
@@ -186,9 +186,15 @@ def run_stages(s: Settings, stop_after: str | None = None, held_out: Sequence[st
 # Report
 
 
+# what LearnedShardingPlanner returns by default (registry.learned_or_better): the greedy learned
+# placement checked against the baselines under the cost net, then refined
+PLANNER_DEFAULT = "refined_best_learned"
+
+
 def _methods(learned: str) -> tuple[str, ...]:
-    """The learned methods reported: greedy, K samples, best-of (the planner's default), refined."""
-    return ("learned", learned, f"best_{learned}", f"refined_best_{learned}")
+    """The learned methods measured and reported: the policy greedy and with K samples, each
+    checked against the baselines (best_) and then refined (refined_best_)."""
+    return ("learned", learned, "best_learned", PLANNER_DEFAULT, f"best_{learned}", f"refined_best_{learned}")
 
 
 def family_summary(eval_json: dict, net_json: dict, learned: str, policy_json: dict | None = None) -> dict:
@@ -264,16 +270,20 @@ def markdown(rep: dict, s: Settings, command: str, elapsed_min: float, notes: Se
         f"- protocol: for each family F, a cost net trained on {s.samples} measured samples of each OTHER family "
         f"({_values(rep, 'cost_net_epochs')} epochs) and a policy trained on tasks each drawn from one of the other "
         f"families ({_values(rep, 'policy_iters')} PPO iterations, at most {s.policy_minutes:g} min), then every "
-        f"baseline, `learned`, `{learned}`, `best_{learned}` (the planner's default: the cheapest of the learned "
-        f"and the baselines' placements under the cost net) and `refined_best_{learned}` (that, then single-table "
-        f"moves while the cost net says the step gets cheaper) measured on F's 3 tasks ({s.rounds} round(s)). "
-        "Ratios are measured cost / the cheapest baseline on that task (the per-task best) and / the "
-        "baseline method with the lowest mean ratio on that family (the single best method).",
+        f"baseline and the learned methods measured on F's 3 tasks ({s.rounds} interleaved round(s)): `learned` "
+        f"(the policy, greedy), `{learned}` (and {s.samples_k} sampled placements, the cheapest under the cost net), "
+        f"`best_` in front (checked against the five fast baselines' placements under the cost net, the cheapest "
+        f"kept) and `refined_best_` in front (that, then single-table moves and two-table exchanges while the cost "
+        f"net says the step gets cheaper, `refine.py`). `{PLANNER_DEFAULT}` is what LearnedShardingPlanner "
+        "returns by default. Ratios are measured cost / the cheapest baseline on that task (the per-task best) "
+        "and / the baseline method with the lowest mean ratio on that family (the single best method). "
+        "Cost-net errors: mean relative error on F's own samples, and on F's measured placements (step total, "
+        "whose all-to-all is modeled exactly; the slowest device's compute).",
         "",
-        f"| held-out family | best baseline method | refined_best_{learned} / task best (mean, worst) | best_{learned} "
-        f"/ task best (mean, worst) | {learned} / task best (mean, worst) | learned / task best (mean, worst) "
-        f"| {learned} / best method | cost-net error: F's samples | F's placements |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| held-out family | best baseline method | {PLANNER_DEFAULT} / task best (mean, worst) "
+        f"| refined_best_{learned} | best_learned | {learned} | learned | {PLANNER_DEFAULT} / best method "
+        "| cost-net error: F's samples | F's placements: total, slowest compute |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def pct(x: float | None) -> str:
@@ -284,11 +294,12 @@ def markdown(rep: dict, s: Settings, command: str, elapsed_min: float, notes: Se
             got = [t[f"{method}_vs_task_best"] for t in fam["tasks"] if f"{method}_vs_task_best" in t]
             return f"{np.mean(got):.3f}, {max(got):.3f}" if got else "n/a"
 
-        m = [t[f"{learned}_vs_best_method"] for t in fam["tasks"] if f"{learned}_vs_best_method" in t]
+        m = [t[f"{PLANNER_DEFAULT}_vs_best_method"] for t in fam["tasks"] if f"{PLANNER_DEFAULT}_vs_best_method" in t]
         lines.append(
-            f"| {name} | {fam['best_baseline_method']} | {cell('refined_best_' + learned)} | {cell('best_' + learned)} "
-            f"| {cell(learned)} | {cell('learned')} "
-            f"| {np.mean(m):.3f} | {pct(fam['cost_net_heldout_samples_mre'])} | {pct(fam['cost_net_placement_mre'])} |"
+            f"| {name} | {fam['best_baseline_method']} | {cell(PLANNER_DEFAULT)} | {cell('refined_best_' + learned)} "
+            f"| {cell('best_learned')} | {cell(learned)} | {cell('learned')} "
+            f"| {np.mean(m):.3f} | {pct(fam['cost_net_heldout_samples_mre'])} "
+            f"| {pct(fam['cost_net_placement_mre'])}, {pct(fam['cost_net_placement_compute_mre'])} |"
         )
     lines.append("")
     for m, o in rep["overall"].items():
@@ -314,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy-iters", type=int, default=600)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--samples-k", type=int, default=16, help="K of learned_kK")
+    p.add_argument("--fwd-step-dims", default="0",
+                   help="cost nets: `place cost-net train --fwd-step-dims` (N, auto, 0: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=tuple(PROFILES), help="where kernels are timed")
     p.add_argument("--sample-minutes", type=float, default=0.0,
@@ -329,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     s = Settings(Path(args.work), tuple(args.families), args.samples, args.max_tables, args.jobs, args.epochs,
                  args.policy_minutes, args.policy_iters, args.rounds, args.samples_k, args.seed,
-                 PROFILES[args.device], args.sample_minutes)
+                 PROFILES[args.device], args.sample_minutes, args.fwd_step_dims)
     t0 = time.perf_counter()
     if not args.report_only:
         run_stages(s, args.stop_after, args.held_out)
