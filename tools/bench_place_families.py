@@ -71,11 +71,12 @@ class DeviceProfile:
     iters: int
     clock_args: tuple[str, ...]
     max_table_bytes: int
+    fwd_step_dims: str  # the cost nets' `--fwd-step-dims` (the CPU's 32 MiB output step; none on CUDA)
 
 
 PROFILES = {
-    "cpu": DeviceProfile("cpu", 4096, 3, 10, ("--clock", "thread"), 256 * 2**20),
-    "cuda": DeviceProfile("cuda", 65536, 5, 20, (), 4 * 2**30),
+    "cpu": DeviceProfile("cpu", 4096, 3, 10, ("--clock", "thread"), 256 * 2**20, "auto"),
+    "cuda": DeviceProfile("cuda", 65536, 5, 20, (), 4 * 2**30, "0"),
 }
 
 
@@ -325,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy-iters", type=int, default=600)
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--samples-k", type=int, default=16, help="K of learned_kK")
-    p.add_argument("--fwd-step-dims", default="0",
-                   help="cost nets: `place cost-net train --fwd-step-dims` (N, auto, 0: off)")
+    p.add_argument("--fwd-step-dims",
+                   help="cost nets: `place cost-net train --fwd-step-dims` (N, auto, 0: off; default: auto on cpu, "
+                        "0 on cuda)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=tuple(PROFILES), help="where kernels are timed")
     p.add_argument("--sample-minutes", type=float, default=0.0,
@@ -342,7 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     s = Settings(Path(args.work), tuple(args.families), args.samples, args.max_tables, args.jobs, args.epochs,
                  args.policy_minutes, args.policy_iters, args.rounds, args.samples_k, args.seed,
-                 PROFILES[args.device], args.sample_minutes, args.fwd_step_dims)
+                 PROFILES[args.device], args.sample_minutes,
+                 args.fwd_step_dims or PROFILES[args.device].fwd_step_dims)
     t0 = time.perf_counter()
     if not args.report_only:
         run_stages(s, args.stop_after, args.held_out)
