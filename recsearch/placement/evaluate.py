@@ -56,15 +56,16 @@ from recsearch.placement.hardware import hardware_string
 from recsearch.placement.measure import DeviceTimer, InputCache, measure_placement
 from recsearch.placement.policy import SHIPPED, LearnedPlacer
 from recsearch.placement.refine import RefinedPlacer
-from recsearch.placement.registry import PLACERS, placer_for_batch
+from recsearch.placement.registry import PLACERS, REFINE_SECONDS, placer_for_batch
 from recsearch.placement.tables import PoolConfig, Task, generate_pool, make_task
 from recsearch.placement.types import PlacementError, Placer
 
 BASELINES = tuple(p for p in PLACERS if p != "learned")
 # learned, learned_kK (K sampled placements besides greedy); best_ in front: the placement the
 # policy's cost net rates cheapest among the learned one and best_of.DEFAULT_RIVALS' (what
-# LearnedShardingPlanner's default placer does); refined_ in front of either: then moved table by
-# table while the cost net says it gets cheaper (refine.py)
+# LearnedShardingPlanner's default placer did before refining); refined_ in front of either: then
+# refined under the cost net (refine.py: moves and exchanges, at most REFINE_SECONDS, as the
+# planner's default placer, which is refined_best_learned)
 _LEARNED = re.compile(r"^(refined_)?(best_)?learned(?:_k(\d+))?$")
 
 
@@ -113,7 +114,7 @@ def method_placer(name: str, optimizer: str, cfg: EvalConfig) -> Placer:
             placer = BestOfPlacer(learned, rivals, lambda _topology: learned.cost_net,
                                   primary_name=name.split("best_")[-1], optimizer=optimizer)
         if m.group(1):
-            placer = RefinedPlacer(placer, learned.cost_net, optimizer)
+            placer = RefinedPlacer(placer, learned.cost_net, optimizer, max_seconds=REFINE_SECONDS)
         return placer
     check_methods([name])
     return placer_for_batch(name, optimizer, cfg.seed, cfg.batch_size)

@@ -22,7 +22,9 @@ monotone: a device's estimate never falls when a table joins it and never rises 
 errors); in an exchange, each device is no cheaper than it is without its leaving table.
 The objective is the step estimate (max compute + max all-to-all) plus a small share of the mean
 device time, so that ties at the maximum (two devices equally slow) can be broken one step at a
-time.
+time. Exchanges of two tables alike in everything the net sees are not tried. The clamps let the
+search's own device estimates drift from the net's, so the result is judged by the net itself at
+the end: the input placement is returned unless the net rates the result cheaper.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from recsearch.placement.types import (
 from recsearch.types import TableSpec, Topology
 
 TIE_BREAK = 1e-3  # weight of the mean device time beside the step estimate
+PAIR_CHUNK = 4096  # exchanges scored at once (bounds the arrays of one scoring pass)
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,8 @@ class RefineReport:
     start_ms: float
     end_ms: float
     seconds: float
-    stopped: str  # "converged", "max_moves" or "time"
+    stopped: str  # "converged", "max_moves", "time" or "no gain" (the net rated the result no
+    # cheaper than the input, which was kept: see the end of `refine`)
 
 
 def refine(
@@ -124,23 +128,28 @@ def refine(
         c, dest = np.unravel_index(int(np.argmin(scores)), scores.shape)
         return float(scores[c, dest]), (int(cand[c]), int(dest)), float(left[c]), float(joined[c, dest])
 
-    def best_swap(cand: np.ndarray) -> tuple[float, tuple[int, int], float, float]:
-        """The best exchange of a candidate table with a table on another device:
+    # tables alike in everything the net and the caps see: exchanging two of them changes nothing
+    signature = np.concatenate([table_pre.reshape(len(tables), -1), dims[:, None], mem[:, None]], 1)
+    kind = np.unique(signature, axis=0, return_inverse=True)[1].reshape(-1)
+
+    def best_swap(cand: np.ndarray, deadline: float) -> tuple[float, tuple[int, int], float, float]:
+        """The best exchange of a candidate table with an unlike table on another device:
         (score, (table a, table b), a's device ms, b's device ms after the exchange). Each side
         is kept monotone against the device without its leaving table (the arriving table never
-        makes it cheaper); pairs are scored in chunks to bound memory."""
-        others = np.arange(len(tables))
-        ia, ib = np.nonzero(ranks[cand][:, None] != ranks[None, :])
-        ia, ib = cand[ia], others[ib]
-        if ia.size == 0:
-            return np.inf, (-1, -1), 0.0, 0.0
-        left = np.zeros(len(tables))
-        involved = np.union1d(cand, ib)
-        left[involved] = leave_ms(involved)
+        makes it cheaper). Pairs are built and scored a block of candidates at a time (memory
+        bounded by PAIR_CHUNK pairs); past the deadline the best pair found so far is returned."""
+        left = leave_ms(np.arange(len(tables)))
         best = (np.inf, (-1, -1), 0.0, 0.0)
-        chunk = 2048
-        for lo in range(0, ia.size, chunk):
-            a, b = ia[lo : lo + chunk], ib[lo : lo + chunk]
+        block = max(1, PAIR_CHUNK // len(tables))
+        for lo in range(0, cand.size, block):
+            if lo and time.perf_counter() > deadline:
+                break
+            cb = cand[lo : lo + block]
+            ok = (ranks[cb][:, None] != ranks[None, :]) & (kind[cb][:, None] != kind[None, :])
+            ia, ib = np.nonzero(ok)
+            if ia.size == 0:
+                continue
+            a, b = cb[ia], ib
             s, d = ranks[a], ranks[b]
             delta = table_pre[b] - table_pre[a]  # what device s gains (d loses it)
             s_ms = np.maximum(heads.ms_from_pre(dev_pre[s] + delta).sum(-1), left[a])
@@ -196,7 +205,7 @@ def refine(
         else:  # a local optimum of moves: try the exchanges (dearer to search)
             if not swaps or world == 1:
                 break
-            score, (a, b), a_ms, b_ms = best_swap(cand)
+            score, (a, b), a_ms, b_ms = best_swap(cand, t0 + max_seconds)
             if not score < now * (1 - 1e-9):
                 break
             sa, sb = int(ranks[a]), int(ranks[b])
@@ -205,8 +214,13 @@ def refine(
             dev_ms[sa], dev_ms[sb] = a_ms, b_ms
         now = score
         moves += 1
-    end = float(dev_ms.max() + comm(dev_dims).max())
     out = Placement(tuple(int(r) for r in ranks), world)
+    # The clamps make the search's own device estimates drift from the net's (a device that
+    # lost a table keeps its old estimate where the net says it got dearer): judge the result
+    # by the net itself, and keep the input unless the net rates the result cheaper.
+    end = float(cost_net.predict(tables, out, topology).total_ms)
+    if moves and not end < start:
+        return placement, RefineReport(0, start, start, time.perf_counter() - t0, "no gain")
     return out, RefineReport(moves, start, end, time.perf_counter() - t0, stopped)
 
 
