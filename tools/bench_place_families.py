@@ -131,13 +131,28 @@ def _sample_cmd(s: Settings, name: str) -> list[str]:
             *s.profile.clock_args, "--no-progress", *(["--minutes", str(s.sample_minutes)] if s.sample_minutes else [])]
 
 
+def _check_kept_net(net: Path, s: Settings) -> None:
+    """A cost net already in the work folder is kept: refuse one trained with another
+    --fwd-step-dims than asked for (its policy and evaluation would not be what the run says)."""
+    shape = json.loads(net.with_suffix(".json").read_text()).get("shape", {})
+    have = int(shape.get("fwd_step_dims", 0))
+    want = 2**25 // (4 * s.profile.batch_size) if s.fwd_step_dims == "auto" else int(s.fwd_step_dims)
+    if have != want:
+        raise SystemExit(
+            f"{net}: trained with --fwd-step-dims {have}, this run asks for {want}; use another --work "
+            "or delete that family's lofo folder to retrain"
+        )
+
+
 def _train_without(s: Settings, held: str) -> None:
     """The cost net and the policy trained without one family."""
     out = s.work / "lofo" / held
     out.mkdir(parents=True, exist_ok=True)
     others = [f for f in s.families if f != held]
     net = out / "cost_net"
-    if not net.with_suffix(".pt").exists():
+    if net.with_suffix(".pt").exists():
+        _check_kept_net(net, s)
+    else:
         _run([*RECSEARCH, "place", "cost-net", "train", "--samples", *(str(sample_file(s, f)) for f in others),
               "--test-samples", str(sample_file(s, held)), "--out", str(net), "--epochs", str(s.epochs),
               "--seed", str(s.seed), "--fwd-step-dims", s.fwd_step_dims], out / "cost_net.log")
