@@ -115,11 +115,17 @@ def exit_process(code: int) -> None:
     exception", SIGABRT, about once in 30 two-rank runs on the CPU), which torchrun reports as a
     failed job. A single process exits normally."""
     if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        hard_exit(code)
     sys.exit(code)
+
+
+def hard_exit(code: int) -> None:
+    """Flush logging, stdout and stderr, then os._exit(code): no interpreter teardown (see
+    exit_process; the test suite's spawned ranks leave the same way, tests/spawn.py)."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run() -> None:

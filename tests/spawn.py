@@ -5,18 +5,19 @@ Why: a rank that finished (results written, process group destroyed) can still a
 interpreter shuts down: "terminate called without an active exception", SIGABRT, from a C++
 thread object still joinable when static objects are destroyed. Seen in about 1 of 30 two-rank
 runs on this machine, in different tests, loaded or quiet, and it fails the test although the
-rank's work is done. Leaving through os._exit(0) after a normal return skips that teardown; a
-rank that raises still exits through mp.spawn's error path, so its traceback is reported.
+rank's work is done. Leaving through recsearch.cli.hard_exit(0) (os._exit after flushing) after
+a normal return skips that teardown; a rank that raises still exits through mp.spawn's error
+path, so its traceback is reported.
 """
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch.multiprocessing as mp
+
+from recsearch.cli import hard_exit
 
 
 def spawn_ranks(fn: Callable[..., None], args: Sequence[Any], nprocs: int = 2) -> None:
@@ -26,6 +27,4 @@ def spawn_ranks(fn: Callable[..., None], args: Sequence[Any], nprocs: int = 2) -
 
 def _run_then_exit(rank: int, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
     fn(rank, *args)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    hard_exit(0)

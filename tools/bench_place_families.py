@@ -52,6 +52,7 @@ if __package__ in (None, ""):  # run as `python tools/bench_place_families.py`: 
 import numpy as np  # noqa: E402
 
 from recsearch import benchmd  # noqa: E402
+from recsearch.placement.cost_net import fwd_step_dims_for_batch  # noqa: E402
 from recsearch.placement.evaluate import BASELINES  # noqa: E402
 from recsearch.placement.families import FamilySettings, family_names, save_family  # noqa: E402
 
@@ -136,7 +137,7 @@ def _check_kept_net(net: Path, s: Settings) -> None:
     --fwd-step-dims than asked for (its policy and evaluation would not be what the run says)."""
     shape = json.loads(net.with_suffix(".json").read_text()).get("shape", {})
     have = int(shape.get("fwd_step_dims", 0))
-    want = 2**25 // (4 * s.profile.batch_size) if s.fwd_step_dims == "auto" else int(s.fwd_step_dims)
+    want = fwd_step_dims_for_batch(s.profile.batch_size) if s.fwd_step_dims == "auto" else int(s.fwd_step_dims)
     if have != want:
         raise SystemExit(
             f"{net}: trained with --fwd-step-dims {have}, this run asks for {want}; use another --work "

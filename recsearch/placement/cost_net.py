@@ -59,6 +59,22 @@ DATA_DIR = Path(__file__).parent / "data"
 SHIPPED = {"cpu": DATA_DIR / "cost_net_cpu", "cuda": DATA_DIR / "cost_net_h100"}
 FORMAT = "recsearch.placement.cost_net/2"  # /2: ensembles
 ADDITIVE_MODES = ("table", "device")
+# a device's fp32 pooled output at which glibc maps its buffer afresh every call
+# (CostNetShape.fwd_step_dims)
+MMAP_OUTPUT_BYTES = 2**25
+
+
+def fwd_step_dims_for_batch(batch_size: int) -> int:
+    """The sum of dims at which a device's fp32 pooled output (batch x sum(dim) x 4 bytes) reaches
+    MMAP_OUTPUT_BYTES: CostNetShape.fwd_step_dims for samples measured at this batch (2048 at
+    4096)."""
+    return max(1, MMAP_OUTPUT_BYTES // (4 * batch_size))
+
+
+def step_threshold(step_dims: int) -> float:
+    """sum(dim) / step_dims above which the forward step applies: dims are whole numbers, so
+    this is sum(dim) >= step_dims, with room for float rounding of the summed encodings."""
+    return 1.0 - 0.5 / step_dims
 
 
 @dataclass(frozen=True)
@@ -249,8 +265,8 @@ class _Net(nn.Module):
         if self.per_table:
             summed = x[..., self.embed : self.embed + 2]
             if self.step_dims:
-                width = x[..., -1:]  # sum(dim) / N; dims are whole, so sum(dim) >= N is:
-                over = (width > 1.0 - 0.5 / self.step_dims).to(width.dtype)
+                width = x[..., -1:]  # sum(dim) / N
+                over = (width > step_threshold(self.step_dims)).to(width.dtype)
                 step = torch.exp(self.step_log)[:, None] * width * over
                 summed = summed + torch.cat([step, torch.zeros_like(step)], -1)
             x = x[..., : self.embed]
@@ -328,7 +344,7 @@ class HeadEvaluator:
             summed = np.maximum(z[..., :2], 0.0)
             if self.step_dims:
                 width = z[..., -1:]
-                over = width > 1.0 - 0.5 / self.step_dims
+                over = width > step_threshold(self.step_dims)
                 step = np.where(over, self.step_scale * width, 0.0)
                 summed = summed + np.concatenate([step, np.zeros_like(step)], -1)
             additive = np.log(summed + 1e-4)
@@ -365,22 +381,6 @@ def device_samples(samples: Iterable[CostSample]) -> list[DeviceSample]:
     if bad:
         raise ValueError(f"device samples without tables or with non-positive times: {bad[:10]}")
     return out
-
-
-def _pack(
-    samples: Sequence[DeviceSample], cache: dict[str, np.ndarray] | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features of every table of every sample, sample index of each row)."""
-    cache = {} if cache is None else cache
-    rows, seg = [], []
-    for i, s in enumerate(samples):
-        for t in s.tables:
-            key = repr(t)
-            if key not in cache:
-                cache[key] = features_matrix([t])[0]
-            rows.append(cache[key])
-            seg.append(i)
-    return torch.from_numpy(np.stack(rows)), torch.tensor(seg, dtype=torch.long)
 
 
 def _pack_unique(
@@ -547,8 +547,7 @@ class CostNet:
         best = (math.inf, 0, {k: v.clone() for k, v in self.net.state_dict().items()})
         self.net.train()
         for epoch in range(1, cfg.epochs + 1):
-            enc = self.net.encode(x)[which]
-            dev = torch.zeros(n, enc.shape[1]).index_add_(0, seg, enc)
+            dev = self._device_sums(x, which, seg, n)
             sq = ((self.net.member_log_ms(dev) - y[:, None, :]) ** 2).sum(-1)  # [N, members]
             loss = ((sq * in_bag).sum(0) / in_bag.sum(0)).sum() / 2
             opt.zero_grad()
@@ -589,8 +588,7 @@ class CostNet:
         (x, which, seg: `_pack_unique`)."""
         was = self.net.training
         self.net.eval()
-        enc = self.net.encode(x)[which]
-        dev = torch.zeros(len(data), enc.shape[1]).index_add_(0, seg, enc)
+        dev = self._device_sums(x, which, seg, len(data))
         logs = self.net.member_log_ms(dev).numpy()  # [N, members, 2]
         self.net.train(was)
         rows = np.nonzero(held.any(1))[0]
@@ -598,20 +596,23 @@ class CostNet:
         pred = np.exp((logs[rows] * w).sum(1) / w.sum(1))
         return errors_of(pred, _targets([data[i] for i in rows]).numpy())
 
+    def _device_sums(
+        self, x: torch.Tensor, which: torch.Tensor, seg: torch.Tensor, n: int
+    ) -> torch.Tensor:
+        """[n, width] each device sample's summed table encodings (x, which, seg: `_pack_unique`):
+        every distinct table encoded once, then gathered and summed per sample."""
+        enc = self.net.encode(x)[which]
+        return torch.zeros(n, enc.shape[1]).index_add_(0, seg, enc)
+
     @torch.no_grad()
-    def _predict_packed(self, x: torch.Tensor, seg: torch.Tensor, n: int) -> np.ndarray:
+    def predict_devices(self, data: Sequence[DeviceSample]) -> np.ndarray:
+        """[N, 2] predicted (fwd_ms, bwd_ms) of each device sample."""
         was = self.net.training
         self.net.eval()
-        enc = self.net.encode(x)
-        dev = torch.zeros(n, enc.shape[1]).index_add_(0, seg, enc)
+        dev = self._device_sums(*_pack_unique(data), len(data))
         out = torch.exp(self.net.log_ms(dev)).numpy()
         self.net.train(was)
         return out
-
-    def predict_devices(self, data: Sequence[DeviceSample]) -> np.ndarray:
-        """[N, 2] predicted (fwd_ms, bwd_ms) of each device sample."""
-        x, seg = _pack(data)
-        return self._predict_packed(x, seg, len(data))
 
     def evaluate_devices(self, data: Sequence[DeviceSample]) -> Errors:
         if not data:

@@ -48,15 +48,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from recsearch.placement.baselines import make_baseline
-from recsearch.placement.best_of import DEFAULT_RIVALS, BestOfPlacer
 from recsearch.placement.comm import CommModel
 from recsearch.placement.cost_net import CostNet
 from recsearch.placement.hardware import hardware_string
 from recsearch.placement.measure import DeviceTimer, InputCache, measure_placement
 from recsearch.placement.policy import SHIPPED, LearnedPlacer
-from recsearch.placement.refine import RefinedPlacer
-from recsearch.placement.registry import PLACERS, REFINE_SECONDS, placer_for_batch
+from recsearch.placement.registry import PLACERS, REFINE_SECONDS, checked_and_refined, placer_for_batch
 from recsearch.placement.tables import PoolConfig, Task, generate_pool, make_task
 from recsearch.placement.types import PlacementError, Placer
 
@@ -108,14 +105,14 @@ def method_placer(name: str, optimizer: str, cfg: EvalConfig) -> Placer:
         learned = LearnedPlacer.load(
             cfg.policy or SHIPPED[cfg.device], samples=k, seed=cfg.seed, optimizer=optimizer
         )
-        placer: Placer = learned
-        if m.group(2):
-            rivals = {r: make_baseline(r, optimizer) for r in DEFAULT_RIVALS}
-            placer = BestOfPlacer(learned, rivals, lambda _topology: learned.cost_net,
-                                  primary_name=name.split("best_")[-1], optimizer=optimizer)
-        if m.group(1):
-            placer = RefinedPlacer(placer, learned.cost_net, optimizer, max_seconds=REFINE_SECONDS)
-        return placer
+        return checked_and_refined(
+            learned,
+            lambda _topology: learned.cost_net,
+            primary_name=name.split("best_")[-1],
+            optimizer=optimizer,
+            best_of=bool(m.group(2)),
+            refine_seconds=REFINE_SECONDS if m.group(1) else 0.0,
+        )
     check_methods([name])
     return placer_for_batch(name, optimizer, cfg.seed, cfg.batch_size)
 

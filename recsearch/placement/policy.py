@@ -233,8 +233,8 @@ def _prepare(
     meta = cost_net.meta
     assert meta is not None
     even_dims = np.full(world, dims.sum() / world)
-    ref = max(float(alone.sum()) / world, float(alone.max())) + _comm_ms(
-        even_dims, cost_net, meta.batch_size, world
+    ref = max(float(alone.sum()) / world, float(alone.max())) + comm_ms_of_dims(
+        even_dims, cost_net.comm_model, meta.batch_size, world
     ).max()
     return _Prepared(
         tables=tuple(tables),
@@ -250,12 +250,6 @@ def _prepare(
         batch_size=meta.batch_size,
         monotone=monotone,
     )
-
-
-def _comm_ms(dim_sums: np.ndarray, cost_net: CostNet, batch_size: int, world: int) -> np.ndarray:
-    """Per rank (last axis): forward + backward all-to-all time from its dims (comm.comm_ms_of_dims
-    with the cost net's comm model)."""
-    return comm_ms_of_dims(dim_sums, cost_net.comm_model, batch_size, world)
 
 
 def _feasible_mask(free: np.ndarray, mem_t: int, rest_desc: np.ndarray) -> np.ndarray:
@@ -329,8 +323,8 @@ class _Episodes:
         cur_max = self.compute.max(1, keepdims=True)
         new_max = np.maximum(cur_max, new)  # max compute if placed on d
         dims_after = self.dim_sum[:, None, :] + self.eye[None] * p.dims[t]  # [B, cand, D]
-        comm_after = _comm_ms(dims_after, self.cost_net, p.batch_size, d).max(-1)  # [B, D]
-        comm_now = _comm_ms(self.dim_sum, self.cost_net, p.batch_size, d)
+        comm_after = comm_ms_of_dims(dims_after, self.cost_net.comm_model, p.batch_size, d).max(-1)  # [B, D]
+        comm_now = comm_ms_of_dims(self.dim_sum, self.cost_net.comm_model, p.batch_size, d)
         free = p.cap - self.used
         mask = _feasible_mask(free, int(p.mem[t]), self.rest_desc[k])
         if not mask.any(1).all():

@@ -16,6 +16,7 @@ imported when one is made.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from recsearch.placement.baselines import BASELINES, make_baseline
@@ -59,6 +60,29 @@ def placer_for_batch(
     return make_placer(name, optimizer, seed, **kwargs)
 
 
+def checked_and_refined(
+    learned: Placer,
+    net_for: Callable[[Topology], CostNet],
+    primary_name: str,
+    optimizer: str = DEFAULT_OPTIMIZER,
+    best_of: bool = True,
+    refine_seconds: float = REFINE_SECONDS,
+) -> Placer:
+    """A learned placer, checked against DEFAULT_RIVALS under net_for(topology) (best_of: a
+    best_of.BestOfPlacer that keeps the cheapest), then refined under the same net for at most
+    refine_seconds (refine.RefinedPlacer; 0: not refined). The one place that stacks these, for
+    the planner's default (learned_or_better) and for `place eval`'s best_/refined_ methods."""
+    placer = learned
+    if best_of:
+        rivals = {name: make_baseline(name, optimizer) for name in DEFAULT_RIVALS}
+        placer = BestOfPlacer(learned, rivals, net_for, primary_name=primary_name, optimizer=optimizer)
+    if refine_seconds > 0:
+        from recsearch.placement.refine import RefinedPlacer  # torch
+
+        placer = RefinedPlacer(placer, net_for, optimizer, max_seconds=refine_seconds)
+    return placer
+
+
 def learned_or_better(
     samples: int = 0,
     seed: int = 0,
@@ -77,18 +101,8 @@ def learned_or_better(
     def net_for(topology: Topology) -> CostNet:
         return learned.policy_for(topology.compute_device).cost_net
 
-    best = BestOfPlacer(
-        learned,
-        {name: make_baseline(name, optimizer) for name in DEFAULT_RIVALS},
-        net_for,
-        primary_name="learned" if samples == 0 else f"learned_k{samples}",
-        optimizer=optimizer,
-    )
-    if refine_seconds <= 0:
-        return best
-    from recsearch.placement.refine import RefinedPlacer  # torch
-
-    return RefinedPlacer(best, net_for, optimizer, max_seconds=refine_seconds)
+    primary = "learned" if samples == 0 else f"learned_k{samples}"
+    return checked_and_refined(learned, net_for, primary, optimizer, refine_seconds=refine_seconds)
 
 
 def planner_placer(name: str, optimizer: str, global_batch: int) -> Placer:

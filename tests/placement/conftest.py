@@ -1,4 +1,6 @@
-"""Tiny table pools for placement tests."""
+"""Tiny table pools, the shipped CPU cost net and the shipped held-out tasks for placement tests."""
+
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +15,22 @@ TINY_POOL = PoolConfig(
 @pytest.fixture(scope="session")
 def tiny_pool():
     return generate_pool(TINY_POOL)
+
+
+@pytest.fixture(scope="session")
+def cpu_cost_net():
+    """The shipped CPU cost net (recsearch/placement/data/cost_net_cpu)."""
+    from recsearch.placement.cost_net import load_shipped  # torch
+
+    return load_shipped("cpu")
+
+
+@pytest.fixture(scope="session")
+def test_tasks():
+    """The 18 shipped held-out tasks (recsearch/placement/data/tasks_test)."""
+    from recsearch.placement.tables import load_tasks
+
+    return load_tasks(Path(__file__).parents[2] / "recsearch" / "placement" / "data" / "tasks_test")
 
 
 def hand_tables() -> list[TableSpec]:

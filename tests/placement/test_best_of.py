@@ -38,17 +38,16 @@ def test_learned_or_better_is_never_rated_worse_than_a_baseline():
         assert by_name[placer.last_choice].estimate_ms == pytest.approx(chosen_ms)
 
 
-def test_the_planners_default_refines_the_best_of_placement():
+def test_the_planners_default_refines_the_best_of_placement(cpu_cost_net, test_tasks):
     """learned_or_better(): best-of, then refine under the same net: never rated worse than the
     best-of placement, and better on some tasks."""
     from recsearch.placement.refine import RefinedPlacer
 
-    tasks = load_tasks(TASKS)[:6]
-    net = load_shipped("cpu")
+    net = cpu_cost_net
     refined = learned_or_better()
     assert isinstance(refined, RefinedPlacer) and isinstance(refined.placer, BestOfPlacer)
     better = 0
-    for task in tasks:
+    for task in test_tasks[:6]:
         final = net.predict(task.tables, refined.place(task.tables, task.topology), task.topology).total_ms
         by_name = {c.name: c for c in refined.placer.last_candidates}
         chosen = by_name[refined.placer.last_choice].estimate_ms

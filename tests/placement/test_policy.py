@@ -39,11 +39,6 @@ def h100_policy():
 
 
 @pytest.fixture(scope="module")
-def test_tasks():
-    return load_tasks(DATA / "tasks_test")
-
-
-@pytest.fixture(scope="module")
 def h100_tasks():
     return load_tasks(DATA / "tasks_h100")
 

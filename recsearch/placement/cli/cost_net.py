@@ -20,6 +20,7 @@ from recsearch.placement.cost_net import (
     CostNetShape,
     Errors,
     TrainConfig,
+    fwd_step_dims_for_batch,
     split_by_tables,
 )
 from recsearch.placement.samples import read_samples
@@ -46,7 +47,7 @@ def _fwd_step_dims(value: str, samples: Sequence[CostSample]) -> int:
         batches = sorted({s.batch_size for s in samples})
         if len(batches) != 1:
             raise ValueError(f"--fwd-step-dims auto: samples mix batch sizes {batches}")
-        return max(1, 2**25 // (4 * batches[0]))
+        return fwd_step_dims_for_batch(batches[0])
     try:
         return int(value)
     except ValueError:
