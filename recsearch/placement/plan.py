@@ -17,7 +17,8 @@ each rank's cap (the Topology's own per device, less the StorageReservation) -> 
 pieces (re-split finer if it cannot pack them) -> build_plan (construct_module_sharding_plan with
 table_wise / column_wise / row_wise / data_parallel and the chosen kernel; plan keys are module
 paths relative to the module given, e.g. "model.sparse_arch.embedding_bag_collection" for
-recsearch's DLRMTrain).
+recsearch's DLRMTrain). With LearnedShardingPlanner(data_parallel=True) the placer may also
+replicate whole tables (types.REPLICATED), which become data_parallel.
 
 APIs used are in both TorchRec 1.6.1 and 1.8.0 (checked against 1.4 and 1.8 sources):
 construct_module_sharding_plan, table_wise / column_wise(ranks) / row_wise() / data_parallel()
@@ -75,6 +76,7 @@ from recsearch.placement.shards import (
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
     OPTIMIZER_STATE,
+    REPLICATED,
     CappedTopology,
     Placement,
     PlacementError,
@@ -180,7 +182,8 @@ def plan_from_ranks(
     local_size: int | None = None,
     compute_kernel: str | None = None,
 ) -> ShardingPlan:
-    """ShardingPlan putting table name -> rank (table-wise) for every table of the EBCs."""
+    """ShardingPlan putting table name -> rank (table-wise) for every table of the EBCs; a table
+    whose rank is REPLICATED gets data_parallel() (the dense kernel, on every rank)."""
     local = local_size or default_local_world_size(world_size, device_type)
     plan = {}
     for path, ebc in ebcs.items():
@@ -188,13 +191,20 @@ def plan_from_ranks(
         missing = [n for n in names if n not in ranks]
         if missing:
             raise PlacementError(f"no rank for tables {missing[:10]} of {path or '<root>'}")
-        bad = {n: ranks[n] for n in names if not 0 <= ranks[n] < world_size}
+        bad = {
+            n: ranks[n] for n in names if not 0 <= ranks[n] < world_size and ranks[n] != REPLICATED
+        }
         if bad:
             raise PlacementError(f"ranks outside 0..{world_size - 1}: {bad}")
         kernel = compute_kernel or FUSED  # as TorchRec's planner picks
         plan[path] = construct_module_sharding_plan(
             ebc,
-            per_param_sharding={n: table_wise(rank=ranks[n], compute_kernel=kernel) for n in names},
+            per_param_sharding={
+                n: data_parallel()
+                if ranks[n] == REPLICATED
+                else table_wise(rank=ranks[n], compute_kernel=kernel)
+                for n in names
+            },
             sharder=_sharder_for(ebc, sharders),
             local_size=local,
             world_size=world_size,
@@ -213,7 +223,7 @@ def to_sharding_plan(
 ) -> ShardingPlan:
     """A table-wise ShardingPlan for one EBC at module_path (relative to the module that
     DistributedModelParallel wraps). A Placement is indexed in the EBC's config order; a mapping
-    is table name -> rank."""
+    is table name -> rank. REPLICATED tables get data_parallel()."""
     names = [c.name for c in ebc.embedding_bag_configs()]
     if isinstance(placement, Placement):
         if len(placement) != len(names):
@@ -222,7 +232,7 @@ def to_sharding_plan(
         world = world_size or placement.world_size
     else:
         ranks = dict(placement)
-        world = world_size or (max(ranks.values()) + 1)
+        world = world_size or (max(ranks.values(), default=0) + 1)
     return plan_from_ranks({module_path: ebc}, ranks, world, device_type, **kwargs)
 
 
@@ -282,11 +292,13 @@ def enumerate_tables(
     constraints: Mapping[str, ParameterConstraints] | None,
     device_type: str,
     stats: Sequence[TableSpec] | None = None,
+    data_parallel: bool = False,
 ) -> list[ShardableTable]:
     """Every shardable table of module with the sharding types and compute kernels it may get:
     its constraint's (TorchRec's ParameterConstraints by table name) intersected with its
-    sharder's for device_type. Pooling factors: stats (TableSpecs by name), else the
-    constraint's pooling_factors, else 1."""
+    sharder's for device_type. A table left to choose (no sharding_types constraint) never gets
+    data_parallel unless data_parallel is True (LearnedShardingPlanner(data_parallel=True)).
+    Pooling factors: stats (TableSpecs by name), else the constraint's pooling_factors, else 1."""
     constraints = dict(constraints or {})
     by_name = {t.name: t for t in stats or ()}
     out: list[ShardableTable] = []
@@ -327,10 +339,11 @@ def enumerate_tables(
                     )
             else:
                 allowed = [s for s in SUPPORTED_SHARDING if s in offered]
-                # left to choose, the planner never makes a table data_parallel: those are dense
-                # parameters the dense optimizer trains (TorchRec's planner may; constrain a
-                # table to data_parallel to get it)
-                allowed = [s for s in allowed if s != ShardingKind.DATA_PARALLEL]
+                # left to choose, a table is data_parallel only when the planner was asked for
+                # it (data_parallel=True): those are dense parameters the dense optimizer trains
+                # (TorchRec's planner may choose it; a constraint asks for it per table)
+                if not data_parallel:
+                    allowed = [s for s in allowed if s != ShardingKind.DATA_PARALLEL]
             kernels = tuple(constraint.compute_kernels) if constraint and constraint.compute_kernels else ()
             out.append(
                 ShardableTable(
@@ -482,6 +495,18 @@ class LearnedShardingPlanner:
     Tables: each gets table_wise when allowed and it fits a device; a table too big for any
     device is split column-wise or row-wise (recsearch.placement.shards) and the pieces placed.
     Kernels: fused unless constrained (data_parallel: dense).
+
+    data_parallel: let the placer replicate whole tables (TorchRec's data_parallel: a copy on
+    every rank, looked up for the rank's own samples, its gradient all-reduced), where the cost
+    model says the step gets cheaper: mostly tables with fewer rows than one rank's share of the
+    batch, on a slow interconnect. Tables left to choose (no sharding_types constraint) whose
+    sharder offers data_parallel may then get it; a named placer is built to try replicating
+    them (registry.planner_placer(..., replicate=True)), and a given placer may return
+    REPLICATED for them. Off by default because it changes training: a replicated table runs
+    TorchRec's dense kernel and is trained by the optimizer the model applies to it in
+    backward, or the dense optimizer, not by the sharders' fused embedding optimizer (its
+    fused_params). With it off, a placer that replicates a table is a PlacementError (unless
+    the table's constraint allows data_parallel).
     The older form LearnedShardingPlanner(placer, topology) still works.
     """
 
@@ -503,6 +528,7 @@ class LearnedShardingPlanner:
         placer: Placer | str = "learned",
         table_stats: Sequence[TableSpec] | None = None,
         optimizer: str | None = None,
+        data_parallel: bool = False,
         **torchrec_kwargs: Any,
     ):
         if isinstance(topology, Placer):  # the older form: (placer, topology)
@@ -544,9 +570,12 @@ class LearnedShardingPlanner:
         self.debug = debug
         self.placer_name = placer if isinstance(placer, str) else type(placer).__name__
         self._placer = placer
-        self._named: dict[tuple[str, int], Placer] = {}
+        self._named: dict[tuple[str, int, bool], Placer] = {}
         self.table_stats = table_stats
         self.optimizer = optimizer
+        self.data_parallel = bool(data_parallel)
+        # the current plan call's tables that may be replicated (whole, data_parallel allowed)
+        self._replicable: dict[str, TableSpec] = {}
         self.last_placement: Placement | None = None
         self.last_tables: list[TableSpec] = []  # the pieces placed (whole tables unless split)
         self.last_split: Split | None = None
@@ -554,13 +583,26 @@ class LearnedShardingPlanner:
         self.last_optimizer = ""
 
     def placer_for(self, optimizer: str) -> Placer:
-        """The placer: the one given, or the named one built for this optimizer (kept)."""
+        """The placer: the one given, or the named one built for this optimizer, global batch
+        and data_parallel setting (kept); with data_parallel it may replicate the pieces
+        may_replicate allows."""
         if not isinstance(self._placer, str):
             return self._placer
-        key = (optimizer, self._global_batch())
+        key = (optimizer, self._global_batch(), self.data_parallel)
         if key not in self._named:
-            self._named[key] = planner_placer(self._placer, optimizer, key[1])
+            self._named[key] = planner_placer(
+                self._placer,
+                optimizer,
+                key[1],
+                replicate=self.data_parallel,
+                may_replicate=self.may_replicate if self.data_parallel else None,
+            )
         return self._named[key]
+
+    def may_replicate(self, piece: TableSpec) -> bool:
+        """Whether the placer may replicate this piece in the current plan call: a whole table
+        (not a column-wise piece) whose request allows data_parallel."""
+        return self._replicable.get(piece.name) == piece
 
     def _global_batch(self) -> int:
         return self.batch_size * self._world()
@@ -608,7 +650,9 @@ class LearnedShardingPlanner:
         sharders = list(sharders) if sharders else get_default_sharders()
         start = time.perf_counter()
         caps, device, local = self._caps(module, sharders)
-        tables = enumerate_tables(module, sharders, self.constraints, device, self.table_stats)
+        tables = enumerate_tables(
+            module, sharders, self.constraints, device, self.table_stats, self.data_parallel
+        )
         if not tables:
             raise PlacementError(
                 f"no table to shard in {type(module).__name__}: no submodule matches the "
@@ -639,6 +683,11 @@ class LearnedShardingPlanner:
         """Split (only what fits no rank), place the pieces; when the placer cannot pack them,
         split finer (pieces at most half as big, up to MAX_SPLIT_ROUNDS times) and place again."""
         requests = [t.request for t in tables]
+        self._replicable = {
+            t.spec.name: t.spec
+            for t in tables
+            if ShardingKind.DATA_PARALLEL in t.request.sharding_types
+        }
         placer = self.placer_for(optimizer)
         max_piece: int | None = None
         last: tuple[Split, PlacementError] | None = None

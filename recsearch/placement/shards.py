@@ -9,6 +9,11 @@ first). Tables constrained to row_wise or data_parallel are pinned the same way;
 they are split into pieces of `min_partition` columns (TorchRec's MIN_CW_DIM, 128, by default)
 or narrower pieces if those do not fit.
 
+A placer may also replicate a whole table (`types.REPLICATED`: a copy on every rank, TorchRec's
+`data_parallel()`): `Split.ranks` makes that table data_parallel when its request allows
+data_parallel, and refuses it (PlacementError) for a column-wise piece or a table whose request
+does not allow it.
+
 Sharding types are TorchRec's names (ShardingType values); this module does not import torchrec,
 so it is cheap and the rules can be tested on their own. Memory is `table_memory_bytes` (weights
 + optimizer state, per piece: FBGEMM keeps row-wise state per shard).
@@ -23,6 +28,7 @@ from enum import Enum
 
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
+    REPLICATED,
     Placement,
     PlacementError,
     format_bytes,
@@ -76,17 +82,25 @@ class TableSharding:
 @dataclass(frozen=True)
 class Split:
     """Every table's sharding, the pieces to place (in table order) with their owner
-    (table index, shard index), and each rank's room left after the pinned shards."""
+    (table index, shard index), and each rank's room left after the pinned shards.
+
+    requests: the tables' requests (split_tables keeps them), which say whether a table the
+    placer replicates may be data_parallel; a Split without them allows no replication."""
 
     tables: tuple[TableSpec, ...]
     shardings: tuple[TableSharding, ...]
     pieces: tuple[TableSpec, ...]
     owners: tuple[tuple[int, int], ...]
     free_bytes: tuple[int, ...]
+    requests: tuple[TableRequest, ...] = ()
 
     def ranks(self, placement: Placement) -> list[tuple[str, tuple[int, ...]]]:
         """(sharding type, ranks) per table for a placement of the pieces: the rank of the
-        table (table_wise), of each column slice in order (column_wise), or every rank."""
+        table (table_wise), of each column slice in order (column_wise), or every rank
+        (row_wise, data_parallel). A table_wise table the placer replicated (REPLICATED)
+        becomes data_parallel on every rank when its request allows data_parallel; a replicated
+        column-wise piece, or a replicated table whose request does not allow data_parallel, is
+        a PlacementError naming the table."""
         if len(placement) != len(self.pieces):
             raise PlacementError(
                 f"placement has {len(placement)} pieces, the split has {len(self.pieces)}"
@@ -96,19 +110,51 @@ class Split:
             per_table[t].append(r)
         world = len(self.free_bytes)
         out = []
-        for s, got in zip(self.shardings, per_table):
+        for i, (s, got) in enumerate(zip(self.shardings, per_table)):
             pinned = s.sharding_type in (ShardingKind.ROW_WISE, ShardingKind.DATA_PARALLEL)
-            out.append((s.sharding_type, tuple(range(world)) if pinned else tuple(got)))
+            if pinned:
+                out.append((s.sharding_type, tuple(range(world))))
+            elif REPLICATED in got:
+                self._check_replicable(i, s)
+                out.append((ShardingKind.DATA_PARALLEL.value, tuple(range(world))))
+            else:
+                out.append((s.sharding_type, tuple(got)))
         return out
 
+    def _check_replicable(self, i: int, sharding: TableSharding) -> None:
+        """PlacementError unless table i, replicated by the placer, may be data_parallel."""
+        t = self.tables[i]
+        req = self.requests[i] if i < len(self.requests) else None
+        where = f" in {req.where}" if req is not None and req.where else ""
+        if sharding.sharding_type != ShardingKind.TABLE_WISE or len(sharding.pieces) != 1:
+            names = [p.name for p in sharding.pieces]
+            raise PlacementError(
+                f"the placer replicated a column-wise piece of table {t.name!r}{where} (pieces "
+                f"{names}); only whole tables may be replicated (data_parallel)"
+            )
+        allowed = list(req.sharding_types) if req is not None else []
+        if ShardingKind.DATA_PARALLEL not in allowed:
+            raise PlacementError(
+                f"the placer replicated table {t.name!r}{where}, but it may only be sharded "
+                f"{allowed or 'as the split says'} (data_parallel not allowed); allow it with "
+                f"LearnedShardingPlanner(data_parallel=True) for tables left to choose, or a "
+                f"ParameterConstraints(sharding_types=[..., 'data_parallel']) for this table"
+            )
+
     def memory_per_rank(self, placement: Placement, optimizer: str = DEFAULT_OPTIMIZER) -> list[int]:
-        """Bytes on each rank: the pinned shards plus the placed pieces."""
+        """Bytes on each rank: the pinned shards plus the placed pieces (a replicated piece on
+        every rank)."""
         mem = [0] * len(self.free_bytes)
         for s in self.shardings:
             for r, b in enumerate(s.pinned_bytes):
                 mem[r] += b
         for piece, r in zip(self.pieces, placement.ranks):
-            mem[r] += table_memory_bytes(piece, optimizer)
+            b = table_memory_bytes(piece, optimizer)
+            if r == REPLICATED:
+                for d in range(len(mem)):
+                    mem[d] += b
+            else:
+                mem[r] += b
         return mem
 
 
@@ -260,4 +306,5 @@ def split_tables(
         pieces=tuple(pieces),
         owners=tuple(owners),
         free_bytes=tuple(free),
+        requests=tuple(requests),
     )
