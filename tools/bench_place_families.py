@@ -208,10 +208,19 @@ def run_stages(s: Settings, stop_after: str | None = None, held_out: Sequence[st
 PLANNER_DEFAULT = "refined_best_learned"
 
 
+# LearnedShardingPlanner(data_parallel=True): the same, and small tables replicated where the
+# cost net says it pays (replicate.py); dp_dim_greedy: that replication around dim_greedy alone
+# (the ablation: how much of the dp_ gain is replication without the policy)
+PLANNER_DP = "dp_" + PLANNER_DEFAULT
+DP_ABLATION = "dp_dim_greedy"
+
+
 def _methods(learned: str) -> tuple[str, ...]:
     """The learned methods measured and reported: the policy greedy and with K samples, each
-    checked against the baselines (best_) and then refined (refined_best_)."""
-    return ("learned", learned, "best_learned", PLANNER_DEFAULT, f"best_{learned}", f"refined_best_{learned}")
+    checked against the baselines (best_) and then refined (refined_best_); the planner's two
+    refined ones with replication (dp_), and the replication ablation."""
+    return ("learned", learned, "best_learned", PLANNER_DEFAULT, f"best_{learned}", f"refined_best_{learned}",
+            PLANNER_DP, f"dp_refined_best_{learned}", DP_ABLATION)
 
 
 def family_summary(eval_json: dict, net_json: dict, learned: str, policy_json: dict | None = None) -> dict:
@@ -292,15 +301,18 @@ def markdown(rep: dict, s: Settings, command: str, elapsed_min: float, notes: Se
         f"`best_` in front (checked against the five fast baselines' placements under the cost net, the cheapest "
         f"kept) and `refined_best_` in front (that, then single-table moves and two-table exchanges while the cost "
         f"net says the step gets cheaper, `refine.py`). `{PLANNER_DEFAULT}` is what LearnedShardingPlanner "
-        "returns by default. Ratios are measured cost / the cheapest baseline on that task (the per-task best) "
+        f"returns by default; `dp_` in front: small tables replicated (data-parallel) where the cost net says it "
+        f"pays (`replicate.py`, LearnedShardingPlanner(data_parallel=True)); `{DP_ABLATION}`: that replication "
+        "around dim_greedy alone, an ablation. The baselines include `torchrec_dp`, TorchRec's planner allowed "
+        "data_parallel as well as table_wise. Ratios are measured cost / the cheapest baseline on that task (the per-task best) "
         "and / the baseline method with the lowest mean ratio on that family (the single best method). "
         "Cost-net errors: mean relative error on F's own samples, and on F's measured placements (step total, "
         "whose all-to-all is modeled exactly; the slowest device's compute).",
         "",
-        f"| held-out family | best baseline method | {PLANNER_DEFAULT} / task best (mean, worst) "
-        f"| refined_best_{learned} | best_learned | {learned} | learned | {PLANNER_DEFAULT} / best method "
+        f"| held-out family | best baseline method | {PLANNER_DP} / task best (mean, worst) | {PLANNER_DEFAULT} "
+        f"| refined_best_{learned} | best_learned | {learned} | learned | {DP_ABLATION} | {PLANNER_DEFAULT} / best method "
         "| cost-net error: F's samples | F's placements: total, slowest compute |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def pct(x: float | None) -> str:
@@ -313,8 +325,9 @@ def markdown(rep: dict, s: Settings, command: str, elapsed_min: float, notes: Se
 
         m = [t[f"{PLANNER_DEFAULT}_vs_best_method"] for t in fam["tasks"] if f"{PLANNER_DEFAULT}_vs_best_method" in t]
         lines.append(
-            f"| {name} | {fam['best_baseline_method']} | {cell(PLANNER_DEFAULT)} | {cell('refined_best_' + learned)} "
-            f"| {cell('best_learned')} | {cell(learned)} | {cell('learned')} "
+            f"| {name} | {fam['best_baseline_method']} | {cell(PLANNER_DP)} | {cell(PLANNER_DEFAULT)} "
+            f"| {cell('refined_best_' + learned)} | {cell('best_learned')} | {cell(learned)} | {cell('learned')} "
+            f"| {cell(DP_ABLATION)} "
             f"| {np.mean(m):.3f} | {pct(fam['cost_net_heldout_samples_mre'])} "
             f"| {pct(fam['cost_net_placement_mre'])}, {pct(fam['cost_net_placement_compute_mre'])} |"
         )

@@ -1,5 +1,7 @@
 """Communication cost of a placement: the forward all-to-all of pooled embeddings and the
-backward one of their gradients (bytes per rank from `types.alltoall_bytes`), either modeled with
+backward one of their gradients (bytes per rank from `types.alltoall_bytes`), plus the all-reduce
+of replicated tables' gradients (`types.allreduce_bytes`, modeled with the same latency and
+bandwidth: one more collective over the same links), either modeled with
 a `CommModel` (comm_ms = latency + bytes / bandwidth, fitted on measured all-to-alls by
 `calibrate_comm`) or timed for real with one gloo process per rank on loopback
 (`measure_alltoall`, `measured_comm_costs`).
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 
 from recsearch.placement.hardware import hardware_string
-from recsearch.placement.types import Placement, alltoall_bytes
+from recsearch.placement.types import Placement, allreduce_bytes, alltoall_bytes
 from recsearch.types import TableSpec
 
 
@@ -72,11 +74,13 @@ DEFAULT_COMM = {
 def comm_costs(
     placement: Placement, tables: Sequence[TableSpec], batch_size: int, model: CommModel
 ) -> list[float]:
-    """Per rank: forward all-to-all (pooled embeddings) + backward all-to-all (gradients), ms."""
+    """Per rank: forward all-to-all (pooled embeddings) + backward all-to-all (gradients) + the
+    all-reduce of the replicated tables' gradients, ms."""
+    reduce_ms = model.ms(allreduce_bytes(placement, tables))
     out = []
     for send, recv in alltoall_bytes(placement, tables, batch_size):
         nbytes = max(send, recv)
-        out.append(2 * model.ms(nbytes))  # backward moves the same bytes the other way
+        out.append(2 * model.ms(nbytes) + reduce_ms)  # backward: the same bytes the other way
     return out
 
 
@@ -221,8 +225,15 @@ def measured_comm_costs(
     iters: int = 10,
 ) -> list[float]:
     """Per rank: the real forward + backward all-to-all times of this placement, with one gloo
-    process per rank on loopback (CPU)."""
+    process per rank on loopback (CPU). Replicated tables' all-reduce is not timed for real: a
+    placement with replicated tables is refused (measure it with the comm model)."""
     world = placement.world_size
+    if placement.replicated and world > 1:
+        raise ValueError(
+            f"timing communication for real covers the all-to-alls only; this placement "
+            f"replicates {len(placement.replicated)} table(s), whose gradient all-reduce it would "
+            f"leave out: measure it with the comm model instead"
+        )
     if world == 1:
         return [0.0]
     dims = placement.dim_per_rank(tables)

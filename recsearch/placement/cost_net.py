@@ -369,6 +369,11 @@ def device_samples(samples: Iterable[CostSample]) -> list[DeviceSample]:
         if s.placement is None:
             out.append(DeviceSample(tuple(s.tables), s.cost.fwd_ms, s.cost.bwd_ms))
             continue
+        if s.placement.replicated:
+            raise ValueError(
+                "placement samples with replicated tables cannot train the cost net: each "
+                "device's time includes the replicated tables' kernel at another batch"
+            )
         if len(s.cost.per_device) != s.placement.world_size:
             raise ValueError(
                 f"placement sample with {s.placement.world_size} ranks has "
@@ -497,6 +502,13 @@ class CostNet:
                 f"{topology.world_size}"
             )
         compute = self.device_costs(tables, placement.groups())
+        if placement.replicated:
+            # every rank runs the replicated tables' kernel for its own batch / world samples;
+            # the net knows kernels at its samples' global batch only, so that kernel is taken
+            # as its estimate there over world (work linear in the samples looked up)
+            (rep_f, rep_b), = self.device_costs(tables, [placement.replicated])
+            share = 1.0 / placement.world_size
+            compute = [(f + rep_f * share, b + rep_b * share) for f, b in compute]
         comms = comm_costs(placement, tables, meta.batch_size, self.comm_model)
         return combine_costs([DeviceCost(f, b, c) for (f, b), c in zip(compute, comms)])
 

@@ -62,8 +62,13 @@ BASELINES = tuple(p for p in PLACERS if p != "learned")
 # policy's cost net rates cheapest among the learned one and best_of.DEFAULT_RIVALS' (what
 # LearnedShardingPlanner's default placer did before refining); refined_ in front of either: then
 # refined under the cost net (refine.py: moves and exchanges, at most REFINE_SECONDS, as the
-# planner's default placer, which is refined_best_learned)
-_LEARNED = re.compile(r"^(refined_)?(best_)?learned(?:_k(\d+))?$")
+# planner's default placer, which is refined_best_learned); dp_ in front of any of these: small
+# tables replicated where the cost net says it pays (replicate.ReplicatingPlacer,
+# LearnedShardingPlanner(data_parallel=True)). dp_<baseline> (e.g. dp_dim_greedy): the same
+# replication around a baseline, under the policy's cost net: the ablation that says how much of
+# dp_'s gain is the replication alone.
+_LEARNED = re.compile(r"^(dp_)?(refined_)?(best_)?learned(?:_k(\d+))?$")
+_DP_BASELINE = re.compile(r"^dp_(\w+)$")
 
 
 @dataclass(frozen=True)
@@ -84,37 +89,50 @@ class EvalConfig:
 
 
 def is_learned_method(name: str) -> bool:
-    """learned or learned_kK (K sampled placements besides greedy)."""
-    return _LEARNED.match(name) is not None
+    """A method of the learned placer's stack (it plans with the policy's cost net): learned,
+    learned_kK and their best_/refined_/dp_ forms, and dp_<baseline>."""
+    if _LEARNED.match(name) is not None:
+        return True
+    m = _DP_BASELINE.match(name)
+    return m is not None and m.group(1) in BASELINES
 
 
 def check_methods(methods: Sequence[str]) -> None:
     for m in methods:
         if not is_learned_method(m) and m not in BASELINES:
             raise ValueError(
-                f"unknown method {m!r}; known: {', '.join(BASELINES)}, learned, learned_kK, best_learned, best_learned_kK, refined_ before either"
+                f"unknown method {m!r}; known: {', '.join(BASELINES)}, learned, learned_kK, "
+                f"best_learned, best_learned_kK, refined_ before either, dp_ before any of "
+                f"these or a baseline"
             )
 
 
 def method_placer(name: str, optimizer: str, cfg: EvalConfig) -> Placer:
     """A placer by method name; learned ones from cfg.policy or the shipped policy for
     cfg.device, loaded here so that planning times do not include reading model files."""
-    m = _LEARNED.match(name)
-    if m:
-        k = int(m.group(3) or 0)
-        learned = LearnedPlacer.load(
-            cfg.policy or SHIPPED[cfg.device], samples=k, seed=cfg.seed, optimizer=optimizer
-        )
-        return checked_and_refined(
-            learned,
-            lambda _topology: learned.cost_net,
-            primary_name=name.split("best_")[-1],
-            optimizer=optimizer,
-            best_of=bool(m.group(2)),
-            refine_seconds=REFINE_SECONDS if m.group(1) else 0.0,
-        )
     check_methods([name])
-    return placer_for_batch(name, optimizer, cfg.seed, cfg.batch_size)
+    m = _LEARNED.match(name)
+    dp = _DP_BASELINE.match(name) if m is None else None
+    if m is None and dp is None:
+        return placer_for_batch(name, optimizer, cfg.seed, cfg.batch_size)
+    k = int(m.group(4) or 0) if m else 0
+    learned = LearnedPlacer.load(
+        cfg.policy or SHIPPED[cfg.device], samples=k, seed=cfg.seed, optimizer=optimizer
+    )
+    if dp is not None:  # the replication ablation around a baseline
+        from recsearch.placement.replicate import ReplicatingPlacer  # torch
+
+        inner = placer_for_batch(dp.group(1), optimizer, cfg.seed, cfg.batch_size)
+        return ReplicatingPlacer(inner, lambda _topology: learned.cost_net, optimizer)
+    return checked_and_refined(
+        learned,
+        lambda _topology: learned.cost_net,
+        primary_name=name.removeprefix("dp_").split("best_")[-1],
+        optimizer=optimizer,
+        best_of=bool(m.group(3)),
+        refine_seconds=REFINE_SECONDS if m.group(2) else 0.0,
+        replicate=bool(m.group(1)),
+    )
 
 
 def evaluate_tasks(

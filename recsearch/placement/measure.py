@@ -521,6 +521,34 @@ class DeviceTimer:
         self._round: dict[tuple[int, ...], KernelTiming] = {}
         self._timed = self._looked_up = self._generated = 0
         self._inputs_s = self._kernels_s = 0.0
+        self._local: dict[int, DeviceTimer] = {}  # batch -> timer of one rank's share
+
+    def local(self, world_size: int) -> DeviceTimer:
+        """A timer of the same tables and settings for one rank's share of the batch,
+        ceil(batch_size / world_size) samples: what a replicated (data-parallel) table's kernel
+        looks up on each rank. Made once per share, with inputs of its own; new_round, stats
+        and close cover it."""
+        batch = -(-self.batch_size // world_size)
+        if batch == self.batch_size:
+            return self
+        timer = self._local.get(batch)
+        if timer is None:
+            cache = self.input_cache
+            timer = DeviceTimer(
+                self.tables,
+                batch,
+                self.device,
+                self.optimizer,
+                self.warmup,
+                self.iters,
+                seed=cache.seed,
+                row_cap=cache.row_cap,
+                threads=self.threads,
+                clock=self.clock,
+                input_sets=cache.input_sets,
+            )
+            self._local[batch] = timer
+        return timer
 
     def time(self, group: Sequence[int]) -> KernelTiming:
         """The fused kernel's timing of these tables (indices into the timer's tables)."""
@@ -565,16 +593,32 @@ class DeviceTimer:
 
     def new_round(self) -> None:
         self._round.clear()
+        for timer in self._local.values():
+            timer.new_round()
 
     def stats(self) -> TimerStats:
-        return TimerStats(
+        own = TimerStats(
             self._timed, self._looked_up, self._generated, self._inputs_s, self._kernels_s
         )
+        for timer in self._local.values():
+            s = timer.stats()
+            own = TimerStats(
+                own.kernels_timed + s.kernels_timed,
+                own.kernels_looked_up + s.kernels_looked_up,
+                own.tables_generated + s.tables_generated,
+                own.inputs_s + s.inputs_s,
+                own.kernels_s + s.kernels_s,
+            )
+        return own
 
     def close(self) -> None:
         """Forget the timings; on CUDA hand the kernels' cached memory back (the inputs stay
-        with the InputCache, which may serve other timers)."""
+        with the InputCache, which may serve other timers; a local() timer's own inputs go)."""
         self._round.clear()
+        for timer in self._local.values():
+            timer.close()
+            timer.input_cache.clear()
+        self._local.clear()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
@@ -595,6 +639,8 @@ def measure_placement(
     """Measured step cost of a placement: each device's table set timed in turn on this machine's
     device, communication modeled (comm="model" or a CommModel) or timed with one gloo process per
     rank (comm="measure", CPU). total = max over devices of (fwd + bwd) + all-to-all time.
+    Replicated tables: their kernel timed once for one rank's share of the batch (every rank
+    runs the same) and added to each device; their gradient all-reduce is in the comm model.
 
     timer: a DeviceTimer over these tables with these settings, to share inputs and timings
     with other placements of the same tables (recsearch place eval); without one, a timer of
@@ -614,6 +660,9 @@ def measure_placement(
         raise ValueError("the DeviceTimer was made for other tables or measurement settings")
     try:
         per_rank = [timer.time(group) for group in placement.groups()]
+        if placement.replicated:
+            rep = timer.local(placement.world_size).time(placement.replicated)
+            per_rank = [KernelTiming(k.fwd_ms + rep.fwd_ms, k.bwd_ms + rep.bwd_ms) for k in per_rank]
     finally:
         if own:
             timer.close()

@@ -39,6 +39,7 @@ from recsearch.placement.comm import comm_ms_of_dims
 from recsearch.placement.cost_net import CostNet
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
+    CappedTopology,
     Placement,
     Placer,
     rank_caps,
@@ -74,7 +75,11 @@ def refine(
 ) -> tuple[Placement, RefineReport]:
     """The placement after best-improvement single-table moves (and, with swaps, exchanges of two
     tables between devices) under cost_net (see the module docstring); the input placement when
-    nothing helps. Memory caps are kept."""
+    nothing helps. Memory caps are kept. Replicated tables stay replicated (_refine_rest)."""
+    if placement.replicated:
+        return _refine_rest(
+            tables, topology, placement, cost_net, optimizer, max_seconds, max_moves, swaps
+        )
     t0 = time.perf_counter()
     world = placement.world_size
     meta = cost_net.meta
@@ -222,6 +227,44 @@ def refine(
     if moves and not end < start:
         return placement, RefineReport(0, start, start, time.perf_counter() - t0, "no gain")
     return out, RefineReport(moves, start, end, time.perf_counter() - t0, stopped)
+
+
+def _refine_rest(
+    tables: Sequence[TableSpec],
+    topology: Topology,
+    placement: Placement,
+    cost_net: CostNet,
+    optimizer: str,
+    max_seconds: float,
+    max_moves: int,
+    swaps: bool,
+) -> tuple[Placement, RefineReport]:
+    """refine the table-wise tables of a placement with replicated ones, on the room the
+    replicas leave each rank. The replicas add the same compute to every device and the same
+    all-reduce to every rank's communication, so they do not change which move is best: the
+    rest is refined alone and the result judged by the net on the whole placement."""
+    t0 = time.perf_counter()
+    rep = set(placement.replicated)
+    rest = [i for i in range(len(tables)) if i not in rep]
+    start = float(cost_net.predict(tables, placement, topology).total_ms)
+    rep_bytes = sum(table_memory_bytes(tables[i], optimizer) for i in rep)
+    caps = [c - rep_bytes for c in rank_caps(topology)]
+    if not rest or min(caps) < 0:  # nothing to move (or an over-committed input: left as is)
+        return placement, RefineReport(0, start, start, time.perf_counter() - t0, "converged")
+    room = CappedTopology.of(caps, topology.compute_device)
+    sub_tables = [tables[i] for i in rest]
+    sub = Placement(tuple(placement.ranks[i] for i in rest), placement.world_size)
+    new_sub, report = refine(
+        sub_tables, room, sub, cost_net, optimizer, max_seconds, max_moves, swaps
+    )
+    ranks = list(placement.ranks)
+    for j, i in enumerate(rest):
+        ranks[i] = new_sub.ranks[j]
+    out = Placement(tuple(ranks), placement.world_size)
+    end = float(cost_net.predict(tables, out, topology).total_ms)
+    if report.moves and not end < start:
+        return placement, RefineReport(0, start, start, time.perf_counter() - t0, "no gain")
+    return out, RefineReport(report.moves, start, end, time.perf_counter() - t0, report.stopped)
 
 
 class RefinedPlacer:

@@ -1,6 +1,7 @@
 """Every placer by name: the one place that maps names to Placers.
 
-- `PLACERS`: the names `make_placer` takes (the baselines, TorchRec's planner, the learned one);
+- `PLACERS`: the names `make_placer` takes (the baselines, TorchRec's planner table-wise and,
+  as `torchrec_dp`, allowed data_parallel too, the learned one);
 - `make_placer(name)`: a Placer (`types.Placer`); `placer_for_batch(name, ...)`: the same, with
   TorchRec's planner planning for a given global batch;
 - `learned_or_better()`: the shipped learned placer checked against the fast baselines under its
@@ -22,12 +23,12 @@ from typing import TYPE_CHECKING, Any
 from recsearch.placement.baselines import BASELINES, make_baseline
 from recsearch.placement.best_of import DEFAULT_RIVALS, BestOfPlacer
 from recsearch.placement.types import DEFAULT_OPTIMIZER, Placer
-from recsearch.types import Topology
+from recsearch.types import TableSpec, Topology
 
 if TYPE_CHECKING:
     from recsearch.placement.cost_net import CostNet
 
-PLACERS = (*BASELINES, "torchrec", "learned")
+PLACERS = (*BASELINES, "torchrec", "torchrec_dp", "learned")
 # the planner's default placer refines its best-of placement for at most this long (seconds)
 REFINE_SECONDS = 0.5
 
@@ -40,10 +41,10 @@ def make_placer(
     for the topology's compute device (recsearch.placement.policy)."""
     if name in BASELINES:
         return make_baseline(name, optimizer=optimizer, seed=seed)
-    if name == "torchrec":
+    if name in ("torchrec", "torchrec_dp"):
         from recsearch.placement.torchrec_placer import TorchRecPlacer  # torchrec.distributed
 
-        return TorchRecPlacer(optimizer=optimizer, **kwargs)
+        return TorchRecPlacer(optimizer=optimizer, data_parallel=name == "torchrec_dp", **kwargs)
     if name == "learned":
         from recsearch.placement.policy import ShippedLearnedPlacer  # torch
 
@@ -56,7 +57,7 @@ def placer_for_batch(
 ) -> Placer:
     """make_placer(name, optimizer, seed), TorchRec's planner planning for batch_size (the other
     placers do not depend on the batch)."""
-    kwargs = {"batch_size": batch_size} if name == "torchrec" else {}
+    kwargs = {"batch_size": batch_size} if name in ("torchrec", "torchrec_dp") else {}
     return make_placer(name, optimizer, seed, **kwargs)
 
 
@@ -67,11 +68,16 @@ def checked_and_refined(
     optimizer: str = DEFAULT_OPTIMIZER,
     best_of: bool = True,
     refine_seconds: float = REFINE_SECONDS,
+    replicate: bool = False,
+    may_replicate: Callable[[TableSpec], bool] | None = None,
 ) -> Placer:
     """A learned placer, checked against DEFAULT_RIVALS under net_for(topology) (best_of: a
     best_of.BestOfPlacer that keeps the cheapest), then refined under the same net for at most
-    refine_seconds (refine.RefinedPlacer; 0: not refined). The one place that stacks these, for
-    the planner's default (learned_or_better) and for `place eval`'s best_/refined_ methods."""
+    refine_seconds (refine.RefinedPlacer; 0: not refined); with replicate, all that once for
+    every table and once for the rest after replicating each candidate set of small tables
+    (replicate.ReplicatingPlacer; may_replicate: which tables may be). The one place that
+    stacks these, for the planner's default (learned_or_better) and for `place eval`'s
+    best_/refined_/dp_ methods."""
     placer = learned
     if best_of:
         rivals = {name: make_baseline(name, optimizer) for name in DEFAULT_RIVALS}
@@ -80,6 +86,10 @@ def checked_and_refined(
         from recsearch.placement.refine import RefinedPlacer  # torch
 
         placer = RefinedPlacer(placer, net_for, optimizer, max_seconds=refine_seconds)
+    if replicate:
+        from recsearch.placement.replicate import ReplicatingPlacer  # torch
+
+        placer = ReplicatingPlacer(placer, net_for, optimizer, may_replicate=may_replicate)
     return placer
 
 
@@ -88,12 +98,16 @@ def learned_or_better(
     seed: int = 0,
     optimizer: str = DEFAULT_OPTIMIZER,
     refine_seconds: float = REFINE_SECONDS,
+    replicate: bool = False,
+    may_replicate: Callable[[TableSpec], bool] | None = None,
 ) -> Placer:
     """The shipped learned placer checked against DEFAULT_RIVALS under its own cost net, then
     refined under that net (refine.RefinedPlacer: moves and exchanges of tables while the net
     says the step gets cheaper, for at most refine_seconds; 0: no refinement, the BestOfPlacer
     itself): what LearnedShardingPlanner uses for placer="learned". The refined placer's
-    `.placer` is the BestOfPlacer (its last_candidates and last_choice say what was compared)."""
+    `.placer` is the BestOfPlacer (its last_candidates and last_choice say what was compared).
+    replicate: also try replicating small tables (replicate.ReplicatingPlacer around all that;
+    may_replicate: which tables may be), for LearnedShardingPlanner(data_parallel=True)."""
     from recsearch.placement.policy import ShippedLearnedPlacer  # torch
 
     learned = ShippedLearnedPlacer(samples=samples, seed=seed, optimizer=optimizer)
@@ -102,12 +116,43 @@ def learned_or_better(
         return learned.policy_for(topology.compute_device).cost_net
 
     primary = "learned" if samples == 0 else f"learned_k{samples}"
-    return checked_and_refined(learned, net_for, primary, optimizer, refine_seconds=refine_seconds)
+    return checked_and_refined(
+        learned,
+        net_for,
+        primary,
+        optimizer,
+        refine_seconds=refine_seconds,
+        replicate=replicate,
+        may_replicate=may_replicate,
+    )
 
 
-def planner_placer(name: str, optimizer: str, global_batch: int) -> Placer:
+def planner_placer(
+    name: str,
+    optimizer: str,
+    global_batch: int,
+    replicate: bool = False,
+    may_replicate: Callable[[TableSpec], bool] | None = None,
+) -> Placer:
     """The placer LearnedShardingPlanner(placer=name) uses: "learned" is learned_or_better,
-    "torchrec" plans for the planner's global batch, the rest are make_placer's."""
+    "torchrec" plans for the planner's global batch, the rest are make_placer's. replicate
+    (LearnedShardingPlanner(data_parallel=True)): "learned" also tries replicating small
+    tables; a baseline is wrapped in replicate.ReplicatingPlacer under the shipped cost net for
+    the device; "torchrec_dp" decides replication itself."""
     if name == "learned":
-        return learned_or_better(optimizer=optimizer)
-    return placer_for_batch(name, optimizer, 0, global_batch)
+        return learned_or_better(
+            optimizer=optimizer, replicate=replicate, may_replicate=may_replicate
+        )
+    placer = placer_for_batch(name, optimizer, 0, global_batch)
+    if not replicate or name in ("torchrec", "torchrec_dp"):
+        return placer
+    from recsearch.placement.policy import ShippedLearnedPlacer  # torch
+    from recsearch.placement.replicate import ReplicatingPlacer
+
+    shipped = ShippedLearnedPlacer(optimizer=optimizer)
+    return ReplicatingPlacer(
+        placer,
+        lambda topology: shipped.policy_for(topology.compute_device).cost_net,
+        optimizer,
+        may_replicate=may_replicate,
+    )

@@ -6,6 +6,7 @@ this module at import time except plan.py.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 
@@ -21,6 +22,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
+    REPLICATED,
     Placement,
     PlacementError,
     check_fits,
@@ -75,8 +77,17 @@ def _optimizer_class(name: str) -> tuple[type[torch.optim.Optimizer], dict[str, 
     return classes[name], {"lr": 0.01}
 
 
+class _NoSpecWarning(logging.Filter):
+    """Drops TorchRec's "Sharding spec not found" warning, which its planner logs for every
+    data-parallel table (a replica has no shard spec): expected, not a problem."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Sharding spec not found")
+
+
 class TorchRecPlacer:
-    """TorchRec's EmbeddingShardingPlanner, table-wise only, as a Placer.
+    """TorchRec's EmbeddingShardingPlanner, table-wise only (or, with data_parallel, table-wise
+    or data-parallel as its performance model prefers: `make_placer("torchrec_dp")`), as a Placer.
 
     The tables become an EmbeddingBagCollection on the meta device with the embedding optimizer
     applied in backward (so the planner counts its state like table_memory_bytes does), each
@@ -86,14 +97,21 @@ class TorchRecPlacer:
     reserves room for each shard's input/output buffers, so on very tight caps it can fail where
     the greedy placers succeed: that is reported as PlacementError, not relaxed.
     batch_size: the global batch (TorchRec's planner takes the per-rank one: batch / world).
+    data_parallel: also offer TorchRec's planner data_parallel (dense kernel, a copy on every
+    rank) for every table; its data-parallel tables come back REPLICATED.
     """
 
     def __init__(
-        self, batch_size: int = 8192, optimizer: str = DEFAULT_OPTIMIZER, reservation: float = 0.0
+        self,
+        batch_size: int = 8192,
+        optimizer: str = DEFAULT_OPTIMIZER,
+        reservation: float = 0.0,
+        data_parallel: bool = False,
     ):
         self.batch_size = batch_size
         self.optimizer = optimizer
         self.reservation = reservation
+        self.data_parallel = data_parallel
 
     def place(self, tables: Sequence[TableSpec], topology: Topology) -> Placement:
         from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
@@ -121,12 +139,16 @@ class TorchRecPlacer:
         world = topology.world_size
         cap = max(rank_caps(topology))
         trec_topo = torchrec_topology(topology, local_world_size=world)
+        kinds, kernels = [ShardingType.TABLE_WISE.value], [EmbeddingComputeKernel.FUSED.value]
+        if self.data_parallel:  # TorchRec's data_parallel runs the dense kernel only
+            kinds.append(ShardingType.DATA_PARALLEL.value)
+            kernels.append(EmbeddingComputeKernel.DENSE.value)
         constraints = {
             t.name: ParameterConstraints(
-                sharding_types=[ShardingType.TABLE_WISE.value],
+                sharding_types=list(kinds),
                 # whole tables in device memory: on cuda the planner would otherwise pick UVM
                 # caching and keep tables in host memory, outside the cap
-                compute_kernels=[EmbeddingComputeKernel.FUSED.value],
+                compute_kernels=list(kernels),
                 pooling_factors=[t.pooling_factor] * len(t.features),
             )
             for t in tables
@@ -138,16 +160,26 @@ class TorchRecPlacer:
             constraints=constraints,
             debug=False,
         )
+        quiet = _NoSpecWarning()  # TorchRec warns once per data-parallel table: it has no shards
+        logging.getLogger().addFilter(quiet)
         try:
             plan = planner.plan(ebc, [EmbeddingBagCollectionSharder()])
         except PlannerError as err:
             total = sum(t.size_bytes for t in tables)
+            kind = "table-wise or data-parallel" if self.data_parallel else "table-wise"
             raise PlacementError(
-                f"torchrec planner found no table-wise plan for {len(tables)} tables "
+                f"torchrec planner found no {kind} plan for {len(tables)} tables "
                 f"({format_bytes(total)} of weights) on {world} x {format_bytes(cap)}: "
                 f"{str(err).splitlines()[0] if str(err) else type(err).__name__}"
             ) from err
-        ranks = {name: list(ps.ranks or [])[0] for name, ps in plan.plan[""].items()}  # type: ignore[union-attr]
+        finally:
+            logging.getLogger().removeFilter(quiet)
+        ranks = {
+            name: REPLICATED
+            if ps.sharding_type == ShardingType.DATA_PARALLEL.value
+            else list(ps.ranks or [])[0]
+            for name, ps in plan.plan[""].items()  # type: ignore[union-attr]
+        }
         placement = Placement(tuple(ranks[t.name] for t in tables), world)
         placement.validate(tables, topology, self.optimizer)  # never hand back an over-commit
         return placement

@@ -1,12 +1,17 @@
 """The placement contract: what a placement is, what it costs, and who makes or predicts one.
 
 A *placement* puts every table of a task on one rank (table-wise sharding, as TorchRec's
-``table_wise(rank=...)``). Its *cost* is the time of one training step's embedding work:
+``table_wise(rank=...)``) or, where a placer chooses to, on every rank (`REPLICATED`: TorchRec's
+``data_parallel()``, each rank holding a copy and looking it up for its own samples). Its *cost* is
+the time of one training step's embedding work:
 
 - per device: the forward and backward time of the one fused FBGEMM lookup kernel
   (SplitTableBatchedEmbeddingBagsCodegen) over exactly the tables on that device, for the global
-  batch (table-wise: every device looks its tables up for all samples), and
-- communication: the all-to-all of pooled embeddings in forward and of their gradients in backward.
+  batch (table-wise: every device looks its tables up for all samples), plus the replicated
+  tables' kernel for the device's own batch_size / world_size samples, and
+- communication: the all-to-all of pooled embeddings in forward and of their gradients in
+  backward (table-wise tables only), and the all-reduce of the replicated tables' gradients
+  (`allreduce_bytes`).
 
 The step cost is the slowest device's compute plus the all-to-all time (`combine_costs`, the one
 place that rule lives). Memory per table is `table_memory_bytes`, used by every placer, task
@@ -122,9 +127,16 @@ def check_fits(
         raise PlacementError("; ".join(lines))
 
 
+# the "rank" of a replicated table (every rank holds a copy: TorchRec's data_parallel), in
+# Placement.ranks; placement files write it as REPLICATED_NAME
+REPLICATED = -1
+REPLICATED_NAME = "data_parallel"
+
+
 @dataclass(frozen=True)
 class Placement:
-    """Table index (position in the task's table list) -> rank, table-wise."""
+    """Table index (position in the task's table list) -> rank (table-wise), or REPLICATED (a
+    copy on every rank, data-parallel)."""
 
     ranks: tuple[int, ...]
     world_size: int
@@ -133,7 +145,11 @@ class Placement:
         object.__setattr__(self, "ranks", tuple(int(r) for r in self.ranks))
         if self.world_size <= 0:
             raise PlacementError(f"world_size must be positive, got {self.world_size}")
-        bad = [(i, r) for i, r in enumerate(self.ranks) if not 0 <= r < self.world_size]
+        bad = [
+            (i, r)
+            for i, r in enumerate(self.ranks)
+            if not 0 <= r < self.world_size and r != REPLICATED
+        ]
         if bad:
             raise PlacementError(
                 f"ranks outside 0..{self.world_size - 1} (table index, rank): {bad[:10]}"
@@ -143,31 +159,52 @@ class Placement:
         return len(self.ranks)
 
     def tables_on(self, rank: int) -> tuple[int, ...]:
-        """Indices of the tables placed on rank, in task order."""
+        """Indices of the tables placed on rank (table-wise), in task order."""
         return tuple(i for i, r in enumerate(self.ranks) if r == rank)
 
     def groups(self) -> list[tuple[int, ...]]:
-        """tables_on(rank) for every rank (empty tuples for idle ranks)."""
+        """tables_on(rank) for every rank (empty tuples for idle ranks); replicated tables are
+        in none of them (see `replicated`)."""
         out: list[list[int]] = [[] for _ in range(self.world_size)]
         for i, r in enumerate(self.ranks):
-            out[r].append(i)
+            if r != REPLICATED:
+                out[r].append(i)
         return [tuple(g) for g in out]
+
+    @property
+    def replicated(self) -> tuple[int, ...]:
+        """Indices of the replicated (data-parallel) tables, in task order."""
+        return tuple(i for i, r in enumerate(self.ranks) if r == REPLICATED)
+
+    def with_replicated(self, indices: Iterable[int]) -> Placement:
+        """The same placement with these tables replicated as well."""
+        ranks = list(self.ranks)
+        for i in indices:
+            ranks[i] = REPLICATED
+        return Placement(tuple(ranks), self.world_size)
 
     def memory_per_rank(
         self, tables: Sequence[TableSpec], optimizer: str = DEFAULT_OPTIMIZER
     ) -> list[int]:
+        """Bytes on each rank: its table-wise tables, and every replicated table."""
         self._check_len(tables)
         mem = [0] * self.world_size
         for t, r in zip(tables, self.ranks):
-            mem[r] += table_memory_bytes(t, optimizer)
+            if r == REPLICATED:
+                for d in range(self.world_size):
+                    mem[d] += table_memory_bytes(t, optimizer)
+            else:
+                mem[r] += table_memory_bytes(t, optimizer)
         return mem
 
     def dim_per_rank(self, tables: Sequence[TableSpec]) -> list[int]:
-        """Sum of embedding dims per rank: the width of each rank's pooled output."""
+        """Sum of embedding dims of the table-wise tables per rank: the width of each rank's
+        pooled output in the all-to-all (replicated tables' outputs stay on their rank)."""
         self._check_len(tables)
         dims = [0] * self.world_size
         for t, r in zip(tables, self.ranks):
-            dims[r] += t.dim
+            if r != REPLICATED:
+                dims[r] += t.dim
         return dims
 
     def validate(
@@ -196,25 +233,37 @@ class Placement:
                 )
             raise PlacementError(f"memory cap exceeded with {optimizer} state: " + "; ".join(parts))
 
-    def to_dict(self, tables: Sequence[TableSpec]) -> dict[str, int]:
-        """{table name: rank}: the placement file format `recsearch train plan=FILE` reads."""
+    def to_dict(self, tables: Sequence[TableSpec]) -> dict[str, int | str]:
+        """{table name: rank, or REPLICATED_NAME}: the placement file format `recsearch train
+        plan=FILE` reads."""
         self._check_len(tables)
-        return {t.name: r for t, r in zip(tables, self.ranks)}
+        return {t.name: REPLICATED_NAME if r == REPLICATED else r for t, r in zip(tables, self.ranks)}
 
     @classmethod
     def from_dict(
-        cls, mapping: Mapping[str, int], tables: Sequence[TableSpec], world_size: int
+        cls, mapping: Mapping[str, int | str], tables: Sequence[TableSpec], world_size: int
     ) -> Placement:
         missing = [t.name for t in tables if t.name not in mapping]
         if missing:
             raise PlacementError(f"no rank for tables {missing[:10]}")
-        return cls(tuple(int(mapping[t.name]) for t in tables), world_size)
+        return cls(tuple(rank_of(mapping[t.name]) for t in tables), world_size)
 
     def _check_len(self, tables: Sequence[TableSpec]) -> None:
         if len(tables) != len(self.ranks):
             raise PlacementError(
                 f"placement has {len(self.ranks)} tables, the task has {len(tables)}"
             )
+
+
+def rank_of(value: Any) -> int:
+    """A placement file's value for a table: a rank (int), or REPLICATED_NAME -> REPLICATED."""
+    if value == REPLICATED_NAME:
+        return REPLICATED
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PlacementError(
+            f"a table's place must be a rank (int) or {REPLICATED_NAME!r}, got {value!r}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -296,7 +345,7 @@ def alltoall_bytes(
     world = placement.world_size
     if world == 1:
         return [(0, 0)]
-    dims = placement.dim_per_rank(tables)
+    dims = placement.dim_per_rank(tables)  # table-wise tables only
     total = sum(dims)
     local = batch_size / world
     return [
@@ -306,6 +355,20 @@ def alltoall_bytes(
         )
         for d in range(world)
     ]
+
+
+def allreduce_bytes(
+    placement: Placement, tables: Sequence[TableSpec], bytes_per_value: int = 4
+) -> int:
+    """Bytes each rank sends (and receives) in the ring all-reduce of the replicated tables'
+    gradients: 2 (W - 1) / W of their fp32 weight gradients (a replica's gradient is dense,
+    every row of the table); 0 with one rank or no replicated table."""
+    world = placement.world_size
+    rep = placement.replicated
+    if world == 1 or not rep:
+        return 0
+    grad = sum(tables[i].num_rows * tables[i].dim for i in rep) * bytes_per_value
+    return round(2 * (world - 1) / world * grad)
 
 
 @dataclass(frozen=True)
@@ -428,9 +491,15 @@ def load_placement(
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON: {err}") from err
     mapping = raw.get("placement", raw) if isinstance(raw, dict) else None
-    if not isinstance(mapping, dict) or not all(isinstance(v, int) for v in mapping.values()):
-        raise ValueError(f"{path}: expected a JSON object of table name -> rank (int)")
-    world = world_size or int(raw.get("world_size", 0)) or (max(mapping.values()) + 1)
+    if not isinstance(mapping, dict) or not all(
+        (isinstance(v, int) and not isinstance(v, bool)) or v == REPLICATED_NAME
+        for v in mapping.values()
+    ):
+        raise ValueError(
+            f"{path}: expected a JSON object of table name -> rank (int) or {REPLICATED_NAME!r}"
+        )
+    ranks = [v for v in mapping.values() if isinstance(v, int)]
+    world = world_size or int(raw.get("world_size", 0)) or (max(ranks, default=0) + 1)
     try:
         return Placement.from_dict(mapping, tables, world)
     except PlacementError as err:
