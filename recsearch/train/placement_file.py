@@ -23,7 +23,7 @@ from typing import Any
 
 from recsearch import remote
 from recsearch.placement.registry import PLACERS
-from recsearch.placement.types import Placement, PlacementError
+from recsearch.placement.types import REPLICATED_NAME, Placement, PlacementError
 from recsearch.types import TableSpec, Topology
 
 MAX_NAMES_SHOWN = 8  # an error lists at most this many table names of each kind
@@ -62,6 +62,14 @@ def load_placement(path: str | os.PathLike[str], table_names: Sequence[str], wor
         )
     problems = []
     not_ints = {t: r for t, r in raw.items() if isinstance(r, bool) or not isinstance(r, int)}
+    replicated = sorted(t for t, r in not_ints.items() if r == REPLICATED_NAME)
+    if replicated:
+        problems.append(
+            f"{len(replicated)} table(s) are {REPLICATED_NAME!r} ({_shown(replicated)}): the trainer "
+            f"shards every table table-wise so that its fused embedding optimizer trains it; "
+            f"replicated tables are for LearnedShardingPlanner(data_parallel=True) in your own pipeline"
+        )
+        not_ints = {t: r for t, r in not_ints.items() if r != REPLICATED_NAME}
     if not_ints:
         problems.append(f"ranks must be integers, got {_shown(not_ints)}")
     known = set(table_names)
@@ -74,7 +82,11 @@ def load_placement(path: str | os.PathLike[str], table_names: Sequence[str], wor
     missing = [t for t in table_names if t not in raw]
     if missing:
         problems.append(f"no rank for {len(missing)} of the model's tables: {_shown(missing)}")
-    outside = {t: r for t, r in raw.items() if t not in not_ints and not 0 <= r < world_size}
+    outside = {
+        t: r
+        for t, r in raw.items()
+        if isinstance(r, int) and not isinstance(r, bool) and not 0 <= r < world_size
+    }
     if outside:
         problems.append(f"ranks outside 0..{world_size - 1} (world size {world_size}): {_shown(outside)}")
     if problems:

@@ -37,6 +37,10 @@ def test_unknown_table_names_are_refused_and_named(tmp_path):
     ({**GOOD, "t_cat_3": 2, "t_cat_4": -1}, "ranks outside 0..1 (world size 2): {'t_cat_3': 2, 't_cat_4': -1}"),
     ({**GOOD, "t_cat_3": True, "t_cat_4": "1", "t_cat_5": 1.0},
      "ranks must be integers, got {'t_cat_3': true, 't_cat_4': \"1\", 't_cat_5': 1.0}"),
+    ({**GOOD, "t_cat_3": "data_parallel"},
+     "1 table(s) are 'data_parallel' (['t_cat_3']): the trainer shards every table table-wise so that its fused "
+     "embedding optimizer trains it; replicated tables are for LearnedShardingPlanner(data_parallel=True) in your "
+     "own pipeline"),
     ([0, 1], "expected a JSON object of table name -> rank (or {\"placement\": {...}}), but the file is an array"),
     ({"placement": None}, "expected a JSON object of table name -> rank (or {\"placement\": {...}}), but \"placement\" is null"),
     ('{"t_cat_0": 0, "t_cat_0": 1}', "key 't_cat_0' appears more than once"),
