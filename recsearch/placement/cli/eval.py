@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         "--methods",
         **list_flag(str),
         default=[*BASELINES, "learned", "learned_k16"],
-        help="comma-separated: baselines, learned, learned_kK; best_ and refined_ in front of a learned one (see docs/PLACEMENT.md)",
+        help="comma-separated: baselines (torchrec_dp: TorchRec's planner allowed data_parallel), learned, learned_kK; best_ and refined_ in front of a learned one; dp_ in front of either or of a baseline: small tables replicated where the cost net says it pays (see docs/PLACEMENT.md)",
     )
     parser.add_argument("--out", required=True, help="results JSON")
     parser.add_argument("--cost-net", help="cost net prefix (default: the shipped one for --device)")
