@@ -97,6 +97,7 @@ class Settings:
     profile: DeviceProfile = PROFILES["cpu"]
     sample_minutes: float = 0.0  # per family's sampling command; 0: until --samples
     fwd_step_dims: str = "0"  # `place cost-net train --fwd-step-dims`
+    linear_work: float = 0.0  # `place cost-net train --linear-work`
 
 
 def _run(cmd: Sequence[str], log: Path) -> None:
@@ -143,6 +144,11 @@ def _check_kept_net(net: Path, s: Settings) -> None:
             f"{net}: trained with --fwd-step-dims {have}, this run asks for {want}; use another --work "
             "or delete that family's lofo folder to retrain"
         )
+    if float(shape.get("linear_work", 0.0)) != s.linear_work:
+        raise SystemExit(
+            f"{net}: trained with --linear-work {shape.get('linear_work', 0.0)}, this run asks for "
+            f"{s.linear_work:g}; use another --work or delete that family's lofo folder to retrain"
+        )
 
 
 def _train_without(s: Settings, held: str) -> None:
@@ -156,7 +162,8 @@ def _train_without(s: Settings, held: str) -> None:
     else:
         _run([*RECSEARCH, "place", "cost-net", "train", "--samples", *(str(sample_file(s, f)) for f in others),
               "--test-samples", str(sample_file(s, held)), "--out", str(net), "--epochs", str(s.epochs),
-              "--seed", str(s.seed), "--fwd-step-dims", s.fwd_step_dims], out / "cost_net.log")
+              "--seed", str(s.seed), "--fwd-step-dims", s.fwd_step_dims, "--linear-work", f"{s.linear_work:g}"],
+             out / "cost_net.log")
     policy = out / "policy"
     if not policy.with_suffix(".pt").exists():
         pools = [str(s.work / "pools" / f"{f}.json") for f in others]  # each training task from one family
@@ -358,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fwd-step-dims",
                    help="cost nets: `place cost-net train --fwd-step-dims` (N, auto, 0: off; default: auto on cpu, "
                         "0 on cuda)")
+    p.add_argument("--linear-work", type=float, default=0.0,
+                   help="cost nets: `place cost-net train --linear-work B` (0: off; the net's per-table cost bounded "
+                        "around a line in its work, CostNetShape.linear_work)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", choices=tuple(PROFILES), help="where kernels are timed")
     p.add_argument("--sample-minutes", type=float, default=0.0,
@@ -374,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     s = Settings(Path(args.work), tuple(args.families), args.samples, args.max_tables, args.jobs, args.epochs,
                  args.policy_minutes, args.policy_iters, args.rounds, args.samples_k, args.seed,
                  PROFILES[args.device], args.sample_minutes,
-                 args.fwd_step_dims or PROFILES[args.device].fwd_step_dims)
+                 args.fwd_step_dims or PROFILES[args.device].fwd_step_dims, args.linear_work)
     t0 = time.perf_counter()
     if not args.report_only:
         run_stages(s, args.stop_after, args.held_out)

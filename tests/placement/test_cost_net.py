@@ -276,3 +276,51 @@ def test_fwd_step_and_bound_round_trip_and_old_jsons_keep_the_old_behaviour(tmp_
         CostNetShape(bound=0.0)
     with pytest.raises(ValueError, match="fwd_step_dims needs"):
         CostNetShape(additive="device", fwd_step_dims=2048)
+
+
+
+def test_linear_work_round_trips_and_prices_tables_off_their_work_line(tmp_path):
+    """CostNetShape.linear_work: the CLI records it, the numpy evaluator equals the net, a table's
+    contribution is its linear work cost times a factor within e^+-linear_work (so it grows
+    linearly with the work, however far past the samples), and nets saved without the key (every
+    shipped one) load with it off."""
+    from recsearch.placement.cost_net import work_terms
+    from recsearch.placement.features import features_matrix
+
+    samples = read_samples(CPU_TEST)
+    prefix = tmp_path / "lw"
+    argv = ["train", "--samples", str(CPU_TEST), "--out", str(prefix), "--epochs", "30"]
+    argv += ["--hidden", "16", "--embed", "8", "--members", "2", "--fwd-step-dims", "auto"]
+    assert main([*argv, "--linear-work", "0.5"]) == 0
+    net = CostNet.load(prefix)
+    assert net.shape == CostNetShape(16, 8, 2, "table", fwd_step_dims=2048, linear_work=0.5)
+    bound = 0.5
+    assert "work_log" in net.net.state_dict()
+    tables = list(max(samples, key=lambda s: len(s.tables)).tables)
+    enc = net.encode_tables(tables)
+    heads = net.heads()
+    dev = enc.sum(0)
+    np.testing.assert_allclose(heads.ms(dev.double().numpy()), net.device_ms(dev).numpy(), rtol=1e-5)
+    pre = heads.pre(enc.double().numpy()).sum(0)
+    np.testing.assert_allclose(heads.ms_from_pre(pre), net.device_ms(dev).numpy(), rtol=1e-5)
+    parts = enc.unflatten(-1, (2, net.shape.member_width))[:, :, 8:10]  # [T, members, (fwd, bwd)]
+    work = torch.einsum("nk,mkh->nmh", work_terms(torch.from_numpy(features_matrix(tables))),
+                        torch.exp(net.net.work_log)).detach()
+    ratio = (parts / work).numpy()
+    assert (ratio >= np.exp(-bound) * (1 - 1e-5)).all()
+    assert (ratio <= np.exp(bound) * (1 + 1e-5)).all()
+    # ten times the pooling (far past any sample): still the work line times a bounded factor,
+    # so at most ten times the work cost, never more than x e^(2 bound) off ten times the part
+    big = [replace(t, pooling_factor=t.pooling_factor * 10) for t in tables]
+    grown = net.encode_tables(big).unflatten(-1, (2, net.shape.member_width))[:, :, 8:10]
+    big_work = torch.einsum("nk,mkh->nmh", work_terms(torch.from_numpy(features_matrix(big))),
+                            torch.exp(net.net.work_log)).detach()
+    assert (big_work <= 10 * work * (1 + 1e-5)).all()
+    assert ((grown / big_work).numpy() <= np.exp(bound) * (1 + 1e-5)).all()
+    assert (grown / parts).max() <= 10 * np.exp(2 * bound) * (1 + 1e-5)
+    with pytest.raises(ValueError, match="linear_work needs"):
+        CostNetShape(additive="device", linear_work=0.5)
+    with pytest.raises(ValueError, match="linear_work must be"):
+        CostNetShape(linear_work=-1.0)
+    # the shipped nets carry no linear_work key: off
+    assert not load_shipped("cpu").shape.linear_work and not load_shipped("cuda").shape.linear_work

@@ -72,6 +72,7 @@ def _train_main(args: argparse.Namespace) -> int:
         args.additive,
         bound=args.bound,
         fwd_step_dims=_fwd_step_dims(args.fwd_step_dims, samples),
+        linear_work=args.linear_work,
     )
     report: dict[str, Any] = {}
     if args.holdout_tables:
@@ -178,6 +179,16 @@ def main(argv: list[str] | None = None) -> int:
         default=str(CostNetShape.fwd_step_dims),
         help="learned forward cost for devices whose tables' dims sum to at least this (the fp32 "
         "output reaching 32 MiB); 'auto' derives it from the samples' batch size; 0: off",
+    )
+    t.add_argument(
+        "--linear-work",
+        type=float,
+        default=CostNetShape.linear_work,
+        metavar="B",
+        help="B > 0: price each table as a learned non-negative linear function of its work (bags, "
+        "rows, values, uncached values/rows, width) times a factor exp(B tanh(.)) from its "
+        "encoding: extrapolates to heavier tables than the samples hold "
+        "(CostNetShape.linear_work); 0: off",
     )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=1)
