@@ -567,7 +567,10 @@ class CostNet:
         if placement.replicated:
             # every rank runs the replicated tables' kernel for its own batch / world samples;
             # the net knows kernels at its samples' global batch only, so that kernel is taken
-            # as its estimate there over world (work linear in the samples looked up)
+            # as its estimate there over world (work linear in the samples looked up). With
+            # fwd_step_dims this charges the forward step from sum(dim) >= N where at batch /
+            # world it starts at world x N: an overestimate for wide replica sets, which only
+            # makes replication look dearer than it is (no shipped net has the step)
             (rep_f, rep_b), = self.device_costs(tables, [placement.replicated])
             share = 1.0 / placement.world_size
             compute = [(f + rep_f * share, b + rep_b * share) for f, b in compute]

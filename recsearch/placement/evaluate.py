@@ -55,7 +55,7 @@ from recsearch.placement.measure import DeviceTimer, InputCache, measure_placeme
 from recsearch.placement.policy import SHIPPED, LearnedPlacer
 from recsearch.placement.registry import PLACERS, REFINE_SECONDS, checked_and_refined, placer_for_batch
 from recsearch.placement.tables import PoolConfig, Task, generate_pool, make_task
-from recsearch.placement.types import PlacementError, Placer
+from recsearch.placement.types import REPLICATED, PlacementError, Placer
 
 BASELINES = tuple(p for p in PLACERS if p != "learned")
 # learned, learned_kK (K sampled placements besides greedy); best_ in front: the placement the
@@ -123,7 +123,9 @@ def method_placer(name: str, optimizer: str, cfg: EvalConfig) -> Placer:
         from recsearch.placement.replicate import ReplicatingPlacer  # torch
 
         inner = placer_for_batch(dp.group(1), optimizer, cfg.seed, cfg.batch_size)
-        return ReplicatingPlacer(inner, lambda _topology: learned.cost_net, optimizer)
+        return ReplicatingPlacer(
+            inner, lambda _topology: learned.cost_net, optimizer, batch_size=cfg.batch_size
+        )
     return checked_and_refined(
         learned,
         lambda _topology: learned.cost_net,
@@ -132,6 +134,7 @@ def method_placer(name: str, optimizer: str, cfg: EvalConfig) -> Placer:
         best_of=bool(m.group(3)),
         refine_seconds=REFINE_SECONDS if m.group(2) else 0.0,
         replicate=bool(m.group(1)),
+        batch_size=cfg.batch_size,
     )
 
 
@@ -346,14 +349,18 @@ def measure_bound(
 
 
 def bound_summary(rows: Sequence[dict[str, Any]], methods: Sequence[str]) -> dict[str, Any]:
-    """Per method: mean over tasks of measured cost / the task's lower bound (1.0 = no placer can
-    do better); and how many tasks the heaviest table alone binds."""
+    """Per method: mean over tasks of measured cost / the task's lower bound (1.0 = no table-wise
+    placer can do better); and how many tasks the heaviest table alone binds. The bound is of
+    table-wise placements: a method that replicated a table on some task (dp_, torchrec_dp) is
+    left out (replicas move no all-to-all and run at a rank's share of the batch)."""
     have = [r for r in rows if "bound" in r]
     out: dict[str, Any] = {"tasks": len(have), "methods": {}}
     if not have:
         return out
     out["heaviest_table_binds"] = sum(r["bound"]["binding"] == "heaviest table" for r in have)
     for m in methods:
+        if any(REPLICATED in r["results"].get(m, {}).get("ranks", ()) for r in have):
+            continue
         got = [
             r["results"][m]["measured_ms"] / r["bound"]["bound_ms"]
             for r in have

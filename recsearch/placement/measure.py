@@ -647,6 +647,8 @@ def measure_placement(
     its own (kwargs: seed, row_cap, threads, clock, input_sets)."""
     if topology is not None:
         placement.validate(tables, topology, optimizer)
+    if comm == "measure" and placement.replicated and placement.world_size > 1:
+        measured_comm_costs(placement, tables, batch_size)  # raises: say so before any timing
     device = torch.device(device or (topology.compute_device if topology else "cpu"))
     own = timer is None
     if timer is None:

@@ -81,6 +81,7 @@ from recsearch.placement.types import (
     Placement,
     PlacementError,
     Placer,
+    rank_of,
     table_memory_bytes,
 )
 from recsearch.placement.torchrec_placer import default_local_world_size, torchrec_topology
@@ -231,8 +232,13 @@ def to_sharding_plan(
         ranks = dict(zip(names, placement.ranks))
         world = world_size or placement.world_size
     else:
-        ranks = dict(placement)
-        world = world_size or (max(ranks.values(), default=0) + 1)
+        ranks = {name: rank_of(value) for name, value in placement.items()}  # files: "data_parallel"
+        placed = [r for r in ranks.values() if r != REPLICATED]
+        if not world_size and not placed:
+            raise PlacementError(
+                "every table is replicated: give world_size, the mapping does not say it"
+            )
+        world = world_size or (max(placed) + 1)
     return plan_from_ranks({module_path: ebc}, ranks, world, device_type, **kwargs)
 
 
@@ -683,10 +689,14 @@ class LearnedShardingPlanner:
         """Split (only what fits no rank), place the pieces; when the placer cannot pack them,
         split finer (pieces at most half as big, up to MAX_SPLIT_ROUNDS times) and place again."""
         requests = [t.request for t in tables]
+        # whole tables that may be replicated: data_parallel allowed, and a kernel it can run
+        # (TorchRec's data_parallel is dense only: a table whose constraint pins other kernels
+        # stays table-wise rather than failing the plan in build_plan)
         self._replicable = {
             t.spec.name: t.spec
             for t in tables
             if ShardingKind.DATA_PARALLEL in t.request.sharding_types
+            and (not t.kernels or DENSE in t.kernels)
         }
         placer = self.placer_for(optimizer)
         max_piece: int | None = None

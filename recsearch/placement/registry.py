@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from recsearch.placement.cost_net import CostNet
 
 PLACERS = (*BASELINES, "torchrec", "torchrec_dp", "learned")
+# the placers the trainer's `plan:` and the search's `placer:` take: every table table-wise, so
+# the fused embedding optimizer trains it (torchrec_dp may replicate tables: the dense kernel)
+TRAIN_PLACERS = tuple(p for p in PLACERS if p != "torchrec_dp")
 # the planner's default placer refines its best-of placement for at most this long (seconds)
 REFINE_SECONDS = 0.5
 
@@ -70,12 +73,14 @@ def checked_and_refined(
     refine_seconds: float = REFINE_SECONDS,
     replicate: bool = False,
     may_replicate: Callable[[TableSpec], bool] | None = None,
+    batch_size: int | None = None,
 ) -> Placer:
     """A learned placer, checked against DEFAULT_RIVALS under net_for(topology) (best_of: a
     best_of.BestOfPlacer that keeps the cheapest), then refined under the same net for at most
     refine_seconds (refine.RefinedPlacer; 0: not refined); with replicate, all that once for
     every table and once for the rest after replicating each candidate set of small tables
-    (replicate.ReplicatingPlacer; may_replicate: which tables may be). The one place that
+    (replicate.ReplicatingPlacer; may_replicate: which tables may be; batch_size: the global
+    batch the placement is for, None: the net's). The one place that
     stacks these, for the planner's default (learned_or_better) and for `place eval`'s
     best_/refined_/dp_ methods."""
     placer = learned
@@ -89,7 +94,9 @@ def checked_and_refined(
     if replicate:
         from recsearch.placement.replicate import ReplicatingPlacer  # torch
 
-        placer = ReplicatingPlacer(placer, net_for, optimizer, may_replicate=may_replicate)
+        placer = ReplicatingPlacer(
+            placer, net_for, optimizer, may_replicate=may_replicate, batch_size=batch_size
+        )
     return placer
 
 
@@ -100,6 +107,7 @@ def learned_or_better(
     refine_seconds: float = REFINE_SECONDS,
     replicate: bool = False,
     may_replicate: Callable[[TableSpec], bool] | None = None,
+    batch_size: int | None = None,
 ) -> Placer:
     """The shipped learned placer checked against DEFAULT_RIVALS under its own cost net, then
     refined under that net (refine.RefinedPlacer: moves and exchanges of tables while the net
@@ -107,7 +115,8 @@ def learned_or_better(
     itself): what LearnedShardingPlanner uses for placer="learned". The refined placer's
     `.placer` is the BestOfPlacer (its last_candidates and last_choice say what was compared).
     replicate: also try replicating small tables (replicate.ReplicatingPlacer around all that;
-    may_replicate: which tables may be), for LearnedShardingPlanner(data_parallel=True)."""
+    may_replicate: which tables may be; batch_size: the global batch), for
+    LearnedShardingPlanner(data_parallel=True)."""
     from recsearch.placement.policy import ShippedLearnedPlacer  # torch
 
     learned = ShippedLearnedPlacer(samples=samples, seed=seed, optimizer=optimizer)
@@ -124,6 +133,7 @@ def learned_or_better(
         refine_seconds=refine_seconds,
         replicate=replicate,
         may_replicate=may_replicate,
+        batch_size=batch_size,
     )
 
 
@@ -141,7 +151,10 @@ def planner_placer(
     the device; "torchrec_dp" decides replication itself."""
     if name == "learned":
         return learned_or_better(
-            optimizer=optimizer, replicate=replicate, may_replicate=may_replicate
+            optimizer=optimizer,
+            replicate=replicate,
+            may_replicate=may_replicate,
+            batch_size=global_batch,
         )
     placer = placer_for_batch(name, optimizer, 0, global_batch)
     if not replicate or name in ("torchrec", "torchrec_dp"):
@@ -155,4 +168,5 @@ def planner_placer(
         lambda topology: shipped.policy_for(topology.compute_device).cost_net,
         optimizer,
         may_replicate=may_replicate,
+        batch_size=global_batch,
     )

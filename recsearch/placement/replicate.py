@@ -14,7 +14,10 @@ interconnect: most of Criteo's and Avazu's 22-26 features have fewer rows than a
 the copies leave and scores the whole placement with the cost model (each rank's compute plus
 the replicas' kernel for its own samples; the all-to-all of the rest plus the all-reduce,
 `comm.comm_costs`); the cheapest is kept, the table-wise one on ties, so it is never rated worse
-than the wrapped placer alone. Only tables `may_replicate` allows are candidates (the drop-in
+than the wrapped placer alone. B is the batch the placement is for (the planner's global batch);
+the cost net knows kernels at its samples' batch, so its compute estimates are scaled by B over
+that batch (kernel work is linear in the samples), while the all-to-all is priced at B and the
+all-reduce, which moves the gradient whatever the batch, as it is (`step_estimate`). Only tables `may_replicate` allows are candidates (the drop-in
 planner: tables whose constraints and sharder allow data_parallel).
 
 Training semantics: TorchRec trains a data-parallel table with the dense kernel, so its
@@ -28,14 +31,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
+from recsearch.placement.comm import comm_costs
 from recsearch.placement.cost_net import CostNet
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
     REPLICATED,
     CappedTopology,
+    DeviceCost,
     Placement,
     PlacementError,
     Placer,
+    combine_costs,
     rank_caps,
     table_memory_bytes,
 )
@@ -69,11 +75,32 @@ def replication_sets(
     return out
 
 
+def step_estimate(
+    net: CostNet,
+    tables: Sequence[TableSpec],
+    placement: Placement,
+    topology: Topology,
+    batch_size: int | None = None,
+) -> float:
+    """The cost net's step estimate (ms) of a placement for a global batch: at the net's own
+    batch (None) exactly net.predict's; at another, each device's compute scaled by batch over
+    the net's batch and the communication priced at that batch (comm_costs)."""
+    cost = net.predict(tables, placement, topology)
+    assert net.meta is not None  # predict has checked
+    if batch_size is None or batch_size == net.meta.batch_size:
+        return float(cost.total_ms)
+    scale = batch_size / net.meta.batch_size
+    comms = comm_costs(placement, tables, batch_size, net.comm_model)
+    devices = [DeviceCost(d.fwd_ms * scale, d.bwd_ms * scale, c) for d, c in zip(cost.per_device, comms)]
+    return float(combine_costs(devices).total_ms)
+
+
 class ReplicatingPlacer:
     """A table-wise placer, and the same placer on what is left after replicating each
     candidate set of small tables; the placement the cost net rates cheapest (module docstring).
 
-    cost_net_for: the judge for a topology (its metadata's batch size sets the thresholds).
+    cost_net_for: the judge for a topology. batch_size: the global batch the placement is for
+    (None: the net's own), which sets the thresholds and the estimate (step_estimate).
     last_choice: how many tables the kept placement replicates; last_seconds: time spent."""
 
     def __init__(
@@ -83,9 +110,13 @@ class ReplicatingPlacer:
         optimizer: str = DEFAULT_OPTIMIZER,
         shares: Sequence[float] = SHARES,
         may_replicate: Callable[[TableSpec], bool] | None = None,
+        batch_size: int | None = None,
     ):
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.placer, self.cost_net_for = placer, cost_net_for
         self.optimizer, self.shares, self.may_replicate = optimizer, tuple(shares), may_replicate
+        self.batch_size = batch_size
         self.last_choice = 0
         self.last_seconds = 0.0
 
@@ -95,13 +126,12 @@ class ReplicatingPlacer:
         if net.meta is None:
             raise ValueError("the cost net has no metadata (was it trained?)")
         world = topology.world_size
+        batch = self.batch_size or net.meta.batch_size
         best = self.placer.place(tables, topology)
-        best_ms = float(net.predict(tables, best, topology).total_ms)
+        best_ms = step_estimate(net, tables, best, topology, batch)
         self.last_choice = 0
         caps = rank_caps(topology)
-        for chosen in replication_sets(
-            tables, world, net.meta.batch_size, self.shares, self.may_replicate
-        ):
+        for chosen in replication_sets(tables, world, batch, self.shares, self.may_replicate):
             copies = sum(table_memory_bytes(tables[i], self.optimizer) for i in chosen)
             room = [c - copies for c in caps]
             if min(room) < 0:
@@ -120,7 +150,7 @@ class ReplicatingPlacer:
                     ranks[i] = sub.ranks[j]
             placement = Placement(tuple(ranks), world)
             placement.validate(tables, topology, self.optimizer)
-            ms = float(net.predict(tables, placement, topology).total_ms)
+            ms = step_estimate(net, tables, placement, topology, batch)
             if ms < best_ms:
                 best, best_ms, self.last_choice = placement, ms, len(chosen)
         self.last_seconds = time.perf_counter() - t0

@@ -98,7 +98,10 @@ class TorchRecPlacer:
     the greedy placers succeed: that is reported as PlacementError, not relaxed.
     batch_size: the global batch (TorchRec's planner takes the per-rank one: batch / world).
     data_parallel: also offer TorchRec's planner data_parallel (dense kernel, a copy on every
-    rank) for every table; its data-parallel tables come back REPLICATED.
+    rank) for every table; its data-parallel tables come back REPLICATED. Constraints are per
+    table, not per sharding type, so the dense kernel is then offered for table_wise too and
+    TorchRec's model may rank a table-wise option by it; only the ranks are taken (and measured
+    with the fused kernel, as every table-wise table here).
     """
 
     def __init__(

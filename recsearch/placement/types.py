@@ -259,9 +259,9 @@ def rank_of(value: Any) -> int:
     """A placement file's value for a table: a rank (int), or REPLICATED_NAME -> REPLICATED."""
     if value == REPLICATED_NAME:
         return REPLICATED
-    if isinstance(value, bool) or not isinstance(value, int):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise PlacementError(
-            f"a table's place must be a rank (int) or {REPLICATED_NAME!r}, got {value!r}"
+            f"a table's place must be a rank (an int >= 0) or {REPLICATED_NAME!r}, got {value!r}"
         )
     return value
 
@@ -492,7 +492,7 @@ def load_placement(
         raise ValueError(f"{path}: not valid JSON: {err}") from err
     mapping = raw.get("placement", raw) if isinstance(raw, dict) else None
     if not isinstance(mapping, dict) or not all(
-        (isinstance(v, int) and not isinstance(v, bool)) or v == REPLICATED_NAME
+        (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or v == REPLICATED_NAME
         for v in mapping.values()
     ):
         raise ValueError(

@@ -261,10 +261,11 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
         problems.append(at("space.model_args: decisions of a model of your own, and the base train config's "
                            "model is null: name its factory there (model: package.module:function)"))
     if cfg.placer != "auto":
-        from recsearch.placement.registry import PLACERS
+        from recsearch.placement.registry import TRAIN_PLACERS
 
-        if cfg.placer not in PLACERS:
-            problems.append(at(f"placer: {cfg.placer!r} is not one of auto, {', '.join(PLACERS)}"))
+        if cfg.placer not in TRAIN_PLACERS:
+            problems.append(at(f"placer: {cfg.placer!r} is not one of auto, {', '.join(TRAIN_PLACERS)} "
+                               "(trials shard every table table-wise, so torchrec_dp's replicas are not offered)"))
     try:
         tables = tuple(data_tables(cfg, base, meta))
     except ValueError as err:

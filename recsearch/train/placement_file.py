@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from recsearch import remote
-from recsearch.placement.registry import PLACERS
+from recsearch.placement.registry import PLACERS, TRAIN_PLACERS
 from recsearch.placement.types import REPLICATED_NAME, Placement, PlacementError
 from recsearch.types import TableSpec, Topology
 
@@ -122,7 +122,13 @@ def plan_placer(setting: str) -> str | FilePlacer:
     FilePlacer for the placement file at that path (checked when the plan is made)."""
     if not isinstance(setting, str) or not setting:
         raise ValueError(f"plan must be 'torchrec', a placer name or a file, got {setting!r}")
-    return setting if setting in PLACERS else FilePlacer(setting)
+    if setting in PLACERS and setting not in TRAIN_PLACERS:
+        raise ValueError(
+            f"plan: {setting!r} may replicate tables (data_parallel), which the trainer does not "
+            f"do (it shards every table table-wise so the fused embedding optimizer trains it); "
+            f"use one of {', '.join(TRAIN_PLACERS)} or a placement file"
+        )
+    return setting if setting in TRAIN_PLACERS else FilePlacer(setting)
 
 
 def check_plan_setting(setting: str, table_names: Sequence[str], world_size: int) -> None:

@@ -234,7 +234,8 @@ def test_named_placer_is_built_to_replicate_only_with_data_parallel():
 
 def test_learned_with_data_parallel_replicates_tiny_one_hot_tables():
     """Tiny one-hot tables beside big ones, dim 64, 2 CPU ranks: under the shipped CPU cost net
-    (thresholds from its batch of 4096) replicating the tiny tables makes the step cheaper."""
+    (batch 512 per rank: a global batch of 1,024) replicating the tiny tables makes the step
+    cheaper."""
     rows = (10, 20, 50, 100, 30, 40, 100_000, 200_000, 50_000, 80_000)
     model = EmbeddingBagCollection(
         tables=[
@@ -386,3 +387,36 @@ def test_replicated_tables_train_and_stay_in_sync_under_dmp(tmp_path):
         for t in r["after"]:
             if t not in tiny:
                 assert r["after"][t] != r["before"][t], t
+
+
+def test_to_sharding_plan_reads_a_placement_files_mapping():
+    """A mapping as a placement file holds it ("data_parallel" for a replica) works as a
+    Placement does; a mapping of replicas only needs world_size."""
+    from recsearch.placement.plan import to_sharding_plan
+
+    ebc = EmbeddingBagCollection(
+        tables=[
+            EmbeddingBagConfig(name=f"t{i}", embedding_dim=8, num_embeddings=50, feature_names=[f"f{i}"])
+            for i in range(3)
+        ],
+        device=torch.device("meta"),
+    )
+    got = _sharding(to_sharding_plan(ebc, {"t0": 0, "t1": "data_parallel", "t2": 1}, module_path=""), "")
+    assert got["t1"][0] == "data_parallel" and got["t0"][:2] == ("table_wise", [0])
+    assert got["t2"][:2] == ("table_wise", [1])
+    with pytest.raises(PlacementError, match="world_size"):
+        to_sharding_plan(ebc, {f"t{i}": "data_parallel" for i in range(3)}, module_path="")
+    with pytest.raises(PlacementError, match="int >= 0"):
+        to_sharding_plan(ebc, {"t0": 0, "t1": -1, "t2": 1}, module_path="")
+
+
+def test_a_table_whose_kernels_exclude_dense_is_not_offered_for_replication():
+    planner = _planner(
+        "dim_greedy",
+        constraints={
+            "t0": ParameterConstraints(sharding_types=["table_wise", "data_parallel"], compute_kernels=["fused"])
+        },
+    )
+    planner.plan(Model())
+    assert not planner.may_replicate(planner.last_tables[0])
+    assert planner.may_replicate(planner.last_tables[1])

@@ -74,9 +74,18 @@ def test_comm_costs_add_the_allreduce_once_per_rank():
     assert got == pytest.approx(want)
 
 
-def test_comm_measured_for_real_refuses_replicated_tables():
+def test_comm_measured_for_real_refuses_replicated_tables(monkeypatch):
+    from recsearch.placement import measure as m
+
     with pytest.raises(ValueError, match="all-reduce"):
         measured_comm_costs(Placement((0, REPLICATED), 2), hand_tables()[:2], 64)
+
+    def no_timing(*args, **kwargs):
+        raise AssertionError("timed a kernel before refusing")
+
+    monkeypatch.setattr(m, "time_device_kernel", no_timing)
+    with pytest.raises(ValueError, match="all-reduce"):  # refused before any kernel is timed
+        m.measure_placement(hand_tables()[:2], Placement((0, REPLICATED), 2), None, 64, "cpu", comm="measure")
 
 
 def test_placement_file_round_trip_with_replicated(tmp_path):
@@ -87,6 +96,12 @@ def test_placement_file_round_trip_with_replicated(tmp_path):
     raw = json.loads(path.read_text())
     assert raw["placement"]["B"] == REPLICATED_NAME and raw["placement"]["A"] == 0
     assert load_placement(path, tables) == p
+    raw["placement"]["B"] = -1  # an int must be a rank: -1 is not how a file says "replicated"
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ValueError, match="data_parallel"):
+        load_placement(path, tables)
+    with pytest.raises(PlacementError, match="int >= 0"):
+        Placement.from_dict({"A": 0, "B": -1, "C": 0, "D": 0, "E": 0}, tables, 2)
     raw["placement"]["B"] = "everywhere"
     path.write_text(json.dumps(raw))
     with pytest.raises(ValueError, match="data_parallel"):
@@ -203,16 +218,60 @@ def test_replicating_placer_picks_the_cheapest_under_the_net(cpu_cost_net):
 
 
 def test_replicating_placer_skips_sets_whose_copies_do_not_fit(cpu_cost_net):
+    """4 ranks, one 5 MB table each; 5 small tables (100 rows) and 5 wide middling ones (600
+    rows x dim 1024, 2.5 MB, also under B / W = 1,024 rows): each rank has room for a big table,
+    two middling ones and the small tables' copies, but not for all ten copies, so the ten-table
+    set is never handed to the inner placer."""
     from recsearch.placement.baselines import make_baseline
-    from recsearch.placement.replicate import ReplicatingPlacer
+    from recsearch.placement.replicate import ReplicatingPlacer, replication_sets
+
+    small = [TableSpec(f"s{i}", num_rows=100, dim=64) for i in range(5)]
+    mid = [TableSpec(f"m{i}", num_rows=600, dim=1024) for i in range(5)]
+    big = [TableSpec(f"b{i}", num_rows=20_000, dim=64) for i in range(4)]
+    tables = small + mid + big
+    sets = replication_sets(tables, 4, cpu_cost_net.meta.batch_size)
+    assert [len(s) for s in sets] == [5, 10]
+    mem = [table_memory_bytes(t) for t in tables]
+    cap = mem[-1] + sum(mem[:5]) + 2 * mem[5] + 50_000  # a big table, the small copies, 2 middling
+    assert sum(mem[:10]) > cap  # all ten copies alone do not fit a rank
+    topo = Topology(4, cap)
+    inner = make_baseline("dim_greedy")
+    calls = []
+
+    class Counting:
+        def place(self, ts, topology):
+            calls.append(len(ts))
+            return inner.place(ts, topology)
+
+    got = ReplicatingPlacer(Counting(), lambda _t: cpu_cost_net).place(tables, topo)
+    got.validate(tables, topo)
+    assert calls == [14, 9]  # all tables, then the rest beside the five small copies; not the ten
+    assert set(got.replicated) <= set(range(5))
+
+
+def test_step_estimate_at_another_batch(cpu_cost_net):
+    """At the net's batch the estimate is predict's; at twice it, compute and all-to-all double
+    in work, the replicas' gradient all-reduce does not."""
+    from recsearch.placement.replicate import step_estimate
 
     tables = _one_hot_tables()
-    # room for the big tables spread out, but not for every tiny table on every rank as well
-    big = max(table_memory_bytes(t) for t in tables)
-    cap = 2 * big
-    topo = Topology(4, cap)
-    got = ReplicatingPlacer(make_baseline("dim_greedy"), lambda _t: cpu_cost_net).place(tables, topo)
-    got.validate(tables, topo)
+    topo = Topology(4, 10**9)
+    p = Placement(tuple(REPLICATED if i < 4 else i % 4 for i in range(len(tables))), 4)
+    batch = cpu_cost_net.meta.batch_size
+    assert step_estimate(cpu_cost_net, tables, p, topo) == pytest.approx(
+        cpu_cost_net.predict(tables, p, topo).total_ms
+    )
+    cost = cpu_cost_net.predict(tables, p, topo)
+    comm = comm_costs(p, tables, 2 * batch, cpu_cost_net.comm_model)
+    want = max(2 * d.compute_ms for d in cost.per_device) + max(comm)
+    assert step_estimate(cpu_cost_net, tables, p, topo, 2 * batch) == pytest.approx(want)
+    reduce_ms = cpu_cost_net.comm_model.ms(allreduce_bytes(p, tables))
+    a2a_ms = [c - reduce_ms for c in comm]
+    half = comm_costs(p, tables, batch, cpu_cost_net.comm_model)
+    assert [h - reduce_ms for h in half] == pytest.approx(
+        [2 * cpu_cost_net.comm_model.ms(0.5 * (a / 2 - cpu_cost_net.comm_model.latency_ms)
+         * cpu_cost_net.comm_model.bytes_per_ms) for a in a2a_ms]
+    )
 
 
 def test_eval_methods_with_replication(cpu_cost_net):

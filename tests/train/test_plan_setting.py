@@ -57,6 +57,8 @@ def test_plan_setting_names_a_placer_or_a_file(tmp_path):
     assert placement_file.plan_placer("torchrec") == "torchrec"
     assert placement_file.plan_placer("learned") == "learned"
     assert placement_file.plan_placer("lookup_greedy") == "lookup_greedy"
+    with pytest.raises(ValueError, match="torchrec_dp.*may replicate tables"):
+        placement_file.plan_placer("torchrec_dp")
     placer = placement_file.plan_placer(str(tmp_path / "p.json"))
     assert isinstance(placer, placement_file.FilePlacer)
     with pytest.raises(FileNotFoundError, match="placement file .*nope.json not found"):
