@@ -84,9 +84,9 @@ for group in $STEPS; do
               # for one window: 60 samples per family, at most 0.6 min each; nets and policies on 8 CPU
               # jobs. Resumable: $RUNS/families is kept while the machine stays warm, and its small
               # files come back in $OUT/families_work.tar.gz to carry into the next window.
-              fam_args=(--device cuda --samples 60 --sample-minutes 0.6 --jobs 8 --epochs 2000 --policy-minutes 1.5)
+              fam_args=(--device cuda --samples 60 --sample-minutes 0.6 --jobs 8 --epochs 2000 --policy-minutes 1.5 --linear-work 2)
               [ -n "$QUICK" ] && fam_args=(--device cpu --families avazu criteo_terabyte --samples 4 --max-tables 4 \
-                --epochs 30 --policy-minutes 0.1 --policy-iters 2 --samples-k 2 --jobs 1)
+                --epochs 30 --policy-minutes 0.1 --policy-iters 2 --samples-k 2 --jobs 1 --linear-work 2)
               [ -f "$OUT/families_work.tar.gz" ] && tar -xzf "$OUT/families_work.tar.gz" -C "$RUNS"
               step families 540 "$PY" tools/bench_place_families.py --work "$RUNS/families" "${fam_args[@]}" \
                 --out-json "$OUT/place_families_gpu.json" --out-md "$OUT/BENCHMARKS_families.md"
