@@ -136,3 +136,14 @@ def test_cuda_trials_sharing_a_device_are_each_capped_at_their_share_of_its_memo
     assert share(kind="subprocess", concurrency=1).memory_share("cuda") is None  # alone: no cap
     assert share(kind="pool", concurrency=4).memory_share("cpu") is None
     assert share(kind="torchx", concurrency=4).memory_share("cuda") is None  # the scheduler gives each its devices
+
+
+def test_a_placer_that_replicates_tables_is_refused(tmp_path, learnable_data):
+    """Trials shard every table table-wise: torchrec_dp (which may make tables data_parallel) is
+    not a placer the search takes, and the error says why and what it does take."""
+    path = write_config(tmp_path, tiny_config(learnable_data, placer="torchrec_dp"))
+    with pytest.raises(config.ConfigError) as err:
+        loop.load_search_config(path)
+    text = str(err.value)
+    assert f"{path}: placer: 'torchrec_dp' is not one of auto, " in text
+    assert "dim_greedy" in text and "table-wise" in text
