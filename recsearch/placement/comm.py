@@ -217,6 +217,17 @@ def calibrate_comm(
     )
 
 
+def check_measurable(placement: Placement) -> None:
+    """ValueError when measured_comm_costs cannot time this placement's communication: timing
+    for real covers the all-to-alls, not a replicated table's gradient all-reduce."""
+    if placement.replicated and placement.world_size > 1:
+        raise ValueError(
+            f"timing communication for real covers the all-to-alls only; this placement "
+            f"replicates {len(placement.replicated)} table(s), whose gradient all-reduce it would "
+            f"leave out: measure it with the comm model instead"
+        )
+
+
 def measured_comm_costs(
     placement: Placement,
     tables: Sequence[TableSpec],
@@ -228,12 +239,7 @@ def measured_comm_costs(
     process per rank on loopback (CPU). Replicated tables' all-reduce is not timed for real: a
     placement with replicated tables is refused (measure it with the comm model)."""
     world = placement.world_size
-    if placement.replicated and world > 1:
-        raise ValueError(
-            f"timing communication for real covers the all-to-alls only; this placement "
-            f"replicates {len(placement.replicated)} table(s), whose gradient all-reduce it would "
-            f"leave out: measure it with the comm model instead"
-        )
+    check_measurable(placement)
     if world == 1:
         return [0.0]
     dims = placement.dim_per_rank(tables)

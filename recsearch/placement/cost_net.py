@@ -555,9 +555,18 @@ class CostNet:
         return out
 
     def predict(
-        self, tables: Sequence[TableSpec], placement: Placement, topology: Topology | None = None
+        self,
+        tables: Sequence[TableSpec],
+        placement: Placement,
+        topology: Topology | None = None,
+        batch_size: int | None = None,
     ) -> Cost:
+        """The step cost of a placement at the net's own batch (batch_size None), or at another
+        global batch: each device's compute scaled by batch_size over the net's batch (kernel
+        work is linear in the samples looked up) and the communication priced at batch_size
+        (the replicas' gradient all-reduce moves the same bytes whatever the batch)."""
         meta = self._require_meta()
+        batch = batch_size or meta.batch_size
         if topology is not None and topology.world_size != placement.world_size:
             raise ValueError(
                 f"placement is for {placement.world_size} ranks, topology has "
@@ -574,7 +583,10 @@ class CostNet:
             (rep_f, rep_b), = self.device_costs(tables, [placement.replicated])
             share = 1.0 / placement.world_size
             compute = [(f + rep_f * share, b + rep_b * share) for f, b in compute]
-        comms = comm_costs(placement, tables, meta.batch_size, self.comm_model)
+        if batch != meta.batch_size:
+            scale = batch / meta.batch_size
+            compute = [(f * scale, b * scale) for f, b in compute]
+        comms = comm_costs(placement, tables, batch, self.comm_model)
         return combine_costs([DeviceCost(f, b, c) for (f, b), c in zip(compute, comms)])
 
     # ---------------------------------------------------------------- training

@@ -53,7 +53,13 @@ from recsearch.placement.cost_net import CostNet
 from recsearch.placement.hardware import hardware_string
 from recsearch.placement.measure import DeviceTimer, InputCache, measure_placement
 from recsearch.placement.policy import SHIPPED, LearnedPlacer
-from recsearch.placement.registry import PLACERS, REFINE_SECONDS, checked_and_refined, placer_for_batch
+from recsearch.placement.registry import (
+    PLACERS,
+    REFINE_SECONDS,
+    checked_and_refined,
+    placer_for_batch,
+    replicating,
+)
 from recsearch.placement.tables import PoolConfig, Task, generate_pool, make_task
 from recsearch.placement.types import REPLICATED, PlacementError, Placer
 
@@ -120,12 +126,8 @@ def method_placer(name: str, optimizer: str, cfg: EvalConfig) -> Placer:
         cfg.policy or SHIPPED[cfg.device], samples=k, seed=cfg.seed, optimizer=optimizer
     )
     if dp is not None:  # the replication ablation around a baseline
-        from recsearch.placement.replicate import ReplicatingPlacer  # torch
-
         inner = placer_for_batch(dp.group(1), optimizer, cfg.seed, cfg.batch_size)
-        return ReplicatingPlacer(
-            inner, lambda _topology: learned.cost_net, optimizer, batch_size=cfg.batch_size
-        )
+        return replicating(inner, lambda _topology: learned.cost_net, optimizer, batch_size=cfg.batch_size)
     return checked_and_refined(
         learned,
         lambda _topology: learned.cost_net,

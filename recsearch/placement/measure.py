@@ -53,7 +53,13 @@ from recsearch.placement.types import (
     Placement,
     combine_costs,
 )
-from recsearch.placement.comm import DEFAULT_COMM, CommModel, comm_costs, measured_comm_costs
+from recsearch.placement.comm import (
+    DEFAULT_COMM,
+    CommModel,
+    check_measurable,
+    comm_costs,
+    measured_comm_costs,
+)
 from recsearch.placement.hardware import hardware_info, hardware_string
 from recsearch.placement.samples import append_sample, read_jsonl, truncate_torn_tail
 from recsearch.types import NUM_REUSE_BINS, TableSpec, Topology
@@ -647,8 +653,8 @@ def measure_placement(
     its own (kwargs: seed, row_cap, threads, clock, input_sets)."""
     if topology is not None:
         placement.validate(tables, topology, optimizer)
-    if comm == "measure" and placement.replicated and placement.world_size > 1:
-        measured_comm_costs(placement, tables, batch_size)  # raises: say so before any timing
+    if comm == "measure":
+        check_measurable(placement)  # before any kernel is timed
     device = torch.device(device or (topology.compute_device if topology else "cpu"))
     own = timer is None
     if timer is None:

@@ -27,8 +27,10 @@ from recsearch.types import TableSpec, Topology
 
 if TYPE_CHECKING:
     from recsearch.placement.cost_net import CostNet
+    from recsearch.placement.policy import ShippedLearnedPlacer
 
-PLACERS = (*BASELINES, "torchrec", "torchrec_dp", "learned")
+TORCHREC_PLACERS = ("torchrec", "torchrec_dp")  # TorchRec's planner: table-wise, or data_parallel too
+PLACERS = (*BASELINES, *TORCHREC_PLACERS, "learned")
 # the placers the trainer's `plan:` and the search's `placer:` take: every table table-wise, so
 # the fused embedding optimizer trains it (torchrec_dp may replicate tables: the dense kernel)
 TRAIN_PLACERS = tuple(p for p in PLACERS if p != "torchrec_dp")
@@ -44,7 +46,7 @@ def make_placer(
     for the topology's compute device (recsearch.placement.policy)."""
     if name in BASELINES:
         return make_baseline(name, optimizer=optimizer, seed=seed)
-    if name in ("torchrec", "torchrec_dp"):
+    if name in TORCHREC_PLACERS:
         from recsearch.placement.torchrec_placer import TorchRecPlacer  # torchrec.distributed
 
         return TorchRecPlacer(optimizer=optimizer, data_parallel=name == "torchrec_dp", **kwargs)
@@ -60,8 +62,30 @@ def placer_for_batch(
 ) -> Placer:
     """make_placer(name, optimizer, seed), TorchRec's planner planning for batch_size (the other
     placers do not depend on the batch)."""
-    kwargs = {"batch_size": batch_size} if name in ("torchrec", "torchrec_dp") else {}
+    kwargs = {"batch_size": batch_size} if name in TORCHREC_PLACERS else {}
     return make_placer(name, optimizer, seed, **kwargs)
+
+
+def replicating(
+    placer: Placer,
+    net_for: Callable[[Topology], CostNet],
+    optimizer: str = DEFAULT_OPTIMIZER,
+    may_replicate: Callable[[TableSpec], bool] | None = None,
+    batch_size: int | None = None,
+) -> Placer:
+    """placer, and the same on what is left after replicating each candidate set of small tables,
+    judged by net_for(topology) (replicate.ReplicatingPlacer; may_replicate: which tables may be;
+    batch_size: the global batch the placement is for, None: the net's)."""
+    from recsearch.placement.replicate import ReplicatingPlacer  # torch
+
+    return ReplicatingPlacer(
+        placer, net_for, optimizer, may_replicate=may_replicate, batch_size=batch_size
+    )
+
+
+def shipped_net_for(learned: ShippedLearnedPlacer) -> Callable[[Topology], CostNet]:
+    """The shipped learned placer's cost net for a topology's compute device."""
+    return lambda topology: learned.policy_for(topology.compute_device).cost_net
 
 
 def checked_and_refined(
@@ -92,11 +116,7 @@ def checked_and_refined(
 
         placer = RefinedPlacer(placer, net_for, optimizer, max_seconds=refine_seconds)
     if replicate:
-        from recsearch.placement.replicate import ReplicatingPlacer  # torch
-
-        placer = ReplicatingPlacer(
-            placer, net_for, optimizer, may_replicate=may_replicate, batch_size=batch_size
-        )
+        placer = replicating(placer, net_for, optimizer, may_replicate, batch_size)
     return placer
 
 
@@ -120,14 +140,10 @@ def learned_or_better(
     from recsearch.placement.policy import ShippedLearnedPlacer  # torch
 
     learned = ShippedLearnedPlacer(samples=samples, seed=seed, optimizer=optimizer)
-
-    def net_for(topology: Topology) -> CostNet:
-        return learned.policy_for(topology.compute_device).cost_net
-
     primary = "learned" if samples == 0 else f"learned_k{samples}"
     return checked_and_refined(
         learned,
-        net_for,
+        shipped_net_for(learned),
         primary,
         optimizer,
         refine_seconds=refine_seconds,
@@ -157,16 +173,9 @@ def planner_placer(
             batch_size=global_batch,
         )
     placer = placer_for_batch(name, optimizer, 0, global_batch)
-    if not replicate or name in ("torchrec", "torchrec_dp"):
+    if not replicate or name in TORCHREC_PLACERS:
         return placer
     from recsearch.placement.policy import ShippedLearnedPlacer  # torch
-    from recsearch.placement.replicate import ReplicatingPlacer
 
-    shipped = ShippedLearnedPlacer(optimizer=optimizer)
-    return ReplicatingPlacer(
-        placer,
-        lambda topology: shipped.policy_for(topology.compute_device).cost_net,
-        optimizer,
-        may_replicate=may_replicate,
-        batch_size=global_batch,
-    )
+    shipped = shipped_net_for(ShippedLearnedPlacer(optimizer=optimizer))
+    return replicating(placer, shipped, optimizer, may_replicate, global_batch)

@@ -17,7 +17,8 @@ the replicas' kernel for its own samples; the all-to-all of the rest plus the al
 than the wrapped placer alone. B is the batch the placement is for (the planner's global batch);
 the cost net knows kernels at its samples' batch, so its compute estimates are scaled by B over
 that batch (kernel work is linear in the samples), while the all-to-all is priced at B and the
-all-reduce, which moves the gradient whatever the batch, as it is (`step_estimate`). Only tables `may_replicate` allows are candidates (the drop-in
+all-reduce, which moves the gradient whatever the batch, as it is (`CostNet.predict`'s
+batch_size). Only tables `may_replicate` allows are candidates (the drop-in
 planner: tables whose constraints and sharder allow data_parallel).
 
 Training semantics: TorchRec trains a data-parallel table with the dense kernel, so its
@@ -31,17 +32,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from recsearch.placement.comm import comm_costs
 from recsearch.placement.cost_net import CostNet
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
     REPLICATED,
     CappedTopology,
-    DeviceCost,
     Placement,
     PlacementError,
     Placer,
-    combine_costs,
     rank_caps,
     table_memory_bytes,
 )
@@ -75,32 +73,13 @@ def replication_sets(
     return out
 
 
-def step_estimate(
-    net: CostNet,
-    tables: Sequence[TableSpec],
-    placement: Placement,
-    topology: Topology,
-    batch_size: int | None = None,
-) -> float:
-    """The cost net's step estimate (ms) of a placement for a global batch: at the net's own
-    batch (None) exactly net.predict's; at another, each device's compute scaled by batch over
-    the net's batch and the communication priced at that batch (comm_costs)."""
-    cost = net.predict(tables, placement, topology)
-    assert net.meta is not None  # predict has checked
-    if batch_size is None or batch_size == net.meta.batch_size:
-        return float(cost.total_ms)
-    scale = batch_size / net.meta.batch_size
-    comms = comm_costs(placement, tables, batch_size, net.comm_model)
-    devices = [DeviceCost(d.fwd_ms * scale, d.bwd_ms * scale, c) for d, c in zip(cost.per_device, comms)]
-    return float(combine_costs(devices).total_ms)
-
-
 class ReplicatingPlacer:
     """A table-wise placer, and the same placer on what is left after replicating each
     candidate set of small tables; the placement the cost net rates cheapest (module docstring).
 
     cost_net_for: the judge for a topology. batch_size: the global batch the placement is for
-    (None: the net's own), which sets the thresholds and the estimate (step_estimate).
+    (None: the net's own), which sets the thresholds and the estimate (CostNet.predict's
+    batch_size).
     last_choice: how many tables the kept placement replicates; last_seconds: time spent."""
 
     def __init__(
@@ -128,7 +107,7 @@ class ReplicatingPlacer:
         world = topology.world_size
         batch = self.batch_size or net.meta.batch_size
         best = self.placer.place(tables, topology)
-        best_ms = step_estimate(net, tables, best, topology, batch)
+        best_ms = net.predict(tables, best, topology, batch).total_ms
         self.last_choice = 0
         caps = rank_caps(topology)
         for chosen in replication_sets(tables, world, batch, self.shares, self.may_replicate):
@@ -150,7 +129,7 @@ class ReplicatingPlacer:
                     ranks[i] = sub.ranks[j]
             placement = Placement(tuple(ranks), world)
             placement.validate(tables, topology, self.optimizer)
-            ms = step_estimate(net, tables, placement, topology, batch)
+            ms = net.predict(tables, placement, topology, batch).total_ms
             if ms < best_ms:
                 best, best_ms, self.last_choice = placement, ms, len(chosen)
         self.last_seconds = time.perf_counter() - t0

@@ -142,18 +142,11 @@ class Split:
             )
 
     def memory_per_rank(self, placement: Placement, optimizer: str = DEFAULT_OPTIMIZER) -> list[int]:
-        """Bytes on each rank: the pinned shards plus the placed pieces (a replicated piece on
-        every rank)."""
-        mem = [0] * len(self.free_bytes)
+        """Bytes on each rank: the pinned shards plus the placed pieces (Placement's rule: a
+        replicated piece on every rank)."""
+        mem = placement.memory_per_rank(self.pieces, optimizer)
         for s in self.shardings:
             for r, b in enumerate(s.pinned_bytes):
-                mem[r] += b
-        for piece, r in zip(self.pieces, placement.ranks):
-            b = table_memory_bytes(piece, optimizer)
-            if r == REPLICATED:
-                for d in range(len(mem)):
-                    mem[d] += b
-            else:
                 mem[r] += b
         return mem
 

@@ -249,22 +249,20 @@ def test_replicating_placer_skips_sets_whose_copies_do_not_fit(cpu_cost_net):
     assert set(got.replicated) <= set(range(5))
 
 
-def test_step_estimate_at_another_batch(cpu_cost_net):
+def test_cost_net_estimate_at_another_batch(cpu_cost_net):
     """At the net's batch the estimate is predict's; at twice it, compute and all-to-all double
     in work, the replicas' gradient all-reduce does not."""
-    from recsearch.placement.replicate import step_estimate
-
     tables = _one_hot_tables()
     topo = Topology(4, 10**9)
     p = Placement(tuple(REPLICATED if i < 4 else i % 4 for i in range(len(tables))), 4)
     batch = cpu_cost_net.meta.batch_size
-    assert step_estimate(cpu_cost_net, tables, p, topo) == pytest.approx(
+    assert cpu_cost_net.predict(tables, p, topo, batch).total_ms == pytest.approx(
         cpu_cost_net.predict(tables, p, topo).total_ms
     )
     cost = cpu_cost_net.predict(tables, p, topo)
     comm = comm_costs(p, tables, 2 * batch, cpu_cost_net.comm_model)
     want = max(2 * d.compute_ms for d in cost.per_device) + max(comm)
-    assert step_estimate(cpu_cost_net, tables, p, topo, 2 * batch) == pytest.approx(want)
+    assert cpu_cost_net.predict(tables, p, topo, 2 * batch).total_ms == pytest.approx(want)
     reduce_ms = cpu_cost_net.comm_model.ms(allreduce_bytes(p, tables))
     a2a_ms = [c - reduce_ms for c in comm]
     half = comm_costs(p, tables, batch, cpu_cost_net.comm_model)
