@@ -11,6 +11,8 @@ the learned and the baseline placements (under the learned placer's own cost net
    LearnedShardingPlanner.plan() end to end (caps, split, placement, ShardingPlan), the median of
    --repeats after one cold call (which loads the policy and cost net, reported apart), with the
    default placer (learned, best of learned and 5 baselines) and with the learned policy alone.
+   Then LearnedShardingPlanner(data_parallel=True) against the default on the same tables (cpu),
+   at --dp-devices and --devices ranks: what trying to replicate small tables costs.
 2. Best-of on the held-out task sets (recsearch/placement/data/tasks_test on cpu, tasks_h100 on
    cuda): per task the cost net's estimate of the learned placement and of the cheapest baseline
    placement, how often a baseline was kept, and the extra planning time.
@@ -40,6 +42,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig  # noqa: E402
 from torchrec.modules.embedding_modules import EmbeddingBagCollection  # noqa: E402
 
 from recsearch import benchmd  # noqa: E402
+from recsearch.placement.replicate import replication_sets  # noqa: E402
 from recsearch.placement.plan import LearnedShardingPlanner  # noqa: E402
 from recsearch.placement.policy import ShippedLearnedPlacer  # noqa: E402
 from recsearch.placement.registry import learned_or_better  # noqa: E402
@@ -126,6 +129,36 @@ def scale_rows(args: argparse.Namespace) -> list[str]:
     return rows
 
 
+def replication_rows(args: argparse.Namespace) -> list[str]:
+    """What LearnedShardingPlanner(data_parallel=True) costs in planning time: the default
+    planner and the replicating one on the same tables (cpu), at --devices and --dp-devices
+    ranks. The replicating placer reruns best-of + refine once per distinct set of tables under
+    0.25-2 x the global batch / world rows (replicate.py), so it costs more where small tables
+    exist beside a large per-rank batch share."""
+    tables = scale_tables(args.tables, args.giants)
+    module = ebc_of(tables)
+    total = sum(table_memory_bytes(t) for t in tables)
+    rows = [
+        "| devices | planner | candidate sets | planning, median of "
+        f"{args.repeats} (s) | min-max (s) | tables replicated |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for devices in (args.dp_devices, args.devices):
+        topology = Topology(devices, int(1.5 * total / devices), "cpu")
+        for label, dp in (("default", False), ("data_parallel=True", True)):
+            planner = LearnedShardingPlanner(topology=topology, data_parallel=dp, debug=False)
+            _cold, warm = time_plan(planner, module, args.repeats)
+            assert planner.last_placement is not None
+            batch = planner.batch_size * devices  # the global batch the planner plans for
+            sets = len(replication_sets(planner.last_tables, devices, batch, may_replicate=planner.may_replicate)) if dp else 0
+            rows.append(
+                f"| {devices} | {label} | {sets} | **{statistics.median(warm):.2f}** | "
+                f"{min(warm):.2f}-{max(warm):.2f} | {len(planner.last_placement.replicated)} |"
+            )
+            print(rows[-1], flush=True)
+    return rows
+
+
 def best_of_rows() -> list[str]:
     rows = [
         "| task set | device | tasks | baseline kept | learned / cheapest baseline (estimate) | "
@@ -175,10 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--giants", type=int, default=4)
     parser.add_argument("--devices", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dp-devices", type=int, default=8,
+                        help="also time data_parallel=True at this many devices (and at --devices)")
     parser.add_argument("--out-md", type=Path, default=None)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     scale = scale_rows(args)
+    replication = replication_rows(args)
     best = best_of_rows()
     command = "python tools/bench_planner.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     body = "\n".join(
@@ -191,6 +227,13 @@ def main(argv: list[str] | None = None) -> int:
             "big for a device, placement, TorchRec ShardingPlan.",
             "",
             *scale,
+            "",
+            "LearnedShardingPlanner(data_parallel=True), which may replicate small tables, against "
+            "the default planner on the same tables (cpu, TorchRec's default per-rank batch; "
+            "candidate sets: the distinct sets of tables it tries replicating, each a further "
+            "best-of + refine):",
+            "",
+            *replication,
             "",
             "Best-of under the learned placer's own cost net (estimates, not measurements) on the "
             "held-out task sets; a baseline is kept when the net rates it cheaper than the learned "
