@@ -394,8 +394,14 @@ def embedding_optimizer(
     reads it: the optimizer applied in backward to the tables' parameters, else the sharders'
     fused_params["optimizer"], else default."""
     names: set[str] = set()
+    # each module's parameters listed once (per sharder), not once per table: a module of N
+    # tables would otherwise cost N^2 parameter lookups (0.4 s for 504 tables)
+    params: dict[tuple[int, int], dict[str, nn.Parameter]] = {}
     for t in tables:
-        param = t.sharder.shardable_parameters(t.module).get(t.spec.name)
+        key = (id(t.sharder), id(t.module))
+        if key not in params:
+            params[key] = t.sharder.shardable_parameters(t.module)
+        param = params[key].get(t.spec.name)
         for cls in getattr(param, "_optimizer_classes", ()) or ():
             names.add(_OPTIMIZER_BY_CLASS.get(cls.__name__, cls.__name__))
         fused = (t.sharder.fused_params or {}).get("optimizer")
