@@ -12,7 +12,8 @@ the learned and the baseline placements (under the learned placer's own cost net
    --repeats after one cold call (which loads the policy and cost net, reported apart), with the
    default placer (learned, best of learned and 5 baselines) and with the learned policy alone.
    Then LearnedShardingPlanner(data_parallel=True) against the default on the same tables (cpu),
-   at --dp-devices and --devices ranks: what trying to replicate small tables costs.
+   at --dp-devices and --devices ranks: what trying to replicate small tables costs, and how
+   many candidate sets were screened and how many placed by the learned stack.
 2. Best-of on the held-out task sets (recsearch/placement/data/tasks_test on cpu, tasks_h100 on
    cuda): per task the cost net's estimate of the learned placement and of the cheapest baseline
    placement, how often a baseline was kept, and the extra planning time.
@@ -42,7 +43,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig  # noqa: E402
 from torchrec.modules.embedding_modules import EmbeddingBagCollection  # noqa: E402
 
 from recsearch import benchmd  # noqa: E402
-from recsearch.placement.replicate import replication_sets  # noqa: E402
+from recsearch.placement.replicate import ReplicationReport  # noqa: E402
 from recsearch.placement.plan import LearnedShardingPlanner  # noqa: E402
 from recsearch.placement.policy import ShippedLearnedPlacer  # noqa: E402
 from recsearch.placement.registry import learned_or_better  # noqa: E402
@@ -132,16 +133,16 @@ def scale_rows(args: argparse.Namespace) -> list[str]:
 def replication_rows(args: argparse.Namespace) -> list[str]:
     """What LearnedShardingPlanner(data_parallel=True) costs in planning time: the default
     planner and the replicating one on the same tables (cpu), at --devices and --dp-devices
-    ranks. The replicating placer reruns best-of + refine once per distinct set of tables under
-    0.25-2 x the global batch / world rows (replicate.py), so it costs more where small tables
-    exist beside a large per-rank batch share."""
+    ranks. The replicating placer screens each distinct set of tables under 0.25-2 x the global
+    batch / world rows with dim_greedy and reruns best-of + refine for at most the two the
+    screen rates cheapest, of those it rates cheaper than not replicating (replicate.py)."""
     tables = scale_tables(args.tables, args.giants)
     module = ebc_of(tables)
     total = sum(table_memory_bytes(t) for t in tables)
     rows = [
-        "| devices | planner | candidate sets | planning, median of "
-        f"{args.repeats} (s) | min-max (s) | tables replicated |",
-        "|---:|---|---:|---:|---:|---:|",
+        "| devices | planner | candidate sets | screened cheaper | placed by the learned stack | "
+        f"planning, median of {args.repeats} (s) | min-max (s) | tables replicated |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for devices in (args.dp_devices, args.devices):
         topology = Topology(devices, int(1.5 * total / devices), "cpu")
@@ -149,10 +150,14 @@ def replication_rows(args: argparse.Namespace) -> list[str]:
             planner = LearnedShardingPlanner(topology=topology, data_parallel=dp, debug=False)
             _cold, warm = time_plan(planner, module, args.repeats)
             assert planner.last_placement is not None
-            batch = planner.batch_size * devices  # the global batch the planner plans for
-            sets = len(replication_sets(planner.last_tables, devices, batch, may_replicate=planner.may_replicate)) if dp else 0
+            report = getattr(planner.placer_for(planner.last_optimizer), "last_report", None)
+            if dp:
+                assert isinstance(report, ReplicationReport)
+                counts = f"{report.sets} | {report.promising} | {report.placed}"
+            else:
+                counts = "- | - | -"
             rows.append(
-                f"| {devices} | {label} | {sets} | **{statistics.median(warm):.2f}** | "
+                f"| {devices} | {label} | {counts} | **{statistics.median(warm):.2f}** | "
                 f"{min(warm):.2f}-{max(warm):.2f} | {len(planner.last_placement.replicated)} |"
             )
             print(rows[-1], flush=True)
@@ -230,8 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "LearnedShardingPlanner(data_parallel=True), which may replicate small tables, against "
             "the default planner on the same tables (cpu, TorchRec's default per-rank batch; "
-            "candidate sets: the distinct sets of tables it tries replicating, each a further "
-            "best-of + refine):",
+            "candidate sets: the distinct sets of tables it tries replicating, each placed by "
+            "dim_greedy (the screen); screened cheaper: those the screen rates cheaper than its "
+            "own table-wise placement; placed by the learned stack: how many of those, at most "
+            "the two cheapest, the learned stack (policy, best-of, refine) places besides every "
+            "table; last plan call):",
             "",
             *replication,
             "",

@@ -36,6 +36,15 @@ PLACERS = (*BASELINES, *TORCHREC_PLACERS, "learned")
 TRAIN_PLACERS = tuple(p for p in PLACERS if p != "torchrec_dp")
 # the planner's default placer refines its best-of placement for at most this long (seconds)
 REFINE_SECONDS = 0.5
+# the fast placer that screens the replication sets for the learned stack (checked_and_refined
+# with replicate): one placer for every table and for every set's rest, so the estimates differ
+# by what replicating changes; dim_greedy evens out the all-to-all (each rank's sum of dims),
+# which is what replicating small tables shortens, and costs one greedy pass and one estimate
+REPLICATION_SCREEN = "dim_greedy"
+# how many screened sets the learned stack places: the two the screen rates cheapest (on the 21
+# held-out family tasks of /work/lofo/run5, one set: estimates 0.26% above placing every set on
+# average, 7 tasks replicating another set; two: 0.09%, 1 task; tools/bench_replication_screen.py)
+REPLICATION_SCREEN_KEEP = 2
 
 
 def make_placer(
@@ -72,14 +81,24 @@ def replicating(
     optimizer: str = DEFAULT_OPTIMIZER,
     may_replicate: Callable[[TableSpec], bool] | None = None,
     batch_size: int | None = None,
+    screen: Placer | None = None,
+    screen_keep: int = 1,
 ) -> Placer:
     """placer, and the same on what is left after replicating each candidate set of small tables,
     judged by net_for(topology) (replicate.ReplicatingPlacer; may_replicate: which tables may be;
-    batch_size: the global batch the placement is for, None: the net's)."""
+    batch_size: the global batch the placement is for, None: the net's; screen: a fast placer
+    whose placements pick the screen_keep sets placer places besides every table, None: placer
+    places every set)."""
     from recsearch.placement.replicate import ReplicatingPlacer  # torch
 
     return ReplicatingPlacer(
-        placer, net_for, optimizer, may_replicate=may_replicate, batch_size=batch_size
+        placer,
+        net_for,
+        optimizer,
+        may_replicate=may_replicate,
+        batch_size=batch_size,
+        screen=screen,
+        screen_keep=screen_keep,
     )
 
 
@@ -102,11 +121,12 @@ def checked_and_refined(
     """A learned placer, checked against DEFAULT_RIVALS under net_for(topology) (best_of: a
     best_of.BestOfPlacer that keeps the cheapest), then refined under the same net for at most
     refine_seconds (refine.RefinedPlacer; 0: not refined); with replicate, all that once for
-    every table and once for the rest after replicating each candidate set of small tables
-    (replicate.ReplicatingPlacer; may_replicate: which tables may be; batch_size: the global
-    batch the placement is for, None: the net's). The one place that
-    stacks these, for the planner's default (learned_or_better) and for `place eval`'s
-    best_/refined_/dp_ methods."""
+    every table and once for the rest after replicating each of the REPLICATION_SCREEN_KEEP
+    candidate sets of small tables that REPLICATION_SCREEN's placements rate cheapest, of
+    those they rate cheaper than its table-wise placement (replicate.ReplicatingPlacer with
+    that screen; may_replicate: which tables may be; batch_size: the global batch the
+    placement is for, None: the net's). The one place that stacks these, for the planner's
+    default (learned_or_better) and for `place eval`'s best_/refined_/dp_ methods."""
     placer = learned
     if best_of:
         rivals = {name: make_baseline(name, optimizer) for name in DEFAULT_RIVALS}
@@ -116,7 +136,10 @@ def checked_and_refined(
 
         placer = RefinedPlacer(placer, net_for, optimizer, max_seconds=refine_seconds)
     if replicate:
-        placer = replicating(placer, net_for, optimizer, may_replicate, batch_size)
+        screen = make_baseline(REPLICATION_SCREEN, optimizer)
+        placer = replicating(
+            placer, net_for, optimizer, may_replicate, batch_size, screen, REPLICATION_SCREEN_KEEP
+        )
     return placer
 
 

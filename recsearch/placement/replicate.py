@@ -21,6 +21,18 @@ all-reduce, which moves the gradient whatever the batch, as it is (`CostNet.pred
 batch_size). Only tables `may_replicate` allows are candidates (the drop-in
 planner: tables whose constraints and sharder allow data_parallel).
 
+Screening. Placing every candidate set with an expensive placer (the learned stack: policy,
+best-of and refine, about a second on 500 tables and 64 ranks) multiplies its time by up to 1 +
+len(SHARES). With a `screen` (a fast placer; registry.checked_and_refined passes dim_greedy
+and screen_keep 2), the screen places every table and the rest of every set, and the wrapped
+placer places, besides every table, only the screen_keep sets the screen's placements rate
+cheapest, of those they rate cheaper than the screen's table-wise placement (none when no set
+is). The result is still never rated worse than the wrapped placer alone (its table-wise
+placement is always a candidate); what a screen can miss is a set the wrapped placer would have
+made pay where the screen's placements do not. `tools/bench_replication_screen.py` measures
+that on held-out tasks. When the screen cannot place every table, every set is placed by the
+wrapped placer, as without a screen.
+
 Training semantics: TorchRec trains a data-parallel table with the dense kernel, so its
 optimizer is the one the model applies to it in backward (or the dense optimizer), not the fused
 embedding optimizer; that is why replication is opt-in (LearnedShardingPlanner(data_parallel=True),
@@ -31,6 +43,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from recsearch.placement.cost_net import CostNet
 from recsearch.placement.types import (
@@ -73,6 +86,33 @@ def replication_sets(
     return out
 
 
+@dataclass(frozen=True)
+class ReplicationReport:
+    """What one ReplicatingPlacer.place did. sets: the candidate sets whose copies fit every
+    rank; screened: how many of them the screen placed (0 without a screen, or when it could
+    not place every table); promising: how many of those the screen rated cheaper than its
+    table-wise placement; placed: how many sets the wrapped placer placed (its placement of
+    every table not counted); chosen: how many tables the kept placement replicates; seconds:
+    the time spent."""
+
+    sets: int
+    screened: int
+    placed: int
+    promising: int
+    chosen: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Shortlist:
+    """What a screen kept: sets, the ones the wrapped placer is to place (cheapest under the
+    screen first); promising: how many sets the screen rated cheaper than every table placed
+    table-wise."""
+
+    sets: tuple[tuple[int, ...], ...]
+    promising: int
+
+
 class ReplicatingPlacer:
     """A table-wise placer, and the same placer on what is left after replicating each
     candidate set of small tables; the placement the cost net rates cheapest (module docstring).
@@ -80,7 +120,14 @@ class ReplicatingPlacer:
     cost_net_for: the judge for a topology. batch_size: the global batch the placement is for
     (None: the net's own), which sets the thresholds and the estimate (CostNet.predict's
     batch_size).
-    last_choice: how many tables the kept placement replicates; last_seconds: time spent."""
+    screen: a fast placer that shortlists the candidate sets (None: every set is placed by
+    placer, as the module docstring says). With one, the screen places every table and the rest
+    of every candidate set, and only the screen_keep sets it rates cheapest, among those it rates
+    cheaper than its own table-wise placement, are placed by placer; the result is still the
+    cheapest of placer's table-wise placement and those, so never rated worse than placer alone.
+    For an expensive placer (the learned stack, seconds on hundreds of tables) beside fast ones.
+    last_choice: how many tables the kept placement replicates; last_seconds: time spent;
+    last_report: both and what was screened and placed (ReplicationReport)."""
 
     def __init__(
         self,
@@ -90,47 +137,120 @@ class ReplicatingPlacer:
         shares: Sequence[float] = SHARES,
         may_replicate: Callable[[TableSpec], bool] | None = None,
         batch_size: int | None = None,
+        screen: Placer | None = None,
+        screen_keep: int = 1,
     ):
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if screen_keep < 1:
+            raise ValueError(f"screen_keep must be >= 1, got {screen_keep}")
         self.placer, self.cost_net_for = placer, cost_net_for
         self.optimizer, self.shares, self.may_replicate = optimizer, tuple(shares), may_replicate
         self.batch_size = batch_size
+        self.screen, self.screen_keep = screen, screen_keep
         self.last_choice = 0
         self.last_seconds = 0.0
+        self.last_report: ReplicationReport | None = None
 
     def place(self, tables: Sequence[TableSpec], topology: Topology) -> Placement:
         t0 = time.perf_counter()
         net = self.cost_net_for(topology)
         if net.meta is None:
             raise ValueError("the cost net has no metadata (was it trained?)")
-        world = topology.world_size
         batch = self.batch_size or net.meta.batch_size
+
+        def estimate(placement: Placement) -> float:
+            return net.predict(tables, placement, topology, batch).total_ms
+
         best = self.placer.place(tables, topology)
-        best_ms = net.predict(tables, best, topology, batch).total_ms
-        self.last_choice = 0
-        caps = rank_caps(topology)
-        for chosen in replication_sets(tables, world, batch, self.shares, self.may_replicate):
-            copies = sum(table_memory_bytes(tables[i], self.optimizer) for i in chosen)
-            room = [c - copies for c in caps]
-            if min(room) < 0:
-                break  # the sets only grow: no larger one fits either
-            picked = set(chosen)
-            rest = [i for i in range(len(tables)) if i not in picked]
-            ranks = [REPLICATED] * len(tables)
-            if rest:
-                try:
-                    sub = self.placer.place(
-                        [tables[i] for i in rest], CappedTopology.of(room, topology.compute_device)
-                    )
-                except PlacementError:
-                    continue
-                for j, i in enumerate(rest):
-                    ranks[i] = sub.ranks[j]
-            placement = Placement(tuple(ranks), world)
-            placement.validate(tables, topology, self.optimizer)
-            ms = net.predict(tables, placement, topology, batch).total_ms
+        best_ms = estimate(best)
+        chosen_len = 0
+        sets = self._fitting_sets(tables, topology, batch)
+        shortlist = self._shortlist(tables, topology, sets, estimate) if sets else None
+        to_place = sets if shortlist is None else list(shortlist.sets)
+        placed = 0
+        for chosen in to_place:
+            placement = self._place_rest(self.placer, tables, chosen, topology)
+            if placement is None:
+                continue
+            placed += 1
+            ms = estimate(placement)
             if ms < best_ms:
-                best, best_ms, self.last_choice = placement, ms, len(chosen)
+                best, best_ms, chosen_len = placement, ms, len(chosen)
+        self.last_choice = chosen_len
         self.last_seconds = time.perf_counter() - t0
+        self.last_report = ReplicationReport(
+            sets=len(sets),
+            screened=0 if shortlist is None else len(sets),
+            placed=placed,
+            promising=0 if shortlist is None else shortlist.promising,
+            chosen=chosen_len,
+            seconds=self.last_seconds,
+        )
         return best
+
+    def _shortlist(
+        self,
+        tables: Sequence[TableSpec],
+        topology: Topology,
+        sets: Sequence[tuple[int, ...]],
+        estimate: Callable[[Placement], float],
+    ) -> Shortlist | None:
+        """The screen_keep sets the screen's placements rate cheapest, of those they rate cheaper
+        than the screen's placement of every table (cheapest first); None without a screen, or
+        when the screen cannot place every table (then placer places every set)."""
+        if self.screen is None:
+            return None
+        try:
+            plain_ms = estimate(self.screen.place(tables, topology))
+        except PlacementError:
+            return None
+        rated = []
+        for n, chosen in enumerate(sets):
+            rest = self._place_rest(self.screen, tables, chosen, topology)
+            if rest is not None and (ms := estimate(rest)) < plain_ms:
+                rated.append((ms, n, chosen))
+        best = [chosen for _ms, _n, chosen in sorted(rated)[: self.screen_keep]]
+        return Shortlist(tuple(best), len(rated))
+
+    def _fitting_sets(
+        self, tables: Sequence[TableSpec], topology: Topology, batch: int
+    ) -> list[tuple[int, ...]]:
+        """The candidate sets whose copies fit every rank's cap, smallest first (the sets only
+        grow: after the first that does not fit, none does)."""
+        out = []
+        least = min(rank_caps(topology))
+        for chosen in replication_sets(
+            tables, topology.world_size, batch, self.shares, self.may_replicate
+        ):
+            if sum(table_memory_bytes(tables[i], self.optimizer) for i in chosen) > least:
+                break
+            out.append(chosen)
+        return out
+
+    def _place_rest(
+        self,
+        placer: Placer,
+        tables: Sequence[TableSpec],
+        chosen: tuple[int, ...],
+        topology: Topology,
+    ) -> Placement | None:
+        """The tables in chosen replicated and placer's placement of the rest on the room the
+        copies leave each rank; None when placer finds no placement there."""
+        copies = sum(table_memory_bytes(tables[i], self.optimizer) for i in chosen)
+        room = [c - copies for c in rank_caps(topology)]
+        picked = set(chosen)
+        rest = [i for i in range(len(tables)) if i not in picked]
+        ranks = [REPLICATED] * len(tables)
+        if rest:
+            try:
+                sub = placer.place(
+                    [tables[i] for i in rest], CappedTopology.of(room, topology.compute_device)
+                )
+            except PlacementError:
+                return None
+            for j, i in enumerate(rest):
+                ranks[i] = sub.ranks[j]
+        placement = Placement(tuple(ranks), topology.world_size)
+        placement.validate(tables, topology, self.optimizer)
+        return placement

@@ -249,6 +249,112 @@ def test_replicating_placer_skips_sets_whose_copies_do_not_fit(cpu_cost_net):
     assert set(got.replicated) <= set(range(5))
 
 
+class _Counting:
+    """A placer that records the number of tables of every call, then asks inner."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, []
+
+    def place(self, tables, topology):
+        self.calls.append(len(tables))
+        return self.inner.place(tables, topology)
+
+
+class _Refusing:
+    """A screen that can place nothing."""
+
+    def place(self, tables, topology):
+        raise PlacementError("no room")
+
+
+class _AllOnRankZero:
+    """A screen whose placements of a set's rest are hopeless: every table on rank 0, but the
+    whole table set spread (dim_greedy), so no set screens cheaper than not replicating."""
+
+    def __init__(self, n_all):
+        from recsearch.placement.baselines import make_baseline
+
+        self.n_all, self.spread = n_all, make_baseline("dim_greedy")
+
+    def place(self, tables, topology):
+        if len(tables) == self.n_all:
+            return self.spread.place(tables, topology)
+        return Placement((0,) * len(tables), topology.world_size)
+
+
+def _estimate(net, tables, placement, topo):
+    return net.predict(tables, placement, topo).total_ms
+
+
+def test_screened_replication_places_at_most_keep_sets_with_the_expensive_placer(cpu_cost_net):
+    """With a screen, the expensive placer places every table and at most screen_keep sets;
+    where replicating the tiny one-hot tables pays it still replicates, and the result is never
+    rated worse than the expensive placer's table-wise placement."""
+    from recsearch.placement.baselines import make_baseline
+    from recsearch.placement.refine import RefinedPlacer
+    from recsearch.placement.replicate import ReplicatingPlacer, replication_sets
+
+    tables = _one_hot_tables()
+    topo = Topology(4, 10**9)
+    sets = replication_sets(tables, 4, cpu_cost_net.meta.batch_size)
+    assert len(sets) == 3
+    expensive = RefinedPlacer(make_baseline("round_robin"), cpu_cost_net, max_seconds=2.0)
+    plain_ms = _estimate(cpu_cost_net, tables, expensive.place(tables, topo), topo)
+    for keep in (1, 2):
+        counting = _Counting(expensive)
+        screen = _Counting(make_baseline("dim_greedy"))
+        placer = ReplicatingPlacer(counting, lambda _t: cpu_cost_net, screen=screen, screen_keep=keep)
+        got = placer.place(tables, topo)
+        got.validate(tables, topo)
+        assert counting.calls[0] == len(tables) and len(counting.calls) == 1 + keep
+        assert len(screen.calls) == 1 + len(sets)  # every table, then every set's rest
+        report = placer.last_report
+        assert report.sets == report.screened == report.promising == 3  # each screens cheaper
+        assert report.placed == keep and report.chosen == placer.last_choice
+        got_ms = _estimate(cpu_cost_net, tables, got, topo)
+        assert got_ms <= plain_ms
+        assert got.replicated and got_ms < plain_ms * 0.95  # replicating clearly pays here
+        assert placer.last_choice == len(got.replicated)
+
+
+def test_screened_replication_places_no_set_the_screen_rates_dearer(cpu_cost_net):
+    """No set screens cheaper than not replicating: the expensive placer runs once and its
+    table-wise placement is the result."""
+    from recsearch.placement.baselines import make_baseline
+    from recsearch.placement.replicate import ReplicatingPlacer
+
+    tables = _one_hot_tables()
+    topo = Topology(4, 10**9)
+    counting = _Counting(make_baseline("size_greedy"))
+    placer = ReplicatingPlacer(
+        counting, lambda _t: cpu_cost_net, screen=_AllOnRankZero(len(tables)), screen_keep=2
+    )
+    got = placer.place(tables, topo)
+    assert counting.calls == [len(tables)]
+    assert got == make_baseline("size_greedy").place(tables, topo)
+    assert placer.last_report.promising == 0 and placer.last_report.placed == 0
+    assert placer.last_choice == 0
+
+
+def test_screen_that_places_nothing_leaves_every_set_to_the_placer(cpu_cost_net):
+    """A screen that cannot place every table decides nothing: every set is placed by the
+    wrapped placer, as without a screen, with the same result."""
+    from recsearch.placement.baselines import make_baseline
+    from recsearch.placement.replicate import ReplicatingPlacer
+
+    tables = _one_hot_tables()
+    topo = Topology(4, 10**9)
+    counting = _Counting(make_baseline("dim_greedy"))
+    screened = ReplicatingPlacer(counting, lambda _t: cpu_cost_net, screen=_Refusing())
+    got = screened.place(tables, topo)
+    assert counting.calls == [16, 11, 7, 6]  # every table, then the rest of each of the 3 sets
+    assert screened.last_report.screened == 0 and screened.last_report.placed == 3
+    unscreened = ReplicatingPlacer(make_baseline("dim_greedy"), lambda _t: cpu_cost_net)
+    assert got == unscreened.place(tables, topo)
+    with pytest.raises(ValueError, match="screen_keep"):
+        ReplicatingPlacer(counting, lambda _t: cpu_cost_net, screen=_Refusing(), screen_keep=0)
+
+
 def test_cost_net_estimate_at_another_batch(cpu_cost_net):
     """At the net's batch the estimate is predict's; at twice it, compute and all-to-all double
     in work, the replicas' gradient all-reduce does not."""
@@ -281,15 +387,20 @@ def test_eval_methods_with_replication(cpu_cost_net):
     assert is_learned_method("dp_dim_greedy") and not is_learned_method("torchrec_dp")
     with pytest.raises(ValueError, match="unknown method"):
         check_methods(["dp_nonsense"])
+    from recsearch.placement.registry import REPLICATION_SCREEN_KEEP
+
     placer = method_placer("dp_refined_best_learned", "rowwise_adagrad", EvalConfig())
     assert isinstance(placer, ReplicatingPlacer) and isinstance(placer.placer, RefinedPlacer)
+    # the learned stack is screened (dim_greedy); the ablation around a baseline is not
+    assert placer.screen is not None and placer.screen_keep == REPLICATION_SCREEN_KEEP
     ablation = method_placer("dp_dim_greedy", "rowwise_adagrad", EvalConfig())
-    assert isinstance(ablation, ReplicatingPlacer)
+    assert isinstance(ablation, ReplicatingPlacer) and ablation.screen is None
     tables = _one_hot_tables()
     topo = Topology(4, 10**9)
     got = placer.place(tables, topo)
     got.validate(tables, topo)
     assert got.replicated  # the shipped CPU net rates replicating the tiny one-hot tables cheaper
+    assert placer.last_report.placed <= REPLICATION_SCREEN_KEEP
 
 
 def test_torchrec_dp_baseline_returns_replicated_tables(caplog):
