@@ -65,7 +65,7 @@ def test_an_exchange_gets_out_of_a_local_optimum_of_moves(cpu_cost_net):
     two heavy and two light tables on each device, well below the moves' optimum."""
     from recsearch.types import Topology
 
-    heavy = [TableSpec(f"heavy{i}", 5_000_000, 128) for i in range(4)]
+    heavy = [TableSpec(f"heavy{i}", 5_000_000, 128, pooling_factor=10.0) for i in range(4)]
     light = [TableSpec(f"light{i}", 1_000, 128) for i in range(4)]
     tables = [*heavy, *light]
     topology = Topology(2, 1 << 34)
@@ -89,26 +89,31 @@ def test_exchanges_start_where_moves_stop(cpu_cost_net, test_tasks):
         out.validate(task.tables, task.topology, task.optimizer)
 
 
-def test_the_result_is_judged_by_the_net_itself(cpu_cost_net):
+def test_the_result_is_judged_by_the_net_itself():
     """A move off a device can make the net rate that device dearer (its estimates are not
     monotone); the search's clamped estimates hide that. Here the moves the search takes end
-    rated worse by the net than where they started, so refine keeps the input."""
+    rated worse by the net than where they started, so refine keeps the input. The shipped H100
+    net (a bounded interaction term over each device's summed encoding) is not monotone; the
+    CPU net of 2026-12-05 is (a bounded factor per table), so it cannot show this."""
+    from recsearch.placement.cost_net import load_shipped
     from recsearch.types import Topology
 
+    net = load_shipped("cuda")
     tables = [
-        TableSpec("t0", 12342, 128, pooling_factor=5.0),
-        TableSpec("t1", 433806, 128, pooling_factor=20.0),
-        TableSpec("t2", 83864, 16, pooling_factor=1.0),
-        TableSpec("t3", 788785, 32, pooling_factor=5.0),
-        TableSpec("t4", 12342, 128, pooling_factor=5.0),
+        TableSpec("t0", 264663, 128, pooling_factor=20.0),
+        TableSpec("t1", 631765, 64, pooling_factor=5.0),
+        TableSpec("t2", 42096, 64, pooling_factor=5.0),
+        TableSpec("t3", 1477, 64, pooling_factor=1.0),
     ]
-    topology = Topology(5, 1 << 36)
-    start = Placement((2, 1, 1, 4, 0), 5)
-    before = cpu_cost_net.predict(tables, start, topology).total_ms
-    out, report = refine(tables, topology, start, cpu_cost_net)
-    after = cpu_cost_net.predict(tables, out, topology).total_ms
+    topology = Topology(3, 1 << 36, "cuda")
+    start = Placement((2, 1, 1, 0), 3)
+    before = net.predict(tables, start, topology).total_ms
+    out, report = refine(tables, topology, start, net)
+    after = net.predict(tables, out, topology).total_ms
     assert after <= before * (1 + 1e-9) and report.end_ms == pytest.approx(after, rel=1e-6)
     assert report.stopped == "no gain" and out.ranks == start.ranks and report.moves == 0
+    # "no gain" is reported only when the search applied moves it rated cheaper and the net
+    # rated where they ended no cheaper than the start
 
 
 def test_the_exchange_search_keeps_the_time_limit(cpu_cost_net):
