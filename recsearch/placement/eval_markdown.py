@@ -72,7 +72,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"**Cost net vs measurement** over the {err['placements']} distinct placements above "
             f"(tables the net never saw): mean relative error {err['mre']:.1%} of the step cost, "
-            f"{err['compute_mre']:.1%} of the slowest device's compute."
+            f"{err['compute_mre']:.1%} of the slowest device's compute"
+            + (  # results written before the bias was recorded have none
+                f" (median estimate / measured {err['compute_bias']:.2f})."
+                if "compute_bias" in err
+                else "."
+            )
         )
         lines.append("")
     timing = report.get("planning_200")

@@ -167,3 +167,51 @@ def test_best_learned_is_the_cheapest_estimate_among_learned_and_the_rivals():
             assert est[f"best_learned{k}"] == pytest.approx(cheapest)
             kept_rival += est[f"best_learned{k}"] < est[f"learned{k}"]
     assert kept_rival >= 1  # on these tasks a baseline is sometimes rated cheaper (BENCHMARKS bench_planner)
+
+
+def test_placement_error_reports_the_bias_and_warns_past_the_stale_line():
+    """placement_error's compute_bias is the median estimate / measured of the slowest device's
+    compute; stale_net_warning speaks only above STALE_NET_ERROR, and says which way it is off."""
+    from recsearch.placement.evaluate import STALE_NET_ERROR, placement_error, stale_net_warning
+
+    def row(task, pairs):
+        return {"task": task, "results": {
+            f"m{i}": {"ranks": [i], "estimate_ms": e + 1.0, "measured_ms": m + 1.0,
+                      "estimate_compute_ms": e, "measured_compute_ms": m}
+            for i, (e, m) in enumerate(pairs)}}  # fmt: skip
+
+    err = placement_error([row("a", [(15.0, 10.0), (30.0, 20.0)]), row("b", [(12.0, 10.0)])])
+    assert err["placements"] == 3 and err["compute_bias"] == 1.5
+    assert err["compute_mre"] == pytest.approx((0.5 + 0.5 + 0.2) / 3, abs=1e-4)
+    text = stale_net_warning(err, "cpu:Some CPU|cpus=2")
+    assert text and "40% off" in text and "too dear" in text and "cpu:Some CPU|cpus=2" in text
+    assert "recsearch place measure" in text and "cost-net train" in text
+    cheap = placement_error([row("a", [(7.0, 10.0), (8.0, 10.0)])])
+    assert cheap["compute_bias"] == 0.75 and "too cheap" in stale_net_warning(cheap, "x")
+    close = placement_error([row("a", [(10.5, 10.0), (9.0, 10.0)])])
+    assert close["compute_mre"] <= STALE_NET_ERROR and stale_net_warning(close, "x") is None
+    assert stale_net_warning(placement_error([]), "x") is None  # nothing measured
+
+
+def test_eval_warns_when_the_cost_net_is_off_this_machine(task_dir, tmp_path, capsys):
+    """A net that prices every table three times too dear (the shipped CPU net, its work line
+    scaled by 3): `place eval` measures, finds the net off, says so on stderr and in the notes."""
+    import math
+
+    import torch
+
+    net = load_shipped("cpu")
+    with torch.no_grad():
+        net.net.work_log += math.log(3.0)
+    net.save(tmp_path / "stale")
+    out = tmp_path / "results.json"
+    argv = ["--tasks", str(task_dir), "--methods", "round_robin", "dim_greedy", "--out", str(out),
+            "--cost-net", str(tmp_path / "stale"), "--rounds", "1", "--warmup", "1", "--iters", "2",
+            "--no-bound", "--no-timing"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    err = report["cost_net_placement_error"]
+    assert err["compute_bias"] > 1.5 and err["compute_mre"] > 0.5
+    warned = [n for n in report["notes"] if n.startswith("warning: the cost net's compute")]
+    assert len(warned) == 1 and "too dear" in warned[0]
+    assert "warning: the cost net's compute estimates are" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from recsearch.placement.evaluate import (
     EvalReport,
     check_methods,
     run_eval,
+    stale_net_warning,
 )
 from recsearch.placement.hardware import clock_of
 from recsearch.placement.measure import CLOCKS
@@ -145,8 +146,13 @@ def _run(args: argparse.Namespace, argv_list: list[str]) -> int:
         e = report.placement_error
         print(
             f"cost net vs measurement over {e['placements']} placements: mean relative error "
-            f"{e['mre']:.1%} (slowest device's compute {e['compute_mre']:.1%})"
+            f"{e['mre']:.1%} (slowest device's compute {e['compute_mre']:.1%}, median estimate / "
+            f"measured {e['compute_bias']:.2f})"
         )
+        warning = stale_net_warning(e, meta.hardware)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
+            notes.append(f"warning: {warning}")
     if report.measurement is not None:
         m = report.measurement
         print(
