@@ -47,6 +47,37 @@ def hardware_string(
     )
 
 
+def device_name_of(hardware: str) -> str:
+    """The device name a hardware string records ('NVIDIA H100 80GB HBM3', 'AMD EPYC'); '' if
+    it records none."""
+    head = hardware.split("|", 1)[0]
+    return head.split(":", 1)[1] if ":" in head else ""
+
+
+def local_device_name(device: str) -> str | None:
+    """This machine's name for a compute device kind ('cpu': the CPU model; 'cuda': the first
+    GPU's name), None when it has no such device (e.g. planning for GPUs on a CPU host)."""
+    if device == "cuda":
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return _cpu_model() if device == "cpu" else None
+
+
+def other_hardware_note(trained_on: str, device: str) -> str | None:
+    """A line saying that a cost net trained on `trained_on` (a hardware string) is used on a
+    machine whose `device` is another model; None when they match, when either is unknown, or
+    when this machine has no such device."""
+    theirs, mine = device_name_of(trained_on), local_device_name(device)
+    if not theirs or not mine or theirs == mine:
+        return None
+    return (
+        f"the shipped {device} cost net was measured on {theirs!r}; this machine's {device} is "
+        f"{mine!r}: the learned placer's estimates come from other hardware (their ranking of "
+        "placements usually carries over, their milliseconds do not). For placements judged by "
+        "this hardware, measure samples here and train a net and policy on them "
+        "(docs/PLACEMENT.md, Reproduce)"
+    )
+
+
 def clock_of(hardware: str) -> str:
     """The CPU clock samples with this hardware string were timed with ('wall' unless marked)."""
     return "thread" if "|clock=thread" in hardware else "wall"

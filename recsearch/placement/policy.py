@@ -38,6 +38,7 @@ kept, so never worse than greedy under that estimate.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -54,6 +55,7 @@ from recsearch.placement.cost_net import (
     read_model_info,
     save_model_files,
 )
+from recsearch.placement.hardware import other_hardware_note
 from recsearch.placement.tables import make_task
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
@@ -507,9 +509,16 @@ class ShippedLearnedPlacer:
         self._loaded: dict[str, LearnedPlacer] = {}
 
     def policy_for(self, device: str) -> LearnedPlacer:
-        """The shipped policy for device ('cpu' or 'cuda'), loaded once."""
+        """The shipped policy for device ('cpu' or 'cuda'), loaded once; a warning when this
+        machine's device of that kind is another model than the one its cost net was measured
+        on (hardware.other_hardware_note)."""
         if device not in self._loaded:
-            self._loaded[device] = load_shipped(device, self.samples, self.seed, self.optimizer)
+            loaded = load_shipped(device, self.samples, self.seed, self.optimizer)
+            meta = loaded.cost_net.meta
+            note = other_hardware_note(meta.hardware, device) if meta is not None else None
+            if note:
+                warnings.warn(note, stacklevel=2)
+            self._loaded[device] = loaded
         return self._loaded[device]
 
     def place(self, tables: Sequence[TableSpec], topology: Topology) -> Placement:

@@ -336,3 +336,41 @@ def test_training_tasks_from_several_pools_draw_each_task_from_one_pool():
     assert pol.training_tasks_from_pools([train], cfg) == training_tasks(train, cfg)
     with pytest.raises(ValueError, match="no pools"):
         pol.training_tasks_from_pools([], cfg)
+
+
+def test_the_shipped_placer_warns_when_this_machine_is_another_device_model(monkeypatch):
+    """The shipped nets were measured on one CPU and one GPU model: on another model the
+    learned placer says so once (a UserWarning naming both), on the same one it stays silent,
+    and planning for GPUs on a host without one says nothing."""
+    import warnings
+
+    from recsearch.placement import hardware
+    from recsearch.placement.policy import ShippedLearnedPlacer
+
+    cpu_net = load_shipped("cpu").cost_net.meta.hardware
+    assert hardware.device_name_of(cpu_net) == "AMD EPYC"
+    assert hardware.device_name_of("cuda:NVIDIA H100 80GB HBM3|cpus=16") == "NVIDIA H100 80GB HBM3"
+    assert hardware.device_name_of("") == ""
+
+    def ours(record):
+        return [w for w in record if "the shipped" in str(w.message)]
+
+    for model, expect in (("AMD EPYC", 0), ("Intel(R) Xeon(R) Platinum 8480+", 1)):
+        monkeypatch.setattr(hardware, "_cpu_model", lambda m=model: m)
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("always")
+            placer = ShippedLearnedPlacer()
+            placer.policy_for("cpu")
+            placer.policy_for("cpu")  # loaded once: warned once
+        got = ours(record)
+        assert len(got) == expect, [str(w.message) for w in record]
+        if expect:
+            text = str(got[0].message)
+            assert "'AMD EPYC'" in text and "'Intel(R) Xeon(R) Platinum 8480+'" in text
+            assert "docs/PLACEMENT.md" in text
+    monkeypatch.setattr(hardware.torch.cuda, "is_available", lambda: False)
+    assert hardware.local_device_name("cuda") is None
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        ShippedLearnedPlacer().policy_for("cuda")
+    assert not ours(record)
