@@ -39,7 +39,7 @@ from recsearch.placement.comm import comm_ms_of_dims
 from recsearch.placement.cost_net import CostNet
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
-    CappedTopology,
+    BesideCopies,
     Placement,
     Placer,
     rank_caps,
@@ -244,23 +244,15 @@ def _refine_rest(
     all-reduce to every rank's communication, so they do not change which move is best: the
     rest is refined alone and the result judged by the net on the whole placement."""
     t0 = time.perf_counter()
-    rep = set(placement.replicated)
-    rest = [i for i in range(len(tables)) if i not in rep]
+    part = BesideCopies.of(tables, placement.replicated, topology, optimizer)
     start = float(cost_net.predict(tables, placement, topology).total_ms)
-    rep_bytes = sum(table_memory_bytes(tables[i], optimizer) for i in rep)
-    caps = [c - rep_bytes for c in rank_caps(topology)]
-    if not rest or min(caps) < 0:  # nothing to move (or an over-committed input: left as is)
+    if not part.rest or not part.fits():  # nothing to move (or an over-committed input: as is)
         return placement, RefineReport(0, start, start, time.perf_counter() - t0, "converged")
-    room = CappedTopology.of(caps, topology.compute_device)
-    sub_tables = [tables[i] for i in rest]
-    sub = Placement(tuple(placement.ranks[i] for i in rest), placement.world_size)
+    sub = Placement(tuple(placement.ranks[i] for i in part.rest), placement.world_size)
     new_sub, report = refine(
-        sub_tables, room, sub, cost_net, optimizer, max_seconds, max_moves, swaps
+        part.tables(tables), part.topology(), sub, cost_net, optimizer, max_seconds, max_moves, swaps
     )
-    ranks = list(placement.ranks)
-    for j, i in enumerate(rest):
-        ranks[i] = new_sub.ranks[j]
-    out = Placement(tuple(ranks), placement.world_size)
+    out = part.merged(new_sub.ranks)
     end = float(cost_net.predict(tables, out, topology).total_ms)
     if report.moves and not end < start:
         return placement, RefineReport(0, start, start, time.perf_counter() - t0, "no gain")

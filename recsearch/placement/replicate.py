@@ -48,13 +48,10 @@ from dataclasses import dataclass
 from recsearch.placement.cost_net import CostNet
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
-    REPLICATED,
-    CappedTopology,
+    BesideCopies,
     Placement,
     PlacementError,
     Placer,
-    rank_caps,
-    table_memory_bytes,
 )
 from recsearch.types import TableSpec, Topology
 
@@ -219,11 +216,10 @@ class ReplicatingPlacer:
         """The candidate sets whose copies fit every rank's cap, smallest first (the sets only
         grow: after the first that does not fit, none does)."""
         out = []
-        least = min(rank_caps(topology))
         for chosen in replication_sets(
             tables, topology.world_size, batch, self.shares, self.may_replicate
         ):
-            if sum(table_memory_bytes(tables[i], self.optimizer) for i in chosen) > least:
+            if not BesideCopies.of(tables, chosen, topology, self.optimizer).fits():
                 break
             out.append(chosen)
         return out
@@ -237,20 +233,13 @@ class ReplicatingPlacer:
     ) -> Placement | None:
         """The tables in chosen replicated and placer's placement of the rest on the room the
         copies leave each rank; None when placer finds no placement there."""
-        copies = sum(table_memory_bytes(tables[i], self.optimizer) for i in chosen)
-        room = [c - copies for c in rank_caps(topology)]
-        picked = set(chosen)
-        rest = [i for i in range(len(tables)) if i not in picked]
-        ranks = [REPLICATED] * len(tables)
-        if rest:
+        part = BesideCopies.of(tables, chosen, topology, self.optimizer)
+        rest_ranks: tuple[int, ...] = ()
+        if part.rest:
             try:
-                sub = placer.place(
-                    [tables[i] for i in rest], CappedTopology.of(room, topology.compute_device)
-                )
+                rest_ranks = placer.place(part.tables(tables), part.topology()).ranks
             except PlacementError:
                 return None
-            for j, i in enumerate(rest):
-                ranks[i] = sub.ranks[j]
-        placement = Placement(tuple(ranks), topology.world_size)
+        placement = part.merged(rest_ranks)
         placement.validate(tables, topology, self.optimizer)
         return placement

@@ -504,3 +504,50 @@ def load_placement(
         return Placement.from_dict(mapping, tables, world)
     except PlacementError as err:
         raise PlacementError(f"{path}: {err}") from None
+
+
+@dataclass(frozen=True)
+class BesideCopies:
+    """The table-wise part of a placement once some tables are replicated: the other tables'
+    indices (rest, in table order) and the room the copies leave each rank (room_bytes: each
+    rank's cap less the copies, negative where they do not fit). What ReplicatingPlacer places
+    and what refine refines when a placement holds replicas."""
+
+    replicated: tuple[int, ...]
+    rest: tuple[int, ...]
+    room_bytes: tuple[int, ...]
+    compute_device: str
+
+    @classmethod
+    def of(
+        cls,
+        tables: Sequence[TableSpec],
+        replicated: Sequence[int],
+        topology: Topology,
+        optimizer: str = DEFAULT_OPTIMIZER,
+    ) -> BesideCopies:
+        picked = set(replicated)
+        copies = sum(table_memory_bytes(tables[i], optimizer) for i in picked)
+        return cls(
+            tuple(sorted(picked)),
+            tuple(i for i in range(len(tables)) if i not in picked),
+            tuple(c - copies for c in rank_caps(topology)),
+            topology.compute_device,
+        )
+
+    def fits(self) -> bool:
+        return min(self.room_bytes) >= 0
+
+    def topology(self) -> CappedTopology:
+        """The room as a topology for a placer (PlacementError when no rank has any)."""
+        return CappedTopology.of(self.room_bytes, self.compute_device)
+
+    def tables(self, tables: Sequence[TableSpec]) -> list[TableSpec]:
+        return [tables[i] for i in self.rest]
+
+    def merged(self, rest_ranks: Sequence[int]) -> Placement:
+        """The whole placement: the replicated tables on every rank, rest[j] on rest_ranks[j]."""
+        ranks = [REPLICATED] * (len(self.replicated) + len(self.rest))
+        for i, r in zip(self.rest, rest_ranks, strict=True):
+            ranks[i] = r
+        return Placement(tuple(ranks), len(self.room_bytes))

@@ -418,3 +418,20 @@ def test_torchrec_dp_baseline_returns_replicated_tables(caplog):
     # TorchRec's performance model replicates some of the tiny tables, never the 10^5-row ones
     assert got.replicated and all(tables[i].num_rows < 1000 for i in got.replicated)
     assert not any("Sharding spec not found" in r.getMessage() for r in caplog.records)
+
+
+def test_beside_copies_is_the_room_and_the_rest_a_replicated_set_leaves():
+    """types.BesideCopies, shared by ReplicatingPlacer and refine: the copies come off every
+    rank's cap, the rest keep their order, and merging puts the replicas back on every rank."""
+    from recsearch.placement.types import REPLICATED, BesideCopies, CappedTopology, table_memory_bytes
+
+    tables = [TableSpec(f"t{i}", 100 * (i + 1), 8) for i in range(4)]
+    topology = CappedTopology.of([100_000, 200_000], "cpu")
+    part = BesideCopies.of(tables, [2, 0], topology)
+    copies = table_memory_bytes(tables[0]) + table_memory_bytes(tables[2])
+    assert part.replicated == (0, 2) and part.rest == (1, 3)
+    assert part.room_bytes == (100_000 - copies, 200_000 - copies) and part.fits()
+    assert part.tables(tables) == [tables[1], tables[3]]
+    assert part.topology().caps_bytes == part.room_bytes
+    assert part.merged([1, 0]).ranks == (REPLICATED, 1, REPLICATED, 0)
+    assert not BesideCopies.of(tables, [0, 1, 2, 3], CappedTopology.of([1, 1], "cpu")).fits()
