@@ -23,6 +23,10 @@ NUM_REUSE_BINS = 17
 
 
 MAX_SEED = 2**63 - 1
+# The optimizer names HParams accepts (recsearch.train.optim builds them): the tables' optimizer is
+# fused into FBGEMM's backward kernel; the dense one is recsearch.train.optim.DenseOptimizer.
+EMBEDDING_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
+DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam", "lamb")
 
 
 class SettingsError(ValueError):
@@ -232,9 +236,9 @@ class HParams:
         check_int(problems, "batch_size", self.batch_size, 1)
         for name in ("embedding_lr", "dense_lr"):
             check_number(problems, name, getattr(self, name), above=0)
-        for name in ("embedding_optimizer", "dense_optimizer"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                problems.append(f"{name} must be an optimizer name, got {getattr(self, name)!r}")
+        for name, known in (("embedding_optimizer", EMBEDDING_OPTIMIZERS), ("dense_optimizer", DENSE_OPTIMIZERS)):
+            if getattr(self, name) not in known:  # checked here: before any data is read
+                problems.append(f"{name} must be one of {', '.join(known)}, got {getattr(self, name)!r}")
         for name in ("warmup_steps", "decay_start_step", "decay_steps"):
             check_int(problems, name, getattr(self, name), 0)
         check_int(problems, "seed", self.seed, 0, maximum=MAX_SEED)

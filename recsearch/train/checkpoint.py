@@ -4,7 +4,9 @@ A checkpoint is a directory `<output_dir>/checkpoints/step_<N>/` holding
 - the sharded model and both optimizers (fused embedding + dense), written by
   torch.distributed.checkpoint (each rank writes its own `__<rank>_<i>.distcp` shards and rank 0
   the `.metadata` index; ShardedTensors are handled), together with the torch RNG state;
-- `loop_state.json`: step, epoch, batch position in the epoch, counters and history;
+- `loop_state.json`: step, epoch, batch position in the epoch, counters and history, and under
+  `checkpoint` what the save adds itself: the embedding kernels' iteration counter and the
+  settings that define the data order (batch size, seed, train rows);
 - `manifest.json`: the size and SHA-256 of every other file, written last (after every rank
   finished writing and hashed its own shards), atomically.
 
@@ -12,7 +14,14 @@ The run's `checkpoints/latest` file names the newest *complete* checkpoint and i
 atomically only after the manifest is written, so a run killed mid-save resumes from the previous
 one. Checkpoints are taken between training stretches, when the pipeline holds no batch, so the
 data position is exact: resuming replays `iter_from(batch_in_epoch)` of the same epoch order (the
-shuffle is a function of seed and epoch, the LR schedule a function of the step).
+shuffle is a function of seed and epoch, the LR schedule a function of the step). A resume whose
+batch size, seed or number of train rows differs from the checkpoint's is refused: its position
+would count batches of another order.
+
+FBGEMM keeps the step count of Adam-family tables (their bias correction) in each TBE's `iter`
+buffer, which neither torchrec's model nor its fused optimizer state_dict holds: the save records
+it and the load sets it back (`set_embedding_iteration`), so a resumed Adam run continues the
+straight run's bias correction instead of restarting it.
 
 Loading verifies before it reads: the manifest must be there and every file it lists must have
 its recorded size and SHA-256 (each rank checks a share of the shards, and all ranks agree on the
@@ -44,10 +53,12 @@ from torch.distributed.checkpoint._traverse import set_element
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import FileSystemReader, _StorageInfo
+from fbgemm_gpu.split_table_batched_embeddings_ops_training import SplitTableBatchedEmbeddingBagsCodegen
 
 from recsearch import remote
 
 CHECKPOINT_DIR = "checkpoints"
+SAVED_BY_CHECKPOINT = "checkpoint"  # the loop state's entry that save() adds and load() takes out
 LATEST_FILE = "latest"
 LOOP_STATE_FILE = "loop_state.json"
 METADATA_FILE = ".metadata"  # torch.distributed.checkpoint's index of the shards (a pickle)
@@ -64,8 +75,13 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete, altered or does not match the run."""
 
 
-def save(out_dir: Path | str, step: int, model: torch.nn.Module, optimizer: Any, loop_state: dict) -> Path:
-    """Write a checkpoint of every rank's shards (a collective: all ranks call it)."""
+def save(
+    out_dir: Path | str, step: int, model: torch.nn.Module, optimizer: Any, loop_state: dict,
+    data_order: dict[str, Any] | None = None,
+) -> Path:
+    """Write a checkpoint of every rank's shards (a collective: all ranks call it). `data_order`:
+    the settings that define the data order the loop state's position counts in (config key ->
+    value), checked by load()."""
     root = Path(out_dir) / CHECKPOINT_DIR
     path = root / f"step_{step:08d}"
     rank, world_size = _rank_and_world()
@@ -77,8 +93,12 @@ def save(out_dir: Path | str, step: int, model: torch.nn.Module, optimizer: Any,
         written = dcp.save(state, checkpoint_id=str(path))  # returns on each rank once all wrote
     except CheckpointException as err:  # not an Exception subclass: convert, keep the cause
         raise CheckpointError(f"writing checkpoint {path} failed: {err}") from err
+    # Every rank's kernels took the same forwards; a rank may hold none (all tables elsewhere).
+    iterations = [i for i in _gather(embedding_iteration(model)) if i is not None]
+    saved_here = {"embedding_iteration": max(iterations) if iterations else None, "data_order": data_order}
     if rank == 0:
-        remote.write_text(path / LOOP_STATE_FILE, json.dumps(loop_state, allow_nan=True) + "\n")
+        remote.write_text(path / LOOP_STATE_FILE,
+                          json.dumps({**loop_state, SAVED_BY_CHECKPOINT: saved_here}, allow_nan=True) + "\n")
     # Each rank hashes its own shards (still in its page cache, and in parallel); rank 0 gathers
     # them. On a shared filesystem rank 0 could read every shard, but only after the others'
     # writes are visible to it, and alone; the shards a rank wrote are certainly visible to it.
@@ -130,12 +150,18 @@ def resolve(resume_from: str, out_dir: Path | str) -> Path:
     return path
 
 
-def load(path: Path, model: torch.nn.Module, optimizer: Any) -> dict:
-    """Restore model, optimizers and RNG in place from `path`; return the loop state. A
-    collective: all ranks call it. Every file is checked against the manifest first."""
+def load(path: Path, model: torch.nn.Module, optimizer: Any, data_order: dict[str, Any] | None = None) -> dict:
+    """Restore model, optimizers, the embedding kernels' iteration counter and RNG in place from
+    `path`; return the loop state (what save() was given). A collective: all ranks call it.
+    Every file is checked against the manifest first, then the world size and `data_order`
+    against the checkpoint's (checkpoints that did not record one are not checked)."""
     path = Path(path)
     metadata, loop_state = verify(path)
+    saved_here = loop_state.pop(SAVED_BY_CHECKPOINT, None) or {}
+    if not isinstance(saved_here, dict):
+        raise CheckpointError(f"{path / LOOP_STATE_FILE}: corrupt ({SAVED_BY_CHECKPOINT!r} is not an object)")
     _check_world_size(path, _rank_and_world()[1])
+    _check_data_order(path, saved_here.get("data_order"), data_order, loop_state)
     state = {"model": model.state_dict(), "optim": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()}}
     try:
         dcp.load(state, storage_reader=_VerifiedReader(path, metadata), planner=_WeightsOnlyLoadPlanner())
@@ -144,7 +170,58 @@ def load(path: Path, model: torch.nn.Module, optimizer: Any) -> dict:
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optim"])
     torch.set_rng_state(state["rng"]["torch"])
+    # Checkpoints from before the counter was saved: the step, what it counts without evaluations.
+    iteration = saved_here.get("embedding_iteration")
+    set_embedding_iteration(model, int(iteration if iteration is not None else loop_state.get("step", 0)))
     return loop_state
+
+
+# ---- FBGEMM's iteration counter ------------------------------------------------------------------
+def embedding_kernels(model: torch.nn.Module) -> list[SplitTableBatchedEmbeddingBagsCodegen]:
+    """FBGEMM's TBE modules in `model`: registered submodules, and the ones torchrec keeps in plain
+    lists outside modules() (FusedEmbeddingBagCollection's `_emb_modules`, a sharded collection's
+    `_lookups` under DistributedModelParallel)."""
+    found: dict[int, SplitTableBatchedEmbeddingBagsCodegen] = {}
+    seen: set[int] = set()
+    pending: list[torch.nn.Module] = [model]
+    while pending:
+        for module in pending.pop().modules():
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            if isinstance(module, SplitTableBatchedEmbeddingBagsCodegen):
+                found[id(module)] = module
+            for value in vars(module).values():
+                if isinstance(value, (list, tuple)):
+                    pending.extend(item for item in value if isinstance(item, torch.nn.Module))
+    return list(found.values())
+
+
+def embedding_iteration(model: torch.nn.Module) -> int | None:
+    """The largest `iter` of the model's TBE modules, or None without any. FBGEMM advances it at
+    every forward of a table trained by Adam or row-wise Adagrad (evaluation forwards included;
+    SGD and Adagrad tables leave it at 0) and Adam's bias correction reads it. Reads the device:
+    call it between steps."""
+    counters = [int(tbe.iter.max()) for tbe in embedding_kernels(model) if isinstance(getattr(tbe, "iter", None), torch.Tensor)]
+    return max(counters) if counters else None
+
+
+def set_embedding_iteration(model: torch.nn.Module, iteration: int) -> int:
+    """Set the `iter` buffer of every TBE module in `model` to `iteration` (in place, on its device)
+    and return how many were set. FBGEMM copies `iter` to its host-side counter `iter_cpu` at the
+    first forward while that is 0; it is zeroed so that copy happens again."""
+    count = 0
+    with torch.no_grad():
+        for tbe in embedding_kernels(model):
+            counter = getattr(tbe, "iter", None)
+            if not isinstance(counter, torch.Tensor):
+                continue
+            counter.fill_(iteration)
+            host = getattr(tbe, "iter_cpu", None)
+            if isinstance(host, torch.Tensor):
+                host.fill_(0)
+            count += 1
+    return count
 
 
 def verify(path: Path | str) -> tuple[dcp_metadata.Metadata, dict]:
@@ -241,6 +318,24 @@ def _check_world_size(path: Path, world_size: int) -> None:
         raise CheckpointError(
             f"checkpoint {path} was written by {saved} rank(s) and this run has {world_size}: resume it "
             f"with {saved} rank(s) (its data position in the epoch is that of {saved} rank(s))"
+        )
+
+
+def _check_data_order(
+    path: Path, saved: dict[str, Any] | None, current: dict[str, Any] | None, loop_state: dict
+) -> None:
+    """Refuse a resume whose data order differs from the checkpoint's: its epoch and batch position
+    count batches of the saved batch size, over the saved rows, in the saved seed's shuffle."""
+    if not saved or not current:
+        return
+    differing = [key for key in sorted(saved.keys() & current.keys()) if saved[key] != current[key]]
+    if differing:
+        changes = ", ".join(f"{key}={saved[key]!r} there, {current[key]!r} here" for key in differing)
+        raise CheckpointError(
+            f"checkpoint {path} was saved with another data order ({changes}): its position (epoch "
+            f"{loop_state.get('epoch')}, batch {loop_state.get('batch_in_epoch')}) counts batches of that order, so "
+            f"this run would replay and skip other rows; resume with "
+            + ", ".join(f"{key}={saved[key]!r}" for key in differing)
         )
 
 

@@ -40,7 +40,9 @@ class TrainEngine(Protocol):
         the epoch (no step taken)."""
 
     def take_loss_sum(self) -> float:
-        """Sum of the losses of the steps since the last call (one host synchronisation)."""
+        """Sum of the losses of the steps since the last call (one host synchronisation), each
+        step's loss that of the global batch: over several ranks the engine all-reduces the
+        window once, so every rank reads the same sum (and stops at a divergence alike)."""
 
     def end_stretch(self) -> float:
         """Wait for the device; return the seconds the stretch waited for data. Afterwards the

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 import torch
 from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
-EMBEDDING_OPTIMIZERS = ("sgd", "adagrad", "rowwise_adagrad", "adam")
-DENSE_OPTIMIZERS = ("sgd", "adagrad", "adam", "lamb")
+from recsearch.types import DENSE_OPTIMIZERS, EMBEDDING_OPTIMIZERS  # the names HParams accepts
+
 ADAGRAD_EPS = 1e-8
 # FBGEMM's CPU TBE kernels implement only these (exact SGD/Adagrad/row-wise Adagrad); Adam is
 # GPU-only and would fail deep inside DistributedModelParallel with an AssertionError.

@@ -66,6 +66,7 @@ class PipelineEngine:
         self.optimizer = CombinedOptimizer([self.model.fused_optimizer, dense_opt])
         self._base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         self._loss_sum = torch.zeros((), device=device)
+        self._loss_steps = 0  # steps summed into _loss_sum since the last take_loss_sum
         self._pipeline: TrainPipelineSparseDist | None = None
         self._batches: _TimedIterator | None = None
         self.report = EngineReport(engine="pipeline", cuda_graph_note="the pipeline engine runs eagerly")
@@ -88,13 +89,25 @@ class PipelineEngine:
         except StopIteration:
             return None
         self._loss_sum += loss
+        self._loss_steps += 1
         self.report.eager_steps += 1
         return labels.numel() * self.world_size  # the last batch of an epoch may be short
 
     def take_loss_sum(self) -> float:
-        total = float(self._loss_sum)
+        """The sum of the steps' losses since the last call, each step's loss the mean over every
+        rank (the global batch's loss): one all-reduce of (loss sum, step count) per call, so
+        every rank reads the same number and decides a divergence alike. (Deciding it from a
+        rank's own loss let one rank stop while another stepped on: mismatched collectives, a
+        hang until the process group's timeout.) Every rank must call it at the same step."""
+        totals = torch.stack([self._loss_sum.detach().double(),
+                              torch.tensor(float(self._loss_steps), dtype=torch.float64, device=self.device)])
+        if self.world_size > 1:
+            dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+        loss_sum, steps = totals.tolist()
+        local_steps = self._loss_steps
         self._loss_sum.zero_()
-        return total
+        self._loss_steps = 0
+        return loss_sum / steps * local_steps if steps else 0.0
 
     def end_stretch(self) -> float:
         assert self._pipeline is not None and self._batches is not None

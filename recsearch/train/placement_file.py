@@ -139,6 +139,18 @@ def check_plan_setting(setting: str, table_names: Sequence[str], world_size: int
         load_placement(placer.path, table_names, world_size)
 
 
+def check_plan_exists(setting: str) -> None:
+    """Before any data is read: a `plan:` that is neither a placer name nor an existing file (a
+    mistyped placer such as 'size_greddy' reads as a file name) is a FileNotFoundError naming the
+    key and the placers; a replicating placer a ValueError (plan_placer)."""
+    placer = plan_placer(setting)
+    if isinstance(placer, FilePlacer) and not remote.exists(placer.path):
+        raise FileNotFoundError(
+            f"plan: {setting!r} is no placer ({', '.join(TRAIN_PLACERS)}) and no placement file "
+            f"exists there (placement file {setting} not found)"
+        )
+
+
 class _DuplicateKey(ValueError):
     def __init__(self, key: str):
         super().__init__(key)

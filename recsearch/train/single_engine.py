@@ -23,10 +23,11 @@ training steps. Steps that must not be replayed run eagerly, and result.json say
 - Adam tables never replay: FBGEMM passes Adam's step count (its bias correction) from the host.
 
 Data: with `data_on_device` the whole train split is held in device memory (ids already hashed);
-each epoch's row order (the loader's shuffle, exactly) is uploaded once and a batch is three
-index_selects, inside the graph. Otherwise batches come from the loader's prefetch thread in
-pinned memory; on CUDA a copy stream moves batch i+1 to the device while step i runs, into one of
-two staging buffers, and the step copies it into the graph's static inputs.
+each epoch's row order (the loader's shuffle, exactly) is uploaded once per epoch (the stretches
+between evaluations and checkpoints reuse it) and a batch is three index_selects, inside the
+graph. Otherwise batches come from the loader's prefetch thread in pinned memory; on CUDA a copy
+stream moves batch i+1 to the device while step i runs, into one of two staging buffers, and the
+step copies it into the graph's static inputs.
 """
 
 from __future__ import annotations
@@ -159,7 +160,10 @@ class SingleDeviceEngine:
                 torch.zeros(self.batch_size, device=device),
             )
             self._copier = _CopyStream(device, self._static) if device.type == "cuda" else None
+        # the epoch's row order on the device, kept while the epoch lasts: the stretches between
+        # evaluations and checkpoints of one epoch share it (uploaded once per epoch, not per stretch)
         self._order: torch.Tensor | None = None
+        self._order_epoch: int | None = None
         self._batches: Iterator[Batch] | None = None
         self._next_batch: Batch | None = None
         self._batch_index = 0
@@ -221,9 +225,12 @@ class SingleDeviceEngine:
         self._batch_index = start_batch
         self._data_wait = 0.0
         if self._resident:
-            rows = loader.epoch_rows(epoch)
-            self._epoch_rows = len(rows)
-            self._order = torch.from_numpy(rows).to(self.device, non_blocking=False)
+            if self._order is None or self._order_epoch != epoch:
+                self._order = None  # the previous epoch's order is freed before the next is built
+                rows = loader.epoch_rows(epoch)
+                self._order = torch.from_numpy(rows).to(self.device, non_blocking=False)
+                self._order_epoch = epoch
+            self._epoch_rows = len(self._order)
         else:
             self._batches = loader.iter_from(start_batch)
             self._next_batch = self._fetch()
@@ -272,7 +279,6 @@ class SingleDeviceEngine:
         if close:
             close()
         self._batches = self._next_batch = None
-        self._order = None
         if self._eager_notes and self._use_graph:
             self.report.cuda_graph_note = "; ".join(sorted(self._eager_notes))
         return self._data_wait

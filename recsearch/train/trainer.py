@@ -32,7 +32,7 @@ from recsearch.data.dataset import dataset_meta
 from recsearch.data.loader import NpyBatchLoader
 from recsearch.data.split_cache import SplitCache
 from recsearch.model.dlrm import compile_dense_parts, dense_parameter_count, table_rows
-from recsearch.train import checkpoint
+from recsearch.train import checkpoint, placement_file
 from recsearch.train.config import TrainConfig
 from recsearch.train.dispatch import OpCounter
 from recsearch.train.engine import TrainEngine, make_engine
@@ -65,6 +65,7 @@ class RunState:
     data_wait_seconds: float = 0.0
     status: str = "running"  # -> completed | early_stopped | diverged | failed
     last_loss: float = math.nan
+    val_auc: float | None = None  # the latest periodic evaluation's (a checkpoint after it keeps it)
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -73,6 +74,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
     `split_cache`: in-memory splits kept across the runs of one process (the search's pool
     workers), so a run on data an earlier run loaded reads nothing again."""
     device = init_distributed(cfg.device)
+    placement_file.check_plan_exists(cfg.plan)  # a mistyped placer name fails before the data is read
     if cfg.latency_cuda_graph == "true" and cfg.latency_batch_sizes and device.type != "cuda":
         raise ValueError("latency_cuda_graph=true needs a CUDA device (this run is on the CPU)")
     if device.type == "cuda":  # set every run: a pool worker's previous trial may have capped it
@@ -118,12 +120,19 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
     # Not over several ranks: their collective forwards would wait on each other's exclusive hold.
     device_lock = DeviceLock(cfg.device_lock if world_size == 1 else None)
     try:  # the writer's thread is joined however the run ends
+        # What the loop state's data position counts in: a resume with another order is refused.
+        data_order = {"hparams.batch_size": hp.batch_size, "hparams.seed": hp.seed, "train_rows": train_loader.num_rows}
         state = RunState()
         if cfg.resume_from is not None:
-            restored = checkpoint.load(checkpoint.resolve(cfg.resume_from, out), engine.model, engine.optimizer)
-            state = RunState(**{**restored, "status": "running"})
-            _log(rank, f"resumed from {cfg.resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})")
-        max_steps = cfg.max_steps if cfg.max_steps is not None else cfg.epochs * len(train_loader)
+            restored = checkpoint.load(checkpoint.resolve(cfg.resume_from, out), engine.model, engine.optimizer, data_order)
+            state = RunState(**restored)
+            state.status = _resumed_status(state, cfg.auc_threshold)
+            _log(rank, f"resumed from {cfg.resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})"
+                 + (f"; val AUC {state.val_auc:.4f} had reached auc_threshold there" if state.status == "early_stopped" else ""))
+        # epochs and max_steps: whichever ends first (every epoch is len(train_loader) steps)
+        max_steps = cfg.epochs * len(train_loader)
+        if cfg.max_steps is not None:
+            max_steps = min(max_steps, cfg.max_steps)
         val_metrics: SplitMetrics | None = None
         report = engine.report
         graph_note = "CUDA graph per step" if report.cuda_graph_note == "" else f"no CUDA graph: {report.cuda_graph_note}"
@@ -186,18 +195,22 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
             if state.batch_in_epoch >= len(train_loader):
                 state.epoch += 1
                 state.batch_in_epoch = 0
-            if cfg.checkpoint_every_steps and (state.step % cfg.checkpoint_every_steps == 0 or state.step >= max_steps):
-                checkpoint.save(out, state.step, engine.model, engine.optimizer, dataclasses.asdict(state))
+            # The evaluation due at this step runs before the checkpoint of this step, which then
+            # holds its outcome: a run killed in between resumes past a finished evaluation (and
+            # an early stop it decided), not before one it would never run again.
             due = cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0 and state.step < max_steps
             if due:
                 with device_lock.shared():
                     val_metrics = evaluate(engine.model, loader("val", False, cfg.eval_rows), device)
+                state.val_auc = val_metrics.auc
                 _log(rank, f"step {state.step}: val AUC {val_metrics.auc:.4f} log loss {val_metrics.log_loss:.4f}")
                 if writer:
                     _write_eval(writer, "val", val_metrics, state.step)
                 if cfg.auc_threshold is not None and val_metrics.auc >= cfg.auc_threshold:
                     state.status = "early_stopped"
-            if state.epoch >= cfg.epochs and cfg.max_steps is None:
+            if cfg.checkpoint_every_steps and (state.step % cfg.checkpoint_every_steps == 0 or state.step >= max_steps):
+                checkpoint.save(out, state.step, engine.model, engine.optimizer, dataclasses.asdict(state), data_order)
+            if state.epoch >= cfg.epochs:
                 break
         if state.status == "running":
             state.status = "completed"
@@ -283,10 +296,18 @@ def measure_latency(
             batches = None
             try:
                 # one batch from the memory map: no need to load the whole split for it
-                batches = iter(make_loader("test", False, None, batch_size, in_memory=False))
+                test_loader = make_loader("test", False, None, batch_size, in_memory=False)
+                if test_loader.num_rows < batch_size or len(test_loader) == 0:
+                    # a short batch would time another batch size than the one reported
+                    ranks = f" x {test_loader.world_size} ranks" if test_loader.world_size > 1 else ""
+                    notes.append(f"latency at batch {batch_size} skipped: the test split has {test_loader.num_rows} rows, "
+                                 f"fewer than one batch of {batch_size}{ranks}")
+                    continue
+                batches = iter(test_loader)
                 batch = next(batches)
-            except (StopIteration, ValueError):
-                continue  # the split is smaller than this batch size
+            except ValueError as err:  # no test split to draw from
+                notes.append(f"latency at batch {batch_size} skipped: {err}")
+                continue
             finally:
                 close = getattr(batches, "close", None)
                 if close:  # the prefetch thread stops before the timing starts
@@ -342,6 +363,16 @@ def _latency_reference_model(cfg: TrainConfig, rows: list[int], device: torch.de
 
 
 # ---- pieces ------------------------------------------------------------------------------------
+def _resumed_status(state: RunState, auc_threshold: float | None) -> str:
+    """The status a resumed run continues in: `early_stopped` when its checkpoint was written after
+    a periodic evaluation that reached this run's auc_threshold (the run ends with the final
+    evaluation, as it would have without the interruption), else `running`."""
+    if state.status == "early_stopped" and auc_threshold is not None and state.val_auc is not None \
+            and state.val_auc >= auc_threshold:
+        return "early_stopped"
+    return "running"
+
+
 def init_distributed(device_pref: str) -> torch.device:
     use_cuda = torch.cuda.is_available() if device_pref == "auto" else device_pref == "cuda"
     if use_cuda and not torch.cuda.is_available():

@@ -1,12 +1,18 @@
-"""Resuming a run gives the same result as never stopping; bad checkpoints are clear errors."""
+"""Resuming a run gives the same result as never stopping; bad checkpoints are clear errors; FBGEMM's
+iteration counter and the data order are saved and checked; an evaluation runs before the
+checkpoint of its step."""
 
 import json
 import shutil
 
 import pytest
+import torch
 
 from recsearch.train import checkpoint, trainer
+from tests.train.engines import engine_and_loader, small_config, train_steps
 from tests.train.test_trainer import TRAIN_ROWS, BATCH, _write_config
+
+CPU = torch.device("cpu")
 
 COMPARED = ("steps", "samples", "epochs_completed", "last_loss", "metrics")
 
@@ -66,3 +72,114 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path, learnable_da
 
 def _result_of(out):
     return json.loads((out / trainer.RESULT_FILE).read_text())
+
+
+# ---- FBGEMM's iteration counter (Adam's bias correction) -------------------------------------------
+def test_the_embedding_kernels_iteration_counter_is_found_set_and_continued(tmp_path, learnable_data):
+    """FBGEMM keeps an Adam-family table's step count in each TBE's `iter` buffer, which no
+    state_dict holds. set_embedding_iteration finds the TBEs (also the ones torchrec's fused
+    collection keeps out of modules(), and DMP's shards) and sets them; FBGEMM's next forward
+    continues from there. (CPU kernels refuse Adam: row-wise Adagrad advances the same counter.)"""
+    rowwise = "hparams.embedding_optimizer=rowwise_adagrad"
+    engine, _ = engine_and_loader(small_config(learnable_data, tmp_path / "s", "engine=single", rowwise), CPU)
+    kernels = checkpoint.embedding_kernels(engine.model)
+    assert kernels and {id(k) for k in kernels} == {id(t) for t in engine._tbes}
+    assert checkpoint.embedding_iteration(engine.model) == 0
+    assert checkpoint.set_embedding_iteration(engine.model, 7) == len(kernels)
+    assert [int(k.iter.item()) for k in kernels] == [7] * len(kernels)
+    assert checkpoint.embedding_iteration(engine.model) == 7
+    train_steps(engine, 2)
+    assert [(int(k.iter.item()), int(k.iter_cpu.item())) for k in kernels] == [(9, 9)] * len(kernels)
+
+    pipeline, _ = engine_and_loader(small_config(learnable_data, tmp_path / "p", "engine=pipeline", rowwise), CPU)
+    sharded = checkpoint.embedding_kernels(pipeline.model)
+    assert sharded and checkpoint.set_embedding_iteration(pipeline.model, 11) == len(sharded)
+    assert checkpoint.embedding_iteration(pipeline.model) == 11
+
+
+def test_a_checkpoint_saves_the_iteration_counter_and_a_resume_restores_it(tmp_path, learnable_data):
+    """4 steps and one evaluation of 2 batches at step 2: the counter is 6 (FBGEMM counts every
+    forward, evaluations too), saved beside the loop state and set back by load()."""
+    out = tmp_path / "run"
+    code, _ = _run(tmp_path, learnable_data, out, "max_steps=4", "checkpoint_every_steps=4", "eval_every_steps=2",
+                   "eval_rows=512")
+    assert code == 0
+    path = checkpoint.resolve("latest", out)
+    saved = json.loads((path / checkpoint.LOOP_STATE_FILE).read_text())
+    assert saved["step"] == 4 and saved[checkpoint.SAVED_BY_CHECKPOINT]["embedding_iteration"] == 6
+    cfg = small_config(learnable_data, tmp_path / "fresh", "engine=single", "hparams.embedding_optimizer=rowwise_adagrad",
+                       "hparams.dense_optimizer=adagrad", "hparams.dense_lr=0.05", "arch.embedding_dim=8")
+    fresh, _ = engine_and_loader(cfg, CPU)
+    loop_state = checkpoint.load(path, fresh.model, fresh.optimizer)
+    assert checkpoint.SAVED_BY_CHECKPOINT not in loop_state and loop_state["step"] == 4
+    assert checkpoint.embedding_iteration(fresh.model) == 6
+
+
+# ---- the data order a position counts in -----------------------------------------------------------
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("hparams.batch_size=128", "hparams.batch_size=256 there, 128 here"),
+        ("hparams.seed=6", "hparams.seed=5 there, 6 here"),
+        ("train_rows=8000", f"train_rows={TRAIN_ROWS} there, 8000 here"),
+    ],
+)
+def test_a_resume_with_another_data_order_is_refused_naming_the_key(tmp_path, learnable_data, capsys, change, message):
+    out = tmp_path / "run"
+    code, _ = _run(tmp_path, learnable_data, out, "max_steps=4", "checkpoint_every_steps=4")
+    assert code == 0
+    code, result = _run(tmp_path, learnable_data, out, "max_steps=8", "resume_from=latest", change)
+    assert code == 2
+    err = capsys.readouterr().err
+    path = checkpoint.resolve("latest", out)
+    assert f"checkpoint {path} was saved with another data order ({message})" in err
+    assert "position (epoch 0, batch 4)" in err and result["status"] == "failed" and message in result["error"]
+
+
+def test_a_checkpoint_without_the_saved_extras_still_resumes(tmp_path, learnable_data):
+    """Checkpoints written before the data order and the iteration counter were saved load as
+    before (not checked; the counter is set from the step)."""
+    out = tmp_path / "run"
+    code, _ = _run(tmp_path, learnable_data, out, "max_steps=4", "checkpoint_every_steps=4")
+    assert code == 0
+    path = checkpoint.resolve("latest", out)
+    state_file = path / checkpoint.LOOP_STATE_FILE
+    old = json.loads(state_file.read_text())
+    del old[checkpoint.SAVED_BY_CHECKPOINT]
+    state_file.write_text(json.dumps(old) + "\n")
+    manifest = json.loads((path / checkpoint.MANIFEST_FILE).read_text())
+    manifest["files"][checkpoint.LOOP_STATE_FILE] = checkpoint._digest(state_file)  # as an old save wrote it
+    (path / checkpoint.MANIFEST_FILE).write_text(json.dumps(manifest))
+    code, resumed = _run(tmp_path, learnable_data, out, "max_steps=8", "resume_from=latest", "hparams.batch_size=128")
+    assert code == 0 and resumed["steps"] == 8  # nothing recorded to compare the batch size with
+
+
+# ---- the evaluation of a step runs before its checkpoint -------------------------------------------
+def test_the_evaluation_runs_before_the_checkpoint_of_its_step_and_a_resume_keeps_its_early_stop(
+    tmp_path, learnable_data, monkeypatch
+):
+    """Killed after the checkpoint of step N, a run resumes with step N's evaluation done: an early
+    stop it decided holds (the run goes straight to its final evaluation), as without the kill."""
+    calls: list[tuple[str, int]] = []
+    real_evaluate, real_save = trainer.evaluate, checkpoint.save
+    monkeypatch.setattr(trainer, "evaluate", lambda model, loader, device: calls.append(("eval", loader.split)) or real_evaluate(model, loader, device))
+    monkeypatch.setattr(checkpoint, "save", lambda out, step, *a, **k: calls.append(("save", step)) or real_save(out, step, *a, **k))
+    out = tmp_path / "run"
+    settings = ["eval_every_steps=10", "checkpoint_every_steps=10", "auc_threshold=0.6"]
+    code, stopped = _run(tmp_path, learnable_data, out, *settings)
+    assert code == 0 and stopped["status"] == "early_stopped"
+    stop = stopped["steps"]
+    assert stop % 10 == 0 and stop < 2 * TRAIN_ROWS // BATCH
+    periodic = [c for c in calls if c != ("eval", "test")][: 2 * stop // 10]
+    assert periodic == [c for n in range(10, stop + 1, 10) for c in (("eval", "val"), ("save", n))]
+    saved = json.loads((checkpoint.resolve("latest", out) / checkpoint.LOOP_STATE_FILE).read_text())
+    assert saved["step"] == stop and saved["status"] == "early_stopped" and saved["val_auc"] >= 0.6
+
+    code, resumed = _run(tmp_path, learnable_data, out, *settings, "resume_from=latest")
+    assert code == 0 and resumed["status"] == "early_stopped" and resumed["steps"] == stop
+    assert resumed["train_seconds"] == stopped["train_seconds"]  # no step trained after the resume
+    assert resumed["metrics"] == stopped["metrics"]
+    # without the threshold the run continues training from there
+    code, continued = _run(tmp_path, learnable_data, out, "eval_every_steps=10", "checkpoint_every_steps=10",
+                           "resume_from=latest", f"max_steps={stop + 2}")
+    assert code == 0 and continued["status"] == "completed" and continued["steps"] == stop + 2

@@ -164,3 +164,29 @@ def test_device_resident_batches_equal_the_loaders_for_multi_hot_data(tmp_path):
         assert result.engine["data_on_device"] == (placement == "true")
         losses[placement] = [h["loss"] for h in result.history]
     assert len(losses["true"]) == 12 and losses["true"] == losses["false"]
+
+
+def test_the_resident_row_order_is_built_once_per_epoch_across_stretches(tmp_path, learnable_data):
+    """Evaluations and checkpoints cut an epoch into stretches; the device-resident row order is
+    built and uploaded once per epoch, not per stretch, and the stretches still train exactly the
+    loader's batches (the same losses as batches from the loader, bit for bit)."""
+    stretches = ((0, 0, 3), (0, 3, 2), (0, 5, 1), (1, 0, 2), (1, 2, 2))  # (epoch, first batch, steps)
+    losses = {}
+    for placement in ("true", "false"):
+        engine, loader = engine_and_loader(
+            small_config(learnable_data, tmp_path / placement, "engine=single", f"data_on_device={placement}"), CPU
+        )
+        built: list[int] = []
+        real = loader.epoch_rows
+        loader.epoch_rows = lambda epoch, real=real, built=built: built.append(epoch) or real(epoch)
+        engine.set_lr_multiplier(1.0)
+        losses[placement] = []
+        for epoch, first, steps in stretches:
+            engine.start_stretch(epoch, first)
+            for _ in range(steps):
+                assert engine.step() == 256
+                losses[placement].append(engine.take_loss_sum())
+            engine.end_stretch()
+        assert engine.report.data_on_device == (placement == "true")
+        assert built == ([0, 1] if placement == "true" else [])
+    assert len(losses["true"]) == 10 and losses["true"] == losses["false"]

@@ -125,3 +125,26 @@ def test_serving_latency_is_timed_as_cuda_graph_replays_that_compute_the_eager_f
                                         "latency_batch_sizes=[64]", "latency_iters=10")).to_dict()
     assert result["latency_ms"]["64"]["serving"] == "cuda_graph" and "CUDA graph" in result["latency_setup"]["serving"]
     assert result["latency_setup"]["notes"] == [] and result["latency_ms"]["64"]["p50_ms"] > 0
+
+
+@pytest.mark.parametrize("engine", ["single", "pipeline"])
+def test_a_resumed_run_with_adam_tables_trains_like_one_never_stopped(tmp_path, learnable_data, engine):
+    """FBGEMM's Adam keeps its step count (bias correction) in the TBE's `iter` buffer, outside every
+    state_dict: the checkpoint saves it and the resume sets it back. Restarted at 0, the first
+    steps after the resume would take bias-corrected steps of ~10x the size (1 - 0.9 vs
+    1 - 0.9^13) and the losses would part at once. An evaluation before the checkpoint advances
+    the counter too (FBGEMM counts every forward)."""
+    from recsearch.train import trainer
+
+    common = [f"engine={engine}", "device=cuda", "epochs=2", "max_steps=24", "hparams.embedding_optimizer=adam",
+              "hparams.embedding_lr=0.01", "eval_every_steps=6", "eval_rows=512"]
+    straight = trainer.train(small_config(learnable_data, tmp_path / "straight", *common)).to_dict()
+    out = tmp_path / "split"
+    first = trainer.train(small_config(learnable_data, out, *common, "checkpoint_every_steps=12", "max_steps=12")).to_dict()
+    assert first["steps"] == 12
+    resumed = trainer.train(small_config(learnable_data, out, *common, "resume_from=latest")).to_dict()
+    assert resumed["steps"] == straight["steps"] == 24
+    tail = [h["loss"] for h in resumed["history"] if h["step"] > 12]
+    assert len(tail) == 12
+    np.testing.assert_allclose(tail, [h["loss"] for h in straight["history"] if h["step"] > 12], rtol=1e-5)
+    assert resumed["metrics"]["val"]["auc"] == pytest.approx(straight["metrics"]["val"]["auc"], abs=1e-4)

@@ -1,18 +1,26 @@
 """Two ranks against one: the same global batch and seed train to nearly the same model; a 2-rank
 run stopped and resumed equals one that never stopped; a checkpoint resumed with another number of
-ranks is refused with an error naming both world sizes."""
+ranks is refused with an error naming both world sizes; a NaN loss on one rank stops both as
+diverged."""
 
+import datetime
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch.distributed as dist
+import torch.multiprocessing as mp
 
 from recsearch import config
+from recsearch.data import layout
+from recsearch.data.loader import NpyBatchLoader
 from recsearch.train import checkpoint, trainer
 from tests.train.test_trainer import BATCH, TRAIN_ROWS, _write_config
-from tests.spawn import spawn_ranks
+from tests.spawn import _run_then_exit, spawn_ranks
 
 pytestmark = [pytest.mark.slow, pytest.mark.multiproc]
 
@@ -141,3 +149,63 @@ def test_a_two_rank_checkpoint_resumed_on_one_rank_is_refused_clearly(tmp_path, 
     assert code == 2 and message in capsys.readouterr().err
     result = _result(cfg)
     assert result["status"] == "failed" and message in result["error"]
+
+
+# ---- a divergence seen by one rank stops both ------------------------------------------------------
+NAN_STEP = LOG_EVERY_STEPS  # the last step of the first logging window
+RANK_DEADLINE_S = 300  # a rank still running then is a hang (the group's own timeout is 90 s)
+
+
+def _nan_data(tmp_path: Path, data: Path, rank: int, step: int) -> Path:
+    """A copy of the data whose row in `rank`'s batch `step` (1-based, seed 3, epoch 0) has a NaN
+    dense feature: only that rank's loss at that step is NaN (the other rank's batch is finite,
+    and a NaN gradient reaches the shared weights only in that step's update)."""
+    copy = tmp_path / "nan_data"
+    shutil.copytree(data, copy)
+    meta = layout.read_meta(copy)
+    loader = NpyBatchLoader(copy, "train", BATCH, rank=rank, world_size=2, shuffle=True, seed=3,
+                            prefetch_batches=0, meta=meta)
+    row = int(loader.epoch_rows(0)[(step - 1) * BATCH])
+    for day, first, stop in layout.split_ranges(meta, "train"):
+        if first <= row - sum(meta.day_rows[:day]) < stop:
+            path = layout.day_file(copy, day, "dense")
+            dense = np.load(path)
+            dense[row - sum(meta.day_rows[:day]), 0] = np.nan
+            np.save(path, dense)
+            return copy
+    raise AssertionError(f"row {row} is in no train day")
+
+
+def _rank_reports(rank: int, cfg_path: str, store_path: str, reports: str) -> None:
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2",
+                      OMP_NUM_THREADS="1")
+    dist.init_process_group("gloo", store=dist.FileStore(store_path, 2), rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=90))
+    try:
+        result = trainer.train(config.load(trainer.TrainConfig, cfg_path, [SEED]))
+        report = {"status": result.status, "steps": result.steps, "last_loss": repr(result.last_loss)}
+        Path(reports, f"rank{rank}.json").write_text(json.dumps(report))
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_nan_loss_on_one_rank_stops_both_ranks_as_diverged(tmp_path, learnable_data):
+    """Rank 1's batch at step 4 holds a NaN: rank 0's own loss there is finite. The window's loss is
+    all-reduced, so both ranks read NaN at step 4 and stop alike (deciding from the local loss,
+    rank 1 stopped and gathered its peak memory while rank 0 stepped on: a hang, then 'failed')."""
+    data = _nan_data(tmp_path, learnable_data, rank=1, step=NAN_STEP)
+    cfg = _config(tmp_path, data, "nan", BATCH, max_steps=3 * LOG_EVERY_STEPS)
+    context = mp.spawn(_run_then_exit, args=(_rank_reports, (str(cfg), str(tmp_path / "store"), str(tmp_path))),
+                       nprocs=2, join=False)
+    deadline = time.monotonic() + RANK_DEADLINE_S
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the ranks were still running after {RANK_DEADLINE_S} s: a hang")
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert reports[0] == reports[1] == {"status": "diverged", "steps": NAN_STEP, "last_loss": "nan"}
+    written = _result(cfg)
+    assert written["status"] == "diverged" and written["steps"] == NAN_STEP
+    assert written["history"] == [] and written["metrics"] == {}

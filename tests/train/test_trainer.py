@@ -269,3 +269,48 @@ def test_a_failed_run_uploads_its_failure_too(tmp_path, learnable_data, capsys):
     assert trainer.main(["--config", str(cfg)]) == 2
     uploaded = json.loads(remote.read_text(f"{url}/result.json"))
     assert uploaded["status"] == "failed" and f"placement file {url}/missing.json not found" in uploaded["error"]
+
+
+def test_epochs_and_max_steps_stop_at_whichever_ends_first(tmp_path, learnable_data):
+    steps_per_epoch = TRAIN_ROWS // BATCH  # 48
+    cfg = _write_config(tmp_path, learnable_data, latency_batch_sizes=[], eval_rows=256)
+    assert trainer.main(["--config", str(cfg), "epochs=1", f"max_steps={steps_per_epoch + 20}"]) == 0
+    result = _result(tmp_path)
+    assert result["status"] == "completed" and result["steps"] == steps_per_epoch
+    assert result["epochs_completed"] == 1 and result["samples"] == TRAIN_ROWS
+    assert trainer.main(["--config", str(cfg), "epochs=2", "max_steps=5"]) == 0
+    assert _result(tmp_path)["steps"] == 5
+
+
+def test_a_latency_batch_larger_than_the_test_split_is_skipped_with_the_reason(tmp_path, learnable_data):
+    """The test split has 2048 rows: a batch of 4096 would time a short batch of 2048 and report it
+    as 4096."""
+    cfg = _write_config(tmp_path, learnable_data, max_steps=2, eval_rows=256, latency_batch_sizes=[64, 4096])
+    assert trainer.main(["--config", str(cfg)]) == 0
+    result = _result(tmp_path)
+    assert list(result["latency_ms"]) == ["64"] and result["latency_setup"]["batch_sizes"] == [64]
+    assert result["latency_setup"]["notes"] == [
+        f"latency at batch 4096 skipped: the test split has {VAL_ROWS} rows, fewer than one batch of 4096"
+    ]
+
+
+def test_a_mistyped_optimizer_is_a_config_error_before_any_data_is_read(tmp_path, capsys):
+    """Named with its key, its origin and the valid choices, before the data is opened (there is
+    none here) or anything is written."""
+    cfg = _write_config(tmp_path, tmp_path / "no_such_data")
+    cfg.write_text(cfg.read_text().replace("embedding_optimizer: rowwise_adagrad", "embedding_optimizer: adamw"))
+    assert trainer.main(["--config", str(cfg), "hparams.dense_optimizer=sdg"]) == 2
+    err = capsys.readouterr().err
+    assert f"{cfg}: hparams.embedding_optimizer must be one of sgd, adagrad, rowwise_adagrad, adam, got 'adamw'" in err
+    assert "command line: hparams.dense_optimizer=sdg: must be one of sgd, adagrad, adam, lamb, got 'sdg'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_mistyped_plan_fails_before_any_data_is_read(tmp_path, capsys):
+    cfg = _write_config(tmp_path, tmp_path / "no_such_data", plan="size_greddy")
+    assert trainer.main(["--config", str(cfg)]) == 2
+    message = "plan: 'size_greddy' is no placer ("
+    err = capsys.readouterr().err
+    assert message in err and "size_greedy" in err and "learned" in err and "no placement file exists there" in err
+    result = _result(tmp_path)  # not the missing data: the plan is checked first
+    assert result["status"] == "failed" and message in result["error"] and "no_such_data" not in result["error"]
