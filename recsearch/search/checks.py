@@ -1,13 +1,15 @@
 """Sharding-aware candidate checks: a candidate's tables placed for the target topology, its
 memory checked against every device, its step cost estimated by the shipped cost net, before it is
 trained; and the checks that make a whole search impossible (nothing fits, the reference does not
-fit, a step-cost budget without a cost model), run before anything is written.
+fit, a step-cost budget or cap that nothing is within or that has no cost model), run before
+anything is written.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from recsearch.search.objective import over_cost_budget
 from recsearch.search.settings import Resolved
 from recsearch.search.space import SearchSpace
 from recsearch.types import TableSpec, Topology, TrialSpec
@@ -86,30 +88,56 @@ def _load_cost_net(device: str):
 
 
 def feasibility_problems(res: Resolved, checker: Checker, reference: TrialSpec | None) -> list[str]:
-    """An empty or contradictory space, found before any training: nothing fits the topology, or
-    (step-cost budget) nothing is within it."""
+    """An empty or contradictory space, found before any training: nothing fits the topology, the
+    reference does not fit, or no candidate is within the step-cost budget or cap
+    (`step_cost_problems`)."""
     space, cfg = res.space, res.cfg
-    fits_any = False
-    smallest = None
-    for dim in space.space.embedding_dim:
-        for opt in space.space.embedding_optimizer:
-            probe = _probe(space, dim, opt, min(space.space.batch_size))
-            check = checker.check(probe)
-            if check.rejected is None:
-                fits_any = True
-            else:
-                smallest = smallest or check.rejected
+    # Every embedding_dim x embedding_optimizer at the smallest batch: the model's other decisions
+    # change neither the tables' memory nor their step cost, and the cost grows with the batch.
+    probes = [
+        (probe, checker.check(probe))
+        for probe in (_probe(space, dim, opt, min(space.space.batch_size))
+                      for dim in space.space.embedding_dim for opt in space.space.embedding_optimizer)
+    ]
+    fitting = [(probe, check) for probe, check in probes if check.rejected is None]
     problems = []
-    if not fits_any:
+    if not fitting:
         problems.append(
             f"search space: no embedding_dim x embedding_optimizer option fits the topology "
-            f"({cfg.topology.devices} x {cfg.topology.memory_per_device_mb:g} MB): {smallest}"
+            f"({cfg.topology.devices} x {cfg.topology.memory_per_device_mb:g} MB): {probes[0][1].rejected}"
         )
     if reference is not None:
         check = checker.check(reference)
         if check.rejected:
             problems.append(f"reference config: {check.rejected}")
-    return problems
+    return problems + step_cost_problems(res, checker, fitting)
+
+
+def step_cost_problems(res: Resolved, checker: Checker, fitting: list[tuple[TrialSpec, Check]]) -> list[str]:
+    """A step-cost cap (objective.max_step_cost_ms) or budget (metric step_cost) that even the
+    cheapest candidate breaks: the search would reject every proposal untrained. `fitting` are the
+    placed probes of the space's cheapest corner (smallest batch, each embedding dim); without a
+    cost estimate there is nothing to compare (preflight_problems reports that on its own)."""
+    estimates = [(check.est_step_cost_ms, probe) for probe, check in fitting if check.est_step_cost_ms is not None]
+    if not estimates:
+        return []
+    cheapest_ms, cheapest = min(estimates, key=lambda pair: pair[0])
+    objective = res.cfg.objective
+    budget_ms, source = objective.budget_ms, ""
+    if objective.metric == "step_cost" and budget_ms is None:
+        budget_ms = checker.check(reference_spec(res)).est_step_cost_ms
+        source = " (the reference config's estimate)"
+    why = over_cost_budget(objective, cheapest_ms, budget_ms)
+    if why is None:
+        return []
+    cap = objective.max_step_cost_ms
+    key = "objective.max_step_cost_ms" if cap is not None and cheapest_ms > cap else "objective.budget_ms"
+    h = cheapest.hparams
+    return [
+        f"{key}: no candidate can be trained: the cheapest in the space (embedding_dim "
+        f"{cheapest.arch.embedding_dim}, batch_size {h.batch_size}, {h.embedding_optimizer}) has an {why}{source}; "
+        f"raise the limit, or give the space smaller embedding_dim or batch_size options"
+    ]
 
 
 def reference_spec(res: Resolved) -> TrialSpec:
@@ -124,7 +152,7 @@ def reference_spec(res: Resolved) -> TrialSpec:
 def preflight_problems(res: Resolved, checker: Checker) -> list[str]:
     """Everything that makes the search impossible and needs the placer or the cost net, found
     before anything is written: nothing fits, the reference does not fit, a step-cost budget or
-    cap without a cost model."""
+    cap that no candidate is within, or one without a cost model."""
     cfg = res.cfg
     problems = feasibility_problems(res, checker, reference_spec(res) if cfg.reference else None)
     if cfg.objective.metric == "step_cost" and cfg.objective.budget_ms is None:

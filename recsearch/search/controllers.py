@@ -16,7 +16,8 @@ worst reward seen (TPE), so the controller learns to avoid it.
   (PPO's baseline), and Q(config), a Bayesian reward model of the whole sequence that screens the
   policy's samples (critic-guided proposals). The policy learns with PPO's clipped objective on a
   replay of observed trials, rank-normal returns, plus an entropy bonus.
-- BayesianController: Optuna's TPE sampler over the same categorical decisions (a baseline).
+- BayesianController: Optuna's TPE sampler over the same categorical decisions (a baseline), never
+  repeating a point either.
 """
 
 from __future__ import annotations
@@ -358,59 +359,111 @@ class ActorCriticController:
 
 
 class BayesianController:
-    """Optuna's TPE over the decisions (each a categorical of option indices)."""
+    """Optuna's TPE over the decisions (each a categorical of option indices).
 
-    def __init__(self, space: SearchSpace, seed: int = 0):
+    Never proposes a configuration twice, like the other controllers: TPE samples a point already
+    proposed or observed now and then (always, once it has converged), so such an ask is told to
+    Optuna as FAIL (TPE ignores failed trials: the point's real observation is not counted twice,
+    nor ranked low) and asked again, up to `max_asks` times; then an unseen point is drawn
+    uniformly (and enqueued, so Optuna still records the trial). None once every point was seen.
+
+    The state is the observations, every configuration seen, and how many asks were made; a
+    resumed controller rebuilds the study from the observations with a sampler seeded from
+    (seed, asks), so it neither replays the proposals TPE's random startup made before nor
+    depends on Optuna's private RNG state."""
+
+    def __init__(self, space: SearchSpace, seed: int = 0, max_asks: int = 32):
         import optuna  # optional dependency: only the Bayesian baseline needs it
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.space = space
+        self.seed = seed
+        self.max_asks = max_asks
         self._optuna = optuna
-        self.study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
-        self._trials: dict[tuple[int, ...], Any] = {}
+        self._distributions = {
+            d.name: optuna.distributions.CategoricalDistribution(list(range(len(d.options))))
+            for d in space.decisions
+        }
+        self.asks = 0  # study.ask() calls over the controller's life (resumes included)
+        self.study = self._new_study(seed)
+        self._trials: dict[tuple[int, ...], Any] = {}  # outstanding proposals: choices -> Optuna trial
+        self._seen: set[tuple[int, ...]] = set()  # every configuration proposed or observed
+        self._rng = np.random.default_rng(seed)  # the uniform fallback's draws
         self.rewards: list[float] = []
 
+    def _new_study(self, seed: int) -> Any:
+        sampler = self._optuna.samplers.TPESampler(seed=seed)
+        return self._optuna.create_study(direction="maximize", sampler=sampler)
+
     def propose(self) -> TrialSpec | None:
+        if len(self._seen) >= self.space.cardinality:
+            return None
+        for _ in range(self.max_asks):
+            trial, choices = self._ask()
+            if choices not in self._seen:
+                return self._proposed(trial, choices)
+            self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
+        # TPE keeps returning to points it has: an unseen point, uniformly (the space is not exhausted)
+        while True:
+            choices = tuple(int(self._rng.integers(n)) for n in self.space.sizes)
+            if choices not in self._seen:
+                break
+        self.study.enqueue_trial({d.name: c for d, c in zip(self.space.decisions, choices)})
+        trial, asked = self._ask()
+        if asked != choices:
+            raise RuntimeError(f"Optuna ignored the enqueued parameters {choices}: it suggested {asked}")
+        return self._proposed(trial, choices)
+
+    def _ask(self) -> tuple[Any, tuple[int, ...]]:
         trial = self.study.ask()
+        self.asks += 1
         choices = tuple(
             int(trial.suggest_categorical(d.name, list(range(len(d.options))))) for d in self.space.decisions
         )
+        return trial, choices
+
+    def _proposed(self, trial: Any, choices: tuple[int, ...]) -> TrialSpec:
+        self._seen.add(choices)
         self._trials[choices] = trial
         return self.space.decode(choices)
 
     def observe(self, spec: TrialSpec, reward: float | None) -> None:
         choices = self.space.choices_of(spec)
+        self._seen.add(choices)
         value = _penalized(reward, self.rewards)
         self.rewards.append(value)
         trial = self._trials.pop(choices, None)
-        if trial is None:
-            distributions = {
-                d.name: self._optuna.distributions.CategoricalDistribution(list(range(len(d.options))))
-                for d in self.space.decisions
-            }
+        if trial is None:  # not proposed by this study (a warm start, a seed config, a resumed search)
             params = {d.name: c for d, c in zip(self.space.decisions, choices)}
-            self.study.add_trial(self._optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+            self.study.add_trial(self._optuna.trial.create_trial(
+                params=params, distributions=self._distributions, value=value))
         else:
             self.study.tell(trial, value)
 
     def state_dict(self) -> dict[str, Any]:
-        # Finished trials are enough: TPE is a function of the observations (and its seed).
+        # Finished trials are enough for TPE: it is a function of the observations (and its seed).
         done = [
             ([int(t.params[d.name]) for d in self.space.decisions], float(t.value))
             for t in self.study.trials
             if t.value is not None
         ]
-        return {"observations": done, "rewards": list(self.rewards)}
+        return {"observations": done, "rewards": list(self.rewards), "seen": [list(c) for c in sorted(self._seen)],
+                "asks": self.asks, "rng": self._rng.bit_generator.state}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        distributions = {
-            d.name: self._optuna.distributions.CategoricalDistribution(list(range(len(d.options))))
-            for d in self.space.decisions
-        }
+        # States saved before "asks" and "seen" existed: the observations are what was seen.
+        self.asks = int(state.get("asks", len(state["observations"])))
+        resumed_seed = int(np.random.SeedSequence([self.seed, self.asks]).generate_state(1)[0])
+        self.study = self._new_study(resumed_seed)
+        self._trials = {}
         for choices, value in state["observations"]:
             params = {d.name: c for d, c in zip(self.space.decisions, choices)}
-            self.study.add_trial(self._optuna.trial.create_trial(params=params, distributions=distributions, value=value))
+            self.study.add_trial(self._optuna.trial.create_trial(
+                params=params, distributions=self._distributions, value=value))
         self.rewards = list(state["rewards"])
+        self._seen = {tuple(c) for c in state.get("seen", [c for c, _ in state["observations"]])}
+        if "rng" in state:
+            self._rng.bit_generator.state = state["rng"]
 
 
 def save_state(controller: Controller, path) -> None:

@@ -177,10 +177,7 @@ def warm_start(
     import optuna
 
     path = Path(storage_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such Optuna journal file")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    storage = _journal(path)
     names = [s.study_name for s in storage.get_all_studies()]
     if study_name is None and len(names) != 1:
         raise ValueError(f"{path} holds {len(names)} studies ({', '.join(names)}): name one")
@@ -195,6 +192,45 @@ def warm_start(
         except ValueError as err:
             skipped.append(f"trial {trial.number}: {err}")
     return WarmStart(observations, skipped)
+
+
+def _journal(path: Path) -> Any:
+    """The Optuna journal storage in an existing file."""
+    import optuna
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such Optuna journal file")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def warm_start_problems(storage_file: Path | str, space: SearchSpace | None) -> list[str]:
+    """Why a search config's `warm_start: FILE` cannot warm-start its controller (empty: it can),
+    for load_search_config to report before anything is written: optuna missing, no such file, a
+    file Optuna cannot read, or one holding other than one study (the setting names a file, not a
+    study). With the space, the study's trials are mapped onto it too, as the search will."""
+    path = Path(storage_file)
+    if not path.is_file():
+        return [f"{path}: no such file (an Optuna journal file, e.g. from `recsearch optuna export`)"]
+    try:
+        import optuna  # noqa: F401 - only to say it is missing, here rather than mid-search
+    except ImportError as err:
+        return [f"reading the Optuna study {path} needs optuna ({err}): pip install 'recsearch[search]'"]
+    try:
+        names = [s.study_name for s in _journal(path).get_all_studies()]
+    except Exception as err:  # noqa: BLE001 - a foreign or damaged file fails anywhere in Optuna's replay
+        return [f"{path}: not a readable Optuna journal file ({type(err).__name__}: {err})"]
+    if len(names) != 1:
+        held = f" ({', '.join(names)})" if names else ""
+        return [f"{path} holds {len(names)} studies{held}: a warm start reads a file with exactly one; "
+                f"copy the one to use into a file of its own (optuna.copy_study, or `recsearch optuna export` "
+                f"of its search)"]
+    if space is not None:
+        try:
+            warm_start(path, space)
+        except Exception as err:  # noqa: BLE001 - as above: say which file and why
+            return [f"{path}: study {names[0]!r} cannot be read ({type(err).__name__}: {err})"]
+    return []
 
 
 def _reward_reader(study: Any, objective: str | None) -> Any:

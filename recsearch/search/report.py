@@ -25,6 +25,7 @@ import json
 import math
 import shutil
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -443,24 +444,43 @@ def export_best(search: SearchDir, rep: Report, out: Path) -> tuple[Path | None,
         origin = f"{search.path / 'search.yaml'} base + trial {best.trial_id}'s decisions"
     raw["output_dir"] = str((search.path / "best_run").resolve())
     raw.pop("resume_from", None)
+    # the search's device lock (its trials' latency timing) is no business of a run on its own, and
+    # after the search directory moved it would make the trainer recreate the old path
+    raw.pop("device_lock", None)
+    warning = ""
     plan = raw.get("plan")
     if plan and plan != "torchrec":
-        plan_path = Path(plan) if Path(plan).is_absolute() else trial_dir / Path(plan).name
-        if plan_path.is_file():
+        plan_path = _placement_file(Path(plan), trial_dir)
+        if plan_path is not None:
             shutil.copyfile(plan_path, out / BEST_PLACEMENT)
             raw["plan"] = str((out / BEST_PLACEMENT).resolve())
         else:
-            raw["plan"] = "torchrec"  # the placement file is gone: let TorchRec's planner place it
+            raw["plan"] = "torchrec"
+            warning = (f"warning: trial {best.trial_id}'s placement is lost (neither {plan} nor "
+                       f"{trial_dir / Path(plan).name} exists): plan set to torchrec, so TorchRec's planner "
+                       f"places the tables, not the placement the search checked and trained")
+            warnings.warn(f"{out / BEST_CONFIG}: {warning}", UserWarning, stacklevel=2)
     header = (
         f"# Used by: recsearch train --config {out / BEST_CONFIG}\n"
         f"# Trial {best.trial_id} of the search in {search.path} ({which}): "
         f"{LABELS[rep.metric]} {fmt(best.value(rep.metric))}, {LABELS[rep.cost_key]} {fmt(best.value(rep.cost_key))}.\n"
         f"# From {origin}. train_rows is the search's fidelity; set train_rows=null to train on all rows.\n"
+        + (f"# {warning[0].upper()}{warning[1:]}.\n" if warning else "")
     )
     path = out / BEST_CONFIG
     path.write_text(header + yaml.safe_dump(raw, sort_keys=False))
     _validate_train_config(path, record)
-    return path, f"trial {best.trial_id}, {which}"
+    return path, f"trial {best.trial_id}, {which}" + (f"; {warning}" if warning else "")
+
+
+def _placement_file(plan: Path, trial_dir: Path) -> Path | None:
+    """The trial's placement file: the path its trial.yaml names (absolute: where the search
+    directory was when the trial ran), else the file of that name in the trial's directory now
+    (the search directory was moved or copied), else None."""
+    for candidate in ([plan] if plan.is_absolute() else []) + [trial_dir / plan.name]:
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _validate_train_config(path: Path, record: Any) -> None:

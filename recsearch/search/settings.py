@@ -271,9 +271,16 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
     except ValueError as err:
         problems.append(at(f"stats: {err}"))
         tables = ()
-    if cfg.warm_start is not None and not Path(cfg.warm_start).is_file():
-        problems.append(at(f"warm_start: {cfg.warm_start}: no such file (an Optuna journal file, e.g. "
-                           "from `recsearch optuna export`)"))
+    if cfg.warm_start is not None:
+        from recsearch.search.optuna_io import warm_start_problems
+
+        problems += [at(f"warm_start: {p}") for p in warm_start_problems(cfg.warm_start, space)]
+    if cfg.controller == "bayesian":
+        try:
+            import optuna  # noqa: F401 - the Bayesian controller's sampler, checked before anything is written
+        except ImportError as err:
+            problems.append(at(f"controller: bayesian needs optuna, which cannot be imported ({err}): "
+                               "pip install 'recsearch[search]', or pick random or actor_critic"))
     if problems or space is None:
         raise config.ConfigError(problems)
     return Resolved(cfg, base, space, tables, train_rows)

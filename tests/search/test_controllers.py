@@ -10,7 +10,7 @@ from recsearch.search.controllers import (
     BayesianController,
     RandomController,
 )
-from recsearch.search.space import SearchSpace, SpaceConfig
+from recsearch.search.space import LogGrid, SearchSpace, SpaceConfig
 from recsearch.types import Topology
 
 TOPO = Topology(world_size=1, device_memory_bytes=1 << 30)
@@ -248,3 +248,69 @@ def test_the_controller_learns_to_avoid_candidates_that_do_not_fit():
         dims.append(spec.arch.embedding_dim)
         ac.observe(spec, None if spec.arch.embedding_dim == 64 else 0.75)
     assert dims[:8].count(64) >= 2 and dims[12:].count(64) <= 1, dims
+
+
+def _tiny_space():
+    """4 configurations: two bottom widths x two top widths."""
+    return SearchSpace(SpaceConfig(bottom_width=(64, 128), top_width=(64, 128), interaction=("dot",),
+                                   batch_size=(1024,), dcn_num_layers=(1,), dcn_low_rank_dim=(64,), bottom_depth=(2,),
+                                   top_depth=(1,), embedding_lr=LogGrid(0.01, 0.01, 1), dense_lr=LogGrid(0.01, 0.01, 1)),
+                       TOPO, train_rows=100_000)
+
+
+@pytest.mark.parametrize("max_asks", [1, 32])
+def test_bayesian_never_repeats_a_configuration_and_ends_when_the_space_is_exhausted(max_asks):
+    """TPE samples points it already has (here most asks, in a space of 4): they are skipped
+    (told FAIL) and asked again, then drawn uniformly among the unseen; None after all 4."""
+    import optuna
+
+    space = _tiny_space()
+    assert space.cardinality == 4
+    bayes = BayesianController(space, seed=0, max_asks=max_asks)
+    first = bayes.propose()  # outstanding while the others are proposed: never proposed again
+    proposed = [space.choices_of(first)]
+    for reward in (0.71, 0.73, 0.72):
+        spec = bayes.propose()
+        proposed.append(space.choices_of(spec))
+        bayes.observe(spec, reward)
+    assert sorted(proposed) == sorted(set(proposed)) and len(proposed) == 4
+    assert bayes.propose() is None and bayes.propose() is None
+    bayes.observe(first, 0.74)
+    states = [t.state for t in bayes.study.trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 4
+    assert optuna.trial.TrialState.RUNNING not in states  # every ask was told
+    # a point observed without being proposed (a warm start) is not proposed either
+    warm = BayesianController(space, seed=0, max_asks=max_asks)
+    warm.observe(space.decode(proposed[0]), 0.75)
+    fresh = [space.choices_of(warm.propose()) for _ in range(3)]
+    assert proposed[0] not in fresh and len(set(fresh)) == 3 and warm.propose() is None
+
+
+def test_a_resumed_bayesian_controller_does_not_replay_its_first_proposals(tmp_path):
+    """Resumed within TPE's random startup (10 trials): a sampler with the original seed would
+    propose the first configurations again; the restored one is seeded from (seed, asks) and
+    goes on with new ones, without a single duplicate to skip."""
+    import optuna
+
+    space = _space()
+    a = BayesianController(space, seed=3)
+    first = [a.propose() for _ in range(4)]
+    for spec, reward in zip(first[:3], (0.71, 0.72, 0.73)):
+        a.observe(spec, reward)  # first[3] is outstanding when the search stops
+    path = tmp_path / "controller.pt"
+    controllers.save_state(a, path)
+    b = BayesianController(space, seed=3)
+    controllers.load_state(b, path)
+    assert b.asks == a.asks == 4 and b.rewards == a.rewards
+    after = [space.choices_of(b.propose()) for _ in range(4)]
+    assert not set(after) & {space.choices_of(s) for s in first}, "the resumed controller replayed its proposals"
+    assert [t.state for t in b.study.trials].count(optuna.trial.TrialState.FAIL) == 0
+    # a sampler with the original seed (the restore before) proposes exactly the first ones again
+    replay = BayesianController(space, seed=3)
+    assert [space.choices_of(replay.propose()) for _ in range(4)] == [space.choices_of(s) for s in first]
+    # a state saved before "seen" and "asks" existed still loads (its observations are what was seen)
+    old = {"observations": a.state_dict()["observations"], "rewards": list(a.rewards)}
+    c = BayesianController(space, seed=3)
+    c.load_state_dict(old)
+    assert c.asks == 3 and len(c.study.trials) == 3
+    assert space.choices_of(c.propose()) not in {space.choices_of(s) for s in first[:3]}

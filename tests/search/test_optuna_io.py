@@ -4,6 +4,7 @@ states, Pareto front and importance; an Optuna study's trials as a controller's 
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 
 import optuna
@@ -172,3 +173,78 @@ def test_a_search_config_warm_starts_its_controller_from_a_study(search_dir, tmp
     config.write_text(yaml.safe_dump(raw))
     assert loop.main(["--config", str(config)]) == 2
     assert "warm_start: " in capsys.readouterr().err and not (tmp_path / "never").exists()
+
+
+# ---- a warm-start file or a missing optuna: refused when the config is loaded --------------------
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> Path:
+    from tests.conftest import write_dataset
+
+    root = tmp_path_factory.mktemp("warm_data")
+    write_dataset(root, day_rows=(6144, 512))  # the tiny search's top rung: 6,144 train rows
+    return root
+
+
+def _config_with(tmp_path: Path, data: Path, **settings) -> Path:
+    from tests.search.configs import tiny_search
+
+    path = tmp_path / "search.yaml"
+    path.write_text(yaml.safe_dump(tiny_search(data, **settings)))
+    return path
+
+
+def _studies(path: Path, names: tuple[str, ...]) -> Path:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    for name in names:
+        study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+        params = {"bottom_width": 8, "top_width": 16, "embedding_lr": 0.01, "dense_lr": 0.003}
+        study.add_trial(optuna.trial.create_trial(
+            params=params, value=0.7,
+            distributions={k: optuna.distributions.CategoricalDistribution([v]) for k, v in params.items()}))
+    return path
+
+
+def _problems(config: Path) -> list[str]:
+    from recsearch import config as rconfig
+
+    with pytest.raises(rconfig.ConfigError) as err:
+        loop.load_search_config(config)
+    return err.value.problems
+
+
+def test_a_warm_start_file_holding_two_studies_is_refused_before_anything_is_written(tmp_path, small_data, capsys):
+    study = _studies(tmp_path / "two.log", ("first", "second"))
+    config = _config_with(tmp_path, small_data, warm_start=str(study))
+    (problem,) = _problems(config)
+    assert problem.startswith(f"{config}: warm_start: {study} holds 2 studies (first, second): a warm start "
+                              "reads a file with exactly one")
+    out = tmp_path / "never"
+    assert loop.main(["--config", str(config), "--out", str(out)]) == 2
+    assert "holds 2 studies" in capsys.readouterr().err and not out.exists()
+    # one study: it loads, and its trial maps onto the space (dim 4, bottom 8, top 16, the lowest lrs)
+    one = _studies(tmp_path / "one.log", ("only",))
+    res = loop.load_search_config(_config_with(tmp_path, small_data, warm_start=str(one)))
+    warm = optuna_io.warm_start(one, res.space)
+    assert [(s.arch.bottom_mlp, r) for s, r in warm.observations] == [((8, 4), 0.7)] and not warm.skipped
+
+
+@pytest.mark.parametrize("content, why", [
+    (b"", "holds 0 studies: a warm start reads a file with exactly one"),
+    (b"not json at all\n{\"op_code\": 0}\n", "not a readable Optuna journal file (JSONDecodeError"),
+    (b"{\"op_code\": 0}\n", "not a readable Optuna journal file (KeyError"),
+])
+def test_an_empty_or_corrupt_warm_start_file_is_a_config_error(tmp_path, small_data, content, why):
+    study = tmp_path / "bad.log"
+    study.write_bytes(content)
+    (problem,) = _problems(_config_with(tmp_path, small_data, warm_start=str(study)))
+    assert f"warm_start: {study}" in problem and why in problem, problem
+
+
+def test_without_optuna_the_bayesian_controller_and_a_warm_start_are_config_errors(tmp_path, small_data, monkeypatch):
+    study = _studies(tmp_path / "one.log", ("only",))
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    problems = _problems(_config_with(tmp_path, small_data, controller="bayesian", warm_start=str(study)))
+    assert len(problems) == 2, problems
+    assert f"warm_start: reading the Optuna study {study} needs optuna" in problems[0]
+    assert "controller: bayesian needs optuna, which cannot be imported" in problems[1]
+    assert "pip install 'recsearch[search]'" in problems[1]

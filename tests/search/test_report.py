@@ -131,6 +131,37 @@ def test_missing_trial_yaml_is_rebuilt_from_search_base(search, tmp_path):
     assert cfg.arch == search.store.get(2).spec.arch and cfg.max_rows_per_table == 1000 and cfg.plan == "torchrec"
 
 
+def test_a_moved_search_exports_the_trials_own_placement_and_says_when_it_is_lost(search, tmp_path):
+    """trial.yaml names its placement by the absolute path the search had; after the directory is
+    moved the file is found in the trial's directory, and only when it is gone too does the
+    export fall back to TorchRec's planner, with a warning in report.md, the file and on stderr."""
+    old = search.root
+    trial_yaml = old / "trials" / "2" / "trial.yaml"
+    raw = yaml.safe_load(trial_yaml.read_text())
+    assert raw["plan"] == str(old / "trials" / "2" / "placement.json")
+    raw["device_lock"] = str(old / "device.lock")  # as a latency-budgeted search writes it
+    trial_yaml.write_text(yaml.safe_dump(raw, sort_keys=False))
+    moved = tmp_path / "moved"
+    old.rename(moved)
+
+    report.write_report(moved, tmp_path / "r")
+    cfg = config.load(TrainConfig, tmp_path / "r" / "best_train.yaml")
+    assert cfg.plan == str((tmp_path / "r" / "best_placement.json").resolve())
+    assert (tmp_path / "r" / "best_placement.json").read_text() == (moved / "trials" / "2" / "placement.json").read_text()
+    assert cfg.device_lock is None and not old.exists()  # the old directory is not recreated
+    assert "warning" not in (tmp_path / "r" / "report.md").read_text()
+
+    (moved / "trials" / "2" / "placement.json").unlink()
+    with pytest.warns(UserWarning, match="trial 2's placement is lost"):
+        report.write_report(moved, tmp_path / "lost")
+    best = tmp_path / "lost" / "best_train.yaml"
+    assert config.load(TrainConfig, best).plan == "torchrec" and not (tmp_path / "lost" / "best_placement.json").exists()
+    lost = (f"trial 2's placement is lost (neither {old / 'trials' / '2' / 'placement.json'} nor "
+            f"{moved / 'trials' / '2' / 'placement.json'} exists): plan set to torchrec")
+    assert f"# Warning: {lost}" in best.read_text()
+    assert f"(trial 2, best within the budget; warning: {lost}" in (tmp_path / "lost" / "report.md").read_text()
+
+
 def test_killed_search_with_torn_journal_tail(search, tmp_path):
     with open(search.root / "journal.jsonl", "ab") as fh:
         fh.write(b'{"op": "state", "trial_id": 8, "sta')  # the search died mid-append
