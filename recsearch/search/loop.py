@@ -20,7 +20,16 @@ Everything lives in the search directory, so a search killed at any instant resu
                      placement.json, result.json, tb/ events, train.log; lower rungs' runs
                      are kept in rung_<k>/, failed attempts in attempt_<n>/
 
-On resume: the journal is replayed; trials that were running when the search died are failed as
+A runner that raises is one trial's problem, never the search's: a submit that raises (no process
+could be started, the scheduler refused the job, remote storage failed) fails that trial with the
+error; a poll that raises (sacct or the API server unreachable a moment) is asked again with
+backoff (`PollRetry`: 6 tries in a row over 135 s by default) before that trial is failed and its
+job cancelled. Only Ctrl-C, SIGTERM (taken the same way: the running trials are cancelled, exit
+143 instead of 130) and errors of the search itself end it.
+
+On resume: the journal is replayed; a torchx job a dead search left behind (its handle is the
+trial's `app_handle` note) is cancelled first, so it does not write into the trial's directory
+beside its retry; trials that were running when the search died are failed as
 stale and retried (`runner.retries` times at the rung they were running); finished trials are
 never run again; the controller is reloaded from controller.pt (finished trials it had not yet
 observed are fed to it), or, when there is none, a fresh controller is fed every finished trial.
@@ -41,11 +50,12 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +74,7 @@ from recsearch.search.runners import (
     make_runner,
     result_notes,
 )
-from recsearch.search.results import describe, fmt
+from recsearch.search.results import describe, fmt, is_reference
 from recsearch.search.settings import Resolved, load_search_config
 from recsearch.search.store import JOURNAL_FILE, JournalError, JournalStore, TrialRecord
 from recsearch.train.config import LatencyReference, TrainConfig
@@ -77,6 +87,58 @@ PLACEMENT_FILE = "placement.json"
 LOCK_FILE = "search.lock"
 DEVICE_LOCK_FILE = "device.lock"  # trials on this host: training shared, latency timing exclusive
 FINAL = (TrialState.COMPLETE, TrialState.FAILED, TrialState.PRUNED)
+INTERRUPTED_EXIT = 130  # Ctrl-C (128 + SIGINT)
+TERMINATED_EXIT = 143  # SIGTERM (128 + SIGTERM)
+NOTHING_TRAINED_EXIT = 1  # the search ended without one candidate trained to a result
+
+
+@dataclass(frozen=True)
+class PollRetry:
+    """How long a trial whose poll raises (a transient scheduler error: sacct or the Kubernetes
+    API unreachable for a moment) is asked again before it is FAILED with the error: `attempts`
+    polls in a row that raise, the first retry after first_delay_s, each next one after twice
+    the delay, at most max_delay_s. The default: 6 polls, retried after 5, 10, 20, 40 and 60 s
+    (135 s of errors). A poll that succeeds in between starts the count again."""
+
+    attempts: int = 6
+    first_delay_s: float = 5.0
+    max_delay_s: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.first_delay_s < 0 or self.max_delay_s < 0:
+            raise ValueError(f"PollRetry needs attempts >= 1 and delays >= 0, got {self}")
+
+    def delay_s(self, failures: int) -> float:
+        """The wait after the failures-th poll error in a row."""
+        return min(self.max_delay_s, self.first_delay_s * 2 ** (failures - 1))
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the search is, so it leaves the way Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While the search runs, SIGTERM (a scheduler ending the job, `kill`) raises _Terminated in
+    the main thread, so the running trials are cancelled as on Ctrl-C; a second SIGTERM while
+    that happens is ignored. The previous handler is restored on the way out. Outside the main
+    thread (signals cannot be handled there) nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    terminating = threading.Event()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if terminating.is_set():
+            return
+        terminating.set()
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 # ---- the heartbeat thread ------------------------------------------------------------------------
@@ -135,7 +197,7 @@ class Search:
     """One search directory: its store, controller, runner, scheduler and the loop over them."""
 
     def __init__(self, res: Resolved, search_dir: Path, runner: TrialRunner | None = None, echo=None,
-                 checker: Checker | None = None):
+                 checker: Checker | None = None, poll_retry: PollRetry = PollRetry()):
         self.res = res
         self.cfg = res.cfg
         self.dir = Path(search_dir)
@@ -152,6 +214,9 @@ class Search:
         self.controller = ctl.make_controller(self.cfg.controller, res.space, self.cfg.seed)
         self.checker = checker or Checker(res.tables, self.topology, self.cfg.placer, self.cfg.seed)
         self.running: dict[int, tuple[Handle, int]] = {}  # trial -> (handle, rung)
+        self.poll_retry = poll_retry
+        # trial -> (poll errors in a row, when to poll it again): trials whose poll raised
+        self._poll_errors: dict[int, tuple[int, float]] = {}
         self.budget_ms: float | None = self.cfg.objective.budget_ms
         # the reference trial's p50 over the fresh reference model timed in its rounds
         self.reference_ratio: float | None = None
@@ -180,7 +245,7 @@ class Search:
         if not fresh_controller:
             ctl.load_state(self.controller, controller_path)
         for rec in records:
-            if rec.notes.get("reference") or rec.notes.get("rejected"):
+            if is_reference(rec) or rec.notes.get("rejected"):
                 continue
             self.sched.add(rec.trial_id)
             for rung, entry in sorted(rec.notes.get("rungs", {}).items(), key=lambda kv: int(kv[0])):
@@ -188,7 +253,7 @@ class Search:
         # Finished trials the controller has not seen: all of them for a fresh controller, else
         # those finished after its state was last saved.
         for rec in records:
-            if rec.notes.get("reference") or rec.state not in FINAL:
+            if is_reference(rec) or rec.state not in FINAL:
                 continue
             if fresh_controller or not rec.notes.get("observed"):
                 score = None if rec.notes.get("rejected") or rec.state is TrialState.FAILED else rec.notes.get("reward")
@@ -196,11 +261,13 @@ class Search:
         if fresh_controller and not records and self.cfg.warm_start:
             self._warm_start(self.cfg.warm_start)
         orphans = [r for r in records if r.state is TrialState.RUNNING]
+        for rec in orphans:
+            self._cancel_orphan_job(rec)
         if orphans:
             self.store.fail_stale(0.0)  # this process holds the directory lock: they are orphans
         for rec in orphans:
             self._retry_or_fail(self.store.get(rec.trial_id))
-        ref = next((r for r in self.store.trials() if r.notes.get("reference")), None)
+        ref = next((r for r in self.store.trials() if is_reference(r)), None)
         if ref and ref.state is TrialState.COMPLETE and self.cfg.objective.metric == "latency" and self.budget_ms is None:
             self.budget_ms = ref.result.latency_p50_ms
             self.reference_ratio = ref.result.latency_ratio
@@ -212,6 +279,26 @@ class Search:
             done = sum(r.state in FINAL for r in records)
             self.echo(f"[search] resumed {self.dir}: {len(records)} trials in the journal, {done} finished, "
                       f"{len(orphans)} were running when the search died")
+
+    def _cancel_orphan_job(self, rec: TrialRecord) -> None:
+        """A trial that was running when the search died may have a job that outlived it (a torchx
+        job on a cluster: its handle is the `app_handle` note). Cancel it before the trial runs
+        again, so two runs never write into its directory; best effort, and said either way."""
+        app_handle = rec.notes.get("app_handle")
+        if not app_handle:
+            return
+        cancel = getattr(self.runner, "cancel_orphan", None)
+        if cancel is None:
+            outcome = (f"not cancelled: the {type(self.runner).__name__} cannot cancel a job by its handle; "
+                       f"if it still runs, end it yourself")
+        else:
+            try:
+                outcome = cancel(str(app_handle))
+            except Exception as err:  # noqa: BLE001 - best effort: the retry goes ahead, and the user is told
+                outcome = (f"could not cancel it ({type(err).__name__}: {err}); if it still runs it writes "
+                           f"into {self.dir / TRIALS_DIR / str(rec.trial_id)} beside the retry: end it yourself")
+        self.echo(f"[search] trial {rec.trial_id:>3}: job {app_handle} of the search that died: {outcome}")
+        self.store.add_notes(rec.trial_id, {"app_handle": None, "orphan_job": f"{app_handle}: {outcome}"})
 
     def _warm_start(self, storage_file: str) -> None:
         """Feed a study's completed trials to the new controller (recsearch.search.optuna_io); they
@@ -236,37 +323,67 @@ class Search:
             self.store.set_state(rec.trial_id, TrialState.PENDING,
                                  notes={"retry": f"attempt {tries} at rung {rung} died with the search process"})
             return
-        if not rec.notes.get("reference"):
+        if not is_reference(rec):
             self._record_rung(rec.trial_id, int(rec.notes.get("rung", 0)), rec.result, None, {})
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
-        """The search to its budget; 0 when done (or a dryrun printed), 130 when interrupted.
-        Whatever way it ends, the heartbeat thread is joined and no trial it started is left
-        running (a crash or Ctrl-C cancels them; --resume retries them)."""
-        try:
-            self.prepare()
-            self.echo(f"[search] space: {self.res.space.describe()}")
-            with self.heartbeat.running():
-                try:
-                    self._loop()
-                except _DryRun:
-                    self.echo("[search] dryrun: printed the first trial's request; nothing ran "
-                              "(drop runner.torchx.dryrun and use a new --out to run the search)")
-                    return 0
-                except KeyboardInterrupt:
-                    self._cancel_running()
-                    self.echo("[search] interrupted; resume with: recsearch search --resume " + str(self.dir))
-                    return 130
-                except BaseException:
-                    self._cancel_running()
-                    raise
-        finally:
-            close = getattr(self.runner, "close", None)
-            if self._owns_runner and close is not None:
-                close()
-        self.summary()
+        """The search to its budget; 0 when done (or a dryrun printed), 1 when it ended without
+        one candidate trained to a result (every one rejected or failed: the summary says why),
+        130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM). Whatever way it ends, the
+        heartbeat thread is joined and no trial it started is left running (a crash, Ctrl-C or
+        SIGTERM cancels them; --resume retries them)."""
+        with _sigterm_as_interrupt():
+            try:
+                self.prepare()
+                self.echo(f"[search] space: {self.res.space.describe()}")
+                with self.heartbeat.running():
+                    try:
+                        self._loop()
+                    except _DryRun:
+                        self.echo("[search] dryrun: printed the first trial's request; nothing ran "
+                                  "(drop runner.torchx.dryrun and use a new --out to run the search)")
+                        return 0
+                    except KeyboardInterrupt as err:
+                        self._cancel_running()
+                        return self._interrupted(err)
+                    except BaseException:
+                        self._cancel_running()
+                        raise
+            except KeyboardInterrupt as err:  # before the loop (nothing running yet) or leaving it
+                return self._interrupted(err)
+            finally:
+                close = getattr(self.runner, "close", None)
+                if self._owns_runner and close is not None:
+                    close()
+        counts = self.summary()["counts"]
+        if counts["complete"] + counts["pruned"] == 0:
+            self.echo(f"[search] no candidate was trained to a result: {self._why_nothing_trained()}")
+            return NOTHING_TRAINED_EXIT
         return 0
+
+    def _interrupted(self, err: KeyboardInterrupt) -> int:
+        how = "terminated (SIGTERM)" if isinstance(err, _Terminated) else "interrupted"
+        self.echo(f"[search] {how}; resume with: recsearch search --resume {self.dir}")
+        return TERMINATED_EXIT if isinstance(err, _Terminated) else INTERRUPTED_EXIT
+
+    def _why_nothing_trained(self) -> str:
+        """What became of the candidates, with the first reason of each kind."""
+        cands = [r for r in self.store.trials() if not is_reference(r)]
+        if not cands:
+            return "the controller proposed none"
+        rejected = [r for r in cands if r.notes.get("rejected")]
+        failed = [r for r in cands if not r.notes.get("rejected") and r.state is TrialState.FAILED]
+        parts = []
+        if rejected:
+            parts.append(f"{len(rejected)} rejected before training (first: {str(rejected[0].notes['rejected'])[:300]})")
+        if failed:
+            error = failed[0].result.error if failed[0].result and failed[0].result.error else "no error recorded"
+            parts.append(f"{len(failed)} failed (first: trial {failed[0].trial_id}: {error[:300]})")
+        others = len(cands) - len(rejected) - len(failed)
+        if others:
+            parts.append(f"{others} without a result")
+        return "; ".join(parts)
 
     def _loop(self) -> None:
         if self.cfg.reference:
@@ -283,20 +400,21 @@ class Search:
             self._wait_one()
 
     def _cancel_running(self) -> None:
-        for handle, _ in self.running.values():
+        for handle, _ in list(self.running.values()):
             try:
                 self.runner.cancel(handle)
             except Exception as err:  # noqa: BLE001 - cancel the others; the first error is raised
                 self.echo(f"[search] warning: could not cancel trial {handle.trial_id}: {type(err).__name__}: {err}")
 
     def _run_reference(self) -> None:
-        refs = [r for r in self.store.trials() if r.notes.get("reference")]
+        refs = [r for r in self.store.trials() if is_reference(r)]
         if refs and refs[0].state in FINAL:
             rec = refs[0]
         else:
-            rec = refs[0] if refs else self.store.create_trial(self.reference_spec())
-            if not refs:
-                self.store.set_state(rec.trial_id, TrialState.PENDING, notes={"reference": True})
+            # one journal line: no kill can leave the reference without its note
+            rec = refs[0] if refs else self.store.create_trial(self.reference_spec(), notes={"reference": True})
+            if not rec.notes.get("reference"):  # an older search killed between its two lines
+                rec = self.store.add_notes(rec.trial_id, {"reference": True})
             self._submit(rec.trial_id, rec.spec, len(self.cfg.fidelity.train_rows) - 1)
             while self.running:
                 self._wait_one()
@@ -345,19 +463,19 @@ class Search:
             why = check.rejected
             if why is None and check.est_step_cost_ms is not None:
                 why = over_cost_budget(self.cfg.objective, check.est_step_cost_ms, self.budget_ms)
-            rec = self.store.create_trial(spec)
             notes = _check_notes(check)
-            if why is not None:
-                self.store.set_state(rec.trial_id, TrialState.PRUNED, notes={**notes, "rejected": why})
+            if why is not None:  # created rejected, in one journal line: never trained, even after a kill
+                rec = self.store.create_trial(spec, TrialState.PRUNED, notes={**notes, "rejected": why})
                 self._observe(rec.trial_id, spec, None)
                 self.echo(f"[search] trial {rec.trial_id:>3} rejected before training: {describe(spec)}: {why[:300]}"
                           f" ({rejected + 1} rejected so far)")
                 self._log_tb(rec.trial_id)
                 continue
+            rec = self.store.create_trial(spec, notes=notes)
+            # the bracket is informational (a resume rebuilds brackets from the order of the trials)
             bracket = self.sched.add(rec.trial_id)
-            self.store.set_state(rec.trial_id, TrialState.PENDING, notes={**notes, "bracket": bracket})
             ctl.save_state(self.controller, self.dir / CONTROLLER_FILE)
-            self._submit(rec.trial_id, self.store.get(rec.trial_id).spec, 0)
+            self._submit(rec.trial_id, rec.spec, 0, notes={"bracket": bracket})
             return True
 
     def _close_proposals(self) -> None:
@@ -366,27 +484,41 @@ class Search:
         for bracket in {self.sched.bracket_of(t) for t in self.sched.trials()}:
             self._reconcile(bracket)
 
-    def _submit(self, trial_id: int, spec: TrialSpec, rung: int) -> None:
+    def _submit(self, trial_id: int, spec: TrialSpec, rung: int, notes: dict[str, Any] | None = None) -> None:
+        """Start the trial's run at `rung` (notes: more for its RUNNING line). A runner that
+        cannot start it fails the trial with its error; the search goes on."""
         rows = self.cfg.fidelity.train_rows[rung]
         spec = replace(spec, trial_id=trial_id, train_rows=rows)
         workdir = self.dir / TRIALS_DIR / str(trial_id)
         _archive_previous(workdir, rung)
         workdir.mkdir(parents=True, exist_ok=True)
         # placed once, when it was proposed (the journal's note); only the reference is placed here
-        placement = self.store.get(trial_id).notes.get("placement") or self.checker.check(spec).placement
+        known = self.store.get(trial_id).notes
+        placement = known.get("placement") or self.checker.check(spec).placement
         if placement:
             (workdir / PLACEMENT_FILE).write_text(json.dumps({"placement": placement}, indent=1) + "\n")
         trial = self.trial_config(spec, workdir, bool(placement), top_rung=rung == len(self.cfg.fidelity.train_rows) - 1,
                                 measure_latency=self._earlier_latency(trial_id, rung) is None)
         (workdir / TRIAL_CONFIG).write_text(yaml.safe_dump(config.to_dict(trial), sort_keys=False))
-        self.store.set_state(trial_id, TrialState.RUNNING, notes={"rung": rung, "train_rows": rows})
+        running = {"rung": rung, "train_rows": rows, **(notes or {})}
+        if known.get("app_handle"):
+            running["app_handle"] = None  # an earlier run's job, not this one's
+        self.store.set_state(trial_id, TrialState.RUNNING, notes=running)
         self.heartbeat.add(trial_id)
-        handle = self.runner.submit(spec, workdir)  # in-process: returns when the run has ended
+        try:
+            handle = self.runner.submit(spec, workdir)  # in-process: returns when the run has ended
+        except Exception as err:  # noqa: BLE001 - this trial's failure, not the search's
+            self.heartbeat.discard(trial_id)
+            error = f"the {type(self.runner).__name__} could not start it: {type(err).__name__}: {err}"
+            self._finish(trial_id, _failed_handle(trial_id, workdir, error), rung)
+            return
         if "dryrun" in handle.info:  # torchx dryrun: show the job request; nothing runs
             self.store.set_state(trial_id, TrialState.PENDING, notes={"dryrun": True})
             self.echo(f"[search] dryrun: trial {trial_id}'s job request:\n{handle.info['dryrun']}")
             raise _DryRun()
         self.running[trial_id] = (handle, rung)
+        if handle.info.get("app_handle") is not None:  # a job that may outlive this process: --resume cancels it
+            self.store.add_notes(trial_id, {"app_handle": str(handle.info["app_handle"])})
 
     def trial_config(
         self, spec: TrialSpec, workdir: Path, placed: bool, top_rung: bool = True, measure_latency: bool = True,
@@ -429,38 +561,89 @@ class Search:
         """Block until at least one running trial ends (or runs out of time, then is killed);
         record every one that did."""
         while True:
-            ended = [t for t, (h, _) in list(self.running.items())
-                     if self.runner.poll(h) is not TrialState.RUNNING or self._timed_out(h)]
+            ended = [t for t, (h, _) in list(self.running.items()) if self._ended(t, h)]
             if ended:
                 break
+            timeout_s = self.cfg.runner.poll_s
+            if self._poll_errors:  # wake for the next retry of a poll that raised
+                next_try = min(at for _, at in self._poll_errors.values())
+                timeout_s = max(0.0, min(timeout_s, next_try - time.time()))
             wait = getattr(self.runner, "wait", None)  # wakes as soon as a run ends, where it can
-            if wait is not None:
-                wait([h for h, _ in self.running.values()], self.cfg.runner.poll_s)
-            else:
-                time.sleep(self.cfg.runner.poll_s)
+            if wait is None:
+                time.sleep(timeout_s)
+                continue
+            try:
+                wait([h for h, _ in self.running.values()], timeout_s)
+            except Exception:  # noqa: BLE001 - a runner's wait is a shortcut: the next polls say what happened
+                time.sleep(timeout_s)
         for trial_id in ended:
             handle, rung = self.running.pop(trial_id)
             self.heartbeat.discard(trial_id)
             self._finish(trial_id, handle, rung)
+
+    def _ended(self, trial_id: int, handle: Handle) -> bool:
+        """Whether the trial's run is over (or timed out and was killed). A poll that raises is
+        retried as `self.poll_retry` says; after its last try the trial is FAILED with the error
+        and its run cancelled (best effort), and the other trials go on."""
+        failures, retry_at = self._poll_errors.get(trial_id, (0, 0.0))
+        if failures and time.time() < retry_at:
+            return self._timed_out(handle)
+        try:
+            state = self.runner.poll(handle)
+        except Exception as err:  # noqa: BLE001 - one trial's poll, retried, never the search's end
+            failures += 1
+            what = f"{type(err).__name__}: {err}"
+            if failures >= self.poll_retry.attempts:
+                self._poll_errors.pop(trial_id, None)
+                self._cancel_quietly(handle)
+                handle.error = (f"the {type(self.runner).__name__} could not poll it: {failures} errors in a row "
+                                f"(runner poll retries exhausted), the last: {what}")
+                handle.state, handle.finished_at_s = TrialState.FAILED, time.time()
+                handle.info["runner_error"] = handle.error
+                return True
+            delay_s = self.poll_retry.delay_s(failures)
+            self._poll_errors[trial_id] = (failures, time.time() + delay_s)
+            self.echo(f"[search] warning: polling trial {trial_id} failed ({what}); try {failures + 1} of "
+                      f"{self.poll_retry.attempts} in {delay_s:g} s")
+            return self._timed_out(handle)
+        self._poll_errors.pop(trial_id, None)
+        return state is not TrialState.RUNNING or self._timed_out(handle)
+
+    def _cancel_quietly(self, handle: Handle) -> None:
+        """Cancel a run whose end the search decided (timeout, polls that kept failing); a cancel
+        that raises is reported, and the trial is failed all the same."""
+        try:
+            self.runner.cancel(handle)
+        except Exception as err:  # noqa: BLE001 - the trial is failed either way
+            self.echo(f"[search] warning: could not cancel trial {handle.trial_id}: {type(err).__name__}: {err}")
 
     def _timed_out(self, handle: Handle) -> bool:
         """Past runner.trial_timeout_s since it started: kill it; it is then FAILED ("timed out")."""
         limit = self.cfg.runner.trial_timeout_s
         if limit is None or handle.running_s < limit:
             return False
-        self.runner.cancel(handle)
+        self._cancel_quietly(handle)
         handle.expire(f"timed out: still running {handle.running_s:.0f} s after it started "
                       f"(runner.trial_timeout_s {limit:g}); killed")
         self.echo(f"[search] trial {handle.trial_id:>3} timed out after {limit:g} s (runner.trial_timeout_s); killed")
         return True
 
     def _finish(self, trial_id: int, handle: Handle, rung: int) -> None:
-        result = self.runner.result(handle)
+        self._poll_errors.pop(trial_id, None)
+        if "runner_error" in handle.info:  # the runner failed (submit, poll): that is the result
+            result = TrialResult(trial_id, TrialState.FAILED, error=handle.info["runner_error"])
+        else:
+            try:
+                result = self.runner.result(handle)
+            except Exception as err:  # noqa: BLE001 - this trial's failure, not the search's
+                result = TrialResult(trial_id, TrialState.FAILED,
+                                     error=f"the {type(self.runner).__name__} could not read its result: "
+                                           f"{type(err).__name__}: {err}")
         rec = self.store.get(trial_id)
         extra = {**result_notes(handle.workdir), "wall_s": round(handle.wall_s, 2)}
         if handle.info.get("expired"):
             extra["timed_out"] = handle.error
-        if rec.notes.get("reference"):
+        if is_reference(rec):
             state = result.state
             self.store.set_state(trial_id, state, result=result, notes=extra)
             self._progress(self.store.get(trial_id), rung, "reference")
@@ -576,7 +759,7 @@ class Search:
         tail = f" | {r.error[:200]}" if r and r.state is TrialState.FAILED and r.error else ""
         from recsearch.search.eta import progress_eta
 
-        trials = [t for t in self.store.trials() if not t.notes.get("reference")]
+        trials = [t for t in self.store.trials() if not is_reference(t)]
         f = self.cfg.fidelity
         budget = len(self.sched.trials()) if self.proposals_closed else self.cfg.trials
         eta = progress_eta([t.notes.get("rungs", {}) for t in trials], sum(t.state in FINAL for t in trials), budget,
@@ -588,7 +771,7 @@ class Search:
         )
 
     def best(self, n: int = 1) -> Any:
-        done = [r for r in self.store.trials((TrialState.COMPLETE,)) if not r.notes.get("reference")]
+        done = [r for r in self.store.trials((TrialState.COMPLETE,)) if not is_reference(r)]
         done.sort(key=lambda r: (-(r.notes.get("reward") if r.notes.get("reward") is not None else -math.inf), r.trial_id))
         if n == 1:
             return done[0] if done else None
@@ -596,8 +779,8 @@ class Search:
 
     def summary(self) -> dict[str, Any]:
         records = self.store.trials()
-        ref = next((r for r in records if r.notes.get("reference")), None)
-        cands = [r for r in records if not r.notes.get("reference")]
+        ref = next((r for r in records if is_reference(r)), None)
+        cands = [r for r in records if not is_reference(r)]
         rejected = [r for r in cands if r.notes.get("rejected")]
         trained = [r for r in cands if not r.notes.get("rejected")]
         counts = {
@@ -628,6 +811,13 @@ class Search:
             self.echo("[search] Pareto front (AUC vs latency): " + ", ".join(
                 f"trial {p.trial_id}{' (reference)' if ref and p.trial_id == ref.trial_id else ''} {p.value:.4f} @ {p.cost:.3f} ms" for p in front))
         return {"counts": counts, "wall_s": wall, "pareto": [p.trial_id for p in front]}
+
+
+def _failed_handle(trial_id: int, workdir: Path, error: str) -> Handle:
+    """The handle of a run the runner could not start: over as soon as it began, with the error."""
+    now = time.time()
+    return Handle(trial_id, workdir, now, state=TrialState.FAILED, error=error, finished_at_s=now,
+                  started_at_s=now, info={"runner_error": error})
 
 
 def _round(ratio: float | None) -> float | None:

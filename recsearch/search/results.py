@@ -144,11 +144,18 @@ def describe(spec: TrialSpec) -> str:
     )
 
 
+def is_reference(record: TrialRecord) -> bool:
+    """The search's reference trial: its `reference` note, or its spec (the reference spec is
+    marked `extra.reference`, so a journal of an older search killed between the reference's
+    create line and the line with its note still knows it)."""
+    return bool(record.notes.get("reference") or record.spec.extra.get("reference"))
+
+
 def row_of(record: TrialRecord) -> TrialRow:
     """A journal record as a row."""
     notes = record.notes
     result = record.result
-    if notes.get("reference"):
+    if is_reference(record):
         kind = REFERENCE
     elif notes.get("rejected"):
         kind = REJECTED
@@ -211,7 +218,8 @@ class SearchDir:
 
 def read_search(path: Path | str) -> SearchDir:
     """Read a search directory: its journal (required) and search.yaml (optional: a search killed
-    before writing it still has a journal worth reporting)."""
+    before writing it still has a journal worth reporting). Writes nothing (a read-only directory
+    reads the same)."""
     path = Path(path)
     if not path.is_dir():
         raise NoSearchError(f"{path}: no such directory")
@@ -230,5 +238,5 @@ def read_search(path: Path | str) -> SearchDir:
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{cfg_path}: top level must be a mapping, got {type(loaded).__name__}")
         cfg = loaded or {}
-    records = tuple(JournalStore(path).trials())
+    records = tuple(JournalStore(path, read_only=True).trials())  # a report writes nothing there
     return SearchDir(path=path, config=cfg, records=records)

@@ -12,8 +12,9 @@ runner saw (return code, signal, the log's last line).
 - InProcessRunner: calls the trainer in this process (tests, debugging); every exception and a
   non-finite loss become a FAILED result, so the search goes on.
 - SubprocessRunner: `python -m recsearch.cli train --config trial.yaml` as child processes, as
-  many at a time as the loop submits; they die with the search process (PR_SET_PDEATHSIG), so a
-  killed search leaves no orphan writing into a trial a resumed search will retry.
+  many at a time as the loop submits; they die with the search process (PR_SET_PDEATHSIG, which
+  each child sets itself at its start: recsearch.search.die_with_parent), so a killed search
+  leaves no orphan writing into a trial a resumed search will retry.
 - PoolRunner: persistent worker processes (`python -m recsearch.search.worker`), one per
   concurrency slot, each running `recsearch train` trials back to back in-process on the trial's
   trial.yaml: imports, CUDA context and loaded data splits are paid once per worker, not per
@@ -23,13 +24,16 @@ runner saw (return code, signal, the log's last line).
   (local_cwd, slurm, kubernetes, ...); the workdir must be on storage the job can write
   (a shared filesystem for Slurm, a mounted volume for Kubernetes), or, with remote_dir, trial
   files travel through an fsspec URL (recsearch.remote). dryrun=True only renders the scheduler
-  request (tested for Slurm and Kubernetes).
+  request (tested for Slurm and Kubernetes). A job can outlive the search (a SIGKILLed search's
+  cluster job): `cancel_orphan(app_handle)` ends it by its handle when the search resumes.
+
+A runner's submit or poll may raise (no process could be started, the scheduler could not be
+asked); the search fails that one trial, after retrying a poll (recsearch.search.loop.PollRetry).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import select
 import os
@@ -44,6 +48,7 @@ from typing import Any, Callable, Protocol
 import yaml
 
 from recsearch import remote
+from recsearch.search.die_with_parent import command_for
 from recsearch.train.result import ResultError, TrainResult, finite
 from recsearch.types import RESULT_FILE, TrialResult, TrialSpec, TrialState
 
@@ -276,15 +281,6 @@ def _destroy_process_group() -> None:
 
 
 # ---- subprocesses --------------------------------------------------------------------------------
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Linux: deliver SIGKILL to the child when the search process dies."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
 def child_env(extra: dict[str, str], threads: int | None) -> dict[str, str]:
     """The environment of a trial process or pool worker: this one's, plus `extra`, with the
     repository importable, unbuffered output and `threads` OpenMP threads (when given)."""
@@ -324,14 +320,16 @@ class SubprocessRunner:
     def submit(self, spec: TrialSpec, workdir: Path) -> Handle:
         workdir = Path(workdir)
         env = child_env(self.env, self.threads)
+        command = self.command(spec, workdir)
+        if sys.platform.startswith("linux"):  # the child asks to die with this process, then runs the trial
+            command = command_for(os.getpid(), command)
         log = open(workdir / LOG_FILE, "ab")
         try:
             # its own process group, so cancel() (Ctrl-C, the trial timeout) ends torchrun's
-            # ranks too, not only their launcher
+            # ranks too, not only their launcher. No preexec_fn: Python code between fork and
+            # exec is unsafe while the search's heartbeat thread runs.
             proc = subprocess.Popen(
-                self.command(spec, workdir),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 start_new_session=True,
             )
         finally:
@@ -489,6 +487,7 @@ class PoolRunner:
         self.env = dict(env or {})
         self.workers: list[_PoolWorker] = []
         self.started = 0  # workers started so far (a replaced worker counts again)
+        self.spare_error: str | None = None  # why the last spare worker could not be started
         self._jobs = 0
 
     def worker_command(self) -> list[str]:
@@ -524,6 +523,15 @@ class PoolRunner:
         while len([w for w in self.workers if not w.retiring]) < self.size:
             self._start_worker()
 
+    def _top_up_spares(self) -> None:
+        """_top_up where a trial has already been handed out or has ended: a worker that cannot be
+        started now (EAGAIN, ENOMEM) is no error of that trial; the next submit starts it, or
+        fails then with the reason."""
+        try:
+            self._top_up()
+        except OSError as err:
+            self.spare_error = f"{type(err).__name__}: {err}"
+
     def submit(self, spec: TrialSpec, workdir: Path) -> Handle:
         if spec.topology.world_size != 1:
             raise ValueError(f"runner pool runs one-rank trials; trial {spec.trial_id} has "
@@ -547,7 +555,7 @@ class PoolRunner:
         else:
             raise RuntimeError(f"runner pool: could not hand trial {spec.trial_id} to a worker "
                                f"(workers exit as they start: see {workdir / LOG_FILE})")
-        self._top_up()
+        self._top_up_spares()
         now = time.time()
         info = {"pid": worker.pid, "worker": worker.index, "worker_trials": worker.trials, "job": job["job"]}
         return Handle(spec.trial_id, workdir, now, native=worker, info=info, started_at_s=now)
@@ -566,13 +574,13 @@ class PoolRunner:
             handle.info["worker_seconds"] = message.get("seconds")
             if message.get("retire"):  # it exits now; its replacement imports meanwhile
                 handle.info["worker_retired"] = message["retire"]
-                self._top_up()
+                self._top_up_spares()
             if "cache" in message:
                 handle.info["split_cache"] = message["cache"]
         elif worker.exited:
             self._drop(worker)  # kills what is left of its process group, reaps it
             self._finished(handle, worker, worker.proc.returncode)
-            self._top_up()  # the replacement imports while the search decides what is next
+            self._top_up_spares()  # the replacement imports while the search decides what is next
         else:
             return TrialState.RUNNING
         handle.state = read_result(handle.workdir, handle.trial_id, self.serving_batch, handle.error).state
@@ -821,6 +829,22 @@ class TorchxRunner:
     def cancel(self, handle: Handle) -> None:
         if handle.native is not None and handle.state is TrialState.RUNNING:
             self._runner.cancel(handle.native)
+
+    def cancel_orphan(self, app_handle: str) -> str:
+        """End a job an earlier search process submitted (its handle from the journal) if the
+        scheduler still runs it; returns what happened, for the log. torchx's local schedulers
+        know only the jobs of their own process: a local_cwd job of a search that was SIGKILLed
+        is unknown here (on SIGTERM or Ctrl-C the search ended it itself)."""
+        from torchx.specs import is_terminal
+
+        status = self._runner.status(app_handle)
+        if status is None:
+            return ("the scheduler does not know it (it ended and was forgotten, or it was a local job of the "
+                    "process that died: torchx reaches those only from that process); if it still runs, end it yourself")
+        if is_terminal(status.state):
+            return f"already ended ({status.state.name})"
+        self._runner.cancel(app_handle)
+        return f"cancelled (it was {status.state.name})"
 
     def close(self) -> None:
         """Release torchx's schedulers (local_cwd: ends any job still running)."""

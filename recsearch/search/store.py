@@ -7,6 +7,14 @@ newline yet) is ignored and cut off before the next append. Any other line that 
 entry (garbage, an unknown operation, state or trial) is a JournalError naming the file and the
 line number: a damaged journal is never half-read. Workers that stop heartbeating are found with
 `fail_stale`, and their trials are marked failed, so a resumed search never waits on a dead worker.
+
+A trial is born whole: its create line carries its first state and notes (a reference, a rejected
+candidate), so no kill can leave a trial without them. Journals written before that (a create line
+and then a state line for the same trial) read the same. `add_notes` records what is learnt about
+a trial without a state change (a torchx job's handle once submitted); it is no new attempt.
+
+`JournalStore(root, read_only=True)` reads a search without writing anything there (no journal
+touched, no lock file created), for reports on a directory the reader may not write.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from recsearch import config
 from recsearch.types import TrialResult, TrialSpec, TrialState
 
 JOURNAL_FILE = "journal.jsonl"
-OPS = ("create", "state", "heartbeat")
+OPS = ("create", "state", "heartbeat", "notes")
 
 
 class JournalError(ValueError):
@@ -54,15 +62,21 @@ class TrialRecord:
 class JournalStore:
     """Trials of one search, persisted in `<root>/journal.jsonl`."""
 
-    def __init__(self, root: Path | str, clock: Any = time.time):
+    def __init__(self, root: Path | str, clock: Any = time.time, read_only: bool = False):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
         self.path = self.root / JOURNAL_FILE
+        self.read_only = read_only
         self._clock = clock
         self._records: dict[int, TrialRecord] = {}
         self._valid_bytes = 0  # journal prefix made of whole lines
         self._valid_lines = 0  # lines in that prefix
-        self.path.touch(exist_ok=True)
+        if read_only:
+            if not self.path.is_file():
+                raise FileNotFoundError(f"{self.path}: no such journal (reading a search writes nothing, "
+                                        f"so it is not created)")
+        else:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.path.touch(exist_ok=True)
         with self._locked():
             self._replay()
 
@@ -82,13 +96,33 @@ class JournalStore:
         return self._records[trial_id]
 
     # ---- writing -------------------------------------------------------------------------------
-    def create_trial(self, spec: TrialSpec) -> TrialRecord:
-        """Record a new PENDING trial. The spec's trial_id is replaced by the next free id."""
+    def create_trial(self, spec: TrialSpec, state: TrialState = TrialState.PENDING,
+                     notes: dict[str, Any] | None = None) -> TrialRecord:
+        """Record a new trial in `state` (PENDING by default) with its first notes, in one journal
+        line. The spec's trial_id is replaced by the next free id."""
+        self._writable()
+        if state is TrialState.RUNNING:
+            raise ValueError("create_trial: a trial is created PENDING or finished; set_state starts a run")
         with self._locked():
             self._replay()
             trial_id = max(self._records, default=-1) + 1
             spec = replace(spec, trial_id=trial_id)
-            self._append({"op": "create", "trial_id": trial_id, "spec": config.to_dict(spec)})
+            entry: dict[str, Any] = {"op": "create", "trial_id": trial_id, "spec": config.to_dict(spec)}
+            if state is not TrialState.PENDING:
+                entry["state"] = state.name
+            if notes:
+                entry["notes"] = notes
+            self._append(entry)
+        return self._records[trial_id]
+
+    def add_notes(self, trial_id: int, notes: dict[str, Any]) -> TrialRecord:
+        """Merge notes into a trial's without changing its state (not counted as an attempt)."""
+        self._writable()
+        with self._locked():
+            self._replay()
+            if trial_id not in self._records:
+                raise KeyError(f"no trial {trial_id} in {self.path}")
+            self._append({"op": "notes", "trial_id": trial_id, "notes": notes})
         return self._records[trial_id]
 
     def set_state(
@@ -98,6 +132,7 @@ class JournalStore:
         result: TrialResult | None = None,
         notes: dict[str, Any] | None = None,
     ) -> TrialRecord:
+        self._writable()
         with self._locked():
             self._replay()
             if trial_id not in self._records:
@@ -111,12 +146,14 @@ class JournalStore:
         return self._records[trial_id]
 
     def heartbeat(self, trial_id: int) -> None:
+        self._writable()
         with self._locked():
             self._replay()
             self._append({"op": "heartbeat", "trial_id": trial_id})
 
     def fail_stale(self, timeout_s: float) -> list[int]:
         """Mark RUNNING trials without a heartbeat for timeout_s as FAILED; return their ids."""
+        self._writable()
         now = self._clock()
         failed = []
         with self._locked():
@@ -141,7 +178,11 @@ class JournalStore:
 
     # ---- journal mechanics ---------------------------------------------------------------------
     def _locked(self) -> _FileLock:
-        return _FileLock(self.root / (JOURNAL_FILE + ".lock"))
+        return _FileLock(self.root / (JOURNAL_FILE + ".lock"), shared=self.read_only)
+
+    def _writable(self) -> None:
+        if self.read_only:
+            raise PermissionError(f"{self.path}: opened read-only (JournalStore(read_only=True)); nothing is written")
 
     def _append(self, entry: dict[str, Any]) -> None:
         entry["time_s"] = self._clock()
@@ -179,6 +220,11 @@ class JournalStore:
             f"is ignored, any other bad line is not): repair or remove that line, or start a new search"
         )
 
+    def _state_of(self, name: Any, line_no: int) -> TrialState:
+        if not isinstance(name, str) or name not in TrialState.__members__:
+            raise self._error(line_no, f"unknown trial state {name!r} (known: {', '.join(TrialState.__members__)})")
+        return TrialState[name]
+
     def _apply(self, entry: Any, line_no: int) -> None:
         if not isinstance(entry, dict):
             raise self._error(line_no, f"expected a JSON object, got {type(entry).__name__}")
@@ -203,7 +249,11 @@ class JournalStore:
                 spec = config.build(TrialSpec, entry["spec"], origin=origin)
             except config.ConfigError as err:
                 raise JournalError(f"{origin}: invalid trial spec: {'; '.join(err.problems)}") from err
-            self._records[trial_id] = TrialRecord(spec=spec, created_at_s=now, updated_at_s=now)
+            state = self._state_of(entry.get("state", TrialState.PENDING.name), line_no)
+            if state is TrialState.RUNNING:
+                raise self._error(line_no, f"create of trial {trial_id} as RUNNING (a run is set RUNNING by a state line)")
+            self._records[trial_id] = TrialRecord(spec=spec, state=state, created_at_s=now, updated_at_s=now,
+                                                  notes=dict(notes))
             return
         record = self._records.get(trial_id)
         if record is None:
@@ -211,10 +261,10 @@ class JournalStore:
         if op == "heartbeat":
             self._records[trial_id] = replace(record, heartbeat_at_s=now)
             return
-        name = entry.get("state")
-        if not isinstance(name, str) or name not in TrialState.__members__:
-            raise self._error(line_no, f"unknown trial state {name!r} (known: {', '.join(TrialState.__members__)})")
-        state = TrialState[name]
+        if op == "notes":
+            self._records[trial_id] = replace(record, notes={**record.notes, **notes})
+            return
+        state = self._state_of(entry.get("state"), line_no)
         result = record.result
         if "result" in entry:
             if not isinstance(entry["result"], dict):
@@ -240,19 +290,32 @@ class JournalStore:
 
 
 class _FileLock:
-    """An exclusive flock on a side file: serializes writers across processes and threads."""
+    """An exclusive flock on a side file: serializes writers across processes and threads.
 
-    def __init__(self, path: Path):
+    shared=True (a read-only store): a shared flock on the side file if it exists and can be
+    opened for reading, so a reader does not see a writer's half-applied append; never created.
+    Without one a reader still sees only whole lines (a torn tail is skipped by the replay)."""
+
+    def __init__(self, path: Path, shared: bool = False):
         self.path = path
+        self.shared = shared
         self._fd: int | None = None
 
     def __enter__(self) -> _FileLock:
+        if self.shared:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError:
+                return self
+            fcntl.flock(self._fd, fcntl.LOCK_SH)
+            return self
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self._fd is not None
+        if self._fd is None:
+            return
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         os.close(self._fd)
         self._fd = None

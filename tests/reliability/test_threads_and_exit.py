@@ -78,7 +78,9 @@ def test_no_thread_outlives_an_inprocess_search_and_the_search_can_be_freed(tmp_
 
 
 def test_the_heartbeat_thread_is_joined_however_run_ends(tmp_path, learnable_data):
-    class Boom(Exception):
+    # a BaseException: a runner's Exception fails only its trial (tests/search/test_runner_errors.py),
+    # so this stands for what does end the search (SystemExit, a kill raised out of the runner)
+    class Boom(BaseException):
         pass
 
     class Exploding:

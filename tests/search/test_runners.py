@@ -4,6 +4,7 @@ subprocess trials, torchx jobs (dryrun on Slurm and Kubernetes, a real one on lo
 import json
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -11,10 +12,10 @@ import pytest
 import torch.distributed as dist
 import yaml
 
-from recsearch.search import runners
+from recsearch.search import die_with_parent, runners
 from recsearch.search.runners import InProcessRunner, SubprocessRunner, TorchxRunner, TorchxSettings, read_result
 from recsearch.types import ArchSpec, HParams, Topology, TrialSpec, TrialState
-from tests.procs import wait_until
+from tests.procs import all_dead, pid_alive, wait_until
 from tests.search.test_loop import learnable_data  # noqa: F401  (the fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -233,3 +234,56 @@ def test_torchx_local_cwd_trial_through_a_remote_dir_runs_for_real(tmp_path, lea
     scratch = next((tmp_path / "job_scratch" / "search").iterdir())
     assert json.loads((workdir / "result.json").read_text()) == json.loads((scratch / "result.json").read_text())
     assert list((workdir / "tb").rglob("events.out.tfevents.*")), "TensorBoard logs were not fetched"
+
+
+class _SleepingTrial(SubprocessRunner):
+    """A 'trial' that writes its pid and sleeps: what the runner does around it is under test."""
+
+    def command(self, spec, workdir):
+        return [sys.executable, "-c", "import os, time; print(os.getpid(), flush=True); time.sleep(600)"]
+
+
+def test_a_subprocess_trial_dies_with_the_search_process_and_sets_that_up_itself(tmp_path):
+    """The trial process asks for PR_SET_PDEATHSIG itself (recsearch.search.die_with_parent, then
+    exec: same pid), not in a preexec_fn while the search's threads run: SIGKILL of the process
+    that started it (with a thread running, as the search's heartbeat) ends the trial too."""
+    script = (
+        "import sys, threading, time\n"
+        "from pathlib import Path\n"
+        "from tests.search.test_runners import _SleepingTrial, _spec\n"
+        "threading.Thread(target=time.sleep, args=(600,), name='beat', daemon=True).start()\n"
+        f"workdir = Path({str(tmp_path)!r})\n"
+        "handle = _SleepingTrial(serving_batch=64).submit(_spec(0), workdir)\n"
+        "deadline = time.monotonic() + 60\n"
+        "while not (workdir / 'train.log').read_text().strip() and time.monotonic() < deadline:\n"
+        "    time.sleep(0.02)\n"
+        "print(handle.info['pid'], flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        pid = int(proc.stdout.readline())
+        # the pid the runner holds is the trial itself: the launcher exec'd into it
+        assert (tmp_path / runners.LOG_FILE).read_text().split() == [str(pid)]
+        assert b"time.sleep(600)" in Path(f"/proc/{pid}/cmdline").read_bytes()
+        assert pid_alive(pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert all_dead([pid]), "the trial outlived the process that started it"
+    finally:
+        proc.kill()
+
+
+def test_a_trial_whose_starter_is_gone_never_runs(tmp_path):
+    """die_with_parent given a parent that is not its own (the starter died before the death
+    signal was in place, so the trial was re-parented): it exits 3 and does not run the command."""
+    marker = tmp_path / "ran"
+    done = subprocess.run(
+        [sys.executable, "-m", "recsearch.search.die_with_parent", "1", sys.executable, "-c",
+         f"open({str(marker)!r}, 'w')"], cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == die_with_parent.PARENT_GONE_EXIT == 3 and not marker.exists()
+    assert "process 1 that started this trial has exited; not running it" in done.stderr
+    ran = subprocess.run(die_with_parent.command_for(os.getpid(), [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]),
+                         cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
+    assert ran.returncode == 0 and marker.exists(), ran.stderr

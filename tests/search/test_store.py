@@ -1,3 +1,4 @@
+import json
 import multiprocessing
 import os
 import signal
@@ -124,3 +125,78 @@ def test_sigkill_mid_write_loses_no_acknowledged_trial(tmp_path):
     ids = [r.trial_id for r in JournalStore(tmp_path).trials()]
     assert ids == list(range(len(ids)))  # no gaps, no duplicates
     assert set(acknowledged) <= set(ids)  # every acknowledged create survived
+
+
+def _journal(tmp_path) -> list[dict]:
+    return [json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines()]
+
+
+def test_a_trial_is_created_with_its_state_and_notes_in_one_line(tmp_path):
+    store = JournalStore(tmp_path)
+    ref = store.create_trial(_spec(), notes={"reference": True})
+    rejected = store.create_trial(_spec(), TrialState.PRUNED, notes={"rejected": "does not fit"})
+    assert (ref.state, ref.notes) == (TrialState.PENDING, {"reference": True})
+    assert (rejected.state, rejected.notes) == (TrialState.PRUNED, {"rejected": "does not fit"})
+    lines = _journal(tmp_path)
+    assert [(e["op"], e.get("state"), e.get("notes")) for e in lines] == [
+        ("create", None, {"reference": True}), ("create", "PRUNED", {"rejected": "does not fit"})]
+    again = {r.trial_id: r for r in JournalStore(tmp_path).trials()}
+    assert again[0].notes == {"reference": True} and again[1].state is TrialState.PRUNED
+    assert again[1].attempts == 0 and again[1].rung_attempts == {}
+    with pytest.raises(ValueError, match="created PENDING or finished"):
+        store.create_trial(_spec(), TrialState.RUNNING)
+    assert len(_journal(tmp_path)) == 2  # refused before anything was written
+
+
+def test_a_journal_of_create_then_state_lines_reads_as_before(tmp_path):
+    """The layout older searches wrote: the create line without notes, the notes on the next line."""
+    spec = JournalStore(tmp_path).create_trial(_spec()).spec  # its create line is the one to keep
+    create = json.loads((tmp_path / "journal.jsonl").read_text())
+    (tmp_path / "journal.jsonl").write_text(
+        json.dumps(create) + "\n"
+        + json.dumps({"op": "state", "trial_id": 0, "state": "PENDING", "notes": {"reference": True}, "time_s": 5.0}) + "\n"
+        + json.dumps({"op": "state", "trial_id": 0, "state": "RUNNING", "notes": {"rung": 1}, "time_s": 6.0}) + "\n"
+    )
+    (record,) = JournalStore(tmp_path).trials()
+    assert record.spec == spec and record.notes == {"reference": True, "rung": 1}
+    assert record.state is TrialState.RUNNING and record.attempts == 1 and record.rung_attempts == {1: 1}
+    # a create line that claims a run is refused by name
+    (tmp_path / "journal.jsonl").write_text(json.dumps({**create, "state": "RUNNING"}) + "\n")
+    with pytest.raises(ValueError, match=r"line 1: create of trial 0 as RUNNING"):
+        JournalStore(tmp_path)
+
+
+def test_notes_lines_merge_notes_without_a_new_attempt(tmp_path):
+    store = JournalStore(tmp_path)
+    store.create_trial(_spec())
+    store.set_state(0, TrialState.RUNNING, notes={"rung": 0})
+    store.add_notes(0, {"app_handle": "slurm://torchx/123"})
+    record = JournalStore(tmp_path).get(0)
+    assert record.state is TrialState.RUNNING and record.attempts == 1 and record.rung_attempts == {0: 1}
+    assert record.notes == {"rung": 0, "app_handle": "slurm://torchx/123"}
+    with pytest.raises(KeyError, match="no trial 5"):
+        store.add_notes(5, {"x": 1})
+
+
+def _snapshot(root) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*"))}
+
+
+def test_a_read_only_store_writes_nothing_and_refuses_writes(tmp_path):
+    store = JournalStore(tmp_path)
+    store.create_trial(_spec())
+    (tmp_path / "journal.jsonl.lock").unlink()  # as a copy of the directory without it would be
+    before = _snapshot(tmp_path)
+    reader = JournalStore(tmp_path, read_only=True)
+    assert [r.trial_id for r in reader.trials()] == [0] and reader.get(0).state is TrialState.PENDING
+    for write in (lambda: reader.create_trial(_spec()), lambda: reader.set_state(0, TrialState.FAILED),
+                  lambda: reader.heartbeat(0), lambda: reader.fail_stale(0.0), lambda: reader.add_notes(0, {})):
+        with pytest.raises(PermissionError, match="opened read-only"):
+            write()
+    assert _snapshot(tmp_path) == before  # no lock file created, nothing touched
+    # it sees what a writer appends later (and takes the writer's lock, shared, once there is one)
+    store.set_state(0, TrialState.RUNNING)
+    assert reader.get(0).state is TrialState.RUNNING
+    with pytest.raises(FileNotFoundError, match="no such journal"):
+        JournalStore(tmp_path / "elsewhere", read_only=True)
+    assert not (tmp_path / "elsewhere").exists()

@@ -37,6 +37,8 @@ class FakeTorchx:
     def status(self, handle: str) -> AppStatus | None:
         if handle in self.cancelled:
             return AppStatus(AppState.CANCELLED)
+        if handle not in self.jobs:
+            return None  # not a job of this scheduler (or long forgotten)
         script = self.endings.get(self.jobs.index(handle), [AppState.RUNNING])
         now = script.pop(0) if len(script) > 1 else script[0]
         if isinstance(now, BaseException):
@@ -107,3 +109,31 @@ def test_ctrl_c_during_a_torchx_trial_cancels_its_job_and_the_search_returns_130
     (record,) = [r for r in JournalStore(out).trials() if r.trial_id == 0]
     assert record.state is TrialState.RUNNING
     assert not fake.closed  # a runner the caller passed in is the caller's to close
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL of the search process."""
+
+
+def test_a_torchx_trials_job_handle_is_in_the_journal_while_it_runs(tmp_path, learnable_data):  # noqa: F811
+    """What --resume needs to end a job a killed search left behind (tests/search/test_resume_after_kill.py)."""
+    fake = FakeTorchx({0: [AppState.RUNNING, _Killed()]})
+    search, out = start_search(tmp_path, tiny_config(learnable_data, **{"runner.poll_s": 0.01}),
+                               runner=_runner(tmp_path, fake))
+    with pytest.raises(_Killed):
+        search.run()
+    record = JournalStore(out).get(0)
+    assert record.state is TrialState.RUNNING and record.notes["app_handle"] == fake.jobs[0] == \
+        "local_cwd://torchx/recsearch-trial-0-0"
+
+
+def test_cancel_orphan_ends_a_job_the_scheduler_still_runs_and_says_what_it_found(tmp_path):
+    fake = FakeTorchx({0: [AppState.RUNNING], 1: [AppState.SUCCEEDED]})
+    fake.jobs = ["slurm://torchx/4001", "slurm://torchx/4002"]  # submitted by a search that died
+    runner = _runner(tmp_path, fake)
+    assert runner.cancel_orphan("slurm://torchx/4001") == "cancelled (it was RUNNING)"
+    assert runner.cancel_orphan("slurm://torchx/4002") == "already ended (SUCCEEDED)"
+    assert fake.cancelled == ["slurm://torchx/4001"]  # only the running one
+    unknown = runner.cancel_orphan("local_cwd://torchx/recsearch-trial-3-0")
+    assert unknown.startswith("the scheduler does not know it") and "end it yourself" in unknown
+    assert fake.cancelled == ["slurm://torchx/4001"]
