@@ -98,7 +98,7 @@ def run_dirs(trial_dir: Path, rungs: dict) -> dict[str, Path]:
 def measure(search_dir: Path) -> tuple[list[float], list[float], int]:
     """(wall_s, train_seconds) of every finished trial run, and how many runs failed."""
     walls, trains, failed = [], [], 0
-    for rec in JournalStore(search_dir).trials():
+    for rec in JournalStore(search_dir, read_only=True).trials():
         trial_dir = search_dir / "trials" / str(rec.trial_id)
         if rec.notes.get("rejected"):
             continue
@@ -165,7 +165,7 @@ def breakdown(search_dir: Path, runs: int, threads: int = 1) -> Breakdown | None
     from recsearch.train import trainer
 
     candidates = []
-    for rec in JournalStore(search_dir).trials():
+    for rec in JournalStore(search_dir, read_only=True).trials():
         wall, train = rec.notes.get("wall_s"), rec.notes.get("train_seconds")
         if rec.state.finished and wall is not None and train is not None and not rec.notes.get("rejected"):
             candidates.append((wall - train, rec.trial_id))

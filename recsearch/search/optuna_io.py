@@ -87,7 +87,7 @@ def export_study(
         raise FileNotFoundError(f"{search_dir}: no journal.jsonl: not a search directory")
     if out.exists() and not force:
         raise FileExistsError(f"{out} exists: pass force to replace it")
-    rows = [row_of(r) for r in JournalStore(search_dir).trials()]
+    rows = [row_of(r) for r in JournalStore(search_dir, read_only=True).trials()]  # an export writes nothing there
     finished = [r for r in rows if r.state.finished]
     distributions = _distributions(finished)
     name = study_name or search_dir.resolve().name
