@@ -85,7 +85,8 @@ def comm_costs(
 
 
 def comm_ms_of_dims(dim_sums: np.ndarray, model: CommModel, batch_size: int, world: int) -> np.ndarray:
-    """Per rank (last axis of dim_sums, each rank's sum of table dims): forward + backward
+    """Per rank (last axis of dim_sums, each rank's sum of all-to-all widths,
+    types.alltoall_width: the dim of a single-feature pooled table): forward + backward
     all-to-all time, the rule of comm_costs (types.alltoall_bytes: a rank sends its pooled
     embeddings for the other ranks' samples and receives the others' for its own), vectorized
     over leading axes for placers that try many placements at once."""
@@ -244,7 +245,7 @@ def measured_comm_costs(
         return [0.0]
     dims = placement.dim_per_rank(tables)
     local = batch_size // world
-    fwd = [[local * dims[r] for _ in range(world)] for r in range(world)]
-    bwd = [[local * dims[p] for p in range(world)] for _ in range(world)]
+    fwd = [[round(local * dims[r]) for _ in range(world)] for r in range(world)]
+    bwd = [[round(local * dims[p]) for p in range(world)] for _ in range(world)]
     f, b = measure_alltoall([fwd, bwd], warmup, iters)
     return [f[r] + b[r] for r in range(world)]

@@ -62,7 +62,7 @@ from torchrec.distributed.sharding_plan import (
     table_wise,
 )
 from torchrec.distributed.types import ModuleSharder, ShardingPlan
-from torchrec.modules.embedding_configs import DataType
+from torchrec.modules.embedding_configs import DataType, EmbeddingConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from recsearch.placement.registry import planner_placer
@@ -81,6 +81,7 @@ from recsearch.placement.types import (
     Placement,
     PlacementError,
     Placer,
+    SequenceTableSpec,
     rank_of,
     table_memory_bytes,
 )
@@ -324,7 +325,9 @@ def enumerate_tables(
             elif constraint is not None and constraint.pooling_factors:
                 pooling = float(sum(constraint.pooling_factors))
             rows, dim = int(param.shape[0]), int(param.shape[1])
-            spec = TableSpec(
+            # an EmbeddingCollection's tables are not pooled: their all-to-all is per id
+            spec_type = SequenceTableSpec if isinstance(cfg, EmbeddingConfig) else TableSpec
+            spec = spec_type(
                 name=name,
                 num_rows=rows,
                 dim=dim,
@@ -607,7 +610,11 @@ class LearnedShardingPlanner:
                 optimizer,
                 key[1],
                 replicate=self.data_parallel,
-                may_replicate=self.may_replicate if self.data_parallel else None,
+                # torchrec_dp replicates on its own: it may offer TorchRec data_parallel only
+                # for the tables may_replicate allows, whatever the data_parallel setting
+                may_replicate=self.may_replicate
+                if self.data_parallel or self._placer == "torchrec_dp"
+                else None,
             )
         return self._named[key]
 
@@ -698,7 +705,7 @@ class LearnedShardingPlanner:
         # whole tables that may be replicated: data_parallel allowed, and a kernel it can run
         # (TorchRec's data_parallel is dense only: a table whose constraint pins other kernels
         # stays table-wise rather than failing the plan in build_plan)
-        self._replicable = {
+        replicable = {
             t.spec.name: t.spec
             for t in tables
             if ShardingKind.DATA_PARALLEL in t.request.sharding_types
@@ -716,6 +723,13 @@ class LearnedShardingPlanner:
                 break  # cannot split finer: the placer's error below says what did not fit
             if last is not None and split.pieces == last[0].pieces:
                 break  # nothing left to split finer
+            # ... and kept whole (table_wise) by this split: a column-wise piece, even one
+            # as wide as its table, is never replicated (Split.ranks refuses it)
+            self._replicable = {
+                t.spec.name: t.spec
+                for t, s in zip(tables, split.shardings)
+                if t.spec.name in replicable and s.sharding_type == ShardingKind.TABLE_WISE
+            }
             free = CappedTopology.of(split.free_bytes, device)
             try:
                 if not split.pieces:

@@ -61,6 +61,7 @@ from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
     Placement,
     PlacementError,
+    alltoall_width,
     check_fits,
     format_bytes,
     rank_caps,
@@ -231,7 +232,7 @@ def _prepare(
     alone = heads.ms_from_pre(pre).sum(-1)  # [T] fwd+bwd of each table on its own
     order = np.lexsort((np.arange(len(tables)), -alone))  # descending cost, then index
     world = topology.world_size
-    dims = np.array([t.dim for t in tables], dtype=np.float64)
+    dims = np.array([alltoall_width(t) for t in tables], dtype=np.float64)  # all-to-all widths
     meta = cost_net.meta
     assert meta is not None
     even_dims = np.full(world, dims.sum() / world)

@@ -6,9 +6,14 @@ the step time (the slowest compute, or the largest all-to-all) may still hold a 
 another device could take more cheaply. `refine` tries every such move under the cost net and
 the memory caps and applies the best one; when no move helps, it tries every exchange of a table
 on a bottleneck device with a table on another device and applies the best; it repeats until
-neither helps or the time is up. Moves come first because they are cheaper to search, and so
-the result is never rated worse than refining with moves alone (swaps=False; time limits
-aside).
+neither helps or its budget of candidate evaluations (max_evaluations: every move or exchange
+scored counts one) is spent. Moves come first because they are cheaper to search, and so
+the result is never rated worse than refining with moves alone (swaps=False; budgets aside).
+
+Deterministic: the budget is a count, not a time, so the same inputs give the same placement on
+every call and every machine (ranks that call LearnedShardingPlanner.plan() each on their own
+must agree on the plan). max_seconds is only a safety net (a warning when it stops a search:
+the result may then differ between calls).
 
 Why exchanges: where the all-to-all dominates (one-hot tables on a slow interconnect), a
 dim-balanced placement is already at the all-to-all's floor and every single move unbalances it;
@@ -29,6 +34,7 @@ the end: the input placement is returned unless the net rates the result cheaper
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +48,7 @@ from recsearch.placement.types import (
     BesideCopies,
     Placement,
     Placer,
+    alltoall_width,
     rank_caps,
     table_memory_bytes,
 )
@@ -49,6 +56,11 @@ from recsearch.types import TableSpec, Topology
 
 TIE_BREAK = 1e-3  # weight of the mean device time beside the step estimate
 PAIR_CHUNK = 4096  # exchanges scored at once (bounds the arrays of one scoring pass)
+# candidate evaluations (moves and exchanges scored) one refine may spend: what bounds it, the
+# same on every call (about 1 s on a 2-core CPU for 504 tables x 64 devices, where it binds)
+MAX_EVALUATIONS = 100_000
+# wall-clock safety net only (a warning when it binds: the result may then differ between calls)
+SAFETY_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -59,8 +71,10 @@ class RefineReport:
     start_ms: float
     end_ms: float
     seconds: float
-    stopped: str  # "converged", "max_moves", "time" or "no gain" (the net rated the result no
-    # cheaper than the input, which was kept: see the end of `refine`)
+    stopped: str  # "converged", "max_moves", "budget" (max_evaluations spent), "time" (the
+    # safety net) or "no gain" (the net rated the result no cheaper than the input, which was
+    # kept: see the end of `refine`)
+    evaluations: int = 0  # candidate moves and exchanges scored
 
 
 def refine(
@@ -69,16 +83,19 @@ def refine(
     placement: Placement,
     cost_net: CostNet,
     optimizer: str = DEFAULT_OPTIMIZER,
-    max_seconds: float = 1.0,
+    max_seconds: float = SAFETY_SECONDS,
     max_moves: int = 10_000,
     swaps: bool = True,
+    max_evaluations: int = MAX_EVALUATIONS,
 ) -> tuple[Placement, RefineReport]:
     """The placement after best-improvement single-table moves (and, with swaps, exchanges of two
     tables between devices) under cost_net (see the module docstring); the input placement when
-    nothing helps. Memory caps are kept. Replicated tables stay replicated (_refine_rest)."""
+    nothing helps. Memory caps are kept. Replicated tables stay replicated (_refine_rest).
+    max_evaluations bounds the search (deterministic); max_seconds is a safety net that warns."""
     if placement.replicated:
         return _refine_rest(
-            tables, topology, placement, cost_net, optimizer, max_seconds, max_moves, swaps
+            tables, topology, placement, cost_net, optimizer, max_seconds, max_moves, swaps,
+            max_evaluations,
         )
     t0 = time.perf_counter()
     world = placement.world_size
@@ -87,7 +104,7 @@ def refine(
         raise ValueError("the cost net has no metadata (was it trained?)")
     heads = cost_net.heads()
     table_pre = heads.pre(cost_net.encode_tables(tables).numpy().astype(np.float64))  # [T, M, P]
-    dims = np.asarray([t.dim for t in tables], dtype=np.float64)
+    dims = np.asarray([alltoall_width(t) for t in tables], dtype=np.float64)  # all-to-all widths
     mem = np.asarray([table_memory_bytes(t, optimizer) for t in tables], dtype=np.int64)
     caps = np.asarray(rank_caps(topology), dtype=np.int64)
     ranks = np.asarray(placement.ranks, dtype=np.int64)
@@ -137,17 +154,20 @@ def refine(
     signature = np.concatenate([table_pre.reshape(len(tables), -1), dims[:, None], mem[:, None]], 1)
     kind = np.unique(signature, axis=0, return_inverse=True)[1].reshape(-1)
 
+    spent = [0]  # candidate evaluations so far
+
     def best_swap(cand: np.ndarray, deadline: float) -> tuple[float, tuple[int, int], float, float]:
         """The best exchange of a candidate table with an unlike table on another device:
         (score, (table a, table b), a's device ms, b's device ms after the exchange). Each side
         is kept monotone against the device without its leaving table (the arriving table never
         makes it cheaper). Pairs are built and scored a block of candidates at a time (memory
-        bounded by PAIR_CHUNK pairs); past the deadline the best pair found so far is returned."""
+        bounded by PAIR_CHUNK pairs); once the evaluation budget is spent (or past the safety
+        deadline) the best pair found so far is returned."""
         left = leave_ms(np.arange(len(tables)))
         best = (np.inf, (-1, -1), 0.0, 0.0)
         block = max(1, PAIR_CHUNK // len(tables))
         for lo in range(0, cand.size, block):
-            if lo and time.perf_counter() > deadline:
+            if lo and (spent[0] >= max_evaluations or time.perf_counter() > deadline):
                 break
             cb = cand[lo : lo + block]
             ok = (ranks[cb][:, None] != ranks[None, :]) & (kind[cb][:, None] != kind[None, :])
@@ -155,6 +175,7 @@ def refine(
             if ia.size == 0:
                 continue
             a, b = cb[ia], ib
+            spent[0] += int(a.size)
             s, d = ranks[a], ranks[b]
             delta = table_pre[b] - table_pre[a]  # what device s gains (d loses it)
             s_ms = np.maximum(heads.ms_from_pre(dev_pre[s] + delta).sum(-1), left[a])
@@ -194,14 +215,24 @@ def refine(
         if moves >= max_moves:
             stopped = "max_moves"
             break
+        if spent[0] >= max_evaluations:
+            stopped = "budget"
+            break
         if time.perf_counter() - t0 > max_seconds:
             stopped = "time"
+            logging.getLogger(__name__).warning(
+                "refine stopped on its %.1f s safety limit after %d moves and %d of %d "
+                "evaluations: the placement may differ between calls (plan through "
+                "collective_plan, or lower max_evaluations)",
+                max_seconds, moves, spent[0], max_evaluations,
+            )
             break
         comm_now = comm(dev_dims)
         sources = {int(np.argmax(dev_ms)), int(np.argmax(comm_now))}
         cand = np.flatnonzero(np.isin(ranks, list(sources)))  # tables on a bottleneck device
         if cand.size == 0:
             break
+        spent[0] += int(cand.size) * world
         score, (t, dest), src_ms, dest_ms = best_move(cand)
         if score < now * (1 - 1e-9):
             s = int(ranks[t])
@@ -225,8 +256,10 @@ def refine(
     # by the net itself, and keep the input unless the net rates the result cheaper.
     end = float(cost_net.predict(tables, out, topology).total_ms)
     if moves and not end < start:
-        return placement, RefineReport(0, start, start, time.perf_counter() - t0, "no gain")
-    return out, RefineReport(moves, start, end, time.perf_counter() - t0, stopped)
+        return placement, RefineReport(
+            0, start, start, time.perf_counter() - t0, "no gain", spent[0]
+        )
+    return out, RefineReport(moves, start, end, time.perf_counter() - t0, stopped, spent[0])
 
 
 def _refine_rest(
@@ -238,6 +271,7 @@ def _refine_rest(
     max_seconds: float,
     max_moves: int,
     swaps: bool,
+    max_evaluations: int,
 ) -> tuple[Placement, RefineReport]:
     """refine the table-wise tables of a placement with replicated ones, on the room the
     replicas leave each rank. The replicas add the same compute to every device and the same
@@ -250,18 +284,24 @@ def _refine_rest(
         return placement, RefineReport(0, start, start, time.perf_counter() - t0, "converged")
     sub = Placement(tuple(placement.ranks[i] for i in part.rest), placement.world_size)
     new_sub, report = refine(
-        part.tables(tables), part.topology(), sub, cost_net, optimizer, max_seconds, max_moves, swaps
+        part.tables(tables), part.topology(), sub, cost_net, optimizer, max_seconds, max_moves,
+        swaps, max_evaluations,
     )
     out = part.merged(new_sub.ranks)
     end = float(cost_net.predict(tables, out, topology).total_ms)
     if report.moves and not end < start:
-        return placement, RefineReport(0, start, start, time.perf_counter() - t0, "no gain")
-    return out, RefineReport(report.moves, start, end, time.perf_counter() - t0, report.stopped)
+        return placement, RefineReport(
+            0, start, start, time.perf_counter() - t0, "no gain", report.evaluations
+        )
+    return out, RefineReport(
+        report.moves, start, end, time.perf_counter() - t0, report.stopped, report.evaluations
+    )
 
 
 class RefinedPlacer:
     """Any placer followed by `refine` under a cost net: a CostNet, or a function of the topology
     that returns one (the shipped learned placer's net depends on the compute device).
+    max_evaluations: refine's deterministic budget; max_seconds: its safety net.
     last_report: the last refine's report."""
 
     def __init__(
@@ -269,17 +309,20 @@ class RefinedPlacer:
         placer: Placer,
         cost_net: CostNet | Callable[[Topology], CostNet],
         optimizer: str = DEFAULT_OPTIMIZER,
-        max_seconds: float = 1.0,
+        max_seconds: float = SAFETY_SECONDS,
         swaps: bool = True,
+        max_evaluations: int = MAX_EVALUATIONS,
     ):
         self.placer, self.cost_net = placer, cost_net
         self.optimizer, self.max_seconds, self.swaps = optimizer, max_seconds, swaps
+        self.max_evaluations = max_evaluations
         self.last_report: RefineReport | None = None
 
     def place(self, tables: Sequence[TableSpec], topology: Topology) -> Placement:
         first = self.placer.place(tables, topology)
         net = self.cost_net if isinstance(self.cost_net, CostNet) else self.cost_net(topology)
         placement, self.last_report = refine(
-            tables, topology, first, net, self.optimizer, self.max_seconds, swaps=self.swaps
+            tables, topology, first, net, self.optimizer, self.max_seconds, swaps=self.swaps,
+            max_evaluations=self.max_evaluations,
         )
         return placement

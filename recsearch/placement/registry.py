@@ -34,8 +34,10 @@ PLACERS = (*BASELINES, *TORCHREC_PLACERS, "learned")
 # the placers the trainer's `plan:` and the search's `placer:` take: every table table-wise, so
 # the fused embedding optimizer trains it (torchrec_dp may replicate tables: the dense kernel)
 TRAIN_PLACERS = tuple(p for p in PLACERS if p != "torchrec_dp")
-# the planner's default placer refines its best-of placement for at most this long (seconds)
-REFINE_SECONDS = 0.5
+# the planner's default placer refines its best-of placement within refine.MAX_EVALUATIONS
+# candidate evaluations (deterministic: the same plan on every call); this many seconds are only
+# its safety net (a warning when they bind), 10x what the budget takes on 504 tables x 64 ranks
+REFINE_SECONDS = 10.0
 # the fast placer that screens the replication sets for the learned stack (checked_and_refined
 # with replicate): one placer for every table and for every set's rest, so the estimates differ
 # by what replicating changes; dim_greedy evens out the all-to-all (each rank's sum of dims),
@@ -119,8 +121,8 @@ def checked_and_refined(
     batch_size: int | None = None,
 ) -> Placer:
     """A learned placer, checked against DEFAULT_RIVALS under net_for(topology) (best_of: a
-    best_of.BestOfPlacer that keeps the cheapest), then refined under the same net for at most
-    refine_seconds (refine.RefinedPlacer; 0: not refined); with replicate, all that once for
+    best_of.BestOfPlacer that keeps the cheapest), then refined under the same net within
+    refine.MAX_EVALUATIONS, refine_seconds its safety net (refine.RefinedPlacer; 0: not refined); with replicate, all that once for
     every table and once for the rest after replicating each of the REPLICATION_SCREEN_KEEP
     candidate sets of small tables that REPLICATION_SCREEN's placements rate cheapest, of
     those they rate cheaper than its table-wise placement (replicate.ReplicatingPlacer with
@@ -154,7 +156,8 @@ def learned_or_better(
 ) -> Placer:
     """The shipped learned placer checked against DEFAULT_RIVALS under its own cost net, then
     refined under that net (refine.RefinedPlacer: moves and exchanges of tables while the net
-    says the step gets cheaper, for at most refine_seconds; 0: no refinement, the BestOfPlacer
+    says the step gets cheaper, within refine.MAX_EVALUATIONS, refine_seconds its safety net;
+    0: no refinement, the BestOfPlacer
     itself): what LearnedShardingPlanner uses for placer="learned". The refined placer's
     `.placer` is the BestOfPlacer (its last_candidates and last_choice say what was compared).
     replicate: also try replicating small tables (replicate.ReplicatingPlacer around all that;
@@ -187,7 +190,12 @@ def planner_placer(
     "torchrec" plans for the planner's global batch, the rest are make_placer's. replicate
     (LearnedShardingPlanner(data_parallel=True)): "learned" also tries replicating small
     tables; a baseline is wrapped in replicate.ReplicatingPlacer under the shipped cost net for
-    the device; "torchrec_dp" decides replication itself."""
+    the device; "torchrec_dp" decides replication itself, among the tables may_replicate allows
+    (offered data_parallel only for those)."""
+    if name == "torchrec_dp" and may_replicate is not None:
+        return make_placer(
+            name, optimizer, 0, batch_size=global_batch, may_replicate=may_replicate
+        )
     if name == "learned":
         return learned_or_better(
             optimizer=optimizer,

@@ -254,13 +254,7 @@ def split_tables(
         room = max(free)
         if max_piece_bytes is not None:
             room = min(room, max_piece_bytes)
-        splittable = ShardingKind.COLUMN_WISE in allowed or ShardingKind.ROW_WISE in allowed
-        whole = table_memory_bytes(t, optimizer)
-        if ShardingKind.TABLE_WISE in allowed and (
-            whole <= room or (not splittable and whole <= max(free))
-        ):
-            shardings[i] = TableSharding(ShardingKind.TABLE_WISE.value, (t,))
-            continue
+        counts: list[int] = []
         if ShardingKind.COLUMN_WISE in allowed:
             if ShardingKind.TABLE_WISE in allowed:  # split only because it is too big
                 counts = column_splits(t.dim, req.min_partition or COLUMN_ALIGN)
@@ -269,6 +263,17 @@ def split_tables(
                 counts = [first] + [
                     k for k in column_splits(t.dim, req.min_partition or COLUMN_ALIGN) if k > first
                 ]
+        # splittable: some column split exists (equal multiples of COLUMN_ALIGN, at least
+        # min_partition wide) or row_wise is allowed; a table that is not stays whole where it
+        # fits a rank, whatever max_piece_bytes asks
+        splittable = bool(counts) or ShardingKind.ROW_WISE in allowed
+        whole = table_memory_bytes(t, optimizer)
+        if ShardingKind.TABLE_WISE in allowed and (
+            whole <= room or (not splittable and whole <= max(free))
+        ):
+            shardings[i] = TableSharding(ShardingKind.TABLE_WISE.value, (t,))
+            continue
+        if counts:
             k = next(
                 (k for k in counts if table_memory_bytes(column_pieces(t, k)[0], optimizer) <= room),
                 None,
@@ -279,6 +284,20 @@ def split_tables(
         if ShardingKind.ROW_WISE in allowed:
             pin(i, ShardingKind.ROW_WISE)
             continue
+        if max_piece_bytes is not None:
+            # asked for finer pieces than this table's splits give: its finest split (or the
+            # whole table) that fits the rank with the most room, as without max_piece_bytes
+            fitting = [
+                k for k in counts if table_memory_bytes(column_pieces(t, k)[0], optimizer) <= max(free)
+            ]
+            if fitting:
+                shardings[i] = TableSharding(
+                    ShardingKind.COLUMN_WISE.value, column_pieces(t, fitting[-1])
+                )
+                continue
+            if ShardingKind.TABLE_WISE in allowed and whole <= max(free):
+                shardings[i] = TableSharding(ShardingKind.TABLE_WISE.value, (t,))
+                continue
         where = f" in {req.where}" if req.where else ""
         raise PlacementError(
             f"{_describe(t, optimizer)}{where} fits no rank (the most room left on one is "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
@@ -101,7 +101,9 @@ class TorchRecPlacer:
     rank) for every table; its data-parallel tables come back REPLICATED. Constraints are per
     table, not per sharding type, so the dense kernel is then offered for table_wise too and
     TorchRec's model may rank a table-wise option by it; only the ranks are taken (and measured
-    with the fused kernel, as every table-wise table here).
+    with the fused kernel, as every table-wise table here). may_replicate: with data_parallel,
+    only the tables it allows are offered data_parallel (LearnedShardingPlanner passes its own:
+    whole tables whose constraints allow it); None: every table.
     """
 
     def __init__(
@@ -110,8 +112,10 @@ class TorchRecPlacer:
         optimizer: str = DEFAULT_OPTIMIZER,
         reservation: float = 0.0,
         data_parallel: bool = False,
+        may_replicate: Callable[[TableSpec], bool] | None = None,
     ):
         self.batch_size = batch_size
+        self.may_replicate = may_replicate
         self.optimizer = optimizer
         self.reservation = reservation
         self.data_parallel = data_parallel
@@ -142,17 +146,26 @@ class TorchRecPlacer:
         world = topology.world_size
         cap = max(rank_caps(topology))
         trec_topo = torchrec_topology(topology, local_world_size=world)
-        kinds, kernels = [ShardingType.TABLE_WISE.value], [EmbeddingComputeKernel.FUSED.value]
-        if self.data_parallel:  # TorchRec's data_parallel runs the dense kernel only
-            kinds.append(ShardingType.DATA_PARALLEL.value)
-            kernels.append(EmbeddingComputeKernel.DENSE.value)
+        table_wise = ([ShardingType.TABLE_WISE.value], [EmbeddingComputeKernel.FUSED.value])
+        # TorchRec's data_parallel runs the dense kernel only
+        either = (
+            [ShardingType.TABLE_WISE.value, ShardingType.DATA_PARALLEL.value],
+            [EmbeddingComputeKernel.FUSED.value, EmbeddingComputeKernel.DENSE.value],
+        )
+
+        def options(t: TableSpec) -> tuple[list[str], list[str]]:
+            if self.data_parallel and (self.may_replicate is None or self.may_replicate(t)):
+                return either
+            return table_wise
+
         constraints = {
             t.name: ParameterConstraints(
-                sharding_types=list(kinds),
+                sharding_types=list(options(t)[0]),
                 # whole tables in device memory: on cuda the planner would otherwise pick UVM
                 # caching and keep tables in host memory, outside the cap
-                compute_kernels=list(kernels),
-                pooling_factors=[t.pooling_factor] * len(t.features),
+                compute_kernels=list(options(t)[1]),
+                # the spec's pooling is the sum over its features; TorchRec's is per feature
+                pooling_factors=[t.pooling_factor / len(t.features)] * len(t.features),
             )
             for t in tables
         }

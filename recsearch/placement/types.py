@@ -60,6 +60,23 @@ def table_memory_bytes(table: TableSpec, optimizer: str = DEFAULT_OPTIMIZER) -> 
     return table.size_bytes + state
 
 
+@dataclass(frozen=True)
+class SequenceTableSpec(TableSpec):
+    """A table of an EmbeddingCollection (sequence embeddings, not pooled): its all-to-all
+    carries one row of dim per looked-up id (pooling_factor ids per sample, over all its
+    features) instead of one pooled row per feature. The type is the flag; dataclasses.replace
+    (column pieces) keeps it."""
+
+
+def alltoall_width(table: TableSpec) -> float:
+    """Values per sample that a table's output adds to the forward all-to-all: dim per feature
+    for a pooled (EmbeddingBagCollection) table, dim x pooling_factor for a sequence table
+    (SequenceTableSpec). A single-feature pooled table: its dim."""
+    if isinstance(table, SequenceTableSpec):
+        return table.dim * table.pooling_factor
+    return table.dim * len(table.features)
+
+
 def format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
@@ -197,14 +214,16 @@ class Placement:
                 mem[r] += table_memory_bytes(t, optimizer)
         return mem
 
-    def dim_per_rank(self, tables: Sequence[TableSpec]) -> list[int]:
-        """Sum of embedding dims of the table-wise tables per rank: the width of each rank's
-        pooled output in the all-to-all (replicated tables' outputs stay on their rank)."""
+    def dim_per_rank(self, tables: Sequence[TableSpec]) -> list[float]:
+        """Sum of the table-wise tables' all-to-all widths per rank (alltoall_width: the dim of
+        a single-feature pooled table, dim per feature of a shared one, dim x pooling of a
+        sequence table): the width of each rank's output in the all-to-all (replicated tables'
+        outputs stay on their rank)."""
         self._check_len(tables)
-        dims = [0] * self.world_size
+        dims: list[float] = [0] * self.world_size
         for t, r in zip(tables, self.ranks):
             if r != REPLICATED:
-                dims[r] += t.dim
+                dims[r] += alltoall_width(t)
         return dims
 
     def validate(

@@ -420,3 +420,55 @@ def test_a_table_whose_kernels_exclude_dense_is_not_offered_for_replication():
     planner.plan(Model())
     assert not planner.may_replicate(planner.last_tables[0])
     assert planner.may_replicate(planner.last_tables[1])
+
+
+def test_a_single_column_wise_piece_as_wide_as_its_table_is_not_replicable():
+    # t0 (dim 8) constrained to column_wise or data_parallel with min_partition 8: no column
+    # split, so it becomes one column_wise piece equal to the table; may_replicate must say no,
+    # or a replicating placer would replicate a column-wise piece and the plan fail
+    seen = {}
+    planner = None
+
+    def may(piece):
+        seen[piece.name] = planner.may_replicate(piece)
+        return seen[piece.name]
+
+    planner = _planner(
+        ReplicateTiny(may=may),
+        constraints={
+            "t0": ParameterConstraints(
+                sharding_types=["column_wise", "data_parallel"], min_partition=8
+            )
+        },
+    )
+    got = _sharding(planner.plan(Model()))
+    assert seen["t0"] is False and seen["t1"] is True
+    assert got["t0"][:2] == ("column_wise", [0])
+    assert got["t1"][0] == "data_parallel"
+
+
+def test_torchrec_dp_is_offered_data_parallel_only_where_allowed(monkeypatch):
+    from recsearch.placement import torchrec_placer
+
+    offered = {}
+    real = torchrec_placer.EmbeddingShardingPlanner
+
+    def recording(*args, **kwargs):
+        offered.update({n: list(c.sharding_types) for n, c in kwargs["constraints"].items()})
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torchrec_placer, "EmbeddingShardingPlanner", recording)
+    constraints = {
+        "t1": ParameterConstraints(sharding_types=["table_wise", "data_parallel"]),
+        "t2": ParameterConstraints(sharding_types=["table_wise"]),
+    }
+    # data_parallel off: only t1 (whose constraint allows it) is offered data_parallel
+    got = _sharding(_planner("torchrec_dp", data_parallel=False, constraints=constraints).plan(Model()))
+    assert offered["t1"] == ["table_wise", "data_parallel"]
+    assert all(offered[f"t{i}"] == ["table_wise"] for i in (0, 2, 3, 4, 5, 6))
+    assert all(got[f"t{i}"][0] == "table_wise" for i in (0, 2, 3, 4, 5, 6))
+    # data_parallel on: every table left to choose too, not the one constrained to table_wise
+    offered.clear()
+    _planner("torchrec_dp", constraints=constraints).plan(Model())
+    assert offered["t2"] == ["table_wise"]
+    assert all(offered[f"t{i}"] == ["table_wise", "data_parallel"] for i in (0, 1, 3, 4, 5, 6))

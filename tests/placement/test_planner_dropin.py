@@ -291,3 +291,41 @@ def test_row_blocks_are_torchrecs():
     for rows, world in ((10, 4), (5, 4), (400_000, 4), (7, 7), (3, 8)):
         sizes, _ = _calculate_rw_shard_sizes_and_offsets(rows, world, 4)
         assert row_blocks(rows, world) == [s[0] for s in sizes]
+
+
+def test_sequence_tables_and_shared_features_price_their_real_alltoall():
+    from recsearch.placement.types import SequenceTableSpec, alltoall_width
+
+    planner = LearnedShardingPlanner(
+        Topology(2, 1 << 20),
+        constraints={"seq_0": ParameterConstraints(pooling_factors=[3.0])},
+        placer="dim_greedy",
+        debug=False,
+    )
+    planner.plan(TwoCollections(), _sharders())
+    by_name = {t.name: t for t in planner.last_tables}
+    assert isinstance(by_name["seq_0"], SequenceTableSpec)
+    assert alltoall_width(by_name["seq_0"]) == 3 * DIM  # one row per id, not one per sample
+    assert not isinstance(by_name["bag_0"], SequenceTableSpec)
+    assert alltoall_width(by_name["bag_0"]) == DIM
+
+
+def test_torchrec_placer_gives_torchrec_the_per_feature_pooling(monkeypatch):
+    from recsearch.placement import torchrec_placer
+    from recsearch.placement.torchrec_placer import TorchRecPlacer
+
+    seen = {}
+    real = torchrec_placer.EmbeddingShardingPlanner
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs["constraints"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torchrec_placer, "EmbeddingShardingPlanner", recording)
+    tables = [
+        TableSpec("shared", 100, 8, pooling_factor=6.0, feature_names=("a", "b", "c")),
+        TableSpec("single", 100, 8, pooling_factor=2.0),
+    ]
+    TorchRecPlacer(optimizer="sgd").place(tables, Topology(2, 1 << 30, "cpu"))
+    assert seen["shared"].pooling_factors == [2.0, 2.0, 2.0]  # 6 lookups per sample in all
+    assert seen["single"].pooling_factors == [2.0]

@@ -134,3 +134,25 @@ def test_the_exchange_search_keeps_the_time_limit(cpu_cost_net):
     assert report.stopped in ("time", "no gain") and report.seconds < 1.5
     out.validate(tables, topology)
     assert cpu_cost_net.predict(tables, out, topology).total_ms <= report.start_ms * (1 + 1e-6)
+
+
+def test_refine_is_bounded_by_a_deterministic_budget(cpu_cost_net):
+    """The evaluation budget, not the clock, stops a long search: two calls on the same input
+    give the same placement (ranks planning on their own must agree), a larger budget goes on."""
+    import numpy as np
+
+    from recsearch.types import Topology
+
+    rng = np.random.default_rng(1)
+    tables = [
+        TableSpec(f"t{i}", int(10 ** rng.uniform(3, 5)), int(rng.choice([16, 32, 64])), float(rng.choice([1, 5])))
+        for i in range(300)
+    ]
+    topology = Topology(8, 1 << 40)
+    start = make_baseline("round_robin").place(tables, topology)
+    first, a = refine(tables, topology, start, cpu_cost_net, max_evaluations=3_000)
+    second, b = refine(tables, topology, start, cpu_cost_net, max_evaluations=3_000)
+    assert a.stopped == "budget" and 3_000 <= a.evaluations < 3_000 + 300 * 8
+    assert first.ranks == second.ranks and (a.moves, a.evaluations) == (b.moves, b.evaluations)
+    longer, c = refine(tables, topology, start, cpu_cost_net, max_evaluations=30_000)
+    assert c.moves > a.moves and c.end_ms <= a.end_ms

@@ -8,7 +8,9 @@ from recsearch.placement.types import (
     Placement,
     PlacementError,
     Placer,
+    SequenceTableSpec,
     alltoall_bytes,
+    alltoall_width,
     check_fits,
     combine_costs,
     load_placement,
@@ -92,6 +94,26 @@ def test_alltoall_bytes():
     assert alltoall_bytes(Placement((0,) * 5, 1), tables, 100) == [(0, 0)]
     four = alltoall_bytes(Placement((0, 1, 2, 3, 3), 4), tables, 400)
     assert four[0] == (3 * 100 * 8 * 4, 100 * (64 - 8) * 4)
+
+
+def test_alltoall_width_of_shared_and_sequence_tables():
+    # single-feature pooled tables price exactly their dim, as before (the benchmarks' tables)
+    for t in hand_tables():
+        assert alltoall_width(t) == t.dim
+    assert alltoall_width(TableSpec("t", 10, 8, feature_names=("t",))) == 8
+    # an EBC table shared by 3 features sends one pooled row per feature per sample
+    shared = TableSpec("s", 10, 8, pooling_factor=6.0, feature_names=("a", "b", "c"))
+    assert alltoall_width(shared) == 24
+    # an EmbeddingCollection table sends one row per looked-up id (pooling summed over features)
+    seq = SequenceTableSpec("q", 10, 8, pooling_factor=5.0, feature_names=("a", "b"))
+    assert alltoall_width(seq) == 40
+    plain = TableSpec("p", 10, 4)
+    p = Placement((0, 1, 1), 2)
+    assert p.dim_per_rank([shared, seq, plain]) == [24, 44]
+    assert alltoall_bytes(p, [shared, seq, plain], batch_size=100) == [
+        (50 * 24 * 4, 50 * 44 * 4),
+        (50 * 44 * 4, 50 * 24 * 4),
+    ]
 
 
 def test_cost_sample_round_trip():
