@@ -775,15 +775,31 @@ class CostNet:
         except (KeyError, TypeError) as err:
             raise ValueError(f"{js}: malformed cost net config: {err}") from err
         model = cls(shape, train, comm)
-        state = torch.load(pt, map_location="cpu", weights_only=True)
+        state = load_weights(pt)
         try:
             model.net.load_state_dict(state)
-        except RuntimeError as err:
+        except (RuntimeError, TypeError, AttributeError) as err:
             raise ValueError(f"{pt}: weights do not match the shape in {js}: {err}") from err
         model.net.eval()
         model.meta = meta
         model.metrics = dict(info.get("metrics", {}))
         return model
+
+
+def load_weights(pt: Path) -> dict[str, torch.Tensor]:
+    """The state dict saved in pt (torch.save of a state dict); ValueError naming the file when it
+    is not one (truncated, corrupt, or something else pickled)."""
+    try:
+        state = torch.load(pt, map_location="cpu", weights_only=True)
+    # garbage makes torch's weights-only unpickler raise about anything (UnpicklingError,
+    # RuntimeError, EOFError, IndexError from its stack, ...): all mean "not a weights file"
+    except Exception as err:  # noqa: BLE001 - re-raised as a ValueError naming the file
+        raise ValueError(
+            f"{pt}: not a readable weights file ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(state, dict):
+        raise ValueError(f"{pt}: holds a {type(state).__name__}, not a state dict of weights")
+    return state
 
 
 def model_paths(prefix: Path | str) -> tuple[Path, Path]:
@@ -806,6 +822,8 @@ def read_model_info(prefix: Path | str, what: str, fmt: str) -> tuple[Path, Path
         info = json.loads(js.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{js}: not valid JSON: {err}") from err
+    if not isinstance(info, dict):
+        raise ValueError(f"{js}: holds a JSON {type(info).__name__}, not a {what} description")
     if info.get("format") != fmt:
         raise ValueError(
             f"{js}: format is {info.get('format')!r}, this version reads {fmt!r}: retrain it"

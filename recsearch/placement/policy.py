@@ -52,6 +52,7 @@ from recsearch.placement.comm import comm_ms_of_dims
 from recsearch.placement.cost_net import (
     CostNet,
     HeadEvaluator,
+    load_weights,
     read_model_info,
     save_model_files,
 )
@@ -475,6 +476,9 @@ class LearnedPlacer:
         """A saved policy; its cost net from the path recorded beside it (relative to the policy
         file) unless one is given."""
         pt, js, info = read_model_info(prefix, "policy", FORMAT)
+        missing = [k for k in ("embed", "shape", *(() if cost_net else ("cost_net",))) if k not in info]
+        if missing:
+            raise ValueError(f"{js}: malformed policy config: missing key(s) {missing}")
         if cost_net is None:
             ref = Path(info["cost_net"])
             cost_net = CostNet.load(ref if ref.is_absolute() else js.parent / ref)
@@ -483,11 +487,14 @@ class LearnedPlacer:
                 f"{js}: policy expects cost-net encodings of width {info['embed']}, the cost net "
                 f"has {cost_net.shape.width}"
             )
-        shape = PolicyShape(**info["shape"])
-        net = _PolicyNet(info["embed"], shape)
         try:
-            net.load_state_dict(torch.load(pt, map_location="cpu", weights_only=True))
-        except RuntimeError as err:
+            shape = PolicyShape(**info["shape"])
+            net = _PolicyNet(int(info["embed"]), shape)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{js}: malformed policy config 'shape' or 'embed': {err}") from err
+        try:
+            net.load_state_dict(load_weights(pt))
+        except (RuntimeError, TypeError, AttributeError) as err:
             raise ValueError(f"{pt}: weights do not match {js}: {err}") from err
         return cls(net, cost_net, shape, samples, seed, optimizer, info)
 

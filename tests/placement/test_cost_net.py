@@ -327,3 +327,26 @@ def test_linear_work_round_trips_and_prices_tables_off_their_work_line(tmp_path)
     # the H100 net was saved without the key: off; the CPU net is trained with --linear-work 2
     assert not load_shipped("cuda").shape.linear_work
     assert load_shipped("cpu").shape.linear_work == 2.0
+
+
+def test_corrupt_weights_are_a_value_error_naming_the_file(tmp_path, capsys):
+    import shutil
+
+    for suffix in (".pt", ".json"):
+        shutil.copy(DATA / f"cost_net_h100{suffix}", tmp_path / f"net{suffix}")
+    (tmp_path / "net.pt").write_bytes(b"not a torch file at all")
+    with pytest.raises(ValueError, match=r"net\.pt: not a readable weights file"):
+        CostNet.load(tmp_path / "net")
+    full = (DATA / "cost_net_h100.pt").read_bytes()
+    (tmp_path / "net.pt").write_bytes(full[: len(full) // 2])  # truncated
+    with pytest.raises(ValueError, match=r"net\.pt: not a readable weights file"):
+        CostNet.load(tmp_path / "net")
+    torch.save([1, 2, 3], tmp_path / "net.pt")
+    with pytest.raises(ValueError, match=r"net\.pt: holds a list, not a state dict"):
+        CostNet.load(tmp_path / "net")
+    assert main(["eval", "--model", str(tmp_path / "net"), "--samples", str(H100)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recsearch place cost-net eval: ") and "net.pt: holds a list" in err
+    (tmp_path / "net.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"net\.json: holds a JSON list, not a cost net"):
+        CostNet.load(tmp_path / "net")

@@ -374,3 +374,35 @@ def test_the_shipped_placer_warns_when_this_machine_is_another_device_model(monk
         warnings.simplefilter("always")
         ShippedLearnedPlacer().policy_for("cuda")
     assert not ours(record)
+
+
+def test_malformed_policy_files_are_value_errors_naming_file_and_key(tmp_path, capsys):
+    import shutil
+
+    for suffix in (".pt", ".json"):
+        shutil.copy(DATA / f"policy_cpu{suffix}", tmp_path / f"pol{suffix}")
+        shutil.copy(DATA / f"cost_net_cpu{suffix}", tmp_path / f"cost_net_cpu{suffix}")
+    net = load_cost_net("cpu")
+    info = json.loads((tmp_path / "pol.json").read_text())
+    del info["embed"]
+    (tmp_path / "pol.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"pol\.json: malformed policy config: missing key\(s\) \['embed'\]"):
+        LearnedPlacer.load(tmp_path / "pol", cost_net=net)
+    info = json.loads((DATA / "policy_cpu.json").read_text())
+    del info["cost_net"]
+    (tmp_path / "pol.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"missing key\(s\) \['cost_net'\]"):
+        LearnedPlacer.load(tmp_path / "pol")
+    info["shape"] = {"bogus": 1}
+    (tmp_path / "pol.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=r"pol\.json: malformed policy config 'shape'"):
+        LearnedPlacer.load(tmp_path / "pol", cost_net=net)
+    shutil.copy(DATA / "policy_cpu.json", tmp_path / "pol.json")
+    (tmp_path / "pol.pt").write_bytes(b"\x80garbage")
+    with pytest.raises(ValueError, match=r"pol\.pt: not a readable weights file"):
+        LearnedPlacer.load(tmp_path / "pol", cost_net=net)
+    task = tmp_path / "task.json"
+    shutil.copy(DATA / "tasks_test" / "t50_d4_000.json", task)
+    assert main(["place", "--task", str(task), "--policy", str(tmp_path / "pol")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recsearch place policy place: ") and "pol.pt: not a readable" in err
