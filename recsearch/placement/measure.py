@@ -709,7 +709,7 @@ class CollectConfig:
 
 # the settings a resumed collection must share with the samples already in its file
 _RESUME_KEYS = ("batch_size", "device", "optimizer")
-_RESUME_EXTRA_KEYS = ("warmup", "iters")
+_RESUME_EXTRA_KEYS = ("warmup", "iters", "row_cap")
 
 
 def collected_indices(out: Path | str, seed: int) -> set[int]:
@@ -732,10 +732,12 @@ def _check_resumable(out: Path, pool: Sequence[TableSpec], config: CollectConfig
         extra = raw.get("extra", {})
         if extra.get("seed") != config.seed or "sample_index" not in extra:
             continue
-        got = {k: raw.get(k) for k in _RESUME_KEYS} | {k: extra.get(k) for k in _RESUME_EXTRA_KEYS}
-        differ = [
-            f"{k} {got[k]} (now {v})" for k, v in want.items() if got[k] is not None and got[k] != v
-        ]
+        # a key the line does not record (older files) is not compared; a recorded None (no
+        # row cap) is, against a cap now
+        got = {k: raw[k] for k in _RESUME_KEYS if k in raw} | {
+            k: extra[k] for k in _RESUME_EXTRA_KEYS if k in extra
+        }
+        differ = [f"{k} {got[k]} (now {v})" for k, v in want.items() if k in got and got[k] != v]
         ids = extra.get("pool_ids", [])
         if any(j >= len(pool) for j in ids) or [
             (t["name"], t["num_rows"], t["dim"]) for t in raw.get("tables", [])

@@ -1,6 +1,7 @@
 """Cost-sample files: JSON lines, one `types.CostSample` per line, appended as they are measured
 (`recsearch place measure --pool`) and read by the cost network. An interrupted writer leaves at
-most one torn last line: readers skip it, writers cut it before appending. Finished files may be
+most one torn last line: readers skip it, writers cut it before appending; any other bad line is
+an error naming it. Finished files may be
 shipped gzipped (`<name>.jsonl.gz`); readers take either.
 """
 
@@ -21,19 +22,28 @@ def read_samples(path: Path | str) -> list[CostSample]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every complete JSON line of a file (none if it does not exist); stops at a torn line. A
-    `.gz` file (a shipped, finished sample file) is read through gzip."""
+    """Every complete JSON line of a file (none if it does not exist). A `.gz` file (a shipped,
+    finished sample file) is read through gzip. Only a torn last line is skipped (unparsable and
+    without its newline: what an interrupted writer leaves and truncate_torn_tail cuts); any
+    other bad line is a ValueError naming the file and line number, rather than a file silently
+    cut short there."""
     if not path.exists():
         return []
     text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    lines = text.splitlines()
     out = []
-    for line in text.splitlines():
+    for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
             out.append(json.loads(line))
-        except json.JSONDecodeError:
-            break  # torn tail of an interrupted run
+        except json.JSONDecodeError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                break  # torn tail of an interrupted run
+            raise ValueError(
+                f"{path}:{number}: not a JSON line ({err}); only a torn last line (an "
+                "interrupted writer's, no newline) is skipped: repair or remove the line"
+            ) from err
     return out
 
 

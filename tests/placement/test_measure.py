@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -179,3 +180,33 @@ def test_gloo_alltoall_measurement_and_calibration():
     tables = [TableSpec("a", 10, 8), TableSpec("b", 10, 64)]
     comm = M.measured_comm_costs(Placement((0, 1), 2), tables, 256, warmup=1, iters=3)
     assert len(comm) == 2 and all(c > 0 for c in comm)
+
+
+def test_a_bad_line_inside_a_sample_file_is_an_error_naming_it(tmp_path, tiny_pool):
+    from recsearch.placement.samples import read_jsonl
+
+    path = tmp_path / "s.jsonl"
+    path.write_text('{"a": 1}\n{"b": 2}\n{"c": ')  # a torn last line: skipped
+    assert read_jsonl(path) == [{"a": 1}, {"b": 2}]
+    path.write_text('{"a": 1}\n{"b": \n{"c": 3}\n')  # a bad line before good ones
+    with pytest.raises(ValueError, match=r"s\.jsonl:2: not a JSON line"):
+        read_jsonl(path)
+    path.write_text('{"a": 1}\n{"b": \n')  # unparsable but complete (newline): not torn
+    with pytest.raises(ValueError, match=r"s\.jsonl:2: not a JSON line"):
+        read_jsonl(path)
+    # a collection resumed on such a file stops before measuring (it would re-measure and
+    # append duplicates of the samples after the bad line)
+    cfg = M.CollectConfig(batch_size=64, warmup=0, iters=1, max_tables=3, row_cap=5000, seed=1)
+    with pytest.raises(ValueError, match=r"s\.jsonl:2"):
+        M.collect_samples(tiny_pool.tables, 2, path, cfg, progress=False)
+    assert path.read_text() == '{"a": 1}\n{"b": \n'
+
+
+def test_resume_refuses_another_row_cap(tmp_path, tiny_pool):
+    out = tmp_path / "s.jsonl"
+    cfg = M.CollectConfig(batch_size=64, warmup=0, iters=1, max_tables=3, row_cap=5000, seed=1)
+    assert M.collect_samples(tiny_pool.tables, 1, out, cfg, progress=False) == 1
+    for other in (1000, None):
+        with pytest.raises(ValueError, match=f"row_cap 5000 \\(now {other}\\)"):
+            M.collect_samples(tiny_pool.tables, 2, out, replace(cfg, row_cap=other), progress=False)
+    assert len(read_samples(out)) == 1
