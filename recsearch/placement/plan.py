@@ -32,9 +32,11 @@ sharders, constraints), ParameterConstraints, ParameterSharding's per-table opti
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -305,17 +307,16 @@ def enumerate_tables(
     its constraint's (TorchRec's ParameterConstraints by table name) intersected with its
     sharder's for device_type. A table left to choose (no sharding_types constraint) never gets
     data_parallel unless data_parallel is True (LearnedShardingPlanner(data_parallel=True)).
-    Pooling factors: stats (TableSpecs by name), else the constraint's pooling_factors, else 1."""
+    Pooling factors: stats (TableSpecs by name), else the constraint's pooling_factors, else 1.
+    Tables are keyed by (module path, name), as TorchRec plans them: one name may occur in several
+    modules (constraints and stats, by name, then apply to each); such tables are handed to the
+    placer as placement_name's "name@module/path" so that the pieces' names stay unique."""
     constraints = dict(constraints or {})
     by_name = {t.name: t for t in stats or ()}
     out: list[ShardableTable] = []
-    seen: set[str] = set()
     for path, (sub, sharder) in shardable_modules(module, sharders).items():
         configs = _configs_of(sub)
         for name, param in sharder.shardable_parameters(sub).items():
-            if name in seen:
-                raise PlacementError(f"table name {name!r} occurs twice (again in {path or '<root>'})")
-            seen.add(name)
             cfg = configs.get(name)
             constraint = constraints.get(name)
             known = by_name.get(name)
@@ -370,7 +371,26 @@ def enumerate_tables(
                     constraint=constraint,
                 )
             )
-    return out
+    counts = Counter(t.spec.name for t in out)
+    return [
+        t
+        if counts[t.spec.name] == 1
+        else dataclasses.replace(
+            t,
+            request=dataclasses.replace(
+                t.request,
+                table=dataclasses.replace(t.spec, name=placement_name(t.path, t.spec.name)),
+            ),
+        )
+        for t in out
+    ]
+
+
+def placement_name(path: str, name: str) -> str:
+    """The name a table whose name occurs in several modules has among the placer's pieces:
+    "name@module/path" (dots become slashes: the TorchRec placer makes the pieces an
+    EmbeddingBagCollection, whose table names may not hold dots)."""
+    return f"{name}@{path.replace('.', '/') or '<root>'}"
 
 
 def kernel_for(table: ShardableTable, sharding_type: str, device_type: str) -> str:
@@ -706,7 +726,7 @@ class LearnedShardingPlanner:
         # (TorchRec's data_parallel is dense only: a table whose constraint pins other kernels
         # stays table-wise rather than failing the plan in build_plan)
         replicable = {
-            t.spec.name: t.spec
+            t.request.table.name: t.request.table  # the spec the placer sees (names unique)
             for t in tables
             if ShardingKind.DATA_PARALLEL in t.request.sharding_types
             and (not t.kernels or DENSE in t.kernels)
@@ -726,9 +746,10 @@ class LearnedShardingPlanner:
             # ... and kept whole (table_wise) by this split: a column-wise piece, even one
             # as wide as its table, is never replicated (Split.ranks refuses it)
             self._replicable = {
-                t.spec.name: t.spec
+                t.request.table.name: t.request.table
                 for t, s in zip(tables, split.shardings)
-                if t.spec.name in replicable and s.sharding_type == ShardingKind.TABLE_WISE
+                if t.request.table.name in replicable
+                and s.sharding_type == ShardingKind.TABLE_WISE
             }
             free = CappedTopology.of(split.free_bytes, device)
             try:

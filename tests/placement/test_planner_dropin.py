@@ -329,3 +329,38 @@ def test_torchrec_placer_gives_torchrec_the_per_feature_pooling(monkeypatch):
     TorchRecPlacer(optimizer="sgd").place(tables, Topology(2, 1 << 30, "cpu"))
     assert seen["shared"].pooling_factors == [2.0, 2.0, 2.0]  # 6 lookups per sample in all
     assert seen["single"].pooling_factors == [2.0]
+
+
+@pytest.mark.parametrize("placer", ["size_greedy", "torchrec"])
+def test_one_table_name_in_two_modules_is_planned_per_module(placer):
+    class TwoTowers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.user = nn.Module()
+            self.user.ebc = EmbeddingBagCollection(
+                tables=[
+                    EmbeddingBagConfig(name="id", embedding_dim=8, num_embeddings=3000, feature_names=["u"]),
+                    EmbeddingBagConfig(name="age", embedding_dim=4, num_embeddings=100, feature_names=["a"]),
+                ],
+                device=torch.device("meta"),
+            )
+            self.item = EmbeddingBagCollection(
+                tables=[
+                    EmbeddingBagConfig(name="id", embedding_dim=16, num_embeddings=2000, feature_names=["i"]),
+                ],
+                device=torch.device("meta"),
+            )
+
+    planner = LearnedShardingPlanner(Topology(2, 1 << 30, "cpu"), placer=placer, debug=False)
+    plan = planner.plan(TwoTowers(), [EmbeddingBagCollectionSharder()])
+    got = plan_ranks(plan)
+    assert set(got) == {"user.ebc", "item"}
+    assert set(got["user.ebc"]) == {"id", "age"} and set(got["item"]) == {"id"}
+    assert plan.plan["user.ebc"]["id"].sharding_spec.shards[0].shard_sizes == [3000, 8]
+    assert plan.plan["item"]["id"].sharding_spec.shards[0].shard_sizes == [2000, 16]
+    # the placer saw the two "id" tables under unique names
+    names = {t.name: (t.num_rows, t.dim) for t in planner.last_tables}
+    assert names == {"id@user/ebc": (3000, 8), "age": (100, 4), "id@item": (2000, 16)}
+    placed = planner.last_placement.to_dict(planner.last_tables)
+    assert got["user.ebc"]["id"][1] == [placed["id@user/ebc"]]
+    assert got["item"]["id"][1] == [placed["id@item"]]
