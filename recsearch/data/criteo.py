@@ -53,6 +53,7 @@ from tqdm import tqdm
 
 from recsearch.cliargs import list_flag
 from recsearch.data import layout
+from recsearch.data.cpus import usable_cpus
 from recsearch.types import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 
 NUM_FIELDS = 1 + NUM_DENSE_FEATURES + NUM_SPARSE_FEATURES
@@ -86,7 +87,7 @@ class PreprocessOptions:
     vocab_threshold: int | None = None  # min occurrences for a value to get its own index
     vocab_from: Path | None = None  # dataset directory whose vocab_{t}.npy files map the ids
     skip_bad_rows: bool = False
-    workers: int | None = None  # processes; None: all cores
+    workers: int | None = None  # processes; None: the usable CPUs (recsearch.data.cpus.usable_cpus)
     chunk_bytes: int = 32 << 20  # input bytes per work item (memory per worker ~ 10x this)
     force: bool = False  # replace a dataset already in the output directory
     progress: bool = True  # tqdm bars (bytes) on stderr
@@ -253,7 +254,7 @@ def preprocess(
     _recover(target)
     _check_out_dir(out, target, options.force)
     work = _make_work_dir(target)
-    workers = options.workers or os.cpu_count() or 1
+    workers = options.workers or usable_cpus()
     created: list[Path] = []  # every file this run writes (in `work`)
     try:
         ranges = [_byte_ranges(p, options.chunk_bytes) for p in paths]
@@ -329,6 +330,7 @@ def preprocess(
 # concurrent run) are not touched.
 WORK_TAG = ".incomplete-"
 REPLACED_TAG = ".replaced-"
+STATS_FILE = "stats.json"  # `recsearch data stats`' usual output beside the dataset
 
 
 def _target(out: Path) -> Path:
@@ -379,6 +381,36 @@ def _make_work_dir(target: Path) -> Path:
     return work
 
 
+@dataclass(frozen=True)
+class OutputBuild:
+    """A dataset being built beside its output directory, to be swapped in whole (above); used by
+    `data synth` as by preprocess."""
+
+    out: Path  # the output directory as given
+    target: Path  # the directory that is swapped (out absolute, a symlink resolved)
+    work: Path  # `<target>.incomplete-<pid>`: every file is written here
+
+
+def begin_output(out_dir: Path | str, force: bool) -> OutputBuild:
+    """Finish or undo what killed runs left beside out_dir, refuse to replace a dataset without
+    force, and make the work folder."""
+    out = Path(out_dir)
+    target = _target(out)
+    _recover(target)
+    _check_out_dir(out, target, force)
+    return OutputBuild(out, target, _make_work_dir(target))
+
+
+def finish_output(build: OutputBuild, force: bool) -> None:
+    """Swap the finished work folder (meta.json written last) in for the output directory."""
+    _swap_in(build.work, build.out, build.target, force)
+
+
+def abandon_output(build: OutputBuild) -> None:
+    """Delete the work folder of a run that failed or was interrupted."""
+    shutil.rmtree(build.work, ignore_errors=True)
+
+
 def _swap_in(work: Path, out: Path, target: Path, force: bool) -> None:
     """Move the finished dataset in `work` to `target`, replacing what is there (see above)."""
     if not target.exists():
@@ -400,10 +432,25 @@ def _swap_in(work: Path, out: Path, target: Path, force: bool) -> None:
 
 
 def _carry_over(old: Path, target: Path) -> None:
-    """Move the files of the old output directory that are not dataset files into target."""
+    """Move the files of the old output directory that are not dataset files into target, except
+    a stats.json that records other data than target's (`data stats` stamps what it described):
+    it goes with the old dataset."""
     for entry in old.iterdir():
+        if entry.name == STATS_FILE and _stale_stats(entry, target):
+            print(f"recsearch data: {entry.name} described the replaced dataset (other rows or tables): "
+                  f"not kept; run `recsearch data stats {target} --out {target / STATS_FILE}` again",
+                  file=sys.stderr)
+            continue
         if not _is_dataset_file(entry.name) and not (target / entry.name).exists():
             os.rename(entry, target / entry.name)
+
+
+def _stale_stats(stats_path: Path, target: Path) -> bool:
+    try:
+        meta = layout.read_meta(target)
+    except (FileNotFoundError, ValueError):
+        return False
+    return layout.stats_describe_other_data(stats_path, meta)
 
 
 def _recover(target: Path) -> None:
@@ -421,7 +468,7 @@ def _recover(target: Path) -> None:
             elif not target.exists():
                 os.rename(leftover, target)
                 print(
-                    f"recsearch data preprocess: {target} was missing and {leftover.name} held "
+                    f"recsearch data: {target} was missing and {leftover.name} held "
                     "the dataset a killed run was replacing: moved it back",
                     file=sys.stderr,
                 )
@@ -620,6 +667,8 @@ def _apply_torchrec_dense(path: Path, file_min: int) -> None:
         header = fh.read(128)
         fh.seek(0)
         fh.write(header.replace(b"'<i4'", b"'<f4'"))
+        fh.flush()
+        os.fsync(fh.fileno())  # durable before the file is renamed into place: int32 bytes read as float32 otherwise
 
 
 # ---- the vocabulary pass -------------------------------------------------------------------------
@@ -917,14 +966,13 @@ def _validate(columns: list[pa.ChunkedArray], int32_dense: bool) -> _Checked:
     for j in range(NUM_DENSE_FEATURES):
         col = columns[1 + j]
         filled = pc.if_else(pc.equal(col, b""), b"0", col)
-        try:  # the fast path: one cast, which fails if any value is not an integer
-            dense[:, j] = pc.cast(filled, pa.int64()).to_numpy(zero_copy_only=False)
-        except pa.ArrowInvalid:
-            ok = pc.match_substring_regex(filled, INT_PATTERN).to_numpy(zero_copy_only=False)
+        # The rule decides, for every value: Arrow's cast alone also takes "0x10", "+5" and
+        # 19-digit values, so a chunk's verdict would depend on its other rows.
+        ok = pc.match_substring_regex(filled, INT_PATTERN).to_numpy(zero_copy_only=False)
+        if not ok.all():
             mark(~ok, 1 + j, "not an integer")
-            dense[:, j] = pc.cast(pc.if_else(pa.array(ok), filled, b"0"), pa.int64()).to_numpy(
-                zero_copy_only=False
-            )
+            filled = pc.if_else(pa.array(ok), filled, b"0")
+        dense[:, j] = pc.cast(filled, pa.int64()).to_numpy(zero_copy_only=False)
         if int32_dense:
             outside = (dense[:, j] < INT32_MIN) | (dense[:, j] > INT32_MAX)
             mark(
@@ -1049,7 +1097,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--skip-bad-rows", action="store_true", help="skip and count malformed rows"
     )
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: the CPUs this process may use: affinity and cgroup quota)")
     parser.add_argument(
         "--chunk-mb", type=float, default=32.0, help="input MiB per work item (default 32)"
     )

@@ -253,3 +253,22 @@ class NpyAppendWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# ---- statistics beside a dataset (recsearch data stats --out DIR/stats.json) ---------------------
+STATS_DATASET_KEY = "dataset_stamp"  # stats.json's record of the dataset it was computed from
+
+
+def dataset_stamp(meta: DatasetMeta) -> dict[str, object]:
+    """The facts of a dataset its statistics depend on (JSON values): rows per day and id ranges."""
+    return {"day_rows": list(meta.day_rows), "num_embeddings_per_feature": list(meta.num_embeddings_per_feature)}
+
+
+def stats_describe_other_data(stats_path: Path, meta: DatasetMeta) -> bool:
+    """Whether the stats.json at stats_path records a dataset other than meta's (False when it
+    records none: written before the stamp, or by hand)."""
+    try:
+        stamp = json.loads(stats_path.read_text()).get(STATS_DATASET_KEY)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return stamp is not None and stamp != dataset_stamp(meta)

@@ -7,8 +7,12 @@ the same for every batch of a given size, so they are built once.
 
 Sharding across ranks follows TorchRec's InMemoryBinaryCriteoIterDataPipe: global batch b goes to
 rank b % world_size. Every rank must yield the same number of batches (DMP's collectives would hang
-otherwise), so with several ranks only full rounds of full batches are used; TorchRec instead
-splits the last partial round into smaller, nearly equal batches (sizes may differ by one row).
+otherwise), so with several ranks only full rounds of full batches are used for training; TorchRec
+instead splits the last partial round into smaller, nearly equal batches (sizes may differ by one
+row). An evaluation must see every row exactly once: with `pad_last_round` the last round is
+completed instead, every rank's batch padded to the full batch size with copies of the split's
+first row (so the all-to-all shapes stay equal across ranks), and `real_rows(i)` says how many
+leading rows of local batch i are the split's own; the metrics take only those.
 
 Shuffling is "in blocks": the order of batch-sized blocks is permuted and the rows inside a block
 are permuted, deterministically from (seed, epoch); each batch is still a single slice + gather.
@@ -97,6 +101,7 @@ class NpyBatchLoader:
         copy_batches: bool = False,
         meta: layout.DatasetMeta | None = None,
         split_cache: SplitCache | None = None,
+        pad_last_round: bool = False,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -104,6 +109,8 @@ class NpyBatchLoader:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         if max_rows is not None and max_rows <= 0:
             raise ValueError(f"max_rows must be positive, got {max_rows}")
+        if pad_last_round and drop_last:
+            raise ValueError("pad_last_round (every row once) and drop_last exclude each other")
         self.root = Path(root)
         self.meta = meta if meta is not None else layout.read_meta(self.root)
         self.split = split
@@ -178,17 +185,31 @@ class NpyBatchLoader:
         self.values_dtype = torch.int32 if days[0].sparse.dtype == np.int32 else torch.int64
 
         full_batches = self.num_rows // batch_size
-        if world_size > 1:
+        all_batches = -(-self.num_rows // batch_size)
+        # Several ranks, every row: the last round is completed with padded (and empty) batches.
+        self._pad = pad_last_round and world_size > 1
+        if self._pad:
+            self._global_batches = -(-all_batches // world_size) * world_size
+        elif world_size > 1:
             self._global_batches = full_batches // world_size * world_size
         else:
-            self._global_batches = full_batches if drop_last else -(-self.num_rows // batch_size)
-        # Only two batch sizes ever occur: full batches and the split's partial tail.
-        self._kjt_shapes = {
-            rows: self._kjt_shape(rows) for rows in {batch_size, self.num_rows % batch_size} if rows
-        }
+            self._global_batches = full_batches if drop_last else all_batches
+        # Only two batch sizes ever occur: full batches and the split's partial tail (padded to a
+        # full batch with pad_last_round on several ranks).
+        tail_rows = 0 if self._pad else self.num_rows % batch_size
+        self._kjt_shapes = {rows: self._kjt_shape(rows) for rows in {batch_size, tail_rows} if rows}
 
     def __len__(self) -> int:
         return self._global_batches // self.world_size
+
+    def real_rows(self, local_batch: int, rank: int | None = None) -> int:
+        """How many leading rows of this rank's (or `rank`'s) local batch `local_batch` are rows of
+        the split; the rest is padding (pad_last_round). The same in every epoch: the only short
+        block stays last in any shuffle, and the padding batches come after it."""
+        if not 0 <= local_batch < len(self):
+            raise IndexError(f"local batch {local_batch} outside 0..{len(self) - 1}")
+        first_row = (local_batch * self.world_size + (self.rank if rank is None else rank)) * self.batch_size
+        return max(0, min(self.batch_size, self.num_rows - first_row))
 
     def set_epoch(self, epoch: int) -> None:
         """Select the shuffle order of the iterators made from now on."""
@@ -208,6 +229,8 @@ class NpyBatchLoader:
         epoch = self.epoch  # fixed now: a later set_epoch must not change this iterator's order
         block_order = self._block_order(epoch)
         local = range(start_batch, len(self))
+        # Padding batches (pad_last_round) are blocks past the split's end: all of their rows are padding.
+        block_order = np.append(block_order, np.arange(len(block_order), self._global_batches))
         blocks = [int(block_order[self.rank + i * self.world_size]) for i in local]
         batches = (self._make_batch(block, epoch) for block in blocks)
         if self.prefetch_batches == 0:
@@ -227,6 +250,8 @@ class NpyBatchLoader:
         """Row indices (int64) of this rank's batches of `epoch`, in order, concatenated: batch b
         of the epoch is rows [b * batch_size, (b + 1) * batch_size) of the result (the last one
         may be short). The same rows, in the same order, as iterating the loader."""
+        if self._pad:
+            raise ValueError("epoch_rows describes unpadded batches; this loader pads its last round")
         block_order = self._block_order(epoch)
         pieces = []
         for i in range(len(self)):
@@ -256,7 +281,9 @@ class NpyBatchLoader:
     def _make_batch(self, block: int, epoch: int) -> Batch:
         start = block * self.batch_size
         stop = min(start + self.batch_size, self.num_rows)
-        if self.shuffle:
+        if self._pad and stop - start < self.batch_size:
+            dense, sparse, labels = self._padded_rows(start, stop, epoch)
+        elif self.shuffle:
             order = self._row_order(block, epoch, stop - start)
             dense, sparse, labels = _gather_rows(self._days, start, stop, order)
         elif self._views:
@@ -274,6 +301,20 @@ class NpyBatchLoader:
             sparse_features=self._kjt(sparse),
             labels=self._to_tensor(labels.reshape(-1), torch.float32),  # BCEWithLogits takes floats
         )
+
+    def _padded_rows(self, start: int, stop: int, epoch: int) -> tuple[np.ndarray, ...]:
+        """Rows [start, stop) of the split (none for a padding batch), then copies of the split's
+        first row up to a full batch: fresh arrays."""
+        pad = self.batch_size - max(0, stop - start)
+        first = _slice_rows(self._days, 0, 1)
+        padding = [np.repeat(a, pad, axis=0) for a in first]
+        if stop <= start:
+            return tuple(padding)
+        if self.shuffle:
+            real = _gather_rows(self._days, start, stop, self._row_order(start // self.batch_size, epoch, stop - start))
+        else:
+            real = _slice_rows(self._days, start, stop, copy=False)
+        return tuple(np.concatenate([r, p]) for r, p in zip(real, padding, strict=True))
 
     def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype, pin_memory=self.pin_memory)
@@ -363,10 +404,12 @@ def read_split_arrays(
 def _open_split(
     root: Path, meta: layout.DatasetMeta, split: str, max_rows: int | None
 ) -> list[_DayArrays]:
-    """Memory maps of the split's row ranges, cut to its first max_rows rows; checks shapes."""
+    """Memory maps of the split's row ranges, cut to its first max_rows rows; checks shapes and
+    dtypes against meta (the layout's: dense float32, ids meta.sparse_dtype, labels int32)."""
     sparse_kind = "sparse" if meta.multi_hot_sizes is None else "sparse_multi_hot"
     sparse_width = sum(meta.multi_hot_sizes or (1,) * NUM_SPARSE_FEATURES)
     widths = {"dense": NUM_DENSE_FEATURES, sparse_kind: sparse_width, "labels": 1}
+    dtypes = {"dense": np.dtype(np.float32), sparse_kind: np.dtype(meta.sparse_dtype), "labels": np.dtype(np.int32)}
     days, first = [], 0
     for day, start, stop in layout.split_ranges(meta, split):
         if max_rows is not None:
@@ -383,6 +426,10 @@ def _open_split(
             if array.shape != expected and not (kind == "labels" and array.shape == expected[:1]):
                 raise ValueError(
                     f"{path}: shape {array.shape} does not match meta.json (expected {expected})"
+                )
+            if array.dtype != dtypes[kind]:
+                raise ValueError(
+                    f"{path}: dtype {array.dtype.name} does not match meta.json (expected {dtypes[kind].name})"
                 )
             arrays[kind] = array[start:stop]
         days.append(_DayArrays(first, arrays["dense"], arrays[sparse_kind], arrays["labels"]))

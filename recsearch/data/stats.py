@@ -215,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
             "batches": run.batches,
             "rows": run.rows,
             "embedding_dim": args.embedding_dim,
+            # what the statistics describe: `data preprocess --force` leaves a stats.json of other
+            # data behind with the replaced dataset instead of carrying it over
+            layout.STATS_DATASET_KEY: layout.dataset_stamp(meta),
         }
         save_stats(args.out, tables, info)
         print(f"wrote {args.out}")

@@ -33,7 +33,6 @@ import itertools
 import math
 import multiprocessing
 import os
-import re
 import sys
 import time
 from dataclasses import dataclass
@@ -43,7 +42,8 @@ import numpy as np
 from tqdm import tqdm
 
 from recsearch import config
-from recsearch.data import layout
+from recsearch.data import criteo, layout
+from recsearch.data.cpus import usable_cpus
 from recsearch.types import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 
 # Criteo Kaggle's per-feature cardinalities, as used by facebookresearch/dlrm and TorchRec examples.
@@ -68,7 +68,6 @@ DEFAULT_ROWS_PER_DAY = 100_000
 NUM_CROSS_TABLES = 3  # tables whose latent vectors meet the dense features in the planted model
 _LATENT_BITS = 16  # each latent value takes 16 bits of a 64-bit hash: 4 values per hash
 _LATENT_PER_HASH = 64 // _LATENT_BITS
-_DAY_FILE = re.compile(r"day_\d+_(dense|sparse|labels|sparse_multi_hot)\.npy")
 
 # splitmix64 (Steele, Lea, Flood 2014) constants: a cheap, well-mixed 64-bit integer hash.
 _GOLDEN_GAMMA = 0x9E3779B97F4A7C15
@@ -230,14 +229,29 @@ def generate(
 ) -> layout.DatasetMeta:
     """Write the dataset described by cfg to out_dir and return its metadata.
 
-    workers: processes (default os.cpu_count()); the output does not depend on it. Raises
-    FileExistsError when out_dir already holds a dataset, unless force (which deletes it first).
+    workers: processes (default: the usable CPUs, recsearch.data.cpus); the output does not
+    depend on it. Raises FileExistsError when out_dir already holds a dataset (meta.json, or day
+    files without it), unless force. The dataset is built in `<out_dir>.incomplete-<pid>` beside
+    out_dir and swapped in whole once meta.json is written there, as `data preprocess` does
+    (recsearch.data.criteo.begin_output): out_dir is always the old dataset or the new one.
     """
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     started = time.perf_counter()
-    out = Path(out_dir)
-    _clear_output_dir(out, force)
+    build = criteo.begin_output(out_dir, force)
+    try:
+        meta = _generate_into(build.work, cfg, workers, progress, started)
+        criteo.finish_output(build, force)
+    except BaseException:  # KeyboardInterrupt too: nothing half-built is left behind
+        criteo.abandon_output(build)
+        raise
+    return meta
+
+
+def _generate_into(
+    out: Path, cfg: SynthConfig, workers: int | None, progress: bool, started: float
+) -> layout.DatasetMeta:
+    """Write the whole dataset (npy files, then meta.json) into the empty folder `out`."""
     model = build_planted_model(cfg)
     meta = layout.DatasetMeta(
         source="synthetic",
@@ -250,22 +264,17 @@ def generate(
     shapes = _day_file_shapes(out, meta, sum(cfg.hotness))
     files = list(shapes)
     tasks = _chunk_tasks(meta, model, out)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
+    workers = max(1, min(workers or usable_cpus(), len(tasks)))
     ceiling = _CeilingAccumulator()
-    try:
-        for path, (dtype, shape) in shapes.items():
-            _allocate(path, dtype, shape)
-        bar = tqdm(total=meta.total_rows, unit="row", unit_scale=True, desc="synth",
-                   disable=not progress, file=sys.stderr)  # fmt: skip
-        with bar, contextlib.closing(_run_chunks(tasks, workers)) as summaries:
-            for summary in summaries:
-                ceiling.add(summary)
-                bar.update(sum(summary.rows))
-        _fsync_partials(files)
-    except BaseException:
-        for path in files:
-            layout.partial_path(path).unlink(missing_ok=True)
-        raise
+    for path, (dtype, shape) in shapes.items():
+        _allocate(path, dtype, shape)
+    bar = tqdm(total=meta.total_rows, unit="row", unit_scale=True, desc="synth",
+               disable=not progress, file=sys.stderr)  # fmt: skip
+    with bar, contextlib.closing(_run_chunks(tasks, workers)) as summaries:
+        for summary in summaries:
+            ceiling.add(summary)
+            bar.update(sum(summary.rows))
+    _fsync_partials(files)
     layout.commit_partials(files)
     elapsed_s = time.perf_counter() - started
     bayes, auc_error_bounds = ceiling.result()
@@ -287,7 +296,7 @@ def generate(
             "workers": workers,
         },
     )
-    layout.write_meta(out, meta)
+    layout.write_meta(out, meta)  # last: the work folder is now a complete dataset
     return meta
 
 
@@ -528,24 +537,6 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 # ---- chunked, parallel writing ------------------------------------------------------------------
-def _clear_output_dir(out: Path, force: bool) -> None:
-    """Refuse to overwrite a dataset (ours, or TorchRec's day files without meta.json) unless force.
-
-    Leftover `.partial` files of an interrupted run are not a dataset and are simply overwritten.
-    """
-    if not out.exists():
-        out.mkdir(parents=True)
-        return
-    meta_path = out / layout.META_FILE
-    day_files = [p for p in out.iterdir() if _DAY_FILE.fullmatch(p.name)]
-    if (meta_path.exists() or day_files) and not force:
-        what = "a finished dataset" if meta_path.exists() else f"{len(day_files)} day files"
-        raise FileExistsError(f"{out} already holds {what}; pass --force to replace it")
-    meta_path.unlink(missing_ok=True)  # first: from here on the directory is not a dataset
-    for path in day_files:
-        path.unlink()
-
-
 def _day_file_shapes(out: Path, meta: layout.DatasetMeta, multi_hot_width: int) -> dict:
     """Every npy file of the dataset: path -> (dtype, shape)."""
     files = {}
@@ -691,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True, help="output dataset directory")
     parser.add_argument("--config", help="YAML file of SynthConfig fields (configs/data/*.yaml)")
-    parser.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    parser.add_argument("--workers", type=int, default=None, help="processes (default: the CPUs this process may use: affinity and cgroup quota)")
     parser.add_argument("--force", action="store_true", help="replace a dataset already in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("overrides", nargs="*", help="key=value settings, e.g. rows_per_day=50000")

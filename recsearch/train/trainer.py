@@ -29,6 +29,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from recsearch import config, logs, remote
 from recsearch.data.dataset import dataset_meta
+from recsearch.data.layout import DatasetMeta
 from recsearch.data.loader import NpyBatchLoader
 from recsearch.data.split_cache import SplitCache
 from recsearch.model.dlrm import compile_dense_parts, dense_parameter_count, table_rows
@@ -91,16 +92,18 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
 
     def loader(
         split: str, shuffle: bool, max_rows: int | None, batch_size: int = hp.batch_size,
-        in_memory: bool | None = None,
+        in_memory: bool | None = None, every_row: bool = False,
     ) -> NpyBatchLoader:
-        key = (split, shuffle, max_rows, batch_size, in_memory)
+        """every_row: an evaluation's loader, each row of the split exactly once on any number of
+        ranks (the last round padded; NpyBatchLoader.real_rows says which rows count)."""
+        key = (split, shuffle, max_rows, batch_size, in_memory, every_row)
         if split != "train" and key in eval_loaders:
             return eval_loaders[key]
         made = NpyBatchLoader(
             cfg.data_dir, split, batch_size, rank=rank, world_size=world_size, shuffle=shuffle,
             seed=hp.seed, num_embeddings_per_feature=rows, max_rows=max_rows,
             prefetch_batches=cfg.prefetch_batches, pin_memory=device.type == "cuda", meta=meta,
-            in_memory=in_memory, split_cache=split_cache,
+            in_memory=in_memory, split_cache=split_cache, pad_last_round=every_row,
         )
         if split != "train":
             eval_loaders[key] = made
@@ -121,7 +124,8 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
     device_lock = DeviceLock(cfg.device_lock if world_size == 1 else None)
     try:  # the writer's thread is joined however the run ends
         # What the loop state's data position counts in: a resume with another order is refused.
-        data_order = {"hparams.batch_size": hp.batch_size, "hparams.seed": hp.seed, "train_rows": train_loader.num_rows}
+        data_order = {"hparams.batch_size": hp.batch_size, "hparams.seed": hp.seed, "train_rows": train_loader.num_rows,
+                      **dataset_identity(meta)}
         state = RunState()
         if cfg.resume_from is not None:
             restored = checkpoint.load(checkpoint.resolve(cfg.resume_from, out), engine.model, engine.optimizer, data_order)
@@ -201,7 +205,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
             due = cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0 and state.step < max_steps
             if due:
                 with device_lock.shared():
-                    val_metrics = evaluate(engine.model, loader("val", False, cfg.eval_rows), device)
+                    val_metrics = evaluate(engine.model, loader("val", False, cfg.eval_rows, every_row=True), device)
                 state.val_auc = val_metrics.auc
                 _log(rank, f"step {state.step}: val AUC {val_metrics.auc:.4f} log loss {val_metrics.log_loss:.4f}")
                 if writer:
@@ -226,7 +230,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
         if state.status != "diverged":
             for split in cfg.eval_splits:
                 with device_lock.shared():
-                    final[split] = evaluate(model, loader(split, False, cfg.eval_rows), device)
+                    final[split] = evaluate(model, loader(split, False, cfg.eval_rows, every_row=True), device)
                 if writer:
                     _write_eval(writer, split, final[split], state.step)
             if cfg.latency_batch_sizes:
@@ -258,15 +262,19 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
 
 
 def evaluate(model: torch.nn.Module, loader: NpyBatchLoader, device: torch.device) -> SplitMetrics:
-    """Metrics of the model on a split (every rank takes part: the model's forward is collective)."""
+    """Metrics of the model on a split (every rank takes part: the model's forward is collective).
+    Only each batch's real rows count (`loader.real_rows`): with a loader that pads its last round
+    (pad_last_round) every row of the split is scored exactly once, whatever the batch size and
+    the number of ranks."""
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(device)
     with torch.no_grad():
-        for batch in loader:
+        for local_batch, batch in enumerate(loader):
+            real_rows = loader.real_rows(local_batch)
             batch = batch.to(device, non_blocking=True)
             _, (_, logits, labels) = model(batch)
-            acc.update(logits, labels)
+            acc.update(logits.reshape(-1)[:real_rows], labels.reshape(-1)[:real_rows])
     model.train(was_training)
     return acc.compute()
 
@@ -363,6 +371,20 @@ def _latency_reference_model(cfg: TrainConfig, rows: list[int], device: torch.de
 
 
 # ---- pieces ------------------------------------------------------------------------------------
+def dataset_identity(meta: DatasetMeta) -> dict[str, object]:
+    """What says which data a checkpoint was trained on (data_order keys, JSON values): the rows
+    of each day, the tables' id ranges, the dense transform and the categorical mapping. Not the
+    timing or path facts of meta.extra: the same data preprocessed again is the same data."""
+    return {
+        "data.day_rows": list(meta.day_rows),
+        "data.num_embeddings_per_feature": list(meta.num_embeddings_per_feature),
+        "data.multi_hot_sizes": list(meta.multi_hot_sizes) if meta.multi_hot_sizes is not None else None,
+        "data.dense_transform": meta.dense_transform,
+        "data.categorical": meta.extra.get("categorical"),
+        "data.hash": meta.extra.get("hash"),
+    }
+
+
 def _resumed_status(state: RunState, auc_threshold: float | None) -> str:
     """The status a resumed run continues in: `early_stopped` when its checkpoint was written after
     a periodic evaluation that reached this run's auc_threshold (the run ends with the final

@@ -193,6 +193,11 @@ def _edit(index, value):
         (7, _edit(20, "zz12ab34"), "field C7: not a hex id of at most 8 digits, got 'zz12ab34'"),
         (8, _edit(14, "123456789"), "field C1: not a hex id of at most 8 digits, got '123456789'"),
         (9, _edit(3, "4.5"), "field I3: not an integer, got '4.5'"),
+        # Arrow's int64 cast takes these; the rule -?[0-9]{1,18} does not, whatever the other rows of
+        # the chunk are (every other row here is valid, so the cast alone would not fail).
+        (10, _edit(2, "0x10"), "field I2: not an integer, got '0x10'"),
+        (12, _edit(4, "1234567890123456789"), "field I4: not an integer, got '1234567890123456789'"),
+        (13, _edit(6, "+5"), "field I6: not an integer, got '+5'"),
         (2, _edit(0, "2"), "field label: label must be 0 or 1, got '2'"),
         (3, _edit(0, ""), "field label: label must be 0 or 1, got ''"),
         (11, lambda f: [""], "empty line (expected 40 tab-separated fields)"),
@@ -408,3 +413,30 @@ def test_terabyte_days_and_cli(sample, tmp_path, capsys):
     assert criteo.main(skip) == 0
     printed = capsys.readouterr().out
     assert "skipped 1 malformed rows" in printed and "bad.txt, line 41: field I3" in printed
+
+
+def test_force_keeps_stats_json_only_when_it_describes_the_new_dataset(sample, tmp_path, capsys):
+    """`data stats` stamps stats.json with the rows and id ranges it describes; a --force replacement
+    carries it over only when the new dataset has the same, and says so when it leaves it behind."""
+    from recsearch.data import stats
+    from recsearch.tables import load_tables
+
+    out = tmp_path / "out"
+    preprocess([sample], out, PreprocessOptions(hash_size=(1000,), **QUIET))
+    assert stats.main([str(out), "--out", str(out / "stats.json"), "--batch-size", "16", "--max-batches", "1"]) == 0
+    stamp = json.loads((out / "stats.json").read_text())[layout.STATS_DATASET_KEY]
+    assert stamp == {"day_rows": [15, 15, 14, 14, 14, 14, 14], "num_embeddings_per_feature": [1000] * 26}
+    assert len(load_tables(out / "stats.json")) == 26  # the stamp does not disturb the table readers
+    before = (out / "stats.json").read_bytes()
+
+    preprocess([sample], out, PreprocessOptions(hash_size=(1000,), force=True, **QUIET))  # the same data
+    assert (out / "stats.json").read_bytes() == before
+    capsys.readouterr()
+    preprocess([sample], out, PreprocessOptions(hash_size=(1000,), days=3, force=True, **QUIET))
+    assert not (out / "stats.json").exists()
+    assert "stats.json described the replaced dataset" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "train.txt"]  # nothing left beside it
+
+    (out / "stats.json").write_text('{"tables": []}\n')  # no stamp (older, or by hand): kept as before
+    preprocess([sample], out, PreprocessOptions(force=True, **QUIET))
+    assert (out / "stats.json").read_text() == '{"tables": []}\n'

@@ -1,3 +1,4 @@
+import dataclasses
 import gc
 import threading
 import time
@@ -181,6 +182,7 @@ def test_int64_ids_stay_int64(tmp_path):
     for day in (0, 1):
         path = layout.day_file(tmp_path, day, "sparse")
         np.save(path, np.load(path).astype(np.int64) + 2**40)  # raw ids beyond int32
+    layout.write_meta(tmp_path, dataclasses.replace(layout.read_meta(tmp_path), sparse_dtype="int64"))
     batch = next(iter(NpyBatchLoader(tmp_path, "train", 4, num_embeddings_per_feature=HASH)))
     values = batch.sparse_features.values()
     sparse = np.load(layout.day_file(tmp_path, 0, "sparse"))
@@ -397,3 +399,60 @@ def test_close_returns_only_after_the_producer_thread_has_exited(tiny_dataset):
     assert producers and all(t.is_alive() for t in producers)
     it.close()
     assert not any(t.is_alive() for t in producers)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.parametrize(("split", "batch_size", "world_size"), [("train", 8, 2), ("train", 16, 3), ("val", 8, 2), ("val", 64, 2)])
+def test_pad_last_round_gives_every_row_once_in_full_batches(tiny_dataset, in_memory, split, batch_size, world_size):
+    """Evaluation's rule: every rank yields as many full batches; their real rows (real_rows) are
+    each row of the split exactly once; the padding is copies of the split's first row."""
+    split_rows = {"train": 90, "val": 15}[split]
+    first_row = {"train": 0, "val": 90}[split]
+    loaders = [
+        NpyBatchLoader(tiny_dataset, split, batch_size, rank=r, world_size=world_size, in_memory=in_memory,
+                       num_embeddings_per_feature=HASH, pad_last_round=True)
+        for r in range(world_size)
+    ]
+    rounds = -(-(-(-split_rows // batch_size)) // world_size)  # ceil(ceil(rows / batch) / ranks)
+    assert [len(loader) for loader in loaders] == [rounds] * world_size
+    real, padding = [], []
+    for loader in loaders:
+        for i, batch in enumerate(loader):
+            assert batch.labels.numel() == batch_size and batch.sparse_features.stride() == batch_size
+            rows = _rows(batch)
+            real += rows[: loader.real_rows(i)]
+            padding += rows[loader.real_rows(i):]
+    assert sorted(real) == list(range(first_row, first_row + split_rows))
+    assert len(padding) == rounds * world_size * batch_size - split_rows and set(padding) <= {first_row}
+    # the loader without padding drops rows on several ranks (the training rule)
+    plain = [NpyBatchLoader(tiny_dataset, split, batch_size, rank=r, world_size=world_size) for r in range(world_size)]
+    assert sum(len(_all_rows(loader)) for loader in plain) < split_rows
+
+
+def test_pad_last_round_on_one_rank_is_the_plain_order(tiny_dataset):
+    padded = NpyBatchLoader(tiny_dataset, "train", 16, pad_last_round=True)
+    assert [_rows(b) for b in padded] == [_rows(b) for b in NpyBatchLoader(tiny_dataset, "train", 16)]
+    assert [padded.real_rows(i) for i in range(len(padded))] == [16] * 5 + [10]
+    with pytest.raises(IndexError, match="local batch 6 outside 0..5"):
+        padded.real_rows(6)
+    with pytest.raises(ValueError, match="exclude each other"):
+        NpyBatchLoader(tiny_dataset, "train", 16, pad_last_round=True, drop_last=True)
+
+
+def test_shuffled_padded_rounds_keep_every_row_once(tiny_dataset):
+    rows = []
+    for r in range(2):
+        loader = NpyBatchLoader(tiny_dataset, "train", 16, rank=r, world_size=2, shuffle=True, seed=5,
+                                pad_last_round=True)
+        rows += [row for i, b in enumerate(loader) for row in _rows(b)[: loader.real_rows(i)]]
+    assert sorted(rows) == list(range(90))
+
+
+@pytest.mark.parametrize(("kind", "wrong"), [("dense", np.float64), ("labels", np.float32), ("sparse", np.int64)])
+def test_a_day_file_of_another_dtype_than_meta_is_refused(tiny_dataset, kind, wrong):
+    path = layout.day_file(tiny_dataset, 2, kind)
+    np.save(path, np.load(path).astype(wrong))
+    expected = {"dense": "float32", "labels": "int32", "sparse": "int32"}[kind]
+    with pytest.raises(ValueError, match=rf"{path.name}: dtype {np.dtype(wrong).name} does not match meta.json "
+                                         rf"\(expected {expected}\)"):
+        NpyBatchLoader(tiny_dataset, "val", 8)

@@ -1,5 +1,6 @@
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -181,7 +182,7 @@ def test_existing_dataset_needs_force_and_force_replaces_it(tmp_path):
     with pytest.raises(FileExistsError, match="--force"):
         synthetic.generate(SynthConfig(**SMALL), tmp_path, workers=1, progress=False)
     (tmp_path / "meta.json").unlink()  # day files without meta.json (like TorchRec's): kept too
-    with pytest.raises(FileExistsError, match="9 day files"):
+    with pytest.raises(FileExistsError, match="dataset files without meta.json"):
         synthetic.generate(SynthConfig(**SMALL), tmp_path, workers=1, progress=False)
     meta = synthetic.generate(
         SynthConfig(**{**SMALL, "num_days": 2}), tmp_path, workers=1, force=True, progress=False
@@ -190,29 +191,64 @@ def test_existing_dataset_needs_force_and_force_replaces_it(tmp_path):
     assert layout.read_meta(tmp_path).day_rows == (6000, 6000)
 
 
+def _work_folder(out):
+    return out.with_name(f"{out.name}.incomplete-{os.getpid()}")
+
+
 def test_interrupted_run_never_looks_finished(tmp_path, monkeypatch):
+    out = tmp_path / "data"
     run_chunk = synthetic._run_chunk
-    seen_mid_run = []
+    seen_mid_run = {}
 
     def crash_on_third_chunk(task):
         if task.index == 2:
-            seen_mid_run.extend(sorted(p.name for p in tmp_path.iterdir()))
+            seen_mid_run["out"] = out.exists() and sorted(p.name for p in out.iterdir())
+            seen_mid_run["work"] = sorted(p.name for p in _work_folder(out).iterdir())
             raise RuntimeError("disk full")
         return run_chunk(task)
 
     monkeypatch.setattr(synthetic, "_run_chunk", crash_on_third_chunk)
     with pytest.raises(RuntimeError, match="disk full"):
-        synthetic.generate(SynthConfig(**SMALL), tmp_path, workers=1, progress=False)
-    assert seen_mid_run and all(name.endswith(".npy.partial") for name in seen_mid_run)
-    assert list(tmp_path.iterdir()) == []  # partial files removed, nothing committed
-    with pytest.raises(FileNotFoundError, match="meta.json"):
-        layout.read_meta(tmp_path)
+        synthetic.generate(SynthConfig(**SMALL), out, workers=1, progress=False)
+    # built beside the output directory, as .partial files; nothing of it in the output directory
+    assert not seen_mid_run["out"]
+    assert seen_mid_run["work"] and all(name.endswith(".npy.partial") for name in seen_mid_run["work"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # the work folder is removed
     # leftovers of a killed run (no meta.json, only .partial files) do not block a new run
-    layout.partial_path(layout.day_file(tmp_path, 0, "dense")).write_bytes(b"torn")
+    out.mkdir()
+    layout.partial_path(layout.day_file(out, 0, "dense")).write_bytes(b"torn")
     monkeypatch.setattr(synthetic, "_run_chunk", run_chunk)
-    meta = synthetic.generate(SynthConfig(**SMALL), tmp_path, workers=1, progress=False)
+    meta = synthetic.generate(SynthConfig(**SMALL), out, workers=1, progress=False)
     assert meta.num_days == 3
-    assert not list(tmp_path.glob("*.partial"))
+    assert not list(out.glob("*.partial")) and sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+@pytest.mark.parametrize("failing", ["chunk", "meta"])
+def test_force_keeps_the_old_dataset_whole_until_the_new_one_is_complete(tmp_path, monkeypatch, failing):
+    """A run replacing a dataset that fails while generating, or just before meta.json (where the
+    day files were once committed into the output directory without it), leaves the old dataset
+    byte for byte; the user's other files stay with whichever dataset is there."""
+    out = tmp_path / "data"
+    synthetic.generate(SynthConfig(**SMALL), out, workers=1, progress=False)
+    (out / "notes.txt").write_text("mine\n")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("killed")
+
+    if failing == "chunk":
+        monkeypatch.setattr(synthetic, "_run_chunk", fail)
+    else:  # the day files are committed (in the work folder), meta.json is not written
+        monkeypatch.setattr(layout, "write_meta", fail)
+    with pytest.raises(RuntimeError, match="killed"):
+        synthetic.generate(SynthConfig(**{**SMALL, "num_days": 2}), out, workers=1, force=True, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    monkeypatch.undo()
+    meta = synthetic.generate(SynthConfig(**{**SMALL, "num_days": 2}), out, workers=1, force=True, progress=False)
+    assert layout.read_meta(out).day_rows == meta.day_rows == (6000, 6000)
+    assert not layout.day_file(out, 2, "dense").exists() and (out / "notes.txt").read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def test_config_errors_name_the_key(tmp_path):

@@ -2,13 +2,16 @@
 iteration counter and the data order are saved and checked; an evaluation runs before the
 checkpoint of its step."""
 
+import dataclasses
 import json
 import shutil
 
 import pytest
 import torch
 
+from recsearch.data import layout
 from recsearch.train import checkpoint, trainer
+from tests.train.conftest import DAY_ROWS
 from tests.train.engines import engine_and_loader, small_config, train_steps
 from tests.train.test_trainer import TRAIN_ROWS, BATCH, _write_config
 
@@ -152,6 +155,57 @@ def test_a_checkpoint_without_the_saved_extras_still_resumes(tmp_path, learnable
     (path / checkpoint.MANIFEST_FILE).write_text(json.dumps(manifest))
     code, resumed = _run(tmp_path, learnable_data, out, "max_steps=8", "resume_from=latest", "hparams.batch_size=128")
     assert code == 0 and resumed["steps"] == 8  # nothing recorded to compare the batch size with
+
+
+def _copy_with_meta(data, to, **changes):
+    """The dataset's files under `to`, its meta.json with `changes` (the same rows, other facts)."""
+    shutil.copytree(data, to)
+    meta = layout.read_meta(to)
+    layout.write_meta(to, dataclasses.replace(meta, **changes))
+    return to
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"dense_transform": "torchrec"}, "data.dense_transform='log1p' there, 'torchrec' here"),
+        ({"num_embeddings_per_feature": (21,) * 26}, "data.num_embeddings_per_feature=[20, 20,"),
+        ({"extra": {"categorical": "hash"}}, "data.categorical=None there, 'hash' here"),
+    ],
+)
+def test_a_resume_on_other_data_is_refused_naming_what_changed(tmp_path, learnable_data, capsys, changes, message):
+    out = tmp_path / "run"
+    code, _ = _run(tmp_path, learnable_data, out, "max_steps=4", "checkpoint_every_steps=4")
+    assert code == 0
+    saved = json.loads((checkpoint.resolve("latest", out) / checkpoint.LOOP_STATE_FILE).read_text())
+    assert saved[checkpoint.SAVED_BY_CHECKPOINT]["data_order"]["data.day_rows"] == list(DAY_ROWS)
+    other = _copy_with_meta(learnable_data, tmp_path / "other", **changes)
+    code, result = _run(tmp_path, other, out, "max_steps=8", "resume_from=latest")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "was saved with another data order (" in err and message in err and result["status"] == "failed"
+    # the same data in another directory (or preprocessed again: timings differ) resumes
+    same = _copy_with_meta(learnable_data, tmp_path / "same", extra={"preprocess_s": 1.5})
+    code, resumed = _run(tmp_path, same, out, "max_steps=8", "resume_from=latest")
+    assert code == 0 and resumed["steps"] == 8
+
+
+def test_a_checkpoint_from_before_the_data_was_recorded_still_resumes_on_other_data(tmp_path, learnable_data):
+    out = tmp_path / "run"
+    code, _ = _run(tmp_path, learnable_data, out, "max_steps=4", "checkpoint_every_steps=4")
+    assert code == 0
+    path = checkpoint.resolve("latest", out)
+    state_file = path / checkpoint.LOOP_STATE_FILE
+    old = json.loads(state_file.read_text())
+    order = old[checkpoint.SAVED_BY_CHECKPOINT]["data_order"]
+    old[checkpoint.SAVED_BY_CHECKPOINT]["data_order"] = {k: v for k, v in order.items() if not k.startswith("data.")}
+    state_file.write_text(json.dumps(old) + "\n")
+    manifest = json.loads((path / checkpoint.MANIFEST_FILE).read_text())
+    manifest["files"][checkpoint.LOOP_STATE_FILE] = checkpoint._digest(state_file)  # as an older save wrote it
+    (path / checkpoint.MANIFEST_FILE).write_text(json.dumps(manifest))
+    other = _copy_with_meta(learnable_data, tmp_path / "other", dense_transform="torchrec")
+    code, resumed = _run(tmp_path, other, out, "max_steps=8", "resume_from=latest")
+    assert code == 0 and resumed["steps"] == 8
 
 
 # ---- the evaluation of a step runs before its checkpoint -------------------------------------------
