@@ -57,8 +57,10 @@ from recsearch.types import TableSpec, Topology
 TIE_BREAK = 1e-3  # weight of the mean device time beside the step estimate
 PAIR_CHUNK = 4096  # exchanges scored at once (bounds the arrays of one scoring pass)
 # candidate evaluations (moves and exchanges scored) one refine may spend: what bounds it, the
-# same on every call (about 1 s on a 2-core CPU for 504 tables x 64 devices, where it binds)
-MAX_EVALUATIONS = 100_000
+# same on every call (about 0.5 s on a 2-core CPU for 504 tables x 64 devices, where it binds;
+# 100,000 took 1 s there, estimated no better on the held-out tasks, and data_parallel=True on 8
+# devices, which refines twice, to 2.7 s)
+MAX_EVALUATIONS = 40_000
 # wall-clock safety net only (a warning when it binds: the result may then differ between calls)
 SAFETY_SECONDS = 10.0
 

@@ -36,7 +36,7 @@ PLACERS = (*BASELINES, *TORCHREC_PLACERS, "learned")
 TRAIN_PLACERS = tuple(p for p in PLACERS if p != "torchrec_dp")
 # the planner's default placer refines its best-of placement within refine.MAX_EVALUATIONS
 # candidate evaluations (deterministic: the same plan on every call); this many seconds are only
-# its safety net (a warning when they bind), 10x what the budget takes on 504 tables x 64 ranks
+# its safety net (a warning when they bind), about 20x what the budget takes on 504 tables x 64 ranks
 REFINE_SECONDS = 10.0
 # the fast placer that screens the replication sets for the learned stack (checked_and_refined
 # with replicate): one placer for every table and for every set's rest, so the estimates differ

@@ -39,6 +39,7 @@ from recsearch.train.dispatch import OpCounter
 from recsearch.train.engine import TrainEngine, make_engine
 from recsearch.train.latency import SERVING_SETUP, DeviceLock, measure_interleaved
 from recsearch.train.latency import graphed as latency_graphed
+from recsearch.train.memory_fit import memory_room, tables_memory_problem
 from recsearch.train.metrics import MetricAccumulator
 from recsearch.train.optim import embedding_optimizer
 from recsearch.train.schedule import LRSchedule
@@ -87,6 +88,12 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
 
     meta = dataset_meta(cfg.data_dir, cfg.num_embeddings_per_feature)
     rows = table_rows(meta.num_embeddings_per_feature, cfg.max_rows_per_table)
+    # before anything is allocated: tables that cannot fit (raw 32-bit ids, no cap) are refused
+    # here, not killed by the OOM killer while FBGEMM initialises them (memory_fit module doc)
+    too_big = tables_memory_problem(rows, cfg.arch.embedding_dim, cfg.embedding_precision, hp.embedding_optimizer,
+                                    memory_room(device, world_size, cfg.device_memory_fraction))
+    if too_big:
+        raise ValueError(too_big)
 
     eval_loaders: dict[tuple, NpyBatchLoader] = {}  # built once: an in-memory split is read once
 

@@ -314,3 +314,23 @@ def test_a_mistyped_plan_fails_before_any_data_is_read(tmp_path, capsys):
     assert message in err and "size_greedy" in err and "learned" in err and "no placement file exists there" in err
     result = _result(tmp_path)  # not the missing data: the plan is checked first
     assert result["status"] == "failed" and message in result["error"] and "no_such_data" not in result["error"]
+
+
+def test_tables_too_big_for_the_machine_fail_before_anything_is_allocated(tmp_path, capsys):
+    """A dataset of raw 32-bit ids without a row cap: 26 tables of 4.3e9 rows (over 3 TiB at dim
+    8) is refused before the model is built, naming the sizes and a cap that fits; with that cap
+    the same data trains."""
+    from tests.conftest import write_dataset
+
+    data = tmp_path / "raw"
+    write_dataset(data, num_embeddings=429_496_729)  # meta: 4,294,967,290 rows per table
+    cfg = _write_config(tmp_path, data)
+    assert trainer.main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "the 26 embedding tables need" in err and "4,294,967,290 rows" in err and "--hash-size" in err
+    result = _result(tmp_path)
+    assert result["status"] == "failed" and "embedding tables need" in result["error"]
+    cap = int(err.split("max_rows_per_table=")[1].split()[0])
+    assert 1_000_000 <= cap < 4_294_967_290
+    capped = _write_config(tmp_path, data, max_rows_per_table=1000, max_steps=2, latency_batch_sizes=[])
+    assert trainer.main(["--config", str(capped)]) == 0
