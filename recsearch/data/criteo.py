@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import contextlib
 import glob
 import io
@@ -794,17 +795,24 @@ def _run(tasks: list[ChunkTask], workers: int, desc: str, progress: bool) -> Ite
         ctx = multiprocessing.get_context("forkserver" if sys.platform == "linux" else "spawn")
         if sys.platform == "linux":
             ctx.set_forkserver_preload([__name__])
-        with ctx.Pool(min(workers, len(tasks))) as pool:  # __exit__ terminates the workers
+        # An executor, not multiprocessing.Pool: a worker that dies is a BrokenProcessPool here
+        # (a Pool's result would never come), and leaving early (a bad row, Ctrl-C) cancels what
+        # has not started and waits for the at most workers + 1 chunks in flight, instead of
+        # Pool.terminate's SIGTERM to workers mid-task (a rare hang in the suite, 2026-12-05).
+        pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx)
+        try:
             todo = iter(tasks)
             in_flight = collections.deque(
-                pool.apply_async(_process_chunk, (task,)) for task in _take(todo, workers + 1)
+                pool.submit(_process_chunk, task) for task in _take(todo, workers + 1)
             )
             while in_flight:
-                result = in_flight.popleft().get()
+                result = in_flight.popleft().result()
                 for task in _take(todo, 1):
-                    in_flight.append(pool.apply_async(_process_chunk, (task,)))
+                    in_flight.append(pool.submit(_process_chunk, task))
                 bar.update(result.nbytes)
                 yield result
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
 
