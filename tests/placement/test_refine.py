@@ -119,15 +119,9 @@ def test_the_result_is_judged_by_the_net_itself():
 def test_the_exchange_search_keeps_the_time_limit(cpu_cost_net):
     """1,200 tables on 4 devices: one full exchange search scores ~1M pairs (seconds); refine
     stops it at its deadline and still returns a valid placement the net rates no worse."""
-    import numpy as np
-
     from recsearch.types import Topology
 
-    rng = np.random.default_rng(0)
-    tables = [
-        TableSpec(f"t{i}", int(10 ** rng.uniform(3, 5)), int(rng.choice([16, 32, 64])), float(rng.choice([1, 5])))
-        for i in range(1200)
-    ]
+    tables = _random_tables(1200, seed=0)
     topology = Topology(4, 1 << 40)
     start = make_baseline("dim_greedy").place(tables, topology)
     out, report = refine(tables, topology, start, cpu_cost_net, max_seconds=0.05)
@@ -139,15 +133,9 @@ def test_the_exchange_search_keeps_the_time_limit(cpu_cost_net):
 def test_refine_is_bounded_by_a_deterministic_budget(cpu_cost_net):
     """The evaluation budget, not the clock, stops a long search: two calls on the same input
     give the same placement (ranks planning on their own must agree), a larger budget goes on."""
-    import numpy as np
-
     from recsearch.types import Topology
 
-    rng = np.random.default_rng(1)
-    tables = [
-        TableSpec(f"t{i}", int(10 ** rng.uniform(3, 5)), int(rng.choice([16, 32, 64])), float(rng.choice([1, 5])))
-        for i in range(300)
-    ]
+    tables = _random_tables(300, seed=1)
     topology = Topology(8, 1 << 40)
     start = make_baseline("round_robin").place(tables, topology)
     first, a = refine(tables, topology, start, cpu_cost_net, max_evaluations=3_000)
@@ -156,3 +144,14 @@ def test_refine_is_bounded_by_a_deterministic_budget(cpu_cost_net):
     assert first.ranks == second.ranks and (a.moves, a.evaluations) == (b.moves, b.evaluations)
     longer, c = refine(tables, topology, start, cpu_cost_net, max_evaluations=30_000)
     assert c.moves > a.moves and c.end_ms <= a.end_ms
+
+
+def _random_tables(count: int, seed: int) -> list[TableSpec]:
+    """count tables of 1e3-1e5 rows, dims 16/32/64, pooling 1 or 5."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    return [
+        TableSpec(f"t{i}", int(10 ** rng.uniform(3, 5)), int(rng.choice([16, 32, 64])), float(rng.choice([1, 5])))
+        for i in range(count)
+    ]

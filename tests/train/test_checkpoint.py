@@ -143,18 +143,24 @@ def test_a_checkpoint_without_the_saved_extras_still_resumes(tmp_path, learnable
     """Checkpoints written before the data order and the iteration counter were saved load as
     before (not checked; the counter is set from the step)."""
     out = tmp_path / "run"
-    code, _ = _run(tmp_path, learnable_data, out, "max_steps=4", "checkpoint_every_steps=4")
+    _checkpoint_as_an_older_save_wrote_it(tmp_path, learnable_data, out, lambda old: old.pop(checkpoint.SAVED_BY_CHECKPOINT))
+    code, resumed = _run(tmp_path, learnable_data, out, "max_steps=8", "resume_from=latest", "hparams.batch_size=128")
+    assert code == 0 and resumed["steps"] == 8  # nothing recorded to compare the batch size with
+
+
+def _checkpoint_as_an_older_save_wrote_it(tmp_path, data, out, edit) -> None:
+    """Train 4 steps to a checkpoint in `out`, then rewrite its loop state with `edit` (what an
+    older version did not save) and the manifest's digest of it, as that version wrote them."""
+    code, _ = _run(tmp_path, data, out, "max_steps=4", "checkpoint_every_steps=4")
     assert code == 0
     path = checkpoint.resolve("latest", out)
     state_file = path / checkpoint.LOOP_STATE_FILE
     old = json.loads(state_file.read_text())
-    del old[checkpoint.SAVED_BY_CHECKPOINT]
+    edit(old)
     state_file.write_text(json.dumps(old) + "\n")
     manifest = json.loads((path / checkpoint.MANIFEST_FILE).read_text())
-    manifest["files"][checkpoint.LOOP_STATE_FILE] = checkpoint._digest(state_file)  # as an old save wrote it
+    manifest["files"][checkpoint.LOOP_STATE_FILE] = checkpoint._digest(state_file)
     (path / checkpoint.MANIFEST_FILE).write_text(json.dumps(manifest))
-    code, resumed = _run(tmp_path, learnable_data, out, "max_steps=8", "resume_from=latest", "hparams.batch_size=128")
-    assert code == 0 and resumed["steps"] == 8  # nothing recorded to compare the batch size with
 
 
 def _copy_with_meta(data, to, **changes):
@@ -192,17 +198,12 @@ def test_a_resume_on_other_data_is_refused_naming_what_changed(tmp_path, learnab
 
 def test_a_checkpoint_from_before_the_data_was_recorded_still_resumes_on_other_data(tmp_path, learnable_data):
     out = tmp_path / "run"
-    code, _ = _run(tmp_path, learnable_data, out, "max_steps=4", "checkpoint_every_steps=4")
-    assert code == 0
-    path = checkpoint.resolve("latest", out)
-    state_file = path / checkpoint.LOOP_STATE_FILE
-    old = json.loads(state_file.read_text())
-    order = old[checkpoint.SAVED_BY_CHECKPOINT]["data_order"]
-    old[checkpoint.SAVED_BY_CHECKPOINT]["data_order"] = {k: v for k, v in order.items() if not k.startswith("data.")}
-    state_file.write_text(json.dumps(old) + "\n")
-    manifest = json.loads((path / checkpoint.MANIFEST_FILE).read_text())
-    manifest["files"][checkpoint.LOOP_STATE_FILE] = checkpoint._digest(state_file)  # as an older save wrote it
-    (path / checkpoint.MANIFEST_FILE).write_text(json.dumps(manifest))
+
+    def drop_the_data_facts(old: dict) -> None:
+        saved = old[checkpoint.SAVED_BY_CHECKPOINT]
+        saved["data_order"] = {k: v for k, v in saved["data_order"].items() if not k.startswith("data.")}
+
+    _checkpoint_as_an_older_save_wrote_it(tmp_path, learnable_data, out, drop_the_data_facts)
     other = _copy_with_meta(learnable_data, tmp_path / "other", dense_transform="torchrec")
     code, resumed = _run(tmp_path, other, out, "max_steps=8", "resume_from=latest")
     assert code == 0 and resumed["steps"] == 8
