@@ -35,12 +35,14 @@ class MemoryRoom:
 
 
 def memory_room(device: torch.device, world_size: int, memory_fraction: float | None = None) -> MemoryRoom:
-    """Free memory for the run's tables: on a GPU, this device's free memory (times the run's
-    memory fraction) once per rank; on the CPU, the host's MemAvailable once per host (the ranks
-    of one host share it; LOCAL_WORLD_SIZE, as torchrun sets it, says how many that is)."""
+    """Free memory for the run's tables: on a GPU, once per rank, what this process may still
+    take there: the device's free memory, and at most the run's memory fraction of the device
+    (torch.cuda.set_per_process_memory_fraction: trials sharing a GPU each get their share); on
+    the CPU, the host's MemAvailable once per host (the ranks of one host share it;
+    LOCAL_WORLD_SIZE, as torchrun sets it, says how many that is)."""
     if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        per_rank = int(free * (memory_fraction or 1.0))
+        free, total = torch.cuda.mem_get_info(device)
+        per_rank = free if memory_fraction is None else min(free, int(total * memory_fraction))
         return MemoryRoom(per_rank * world_size, f"free memory of {world_size} x {device}")
     ranks_per_host = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     hosts = max(1, -(-world_size // ranks_per_host))

@@ -44,3 +44,14 @@ def test_the_cpu_room_is_the_hosts_available_memory_once_per_host(monkeypatch):
     assert memory_room(torch.device("cpu"), 2) == MemoryRoom(8 * GIB, "MemAvailable of 1 host(s)")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
     assert memory_room(torch.device("cpu"), 4) == MemoryRoom(16 * GIB, "MemAvailable of 2 host(s)")
+
+
+def test_the_gpu_room_is_the_free_memory_within_the_runs_share(monkeypatch):
+    """Trials sharing a GPU each get device_memory_fraction of it: the room is the device's free
+    memory, at most that share of the device (not the free memory times the share)."""
+    free, total = 100 * GIB, 140 * GIB
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (free, total))
+    cuda = torch.device("cuda", 0)
+    assert memory_room(cuda, 1).free_bytes == 100 * GIB
+    assert memory_room(cuda, 1, 0.25).free_bytes == 35 * GIB  # the share: 0.25 x 140
+    assert memory_room(cuda, 2, 0.9).free_bytes == 2 * 100 * GIB  # the free memory bounds it
