@@ -113,6 +113,16 @@ def feasibility_problems(res: Resolved, checker: Checker, reference: TrialSpec |
     return problems + step_cost_problems(res, checker, fitting)
 
 
+def step_cost_budget_ms(res: Resolved, checker: Checker) -> float | None:
+    """The search's budget before any trial ran: objective.budget_ms, or with metric step_cost and
+    no budget given, the reference config's estimated step cost (a latency budget comes from the
+    trained reference instead)."""
+    objective = res.cfg.objective
+    if objective.metric == "step_cost" and objective.budget_ms is None:
+        return checker.check(reference_spec(res)).est_step_cost_ms
+    return objective.budget_ms
+
+
 def step_cost_problems(res: Resolved, checker: Checker, fitting: list[tuple[TrialSpec, Check]]) -> list[str]:
     """A step-cost cap (objective.max_step_cost_ms) or budget (metric step_cost) that even the
     cheapest candidate breaks: the search would reject every proposal untrained. `fitting` are the
@@ -123,10 +133,8 @@ def step_cost_problems(res: Resolved, checker: Checker, fitting: list[tuple[Tria
         return []
     cheapest_ms, cheapest = min(estimates, key=lambda pair: pair[0])
     objective = res.cfg.objective
-    budget_ms, source = objective.budget_ms, ""
-    if objective.metric == "step_cost" and budget_ms is None:
-        budget_ms = checker.check(reference_spec(res)).est_step_cost_ms
-        source = " (the reference config's estimate)"
+    budget_ms = step_cost_budget_ms(res, checker)
+    source = " (the reference config's estimate)" if objective.budget_ms is None and budget_ms is not None else ""
     why = over_cost_budget(objective, cheapest_ms, budget_ms)
     if why is None:
         return []

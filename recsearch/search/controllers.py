@@ -71,6 +71,15 @@ def _penalized(reward: float | None, history: list[float]) -> float:
     return worst - INFEASIBLE_MARGIN
 
 
+def unseen_uniform(space: SearchSpace, seen: set[tuple[int, ...]], rng: np.random.Generator) -> tuple[int, ...]:
+    """A configuration not in `seen`, uniformly over the rest (rejection sampling: call it only
+    while len(seen) < space.cardinality)."""
+    while True:
+        choices = tuple(int(rng.integers(n)) for n in space.sizes)
+        if choices not in seen:
+            return choices
+
+
 class RandomController:
     def __init__(self, space: SearchSpace, seed: int = 0):
         self.space = space
@@ -80,11 +89,9 @@ class RandomController:
     def propose(self) -> TrialSpec | None:
         if len(self._seen) >= self.space.cardinality:
             return None
-        while True:
-            choices = tuple(int(self._rng.integers(n)) for n in self.space.sizes)
-            if choices not in self._seen:
-                self._seen.add(choices)
-                return self.space.decode(choices)
+        choices = unseen_uniform(self.space, self._seen, self._rng)
+        self._seen.add(choices)
+        return self.space.decode(choices)
 
     def observe(self, spec: TrialSpec, reward: float | None) -> None:
         self._seen.add(self.space.choices_of(spec))
@@ -404,10 +411,7 @@ class BayesianController:
                 return self._proposed(trial, choices)
             self.study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
         # TPE keeps returning to points it has: an unseen point, uniformly (the space is not exhausted)
-        while True:
-            choices = tuple(int(self._rng.integers(n)) for n in self.space.sizes)
-            if choices not in self._seen:
-                break
+        choices = unseen_uniform(self.space, self._seen, self._rng)
         self.study.enqueue_trial({d.name: c for d, c in zip(self.space.decisions, choices)})
         trial, asked = self._ask()
         if asked != choices:

@@ -64,7 +64,7 @@ import yaml
 from recsearch import config, logs, remote
 from recsearch.search import controllers as ctl
 from recsearch.search.asha import Status, SuccessiveHalving
-from recsearch.search.checks import Check, Checker, preflight_problems, reference_spec
+from recsearch.search.checks import Check, Checker, preflight_problems, reference_spec, step_cost_budget_ms
 from recsearch.search.objective import latency_for_budget, over_cost_budget, reward
 from recsearch.search.pareto import pareto_front
 from recsearch.search.runners import (
@@ -234,7 +234,7 @@ class Search:
         if problems:
             raise config.ConfigError([f"{self.dir / SEARCH_CONFIG}: {p}" for p in problems])
         if self.cfg.objective.metric == "step_cost" and self.budget_ms is None:
-            self.budget_ms = self.checker.check(reference_spec(self.res)).est_step_cost_ms
+            self.budget_ms = step_cost_budget_ms(self.res, self.checker)
         self._restore()
 
     def _restore(self) -> None:

@@ -36,19 +36,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
 import importlib
 import json
 import os
 import random
-import signal
 import sys
 import threading
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
+
+from recsearch.search.die_with_parent import request_parent_death_signal
 
 DEFAULT_TRAIN_MAIN = "recsearch.train.trainer:main"
 # how long threads a trial started may take to end after it returned (a prefetcher's hand-off)
@@ -57,11 +57,7 @@ THREAD_GRACE_S = 2.0
 
 def _die_with_parent(parent_pid: int | None) -> None:
     """Linux: SIGKILL this process when its parent dies; exit now if it already has."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
+    request_parent_death_signal()
     if parent_pid is not None and os.getppid() != parent_pid:
         os._exit(0)  # the search died before the request above was in place
 
