@@ -45,6 +45,7 @@ from recsearch.placement.comm import comm_ms_of_dims
 from recsearch.placement.cost_net import CostNet
 from recsearch.placement.types import (
     DEFAULT_OPTIMIZER,
+    REFINE_SAFETY_SECONDS,
     BesideCopies,
     Placement,
     Placer,
@@ -61,8 +62,6 @@ PAIR_CHUNK = 4096  # exchanges scored at once (bounds the arrays of one scoring 
 # 100,000 took 1 s there, estimated no better on the held-out tasks, and data_parallel=True on 8
 # devices, which refines twice, to 2.7 s)
 MAX_EVALUATIONS = 40_000
-# wall-clock safety net only (a warning when it binds: the result may then differ between calls)
-SAFETY_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ def refine(
     placement: Placement,
     cost_net: CostNet,
     optimizer: str = DEFAULT_OPTIMIZER,
-    max_seconds: float = SAFETY_SECONDS,
+    max_seconds: float = REFINE_SAFETY_SECONDS,
     max_moves: int = 10_000,
     swaps: bool = True,
     max_evaluations: int = MAX_EVALUATIONS,
@@ -311,7 +310,7 @@ class RefinedPlacer:
         placer: Placer,
         cost_net: CostNet | Callable[[Topology], CostNet],
         optimizer: str = DEFAULT_OPTIMIZER,
-        max_seconds: float = SAFETY_SECONDS,
+        max_seconds: float = REFINE_SAFETY_SECONDS,
         swaps: bool = True,
         max_evaluations: int = MAX_EVALUATIONS,
     ):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from recsearch.placement.baselines import BASELINES, make_baseline
 from recsearch.placement.best_of import DEFAULT_RIVALS, BestOfPlacer
-from recsearch.placement.types import DEFAULT_OPTIMIZER, Placer
+from recsearch.placement.types import DEFAULT_OPTIMIZER, REFINE_SAFETY_SECONDS, Placer
 from recsearch.types import TableSpec, Topology
 
 if TYPE_CHECKING:
@@ -35,9 +35,9 @@ PLACERS = (*BASELINES, *TORCHREC_PLACERS, "learned")
 # the fused embedding optimizer trains it (torchrec_dp may replicate tables: the dense kernel)
 TRAIN_PLACERS = tuple(p for p in PLACERS if p != "torchrec_dp")
 # the planner's default placer refines its best-of placement within refine.MAX_EVALUATIONS
-# candidate evaluations (deterministic: the same plan on every call); this many seconds are only
-# its safety net (a warning when they bind), about 20x what the budget takes on 504 tables x 64 ranks
-REFINE_SECONDS = 10.0
+# candidate evaluations (deterministic: the same plan on every call), types.REFINE_SAFETY_SECONDS
+# its safety net
+REFINE_SECONDS = REFINE_SAFETY_SECONDS
 # the fast placer that screens the replication sets for the learned stack (checked_and_refined
 # with replicate): one placer for every table and for every set's rest, so the estimates differ
 # by what replicating changes; dim_greedy evens out the all-to-all (each rank's sum of dims),

@@ -154,20 +154,22 @@ class TorchRecPlacer:
         )
 
         def options(t: TableSpec) -> tuple[list[str], list[str]]:
+            """(sharding types, compute kernels) TorchRec may choose from for t."""
             if self.data_parallel and (self.may_replicate is None or self.may_replicate(t)):
                 return either
             return table_wise
 
         constraints = {
             t.name: ParameterConstraints(
-                sharding_types=list(options(t)[0]),
+                sharding_types=list(kinds),
                 # whole tables in device memory: on cuda the planner would otherwise pick UVM
                 # caching and keep tables in host memory, outside the cap
-                compute_kernels=list(options(t)[1]),
+                compute_kernels=list(kernels),
                 # the spec's pooling is the sum over its features; TorchRec's is per feature
                 pooling_factors=[t.pooling_factor / len(t.features)] * len(t.features),
             )
             for t in tables
+            for kinds, kernels in (options(t),)
         }
         planner = EmbeddingShardingPlanner(
             topology=trec_topo,

@@ -41,6 +41,10 @@ OPTIMIZER_STATE: dict[str, tuple[int, int]] = {
     "adam": (0, 2),  # first and second moments
 }
 DEFAULT_OPTIMIZER = "rowwise_adagrad"  # the usual DLRM embedding optimizer (TorchRec's examples)
+# refining a placement is bounded by a count of evaluations (refine.MAX_EVALUATIONS); this many
+# seconds are only its safety net (a warning when they bind), about 20x what the budget takes on
+# 504 tables x 64 ranks here
+REFINE_SAFETY_SECONDS = 10.0
 OPTIMIZER_STATE_BYTES = 4
 
 

@@ -192,13 +192,7 @@ def test_data_parallel_keeps_it_among_the_allowed_types_of_tables_left_to_choose
 def test_may_replicate_is_whole_tables_that_allow_data_parallel():
     big_rows = 50_000  # does not fit one rank whole: split column-wise
     model = Model(rows=(*TINY, big_rows))
-    seen = {}
-    planner = None
-
-    def may(piece):
-        seen[piece.name] = planner.may_replicate(piece)
-        return seen[piece.name]
-
+    may = _RecordedMayReplicate()
     topology = Topology(
         2, table_memory_bytes(TableSpec("b", big_rows, DIM), "rowwise_adagrad") * 3 // 4, "cpu"
     )
@@ -210,7 +204,9 @@ def test_may_replicate_is_whole_tables_that_allow_data_parallel():
         constraints={"t0": ParameterConstraints(sharding_types=["table_wise"])},
         debug=False,
     )
+    may.planner = planner
     got = _sharding(planner.plan(model))
+    seen = may.seen
     pieces = [n for n in seen if n.startswith("t4/col")]
     assert pieces and not any(seen[n] for n in pieces)
     assert seen["t0"] is False and all(seen[f"t{i}"] for i in range(1, len(TINY)))
@@ -426,13 +422,7 @@ def test_a_single_column_wise_piece_as_wide_as_its_table_is_not_replicable():
     # t0 (dim 8) constrained to column_wise or data_parallel with min_partition 8: no column
     # split, so it becomes one column_wise piece equal to the table; may_replicate must say no,
     # or a replicating placer would replicate a column-wise piece and the plan fail
-    seen = {}
-    planner = None
-
-    def may(piece):
-        seen[piece.name] = planner.may_replicate(piece)
-        return seen[piece.name]
-
+    may = _RecordedMayReplicate()
     planner = _planner(
         ReplicateTiny(may=may),
         constraints={
@@ -441,8 +431,9 @@ def test_a_single_column_wise_piece_as_wide_as_its_table_is_not_replicable():
             )
         },
     )
+    may.planner = planner
     got = _sharding(planner.plan(Model()))
-    assert seen["t0"] is False and seen["t1"] is True
+    assert may.seen["t0"] is False and may.seen["t1"] is True
     assert got["t0"][:2] == ("column_wise", [0])
     assert got["t1"][0] == "data_parallel"
 
@@ -472,3 +463,16 @@ def test_torchrec_dp_is_offered_data_parallel_only_where_allowed(monkeypatch):
     _planner("torchrec_dp", constraints=constraints).plan(Model())
     assert offered["t2"] == ["table_wise"]
     assert all(offered[f"t{i}"] == ["table_wise", "data_parallel"] for i in (0, 1, 3, 4, 5, 6))
+
+
+class _RecordedMayReplicate:
+    """A placer's may-replicate callback that asks `planner` (bound once it is built) and records
+    each piece's answer in `seen` (piece name -> bool)."""
+
+    def __init__(self) -> None:
+        self.planner = None
+        self.seen: dict[str, bool] = {}
+
+    def __call__(self, piece) -> bool:
+        self.seen[piece.name] = self.planner.may_replicate(piece)
+        return self.seen[piece.name]
