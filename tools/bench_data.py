@@ -150,7 +150,11 @@ def _run_child(python: str, code: str, cwd: Path) -> dict:
     return result
 
 
-def bench_recsearch_preprocess(tsv: Path, out: Path, workers: int, rows: int) -> PreprocessRun:
+def bench_recsearch_preprocess(
+    tsv: Path, out: Path, workers: int, rows: int, src: Path = REPO, label: str = "recsearch"
+) -> PreprocessRun:
+    """recsearch's preprocess in a fresh interpreter, importing recsearch from `src` (this
+    checkout, or --baseline-src: an earlier commit's, for a side-by-side of two versions)."""
     code = textwrap.dedent(
         f"""
         import json, time
@@ -160,9 +164,9 @@ def bench_recsearch_preprocess(tsv: Path, out: Path, workers: int, rows: int) ->
         print(json.dumps({{"seconds": time.perf_counter() - t, "cpu": _cpu() - c}}))
         """
     )
-    result = _run_child(sys.executable, code, REPO)
+    result = _run_child(sys.executable, code, src)
     return PreprocessRun(
-        f"recsearch, {workers} worker{'s' if workers > 1 else ''}",
+        f"{label}, {workers} worker{'s' if workers > 1 else ''}",
         rows,
         result["seconds"],
         result["cpu"],
@@ -497,6 +501,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--dlrm-python", default=sys.executable, help="python for the original (needs numpy<2)"
     )
     parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument(
+        "--baseline-src", type=Path, default=None,
+        help="another checkout of recsearch (e.g. a git worktree of an earlier commit): its "
+        "preprocessing is run on the same file beside this checkout's",
+    )
+    parser.add_argument("--section", default=SECTION,
+                        help="the BENCHMARKS.md section to write (another name keeps the default one)")
+    parser.add_argument("--baseline-rounds", type=int, default=5, help="alternating rounds against --baseline-src")
     parser.add_argument("--original-rows", type=int, default=200_000)
     parser.add_argument("--batch-sizes", **list_flag(int), default=[2048, 16384])
     parser.add_argument(
@@ -546,6 +558,31 @@ def bench_original_loaders(args: argparse.Namespace, original_tsv: Path, rows: i
     ]  # fmt: skip
 
 
+def _versus_baseline(tsv: Path, args: argparse.Namespace) -> list[PreprocessRun]:
+    """This checkout's and --baseline-src's preprocessing, one worker, alternating for
+    --baseline-rounds rounds: two runs holding the medians (a single run of each moved by 20% on
+    this shared machine)."""
+    label = f"recsearch at {_commit_of(args.baseline_src)} (--baseline-src)"
+    runs: dict[str, list[PreprocessRun]] = {"this": [], "base": []}
+    for _ in range(args.baseline_rounds):
+        runs["this"].append(bench_recsearch_preprocess(tsv, args.workdir / "npy_ab", 1, args.rows))
+        runs["base"].append(bench_recsearch_preprocess(
+            tsv, args.workdir / "npy_ab", 1, args.rows, args.baseline_src.resolve(), label))
+
+    def median_run(got: list[PreprocessRun], method: str) -> PreprocessRun:
+        return PreprocessRun(method, args.rows, statistics.median(r.seconds for r in got),
+                             statistics.median(r.cpu_seconds for r in got), max(r.peak_rss_mb for r in got))
+
+    rounds = f"1 worker, median of {args.baseline_rounds} alternating rounds"
+    return [median_run(runs["this"], f"recsearch, {rounds}"), median_run(runs["base"], f"{label}, {rounds}")]
+
+
+def _commit_of(src: Path) -> str:
+    """The short commit a checkout is at (its folder name where git cannot say)."""
+    proc = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() or src.name
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tsv = ensure_tsv(args.workdir, args.rows)
@@ -564,13 +601,23 @@ def main(argv: list[str] | None = None) -> int:
             bench_original_preprocess(args.dlrm_python, args.dlrm_repo, original_tsv, original_rows)
         )
     pre.append(bench_recsearch_preprocess(tsv, npy, os.cpu_count() or 1, args.rows))
+    versus = _versus_baseline(tsv, args) if args.baseline_src is not None else []
+    pre += versus
     loaders = bench_loaders(npy, args.batch_sizes, args.batches, args.repeats)
     if original_tsv:
         loaders += bench_original_loaders(args, original_tsv, original_rows)
     command = "python tools/bench_data.py " + " ".join(argv if argv is not None else sys.argv[1:])
     load = f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after"
     section = render(pre, loaders, command, skipped, load)
-    benchmd.write_section(args.out_md, SECTION, section)
+    if versus:  # this checkout against --baseline-src, one worker, alternating rounds
+        this, base = versus
+        section = section.replace("\n### Loading batches", (
+            f"- this checkout vs {base.method}: CPU time {this.cpu_seconds / base.cpu_seconds:.2f}x, "
+            f"wall time {this.seconds / base.seconds:.2f}x (1 worker, medians of {args.baseline_rounds} "
+            "alternating rounds)\n\n### Loading batches"), 1)
+    if args.section != SECTION:
+        section = section.replace("## Data path", f"## Data path: {args.section}", 1)
+    benchmd.write_section(args.out_md, args.section, section)
     print(section)
     return 0
 
