@@ -68,6 +68,7 @@ from recsearch.search.checks import Check, Checker, preflight_problems, referenc
 from recsearch.search.objective import latency_for_budget, over_cost_budget, reward
 from recsearch.search.pareto import pareto_front
 from recsearch.search.runners import (
+    LOG_FILE,
     TRIAL_CONFIG,
     Handle,
     TrialRunner,
@@ -78,6 +79,7 @@ from recsearch.search.results import describe, fmt, is_reference
 from recsearch.search.settings import Resolved, load_search_config
 from recsearch.search.store import JOURNAL_FILE, JournalError, JournalStore, TrialRecord
 from recsearch.train.config import LatencyReference, TrainConfig
+from recsearch.train.progress import last_activity_s
 from recsearch.types import TrialResult, TrialSpec, TrialState
 
 SEARCH_CONFIG = "search.yaml"
@@ -618,7 +620,10 @@ class Search:
             self.echo(f"[search] warning: could not cancel trial {handle.trial_id}: {type(err).__name__}: {err}")
 
     def _timed_out(self, handle: Handle) -> bool:
-        """Past runner.trial_timeout_s since it started: kill it; it is then FAILED ("timed out")."""
+        """Past runner.trial_timeout_s since it started, or no sign of work for runner.stall_timeout_s:
+        kill it; it is then FAILED ("timed out", "stalled")."""
+        if self._stalled(handle):
+            return True
         limit = self.cfg.runner.trial_timeout_s
         if limit is None or handle.running_s < limit:
             return False
@@ -626,6 +631,25 @@ class Search:
         handle.expire(f"timed out: still running {handle.running_s:.0f} s after it started "
                       f"(runner.trial_timeout_s {limit:g}); killed")
         self.echo(f"[search] trial {handle.trial_id:>3} timed out after {limit:g} s (runner.trial_timeout_s); killed")
+        return True
+
+    def _stalled(self, handle: Handle) -> bool:
+        """A local run (subprocess, pool) whose progress.json and train.log have not changed for
+        runner.stall_timeout_s since it started is hung (a deadlocked collective, a wedged device, a
+        data read that never returns): kill it. torchx jobs are left to trial_timeout_s and their
+        scheduler (their files may live on another host; a queued job shows no work)."""
+        limit = self.cfg.runner.stall_timeout_s
+        if limit is None or self.cfg.runner.kind not in ("subprocess", "pool") or handle.started_at_s is None:
+            return False
+        last_s = max(handle.started_at_s, last_activity_s(handle.workdir, LOG_FILE) or 0.0)
+        quiet_s = time.time() - last_s
+        if quiet_s < limit:
+            return False
+        self._cancel_quietly(handle)
+        handle.expire(f"stalled: no progress for {quiet_s:.0f} s (its progress.json and train.log unchanged; "
+                      f"runner.stall_timeout_s {limit:g}); killed")
+        self.echo(f"[search] trial {handle.trial_id:>3} stalled: no progress for {quiet_s:.0f} s "
+                  "(runner.stall_timeout_s); killed")
         return True
 
     def _finish(self, trial_id: int, handle: Handle, rung: int) -> None:

@@ -24,6 +24,9 @@ RUNNERS = ("inprocess", "subprocess", "pool", "torchx")
 CONTROLLERS = ("random", "actor_critic", "bayesian")
 # every running trial journals (and fsyncs) a heartbeat this often at most
 MIN_HEARTBEAT_S = 0.1
+# a trial's progress file is rewritten every BEAT_INTERVAL_S (5 s) while it works: a stall timeout
+# must leave room for several beats and for a slow step between them
+MIN_STALL_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,11 @@ class RunnerConfig:
     # kill a trial still running this long after it started (subprocess, torchx) and record it
     # FAILED ("timed out"); the search goes on. None: no limit
     trial_timeout_s: float | None = None
+    # kill a trial (subprocess, pool) that shows no sign of work this long: its progress.json
+    # (recsearch.train.progress, rewritten every few seconds while it trains, evaluates or
+    # times) and its train.log both unchanged; recorded FAILED ("stalled"). Catches a hang
+    # whatever the trial's length. None: no stall detection
+    stall_timeout_s: float | None = 1800.0
     # CUDA trials on this host share its devices: each trial may allocate at most this share of a
     # device's memory (torch.cuda.set_per_process_memory_fraction), so one trial over it fails
     # alone ("CUDA out of memory", recorded) instead of starving the others. None: 1/concurrency
@@ -70,6 +78,8 @@ class RunnerConfig:
             if self.kind == "inprocess":
                 out.append("runner.trial_timeout_s: the inprocess runner cannot stop a running trial; "
                            "use runner.kind subprocess, or set it to null")
+        if self.stall_timeout_s is not None:
+            out += _at_least("runner.stall_timeout_s", self.stall_timeout_s, MIN_STALL_TIMEOUT_S, "s (or null: no stall detection)")
         share = self.device_memory_share
         if share is not None:
             if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:

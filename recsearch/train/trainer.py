@@ -20,6 +20,7 @@ import resource
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from recsearch.train.latency import graphed as latency_graphed
 from recsearch.train.memory_fit import memory_room, tables_memory_problem
 from recsearch.train.metrics import MetricAccumulator
 from recsearch.train.optim import embedding_optimizer
+from recsearch.train.progress import ProgressFile
 from recsearch.train.schedule import LRSchedule
 from recsearch.train.single_engine import fused_model
 from recsearch.train.result import LatencyEntry, SplitMetrics, TrainResult
@@ -84,6 +86,10 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
     rank, world_size = dist.get_rank(), dist.get_world_size()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # progress.json for watchers (the search's stall detector): rewritten at most every 5 s while
+    # the run works, by rank 0 (recsearch.train.progress)
+    progress = ProgressFile(out if rank == 0 else None)
+    progress.beat("setup", 0)
     hp = cfg.hparams
 
     meta = dataset_meta(cfg.data_dir, cfg.num_embeddings_per_feature)
@@ -122,7 +128,9 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
             f"no training batch: {train_loader.num_rows} train rows < batch {hp.batch_size} x {world_size} ranks"
         )
 
+    progress.beat("setup", 0)
     engine = make_engine(cfg, rows, device, world_size, train_loader)
+    progress.beat("setup", 0)
     schedule = LRSchedule(hp.warmup_steps, hp.decay_start_step, hp.decay_steps)
 
     writer = SummaryWriter(str(out / "tb")) if cfg.tensorboard and rank == 0 else None
@@ -184,6 +192,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
                 state.batch_in_epoch += 1
                 state.samples += samples
                 window.add(samples)
+                progress.beat("train", state.step)
                 log_due = state.step % cfg.log_every_steps == 0
                 if log_due:
                     logged = _log_window(window, engine, state, writer, rank, max_steps)
@@ -212,7 +221,8 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
             due = cfg.eval_every_steps and state.step % cfg.eval_every_steps == 0 and state.step < max_steps
             if due:
                 with device_lock.shared():
-                    val_metrics = evaluate(engine.model, loader("val", False, cfg.eval_rows, every_row=True), device)
+                    val_metrics = evaluate(engine.model, loader("val", False, cfg.eval_rows, every_row=True), device,
+                                           beat=lambda: progress.beat("evaluate", state.step))
                 state.val_auc = val_metrics.auc
                 _log(rank, f"step {state.step}: val AUC {val_metrics.auc:.4f} log loss {val_metrics.log_loss:.4f}")
                 if writer:
@@ -221,6 +231,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
                     state.status = "early_stopped"
             if cfg.checkpoint_every_steps and (state.step % cfg.checkpoint_every_steps == 0 or state.step >= max_steps):
                 checkpoint.save(out, state.step, engine.model, engine.optimizer, dataclasses.asdict(state), data_order)
+                progress.beat("checkpoint", state.step)
             if state.epoch >= cfg.epochs:
                 break
         if state.status == "running":
@@ -237,7 +248,8 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
         if state.status != "diverged":
             for split in cfg.eval_splits:
                 with device_lock.shared():
-                    final[split] = evaluate(model, loader(split, False, cfg.eval_rows, every_row=True), device)
+                    final[split] = evaluate(model, loader(split, False, cfg.eval_rows, every_row=True), device,
+                                            beat=lambda: progress.beat("evaluate", state.step))
                 if writer:
                     _write_eval(writer, split, final[split], state.step)
             if cfg.latency_batch_sizes:
@@ -247,7 +259,8 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
                 elif cfg.latency_reference is not None:
                     latency_notes.append(f"latency_reference not timed: the {report.engine} engine's forward is "
                                          "collective (sharded tables); a reference is timed beside a single-engine run")
-                latency = measure_latency(model, cfg, loader, device, reference, device_lock, latency_notes)
+                latency = measure_latency(model, cfg, loader, device, reference, device_lock, latency_notes,
+                                          beat=lambda: progress.beat("latency", state.step))
         result = _result(cfg, meta, state, final, latency, engine, world_size, device, latency_notes, reference_parameters)
         if writer and cfg.tensorboard_hparams:
             hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in _flat(config.to_dict(cfg)).items()
@@ -268,11 +281,13 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
             writer.close()
 
 
-def evaluate(model: torch.nn.Module, loader: NpyBatchLoader, device: torch.device) -> SplitMetrics:
+def evaluate(
+    model: torch.nn.Module, loader: NpyBatchLoader, device: torch.device, beat: Callable[[], None] | None = None,
+) -> SplitMetrics:
     """Metrics of the model on a split (every rank takes part: the model's forward is collective).
     Only each batch's real rows count (`loader.real_rows`): with a loader that pads its last round
     (pad_last_round) every row of the split is scored exactly once, whatever the batch size and
-    the number of ranks."""
+    the number of ranks. `beat`: called after every batch (the run's progress file)."""
     was_training = model.training
     model.eval()
     acc = MetricAccumulator(device)
@@ -282,19 +297,22 @@ def evaluate(model: torch.nn.Module, loader: NpyBatchLoader, device: torch.devic
             batch = batch.to(device, non_blocking=True)
             _, (_, logits, labels) = model(batch)
             acc.update(logits.reshape(-1)[:real_rows], labels.reshape(-1)[:real_rows])
+            if beat is not None:
+                beat()
     model.train(was_training)
     return acc.compute()
 
 
 def measure_latency(
     model, cfg: TrainConfig, make_loader, device: torch.device, reference=None, device_lock: DeviceLock | None = None,
-    notes: list[str] | None = None,
+    notes: list[str] | None = None, beat: Callable[[], None] | None = None,
 ) -> dict[str, LatencyEntry]:
     """p50/p99 ms of the trained model's forward at each serving batch size, on this device, with
     the device to itself (`device_lock` held exclusive) and, with a reference model, the
     reference's p50 timed in the same rounds (recsearch.train.latency). On CUDA the forward is
     timed as CUDA graph replays (cfg.latency_cuda_graph); why it was not, if it was not, is
-    appended to `notes`."""
+    appended to `notes`. `beat`: called before each batch size's measurement (the run's progress
+    file; one is bounded by cfg.latency_max_seconds)."""
     out: dict[str, LatencyEntry] = {}
     lock = device_lock or DeviceLock(None)
     use_graph = device.type == "cuda" and cfg.latency_cuda_graph != "false"
@@ -308,6 +326,8 @@ def measure_latency(
     lockstep = dist.is_initialized() and dist.get_world_size() > 1
     with torch.no_grad(), lock.exclusive():
         for batch_size in cfg.latency_batch_sizes:
+            if beat is not None:
+                beat()
             batches = None
             try:
                 # one batch from the memory map: no need to load the whole split for it

@@ -5,6 +5,7 @@ trials and --resume finishes the budget, and no worker outlives the search's run
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from recsearch import config
-from recsearch.search import loop
+from recsearch.search import loop, settings
 from recsearch.search.store import JournalStore
 from recsearch.types import TrialState
 from tests.reliability.search_helpers import resume, run_past_a_hung_trial_0, start_search, tiny_config
@@ -50,6 +51,28 @@ def test_a_hung_trial_is_killed_at_the_timeout_its_worker_replaced_and_the_searc
         child = int((out / "trials" / "0" / "child.pid").read_text())
         assert all_dead([child])
         assert pool.started == 2  # the killed worker, and the one that ran trials 1 and 2
+    assert all_dead(pool.pids)
+
+
+def test_a_trial_without_progress_is_killed_as_stalled_and_one_that_beats_is_not(tmp_path, learnable_data, monkeypatch):
+    # runner.stall_timeout_s 1 s (its floor of 30 s lowered for the test): trial 0 hangs silently,
+    # trial 1 works for 3 s while rewriting its progress.json; no trial timeout is set
+    monkeypatch.setattr(settings, "MIN_STALL_TIMEOUT_S", 0.5)
+    raw = _pool_config(learnable_data, **{"runner.stall_timeout_s": 1, "trials": 3})
+    with ScriptedPool({0: "hang", 1: "slow_beating"}) as pool:
+        search, out = start_search(tmp_path, raw, runner=pool)
+        assert search.run() == 0
+        child = int((out / "trials" / "0" / "child.pid").read_text())
+        assert all_dead([child])
+    records = {r.trial_id: r for r in JournalStore(out).trials()}
+    stalled = records[0]
+    assert stalled.state is TrialState.FAILED
+    assert stalled.result.error.startswith("stalled: no progress for ")
+    assert "runner.stall_timeout_s 1)" in stalled.result.error
+    assert 1 <= stalled.notes["wall_s"] < 10
+    assert [records[i].state for i in (1, 2)] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert records[1].notes["wall_s"] >= 3  # three times the stall timeout, alive all along
+    assert json.loads((out / "trials" / "1" / "progress.json").read_text())["phase"] == "train"
     assert all_dead(pool.pids)
 
 

@@ -30,6 +30,7 @@ from tests.search.test_loop import write_config
     ("runner.retries", -1, "runner.retries: must be >= 0, got -1"),
     ("runner.poll_s", 0, "runner.poll_s: must be >= 0.01 s, got 0.0"),
     ("runner.trial_timeout_s", 0, "runner.trial_timeout_s: must be >= 1 s (or null: no limit), got 0.0"),
+    ("runner.stall_timeout_s", 10, "runner.stall_timeout_s: must be >= 30 s (or null: no stall detection), got 10.0"),
     ("runner.torchx.memMB", 0, "runner.torchx.memMB: must be >= 1, got 0"),
     ("runner.device_memory_share", 0, "runner.device_memory_share: must be in (0, 1] or null, got 0.0"),
     ("runner.device_memory_share", 0.75, "runner.device_memory_share: 0.75 x runner.concurrency 2 = 1.5 > 1: "

@@ -1,7 +1,7 @@
 """Trainers for pool-worker tests, loaded by the worker with --train-main tests.search.pool_trainers:NAME.
 
 - `fake`: does what the file `action` beside the trial's config says (ok, exit2, raise, segv,
-  hang, leak_env, leak_thread), and for ok writes a result.json (what a trainer writes) that
+  hang, slow_beating, leak_env, leak_thread), and for ok writes a result.json (what a trainer writes) that
   also records what it found in the process: environment, global random generators, pid.
 """
 
@@ -51,6 +51,15 @@ def fake(argv: list[str]) -> int:
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
         (workdir / "child.pid").write_text(str(child.pid))
         time.sleep(600)
+    if action == "slow_beating":
+        # works for 3 s, saying so in its progress file as the trainer does (every 0.2 s here),
+        # and prints nothing: longer than the tests' stall timeout, and never stalled
+        from recsearch.train.progress import ProgressFile
+
+        progress = ProgressFile(workdir, interval_s=0.2)
+        for step in range(150):
+            progress.beat("train", step)
+            time.sleep(0.02)
     if action == "leak_env":
         os.environ["RECSEARCH_TEST_LEAK"] = "1"
         os.chdir("/")

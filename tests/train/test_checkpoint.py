@@ -217,7 +217,7 @@ def test_the_evaluation_runs_before_the_checkpoint_of_its_step_and_a_resume_keep
     stop it decided holds (the run goes straight to its final evaluation), as without the kill."""
     calls: list[tuple[str, int]] = []
     real_evaluate, real_save = trainer.evaluate, checkpoint.save
-    monkeypatch.setattr(trainer, "evaluate", lambda model, loader, device: calls.append(("eval", loader.split)) or real_evaluate(model, loader, device))
+    monkeypatch.setattr(trainer, "evaluate", lambda model, loader, device, **kw: calls.append(("eval", loader.split)) or real_evaluate(model, loader, device, **kw))
     monkeypatch.setattr(checkpoint, "save", lambda out, step, *a, **k: calls.append(("save", step)) or real_save(out, step, *a, **k))
     out = tmp_path / "run"
     settings = ["eval_every_steps=10", "checkpoint_every_steps=10", "auc_threshold=0.6"]

@@ -121,7 +121,7 @@ def test_early_stop_at_the_auc_threshold(tmp_path, learnable_data):
 def test_eval_splits_choose_what_the_final_evaluation_reads(tmp_path, learnable_data, monkeypatch):
     evaluated = []
     real = trainer.evaluate
-    monkeypatch.setattr(trainer, "evaluate", lambda model, loader, device: evaluated.append(loader.split) or real(model, loader, device))
+    monkeypatch.setattr(trainer, "evaluate", lambda model, loader, device, **kw: evaluated.append(loader.split) or real(model, loader, device, **kw))
     cfg = _write_config(tmp_path, learnable_data, max_steps=4)
     assert trainer.main(["--config", str(cfg), "eval_splits=[val]", "latency_batch_sizes=[]"]) == 0
     result = _result(tmp_path)
