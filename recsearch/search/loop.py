@@ -17,7 +17,8 @@ Everything lives in the search directory, so a search killed at any instant resu
     journal.jsonl    every trial, its state, result and notes (recsearch.search.store)
     controller.pt    the controller's state, rewritten after every proposal and observation
     trials/<id>/     the trial's `recsearch train` output: trial.yaml (its exact config),
-                     placement.json, result.json, tb/ events, train.log; lower rungs' runs
+                     placement.json, result.json, tb/ events, train.log, progress.json
+                     (what the stall detector watches); lower rungs' runs
                      are kept in rung_<k>/, failed attempts in attempt_<n>/
 
 A runner that raises is one trial's problem, never the search's: a submit that raises (no process
