@@ -23,8 +23,16 @@ arrays back; the parent appends them, in input order, to `.partial` npy files (a
 ranges in flight, so memory does not grow with the input). All of it happens in a folder beside the
 output directory, `<out>.incomplete-<pid>`, which becomes the output directory (by renames) only
 once it holds the whole dataset and its meta.json; a dataset already there is replaced (with
---force) at that moment and not before. On any error the folder is removed, and a killed run's
-folder is removed by the next run.
+--force) at that moment and not before. On an error (a bad row included) the folder is removed.
+
+Resuming: during the row pass the parent saves a resume state in the folder (`resume.json`, at
+most every `--checkpoint-s` seconds and after each input file, once the rows it counts are
+fsynced). A run killed (SIGKILL, a crash), stopped by SIGTERM or interrupted by Ctrl-C leaves its
+folder, and the next run with the same --out, inputs (path, size, mtime) and output options takes
+it over: it cuts the day files back to the saved rows and goes on with the next chunk, writing
+exactly the bytes one uninterrupted run writes. A folder of other inputs or options is deleted,
+saying what differed; `--restart` deletes it anyway. With --vocab-threshold the saved vocabularies
+are kept, so the counting pass is not repeated (a kill during it starts over).
 """
 
 from __future__ import annotations
@@ -36,10 +44,12 @@ import contextlib
 import glob
 import io
 import itertools
+import json
 import multiprocessing
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -92,6 +102,10 @@ class PreprocessOptions:
     chunk_bytes: int = 32 << 20  # input bytes per work item (memory per worker ~ 10x this)
     force: bool = False  # replace a dataset already in the output directory
     progress: bool = True  # tqdm bars (bytes) on stderr
+    # Resume state (the work folder's resume.json) written at most this often during the row pass
+    # (seconds; 0: after every chunk), and at the end of each input file.
+    checkpoint_s: float = 30.0
+    restart: bool = False  # delete a killed run's resumable work folder instead of resuming it
 
     def __post_init__(self) -> None:
         if self.dense_transform not in layout.DENSE_TRANSFORMS:
@@ -119,6 +133,8 @@ class PreprocessOptions:
             raise ValueError("--workers must be >= 1")
         if self.chunk_bytes < 1:
             raise ValueError("chunk_bytes must be positive")
+        if not self.checkpoint_s >= 0:
+            raise ValueError("checkpoint_s must be >= 0")
 
     @property
     def categorical(self) -> str:
@@ -242,7 +258,9 @@ def preprocess(
 
     The dataset is built in `<out_dir>.incomplete-<pid>` beside out_dir and moved into place
     only once it is complete (meta.json included): a dataset already in out_dir (replaced with
-    force) stays untouched until then, whatever happens to this run."""
+    force) stays untouched until then, whatever happens to this run. A run that was killed or
+    interrupted leaves that folder with a resume state, and a later run with the same inputs and
+    options continues it (see "Resuming" below) unless options.restart."""
     started = time.perf_counter()
     paths = _check_inputs(inputs)
     out = Path(out_dir)
@@ -252,17 +270,32 @@ def preprocess(
         if Path(options.vocab_from).resolve() == target:
             raise ValueError("--vocab-from must name another dataset than --out")
         source_vocabularies = load_vocabularies(options.vocab_from)
-    _recover(target)
+    fingerprint = _fingerprint(paths, options)
+    resumable = _recover(target, keep_resumable=True)
     _check_out_dir(out, target, options.force)
-    work = _make_work_dir(target)
+    work, state = _resume_or_start(target, resumable, fingerprint, options.restart)
+    log = _ResumeLog(work, fingerprint, options.checkpoint_s, state)
     workers = options.workers or usable_cpus()
     created: list[Path] = []  # every file this run writes (in `work`)
     try:
         ranges = [_byte_ranges(p, options.chunk_bytes) for p in paths]
+        spans = _plan_days(paths, options.days)
+        progress = (
+            state
+            if state is not None
+            else _fresh_progress(len(paths), len(spans), sum(len(r) for r in ranges))
+        )
         vocab_files: tuple[Path, ...] | None = None
         vocab_sizes: list[int] | None = None
         if options.vocab_threshold is not None:
-            vocab_sizes = _build_vocabularies(paths, ranges, work, options, workers, created)
+            if progress["vocab_done"]:  # a resumed run: the counting pass is not done again
+                vocab_sizes = [
+                    _saved_vocabulary(work, t, created) for t in range(NUM_SPARSE_FEATURES)
+                ]
+            else:
+                vocab_sizes = _build_vocabularies(paths, ranges, work, options, workers, created)
+                progress = {**progress, "vocab_done": True, "files": _partial_sizes(created)}
+                log.write(progress)
         elif source_vocabularies is not None:
             # A dataset is self-describing: it carries the vocabularies its ids were mapped with.
             vocab_sizes = [
@@ -273,8 +306,9 @@ def preprocess(
             vocab_files = tuple(
                 layout.partial_path(work / f"vocab_{t}.npy") for t in range(NUM_SPARSE_FEATURES)
             )
-        spans = _plan_days(paths, options.days)
-        summary = _write_days(paths, ranges, work, options, workers, spans, vocab_files, created)
+        summary = _write_days(
+            paths, ranges, work, options, workers, spans, vocab_files, created, log, progress
+        )
         torchrec_dense = options.dense_transform == "torchrec"
         if torchrec_dense:
             for day, span in enumerate(spans):
@@ -308,10 +342,26 @@ def preprocess(
                 "chunk_bytes": options.chunk_bytes,
             },
         )
+        # No longer resumable from here (a kill in the seconds left: the next run starts over).
+        (work / RESUME_FILE).unlink(missing_ok=True)
+        (work / f"{RESUME_FILE}.tmp").unlink(missing_ok=True)  # a killed write's, if any
         layout.commit_partials(created)
         layout.write_meta(work, meta)  # the work folder is now a complete dataset
         _swap_in(work, out, target, options.force)
-    except BaseException:  # KeyboardInterrupt too: leave nothing half-built behind
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C or a termination: keep what a later run can resume, as a kill would.
+        saved = _read_state(work)
+        if saved is None:  # nothing saved yet (or no longer resumable): as before
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(
+                f"recsearch data preprocess: interrupted; {work} keeps "
+                f"{_progress_words(saved['progress'])}: run the same command again to resume "  # type: ignore[arg-type]
+                "(--restart starts over)",
+                file=sys.stderr,
+            )
+        raise
+    except BaseException:  # an error (a bad row too): leave nothing half-built behind
         shutil.rmtree(work, ignore_errors=True)
         raise
     return meta
@@ -326,9 +376,10 @@ def preprocess(
 #      delete the old folder.
 # A dataset directory is therefore either the old dataset or the new one, complete. A run killed
 # before step 2 leaves the old dataset in place and a `.incomplete-<pid>` folder that the next run
-# deletes; killed between 1 and 2 (out is missing), the next run renames the old dataset back;
-# killed in step 3, the next run finishes it. Leftovers of a process that is still alive (a
-# concurrent run) are not touched.
+# resumes (it holds a resume state of the same inputs and options: "Resuming" below) or deletes;
+# killed between 1 and 2 (out is missing), the next run renames the old dataset back; killed in
+# step 3, the next run finishes it. Leftovers of a process that is still alive (a concurrent run)
+# are not touched.
 WORK_TAG = ".incomplete-"
 REPLACED_TAG = ".replaced-"
 STATS_FILE = "stats.json"  # `recsearch data stats`' usual output beside the dataset
@@ -367,8 +418,12 @@ def _check_out_dir(out: Path, target: Path, force: bool) -> None:
         raise FileExistsError(f"{out} already holds {what}; pass --force to replace it")
 
 
+def _work_path(target: Path) -> Path:
+    return target.with_name(f"{target.name}{WORK_TAG}{os.getpid()}")
+
+
 def _make_work_dir(target: Path) -> Path:
-    work = target.with_name(f"{target.name}{WORK_TAG}{os.getpid()}")
+    work = _work_path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         if work.exists():  # left by an earlier call in this very process
@@ -454,18 +509,24 @@ def _stale_stats(stats_path: Path, target: Path) -> bool:
     return layout.stats_describe_other_data(stats_path, meta)
 
 
-def _recover(target: Path) -> None:
-    """Finish or undo what killed runs left beside target (see above)."""
+def _recover(target: Path, keep_resumable: bool = False) -> list[Path]:
+    """Finish or undo what killed runs left beside target (see above). Work folders of dead
+    processes are deleted, except, with keep_resumable, those holding a resume state: they are
+    returned, for the caller to resume or delete."""
+    resumable: list[Path] = []
     parent = target.parent
     if not parent.is_dir():
-        return
+        return resumable
     for tag in (REPLACED_TAG, WORK_TAG):  # the old dataset first: it may have to move back
         for leftover in sorted(parent.glob(f"{glob.escape(target.name)}{tag}*")):
             pid = leftover.name[len(target.name) + len(tag) :]
             if not pid.isdigit() or not leftover.is_dir() or _alive(int(pid)):
                 continue
             if tag == WORK_TAG:
-                shutil.rmtree(leftover, ignore_errors=True)
+                if keep_resumable and (leftover / RESUME_FILE).is_file():
+                    resumable.append(leftover)
+                else:
+                    shutil.rmtree(leftover, ignore_errors=True)
             elif not target.exists():
                 os.rename(leftover, target)
                 print(
@@ -476,6 +537,7 @@ def _recover(target: Path) -> None:
             else:
                 _carry_over(leftover, target)
                 shutil.rmtree(leftover, ignore_errors=True)
+    return resumable
 
 
 def _alive(pid: int) -> bool:
@@ -490,6 +552,268 @@ def _alive(pid: int) -> bool:
     except OverflowError:
         return False
     return True
+
+
+# ---- resuming ------------------------------------------------------------------------------------
+# The row pass handles its chunks (ChunkTask: a byte range of an input) in a fixed order, and the
+# parent appends each chunk's rows to the day files in that order. Every checkpoint_s seconds and
+# at the end of each input file it fsyncs the day files and then atomically replaces
+# `resume.json` in the work folder: chunks done, rows of each day file, the counters the rest of
+# the run needs (lines read per input, max ids, dense minima, bad rows), the size each .partial
+# file had, and the run's fingerprint: the inputs (resolved path, size, mtime_ns) and every option
+# that changes the output (not workers, progress, force). A later run with the same --out finds a
+# dead process's folder with that file; when the fingerprint is exactly its own it renames the
+# folder to its own, cuts each day file back to the recorded rows (what a killed run appended
+# after its last checkpoint), and goes on with the next chunk: the output is byte for byte that of
+# one uninterrupted run. Otherwise (other inputs, changed files, other options, --restart) the
+# folder is deleted, saying why. With --vocab-threshold the state is first written once the
+# vocabularies are saved, so a resumed run does not count again; torchrec's dense transform runs
+# after the row pass and replaces each day's raw dense file by its transformed copy (a rename:
+# the header's dtype says which days are done).
+RESUME_FILE = "resume.json"
+RESUME_FORMAT = "recsearch-preprocess-resume"
+RESUME_VERSION = 1  # part of the fingerprint: raise it when the same run would write other bytes
+# The fingerprint's option keys, as the command line names them.
+_FINGERPRINT_FLAGS = {
+    "days": "--days",
+    "dense_transform": "--dense-transform",
+    "hash_size": "--hash-size",
+    "vocab_threshold": "--vocab-threshold",
+    "vocab_from": "--vocab-from",
+    "skip_bad_rows": "--skip-bad-rows",
+    "chunk_bytes": "--chunk-mb (chunk bytes)",
+}
+
+
+def _fingerprint(paths: list[Path], options: PreprocessOptions) -> dict[str, object]:
+    """What a resumed run must share with the run it continues (JSON values)."""
+
+    def stamp(path: Path) -> dict[str, object]:
+        st = path.stat()
+        return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+    vocab_from = None
+    if options.vocab_from is not None:
+        root = Path(options.vocab_from)
+        vocab_from = {
+            "path": str(root.resolve()),
+            "files": [stamp(root / f"vocab_{t}.npy") for t in range(NUM_SPARSE_FEATURES)],
+        }
+    return {
+        "version": RESUME_VERSION,
+        "inputs": [stamp(p) for p in paths],
+        "days": options.days if len(paths) == 1 else None,  # several inputs: one day each
+        "dense_transform": options.dense_transform,
+        "hash_size": list(options.hash_size) if options.hash_size is not None else None,
+        "vocab_threshold": options.vocab_threshold,
+        "vocab_from": vocab_from,
+        "skip_bad_rows": options.skip_bad_rows,
+        "chunk_bytes": options.chunk_bytes,
+    }
+
+
+def _fingerprint_differences(old: object, new: dict[str, object]) -> list[str]:
+    """How a resume state's fingerprint differs from this run's, in words (empty: the same)."""
+    if not isinstance(old, dict) or old.get("version") != new["version"]:
+        version = old.get("version") if isinstance(old, dict) else None
+        return [f"it was written by another version of preprocess (resume format {version!r})"]
+    found = []
+    old_inputs, new_inputs = old.get("inputs") or [], new["inputs"]
+    old_paths = [i.get("path") for i in old_inputs if isinstance(i, dict)]
+    new_paths = [i["path"] for i in new_inputs]  # type: ignore[index, union-attr]
+    if old_paths != new_paths:
+        found.append(f"its inputs were {' '.join(map(str, old_paths))}")
+    else:
+        for before, now in zip(old_inputs, new_inputs):  # type: ignore[call-overload]
+            if before != now:
+                found.append(
+                    f"input {now['path']} changed since (size {before.get('size')} -> "
+                    f"{now['size']}, mtime_ns {before.get('mtime_ns')} -> {now['mtime_ns']})"
+                )
+    for key, flag in _FINGERPRINT_FLAGS.items():
+        before, now = old.get(key), new[key]
+        if before == now:
+            continue
+        if (
+            key == "vocab_from"
+            and isinstance(before, dict)
+            and isinstance(now, dict)
+            and before.get("path") == now.get("path")
+        ):
+            found.append(f"the vocabularies in --vocab-from {now['path']} changed since")
+        else:
+            was, is_now = (v["path"] if isinstance(v, dict) else v for v in (before, now))
+            found.append(f"{flag} was {was}, now {is_now}")
+    return found
+
+
+def _fresh_progress(num_inputs: int, num_days: int, num_tasks: int) -> dict[str, object]:
+    """The resume state's progress of a run that has done nothing yet."""
+    return {
+        "vocab_done": False,  # the vocabulary pass (--vocab-threshold) is done and saved
+        "tasks_total": num_tasks,  # chunks of the row pass
+        "tasks_done": 0,  # chunks whose rows are in the day files (the first tasks_done)
+        "day_rows": [0] * num_days,
+        "files": {},  # .partial file name -> its size when the state was written
+        "lines_seen": [0] * num_inputs,  # lines of each input read by the chunks done
+        "dense_min": [0] * num_inputs,  # TorchRec's min includes the 0 of missing values
+        "max_ids": [0] * NUM_SPARSE_FEATURES,
+        "bad_rows": 0,
+        "bad_examples": [],
+    }
+
+
+def _progress_words(progress: dict[str, object]) -> str:
+    done, total = int(progress["tasks_done"]), int(progress["tasks_total"])  # type: ignore[call-overload]
+    words = f"{done:,} of {total:,} chunks ({100 * done // max(total, 1)}%)"
+    if progress.get("vocab_done"):
+        words += " and the counted vocabularies"
+    return words
+
+
+class _ResumeLog:
+    """Writes a run's resume state into its work folder; `state` is the last one written (or the
+    one the run resumed from), None before the first."""
+
+    def __init__(
+        self,
+        work: Path,
+        fingerprint: dict[str, object],
+        interval_s: float,
+        state: dict[str, object] | None,
+    ) -> None:
+        self.work = work
+        self.fingerprint = fingerprint
+        self.interval_s = interval_s
+        self.state = state
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        return self.interval_s <= 0 or time.monotonic() - self._last >= self.interval_s
+
+    def write(self, progress: dict[str, object]) -> None:
+        _write_state(
+            self.work,
+            {
+                "format": RESUME_FORMAT,
+                "fingerprint": self.fingerprint,
+                "progress": progress,
+            },
+        )
+        self.state = progress
+        self._last = time.monotonic()
+
+
+def _write_state(work: Path, state: dict[str, object]) -> None:
+    """Atomically replace work/resume.json (written, fsynced, renamed, the folder fsynced)."""
+    tmp = work / f"{RESUME_FILE}.tmp"
+    with open(tmp, "w") as fh:
+        json.dump(state, fh, indent=1)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, work / RESUME_FILE)
+    _fsync_dir(work)
+
+
+def _read_state(folder: Path) -> dict[str, object] | None:
+    """A work folder's resume state, None when it cannot be read."""
+    try:
+        state = json.loads((folder / RESUME_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if (
+        not isinstance(state, dict)
+        or state.get("format") != RESUME_FORMAT
+        or not isinstance(state.get("progress"), dict)
+        or not set(_fresh_progress(0, 0, 0)) <= set(state["progress"])
+    ):
+        return None
+    return state
+
+
+def _missing_files(folder: Path, progress: dict[str, object]) -> str | None:
+    """What of the files a resume state counts on is not in folder (None: all there)."""
+    for name, size in dict(progress.get("files") or {}).items():  # type: ignore[call-overload]
+        path = folder / name
+        if not path.is_file() or path.stat().st_size < size:
+            return f"{name} is missing or shorter than its resume state records"
+    return None
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _resume_or_start(
+    target: Path, resumable: list[Path], fingerprint: dict[str, object], restart: bool
+) -> tuple[Path, dict[str, object] | None]:
+    """This run's work folder and the progress it continues: a resumable folder of a dead process
+    whose fingerprint is this run's (the one with the most chunks done), renamed to this
+    process's; otherwise a new folder and None. Every other resumable folder is deleted, saying
+    why."""
+    prefix = "recsearch data preprocess"
+    def chunks_done(state: dict[str, object] | None) -> int:
+        try:
+            return int(state["progress"]["tasks_done"])  # type: ignore[index]
+        except (TypeError, KeyError, ValueError):
+            return -1
+
+    states = [(folder, _read_state(folder)) for folder in resumable]
+    states.sort(key=lambda folder_state: -chunks_done(folder_state[1]))  # most progress first
+    chosen: tuple[Path, dict[str, object]] | None = None
+    for folder, state in states:
+        if state is None:
+            why = "its resume state is unreadable"
+        else:
+            progress: dict[str, object] = state["progress"]  # type: ignore[assignment]
+            if restart:
+                print(
+                    f"{prefix}: --restart: deleting {folder} ({_progress_words(progress)} "
+                    "written by a killed run)",
+                    file=sys.stderr,
+                )
+                shutil.rmtree(folder, ignore_errors=True)
+                continue
+            differences = _fingerprint_differences(state.get("fingerprint"), fingerprint)
+            if differences:
+                why = "; ".join(differences)
+            elif (missing := _missing_files(folder, progress)) is not None:
+                why = missing
+            elif chosen is not None:
+                why = f"{chosen[0].name} resumes the same run further on"
+            else:
+                chosen = (folder, progress)
+                continue
+        print(f"{prefix}: not resuming {folder}: {why}; deleted it", file=sys.stderr)
+        shutil.rmtree(folder, ignore_errors=True)
+    if chosen is None:
+        return _make_work_dir(target), None
+    folder, progress = chosen
+    work = _work_path(target)
+    if folder != work:
+        if work.exists():  # left by an earlier call in this very process, not resumable
+            shutil.rmtree(work)
+        try:
+            os.rename(folder, work)  # atomic: a concurrent run cannot take it as well
+        except FileNotFoundError:  # another run took it first
+            return _make_work_dir(target), None
+    print(
+        f"{prefix}: resuming {folder}: {_progress_words(progress)} already written",
+        file=sys.stderr,
+    )
+    return work, progress
+
+
+def _partial_sizes(created: list[Path]) -> dict[str, int]:
+    """name -> size of each created file's .partial (the vocabularies before the row pass)."""
+    return {
+        layout.partial_path(p).name: layout.partial_path(p).stat().st_size for p in created
+    }
 
 
 # ---- planning ------------------------------------------------------------------------------------
@@ -580,8 +904,13 @@ def _write_days(
     spans: list[_DaySpan],
     vocab_files: tuple[Path, ...] | None,
     created: list[Path],
+    log: _ResumeLog,
+    progress: dict[str, object],
 ) -> _WriteSummary:
-    dense_dtype = np.int32 if options.dense_transform == "torchrec" else np.float32
+    """The row pass, from the chunk after progress's tasks_done on (0: all of it), writing the
+    resume state to log as it goes (see "Resuming")."""
+    torchrec_dense = options.dense_transform == "torchrec"
+    dense_dtype = np.int32 if torchrec_dense else np.float32
     sizes = options.hash_sizes()
     if sizes is not None:
         sparse_dtype = np.dtype(_id_dtype(max(sizes)))
@@ -591,85 +920,157 @@ def _write_days(
         )
     else:
         sparse_dtype = np.dtype(np.int64)  # raw hex values reach 2^32 - 1
-    writers: list[tuple[layout.NpyAppendWriter, ...]] = []
-    dense_min = [0] * len(paths)  # TorchRec's min includes the 0 of missing values
-    max_ids = np.zeros(NUM_SPARSE_FEATURES, np.int64)
-    bad_rows, bad_examples = 0, []
-    lines_seen = [0] * len(paths)
+    tasks = _tasks(paths, ranges, False, options, vocab_files)
+    done = int(progress["tasks_done"])  # type: ignore[call-overload]
+    if progress["tasks_total"] != len(tasks) or len(progress["day_rows"]) != len(spans):  # type: ignore[arg-type]
+        raise RuntimeError(
+            f"{log.work}: the resume state records {progress['tasks_total']} chunks and "
+            f"{len(progress['day_rows'])} days, this run has {len(tasks)} and {len(spans)}"  # type: ignore[arg-type]
+        )
+    writers: list[tuple[layout.NpyAppendWriter | None, ...]] = []
+    dense_min: list[int] = list(progress["dense_min"])  # type: ignore[call-overload]
+    max_ids = np.array(progress["max_ids"], np.int64)
+    bad_rows: int = int(progress["bad_rows"])  # type: ignore[call-overload]
+    bad_examples: list[str] = list(progress["bad_examples"])  # type: ignore[call-overload]
+    lines_seen: list[int] = list(progress["lines_seen"])  # type: ignore[call-overload]
+    kept_files: dict[str, int] = dict(progress["files"])  # type: ignore[call-overload]
+    row_shapes = ((NUM_DENSE_FEATURES,), (NUM_SPARSE_FEATURES,), (1,))
+
+    def open_writer(path: Path, dtype: np.dtype, row_shape: tuple[int, ...], day: int):
+        if done == 0:
+            return layout.NpyAppendWriter(path, dtype, row_shape)
+        if torchrec_dense and row_shape == row_shapes[0] and done == len(tasks):
+            if np.load(layout.partial_path(path), mmap_mode="r").dtype == np.float32:
+                return None  # transformed after the row pass by the run this one resumes
+        return layout.NpyAppendWriter.reopen(path, dtype, row_shape, progress["day_rows"][day])  # type: ignore[index]
+
+    def snapshot(tasks_done: int) -> dict[str, object]:
+        """The progress after the first tasks_done chunks (copies: the run goes on changing)."""
+        files = dict(kept_files)
+        for day_writers in writers:
+            for writer in day_writers:
+                if writer is not None:
+                    files[layout.partial_path(writer.path).name] = writer.nbytes
+        return {
+            **progress,
+            "tasks_done": tasks_done,
+            "day_rows": [w[2].rows for w in writers],  # type: ignore[union-attr]
+            "files": files,
+            "lines_seen": list(lines_seen),
+            "dense_min": list(dense_min),
+            "max_ids": max_ids.tolist(),
+            "bad_rows": bad_rows,
+            "bad_examples": list(bad_examples),
+        }
+
+    def checkpoint(state: dict[str, object]) -> None:
+        for day_writers in writers:
+            for writer in day_writers:
+                if writer is not None:
+                    writer.sync()  # the rows first, then the state that counts them
+        log.write(state)
+
+    latest: dict[str, object] | None = None  # progress after the last chunk fully appended
     try:
         for day in range(len(spans)):
             files = [layout.day_file(out, day, kind) for kind in ("dense", "sparse", "labels")]
             created.extend(files)
             writers.append(
-                (
-                    layout.NpyAppendWriter(files[0], dense_dtype, (NUM_DENSE_FEATURES,)),
-                    layout.NpyAppendWriter(files[1], sparse_dtype, (NUM_SPARSE_FEATURES,)),
-                    layout.NpyAppendWriter(files[2], np.int32, (1,)),
+                tuple(
+                    open_writer(path, dtype, row_shape, day)
+                    for path, dtype, row_shape in zip(
+                        files, (dense_dtype, sparse_dtype, np.int32), row_shapes
+                    )
                 )
             )
-        tasks = _tasks(paths, ranges, False, options, vocab_files)
-        for result, first_line in _checked_results(
-            paths, tasks, workers, "preprocess", options.progress
-        ):
+        results = _checked_results(
+            paths,
+            tasks[done:],
+            workers,
+            "preprocess",
+            options.progress,
+            lines_before=lines_seen,
+            done_bytes=sum(t.stop_byte - t.start_byte for t in tasks[:done]),
+        )
+        for index, (result, first_line) in enumerate(results, start=done):
             f = result.task.file_index
             lines_seen[f] = first_line + result.lines
             bad_rows += result.bad_rows
             for line, why in result.bad_examples:
                 if len(bad_examples) < MAX_BAD_ROW_EXAMPLES:
                     bad_examples.append(f"{paths[f]}, line {first_line + line}: {why}")
-            if result.labels is None or len(result.labels) == 0:
-                continue
-            if result.dense_min is not None:
-                dense_min[f] = min(dense_min[f], result.dense_min)
-            max_ids = np.maximum(max_ids, result.max_ids)  # type: ignore[arg-type]
-            n = len(result.labels)
-            kept = result.kept_lines if result.kept_lines is not None else np.arange(n)
-            row_lines = first_line + kept  # 0-based line in the file of each row
-            for day, span in enumerate(spans):
-                if span.file_index != f:
-                    continue
-                lo = int(np.searchsorted(row_lines, span.first_line))
-                hi = (
-                    n if span.stop_line is None else int(np.searchsorted(row_lines, span.stop_line))
-                )
-                if hi > lo:
-                    for writer, block in zip(
-                        writers[day], (result.dense, result.sparse, result.labels)
-                    ):
-                        writer.append(block[lo:hi])  # type: ignore[index]
+            if result.labels is not None and len(result.labels) > 0:
+                if result.dense_min is not None:
+                    dense_min[f] = min(dense_min[f], result.dense_min)
+                max_ids = np.maximum(max_ids, result.max_ids)  # type: ignore[arg-type]
+                n = len(result.labels)
+                kept = result.kept_lines if result.kept_lines is not None else np.arange(n)
+                row_lines = first_line + kept  # 0-based line in the file of each row
+                for day, span in enumerate(spans):
+                    if span.file_index != f:
+                        continue
+                    lo = int(np.searchsorted(row_lines, span.first_line))
+                    hi = (
+                        n
+                        if span.stop_line is None
+                        else int(np.searchsorted(row_lines, span.stop_line))
+                    )
+                    if hi > lo:
+                        for writer, block in zip(
+                            writers[day], (result.dense, result.sparse, result.labels)
+                        ):
+                            writer.append(block[lo:hi])  # type: ignore[index, union-attr]
+            latest = snapshot(index + 1)
+            file_done = index + 1 == len(tasks) or tasks[index + 1].file_index != f
+            if file_done or log.due():
+                checkpoint(latest)
+    except (KeyboardInterrupt, SystemExit):
+        if latest is not None and latest is not log.state:
+            with contextlib.suppress(Exception):  # else the last state written stands
+                checkpoint(latest)
+        raise
     finally:
         for day_writers in writers:
             for writer in day_writers:
-                writer.close()
+                if writer is not None:
+                    writer.close()
     if spans[-1].stop_line is not None and lines_seen[0] != spans[-1].stop_line:
         raise PreprocessError(
             f"{paths[0]}: read {lines_seen[0]} lines, counted {spans[-1].stop_line}; did it change?"
         )
-    day_rows = [w[2].rows for w in writers]
+    day_rows = [w[2].rows for w in writers]  # type: ignore[union-attr]
     if 0 in day_rows:
         raise PreprocessError(f"a day file would be empty (rows per day: {day_rows})")
     return _WriteSummary(day_rows, dense_min, max_ids, str(sparse_dtype), bad_rows, bad_examples)
 
 
 def _apply_torchrec_dense(path: Path, file_min: int) -> None:
-    """Raw int32 dense -> float32 log(x - min + 2), in place (same item size), block by block."""
+    """Raw int32 dense -> float32 log(x - min + 2), block by block, into a copy that then replaces
+    the raw file (a rename, so a kill leaves either; a file already float32 was transformed by the
+    run this one resumes, and is left as it is)."""
     partial = layout.partial_path(path)
-    raw = np.load(partial, mmap_mode="r+")
-    as_float = raw.view(np.float32)
+    raw = np.load(partial, mmap_mode="r")
+    if raw.dtype == np.float32:
+        return
+    header_bytes = raw.offset
+    if raw.dtype != np.int32 or header_bytes != 128:
+        raise RuntimeError(f"{partial}: expected NpyAppendWriter's int32 file, got {raw.dtype}")
+    with open(partial, "rb") as fh:
+        header = fh.read(header_bytes)
     shift = np.int64(file_min) - 2
-    for start in range(0, len(raw), 1 << 20):
-        # int64 so that x - min + 2 cannot wrap; TorchRec's int32 arithmetic equals it whenever
-        # its own result is meaningful (max - min + 2 < 2^31).
-        block = raw[start : start + (1 << 20)].astype(np.int64) - shift
-        as_float[start : start + len(block)] = np.log(block, dtype=np.float32)
-    as_float.flush()
-    del raw, as_float
-    with open(partial, "r+b") as fh:  # the header's dtype becomes float32 (same header size)
-        header = fh.read(128)
-        fh.seek(0)
-        fh.write(header.replace(b"'<i4'", b"'<f4'"))
+    transformed = partial.with_name(partial.name + ".torchrec")
+    with open(transformed, "wb") as fh:
+        fh.write(header.replace(b"'<i4'", b"'<f4'"))  # same header size
+        for start in range(0, len(raw), 1 << 20):
+            # int64 so that x - min + 2 cannot wrap; TorchRec's int32 arithmetic equals it whenever
+            # its own result is meaningful (max - min + 2 < 2^31).
+            block = raw[start : start + (1 << 20)].astype(np.int64) - shift
+            fh.write(np.log(block, dtype=np.float32).tobytes())
         fh.flush()
-        os.fsync(fh.fileno())  # durable before the file is renamed into place: int32 bytes read as float32 otherwise
+        os.fsync(fh.fileno())  # durable before it replaces the raw file
+    del raw
+    os.replace(transformed, partial)
+    _fsync_dir(partial.parent)
 
 
 # ---- the vocabulary pass -------------------------------------------------------------------------
@@ -727,6 +1128,13 @@ def _build_vocabularies(
     return sizes
 
 
+def _saved_vocabulary(out: Path, feature: int, created: list[Path]) -> int:
+    """The size of a vocabulary saved by the run this one resumes."""
+    path = out / f"vocab_{feature}.npy"
+    created.append(path)
+    return len(np.load(layout.partial_path(path), mmap_mode="r"))
+
+
 def _save_vocabulary(out: Path, feature: int, values: np.ndarray, created: list[Path]) -> int:
     path = out / f"vocab_{feature}.npy"
     created.append(path)
@@ -753,12 +1161,20 @@ def _tasks(
 
 
 def _checked_results(
-    paths: list[Path], tasks: list[ChunkTask], workers: int, desc: str, progress: bool
+    paths: list[Path],
+    tasks: list[ChunkTask],
+    workers: int,
+    desc: str,
+    progress: bool,
+    lines_before: Sequence[int] | None = None,
+    done_bytes: int = 0,
 ) -> Iterator[tuple[ChunkResult, int]]:
     """Results in input order with the 0-based line their range starts at; the first bad line
-    (when rows are not skipped) raises PreprocessError naming the file, the line and the field."""
-    lines_before = [0] * len(paths)
-    with contextlib.closing(_run(tasks, workers, desc, progress)) as results:
+    (when rows are not skipped) raises PreprocessError naming the file, the line and the field.
+    A resumed run passes the lines of each input its earlier chunks held (tasks go on from there)
+    and their bytes (where the progress bar starts)."""
+    lines_before = list(lines_before) if lines_before is not None else [0] * len(paths)
+    with contextlib.closing(_run(tasks, workers, desc, progress, done_bytes)) as results:
         for result in results:
             f = result.task.file_index
             first_line = lines_before[f]
@@ -774,12 +1190,21 @@ def _checked_results(
             yield result, first_line
 
 
-def _run(tasks: list[ChunkTask], workers: int, desc: str, progress: bool) -> Iterator[ChunkResult]:
+def _run(
+    tasks: list[ChunkTask], workers: int, desc: str, progress: bool, done_bytes: int = 0
+) -> Iterator[ChunkResult]:
     """_process_chunk over tasks, results in task order. With several workers at most workers + 1
-    tasks are in flight, so finished results never pile up in the parent."""
-    total = sum(t.stop_byte - t.start_byte for t in tasks)
+    tasks are in flight, so finished results never pile up in the parent. The bar counts bytes
+    and starts at done_bytes (what a resumed run's earlier chunks read)."""
+    total = done_bytes + sum(t.stop_byte - t.start_byte for t in tasks)
     bar = tqdm(
-        total=total, unit="B", unit_scale=True, desc=desc, file=sys.stderr, disable=not progress
+        total=total,
+        initial=done_bytes,
+        unit="B",
+        unit_scale=True,
+        desc=desc,
+        file=sys.stderr,
+        disable=not progress,
     )
     try:
         if workers == 1 or len(tasks) <= 1:
@@ -1076,6 +1501,25 @@ def _hex_any_length(last8: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray,
 
 
 # ---- command line --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, `kill`) raises SystemExit in the main thread, so a run stops
+    as on Ctrl-C: it saves its resume state and leaves its work folder for the next run."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="recsearch data preprocess",
@@ -1126,6 +1570,19 @@ def main(argv: list[str] | None = None) -> int:
         "--chunk-mb", type=float, default=32.0, help="input MiB per work item (default 32)"
     )
     parser.add_argument("--force", action="store_true", help="replace a dataset already in --out")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over: delete the work folder a killed or interrupted run left for resuming",
+    )
+    parser.add_argument(
+        "--checkpoint-s",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="save the resume state at most every S seconds, and after each input file "
+        "(default 30; 0: after every chunk)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     if args.days is not None and len(args.input) > 1:
@@ -1142,17 +1599,20 @@ def main(argv: list[str] | None = None) -> int:
             chunk_bytes=max(1, int(args.chunk_mb * (1 << 20))),
             force=args.force,
             progress=not args.no_progress,
+            checkpoint_s=args.checkpoint_s,
+            restart=args.restart,
         )
-        meta = preprocess(args.input, args.out, options)
+        with _terminate_as_exit():
+            meta = preprocess(args.input, args.out, options)
     except (PreprocessError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"recsearch data preprocess: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit) as err:
         print(
             f"recsearch data preprocess: interrupted; {args.out} was not changed",
             file=sys.stderr,
         )
-        return 130
+        return 130 if isinstance(err, KeyboardInterrupt) else 128 + signal.SIGTERM
     seconds = float(meta.extra["preprocess_s"])  # type: ignore[arg-type]
     print(
         f"wrote {meta.total_rows:,} rows in {meta.num_days} days to {args.out} in {seconds:.1f}s "

@@ -200,6 +200,11 @@ def commit_partials(paths: list[Path]) -> None:
         os.replace(partial_path(path), path)
 
 
+def _without_rows(header: bytes) -> bytes:
+    """An npy header with the row count of its shape blanked out."""
+    return re.sub(rb"'shape': \(\d+,", b"'shape': (,", header).rstrip(b" \n")
+
+
 def _npy_header(dtype: np.dtype, shape: tuple[int, ...], header_bytes: int) -> bytes:
     """A version-1.0 npy header padded with spaces to exactly header_bytes (incl. 10-byte prefix)."""
     descr = np.lib.format.dtype_to_descr(np.dtype(dtype))
@@ -216,6 +221,9 @@ class NpyAppendWriter:
 
     The file is written as ``<path>.partial``; ``close()`` fixes the header's shape and fsyncs, and
     ``commit_partials`` moves it into place. Memory use is one block, whatever the file size.
+    ``sync()`` makes the rows appended so far durable (the header's shape is fixed only by close),
+    and ``reopen(path, dtype, row_shape, rows)`` continues such a file after its first ``rows`` rows
+    (a resumed run: whatever a killed writer appended after them is cut off).
     """
 
     _HEADER_BYTES = 128  # room for any shape up to 10^18 rows
@@ -227,6 +235,60 @@ class NpyAppendWriter:
         self.rows = 0
         self._fh: BinaryIO | None = open(partial_path(self.path), "wb")
         self._fh.write(_npy_header(self.dtype, (0, *self.row_shape), self._HEADER_BYTES))
+
+    @classmethod
+    def reopen(
+        cls, path: Path | str, dtype: np.dtype | str, row_shape: tuple[int, ...], rows: int
+    ) -> NpyAppendWriter:
+        """Continue ``<path>.partial``, written by a writer of this dtype and row shape, after its
+        first ``rows`` rows: the file is truncated there and appends follow; close() rewrites the
+        header with the row count as usual. ValueError when the file is not such a file or holds
+        fewer rows."""
+        self = cls.__new__(cls)
+        self.path = Path(path)
+        self.dtype = np.dtype(dtype)
+        self.row_shape = tuple(row_shape)
+        self.rows = int(rows)
+        partial = partial_path(self.path)
+        fh = open(partial, "r+b")
+        try:
+            header = fh.read(cls._HEADER_BYTES)
+            expected = _npy_header(self.dtype, (0, *self.row_shape), cls._HEADER_BYTES)
+            # Everything but the shape's row count must be what this writer writes.
+            if len(header) != cls._HEADER_BYTES or _without_rows(header) != _without_rows(expected):
+                raise ValueError(
+                    f"{partial}: not a {self.dtype} npy file of rows {self.row_shape} "
+                    "written by NpyAppendWriter"
+                )
+            size = cls._HEADER_BYTES + self.rows * self.row_bytes
+            if rows < 0 or os.fstat(fh.fileno()).st_size < size:
+                raise ValueError(
+                    f"{partial}: holds {os.fstat(fh.fileno()).st_size} bytes, fewer than "
+                    f"{rows} rows need ({size})"
+                )
+            fh.truncate(size)
+            fh.seek(size)
+        except BaseException:
+            fh.close()
+            raise
+        self._fh = fh
+        return self
+
+    @property
+    def row_bytes(self) -> int:
+        return self.dtype.itemsize * int(np.prod(self.row_shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the file once its rows are written: header and data."""
+        return self._HEADER_BYTES + self.rows * self.row_bytes
+
+    def sync(self) -> None:
+        """Make every row appended so far durable (flush and fsync; the header is fixed on close)."""
+        if self._fh is None:
+            raise ValueError(f"{self.path}: writer is closed")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
 
     def append(self, block: np.ndarray) -> None:
         if self._fh is None:

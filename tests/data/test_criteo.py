@@ -1,6 +1,7 @@
 import gzip
 import json
 import math
+import os
 import shutil
 
 import numpy as np
@@ -312,7 +313,11 @@ def test_interrupted_run_keeps_the_old_dataset(sample, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         preprocess([sample], out, PreprocessOptions(chunk_bytes=2000, force=True, **QUIET))
     assert len(calls) == 3 and _tree(out) == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "train.txt"]  # no work folder
+    # The work folder stays, for a rerun to resume (tests/data/test_preprocess_resume.py); the
+    # next run here has other options, so it deletes it.
+    work = f"out{criteo.WORK_TAG}{os.getpid()}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", work, "train.txt"]
+    assert (tmp_path / work / criteo.RESUME_FILE).is_file()
     monkeypatch.setattr(criteo, "_process_chunk", real)
 
     def disk_full(*args):
