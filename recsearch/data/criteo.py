@@ -32,7 +32,8 @@ folder, and the next run with the same --out, inputs (path, size, mtime) and out
 it over: it cuts the day files back to the saved rows and goes on with the next chunk, writing
 exactly the bytes one uninterrupted run writes. A folder of other inputs or options is deleted,
 saying what differed; `--restart` deletes it anyway. With --vocab-threshold the saved vocabularies
-are kept, so the counting pass is not repeated (a kill during it starts over).
+are kept, so the counting pass is not repeated (a kill during it starts over). The state itself:
+recsearch.data.preprocess_resume.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ import contextlib
 import glob
 import io
 import itertools
-import json
 import multiprocessing
 import os
 import re
@@ -65,6 +65,18 @@ from tqdm import tqdm
 from recsearch.cliargs import list_flag
 from recsearch.data import layout
 from recsearch.data.cpus import usable_cpus
+from recsearch.data.preprocess_resume import (
+    RESUME_FILE,
+    ResumeLog,
+    choose_resumable,
+    fresh_progress,
+    fsync_dir,
+    partial_sizes,
+    progress_words,
+    read_state,
+    remove_state,
+)
+from recsearch.data.preprocess_resume import fingerprint as resume_fingerprint
 from recsearch.types import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 
 NUM_FIELDS = 1 + NUM_DENSE_FEATURES + NUM_SPARSE_FEATURES
@@ -260,7 +272,7 @@ def preprocess(
     only once it is complete (meta.json included): a dataset already in out_dir (replaced with
     force) stays untouched until then, whatever happens to this run. A run that was killed or
     interrupted leaves that folder with a resume state, and a later run with the same inputs and
-    options continues it (see "Resuming" below) unless options.restart."""
+    options continues it (recsearch.data.preprocess_resume) unless options.restart."""
     started = time.perf_counter()
     paths = _check_inputs(inputs)
     out = Path(out_dir)
@@ -270,11 +282,11 @@ def preprocess(
         if Path(options.vocab_from).resolve() == target:
             raise ValueError("--vocab-from must name another dataset than --out")
         source_vocabularies = load_vocabularies(options.vocab_from)
-    fingerprint = _fingerprint(paths, options)
+    fingerprint = resume_fingerprint(paths, options)
     resumable = _recover(target, keep_resumable=True)
     _check_out_dir(out, target, options.force)
     work, state = _resume_or_start(target, resumable, fingerprint, options.restart)
-    log = _ResumeLog(work, fingerprint, options.checkpoint_s, state)
+    log = ResumeLog(work, fingerprint, options.checkpoint_s, state)
     workers = options.workers or usable_cpus()
     created: list[Path] = []  # every file this run writes (in `work`)
     try:
@@ -283,7 +295,7 @@ def preprocess(
         progress = (
             state
             if state is not None
-            else _fresh_progress(len(paths), len(spans), sum(len(r) for r in ranges))
+            else fresh_progress(len(paths), len(spans), sum(len(r) for r in ranges))
         )
         vocab_files: tuple[Path, ...] | None = None
         vocab_sizes: list[int] | None = None
@@ -294,7 +306,7 @@ def preprocess(
                 ]
             else:
                 vocab_sizes = _build_vocabularies(paths, ranges, work, options, workers, created)
-                progress = {**progress, "vocab_done": True, "files": _partial_sizes(created)}
+                progress = {**progress, "vocab_done": True, "files": partial_sizes(created)}
                 log.write(progress)
         elif source_vocabularies is not None:
             # A dataset is self-describing: it carries the vocabularies its ids were mapped with.
@@ -343,21 +355,20 @@ def preprocess(
             },
         )
         # No longer resumable from here (a kill in the seconds left: the next run starts over).
-        (work / RESUME_FILE).unlink(missing_ok=True)
-        (work / f"{RESUME_FILE}.tmp").unlink(missing_ok=True)  # a killed write's, if any
+        remove_state(work)
         layout.commit_partials(created)
         layout.write_meta(work, meta)  # the work folder is now a complete dataset
         _swap_in(work, out, target, options.force)
     except (KeyboardInterrupt, SystemExit):
         # Ctrl-C or a termination: keep what a later run can resume, as a kill would.
-        saved = _read_state(work)
+        saved = read_state(work)
         if saved is None:  # nothing saved yet (or no longer resumable): as before
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(
                 f"recsearch data preprocess: interrupted; {work} keeps "
-                f"{_progress_words(saved['progress'])}: run the same command again to resume "  # type: ignore[arg-type]
-                "(--restart starts over)",
+                f"{progress_words(saved['progress'])}: run the same command again to resume "  # type: ignore[arg-type]
+                "(--restart starts over; or delete that folder to free its space)",
                 file=sys.stderr,
             )
         raise
@@ -376,11 +387,13 @@ def preprocess(
 #      delete the old folder.
 # A dataset directory is therefore either the old dataset or the new one, complete. A run killed
 # before step 2 leaves the old dataset in place and a `.incomplete-<pid>` folder that the next run
-# resumes (it holds a resume state of the same inputs and options: "Resuming" below) or deletes;
+# resumes (it holds a resume state of the same inputs and options: recsearch.data.preprocess_resume)
+# or deletes (first renamed to `<out>.incomplete-<its own pid>.discard`: _discard);
 # killed between 1 and 2 (out is missing), the next run renames the old dataset back; killed in
 # step 3, the next run finishes it. Leftovers of a process that is still alive (a concurrent run)
 # are not touched.
 WORK_TAG = ".incomplete-"
+DISCARD_TAG = ".discard"  # `<out>.incomplete-<pid>.discard`: a dead run's folder being deleted
 REPLACED_TAG = ".replaced-"
 STATS_FILE = "stats.json"  # `recsearch data stats`' usual output beside the dataset
 
@@ -519,14 +532,15 @@ def _recover(target: Path, keep_resumable: bool = False) -> list[Path]:
         return resumable
     for tag in (REPLACED_TAG, WORK_TAG):  # the old dataset first: it may have to move back
         for leftover in sorted(parent.glob(f"{glob.escape(target.name)}{tag}*")):
-            pid = leftover.name[len(target.name) + len(tag) :]
+            rest = leftover.name[len(target.name) + len(tag) :]
+            pid = rest.removesuffix(DISCARD_TAG) if tag == WORK_TAG else rest
             if not pid.isdigit() or not leftover.is_dir() or _alive(int(pid)):
                 continue
             if tag == WORK_TAG:
-                if keep_resumable and (leftover / RESUME_FILE).is_file():
+                if keep_resumable and pid == rest and (leftover / RESUME_FILE).is_file():
                     resumable.append(leftover)
                 else:
-                    shutil.rmtree(leftover, ignore_errors=True)
+                    _discard(leftover, target)
             elif not target.exists():
                 os.rename(leftover, target)
                 print(
@@ -538,6 +552,27 @@ def _recover(target: Path, keep_resumable: bool = False) -> list[Path]:
                 _carry_over(leftover, target)
                 shutil.rmtree(leftover, ignore_errors=True)
     return resumable
+
+
+def _discard(folder: Path, target: Path) -> None:
+    """Delete the work folder of a dead run. Another run may be taking the same folder over to
+    resume it at this moment, so it is first taken by a rename to a name of this process's
+    (`<work folder>.discard`; atomic: of two renames one gets the folder whole, the other
+    FileNotFoundError), never deleted under a run that resumes it."""
+    own = _work_path(target)
+    taken = own.with_name(own.name + DISCARD_TAG)
+    if folder not in (own, taken):  # a folder named after this (live) process: no other run's
+        shutil.rmtree(taken, ignore_errors=True)
+        try:
+            os.rename(folder, taken)
+        except FileNotFoundError:
+            return  # another run took it first
+        except OSError:  # cannot be renamed (not ours): delete what we may, as before
+            taken = folder
+        folder = taken
+    with contextlib.suppress(OSError):  # first: never resumable once half deleted
+        (folder / RESUME_FILE).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -554,243 +589,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-# ---- resuming ------------------------------------------------------------------------------------
-# The row pass handles its chunks (ChunkTask: a byte range of an input) in a fixed order, and the
-# parent appends each chunk's rows to the day files in that order. Every checkpoint_s seconds and
-# at the end of each input file it fsyncs the day files and then atomically replaces
-# `resume.json` in the work folder: chunks done, rows of each day file, the counters the rest of
-# the run needs (lines read per input, max ids, dense minima, bad rows), the size each .partial
-# file had, and the run's fingerprint: the inputs (resolved path, size, mtime_ns) and every option
-# that changes the output (not workers, progress, force). A later run with the same --out finds a
-# dead process's folder with that file; when the fingerprint is exactly its own it renames the
-# folder to its own, cuts each day file back to the recorded rows (what a killed run appended
-# after its last checkpoint), and goes on with the next chunk: the output is byte for byte that of
-# one uninterrupted run. Otherwise (other inputs, changed files, other options, --restart) the
-# folder is deleted, saying why. With --vocab-threshold the state is first written once the
-# vocabularies are saved, so a resumed run does not count again; torchrec's dense transform runs
-# after the row pass and replaces each day's raw dense file by its transformed copy (a rename:
-# the header's dtype says which days are done).
-RESUME_FILE = "resume.json"
-RESUME_FORMAT = "recsearch-preprocess-resume"
-RESUME_VERSION = 1  # part of the fingerprint: raise it when the same run would write other bytes
-# The fingerprint's option keys, as the command line names them.
-_FINGERPRINT_FLAGS = {
-    "days": "--days",
-    "dense_transform": "--dense-transform",
-    "hash_size": "--hash-size",
-    "vocab_threshold": "--vocab-threshold",
-    "vocab_from": "--vocab-from",
-    "skip_bad_rows": "--skip-bad-rows",
-    "chunk_bytes": "--chunk-mb (chunk bytes)",
-}
-
-
-def _fingerprint(paths: list[Path], options: PreprocessOptions) -> dict[str, object]:
-    """What a resumed run must share with the run it continues (JSON values)."""
-
-    def stamp(path: Path) -> dict[str, object]:
-        st = path.stat()
-        return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-    vocab_from = None
-    if options.vocab_from is not None:
-        root = Path(options.vocab_from)
-        vocab_from = {
-            "path": str(root.resolve()),
-            "files": [stamp(root / f"vocab_{t}.npy") for t in range(NUM_SPARSE_FEATURES)],
-        }
-    return {
-        "version": RESUME_VERSION,
-        "inputs": [stamp(p) for p in paths],
-        "days": options.days if len(paths) == 1 else None,  # several inputs: one day each
-        "dense_transform": options.dense_transform,
-        "hash_size": list(options.hash_size) if options.hash_size is not None else None,
-        "vocab_threshold": options.vocab_threshold,
-        "vocab_from": vocab_from,
-        "skip_bad_rows": options.skip_bad_rows,
-        "chunk_bytes": options.chunk_bytes,
-    }
-
-
-def _fingerprint_differences(old: object, new: dict[str, object]) -> list[str]:
-    """How a resume state's fingerprint differs from this run's, in words (empty: the same)."""
-    if not isinstance(old, dict) or old.get("version") != new["version"]:
-        version = old.get("version") if isinstance(old, dict) else None
-        return [f"it was written by another version of preprocess (resume format {version!r})"]
-    found = []
-    old_inputs, new_inputs = old.get("inputs") or [], new["inputs"]
-    old_paths = [i.get("path") for i in old_inputs if isinstance(i, dict)]
-    new_paths = [i["path"] for i in new_inputs]  # type: ignore[index, union-attr]
-    if old_paths != new_paths:
-        found.append(f"its inputs were {' '.join(map(str, old_paths))}")
-    else:
-        for before, now in zip(old_inputs, new_inputs):  # type: ignore[call-overload]
-            if before != now:
-                found.append(
-                    f"input {now['path']} changed since (size {before.get('size')} -> "
-                    f"{now['size']}, mtime_ns {before.get('mtime_ns')} -> {now['mtime_ns']})"
-                )
-    for key, flag in _FINGERPRINT_FLAGS.items():
-        before, now = old.get(key), new[key]
-        if before == now:
-            continue
-        if (
-            key == "vocab_from"
-            and isinstance(before, dict)
-            and isinstance(now, dict)
-            and before.get("path") == now.get("path")
-        ):
-            found.append(f"the vocabularies in --vocab-from {now['path']} changed since")
-        else:
-            was, is_now = (v["path"] if isinstance(v, dict) else v for v in (before, now))
-            found.append(f"{flag} was {was}, now {is_now}")
-    return found
-
-
-def _fresh_progress(num_inputs: int, num_days: int, num_tasks: int) -> dict[str, object]:
-    """The resume state's progress of a run that has done nothing yet."""
-    return {
-        "vocab_done": False,  # the vocabulary pass (--vocab-threshold) is done and saved
-        "tasks_total": num_tasks,  # chunks of the row pass
-        "tasks_done": 0,  # chunks whose rows are in the day files (the first tasks_done)
-        "day_rows": [0] * num_days,
-        "files": {},  # .partial file name -> its size when the state was written
-        "lines_seen": [0] * num_inputs,  # lines of each input read by the chunks done
-        "dense_min": [0] * num_inputs,  # TorchRec's min includes the 0 of missing values
-        "max_ids": [0] * NUM_SPARSE_FEATURES,
-        "bad_rows": 0,
-        "bad_examples": [],
-    }
-
-
-def _progress_words(progress: dict[str, object]) -> str:
-    done, total = int(progress["tasks_done"]), int(progress["tasks_total"])  # type: ignore[call-overload]
-    words = f"{done:,} of {total:,} chunks ({100 * done // max(total, 1)}%)"
-    if progress.get("vocab_done"):
-        words += " and the counted vocabularies"
-    return words
-
-
-class _ResumeLog:
-    """Writes a run's resume state into its work folder; `state` is the last one written (or the
-    one the run resumed from), None before the first."""
-
-    def __init__(
-        self,
-        work: Path,
-        fingerprint: dict[str, object],
-        interval_s: float,
-        state: dict[str, object] | None,
-    ) -> None:
-        self.work = work
-        self.fingerprint = fingerprint
-        self.interval_s = interval_s
-        self.state = state
-        self._last = time.monotonic()
-
-    def due(self) -> bool:
-        return self.interval_s <= 0 or time.monotonic() - self._last >= self.interval_s
-
-    def write(self, progress: dict[str, object]) -> None:
-        _write_state(
-            self.work,
-            {
-                "format": RESUME_FORMAT,
-                "fingerprint": self.fingerprint,
-                "progress": progress,
-            },
-        )
-        self.state = progress
-        self._last = time.monotonic()
-
-
-def _write_state(work: Path, state: dict[str, object]) -> None:
-    """Atomically replace work/resume.json (written, fsynced, renamed, the folder fsynced)."""
-    tmp = work / f"{RESUME_FILE}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(state, fh, indent=1)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, work / RESUME_FILE)
-    _fsync_dir(work)
-
-
-def _read_state(folder: Path) -> dict[str, object] | None:
-    """A work folder's resume state, None when it cannot be read."""
-    try:
-        state = json.loads((folder / RESUME_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if (
-        not isinstance(state, dict)
-        or state.get("format") != RESUME_FORMAT
-        or not isinstance(state.get("progress"), dict)
-        or not set(_fresh_progress(0, 0, 0)) <= set(state["progress"])
-    ):
-        return None
-    return state
-
-
-def _missing_files(folder: Path, progress: dict[str, object]) -> str | None:
-    """What of the files a resume state counts on is not in folder (None: all there)."""
-    for name, size in dict(progress.get("files") or {}).items():  # type: ignore[call-overload]
-        path = folder / name
-        if not path.is_file() or path.stat().st_size < size:
-            return f"{name} is missing or shorter than its resume state records"
-    return None
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
+# ---- resuming (the state itself: recsearch.data.preprocess_resume) --------------------------------
 def _resume_or_start(
     target: Path, resumable: list[Path], fingerprint: dict[str, object], restart: bool
 ) -> tuple[Path, dict[str, object] | None]:
-    """This run's work folder and the progress it continues: a resumable folder of a dead process
-    whose fingerprint is this run's (the one with the most chunks done), renamed to this
-    process's; otherwise a new folder and None. Every other resumable folder is deleted, saying
-    why."""
+    """This run's work folder and the progress it continues: the resumable folder of a dead
+    process that preprocess_resume.choose_resumable picks, renamed to this process's; otherwise a
+    new folder and None. Every other resumable folder is deleted, saying why."""
     prefix = "recsearch data preprocess"
-    def chunks_done(state: dict[str, object] | None) -> int:
-        try:
-            return int(state["progress"]["tasks_done"])  # type: ignore[index]
-        except (TypeError, KeyError, ValueError):
-            return -1
-
-    states = [(folder, _read_state(folder)) for folder in resumable]
-    states.sort(key=lambda folder_state: -chunks_done(folder_state[1]))  # most progress first
-    chosen: tuple[Path, dict[str, object]] | None = None
-    for folder, state in states:
-        if state is None:
-            why = "its resume state is unreadable"
-        else:
-            progress: dict[str, object] = state["progress"]  # type: ignore[assignment]
-            if restart:
-                print(
-                    f"{prefix}: --restart: deleting {folder} ({_progress_words(progress)} "
-                    "written by a killed run)",
-                    file=sys.stderr,
-                )
-                shutil.rmtree(folder, ignore_errors=True)
-                continue
-            differences = _fingerprint_differences(state.get("fingerprint"), fingerprint)
-            if differences:
-                why = "; ".join(differences)
-            elif (missing := _missing_files(folder, progress)) is not None:
-                why = missing
-            elif chosen is not None:
-                why = f"{chosen[0].name} resumes the same run further on"
-            else:
-                chosen = (folder, progress)
-                continue
-        print(f"{prefix}: not resuming {folder}: {why}; deleted it", file=sys.stderr)
-        shutil.rmtree(folder, ignore_errors=True)
+    chosen, rejected = choose_resumable(resumable, fingerprint, restart)
+    for folder, why in rejected:
+        print(f"{prefix}: {why}", file=sys.stderr)
+        _discard(folder, target)
     if chosen is None:
         return _make_work_dir(target), None
     folder, progress = chosen
@@ -800,20 +610,17 @@ def _resume_or_start(
             shutil.rmtree(work)
         try:
             os.rename(folder, work)  # atomic: a concurrent run cannot take it as well
-        except FileNotFoundError:  # another run took it first
+        except FileNotFoundError:
+            print(
+                f"{prefix}: not resuming {folder}: another run took it first; starting over",
+                file=sys.stderr,
+            )
             return _make_work_dir(target), None
     print(
-        f"{prefix}: resuming {folder}: {_progress_words(progress)} already written",
+        f"{prefix}: resuming {folder}: {progress_words(progress)} already written",
         file=sys.stderr,
     )
     return work, progress
-
-
-def _partial_sizes(created: list[Path]) -> dict[str, int]:
-    """name -> size of each created file's .partial (the vocabularies before the row pass)."""
-    return {
-        layout.partial_path(p).name: layout.partial_path(p).stat().st_size for p in created
-    }
 
 
 # ---- planning ------------------------------------------------------------------------------------
@@ -904,11 +711,11 @@ def _write_days(
     spans: list[_DaySpan],
     vocab_files: tuple[Path, ...] | None,
     created: list[Path],
-    log: _ResumeLog,
+    log: ResumeLog,
     progress: dict[str, object],
 ) -> _WriteSummary:
     """The row pass, from the chunk after progress's tasks_done on (0: all of it), writing the
-    resume state to log as it goes (see "Resuming")."""
+    resume state to log as it goes (recsearch.data.preprocess_resume)."""
     torchrec_dense = options.dense_transform == "torchrec"
     dense_dtype = np.int32 if torchrec_dense else np.float32
     sizes = options.hash_sizes()
@@ -1065,12 +872,12 @@ def _apply_torchrec_dense(path: Path, file_min: int) -> None:
             # int64 so that x - min + 2 cannot wrap; TorchRec's int32 arithmetic equals it whenever
             # its own result is meaningful (max - min + 2 < 2^31).
             block = raw[start : start + (1 << 20)].astype(np.int64) - shift
-            fh.write(np.log(block, dtype=np.float32).tobytes())
+            fh.write(np.log(block, dtype=np.float32))  # C-contiguous: its buffer, no copy
         fh.flush()
         os.fsync(fh.fileno())  # durable before it replaces the raw file
     del raw
     os.replace(transformed, partial)
-    _fsync_dir(partial.parent)
+    fsync_dir(partial.parent)
 
 
 # ---- the vocabulary pass -------------------------------------------------------------------------
@@ -1517,7 +1324,8 @@ def _terminate_as_exit() -> Iterator[None]:
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # None: a handler not installed from Python, which cannot be put back from here
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1612,7 +1420,9 @@ def main(argv: list[str] | None = None) -> int:
             f"recsearch data preprocess: interrupted; {args.out} was not changed",
             file=sys.stderr,
         )
-        return 130 if isinstance(err, KeyboardInterrupt) else 128 + signal.SIGTERM
+        if isinstance(err, KeyboardInterrupt):
+            return 130
+        return err.code if isinstance(err.code, int) else 1  # SIGTERM: 143 (_terminate_as_exit)
     seconds = float(meta.extra["preprocess_s"])  # type: ignore[arg-type]
     print(
         f"wrote {meta.total_rows:,} rows in {meta.num_days} days to {args.out} in {seconds:.1f}s "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from torchrec.datasets.criteo import BinaryCriteoUtils
 
-from recsearch.data import criteo, layout
+from recsearch.data import criteo, layout, preprocess_resume
 from recsearch.data.criteo import PreprocessError, PreprocessOptions, preprocess
 from tests.conftest import KAGGLE_SAMPLE
 
@@ -317,7 +317,7 @@ def test_interrupted_run_keeps_the_old_dataset(sample, tmp_path, monkeypatch):
     # next run here has other options, so it deletes it.
     work = f"out{criteo.WORK_TAG}{os.getpid()}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", work, "train.txt"]
-    assert (tmp_path / work / criteo.RESUME_FILE).is_file()
+    assert (tmp_path / work / preprocess_resume.RESUME_FILE).is_file()
     monkeypatch.setattr(criteo, "_process_chunk", real)
 
     def disk_full(*args):

@@ -1,6 +1,7 @@
 """`recsearch data preprocess` resumes a killed or interrupted run (recsearch.data.criteo,
 "Resuming"): the resumed output is byte for byte an uninterrupted run's."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 from recsearch.data import criteo, layout
+from recsearch.data import preprocess_resume as resume
 from recsearch.data.criteo import PreprocessError, PreprocessOptions, preprocess
 from tests.conftest import KAGGLE_SAMPLE
 
@@ -63,7 +65,7 @@ def _assert_same_dataset(a, b):
 
 def _interrupt_after_checkpoint(monkeypatch, k):
     """Ctrl-C right after the k-th resume state is written (the parent's side: any workers)."""
-    real = criteo._write_state
+    real = resume.write_state
     writes = []
 
     def write_then_interrupt(work, state):
@@ -72,7 +74,7 @@ def _interrupt_after_checkpoint(monkeypatch, k):
         if len(writes) == k:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(criteo, "_write_state", write_then_interrupt)
+    monkeypatch.setattr(resume, "write_state", write_then_interrupt)
     return writes
 
 
@@ -109,7 +111,7 @@ def test_interrupted_run_resumes_to_identical_bytes(big, tmp_path, monkeypatch, 
     assert _work_folders(out) == [f"out{criteo.WORK_TAG}{os.getpid()}"]
     err = capsys.readouterr().err
     assert "interrupted" in err and "9 of 25 chunks (36%)" in err and "run the same command" in err
-    state = json.loads((tmp_path / _work_folders(out)[0] / criteo.RESUME_FILE).read_text())
+    state = json.loads((tmp_path / _work_folders(out)[0] / resume.RESUME_FILE).read_text())
     assert state["progress"]["tasks_done"] == 9 and sum(state["progress"]["day_rows"]) > 0
 
     monkeypatch.undo()
@@ -169,8 +171,8 @@ def test_killed_process_is_resumed(big, tmp_path, capsys, how):
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        from recsearch.data import criteo
-        real, writes = criteo._write_state, []
+        from recsearch.data import criteo, preprocess_resume
+        real, writes = preprocess_resume.write_state, []
         def write(work, state):
             writes.append(1)
             if len(writes) == 8:
@@ -179,7 +181,7 @@ def test_killed_process_is_resumed(big, tmp_path, capsys, how):
                 real(work, state)
                 os.kill(os.getpid(), signal.SIGTERM)
             real(work, state)
-        criteo._write_state = write
+        preprocess_resume.write_state = write
         sys.exit(criteo.main(["--input", {str(big)!r}, "--out", {str(out)!r}, "--workers", "2",
                               "--chunk-mb", "{CHUNK / (1 << 20)!r}", "--checkpoint-s", "0",
                               "--no-progress"]))
@@ -201,7 +203,7 @@ def test_killed_process_is_resumed(big, tmp_path, capsys, how):
     (left,) = _work_folders(out)
     assert not out.exists()
     if how == "SIGKILL":  # the 8th chunk's rows are in the files, beyond what the state counts
-        progress = json.loads((out.parent / left / criteo.RESUME_FILE).read_text())["progress"]
+        progress = json.loads((out.parent / left / resume.RESUME_FILE).read_text())["progress"]
         sizes = {name: (out.parent / left / name).stat().st_size for name in progress["files"]}
         assert any(sizes[name] > size for name, size in progress["files"].items())
 
@@ -296,10 +298,12 @@ def test_cli_interrupt_and_resume(big, tmp_path, monkeypatch, capsys):
     args = ["--input", str(big), "--out", str(out), "--workers", "1", "--no-progress",
             "--chunk-mb", str(CHUNK / (1 << 20)), "--checkpoint-s", "0", "--hash-size", "977"]
     _count_chunks(monkeypatch, fail_at=11)
+    handler = signal.getsignal(signal.SIGTERM)
     assert criteo.main(args) == 130
     err = capsys.readouterr().err
     assert "keeps 10 of 25 chunks (40%)" in err and "run the same command again to resume" in err
     assert f"{out} was not changed" in err
+    assert signal.getsignal(signal.SIGTERM) is handler  # the command's SIGTERM handler is gone
     monkeypatch.undo()
     assert criteo.main(args) == 0
     printed = capsys.readouterr()
@@ -397,9 +401,9 @@ def test_errors_still_delete_and_live_folders_are_left_alone(big, tmp_path, monk
     # A resumable folder of a process that is alive (a concurrent run) is not touched.
     live = tmp_path / f"out{criteo.WORK_TAG}{os.getppid()}"
     live.mkdir()
-    (live / criteo.RESUME_FILE).write_text("{}")
+    (live / resume.RESUME_FILE).write_text("{}")
     preprocess([big], out, _opts())
-    assert live.is_dir() and (live / criteo.RESUME_FILE).read_text() == "{}"
+    assert live.is_dir() and (live / resume.RESUME_FILE).read_text() == "{}"
     assert "resuming" not in capsys.readouterr().err
     shutil.rmtree(live)
 
@@ -436,3 +440,82 @@ def test_npy_append_writer_reopens_at_a_row_count(tmp_path):
     writer.close()
     layout.commit_partials([path])
     np.testing.assert_array_equal(np.load(path), data)
+
+
+def test_every_option_is_in_the_fingerprint_or_said_not_to_change_the_output(big, tmp_path):
+    fields = {f.name for f in dataclasses.fields(PreprocessOptions)}
+    assert fields == resume.OUTPUT_OPTIONS.keys() | resume.OTHER_OPTIONS
+    assert not resume.OUTPUT_OPTIONS.keys() & resume.OTHER_OPTIONS
+    preprocess([big], tmp_path / "vocab", _opts(vocab_threshold=2))
+    base = resume.fingerprint([big], _opts())
+    changed = {
+        "days": 3, "dense_transform": "torchrec", "hash_size": (500,), "vocab_threshold": 2,
+        "vocab_from": tmp_path / "vocab", "skip_bad_rows": True, "chunk_bytes": CHUNK * 2,
+    }
+    assert changed.keys() == resume.OUTPUT_OPTIONS.keys()
+    for name, value in changed.items():
+        differences = resume.fingerprint_differences(resume.fingerprint([big], _opts(**{name: value})), base)
+        assert len(differences) == 1 and resume.OUTPUT_OPTIONS[name] in differences[0], name
+    others = {"workers": 3, "force": True, "progress": True, "checkpoint_s": 7.0, "restart": True}
+    assert others.keys() == resume.OTHER_OPTIONS
+    assert resume.fingerprint([big], _opts(**others)) == base
+    # A key without words of its own (a later version's) still counts.
+    assert resume.fingerprint_differences({**base, "new_option": 1}, base) == [
+        "new_option was 1, now None"
+    ]
+
+
+DEAD_PID = 999_999_999  # beyond any pid_max: no such process
+
+
+def _dead_runs_folder(big, out, monkeypatch, name_tail=""):
+    """An interrupted run's work folder (5 chunks done), named after a dead process."""
+    writes = _interrupt_after_checkpoint(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess([big], out, _opts())
+    monkeypatch.undo()
+    assert writes
+    own = out.parent / f"{out.name}{criteo.WORK_TAG}{os.getpid()}"
+    dead = own.with_name(f"{out.name}{criteo.WORK_TAG}{DEAD_PID}{name_tail}")
+    os.rename(own, dead)
+    return dead
+
+
+def test_a_dead_runs_folder_is_taken_by_a_rename_before_it_is_deleted(big, tmp_path, monkeypatch, capsys):
+    """A run that deletes a folder it cannot resume first renames it to a name of its own, so a
+    concurrent run that takes the same folder over to resume it (a rename too) gets it whole or
+    not at all, never while it is being deleted."""
+    out = tmp_path / "out"
+    dead = _dead_runs_folder(big, out, monkeypatch)
+    capsys.readouterr()
+    deleting = []
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *args, **kwargs):
+        if Path(path).parent == tmp_path:
+            deleting.append((Path(path).name, dead.exists(), (Path(path) / resume.RESUME_FILE).exists()))
+        real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree)
+    preprocess([big], out, _opts(days=3))  # other options: not resumed, deleted
+    monkeypatch.undo()
+    assert "--days was 7, now 3; deleted it" in capsys.readouterr().err
+    discard = f"out{criteo.WORK_TAG}{os.getpid()}{criteo.DISCARD_TAG}"
+    # deleted under this process's name, the resume state first; the original name was gone
+    assert (discard, False, False) in deleting
+    assert _work_folders(out) == [] and layout.read_meta(out).day_rows == (667, 667, 666)
+
+
+def test_a_folder_left_half_deleted_is_deleted_never_resumed(big, tmp_path, monkeypatch, capsys):
+    """A run killed while deleting a dead run's folder (`.discard`, its resume state maybe still
+    there) leaves nothing the next run could resume."""
+    out = tmp_path / "out"
+    dead = _dead_runs_folder(big, out, monkeypatch, name_tail=criteo.DISCARD_TAG)
+    assert (dead / resume.RESUME_FILE).is_file()
+    capsys.readouterr()
+    calls = _count_chunks(monkeypatch)
+    preprocess([big], out, _opts())
+    assert "resuming" not in capsys.readouterr().err and len(calls) == 25
+    assert not dead.exists() and _work_folders(out) == []
+    preprocess([big], tmp_path / "reference", _opts())
+    _assert_same_dataset(out, tmp_path / "reference")
