@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from types import SimpleNamespace
 
 from recsearch.train import progress as progress_module
 from recsearch.train import trainer
@@ -15,7 +16,8 @@ from tests.train.test_trainer import _write_config
 
 def test_beats_are_written_at_most_once_per_interval(tmp_path, monkeypatch):
     clock = [100.0]
-    monkeypatch.setattr(progress_module.time, "monotonic", lambda: clock[0])
+    # the module's clock only (time.monotonic itself stays: pytest and threads read it too)
+    monkeypatch.setattr(progress_module, "time", SimpleNamespace(monotonic=lambda: clock[0], time=time.time))
     beacon = ProgressFile(tmp_path, interval_s=5.0)
     beacon.beat("setup", 0)
     first = json.loads((tmp_path / PROGRESS_FILE).read_text())
