@@ -27,8 +27,8 @@ once it holds the whole dataset and its meta.json; a dataset already there is re
 
 Resuming: during the row pass the parent saves a resume state in the folder (`resume.json`, at
 most every `--checkpoint-s` seconds and after each input file, once the rows it counts are
-fsynced). A run killed (SIGKILL, a crash), stopped by SIGTERM or interrupted by Ctrl-C leaves its
-folder, and the next run with the same --out, inputs (path, size, mtime) and output options takes
+fsynced). A run killed (SIGKILL, a crash), stopped by SIGTERM, interrupted by Ctrl-C or failed by
+the machine (an OSError: a full disk, an I/O error) leaves its folder, and the next run with the same --out, inputs (path, size, mtime) and output options takes
 it over: it cuts the day files back to the saved rows and goes on with the next chunk, writing
 exactly the bytes one uninterrupted run writes. A folder of other inputs or options is deleted,
 saying what differed; `--restart` deletes it anyway. With --vocab-threshold the saved vocabularies
@@ -270,8 +270,8 @@ def preprocess(
 
     The dataset is built in `<out_dir>.incomplete-<pid>` beside out_dir and moved into place
     only once it is complete (meta.json included): a dataset already in out_dir (replaced with
-    force) stays untouched until then, whatever happens to this run. A run that was killed or
-    interrupted leaves that folder with a resume state, and a later run with the same inputs and
+    force) stays untouched until then, whatever happens to this run. A run that was killed,
+    interrupted or failed by an OSError (a full disk) leaves that folder with a resume state, and a later run with the same inputs and
     options continues it (recsearch.data.preprocess_resume) unless options.restart."""
     started = time.perf_counter()
     paths = _check_inputs(inputs)
@@ -359,15 +359,18 @@ def preprocess(
         layout.commit_partials(created)
         layout.write_meta(work, meta)  # the work folder is now a complete dataset
         _swap_in(work, out, target, options.force)
-    except (KeyboardInterrupt, SystemExit):
-        # Ctrl-C or a termination: keep what a later run can resume, as a kill would.
+    except (KeyboardInterrupt, SystemExit, OSError) as err:
+        # Ctrl-C, a termination, or the machine failing the run (a full disk, an I/O error): keep
+        # what a later run can resume, as a kill would. Errors of the data stay errors (below).
         saved = read_state(work)
         if saved is None:  # nothing saved yet (or no longer resumable): as before
             shutil.rmtree(work, ignore_errors=True)
         else:
+            why = "interrupted" if not isinstance(err, OSError) else f"failed ({err})"
+            fix = "" if not isinstance(err, OSError) else "fix that, then "
             print(
-                f"recsearch data preprocess: interrupted; {work} keeps "
-                f"{progress_words(saved['progress'])}: run the same command again to resume "  # type: ignore[arg-type]
+                f"recsearch data preprocess: {why}; {work} keeps "
+                f"{progress_words(saved['progress'])}: {fix}run the same command again to resume "  # type: ignore[arg-type]
                 "(--restart starts over; or delete that folder to free its space)",
                 file=sys.stderr,
             )
@@ -831,7 +834,7 @@ def _write_days(
             file_done = index + 1 == len(tasks) or tasks[index + 1].file_index != f
             if file_done or log.due():
                 checkpoint(latest)
-    except (KeyboardInterrupt, SystemExit):
+    except (KeyboardInterrupt, SystemExit, OSError):
         if latest is not None and latest is not log.state:
             with contextlib.suppress(Exception):  # else the last state written stands
                 checkpoint(latest)
@@ -1415,6 +1418,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PreprocessError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"recsearch data preprocess: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # the machine's (a full disk): preprocess() kept what it could resume
+        print(f"recsearch data preprocess: {err}; {args.out} was not changed", file=sys.stderr)
+        return 1
     except (KeyboardInterrupt, SystemExit) as err:
         print(
             f"recsearch data preprocess: interrupted; {args.out} was not changed",

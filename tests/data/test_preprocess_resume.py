@@ -2,6 +2,7 @@
 "Resuming"): the resumed output is byte for byte an uninterrupted run's."""
 
 import dataclasses
+import errno
 import json
 import os
 import shutil
@@ -386,17 +387,32 @@ def test_torchrec_dense_resumes_in_the_row_pass_and_in_the_transform(tmp_path, m
     _assert_same_dataset(out, reference)
 
 
-def test_errors_still_delete_and_live_folders_are_left_alone(big, tmp_path, monkeypatch, capsys):
+def test_data_errors_delete_machine_errors_keep_and_live_folders_are_left_alone(big, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
-    # A real error after checkpoints (here: disk full in the dense transform) is not resumable.
+    # An error of the data after checkpoints (a bad row, line 1501) is not resumable: deleted.
+    rows = big.read_text().split("\n")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join(rows[:1500] + ["2" + rows[1500][1:]] + rows[1501:]))
+    with pytest.raises(criteo.PreprocessError, match="line 1501"):
+        preprocess([bad], tmp_path / "bad_out", _opts())
+    assert _work_folders(tmp_path / "bad_out") == []
+    # The machine's error (disk full in the dense transform, after the row pass) keeps the
+    # folder, and the rerun transforms what is left: the bytes of an uninterrupted run.
+    reference = tmp_path / "reference"
+    preprocess([big], reference, _opts(dense_transform="torchrec"))
+
     def disk_full(path, file_min):
         raise OSError("No space left on device")
 
     monkeypatch.setattr(criteo, "_apply_torchrec_dense", disk_full)
     with pytest.raises(OSError, match="No space"):
         preprocess([big], out, _opts(dense_transform="torchrec"))
-    assert _work_folders(out) == []
+    assert len(_work_folders(out)) == 1 and "fix that, then run the same command" in capsys.readouterr().err
     monkeypatch.undo()
+    preprocess([big], out, _opts(dense_transform="torchrec"))
+    assert "25 of 25 chunks (100%) already written" in capsys.readouterr().err
+    _assert_same_dataset(out, reference)
+    shutil.rmtree(out)
 
     # A resumable folder of a process that is alive (a concurrent run) is not touched.
     live = tmp_path / f"out{criteo.WORK_TAG}{os.getppid()}"
@@ -519,3 +535,37 @@ def test_a_folder_left_half_deleted_is_deleted_never_resumed(big, tmp_path, monk
     assert not dead.exists() and _work_folders(out) == []
     preprocess([big], tmp_path / "reference", _opts())
     _assert_same_dataset(out, tmp_path / "reference")
+
+
+def test_a_full_disk_keeps_the_folder_and_the_rerun_resumes(big, tmp_path, monkeypatch, capsys):
+    """An OSError of the machine (ENOSPC in a day file's append, after 12 chunks) is not the
+    data's fault: the progress saved stays, the message says to fix it and rerun, and the rerun
+    resumes to the bytes of an uninterrupted run (the half-written block is cut off)."""
+    reference = tmp_path / "reference"
+    preprocess([big], reference, _opts())
+    real_append, real_write_state = layout.NpyAppendWriter.append, resume.write_state
+    states, appends = [], []
+
+    def write_state(work, state):
+        real_write_state(work, state)
+        states.append(state["progress"]["tasks_done"])
+
+    def append_until_full(self, block):
+        if states and states[-1] == 12:  # the 13th chunk: its sparse block, after its dense one
+            appends.append(len(block))
+            if len(appends) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        real_append(self, block)
+
+    monkeypatch.setattr(resume, "write_state", write_state)
+    monkeypatch.setattr(layout.NpyAppendWriter, "append", append_until_full)
+    out = tmp_path / "out"
+    with pytest.raises(OSError, match="No space left"):
+        preprocess([big], out, _opts())
+    err = capsys.readouterr().err
+    assert "failed ([Errno 28] No space left on device)" in err and "12 of 25 chunks (48%)" in err
+    assert "fix that, then run the same command again to resume" in err
+    monkeypatch.undo()
+    preprocess([big], out, _opts())
+    assert "12 of 25 chunks (48%) already written" in capsys.readouterr().err
+    _assert_same_dataset(out, reference)
