@@ -102,7 +102,7 @@ def save(
     # Each rank hashes its own shards (still in its page cache, and in parallel); rank 0 gathers
     # them. On a shared filesystem rank 0 could read every shard, but only after the others'
     # writes are visible to it, and alone; the shards a rank wrote are certainly visible to it.
-    shards = sorted({info.relative_path for info in written.storage_data.values()})
+    shards = _written_shards(written, path, rank)
     report: dict[str, Any] = {}
     try:
         for i, name in enumerate(shards):
@@ -468,6 +468,27 @@ def _rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def _written_shards(written: dcp_metadata.Metadata, path: Path, rank: int) -> list[str]:
+    """The data files of the checkpoint at `path` that dcp.save just wrote (`written`: what it
+    returned). A collective where they have to be read back: all ranks call it."""
+    if written.storage_data is not None:
+        return sorted({info.relative_path for info in written.storage_data.values()})
+    # torch 2.11 (the GPU machine's): FileSystemWriter.finish records the files on a copy of the
+    # metadata, so dcp.save returns it without them (2.13: on the one it returns). Rank 0, which
+    # wrote the `.metadata` index, reads them back from it and tells the others.
+    names: list[str] | str = []
+    if rank == 0:
+        try:
+            metadata = _parse_metadata(path, (path / METADATA_FILE).read_bytes())
+            names = sorted({info.relative_path for info in metadata.storage_data.values()})
+        except (OSError, CheckpointError) as err:
+            names = f"rank 0: reading back the shard list of checkpoint {path} failed: {err}"
+    names = _gather(names)[0]  # every rank takes part, also after an error: no rank waits forever
+    if isinstance(names, str):
+        raise CheckpointError(names)
+    return names
 
 
 def _share_of(name: str, index: int, world_size: int) -> int:

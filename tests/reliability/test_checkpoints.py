@@ -1,5 +1,6 @@
 """Checkpoints are verified against their manifest before anything in them is read or unpickled."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -88,6 +89,29 @@ def test_save_then_load_restores_exactly(tmp_path):
     assert torch.equal(torch.get_rng_state(), rng_at_save)
 
 
+def test_the_shards_are_read_back_where_dcp_save_returns_metadata_without_them(tmp_path, monkeypatch):
+    # torch 2.11 (the GPU machine's) returns dcp.save's metadata with storage_data None; here on
+    # any torch: the save reads the shard list back from the .metadata it wrote
+    real_save = checkpoint.dcp.save
+
+    def save_as_torch_2_11(*args, **kwargs):
+        return dataclasses.replace(real_save(*args, **kwargs), storage_data=None)
+
+    monkeypatch.setattr(checkpoint.dcp, "save", save_as_torch_2_11)
+    path, model, _ = _saved(tmp_path)
+    assert set(_manifest(path)["files"]) == {".metadata", "loop_state.json", _shard(path).name}
+    fresh = _model(seed=1)
+    checkpoint.load(path, fresh, torch.optim.SGD(fresh.parameters(), lr=0.5, momentum=0.9))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+
+    def unreadable(path, data):
+        raise CheckpointError("damaged")
+
+    monkeypatch.setattr(checkpoint, "_parse_metadata", unreadable)
+    with pytest.raises(CheckpointError, match="rank 0: reading back the shard list of checkpoint .* failed: damaged"):
+        checkpoint.save(tmp_path, 4, model, _Optim({}), {"step": 4})
+
+
 def test_flipped_bytes_in_a_shard_are_refused(tmp_path):
     path, model, opt = _saved(tmp_path)
     shard = _shard(path)
@@ -169,7 +193,7 @@ def test_a_malicious_metadata_pickle_runs_no_code(tmp_path):
         checkpoint.load(path, model, opt)
     assert str(err.value) == (
         f"checkpoint {path} refused: {path / '.metadata'}: refused (UnpicklingError: "
-        "global io.open is not allowed in checkpoint metadata)"
+        f"global {open.__module__}.open is not allowed in checkpoint metadata)"  # _io from Python 3.12
     )
     assert not marker.exists()
 
