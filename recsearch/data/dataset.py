@@ -39,7 +39,7 @@ SCAN_BLOCK_ROWS = 1 << 20  # rows of a sparse file reduced at a time (26 x 8 B x
 CACHE_DIR_ENV = "RECSEARCH_CACHE_DIR"
 CACHE_FORMAT = "recsearch-derived-table-sizes/1"
 DERIVED_FROM = "data: "  # extra["num_embeddings_from"] of sizes derived from the data
-# `recsearch data preprocess` builds in `<out>.incomplete-<pid>` (recsearch.data.criteo.WORK_TAG):
+# `recsearch data preprocess` builds in `<out>.incomplete-<pid>` (recsearch.data.output_dir.WORK_TAG):
 # whole day files and no meta.json there mean a run that died, never TorchRec's files.
 WORK_FOLDER = re.compile(r".+\.incomplete-\d+")
 

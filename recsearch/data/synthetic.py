@@ -42,7 +42,7 @@ import numpy as np
 from tqdm import tqdm
 
 from recsearch import config
-from recsearch.data import criteo, layout
+from recsearch.data import layout, output_dir
 from recsearch.data.cpus import usable_cpus
 from recsearch.types import NUM_DENSE_FEATURES, NUM_SPARSE_FEATURES
 
@@ -233,17 +233,17 @@ def generate(
     depend on it. Raises FileExistsError when out_dir already holds a dataset (meta.json, or day
     files without it), unless force. The dataset is built in `<out_dir>.incomplete-<pid>` beside
     out_dir and swapped in whole once meta.json is written there, as `data preprocess` does
-    (recsearch.data.criteo.begin_output): out_dir is always the old dataset or the new one.
+    (recsearch.data.output_dir.begin_output): out_dir is always the old dataset or the new one.
     """
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     started = time.perf_counter()
-    build = criteo.begin_output(out_dir, force)
+    build = output_dir.begin_output(out_dir, force)
     try:
         meta = _generate_into(build.work, cfg, workers, progress, started)
-        criteo.finish_output(build, force)
+        output_dir.finish_output(build, force)
     except BaseException:  # KeyboardInterrupt too: nothing half-built is left behind
-        criteo.abandon_output(build)
+        output_dir.abandon_output(build)
         raise
     return meta
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from torchrec.datasets.criteo import BinaryCriteoUtils
 
-from recsearch.data import criteo, layout, preprocess_resume
+from recsearch.data import criteo, layout, output_dir, preprocess_resume
 from recsearch.data.criteo import PreprocessError, PreprocessOptions, preprocess
 from tests.conftest import KAGGLE_SAMPLE
 
@@ -315,7 +315,7 @@ def test_interrupted_run_keeps_the_old_dataset(sample, tmp_path, monkeypatch):
     assert len(calls) == 3 and _tree(out) == before
     # The work folder stays, for a rerun to resume (tests/data/test_preprocess_resume.py); the
     # next run here has other options, so it deletes it.
-    work = f"out{criteo.WORK_TAG}{os.getpid()}"
+    work = f"out{output_dir.WORK_TAG}{os.getpid()}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", work, "train.txt"]
     assert (tmp_path / work / preprocess_resume.RESUME_FILE).is_file()
     monkeypatch.setattr(criteo, "_process_chunk", real)

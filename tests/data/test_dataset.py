@@ -20,7 +20,7 @@ from torchrec.datasets.criteo import BinaryCriteoUtils, InMemoryBinaryCriteoIter
 from torchrec.datasets.scripts import npy_preproc_criteo
 
 from recsearch import config
-from recsearch.data import criteo, dataset, layout
+from recsearch.data import dataset, layout, output_dir
 from recsearch.data.loader import NpyBatchLoader
 from recsearch.train import logreg, trainer
 from recsearch.train.config import TrainConfig
@@ -160,7 +160,7 @@ def test_every_failure_says_which_way_to_go(tmp_path, torchrec_dirs):
     with pytest.raises(FileNotFoundError, match="unfinished files .*day_2_dense.npy.partial"):
         dataset.dataset_meta(partial)
     # A preprocess run's work folder killed before meta.json is unfinished, whatever it holds.
-    assert dataset.WORK_FOLDER.fullmatch(f"data{criteo.WORK_TAG}123")
+    assert dataset.WORK_FOLDER.fullmatch(f"data{output_dir.WORK_TAG}123")
     work = tmp_path / "data.incomplete-4242"
     shutil.copytree(torchrec_dirs["contig"], work)
     with pytest.raises(FileNotFoundError, match="is not a finished recsearch dataset"):

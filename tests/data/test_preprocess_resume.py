@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsearch.data import criteo, layout
+from recsearch.data import criteo, layout, output_dir
 from recsearch.data import preprocess_resume as resume
 from recsearch.data.criteo import PreprocessError, PreprocessOptions, preprocess
 from tests.conftest import KAGGLE_SAMPLE
@@ -49,7 +49,7 @@ def _day_inputs(tmp_path, copies=(6, 4, 5)):
 
 
 def _work_folders(out):
-    return sorted(p.name for p in out.parent.glob(f"{out.name}{criteo.WORK_TAG}*"))
+    return sorted(p.name for p in out.parent.glob(f"{out.name}{output_dir.WORK_TAG}*"))
 
 
 def _assert_same_dataset(a, b):
@@ -109,7 +109,7 @@ def test_interrupted_run_resumes_to_identical_bytes(big, tmp_path, monkeypatch, 
         preprocess([big], out, _opts(workers=workers))
     # The interrupt came before the run took note of the 9th state: it writes it once more.
     assert writes[:9] == list(range(1, 10)) and writes[9:] in ([], [9]) and not out.exists()
-    assert _work_folders(out) == [f"out{criteo.WORK_TAG}{os.getpid()}"]
+    assert _work_folders(out) == [f"out{output_dir.WORK_TAG}{os.getpid()}"]
     err = capsys.readouterr().err
     assert "interrupted" in err and "9 of 25 chunks (36%)" in err and "run the same command" in err
     state = json.loads((tmp_path / _work_folders(out)[0] / resume.RESUME_FILE).read_text())
@@ -118,7 +118,7 @@ def test_interrupted_run_resumes_to_identical_bytes(big, tmp_path, monkeypatch, 
     monkeypatch.undo()
     preprocess([big], out, _opts(workers=workers))
     err = capsys.readouterr().err
-    left = tmp_path / f"out{criteo.WORK_TAG}{os.getpid()}"
+    left = tmp_path / f"out{output_dir.WORK_TAG}{os.getpid()}"
     assert f"resuming {left}: 9 of 25 chunks (36%) already written" in err
     _assert_same_dataset(out, reference)
     assert _work_folders(out) == []
@@ -415,7 +415,7 @@ def test_data_errors_delete_machine_errors_keep_and_live_folders_are_left_alone(
     shutil.rmtree(out)
 
     # A resumable folder of a process that is alive (a concurrent run) is not touched.
-    live = tmp_path / f"out{criteo.WORK_TAG}{os.getppid()}"
+    live = tmp_path / f"out{output_dir.WORK_TAG}{os.getppid()}"
     live.mkdir()
     (live / resume.RESUME_FILE).write_text("{}")
     preprocess([big], out, _opts())
@@ -491,8 +491,8 @@ def _dead_runs_folder(big, out, monkeypatch, name_tail=""):
         preprocess([big], out, _opts())
     monkeypatch.undo()
     assert writes
-    own = out.parent / f"{out.name}{criteo.WORK_TAG}{os.getpid()}"
-    dead = own.with_name(f"{out.name}{criteo.WORK_TAG}{DEAD_PID}{name_tail}")
+    own = out.parent / f"{out.name}{output_dir.WORK_TAG}{os.getpid()}"
+    dead = own.with_name(f"{out.name}{output_dir.WORK_TAG}{DEAD_PID}{name_tail}")
     os.rename(own, dead)
     return dead
 
@@ -516,7 +516,7 @@ def test_a_dead_runs_folder_is_taken_by_a_rename_before_it_is_deleted(big, tmp_p
     preprocess([big], out, _opts(days=3))  # other options: not resumed, deleted
     monkeypatch.undo()
     assert "--days was 7, now 3; deleted it" in capsys.readouterr().err
-    discard = f"out{criteo.WORK_TAG}{os.getpid()}{criteo.DISCARD_TAG}"
+    discard = f"out{output_dir.WORK_TAG}{os.getpid()}{output_dir.DISCARD_TAG}"
     # deleted under this process's name, the resume state first; the original name was gone
     assert (discard, False, False) in deleting
     assert _work_folders(out) == [] and layout.read_meta(out).day_rows == (667, 667, 666)
@@ -526,7 +526,7 @@ def test_a_folder_left_half_deleted_is_deleted_never_resumed(big, tmp_path, monk
     """A run killed while deleting a dead run's folder (`.discard`, its resume state maybe still
     there) leaves nothing the next run could resume."""
     out = tmp_path / "out"
-    dead = _dead_runs_folder(big, out, monkeypatch, name_tail=criteo.DISCARD_TAG)
+    dead = _dead_runs_folder(big, out, monkeypatch, name_tail=output_dir.DISCARD_TAG)
     assert (dead / resume.RESUME_FILE).is_file()
     capsys.readouterr()
     calls = _count_chunks(monkeypatch)

@@ -1,6 +1,8 @@
 import hashlib
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -372,3 +374,21 @@ def test_planted_interactions_are_learnable_beyond_logistic_regression(tmp_path)
     assert ceiling - lr_auc > 0.08  # first-order terms alone leave a clear gap
     assert fm_auc - lr_auc > 0.05  # embeddings with pairwise interactions close much of it
     assert fm_auc < ceiling + 0.01  # and nothing beats the ceiling (up to test-set noise)
+
+
+def test_synth_and_the_trainer_need_no_pyarrow_or_optuna(tmp_path):
+    """The GPU machine (../shared/GPU.md) has numpy, torch and torchrec but no pyarrow and no
+    optuna: `recsearch data synth` and the trainer's imports must not reach them (the TSV parser
+    and the Bayesian controller do, and are not used there)."""
+    cfg = tmp_path / "synth.yaml"
+    cfg.write_text(json.dumps({**SMALL, "num_days": 2}))
+    code = f"""
+import sys
+sys.modules.update(pyarrow=None, optuna=None)  # imports of them fail; find_spec says None
+import recsearch.train.trainer, recsearch.cli
+sys.exit(recsearch.cli.main(["data", "synth", "--config", {str(cfg)!r}, "--out", {str(tmp_path / "d")!r}]))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert layout.read_meta(tmp_path / "d").day_rows == (6000, 6000)

@@ -91,7 +91,7 @@ def test_without_force_a_finished_dataset_is_refused_before_reading(tmp_path, da
 # ---- killed runs ---------------------------------------------------------------------------------
 KILLER = textwrap.dedent('''
     import os, signal, sys
-    from recsearch.data import criteo, layout
+    from recsearch.data import criteo, layout, output_dir
 
     def die(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -107,7 +107,7 @@ KILLER = textwrap.dedent('''
             return real_rename(src, dst)
         os.rename = rename
     elif point == "carrying_over":  # the new dataset in place, the user's files not moved yet
-        criteo._carry_over = die
+        output_dir.carry_over = die
     sys.exit(criteo.main(sys.argv[2:]))
 ''')
 
