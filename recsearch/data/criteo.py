@@ -62,7 +62,7 @@ import pyarrow.csv as pa_csv
 from tqdm import tqdm
 
 from recsearch.cliargs import list_flag
-from recsearch.data import layout, output_dir
+from recsearch.data import layout, output_dir, parent_watch
 from recsearch.data.cpus import usable_cpus
 from recsearch.data.preprocess_resume import (
     ResumeLog,
@@ -816,7 +816,12 @@ def _run(
         # (a Pool's result would never come), and leaving early (a bad row, Ctrl-C) cancels what
         # has not started and waits for the at most workers + 1 chunks in flight, instead of
         # Pool.terminate's SIGTERM to workers mid-task (a rare hang in the suite, 2026-12-05).
-        pool = concurrent.futures.ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx)
+        # Each worker ends itself if this process dies without shutting the pool down (SIGKILL):
+        # nothing else would end it (recsearch.data.parent_watch).
+        pool = concurrent.futures.ProcessPoolExecutor(
+            min(workers, len(tasks)), mp_context=ctx, initializer=parent_watch.exit_with,
+            initargs=(os.getpid(),),
+        )
         try:
             todo = iter(tasks)
             in_flight = collections.deque(

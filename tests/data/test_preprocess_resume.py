@@ -19,6 +19,7 @@ from recsearch.data import criteo, layout, output_dir
 from recsearch.data import preprocess_resume as resume
 from recsearch.data.criteo import PreprocessError, PreprocessOptions, preprocess
 from tests.conftest import KAGGLE_SAMPLE
+from tests.procs import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 CHUNK = 20_000  # bytes: the 2,000-line input below is 25 chunks
@@ -46,6 +47,18 @@ def _day_inputs(tmp_path, copies=(6, 4, 5)):
         path.write_text("\n".join([sample] * n) + "\n")
         paths.append(path)
     return paths
+
+
+def _processes_with_open(path):
+    """Pids of the processes that hold path open (Linux /proc)."""
+    pids = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(os.readlink(fd) == str(path) for fd in fd_dir.iterdir()):
+                pids.append(int(fd_dir.parent.name))
+        except OSError:  # gone, or not ours to read
+            continue
+    return pids
 
 
 def _work_folders(out):
@@ -194,6 +207,9 @@ def test_killed_process_is_resumed(big, tmp_path, capsys, how):
             timeout=120,
         )
     child_err = (tmp_path / "stderr").read_text()
+    # its workers and their forkserver (which inherited its stderr) end with it, SIGKILL included
+    assert wait_until(lambda: not _processes_with_open(tmp_path / "stderr"), timeout_s=15), (
+        f"left running: {_processes_with_open(tmp_path / 'stderr')}")
     if how == "SIGKILL":
         assert child.returncode == -signal.SIGKILL
         done = 7
