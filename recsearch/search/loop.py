@@ -217,6 +217,9 @@ class Search:
         self.controller = ctl.make_controller(self.cfg.controller, res.space, self.cfg.seed)
         self.checker = checker or Checker(res.tables, self.topology, self.cfg.placer, self.cfg.seed)
         self.running: dict[int, tuple[Handle, int]] = {}  # trial -> (handle, rung)
+        # while the reference runs beside candidates: candidate runs that ended before it, recorded
+        # once its result (the latency budget their reward needs) is known; None otherwise
+        self._held: dict[int, tuple[Handle, int]] | None = None
         self.poll_retry = poll_retry
         # trial -> (poll errors in a row, when to poll it again): trials whose poll raised
         self._poll_errors: dict[int, tuple[int, float]] = {}
@@ -411,6 +414,7 @@ class Search:
 
     def _run_reference(self) -> None:
         refs = [r for r in self.store.trials() if is_reference(r)]
+        held: dict[int, tuple[Handle, int]] = {}  # candidate runs that ended before the reference
         if refs and refs[0].state in FINAL:
             rec = refs[0]
         else:
@@ -419,8 +423,7 @@ class Search:
             if not rec.notes.get("reference"):  # an older search killed between its two lines
                 rec = self.store.add_notes(rec.trial_id, {"reference": True})
             self._submit(rec.trial_id, rec.spec, len(self.cfg.fidelity.train_rows) - 1)
-            while self.running:
-                self._wait_one()
+            held = self._run_beside(rec.trial_id)
             rec = self.store.get(rec.trial_id)
         if rec.state is not TrialState.COMPLETE:
             error = rec.result.error if rec.result else "unknown"
@@ -433,10 +436,28 @@ class Search:
             self.reference_ratio = rec.result.latency_ratio
             self.echo(f"[search] latency budget: {self.budget_ms:.3f} ms at batch "
                       f"{self.cfg.objective.serving_batch} (the reference config's p50)")
+        for trial_id in sorted(held):
+            self._finish(trial_id, *held[trial_id])
+
+    def _run_beside(self, reference_id: int) -> dict[int, tuple[Handle, int]]:
+        """Wait for the reference's run, with candidates in the other slots meanwhile: their
+        proposals and checks do not need the reference's result (a step_cost budget is an
+        estimate known from the start), only their rewards do, so a candidate run that ends first
+        is held, not recorded, and returned for recording once the budget is known. The reference
+        trains at the top rung, several rung-0 runs long: without this, concurrency - 1 slots idled
+        through it. Held runs are RUNNING in the journal: a search killed now reruns them."""
+        self._held = {}
+        try:
+            while reference_id in self.running:
+                self._fill_slots()
+                self._wait_one()
+            return self._held
+        finally:
+            self._held = None
 
     def _fill_slots(self) -> None:
         while len(self.running) < self.cfg.runner.concurrency:
-            due = [(t, r) for t, r in self.sched.runnable() if t not in self.running]
+            due = [(t, r) for t, r in self.sched.runnable() if t not in self.running and t not in (self._held or {})]
             if due:
                 trial_id, rung = due[0]
                 self._submit(trial_id, self.store.get(trial_id).spec, rung)
@@ -582,6 +603,9 @@ class Search:
         for trial_id in ended:
             handle, rung = self.running.pop(trial_id)
             self.heartbeat.discard(trial_id)
+            if self._held is not None and not is_reference(self.store.get(trial_id)):
+                self._held[trial_id] = (handle, rung)  # recorded when the reference is (_run_beside)
+                continue
             self._finish(trial_id, handle, rung)
 
     def _ended(self, trial_id: int, handle: Handle) -> bool:
