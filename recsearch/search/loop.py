@@ -428,15 +428,15 @@ class Search:
         if rec.state is not TrialState.COMPLETE:
             error = rec.result.error if rec.result else "unknown"
             if self.cfg.objective.metric == "latency" and self.budget_ms is None:
+                # the held runs stay RUNNING in the journal: a resumed search reruns them
                 raise RuntimeError(f"the reference config failed ({error}); it sets the latency budget: "
                                    f"fix it or set objective.budget_ms")
-            return
-        if self.cfg.objective.metric == "latency" and self.budget_ms is None:
+        elif self.cfg.objective.metric == "latency" and self.budget_ms is None:
             self.budget_ms = rec.result.latency_p50_ms
             self.reference_ratio = rec.result.latency_ratio
             self.echo(f"[search] latency budget: {self.budget_ms:.3f} ms at batch "
                       f"{self.cfg.objective.serving_batch} (the reference config's p50)")
-        for trial_id in sorted(held):
+        for trial_id in sorted(held):  # their rewards need nothing more of the reference
             self._finish(trial_id, *held[trial_id])
 
     def _run_beside(self, reference_id: int) -> dict[int, tuple[Handle, int]]:

@@ -21,12 +21,15 @@ class SlowReference:
     """Candidates end as they are submitted; the reference (trial 0) ends once 3 candidate runs
     have, with p50 REFERENCE_P50_MS."""
 
-    def __init__(self) -> None:
+    def __init__(self, reference_fails: bool = False) -> None:
         self.events: list[str] = []  # submissions and the reference's end, in order
         self.candidate_runs = 0
+        self.reference_fails = reference_fails
+        self.submitted: list[tuple[int, int]] = []  # (trial id, train rows)
 
     def submit(self, spec: TrialSpec, workdir: Path) -> Handle:
         self.events.append(f"submit {spec.trial_id}")
+        self.submitted.append((spec.trial_id, spec.train_rows))
         now = time.time()
         handle = Handle(spec.trial_id, Path(workdir), now, started_at_s=now)
         if spec.trial_id == 0:
@@ -38,7 +41,10 @@ class SlowReference:
         return handle
 
     def poll(self, handle: Handle) -> TrialState:
-        if handle.trial_id == 0 and handle.state is TrialState.RUNNING and self.candidate_runs >= 3:
+        if handle.trial_id == 0 and handle.state is TrialState.RUNNING and self.candidate_runs >= 3 and self.reference_fails:
+            handle.state, handle.finished_at_s, handle.error = TrialState.FAILED, time.time(), "RuntimeError: simulated"
+            self.events.append("reference ended")
+        elif handle.trial_id == 0 and handle.state is TrialState.RUNNING and self.candidate_runs >= 3:
             write_fake_result(handle.workdir, handle.info["spec"])
             result = json.loads((handle.workdir / RESULT_FILE).read_text())
             result["latency_ms"][str(SERVING_BATCH)]["p50_ms"] = REFERENCE_P50_MS
@@ -77,3 +83,20 @@ def test_candidates_train_beside_the_reference_and_are_scored_against_its_budget
     lines = journal_lines(out)
     first_ref_result = next(i for i, line in enumerate(lines) if line.get("trial_id") == 0 and line.get("result"))
     assert all(i > first_ref_result for i, line in enumerate(lines) if line.get("trial_id") != 0 and line.get("result"))
+
+
+def test_with_a_fixed_budget_a_failed_reference_leaves_the_held_runs_recorded_not_rerun(tmp_path, learnable_data):
+    raw = search_config(learnable_data, **{"runner.kind": "subprocess", "runner.concurrency": 2, "runner.poll_s": 0.01,
+                                           "trials": 4, "objective.budget_ms": 2.0})
+    runner = SlowReference(reference_fails=True)
+    search, out = start_search(tmp_path, raw, runner=runner)
+    assert search.run() == 0
+    records = {r.trial_id: r for r in JournalStore(out).trials()}
+    assert records[0].state is TrialState.FAILED
+    # the three candidate runs held while the reference ran were recorded (against the fixed
+    # budget), not run again: each trial's rung-0 run was submitted once
+    assert runner.events.index("reference ended") == 4
+    rung0 = [trial_id for trial_id, rows in runner.submitted if rows == 2048]
+    assert sorted(rung0) == sorted(set(rung0)) and {1, 2, 3} <= set(rung0)
+    for trial_id in (1, 2, 3):
+        assert records[trial_id].notes["rungs"]["0"]["score"] is not None
