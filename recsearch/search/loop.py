@@ -220,6 +220,7 @@ class Search:
         # while the reference runs beside candidates: candidate runs that ended before it, recorded
         # once its result (the latency budget their reward needs) is known; None otherwise
         self._held: dict[int, tuple[Handle, int]] | None = None
+        self._told_wait = False  # said why proposals wait for the reference (_proposals_wait)
         self.poll_retry = poll_retry
         # trial -> (poll errors in a row, when to poll it again): trials whose poll raised
         self._poll_errors: dict[int, tuple[int, float]] = {}
@@ -436,24 +437,52 @@ class Search:
             self.reference_ratio = rec.result.latency_ratio
             self.echo(f"[search] latency budget: {self.budget_ms:.3f} ms at batch "
                       f"{self.cfg.objective.serving_batch} (the reference config's p50)")
-        for trial_id in sorted(held):  # their rewards need nothing more of the reference
+        for trial_id in sorted(held):  # held only while the budget awaited the reference: known now
             self._finish(trial_id, *held[trial_id])
 
     def _run_beside(self, reference_id: int) -> dict[int, tuple[Handle, int]]:
         """Wait for the reference's run, with candidates in the other slots meanwhile: their
         proposals and checks do not need the reference's result (a step_cost budget is an
-        estimate known from the start), only their rewards do, so a candidate run that ends first
-        is held, not recorded, and returned for recording once the budget is known. The reference
-        trains at the top rung, several rung-0 runs long: without this, concurrency - 1 slots idled
-        through it. Held runs are RUNNING in the journal: a search killed now reruns them."""
-        self._held = {}
+        estimate known from the start). The reference trains at the top rung, several rung-0 runs
+        long: without this, concurrency - 1 slots idled through it.
+
+        Where the budget is the reference's latency, their rewards need its result: a candidate
+        run that ends first is held, not recorded, and returned for recording once the budget is
+        known (held runs are RUNNING in the journal: a search killed now reruns them), and a
+        controller that learns proposes no more candidates meanwhile than `_proposals_wait`
+        allows. Otherwise (objective.budget_ms set, metric step_cost or none) nothing waits for
+        the reference: runs are recorded as they end, and brackets decide and promote as usual."""
+        self._held = {} if self._budget_awaits_reference() else None
         try:
             while reference_id in self.running:
                 self._fill_slots()
                 self._wait_one()
-            return self._held
+            return self._held or {}
         finally:
             self._held = None
+
+    def _budget_awaits_reference(self) -> bool:
+        """Whether a candidate's reward needs the reference's result: the budget is its latency."""
+        return self.cfg.objective.metric == "latency" and self.budget_ms is None
+
+    def _proposals_wait(self) -> bool:
+        """While candidate results are held (`_run_beside`), every proposal is blind to them: a
+        controller that learns from its observations (all but random) then proposes at most
+        max(bracket size, concurrency) candidates, what the search proposes blind without the
+        overlap too (its first fill of the slots; the first bracket, whose first decision is the
+        first feedback). Unbounded, concurrency - 1 slots through a reference about
+        eta ** (rungs - 1) rung-0 runs long proposed that many times over: in configs/search/
+        kaggle_cluster.yaml 7 x 9, its whole budget of 60, before the controller saw one result."""
+        if self._held is None or self.cfg.controller == "random":
+            return False
+        cap = max(self.sched.bracket_size, self.cfg.runner.concurrency)
+        if len(self.sched.trials()) < cap:
+            return False
+        if not self._told_wait:
+            self._told_wait = True
+            self.echo(f"[search] {cap} candidates proposed while the reference trains: the {self.cfg.controller} "
+                      f"controller proposes more once the reference's latency (the budget) scores their results")
+        return True
 
     def _fill_slots(self) -> None:
         while len(self.running) < self.cfg.runner.concurrency:
@@ -462,7 +491,7 @@ class Search:
                 trial_id, rung = due[0]
                 self._submit(trial_id, self.store.get(trial_id).spec, rung)
                 continue
-            if self.proposals_closed or not self._propose_one():
+            if self.proposals_closed or self._proposals_wait() or not self._propose_one():
                 return
 
     def _propose_one(self) -> bool:
@@ -514,10 +543,10 @@ class Search:
         rows = self.cfg.fidelity.train_rows[rung]
         spec = replace(spec, trial_id=trial_id, train_rows=rows)
         workdir = self.dir / TRIALS_DIR / str(trial_id)
-        _archive_previous(workdir, rung)
-        workdir.mkdir(parents=True, exist_ok=True)
         # placed once, when it was proposed (the journal's note); only the reference is placed here
         known = self.store.get(trial_id).notes
+        _archive_previous(workdir, rung, promoted=str(rung - 1) in known.get("rungs", {}))
+        workdir.mkdir(parents=True, exist_ok=True)
         placement = known.get("placement") or self.checker.check(spec).placement
         if placement:
             (workdir / PLACEMENT_FILE).write_text(json.dumps({"placement": placement}, indent=1) + "\n")
@@ -888,17 +917,18 @@ def _check_notes(check: Check) -> dict[str, Any]:
     return notes
 
 
-def _archive_previous(workdir: Path, rung: int) -> None:
+def _archive_previous(workdir: Path, rung: int, promoted: bool) -> None:
     """Move an earlier run's files out of the trial dir, so it holds only the new run: the run of
-    the rung below (a promotion) goes to rung_<k>/, anything else (a failed or orphaned attempt at
-    this rung) to attempt_<n>/."""
+    the rung below (a promotion: `promoted`, the trial has a result there) goes to rung_<k>/,
+    anything else (a failed or orphaned attempt at this rung, such as the reference's, which only
+    ever runs the top rung) to attempt_<n>/."""
     if not workdir.exists():
         return
     entries = [p for p in workdir.iterdir() if not p.name.startswith(("rung_", "attempt_"))]
     if not entries:
         return
     name = f"rung_{rung - 1}"
-    if rung == 0 or (workdir / name).exists():
+    if rung == 0 or not promoted or (workdir / name).exists():
         n = 1
         while (workdir / f"attempt_{n}").exists():
             n += 1
