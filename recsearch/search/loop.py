@@ -433,6 +433,10 @@ class Search:
                 raise RuntimeError(f"the reference config failed ({error}); it sets the latency budget: "
                                    f"fix it or set objective.budget_ms")
         elif self.cfg.objective.metric == "latency" and self.budget_ms is None:
+            if rec.result.latency_p50_ms is None:  # a config check should have refused this search
+                raise RuntimeError(f"the reference config (trial {rec.trial_id}) completed without a latency at batch "
+                                   f"{self.cfg.objective.serving_batch} (its result.json's latency_setup.notes say why); "
+                                   "it sets the latency budget: set objective.budget_ms")
             self.budget_ms = rec.result.latency_p50_ms
             self.reference_ratio = rec.result.latency_ratio
             self.echo(f"[search] latency budget: {self.budget_ms:.3f} ms at batch "

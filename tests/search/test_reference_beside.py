@@ -250,3 +250,24 @@ def test_a_reference_that_fails_or_ctrl_c_beside_candidates_cancels_the_running_
     records = {r.trial_id: r for r in JournalStore(out).trials()}
     assert [records[t].state for t in (1, 2, 3, 4)] == [TrialState.RUNNING] * 4
     assert all(records[t].result is None for t in (1, 2, 3, 4))
+
+
+class _NoLatencyReference(SlowReference):
+    """The reference completes with an AUC and no latency entry at the serving batch."""
+
+    def poll(self, handle: Handle) -> TrialState:
+        state = super().poll(handle)
+        if handle.trial_id == 0 and state is TrialState.COMPLETE:
+            result = json.loads((handle.workdir / RESULT_FILE).read_text())
+            if result["latency_ms"]:
+                result["latency_ms"] = {}
+                (handle.workdir / RESULT_FILE).write_text(json.dumps(result))
+        return state
+
+
+def test_a_reference_without_a_latency_is_a_clear_error_not_a_crash(tmp_path, learnable_data):  # noqa: F811
+    raw = search_config(learnable_data, **{"runner.kind": "subprocess", "runner.concurrency": 2, "runner.poll_s": 0.01,
+                                           "trials": 4})
+    search, _ = start_search(tmp_path, raw, runner=_NoLatencyReference())
+    with pytest.raises(RuntimeError, match=r"reference config \(trial 0\) completed without a latency at batch 64"):
+        search.run()
