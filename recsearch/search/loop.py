@@ -841,7 +841,8 @@ class Search:
         tail = f" | {r.error[:200]}" if r and r.state is TrialState.FAILED and r.error else ""
         from recsearch.search.eta import progress_eta
 
-        trials = [t for t in self.store.trials() if not is_reference(t)]
+        # the budget counts trained candidates: a rejected one (never trained) is not among them
+        trials = [t for t in self.store.trials() if not is_reference(t) and not t.notes.get("rejected")]
         f = self.cfg.fidelity
         budget = len(self.sched.trials()) if self.proposals_closed else self.cfg.trials
         eta = progress_eta([t.notes.get("rungs", {}) for t in trials], sum(t.state in FINAL for t in trials), budget,

@@ -187,7 +187,11 @@ def test_infeasible_candidates_are_pruned_never_trained_and_counted(tmp_path, le
         assert "t_cat_" in r.notes["rejected"] and "does not fit" in r.notes["rejected"]
         assert not (out / "trials" / str(r.trial_id)).exists()  # never trained
         assert r.notes["observed"] is True  # the controller got its penalty
-    assert f"{len(rejected)} rejected before training" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"{len(rejected)} rejected before training" in printed
+    # the progress count is of trained candidates, the budget's unit: rejected ones are not in it
+    progress = [ln for ln in printed.splitlines() if ln.startswith("[search] trial") and " rung " in ln]
+    assert progress[-1].endswith("| 3/3 trials done, ETA 0 s"), progress[-1]
 
 
 def test_a_space_where_nothing_fits_is_an_error_before_any_training(tmp_path, learnable_data, capsys):
