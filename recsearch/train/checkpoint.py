@@ -236,7 +236,7 @@ def verify(path: Path | str) -> tuple[dcp_metadata.Metadata, dict]:
         files = _read_manifest(path)
         metadata = _parse_metadata(path, _checked_bytes(path, METADATA_FILE, files))
         loop_state = _parse_loop_state(path, _checked_bytes(path, LOOP_STATE_FILE, files))
-        shards = sorted({info.relative_path for info in metadata.storage_data.values()})
+        shards = _shard_names(metadata)
         unlisted = [name for name in shards if name not in files]
         if unlisted:
             raise CheckpointError(
@@ -470,25 +470,31 @@ def _rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _shard_names(metadata: dcp_metadata.Metadata) -> list[str]:
+    """The data files a checkpoint's metadata names, sorted (each once)."""
+    return sorted({info.relative_path for info in metadata.storage_data.values()})
+
+
 def _written_shards(written: dcp_metadata.Metadata, path: Path, rank: int) -> list[str]:
-    """The data files of the checkpoint at `path` that dcp.save just wrote (`written`: what it
-    returned). A collective where they have to be read back: all ranks call it."""
+    """The data files of the checkpoint at `path` that dcp.save just wrote (`written`: the
+    metadata it returned). Every rank calls it: with torch 2.11 it is a collective.
+
+    torch 2.13 records the files in the metadata dcp.save returns; torch 2.11 (the GPU
+    machine's) records them only on a copy (FileSystemWriter.finish), so the returned one has
+    storage_data None. Then rank 0, which wrote the `.metadata` file, reads the list back from it
+    and sends it to the others, or sends its error so that every rank raises it."""
     if written.storage_data is not None:
-        return sorted({info.relative_path for info in written.storage_data.values()})
-    # torch 2.11 (the GPU machine's): FileSystemWriter.finish records the files on a copy of the
-    # metadata, so dcp.save returns it without them (2.13: on the one it returns). Rank 0, which
-    # wrote the `.metadata` index, reads them back from it and tells the others.
-    names: list[str] | str = []
+        return _shard_names(written)
+    names_or_error: list[str] | str = []  # what rank 0 sends; the other ranks' value is unused
     if rank == 0:
         try:
-            metadata = _parse_metadata(path, (path / METADATA_FILE).read_bytes())
-            names = sorted({info.relative_path for info in metadata.storage_data.values()})
+            names_or_error = _shard_names(_parse_metadata(path, (path / METADATA_FILE).read_bytes()))
         except (OSError, CheckpointError) as err:
-            names = f"rank 0: reading back the shard list of checkpoint {path} failed: {err}"
-    names = _gather(names)[0]  # every rank takes part, also after an error: no rank waits forever
-    if isinstance(names, str):
-        raise CheckpointError(names)
-    return names
+            names_or_error = f"rank 0: reading back the shard list of checkpoint {path} failed: {err}"
+    names_or_error = _gather(names_or_error)[0]  # every rank takes part, also after an error
+    if isinstance(names_or_error, str):
+        raise CheckpointError(names_or_error)
+    return names_or_error
 
 
 def _share_of(name: str, index: int, world_size: int) -> int:

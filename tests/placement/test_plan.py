@@ -98,30 +98,6 @@ def test_learned_planner_accepts_a_torchrec_topology():
     assert {r[1][0] for r in plan_ranks(plan)["sparse.ebc"].values()} == {0, 1}
 
 
-def test_planner_splits_finer_around_a_table_that_has_no_split():
-    # big (128,000 B with sgd) fits no 100,000 B rank; its halves (64,000 B) and mid (60,000 B)
-    # do not pack, so the planner asks for pieces of at most 32,000 B. mid (dim 4) has no column
-    # split and the CPU sharder offers no row_wise: it must stay whole rather than fail the plan
-    ebc = EmbeddingBagCollection(
-        tables=[
-            EmbeddingBagConfig(name="big", embedding_dim=32, num_embeddings=1000, feature_names=["fb"]),
-            EmbeddingBagConfig(name="mid", embedding_dim=4, num_embeddings=3750, feature_names=["fm"]),
-        ],
-        device=torch.device("meta"),
-    )
-    planner = LearnedShardingPlanner(
-        topology=Topology(2, 100_000, "cpu"), placer="size_greedy", optimizer="sgd"
-    )
-    ranks = plan_ranks(planner.plan(ebc))[""]
-    assert ranks["mid"][0] == "table_wise"
-    kind, big_ranks = ranks["big"]
-    assert kind == "column_wise" and len(big_ranks) == 4  # quarters of 32,000 B
-    memory = planner.last_split.memory_per_rank(planner.last_placement, "sgd")
-    assert sorted(memory) == [92_000, 96_000]
-    mid_rank = ranks["mid"][1][0]
-    assert big_ranks.count(mid_rank) == 1 and big_ranks.count(1 - mid_rank) == 3
-
-
 def test_two_planners_on_the_same_inputs_give_the_same_plan():
     """Ranks may call plan() each on its own (TorchRec's plan() is deterministic): the learned
     stack's refinement is bounded by a count of evaluations, not the clock, so fresh planners

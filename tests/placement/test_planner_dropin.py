@@ -255,20 +255,28 @@ def test_a_table_larger_than_a_device_is_split_not_refused():
         LearnedShardingPlanner(Topology(2, 2 << 20), placer="round_robin").plan(seq, _sharders())
 
 
-def test_pieces_too_big_to_pack_are_split_finer_and_placed_again():
-    # sgd (no state): big 1000 x 32 = 128,000 B, mid 1875 x 8 = 60,000 B on 2 x 100,000 B.
-    # Split only what fits no rank: big -> 2 x 64,000, and 64 + 64 + 60 cannot be packed;
-    # the planner splits finer (big 4 x 32,000, mid 2 x 30,000): 94,000 B per rank
+def _big_and_mid(mid_dim):
+    """big (1000 x 32: 128,000 B with sgd, no state) fits no rank of 2 x 100,000 B; mid is
+    60,000 B at width mid_dim. Split only what fits no rank, big -> 2 x 64,000, and
+    64 + 64 + 60 cannot be packed: the planner must split finer. The model, and the planner."""
     model = EmbeddingBagCollection(
         tables=[
             EmbeddingBagConfig(name="big", embedding_dim=32, num_embeddings=1000, feature_names=["a"]),
-            EmbeddingBagConfig(name="mid", embedding_dim=8, num_embeddings=1875, feature_names=["b"]),
+            EmbeddingBagConfig(
+                name="mid", embedding_dim=mid_dim, num_embeddings=15_000 // mid_dim, feature_names=["b"]
+            ),
         ],
         device=torch.device("meta"),
     )
     planner = LearnedShardingPlanner(
         Topology(2, 100_000), placer="size_greedy", optimizer="sgd", debug=False
     )
+    return model, planner
+
+
+def test_pieces_too_big_to_pack_are_split_finer_and_placed_again():
+    # mid 1875 x 8: the planner splits finer (big 4 x 32,000, mid 2 x 30,000): 94,000 B per rank
+    model, planner = _big_and_mid(mid_dim=8)
     plan = planner.plan(model, [EmbeddingBagCollectionSharder()])
     widths = {t: [s.shard_sizes[1] for s in ps.sharding_spec.shards] for t, ps in plan.plan[""].items()}
     assert widths == {"big": [8, 8, 8, 8], "mid": [4, 4]}
@@ -281,6 +289,20 @@ def test_pieces_too_big_to_pack_are_split_finer_and_placed_again():
             placer="size_greedy",
             optimizer="sgd",
         ).plan(model, [EmbeddingBagCollectionSharder()])
+
+
+def test_planner_splits_finer_around_a_table_that_has_no_split():
+    # mid 3750 x 4 has no column split and the CPU sharders offer no row_wise: the planner asks
+    # for pieces of at most 32,000 B, and mid must stay whole rather than fail the plan
+    ebc, planner = _big_and_mid(mid_dim=4)
+    ranks = plan_ranks(planner.plan(ebc))[""]
+    assert ranks["mid"][0] == "table_wise"
+    kind, big_ranks = ranks["big"]
+    assert kind == "column_wise" and len(big_ranks) == 4  # quarters of 32,000 B
+    memory = planner.last_split.memory_per_rank(planner.last_placement, "sgd")
+    assert sorted(memory) == [92_000, 96_000]
+    mid_rank = ranks["mid"][1][0]
+    assert big_ranks.count(mid_rank) == 1 and big_ranks.count(1 - mid_rank) == 3
 
 
 def test_row_blocks_are_torchrecs():
