@@ -7,37 +7,67 @@ read never sees EOF) and a copy of the forkserver's liveness pipe (so the forkse
 either), and they stay, with a chunk's memory each, until the machine reboots. Linux's parent
 death signal does not help: their parent is the forkserver, not the process that died.
 
-`exit_with(parent_pid)`, the pool's initializer, starts a daemon thread in each worker that waits
-for parent_pid to exit (a pidfd, Linux >= 5.3; elsewhere a 1 s poll) and then ends the worker
-with os._exit, without running any cleanup of the parent's state. Standard library only.
+`exit_with(parent_pid)`, the pool's initializer, starts a thread in each worker that waits for
+parent_pid to exit (a pidfd, Linux >= 5.3; elsewhere a 1 s poll) and then ends the worker with
+os._exit, without running any cleanup of the parent's state. A worker that ends normally (the
+pool shut down) stops and joins that thread on its way out (a multiprocessing finalizer, which
+the worker runs at exit). Standard library only.
 """
 
 from __future__ import annotations
 
+import multiprocessing.util
 import os
 import select
 import threading
-import time
 
 PARENT_GONE_EXIT = 3  # a worker's exit status when the process it worked for has died
 POLL_INTERVAL_S = 1.0  # where there is no pidfd
 
 
-def exit_with(parent_pid: int) -> None:
-    """End this process once parent_pid has exited (a pool initializer; returns at once)."""
-    threading.Thread(target=_wait_then_exit, args=(parent_pid,), name="recsearch-parent-watch",
-                     daemon=True).start()
+class ParentWatch:
+    """The thread of exit_with; `stop()` ends it and joins it (idempotent)."""
+
+    def __init__(self, parent_pid: int):
+        self._stop_read, self._stop_write = os.pipe()
+        self.thread = threading.Thread(target=self._wait_then_exit, args=(parent_pid,),
+                                       name="recsearch-parent-watch", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        if self._stop_write < 0:
+            return
+        os.write(self._stop_write, b"x")
+        self.thread.join()
+        os.close(self._stop_write)
+        self._stop_write = -1
+
+    def _wait_then_exit(self, parent_pid: int) -> None:
+        try:
+            pidfd = os.pidfd_open(parent_pid)  # readable once the process has exited
+        except (AttributeError, OSError):  # no pidfd here, or the parent is already gone
+            pidfd = None
+        try:
+            if pidfd is None:
+                while _alive(parent_pid):
+                    if select.select([self._stop_read], [], [], POLL_INTERVAL_S)[0]:
+                        return  # stopped
+            elif select.select([pidfd, self._stop_read], [], [])[0] == [self._stop_read]:
+                return  # stopped, the parent alive
+        finally:
+            os.close(self._stop_read)
+            if pidfd is not None:
+                os.close(pidfd)
+        os._exit(PARENT_GONE_EXIT)
 
 
-def _wait_then_exit(parent_pid: int) -> None:
-    try:
-        pidfd = os.pidfd_open(parent_pid)  # readable once the process has exited
-    except (AttributeError, OSError):  # no pidfd here, or the parent is already gone
-        while _alive(parent_pid):
-            time.sleep(POLL_INTERVAL_S)
-    else:
-        select.select([pidfd], [], [])
-    os._exit(PARENT_GONE_EXIT)
+def exit_with(parent_pid: int) -> ParentWatch:
+    """End this process once parent_pid has exited (a pool initializer; returns at once). The
+    watch is stopped and joined when this process runs multiprocessing's exit finalizers (a pool
+    worker's normal end)."""
+    watch = ParentWatch(parent_pid)
+    multiprocessing.util.Finalize(watch, watch.stop, exitpriority=0)
+    return watch
 
 
 def _alive(pid: int) -> bool:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 from recsearch.data import parent_watch
@@ -59,3 +60,13 @@ def test_a_worker_whose_parent_is_already_gone_exits_at_once(tmp_path):
                                f"parent_watch.exit_with({gone.pid}); time.sleep(30)"],
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=20, check=False)
     assert worker.returncode == parent_watch.PARENT_GONE_EXIT
+
+
+def test_a_stopped_watch_is_joined_and_the_process_goes_on():
+    # the parent of this test process is alive: the watch waits until stopped, then its thread ends
+    watch = parent_watch.exit_with(os.getppid())
+    assert watch.thread.is_alive()
+    watch.stop()
+    watch.stop()  # a second stop (the exit finalizer after an explicit one) does nothing
+    assert not watch.thread.is_alive()
+    assert "recsearch-parent-watch" not in [t.name for t in threading.enumerate()]
