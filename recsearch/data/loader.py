@@ -229,8 +229,8 @@ class NpyBatchLoader:
         epoch = self.epoch  # fixed now: a later set_epoch must not change this iterator's order
         block_order = self._block_order(epoch)
         local = range(start_batch, len(self))
-        # Padding batches (pad_last_round) are blocks past the split's end: all of their rows are padding.
-        block_order = np.append(block_order, np.arange(len(block_order), self._global_batches))
+        if self._pad:  # padding batches are blocks past the split's end: all of their rows are padding
+            block_order = np.append(block_order, np.arange(len(block_order), self._global_batches))
         blocks = [int(block_order[self.rank + i * self.world_size]) for i in local]
         batches = (self._make_batch(block, epoch) for block in blocks)
         if self.prefetch_batches == 0:
@@ -282,11 +282,8 @@ class NpyBatchLoader:
         start = block * self.batch_size
         stop = min(start + self.batch_size, self.num_rows)
         if self._pad and stop - start < self.batch_size:
-            dense, sparse, labels = self._padded_rows(start, stop, epoch)
-        elif self.shuffle:
-            order = self._row_order(block, epoch, stop - start)
-            dense, sparse, labels = _gather_rows(self._days, start, stop, order)
-        elif self._views:
+            dense, sparse, labels = self._padded_rows(block, start, stop, epoch)
+        elif self._views and not self.shuffle:
             split = self._days[0]
             return Batch(
                 dense_features=torch.from_numpy(split.dense[start:stop]),
@@ -294,26 +291,28 @@ class NpyBatchLoader:
                 labels=torch.from_numpy(split.labels[start:stop].reshape(-1)),
             )
         else:
-            # Read-only views when the rows lie in one array; _kjt and _to_tensor copy them.
-            dense, sparse, labels = _slice_rows(self._days, start, stop, copy=False)
+            dense, sparse, labels = self._block_rows(block, start, stop, epoch)
         return Batch(
             dense_features=self._to_tensor(dense, torch.float32),
             sparse_features=self._kjt(sparse),
             labels=self._to_tensor(labels.reshape(-1), torch.float32),  # BCEWithLogits takes floats
         )
 
-    def _padded_rows(self, start: int, stop: int, epoch: int) -> tuple[np.ndarray, ...]:
-        """Rows [start, stop) of the split (none for a padding batch), then copies of the split's
-        first row up to a full batch: fresh arrays."""
+    def _block_rows(self, block: int, start: int, stop: int, epoch: int) -> tuple[np.ndarray, ...]:
+        """Rows [start, stop) of block `block`, in this epoch's order: a gather when shuffled, else
+        read-only views when the rows lie in one array (_kjt and _to_tensor copy them)."""
+        if self.shuffle:
+            return _gather_rows(self._days, start, stop, self._row_order(block, epoch, stop - start))
+        return _slice_rows(self._days, start, stop, copy=False)
+
+    def _padded_rows(self, block: int, start: int, stop: int, epoch: int) -> tuple[np.ndarray, ...]:
+        """The block's rows (none for a padding batch, which starts past the split's end), then
+        copies of the split's first row up to a full batch: fresh arrays."""
         pad = self.batch_size - max(0, stop - start)
-        first = _slice_rows(self._days, 0, 1)
-        padding = [np.repeat(a, pad, axis=0) for a in first]
+        padding = [np.repeat(a, pad, axis=0) for a in _slice_rows(self._days, 0, 1, copy=False)]
         if stop <= start:
             return tuple(padding)
-        if self.shuffle:
-            real = _gather_rows(self._days, start, stop, self._row_order(start // self.batch_size, epoch, stop - start))
-        else:
-            real = _slice_rows(self._days, start, stop, copy=False)
+        real = self._block_rows(block, start, stop, epoch)
         return tuple(np.concatenate([r, p]) for r, p in zip(real, padding, strict=True))
 
     def _empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
