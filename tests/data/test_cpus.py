@@ -54,3 +54,14 @@ def test_the_data_commands_default_to_it(tmp_path, monkeypatch):
     meta = synthetic.generate(SynthConfig(num_days=2, rows_per_day=2000, cardinality_scale=0.001, chunk_rows=500),
                               tmp_path / "d", progress=False)
     assert meta.extra["workers"] == 1
+
+    import shutil
+
+    from recsearch.data import criteo
+    from tests.conftest import KAGGLE_SAMPLE
+
+    sample = tmp_path / "train.txt"
+    shutil.copy(KAGGLE_SAMPLE, sample)
+    monkeypatch.setattr(criteo, "usable_cpus", lambda: 1)
+    meta = criteo.preprocess([sample], tmp_path / "p", criteo.PreprocessOptions(hash_size=(1000,), progress=False))
+    assert meta.extra["workers"] == 1
