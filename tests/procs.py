@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -47,3 +48,16 @@ def wait_until(done: Callable[[], bool], timeout_s: float = 120.0, interval_s: f
             return False
         time.sleep(interval_s)
     return True
+
+
+def children_within(pid: int, timeout_s: float = 60.0, ready: Callable[[], bool] = lambda: True) -> list[int]:
+    """pid's child processes (pgrep -P), polled until there is at least one and ready() is true,
+    or timeout_s pass; then those found ([] if none, or if ready() never was)."""
+    found: list[int] = []
+
+    def done() -> bool:
+        found[:] = [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True,
+                                                   text=True).stdout.split()]
+        return bool(found) and ready()
+
+    return found if wait_until(done, timeout_s) else []

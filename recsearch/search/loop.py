@@ -275,7 +275,7 @@ class Search:
         for rec in orphans:
             self._retry_or_fail(self.store.get(rec.trial_id))
         ref = next((r for r in self.store.trials() if is_reference(r)), None)
-        if ref and ref.state is TrialState.COMPLETE and self.cfg.objective.metric == "latency" and self.budget_ms is None:
+        if ref and ref.state is TrialState.COMPLETE and self._budget_awaits_reference():
             self.budget_ms = ref.result.latency_p50_ms
             self.reference_ratio = ref.result.latency_ratio
         if len(self.sched.trials()) >= self.cfg.trials:
@@ -428,11 +428,11 @@ class Search:
             rec = self.store.get(rec.trial_id)
         if rec.state is not TrialState.COMPLETE:
             error = rec.result.error if rec.result else "unknown"
-            if self.cfg.objective.metric == "latency" and self.budget_ms is None:
+            if self._budget_awaits_reference():
                 # the held runs stay RUNNING in the journal: a resumed search reruns them
                 raise RuntimeError(f"the reference config failed ({error}); it sets the latency budget: "
                                    f"fix it or set objective.budget_ms")
-        elif self.cfg.objective.metric == "latency" and self.budget_ms is None:
+        elif self._budget_awaits_reference():
             if rec.result.latency_p50_ms is None:  # a config check should have refused this search
                 raise RuntimeError(f"the reference config (trial {rec.trial_id}) completed without a latency at batch "
                                    f"{self.cfg.objective.serving_batch} (its result.json's latency_setup.notes say why); "
@@ -656,10 +656,8 @@ class Search:
             if failures >= self.poll_retry.attempts:
                 self._poll_errors.pop(trial_id, None)
                 self._cancel_quietly(handle)
-                handle.error = (f"the {type(self.runner).__name__} could not poll it: {failures} errors in a row "
-                                f"(runner poll retries exhausted), the last: {what}")
-                handle.state, handle.finished_at_s = TrialState.FAILED, time.time()
-                handle.info["runner_error"] = handle.error
+                handle.fail(f"the {type(self.runner).__name__} could not poll it: {failures} errors in a row "
+                            f"(runner poll retries exhausted), the last: {what}")
                 return True
             delay_s = self.poll_retry.delay_s(failures)
             self._poll_errors[trial_id] = (failures, time.time() + delay_s)
@@ -699,7 +697,13 @@ class Search:
         limit = self.cfg.runner.stall_timeout_s
         if limit is None or self.cfg.runner.kind not in ("subprocess", "pool") or handle.started_at_s is None:
             return False
-        last_s = max(handle.started_at_s, last_activity_s(handle.workdir, LOG_FILE) or 0.0)
+        # what was last seen of it: its files are looked at again only once that is limit old
+        # (their times only move on), not on every poll of every running trial
+        last_s = max(handle.started_at_s, handle.info.get("active_at_s", 0.0))
+        if time.time() - last_s < limit:
+            return False
+        last_s = max(last_s, last_activity_s(handle.workdir, LOG_FILE) or 0.0)
+        handle.info["active_at_s"] = last_s
         quiet_s = time.time() - last_s
         if quiet_s < limit:
             return False
@@ -899,8 +903,9 @@ class Search:
 def _failed_handle(trial_id: int, workdir: Path, error: str) -> Handle:
     """The handle of a run the runner could not start: over as soon as it began, with the error."""
     now = time.time()
-    return Handle(trial_id, workdir, now, state=TrialState.FAILED, error=error, finished_at_s=now,
-                  started_at_s=now, info={"runner_error": error})
+    handle = Handle(trial_id, workdir, now, started_at_s=now)
+    handle.fail(error)
+    return handle
 
 
 def _round(ratio: float | None) -> float | None:

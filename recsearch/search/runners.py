@@ -94,6 +94,14 @@ class Handle:
         self.state = TrialState.FAILED
         self.info["expired"] = True
 
+    def fail(self, error: str) -> None:
+        """The runner itself failed the run (it could not start it, or its polls kept raising):
+        the trial's result is FAILED with this error; the search reads no result.json for it."""
+        self.error = error
+        self.finished_at_s = time.time()
+        self.state = TrialState.FAILED
+        self.info["runner_error"] = error
+
 
 class TrialRunner(Protocol):
     """What the search asks of a runner. A runner may also have `wait(handles, timeout_s)`:

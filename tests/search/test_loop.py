@@ -321,3 +321,43 @@ def test_a_step_cost_cap_without_a_cost_model_is_an_error(tmp_path, learnable_da
     raw = search_config(learnable_data, **{"objective.max_step_cost_ms": 1.0})
     code, out = run_search(tmp_path, raw)
     assert code == 2 and not (out / "trials").exists()
+
+
+def test_the_stall_check_reads_a_runs_files_once_per_stall_timeout_not_every_poll(tmp_path, monkeypatch):
+    """Search._stalled looks at progress.json/train.log only once what it last saw of the run is
+    runner.stall_timeout_s old (their times only move on); a run quiet that long is killed."""
+    import time
+    from types import SimpleNamespace
+
+    from recsearch.search.runners import Handle
+
+    seen: list[float] = []
+    activity = {"at": None}
+
+    def last_activity_s(directory, log_name=None):
+        seen.append(time.time())
+        return activity["at"]
+
+    monkeypatch.setattr(loop, "last_activity_s", last_activity_s)
+    cancelled, echoed = [], []
+    fake = SimpleNamespace(cfg=SimpleNamespace(runner=SimpleNamespace(stall_timeout_s=30.0, kind="pool")),
+                           _cancel_quietly=cancelled.append, echo=echoed.append)
+    now = time.time()
+    handle = Handle(0, tmp_path, now - 10, started_at_s=now - 10)
+    for _ in range(3):  # started 10 s ago: nothing to look at yet
+        assert not loop.Search._stalled(fake, handle)
+    assert seen == []
+    handle.started_at_s = now - 40
+    activity["at"] = now - 5  # it wrote 5 s ago: looked at once, then not again for 25 s
+    for _ in range(3):
+        assert not loop.Search._stalled(fake, handle)
+    assert len(seen) == 1 and not cancelled
+    handle.info["active_at_s"] = now - 31  # what it last saw is a stall timeout old: look again
+    activity["at"] = now - 31  # and nothing new: stalled, killed
+    assert loop.Search._stalled(fake, handle)
+    assert len(seen) == 2 and cancelled == [handle] and handle.state is TrialState.FAILED
+    assert handle.error.startswith("stalled: no progress for 31 s") and echoed
+    # a torchx job, or no stall timeout: never looked at
+    fake.cfg.runner.kind = "torchx"
+    assert not loop.Search._stalled(fake, Handle(1, tmp_path, now - 99, started_at_s=now - 99))
+    assert len(seen) == 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import pytest
 from recsearch.search.runners import Handle
 from recsearch.search.store import JournalStore
 from recsearch.types import TrialState
-from tests.procs import all_dead
+from tests.procs import all_dead, children_within
 from tests.reliability.search_helpers import (
     CLI,
     REPO,
@@ -163,7 +162,8 @@ def test_sigterm_cancels_the_running_trial_exits_143_and_resume_finishes(tmp_pat
     proc = subprocess.Popen([*CLI, "search", "--config", str(write_config(tmp_path, raw)), "--out", str(out)],
                             cwd=REPO, env=env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        children = _trainer_children(proc.pid, out, time.monotonic() + 120)
+        # once a trial it runs has written its train.log: the search's children are then its trainers
+        children = children_within(proc.pid, 120, lambda: any((out / "trials").glob("*/train.log")))
         assert children, "no trial started"
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
@@ -181,13 +181,3 @@ def test_sigterm_cancels_the_running_trial_exits_143_and_resume_finishes(tmp_pat
     assert len(after) == 2 and all(r.state is TrialState.COMPLETE for r in after)
     assert (running.trial_id, 12288) in runner.submitted and JournalStore(out).get(running.trial_id).attempts == 2
 
-
-def _trainer_children(pid: int, out: Path, deadline_s: float) -> list[int]:
-    """The search's child processes once a trial it runs has written its train.log."""
-    while time.monotonic() < deadline_s:
-        logs = list((out / "trials").glob("*/train.log")) if (out / "trials").exists() else []
-        found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-        if logs and found:
-            return [int(p) for p in found]
-        time.sleep(0.05)
-    return []

@@ -14,7 +14,7 @@ import pytest
 
 from recsearch.search.store import JournalStore
 from recsearch.types import TrialState
-from tests.procs import all_dead
+from tests.procs import all_dead, children_within
 from tests.search.test_loop import learnable_data, search_config, write_config  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[2]
@@ -98,15 +98,6 @@ def _running_trial_log(out: Path, deadline_s: float) -> Path | None:
     return None
 
 
-def _children_within(pid: int, deadline_s: float) -> list[int]:
-    """The child processes of pid, polled until there is at least one or the deadline passes."""
-    while True:
-        found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-        if found or time.monotonic() >= deadline_s:
-            return [int(p) for p in found]
-        time.sleep(0.05)
-
-
 @pytest.mark.slow
 def test_ctrl_c_cancels_the_running_trial_and_exits_130(tmp_path, learnable_data):  # noqa: F811
     """SIGINT to the search process alone (not its process group, so the trial's trainer is not
@@ -121,7 +112,7 @@ def test_ctrl_c_cancels_the_running_trial_and_exits_130(tmp_path, learnable_data
         log = _running_trial_log(out, time.monotonic() + 120)
         assert log is not None, "no trial started"
         # the runner creates train.log just before it starts the trainer: wait for the child itself
-        children = _children_within(proc.pid, time.monotonic() + 60)
+        children = children_within(proc.pid, 60)
         proc.send_signal(signal.SIGINT)
         output, _ = proc.communicate(timeout=60)
     finally:
