@@ -29,8 +29,9 @@ class ParentWatch:
     """The thread of exit_with; `stop()` ends it and joins it (idempotent)."""
 
     def __init__(self, parent_pid: int):
-        self._stop_read, self._stop_write = os.pipe()
-        self.thread = threading.Thread(target=self._wait_then_exit, args=(parent_pid,),
+        stop_read, self._stop_write = os.pipe()
+        # a function, not a bound method, as the thread's target (the package's thread rule)
+        self.thread = threading.Thread(target=_wait_then_exit, args=(parent_pid, stop_read),
                                        name="recsearch-parent-watch", daemon=True)
         self.thread.start()
 
@@ -42,23 +43,25 @@ class ParentWatch:
         os.close(self._stop_write)
         self._stop_write = -1
 
-    def _wait_then_exit(self, parent_pid: int) -> None:
-        try:
-            pidfd = os.pidfd_open(parent_pid)  # readable once the process has exited
-        except (AttributeError, OSError):  # no pidfd here, or the parent is already gone
-            pidfd = None
-        try:
-            if pidfd is None:
-                while _alive(parent_pid):
-                    if select.select([self._stop_read], [], [], POLL_INTERVAL_S)[0]:
-                        return  # stopped
-            elif select.select([pidfd, self._stop_read], [], [])[0] == [self._stop_read]:
-                return  # stopped, the parent alive
-        finally:
-            os.close(self._stop_read)
-            if pidfd is not None:
-                os.close(pidfd)
-        os._exit(PARENT_GONE_EXIT)
+
+def _wait_then_exit(parent_pid: int, stop_read: int) -> None:
+    """os._exit once parent_pid has exited; return when stop_read becomes readable first."""
+    try:
+        pidfd = os.pidfd_open(parent_pid)  # readable once the process has exited
+    except (AttributeError, OSError):  # no pidfd here, or the parent is already gone
+        pidfd = None
+    try:
+        if pidfd is None:
+            while _alive(parent_pid):
+                if select.select([stop_read], [], [], POLL_INTERVAL_S)[0]:
+                    return  # stopped
+        elif select.select([pidfd, stop_read], [], [])[0] == [stop_read]:
+            return  # stopped, the parent alive
+    finally:
+        os.close(stop_read)
+        if pidfd is not None:
+            os.close(pidfd)
+    os._exit(PARENT_GONE_EXIT)
 
 
 def exit_with(parent_pid: int) -> ParentWatch:
