@@ -408,10 +408,7 @@ class Search:
 
     def _cancel_running(self) -> None:
         for handle, _ in list(self.running.values()):
-            try:
-                self.runner.cancel(handle)
-            except Exception as err:  # noqa: BLE001 - cancel the others; the first error is raised
-                self.echo(f"[search] warning: could not cancel trial {handle.trial_id}: {type(err).__name__}: {err}")
+            self._cancel_quietly(handle)
 
     def _run_reference(self) -> None:
         refs = [r for r in self.store.trials() if is_reference(r)]
@@ -668,8 +665,8 @@ class Search:
         return state is not TrialState.RUNNING or self._timed_out(handle)
 
     def _cancel_quietly(self, handle: Handle) -> None:
-        """Cancel a run whose end the search decided (timeout, polls that kept failing); a cancel
-        that raises is reported, and the trial is failed all the same."""
+        """Cancel a run whose end the search decided (timeout, polls that kept failing, the search's
+        own end); a cancel that raises is reported, and the others are still cancelled."""
         try:
             self.runner.cancel(handle)
         except Exception as err:  # noqa: BLE001 - the trial is failed either way

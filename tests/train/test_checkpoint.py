@@ -121,7 +121,7 @@ def test_a_checkpoint_saves_the_iteration_counter_and_a_resume_restores_it(tmp_p
 def test_a_save_whose_returned_metadata_lists_no_files_reads_them_back(tmp_path, learnable_data, monkeypatch):
     """torch 2.11's dcp.save returns metadata without storage_data (FileSystemWriter.finish
     records the files on a copy): the manifest must still list and hash every data file, read
-    back from the `.metadata` written, and a failed read back is a CheckpointError."""
+    back from the `.metadata` written."""
     real_save = checkpoint.dcp.save
     monkeypatch.setattr(checkpoint.dcp, "save",
                         lambda *a, **k: dataclasses.replace(real_save(*a, **k), storage_data=None))
@@ -133,9 +133,7 @@ def test_a_save_whose_returned_metadata_lists_no_files_reads_them_back(tmp_path,
     shards = checkpoint._shard_names(metadata)
     manifest = json.loads((path / checkpoint.MANIFEST_FILE).read_text())
     assert shards and set(manifest["files"]) == {*shards, checkpoint.METADATA_FILE, checkpoint.LOOP_STATE_FILE}
-    (path / checkpoint.METADATA_FILE).unlink()
-    with pytest.raises(checkpoint.CheckpointError, match="reading back the shard list of checkpoint"):
-        checkpoint._written_shards(dataclasses.replace(metadata, storage_data=None), path, rank=0)
+    # a failed read back is tested at the unit level: tests/reliability/test_checkpoints.py
 
 
 # ---- the data order a position counts in -----------------------------------------------------------
