@@ -414,6 +414,11 @@ def _check_inputs(inputs: Sequence[Path | str]) -> list[Path]:
     if not paths:
         raise ValueError("no input files given")
     for path in paths:
+        if path.is_dir():
+            raise ValueError(
+                f"{path}: a directory; --input takes the TSV files themselves: train.txt, or "
+                f"day_0 day_1 ... day_23 in day order (e.g. --input {path}/day_{{0..23}})"
+            )
         if not path.is_file():
             raise FileNotFoundError(f"{path}: input file not found")
         with open(path, "rb") as fh:
@@ -461,19 +466,78 @@ def _count_lines(path: Path) -> int:
     return lines + (last != b"\n")
 
 
+def _lines_up_to(path: Path, limit: int) -> int:
+    """Lines in the file (a last line without newline counts), counted up to about limit."""
+    lines, last = 0, b"\n"
+    with open(path, "rb") as fh:
+        while lines < limit and (block := fh.read(1 << 16)):
+            lines += block.count(b"\n")
+            last = block[-1:]
+    return lines + (last != b"\n")
+
+
 def _plan_days(paths: list[Path], days: int) -> list[_DaySpan]:
     """One input is cut into `days` contiguous line ranges like facebookresearch/dlrm's Kaggle
-    split (divmod; the first lines % days days one line longer); several inputs are a day each."""
+    split (divmod; the first lines % days days one line longer); several inputs are a day each.
+    Inputs that would leave a split fewer than layout.MIN_SPLIT_ROWS rows are refused here,
+    before the row pass."""
     if len(paths) > 1:
+        _check_input_days(paths)
         return [_DaySpan(f, 0, None) for f in range(len(paths))]
     total = _count_lines(paths[0])
     if total < days:
         raise PreprocessError(f"{paths[0]}: {total} lines, fewer than --days {days}")
     per_day, extra = divmod(total, days)
-    stops = np.cumsum([per_day + (d < extra) for d in range(days)])
-    return [
-        _DaySpan(0, int(stop - per_day - (d < extra)), int(stop)) for d, stop in enumerate(stops)
-    ]
+    lines = [per_day + (d < extra) for d in range(days)]
+    _check_cut_days(paths[0], lines)
+    stops = np.cumsum(lines)
+    return [_DaySpan(0, int(stop - n), int(stop)) for n, stop in zip(lines, stops)]
+
+
+def _check_cut_days(path: Path, lines: list[int]) -> None:
+    """One input cut into len(lines) days: its last day must hold val and test."""
+    if not _too_small_splits(lines):
+        return
+    days, total = len(lines), sum(lines)
+    need = 2 * layout.MIN_SPLIT_ROWS  # lines of the last day
+    fix = f", or at most --days {total // need}" if total // need >= 2 else ""
+    raise PreprocessError(
+        f"{path}: {total} lines cut into --days {days} leave the last day (day {days - 1}, split "
+        f"into val and test) {lines[-1]} of the {need} lines it needs: "
+        f"{_split_shortage(lines)}. Give at least {days * need} lines{fix}"
+    )
+
+
+def _check_input_days(paths: list[Path]) -> None:
+    """Several inputs, a day each: refuse an empty input, and inputs that would leave a split
+    fewer than layout.MIN_SPLIT_ROWS rows (the last input holds val and test). Reads only the
+    first lines of each input."""
+    need = 2 * layout.MIN_SPLIT_ROWS
+    lines = [_lines_up_to(p, need) for p in paths]
+    if 0 in lines:
+        day = lines.index(0)
+        raise PreprocessError(f"{paths[day]}: an empty file (it would be day {day}, with no rows)")
+    if _too_small_splits(lines):
+        raise PreprocessError(
+            f"{_split_shortage(lines)}. Each input is one day, and the last ({paths[-1]}, day "
+            f"{len(paths) - 1}) is split into val and test: it needs at least {need} lines, and "
+            f"the train inputs before it {layout.MIN_SPLIT_ROWS} lines in all"
+        )
+
+
+def _too_small_splits(day_rows: Sequence[int]) -> list[tuple[str, int]]:
+    """(split, rows) of each split of these days with fewer than layout.MIN_SPLIT_ROWS rows."""
+    rows = [(split, layout.day_split_rows(day_rows, split)) for split in layout.SPLITS]
+    return [(split, n) for split, n in rows if n < layout.MIN_SPLIT_ROWS]
+
+
+def _split_shortage(day_rows: Sequence[int]) -> str:
+    """What _too_small_splits finds, in words."""
+    short = ", ".join(f"{split} {n}" for split, n in _too_small_splits(day_rows))
+    return (
+        f"too few rows ({short}); every split needs at least {layout.MIN_SPLIT_ROWS} (val and "
+        "test are scored by AUC, which needs a click and a non-click)"
+    )
 
 
 # ---- the row pass --------------------------------------------------------------------------------
@@ -631,9 +695,25 @@ def _write_days(
             f"{paths[0]}: read {lines_seen[0]} lines, counted {spans[-1].stop_line}; did it change?"
         )
     day_rows = [w[2].rows for w in writers]  # type: ignore[union-attr]
-    if 0 in day_rows:
-        raise PreprocessError(f"a day file would be empty (rows per day: {day_rows})")
+    _check_rows_written(day_rows, bad_rows, bad_examples)
     return _WriteSummary(day_rows, dense_min, max_ids, str(sparse_dtype), bad_rows, bad_examples)
+
+
+def _check_rows_written(day_rows: list[int], bad_rows: int, bad_examples: list[str]) -> None:
+    """What the row pass wrote: rows in every day and split. The inputs' lines were checked before
+    the pass (_plan_days), so only skipped bad rows (or an input changed since) fail here."""
+    if bad_rows and sum(day_rows) == 0:
+        raise PreprocessError(
+            f"no rows remain: all {bad_rows:,} lines were bad rows and skipped, the first: "
+            f"{bad_examples[0]}"
+        )
+    after = f"after skipping {bad_rows:,} bad rows, " if bad_rows else ""
+    if 0 in day_rows:
+        raise PreprocessError(
+            f"{after}day {day_rows.index(0)} would be empty (rows per day: {day_rows})"
+        )
+    if _too_small_splits(day_rows):
+        raise PreprocessError(f"{after}{_split_shortage(day_rows)} (rows per day: {day_rows})")
 
 
 def _apply_torchrec_dense(path: Path, file_min: int) -> None:
@@ -871,10 +951,7 @@ def _process_chunk(task: ChunkTask) -> ChunkResult:
     # The 0-based line (within the range) of each parsed row: lines minus the wrong-width ones.
     row_lines = np.delete(np.arange(lines), [line - 1 for line, _ in wrong_width])
     bad_lines = sorted(
-        [
-            (line, f"expected {NUM_FIELDS} tab-separated fields, found {width}")
-            for line, width in wrong_width[:MAX_BAD_ROW_EXAMPLES]
-        ]
+        wrong_width[:MAX_BAD_ROW_EXAMPLES]
         + [
             (int(row_lines[r]) + 1, _why_bad(r, columns, checked))
             for r in np.flatnonzero(checked.bad)[:MAX_BAD_ROW_EXAMPLES]
@@ -934,16 +1011,43 @@ def _first_stray_carriage_return(data: bytes) -> int | None:
     return data.count(b"\n", 0, pos) + 1
 
 
-def _parse(data: bytes) -> tuple[pa.Table, list[tuple[int, int]]]:
+def _parse(data: bytes) -> tuple[pa.Table, list[tuple[int, str]]]:
     """Every field as bytes (no UTF-8 check: junk must become a row error, not a crash); rows with
-    the wrong field count are set aside as (1-based line, width). Blank lines stay rows (of empty
-    fields), so table rows and lines correspond."""
-    wrong_width: list[tuple[int, int]] = []
+    the wrong field count are set aside as (1-based line, what is wrong). Blank lines stay rows (of
+    empty fields), so table rows and lines correspond."""
+    if data.isascii():  # as Criteo's files are
+        return _parse_arrow(data)
+    # pyarrow decodes a malformed row's text as UTF-8 for its handler, and fails on other bytes
+    return _parse_by_line(data)
+
+
+def _parse_by_line(data: bytes) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """_parse, counting each line's fields here first: slower, for the chunks pyarrow fails on."""
+    lines = data.split(b"\n")
+    if data.endswith(b"\n"):
+        lines.pop()
+    kept, wrong_width = [], []
+    for number, line in enumerate(lines, start=1):
+        fields = line.count(b"\t") + 1
+        if fields == NUM_FIELDS or line in (b"", b"\r"):  # a blank line is a row (of empty fields)
+            kept.append(line)
+        else:
+            text = line.decode("utf-8", "backslashreplace")
+            wrong_width.append((number, _field_count_problem(fields, text)))
+    table, more = _parse_arrow(b"".join(line + b"\n" for line in kept))
+    if more:
+        raise RuntimeError(f"pyarrow set aside rows of {NUM_FIELDS} fields: {more[:3]}")
+    return table, wrong_width
+
+
+def _parse_arrow(data: bytes) -> tuple[pa.Table, list[tuple[int, str]]]:
+    """_parse by pyarrow alone: it sets rows of the wrong field count aside."""
+    wrong_width: list[tuple[int, str]] = []
 
     def on_invalid(row: pa_csv.InvalidRow) -> str:
         if row.number is None or row.number < 1:
             raise RuntimeError("pyarrow did not report the line of a malformed row")
-        wrong_width.append((int(row.number), int(row.actual_columns)))
+        wrong_width.append((int(row.number), _field_count_problem(row.actual_columns, row.text)))
         return "skip"
 
     if not data:
@@ -966,6 +1070,22 @@ def _parse(data: bytes) -> tuple[pa.Table, list[tuple[int, int]]]:
         ),
     )
     return table, wrong_width
+
+
+def _field_count_problem(fields: int, text: str) -> str:
+    """Why a line of `fields` tab-separated fields is bad, with a guess at what the file is when
+    the count says it (Criteo's test.txt: no label column; no tab at all: another separator)."""
+    problem = f"expected {NUM_FIELDS} tab-separated fields, found {fields}"
+    if fields == NUM_FIELDS - 1:
+        return (
+            f"{problem}: no label column? (Criteo's unlabeled test.txt has {NUM_FIELDS - 1}; "
+            "only labeled data, train.txt or day_N, can be preprocessed)"
+        )
+    if fields == 1 and "," in text:
+        return f"{problem}: no tab but commas; the fields must be tab-separated, not by commas"
+    if fields == 1:
+        return f"{problem}: no tab in the line; the fields must be tab-separated"
+    return problem
 
 
 @dataclass(frozen=True, eq=False)
@@ -1007,7 +1127,7 @@ def _validate(columns: list[pa.ChunkedArray], int32_dense: bool, hex_prefix_poss
         # is the rule, and the regex (4x the cast's time) runs only where it could differ.
         try:
             as_int = pc.cast(filled, pa.int64())
-            exact = not hex_prefix_possible and pc.max(pc.binary_length(filled)).as_py() <= 18
+            exact = not hex_prefix_possible and _longest(filled) <= 18
         except pa.ArrowInvalid:
             as_int, exact = None, False
         if not exact:
@@ -1030,6 +1150,13 @@ def _validate(columns: list[pa.ChunkedArray], int32_dense: bool, hex_prefix_poss
     for t in range(NUM_SPARSE_FEATURES):
         mark(hex_bad[:, t], 1 + NUM_DENSE_FEATURES + t, "not a hex id of at most 8 digits")
     return _Checked(problem >= 0, problem, tuple(problems), labels, dense, values)
+
+
+def _longest(column: pa.ChunkedArray | pa.Array) -> int:
+    """Bytes in the column's longest value; 0 for a column of no rows (every line of a chunk can
+    be set aside for its field count, e.g. Criteo's unlabeled test.txt)."""
+    longest = pc.max(pc.binary_length(column)).as_py()
+    return 0 if longest is None else int(longest)
 
 
 def _why_bad(row: int, columns: list[pa.ChunkedArray], checked: _Checked) -> str:

@@ -22,6 +22,7 @@ import dataclasses
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -35,6 +36,9 @@ META_FILE = "meta.json"
 FORMAT_NAME = "recsearch-criteo-npy"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
+# The fewest rows `data preprocess` lets a split have: val and test are scored by AUC, which needs a
+# click and a non-click, so at least 2 rows (whether both labels occur is up to the data).
+MIN_SPLIT_ROWS = 2
 PARTIAL_SUFFIX = ".partial"
 DENSE_TRANSFORMS = ("log1p", "torchrec")
 TORCHREC_NPY_SOURCE = "torchrec_npy"  # the source of an infer_meta description (no meta.json)
@@ -172,21 +176,30 @@ def infer_meta(root: Path | str, num_embeddings_per_feature: tuple[int, ...]) ->
 
 def split_ranges(meta: DatasetMeta, split: str) -> list[tuple[int, int, int]]:
     """(day, first_row, stop_row) slices that make up a split, in TorchRec's convention."""
+    return day_split_ranges(meta.day_rows, split)
+
+
+def day_split_ranges(day_rows: Sequence[int], split: str) -> list[tuple[int, int, int]]:
+    """split_ranges of day files holding day_rows rows (day 0, day 1, ...)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    last = meta.num_days - 1
+    last = len(day_rows) - 1
     if split == "train":
-        if meta.num_days < 2:
+        if len(day_rows) < 2:
             raise ValueError("a dataset with one day file has no train split (need >= 2 days)")
-        return [(d, 0, meta.day_rows[d]) for d in range(last)]
-    half = (meta.day_rows[last] + 1) // 2  # TorchRec: val gets the extra row of an odd day
+        return [(d, 0, day_rows[d]) for d in range(last)]
+    half = (day_rows[last] + 1) // 2  # TorchRec: val gets the extra row of an odd day
     if split == "val":
         return [(last, 0, half)]
-    return [(last, half, meta.day_rows[last])]
+    return [(last, half, day_rows[last])]
 
 
 def split_rows(meta: DatasetMeta, split: str) -> int:
-    return sum(stop - start for _, start, stop in split_ranges(meta, split))
+    return day_split_rows(meta.day_rows, split)
+
+
+def day_split_rows(day_rows: Sequence[int], split: str) -> int:
+    return sum(stop - start for _, start, stop in day_split_ranges(day_rows, split))
 
 
 def partial_path(path: Path | str) -> Path:

@@ -5,6 +5,7 @@ import os
 import shutil
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from torchrec.datasets.criteo import BinaryCriteoUtils
 
@@ -445,3 +446,168 @@ def test_force_keeps_stats_json_only_when_it_describes_the_new_dataset(sample, t
     (out / "stats.json").write_text('{"tables": []}\n')  # no stamp (older, or by hand): kept as before
     preprocess([sample], out, PreprocessOptions(force=True, **QUIET))
     assert (out / "stats.json").read_text() == '{"tables": []}\n'
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize(
+    "write, message",
+    [
+        # Criteo's test.txt: no label column, 39 fields in every line (no row left in any chunk)
+        (
+            lambda rows: ["\t".join(r[1:]) for r in rows],
+            "expected 40 tab-separated fields, found 39: no label column? (Criteo's unlabeled "
+            "test.txt has 39;",
+        ),
+        (
+            lambda rows: [",".join(r) for r in rows],
+            "expected 40 tab-separated fields, found 1: no tab but commas; the fields must be "
+            "tab-separated",
+        ),
+        (
+            lambda rows: [" ".join(r) for r in rows],
+            "expected 40 tab-separated fields, found 1: no tab in the line",
+        ),
+    ],
+)
+def test_a_chunk_with_no_row_of_40_fields_is_a_field_count_error(
+    sample, tmp_path, capsys, write, message, skip
+):
+    """Every line of a chunk set aside for its field count left _validate an empty table, and a
+    traceback (pc.max of no values is None) instead of the error naming the line."""
+    sample.write_text("\n".join(write(_rows(sample))) + "\n")
+    args = ["--input", str(sample), "--out", str(tmp_path / "o"), "--workers", "1", "--no-progress"]
+    assert criteo.main(args + ["--skip-bad-rows"] * skip) == 2
+    err = capsys.readouterr().err
+    first = f"{sample}, line 1: {message}"
+    if skip:
+        assert err.startswith(
+            f"recsearch data preprocess: no rows remain: all 100 lines were bad rows and skipped, "
+            f"the first: {first}"
+        )
+    else:
+        assert err.startswith(f"recsearch data preprocess: {first}")
+        assert "Traceback" not in err
+    assert not list(tmp_path.glob("o*"))
+
+
+def test_validate_takes_a_table_of_no_rows():
+    empty = [pa.chunked_array([], pa.binary())] * criteo.NUM_FIELDS
+    for hex_prefix_possible in (False, True):
+        for int32_dense in (False, True):
+            checked = criteo._validate(empty, int32_dense, hex_prefix_possible)
+            assert checked.dense.shape == (0, 13) and checked.values.shape == (0, 26)
+            assert not checked.bad.any() and checked.labels.shape == (0,)
+
+
+def test_a_wrong_field_count_in_a_line_that_is_not_utf8(sample, tmp_path):
+    """pyarrow decodes a malformed row for its handler as UTF-8 and failed on other bytes."""
+    raw = sample.read_bytes().split(b"\n")
+    raw[3] = b"05db\xff164\t1"
+    sample.write_bytes(b"\n".join(raw))
+    with pytest.raises(PreprocessError, match="line 4: expected 40 tab-separated fields, found 2"):
+        preprocess([sample], tmp_path / "a", PreprocessOptions(**QUIET))
+    meta = preprocess([sample], tmp_path / "s", PreprocessOptions(skip_bad_rows=True, **QUIET))
+    assert meta.total_rows == 99 and meta.day_rows == (14, 15, 14, 14, 14, 14, 14)
+    reference = preprocess(
+        [KAGGLE_SAMPLE], tmp_path / "r", PreprocessOptions(days=2, **QUIET)
+    )  # the rows kept are the same rows, whichever way the chunk was parsed
+    ours = preprocess([sample], tmp_path / "o", PreprocessOptions(days=2, skip_bad_rows=True, **QUIET))
+    assert (ours.day_rows, reference.day_rows) == ((49, 50), (50, 50))
+    keep = np.r_[0:3, 4:100]
+    for kind in ("dense", "sparse", "labels"):
+        np.testing.assert_array_equal(
+            _all(tmp_path / "o", kind, 2), _all(tmp_path / "r", kind, 2)[keep]
+        )
+
+
+def test_a_directory_as_input_says_so(tmp_path, capsys):
+    (tmp_path / "tb").mkdir()
+    assert criteo.main(["--input", str(tmp_path / "tb"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"recsearch data preprocess: {tmp_path / 'tb'}: a directory; --input takes the TSV files "
+        "themselves: train.txt, or day_0 day_1 ... day_23 in day order"
+    )
+    assert "not found" not in err
+
+
+@pytest.mark.parametrize(
+    "lines, days, message",
+    [
+        # --days 7 of 10 lines: day 6 has 1 line (val 1, test 0)
+        (10, 7, "10 lines cut into --days 7 leave the last day (day 6, split into val and test) "
+                "1 of the 4 lines it needs: too few rows (val 1, test 0); every split needs at "
+                "least 2 (val and test are scored by AUC, which needs a click and a non-click). "
+                "Give at least 28 lines, or at most --days 2"),
+        (27, 7, "leave the last day (day 6, split into val and test) 3 of the 4 lines it needs: "
+                "too few rows (test 1); every split needs at least 2 (val and test are scored by "
+                "AUC, which needs a click and a non-click). Give at least 28 lines, or at most "
+                "--days 6"),
+        (7, 2, "(day 1, split into val and test) 3 of the 4 lines it needs: too few rows "
+               "(test 1); every split needs at least 2 (val and test are scored by AUC, which "
+               "needs a click and a non-click). Give at least 8 lines"),
+    ],
+)
+def test_a_split_of_fewer_than_two_rows_is_refused_before_the_row_pass(
+    sample, tmp_path, capsys, monkeypatch, lines, days, message
+):
+    _write_rows(sample, _rows(sample)[:lines])
+    monkeypatch.setattr(criteo, "_write_days", None)  # never reached
+    assert criteo.main(["--input", str(sample), "--out", str(tmp_path / "o"), "--days",
+                        str(days), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"recsearch data preprocess: {sample}: ") and message in err
+    assert not list(tmp_path.glob("o*"))
+
+
+def test_the_smallest_inputs_every_split_has_two_rows_of(sample, tmp_path):
+    rows = _rows(sample)
+    _write_rows(sample, rows[:28])
+    meta = preprocess([sample], tmp_path / "k", PreprocessOptions(**QUIET))
+    assert meta.day_rows == (4,) * 7
+    assert [layout.split_rows(meta, s) for s in layout.SPLITS] == [24, 2, 2]
+    days = [tmp_path / "day_0", tmp_path / "day_1"]
+    _write_rows(days[0], rows[:2])
+    _write_rows(days[1], rows[2:6])
+    meta = preprocess(days, tmp_path / "t", PreprocessOptions(**QUIET))
+    assert [layout.split_rows(meta, s) for s in layout.SPLITS] == [2, 2, 2]
+
+
+@pytest.mark.parametrize(
+    "day_lines, message",
+    [
+        ((50, 1), "too few rows (val 1, test 0); every split needs at least 2 (val and test are "
+                  "scored by AUC, which needs a click and a non-click). Each input is one day, "
+                  "and the last ({last}, day 1) is split into val and test: it needs at least 4 "
+                  "lines, and the train inputs before it 2 lines in all"),
+        ((30, 30, 3), "too few rows (test 1)"),
+        ((1, 30), "too few rows (train 1)"),
+        ((30, 0, 30), "{day_1}: an empty file (it would be day 1, with no rows)"),
+    ],
+)
+def test_several_inputs_that_leave_a_split_short_are_refused(
+    sample, tmp_path, capsys, day_lines, message
+):
+    rows = _rows(sample)
+    days = []
+    for i, n in enumerate(day_lines):
+        days.append(tmp_path / f"day_{i}")
+        _write_rows(days[-1], rows[:n])
+    assert criteo.main(["--input", *map(str, days), "--out", str(tmp_path / "o"),
+                        "--no-progress"]) == 2
+    expected = message.format(last=days[-1], day_1=days[1])
+    assert capsys.readouterr().err.startswith(f"recsearch data preprocess: {expected}")
+
+
+def test_skipped_rows_that_leave_a_split_short_are_refused(sample, tmp_path):
+    rows = _rows(sample)[:28]  # 7 days of 4 lines: test = lines 27-28
+    rows[26][3] = "x"
+    _write_rows(sample, rows)
+    with pytest.raises(PreprocessError) as err:
+        preprocess([sample], tmp_path / "o", PreprocessOptions(skip_bad_rows=True, **QUIET))
+    assert str(err.value) == (
+        "after skipping 1 bad rows, too few rows (test 1); every split needs at least 2 (val and "
+        "test are scored by AUC, which needs a click and a non-click) "
+        "(rows per day: [4, 4, 4, 4, 4, 4, 3])"
+    )
+    assert not list(tmp_path.glob("o*"))

@@ -60,3 +60,9 @@ def test_infer_meta_reads_torchrec_preprocessed_days(tmp_path):
     meta = layout.infer_meta(tmp_path, (100,) * 26)
     assert meta.day_rows == (4, 6) and meta.sparse_dtype == "int64"
     assert meta.dense_transform == "torchrec"
+
+
+def test_day_split_rows_follow_split_ranges():
+    assert [layout.day_split_rows((5, 6, 5), s) for s in layout.SPLITS] == [11, 3, 2]
+    assert layout.day_split_ranges((5, 6, 5), "test") == [(2, 3, 5)]
+    assert layout.MIN_SPLIT_ROWS == 2

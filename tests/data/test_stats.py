@@ -140,3 +140,27 @@ def test_cli_reads_torchrec_directories_with_table_sizes(tmp_path, capsys, monke
     assert [t.num_rows for t in load_tables(out)] == [7] * 26
     with pytest.raises(SystemExit):
         stats.main([str(tmp_path), "--table-sizes", "1,2"])
+
+
+def test_cli_advice_on_table_sizes_names_its_own_option(tmp_path, capsys, monkeypatch):
+    """The table-size advice of recsearch.data.dataset names the train and search config key,
+    which `data stats` does not take: the command adds its own option, --table-sizes."""
+    monkeypatch.setenv("RECSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    write_dataset(tmp_path, day_rows=(20, 10))
+    (tmp_path / layout.META_FILE).unlink()
+    advice = (
+        "for recsearch data stats, give the table sizes with --table-sizes: one for every table "
+        "or 26 comma-separated, e.g. --table-sizes 10000000 (num_embeddings_per_feature is the "
+        "key of train and search configs)"
+    )
+    assert stats.main([str(tmp_path), "--batch-size", "10"]) == 0  # sizes derived: a note
+    assert f"note: {advice}\n" in capsys.readouterr().err
+    for day in (0, 1):  # raw 32-bit hashes, as TorchRec's npy_preproc_criteo keeps them
+        path = layout.day_file(tmp_path, day, "sparse")
+        np.save(path, np.load(path).astype(np.int64) + 2**31)
+    assert stats.main([str(tmp_path), "--batch-size", "10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("recsearch data stats: ") and "cannot be derived" in err
+    assert err.endswith(f"as TorchRec's examples do. {advice}\n")
+    assert stats.main([str(tmp_path), "--batch-size", "10", "--table-sizes", "1000"]) == 0
+    assert "note:" not in capsys.readouterr().err
