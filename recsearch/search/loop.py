@@ -51,7 +51,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -63,6 +62,7 @@ from typing import Any
 import yaml
 
 from recsearch import config, logs, remote
+from recsearch.signals import interrupt_exit_code, interrupt_name, sigterm_as_interrupt
 from recsearch.search import controllers as ctl
 from recsearch.search.asha import Status, SuccessiveHalving
 from recsearch.search.checks import Check, Checker, preflight_problems, reference_spec, step_cost_budget_ms
@@ -90,8 +90,6 @@ PLACEMENT_FILE = "placement.json"
 LOCK_FILE = "search.lock"
 DEVICE_LOCK_FILE = "device.lock"  # trials on this host: training shared, latency timing exclusive
 FINAL = (TrialState.COMPLETE, TrialState.FAILED, TrialState.PRUNED)
-INTERRUPTED_EXIT = 130  # Ctrl-C (128 + SIGINT)
-TERMINATED_EXIT = 143  # SIGTERM (128 + SIGTERM)
 NOTHING_TRAINED_EXIT = 1  # the search ended without one candidate trained to a result
 
 
@@ -114,34 +112,6 @@ class PollRetry:
     def delay_s(self, failures: int) -> float:
         """The wait after the failures-th poll error in a row."""
         return min(self.max_delay_s, self.first_delay_s * 2 ** (failures - 1))
-
-
-class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the search is, so it leaves the way Ctrl-C does."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """While the search runs, SIGTERM (a scheduler ending the job, `kill`) raises _Terminated in
-    the main thread, so the running trials are cancelled as on Ctrl-C; a second SIGTERM while
-    that happens is ignored. The previous handler is restored on the way out. Outside the main
-    thread (signals cannot be handled there) nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    terminating = threading.Event()
-
-    def on_sigterm(signum: int, frame: Any) -> None:
-        if terminating.is_set():
-            return
-        terminating.set()
-        raise _Terminated()
-
-    previous = signal.signal(signal.SIGTERM, on_sigterm)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 # ---- the heartbeat thread ------------------------------------------------------------------------
@@ -340,7 +310,7 @@ class Search:
         130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM). Whatever way it ends, the
         heartbeat thread is joined and no trial it started is left running (a crash, Ctrl-C or
         SIGTERM cancels them; --resume retries them)."""
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             try:
                 self.prepare()
                 self.echo(f"[search] space: {self.res.space.describe()}")
@@ -370,9 +340,8 @@ class Search:
         return 0
 
     def _interrupted(self, err: KeyboardInterrupt) -> int:
-        how = "terminated (SIGTERM)" if isinstance(err, _Terminated) else "interrupted"
-        self.echo(f"[search] {how}; resume with: recsearch search --resume {self.dir}")
-        return TERMINATED_EXIT if isinstance(err, _Terminated) else INTERRUPTED_EXIT
+        self.echo(f"[search] {interrupt_name(err)}; resume with: recsearch search --resume {self.dir}")
+        return interrupt_exit_code(err)
 
     def _why_nothing_trained(self) -> str:
         """What became of the candidates, with the first reason of each kind."""

@@ -127,10 +127,26 @@ def save(
     _barrier()
     if rank == 0:
         remote.write_text(root / LATEST_FILE, path.name + "\n")
-        for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-KEEP_CHECKPOINTS]:
+        for old in _older_checkpoints(root, path):
             shutil.rmtree(old, ignore_errors=True)
     _barrier()
     return path
+
+
+def _older_checkpoints(root: Path, newest: Path) -> list[Path]:
+    """The checkpoints under `root` past the KEEP_CHECKPOINTS most recently written (`newest`, just
+    written, and those whose manifest is newest; one without a manifest never completed). By
+    write time, not step: a run resumed from an earlier checkpoint writes lower steps than a
+    later one it branched from, and must not delete what it just wrote."""
+
+    def written_ns(checkpoint: Path) -> int:
+        try:
+            return (checkpoint / MANIFEST_FILE).stat().st_mtime_ns
+        except OSError:
+            return -1
+
+    others = sorted((p for p in root.glob("step_*") if p.is_dir() and p != newest), key=written_ns, reverse=True)
+    return others[KEEP_CHECKPOINTS - 1:]
 
 
 def resolve(resume_from: str, out_dir: Path | str) -> Path:
@@ -140,8 +156,13 @@ def resolve(resume_from: str, out_dir: Path | str) -> Path:
         if not pointer.exists():
             raise CheckpointError(f"resume_from=latest: no checkpoint in {Path(out_dir) / CHECKPOINT_DIR}")
         path = pointer.parent / pointer.read_text().strip()
+        if not path.is_dir():
+            raise CheckpointError(f"resume_from=latest: {pointer} names {path.name}, which is not there")
     else:
         path = Path(resume_from)
+        if not path.is_dir():
+            raise CheckpointError(f"resume_from={resume_from}: no such checkpoint directory"
+                                  + (" (it is a file)" if path.exists() else ""))
     missing = [name for name in (LOOP_STATE_FILE, METADATA_FILE) if not (path / name).exists()]
     if missing:
         raise CheckpointError(f"{path} is not a complete checkpoint (no {' or '.join(missing)})")
@@ -163,6 +184,7 @@ def load(path: Path, model: torch.nn.Module, optimizer: Any, data_order: dict[st
     _check_world_size(path, _rank_and_world()[1])
     _check_data_order(path, saved_here.get("data_order"), data_order, loop_state)
     state = {"model": model.state_dict(), "optim": optimizer.state_dict(), "rng": {"torch": torch.get_rng_state()}}
+    _check_model_shapes(path, metadata, state["model"])
     try:
         dcp.load(state, storage_reader=_VerifiedReader(path, metadata), planner=_WeightsOnlyLoadPlanner())
     except (CheckpointException, RuntimeError, ValueError, KeyError, OSError) as err:
@@ -174,6 +196,27 @@ def load(path: Path, model: torch.nn.Module, optimizer: Any, data_order: dict[st
     iteration = saved_here.get("embedding_iteration")
     set_embedding_iteration(model, int(iteration if iteration is not None else loop_state.get("step", 0)))
     return loop_state
+
+
+def _check_model_shapes(path: Path, metadata: dcp_metadata.Metadata, model_state: dict[str, Any]) -> None:
+    """Refuse a checkpoint of another model before loading (torch.distributed.checkpoint would
+    fail deep inside with a size mismatch): every parameter and buffer the checkpoint holds under
+    this model's names must have this model's (global) shape."""
+    differing = []
+    for name, value in model_state.items():
+        saved = getattr(metadata.state_dict_metadata.get(f"model.{name}"), "size", None)
+        if saved is None or not hasattr(value, "size"):
+            continue
+        here = tuple(value.size())
+        if tuple(saved) != here:
+            differing.append(f"{name} {list(saved)} there, {list(here)} here")
+    if differing:
+        more = f" and {len(differing) - 3} more" if len(differing) > 3 else ""
+        raise CheckpointError(
+            f"checkpoint {path} holds another model than this run's: {'; '.join(differing[:3])}{more}. The "
+            "architecture (arch.*, model, model_args) or the table sizes (max_rows_per_table, the data's tables) "
+            "differ from the run that saved it: resume with its settings, or start a new run"
+        )
 
 
 # ---- FBGEMM's iteration counter ------------------------------------------------------------------

@@ -109,6 +109,9 @@ class TrainConfig:
     embedding_precision: str = "fp32"  # fp32 | fp16: table weights (and fused optimizer updates)
     dense_precision: str = "fp32"  # fp32 | bf16: MLPs + interaction under autocast (fp32 weights)
     resume_from: str | None = None  # "latest" (newest in output_dir/checkpoints) or a directory
+    # a run that does not resume refuses an output_dir holding another run's checkpoints or
+    # finished result; true deletes them first (recsearch.train.run_dir)
+    overwrite_output: bool = False
     compile_dense: bool = False  # torch.compile the bottom MLP, interaction and top MLP
     # also copy result.json and tb/ here when the run ends, however it ends: a directory or an
     # fsspec URL (s3://...), for jobs whose output_dir the submitter cannot see (recsearch.remote)
@@ -184,7 +187,7 @@ def settings_problems(cfg: TrainConfig) -> list[str]:
         value = getattr(cfg, key)
         if value not in allowed:
             problems.append(f"{key} must be {' or '.join(allowed)}, got {value!r}")
-    for key in ("tensorboard", "tensorboard_hparams", "compile_dense"):
+    for key in ("tensorboard", "tensorboard_hparams", "compile_dense", "overwrite_output"):
         if not isinstance(getattr(cfg, key), bool):
             problems.append(f"{key} must be true or false, got {getattr(cfg, key)!r}")
     return problems

@@ -3,7 +3,8 @@ liveness probe): `<output_dir>/progress.json`, rewritten while the run works.
 
 The trainer calls `ProgressFile.beat(phase, step)` at every unit of work (a training step, an
 evaluation batch, a latency batch size, a checkpoint); at most every `interval_s` that rewrites the
-file with one JSON object: {"phase": "train", "step": 1200, "time_s": <unix time>}. A watcher reads
+file with one JSON object: {"phase": "train", "step": 1200, "time_s": <unix time>}; when the run
+ends, `end()` writes its outcome as the phase ("completed", "stopped", ...). A watcher reads
 the file's modification time only: a run whose file has not changed for much longer than the
 interval (and whose log has not grown) is stuck, not slow. The beat itself costs one monotonic
 clock read when no write is due, so it may sit in the step loop; it never reads the device.
@@ -33,15 +34,23 @@ class ProgressFile:
         self.path = Path(directory) / PROGRESS_FILE if directory is not None else None
         self.interval_s = interval_s
         self._last_write_s = -math.inf  # monotonic clock
+        self._step = 0  # the last step beaten, for end()
 
     def beat(self, phase: str, step: int) -> None:
         if self.path is None:
             return
+        self._step = step
         now_s = time.monotonic()
         if now_s - self._last_write_s < self.interval_s:
             return
         self._last_write_s = now_s
         self._write({"phase": phase, "step": step, "time_s": round(time.time(), 3)})
+
+    def end(self, phase: str) -> None:
+        """The run's last word, written now: how it ended (`completed`, `early_stopped`,
+        `diverged`, or `stopped` by an error or interrupt) at the last step beaten."""
+        if self.path is not None:
+            self._write({"phase": phase, "step": self._step, "time_s": round(time.time(), 3)})
 
     def _write(self, record: dict[str, object]) -> None:
         assert self.path is not None

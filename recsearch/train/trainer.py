@@ -18,6 +18,7 @@ import math
 import os
 import resource
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -29,6 +30,7 @@ import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
 from recsearch import config, logs, remote
+from recsearch.signals import interrupt_exit_code, interrupt_name, sigterm_as_interrupt
 from recsearch.data.dataset import dataset_meta
 from recsearch.data.layout import DatasetMeta
 from recsearch.data.loader import NpyBatchLoader
@@ -47,6 +49,7 @@ from recsearch.train.progress import ProgressFile
 from recsearch.train.schedule import LRSchedule
 from recsearch.train.single_engine import fused_model
 from recsearch.train.result import LatencyEntry, SplitMetrics, TrainResult
+from recsearch.train.run_dir import RunDirInUse, finished_status, prepare_fresh_run
 from recsearch.types import RESULT_FILE
 
 __all__ = ["TrainConfig", "compile_dense_parts", "main", "train"]
@@ -73,10 +76,13 @@ class RunState:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
-def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainResult:
+def train(
+    cfg: TrainConfig, *, split_cache: SplitCache | None = None, on_training_start: Callable[[], None] | None = None,
+) -> TrainResult:
     """Run one training job in this process (one rank of it under torchrun); return the result.
     `split_cache`: in-memory splits kept across the runs of one process (the search's pool
-    workers), so a run on data an earlier run loaded reads nothing again."""
+    workers), so a run on data an earlier run loaded reads nothing again. `on_training_start`:
+    called once setup (data, model, a resume's checkpoint) is done, before the first step."""
     device = init_distributed(cfg.device)
     placement_file.check_plan_exists(cfg.plan)  # a mistyped placer name fails before the data is read
     if cfg.latency_cuda_graph == "true" and cfg.latency_batch_sizes and device.type != "cuda":
@@ -85,11 +91,30 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
         torch.cuda.set_per_process_memory_fraction(cfg.device_memory_fraction or 1.0, device)
     rank, world_size = dist.get_rank(), dist.get_world_size()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"output_dir {out}: cannot create it ({type(err).__name__}: {err})") from err
+    if cfg.resume_from is None:
+        prepare_fresh_run(out, cfg.overwrite_output, rank)  # another run's work there: refused or cleared
     # progress.json for watchers (the search's stall detector): rewritten at most every 5 s while
-    # the run works, by rank 0 (recsearch.train.progress)
+    # the run works, by rank 0 (recsearch.train.progress); its last word says how the run ended
     progress = ProgressFile(out if rank == 0 else None)
     progress.beat("setup", 0)
+    try:
+        result = _train(cfg, rank, world_size, device, out, progress, split_cache, on_training_start)
+    except BaseException:
+        progress.end("stopped")
+        raise
+    progress.end(result.status)
+    return result
+
+
+def _train(
+    cfg: TrainConfig, rank: int, world_size: int, device: torch.device, out: Path, progress: ProgressFile,
+    split_cache: SplitCache | None, on_training_start: Callable[[], None] | None,
+) -> TrainResult:
+    """train() once the output folder is ready."""
     hp = cfg.hparams
 
     meta = dataset_meta(cfg.data_dir, cfg.num_embeddings_per_feature)
@@ -133,7 +158,7 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
     progress.beat("setup", 0)
     schedule = LRSchedule(hp.warmup_steps, hp.decay_start_step, hp.decay_steps)
 
-    writer = SummaryWriter(str(out / "tb")) if cfg.tensorboard and rank == 0 else None
+    writer: SummaryWriter | None = None
     # Training holds it shared, window by window; the latency measurement holds it exclusive.
     # Not over several ranks: their collective forwards would wait on each other's exclusive hold.
     device_lock = DeviceLock(cfg.device_lock if world_size == 1 else None)
@@ -148,19 +173,27 @@ def train(cfg: TrainConfig, *, split_cache: SplitCache | None = None) -> TrainRe
             state.status = _resumed_status(state, cfg.auc_threshold)
             _log(rank, f"resumed from {cfg.resume_from} at step {state.step} (epoch {state.epoch}, batch {state.batch_in_epoch})"
                  + (f"; val AUC {state.val_auc:.4f} had reached auc_threshold there" if state.status == "early_stopped" else ""))
+        if cfg.tensorboard and rank == 0:
+            # a resumed run rewrites the steps after its checkpoint: their events from before are dropped
+            writer = SummaryWriter(str(out / "tb"), purge_step=state.step + 1 if cfg.resume_from is not None else None)
         # epochs and max_steps: whichever ends first (every epoch is len(train_loader) steps)
         max_steps = cfg.epochs * len(train_loader)
+        capped = ""
         if cfg.max_steps is not None:
+            if max_steps < cfg.max_steps:
+                capped = f" (epochs={cfg.epochs} of {len(train_loader)} steps end it before max_steps={cfg.max_steps})"
             max_steps = min(max_steps, cfg.max_steps)
         val_metrics: SplitMetrics | None = None
         report = engine.report
         graph_note = "CUDA graph per step" if report.cuda_graph_note == "" else f"no CUDA graph: {report.cuda_graph_note}"
         _log(
             rank,
-            f"training {max_steps} steps of {hp.batch_size} x {world_size} ranks on {device}; engine {report.engine}"
+            f"training {max_steps} steps{capped} of {hp.batch_size} x {world_size} ranks on {device}; engine {report.engine}"
             + (f" ({graph_note}; data on {'the device' if report.data_on_device else 'the host'})" if report.engine == "single" else f"; plan {cfg.plan}"),
         )
         steps_this_run = 0
+        if on_training_start is not None:
+            on_training_start()
 
         while state.step < max_steps and state.status == "running":
             # One stretch of training: until the epoch ends, max_steps, or an evaluation is due.
@@ -622,33 +655,74 @@ def main(argv: list[str] | None = None, *, split_cache: SplitCache | None = None
     except config.ConfigError as err:
         print(f"recsearch train: {err}", file=sys.stderr)
         return 2
+    started = threading.Event()  # set once setup is done: a failure before it keeps a finished run's result
     try:
-        result = train(cfg, split_cache=split_cache)
-    except (FileNotFoundError, ValueError) as err:
-        _write_failure(cfg, err)
-        print(f"recsearch train: {err}", file=sys.stderr)
-        return 2
-    # BaseException: torch.distributed.checkpoint's CheckpointException (and an interrupt) are not
-    # Exceptions, and a crashed run must still leave a result file saying so.
-    except BaseException as err:
-        _write_failure(cfg, err)
-        raise
+        with sigterm_as_interrupt() as owns_signals:
+            try:
+                result = train(cfg, split_cache=split_cache, on_training_start=started.set)
+            except RunDirInUse as err:  # refused before anything was written
+                print(f"recsearch train: {err}", file=sys.stderr)
+                return 2
+            except (FileNotFoundError, ValueError) as err:
+                _write_failure(cfg, err, started.is_set())
+                print(f"recsearch train: {err}", file=sys.stderr)
+                return 2
+            except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (a scheduler's stop, a preemption)
+                _write_failure(cfg, err, started.is_set(), interrupt_name(err))
+                if not owns_signals:  # a search running this trial in its own process: its interrupt
+                    raise
+                _log(_rank(), f"{interrupt_name(err)}; {_resume_hint(cfg)}")
+                return interrupt_exit_code(err)
+            # BaseException: torch.distributed.checkpoint's CheckpointException is not an Exception,
+            # and a crashed run must still leave a result file saying so.
+            except BaseException as err:
+                _write_failure(cfg, err, started.is_set())
+                raise
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
     summary = ", ".join(f"{s} AUC {m.auc:.4f} NE {m.ne:.4f}" if m.ne is not None else f"{s} AUC {m.auc:.4f}"
                         for s, m in result.metrics.items())
-    _log(int(os.environ.get("RANK", "0")), f"{result.status}: {summary or 'no evaluation'}; result in {Path(cfg.output_dir) / RESULT_FILE}")
+    _log(_rank(), f"{result.status}: {summary or 'no evaluation'}; result in {Path(cfg.output_dir) / RESULT_FILE}")
     return 0 if result.ok and result.upload_error is None else 1
 
 
-def _write_failure(cfg: TrainConfig, err: BaseException) -> None:
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+
+
+def _resume_hint(cfg: TrainConfig) -> str:
+    """Where an interrupted run can continue from, in words."""
+    pointer = Path(cfg.output_dir) / checkpoint.CHECKPOINT_DIR / checkpoint.LATEST_FILE
+    try:
+        newest = pointer.parent / pointer.read_text().strip()
+    except OSError:
+        newest = None
+    if newest is None or not newest.is_dir():
+        return ("no checkpoint was written, nothing to resume" if not cfg.checkpoint_every_steps
+                else "no checkpoint was written yet, nothing to resume")
+    return (f"the newest checkpoint is {newest}: continue with the same command and resume_from=latest"
+            + ("" if cfg.resume_from == "latest" else " (in place of resume_from)" if cfg.resume_from else ""))
+
+
+def _write_failure(cfg: TrainConfig, err: BaseException, training_started: bool, error: str | None = None) -> None:
+    """result.json saying the run failed, and why (`error`, else the exception). A run that failed
+    before training started (a refused resume, a typo in data_dir) does not replace the result of
+    a finished run in the same folder: that run's result stays, and the exit code says this one
+    failed."""
     if dist.is_initialized() and dist.get_rank() != 0:
         return
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if not training_started and finished_status(out) is not None:
+        print(f"recsearch train: {out / RESULT_FILE} is left as it was: it is the result of the run that "
+              "finished there, and this run failed before it trained", file=sys.stderr)
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return  # no folder to write into (the error says why)
     write_result(out, TrainResult(
-        status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=20),
+        status="failed", error=error or f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=20),
         config=config.to_dict(cfg),
     ))
     upload_outputs(cfg, out)  # on failure the local result.json still says what failed

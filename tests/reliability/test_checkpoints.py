@@ -310,6 +310,7 @@ def test_train_refuses_to_resume_from_a_shard_with_flipped_bytes(tmp_path, capsy
     data_bytes = bytearray(shard.read_bytes())
     data_bytes[1000] ^= 0x01  # one bit, same size
     shard.write_bytes(bytes(data_bytes))
+    (out / "result.json").unlink()  # a run killed after its checkpoint (a finished run's result would stay)
     capsys.readouterr()
     assert trainer.main(["--config", str(cfg), "max_steps=4", "resume_from=latest"]) == 2
     err = capsys.readouterr().err

@@ -118,7 +118,7 @@ def test_ctrl_c_cancels_the_running_trial_and_exits_130(tmp_path, learnable_data
     finally:
         proc.kill()
     assert proc.returncode == 130, output[-3000:]
-    assert f"[search] interrupted; resume with: recsearch search --resume {out}" in output
+    assert f"[search] interrupted (Ctrl-C); resume with: recsearch search --resume {out}" in output
     assert children and all_dead(children), "the trial's trainer outlived the search"
     trial_id = int(log.parent.name)
     (record,) = [r for r in JournalStore(out).trials() if r.trial_id == trial_id]

@@ -66,11 +66,19 @@ def test_missing_and_corrupt_checkpoints_are_clear_errors(tmp_path, learnable_da
     assert code == 2
     err = capsys.readouterr().err
     assert f"checkpoint {latest} refused: {latest / '__0_0.distcp'}: 16 bytes, the manifest says" in err
-    assert _result_of(out)["status"] == "failed"
-    shutil.rmtree(latest)
-    (out / "checkpoints" / "latest").write_text("step_00000004\n")
+    # the refused resume trained nothing: the result of the run that finished there stays
+    assert f"{out / 'result.json'} is left as it was" in err and _result_of(out)["status"] == "completed"
+    (out / "result.json").unlink()  # as if that run had been killed after its checkpoint
+    code, _ = _run(tmp_path, learnable_data, out, "max_steps=6", "resume_from=latest")
+    assert code == 2 and _result_of(out)["status"] == "failed" and "refused" in _result_of(out)["error"]
+    (latest / checkpoint.METADATA_FILE).unlink()
     with pytest.raises(checkpoint.CheckpointError, match="not a complete checkpoint"):
         checkpoint.resolve("latest", out)
+    shutil.rmtree(latest)
+    with pytest.raises(checkpoint.CheckpointError, match="latest names step_00000004, which is not there"):
+        checkpoint.resolve("latest", out)
+    with pytest.raises(checkpoint.CheckpointError, match=r"resume_from=.*nowhere: no such checkpoint directory"):
+        checkpoint.resolve(str(tmp_path / "nowhere"), out)
 
 
 def _result_of(out):
@@ -154,7 +162,8 @@ def test_a_resume_with_another_data_order_is_refused_naming_the_key(tmp_path, le
     err = capsys.readouterr().err
     path = checkpoint.resolve("latest", out)
     assert f"checkpoint {path} was saved with another data order ({message})" in err
-    assert "position (epoch 0, batch 4)" in err and result["status"] == "failed" and message in result["error"]
+    assert "position (epoch 0, batch 4)" in err
+    assert result["status"] == "completed" and "is left as it was" in err  # the finished run's result stays
 
 
 def test_a_checkpoint_without_the_saved_extras_still_resumes(tmp_path, learnable_data):
@@ -207,7 +216,7 @@ def test_a_resume_on_other_data_is_refused_naming_what_changed(tmp_path, learnab
     code, result = _run(tmp_path, other, out, "max_steps=8", "resume_from=latest")
     assert code == 2
     err = capsys.readouterr().err
-    assert "was saved with another data order (" in err and message in err and result["status"] == "failed"
+    assert "was saved with another data order (" in err and message in err and result["status"] == "completed"
     # the same data in another directory (or preprocessed again: timings differ) resumes
     same = _copy_with_meta(learnable_data, tmp_path / "same", extra={"preprocess_s": 1.5})
     code, resumed = _run(tmp_path, same, out, "max_steps=8", "resume_from=latest")

@@ -26,7 +26,7 @@ def test_the_log_level_decides_what_a_training_prints(tmp_path, learnable_data, 
     assert cli.main(["train", "--config", str(cfg)]) == 0
     chatty = capsys.readouterr().out
     assert "[recsearch train] training 4 steps" in chatty and "[recsearch train] completed: val AUC" in chatty
-    assert cli.main(["--log-level", "warning", "train", "--config", str(cfg)]) == 0
+    assert cli.main(["--log-level", "warning", "train", "--config", str(cfg), "overwrite_output=true"]) == 0
     assert "[recsearch train]" not in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "result.json").read_text())["status"] == "completed"  # it ran
     assert os.environ[logs.LEVEL_ENV] == "warning"  # what a search's trial processes inherit

@@ -126,7 +126,7 @@ def test_eval_splits_choose_what_the_final_evaluation_reads(tmp_path, learnable_
     assert trainer.main(["--config", str(cfg), "eval_splits=[val]", "latency_batch_sizes=[]"]) == 0
     result = _result(tmp_path)
     assert evaluated == ["val"] and list(result["metrics"]) == ["val"] and result["latency_ms"] == {}
-    assert trainer.main(["--config", str(cfg), "eval_splits=[test, val]", "latency_batch_sizes=[64]"]) == 0
+    assert trainer.main(["--config", str(cfg), "eval_splits=[test, val]", "latency_batch_sizes=[64]", "overwrite_output=true"]) == 0
     assert evaluated[1:] == ["test", "val"] and list(_result(tmp_path)["latency_ms"]) == ["64"]
 
 
@@ -271,14 +271,15 @@ def test_a_failed_run_uploads_its_failure_too(tmp_path, learnable_data, capsys):
     assert uploaded["status"] == "failed" and f"placement file {url}/missing.json not found" in uploaded["error"]
 
 
-def test_epochs_and_max_steps_stop_at_whichever_ends_first(tmp_path, learnable_data):
+def test_epochs_and_max_steps_stop_at_whichever_ends_first(tmp_path, learnable_data, capsys):
     steps_per_epoch = TRAIN_ROWS // BATCH  # 48
     cfg = _write_config(tmp_path, learnable_data, latency_batch_sizes=[], eval_rows=256)
     assert trainer.main(["--config", str(cfg), "epochs=1", f"max_steps={steps_per_epoch + 20}"]) == 0
     result = _result(tmp_path)
     assert result["status"] == "completed" and result["steps"] == steps_per_epoch
     assert result["epochs_completed"] == 1 and result["samples"] == TRAIN_ROWS
-    assert trainer.main(["--config", str(cfg), "epochs=2", "max_steps=5"]) == 0
+    assert f"training 48 steps (epochs=1 of 48 steps end it before max_steps={steps_per_epoch + 20}) of" in capsys.readouterr().out
+    assert trainer.main(["--config", str(cfg), "epochs=2", "max_steps=5", "overwrite_output=true"]) == 0
     assert _result(tmp_path)["steps"] == 5
 
 

@@ -1,0 +1,53 @@
+"""SIGTERM taken as Ctrl-C: a scheduler's stop (Slurm preemption, `kill`, Kubernetes ending a
+pod) ends a command the way an interrupt does, through its cleanup, instead of killing it
+where it stands."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+TERMINATED_EXIT = 143  # 128 + SIGTERM
+INTERRUPTED_EXIT = 130  # 128 + SIGINT
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so it leaves the way Ctrl-C does."""
+
+
+def interrupt_exit_code(err: KeyboardInterrupt) -> int:
+    """The exit code of a shell command ended by that signal: 143 for SIGTERM, 130 for Ctrl-C."""
+    return TERMINATED_EXIT if isinstance(err, Terminated) else INTERRUPTED_EXIT
+
+
+def interrupt_name(err: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(err, Terminated) else "interrupted (Ctrl-C)"
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[bool]:
+    """While inside, SIGTERM raises Terminated in the main thread; a second SIGTERM while the
+    first is handled is ignored; the previous handler is restored on the way out.
+
+    Yields whether it took SIGTERM over: only in the main thread, and only where nobody else
+    handles it already (a search running trials in its own process keeps its own handler, and
+    an interrupt there is the search's, not the trial's)."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield False
+        return
+    terminating = threading.Event()
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if terminating.is_set():
+            return
+        terminating.set()
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        yield True
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
