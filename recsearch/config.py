@@ -6,7 +6,9 @@ wrong types, missing required values, and values a dataclass refuses (a ``Settin
 ``train.yaml: hparams.batch_size must be >= 1, got -4``). ``key=value`` overrides from the command
 line use the same dotted names (``hparams.batch_size=4096``) and are parsed as YAML values; a list
 is written comma-separated, ``arch.bottom_mlp=512,256,64`` (the list syntax of every recsearch
-command, recsearch.cliargs), or as YAML, ``[512,256,64]``. A problem with a value set there names
+command, recsearch.cliargs), or as YAML, ``[512,256,64]``; a mapping value replaces the whole
+section it names (``hparams={batch_size: 4}`` leaves the other hparams at their defaults, not the
+file's). A problem with a value set there names
 the override, not the file (``Origins``):
 ``command line: hparams.batchsize=4: unknown key (did you mean 'batch_size'?) ...``.
 """

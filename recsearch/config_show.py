@@ -5,7 +5,9 @@ value that is not the default is followed by a comment saying the default (``bat
 default: 2048``; ``# required`` for a key without one). It is printed after the same checks the
 command that reads the config runs (`recsearch train`, `recsearch search`, `recsearch data
 synth`); a config the command would refuse is refused here with the same messages
-and exit status 2. The output is itself a valid config for that command. `recsearch train
+and exit status 2. The output is itself a valid config for that command, except where a required
+key is unset: without --config, `config show train` prints the defaults with `data_dir: null  #
+required`, to be filled in. `recsearch train
 --print-config ...` and `recsearch search --print-config ...` run this on their own arguments
 (recsearch.cli).
 """
@@ -46,10 +48,17 @@ def config_class(kind: str) -> type:
 
 
 def resolve_dataclass(kind: str, path: str | None, overrides: list[str]) -> dict[str, Any]:
-    """A train or synth config as its command builds it: the file (if any) plus the overrides."""
+    """A train or synth config as its command builds it: the file (if any) plus the overrides.
+    Without a file, a required string key no override sets (train's data_dir) is shown as null,
+    `# required`, so that the defaults can be looked at before there is a config."""
     raw = config.load_raw(path, overrides)
     origins = config.Origins.of(path if path is not None else config.COMMAND_LINE, overrides)
-    return config.to_dict(config.build(config_class(kind), raw, origins))
+    unset = [] if path is not None else [
+        f.name for f in dataclasses.fields(config_class(kind))
+        if f.name not in raw and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and f.type in (str, "str")
+    ]
+    resolved = config.to_dict(config.build(config_class(kind), {**raw, **{name: UNSET_PLACEHOLDER for name in unset}}, origins))
+    return {key: None if key in unset else value for key, value in resolved.items()}
 
 
 def resolve_search(path: str | None, overrides: list[str], out_dir: str | None) -> dict[str, Any]:
@@ -89,6 +98,7 @@ _Dumper.add_representer(list, _represent_list)
 
 
 REQUIRED = object()  # a field without a default
+UNSET_PLACEHOLDER = "required-but-unset"  # what a required key is built with when only the defaults are shown
 
 
 def defaults_of(cls: type) -> dict[str, Any]:

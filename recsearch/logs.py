@@ -19,6 +19,7 @@ LEVELS = ("debug", "info", "warning", "error")
 LEVEL_ENV = "RECSEARCH_LOG_LEVEL"
 ROOT = "recsearch"
 FORMAT = "%(message)s"  # the message names its component
+TORCH_FX_TRACE_LOGGER = "torch.fx._symbolic_trace"
 
 
 class _Handler(logging.StreamHandler):
@@ -60,6 +61,10 @@ def configure(level: str | None = None, stream: TextIO | None = None) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
+    # TorchRec's modules call torch.fx's is_fx_tracing, which warns once per process (on every
+    # train, stats and trial) about an API change that concerns TorchRec, not the user: shown at
+    # debug only
+    logging.getLogger(TORCH_FX_TRACE_LOGGER).setLevel(logging.DEBUG if level == "debug" else logging.ERROR)
 
 
 def get(component: str) -> logging.Logger:

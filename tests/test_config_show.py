@@ -65,6 +65,15 @@ def test_synth_defaults_print_without_a_file(capsys):
     assert set(printed) == {f.name for f in dataclasses.fields(SynthConfig)}
 
 
+def test_train_defaults_print_without_a_file_with_data_dir_left_to_fill_in(capsys):
+    assert cli.main(["config", "show", "train", "hparams.seed=3"]) == 0
+    text = capsys.readouterr().out
+    assert text.splitlines()[0] == "data_dir: null  # required"
+    printed = yaml.safe_load(text)
+    expected = config.to_dict(config.build(TrainConfig, {"data_dir": "x", "hparams": {"seed": 3}}))
+    assert printed == {**expected, "data_dir": None}
+
+
 def test_a_refused_config_exits_2_with_the_commands_messages(tmp_path, capsys):
     path = tmp_path / "train.yaml"
     path.write_text("data_dir: /data/x\nepochs: 0\n")
@@ -81,9 +90,9 @@ def test_a_refused_config_exits_2_with_the_commands_messages(tmp_path, capsys):
     ])
     assert cli.main(["train", "--config", str(path), "hparams.batchsize=4"]) == 2
     assert capsys.readouterr().err.splitlines()[1:] == lines[1:]  # the same messages as the command
-    assert cli.main(["config", "show", "train"]) == 2
-    assert capsys.readouterr().err == (
-        "recsearch config show: invalid config:\n  command line: data_dir: required key is missing\n")
+    (tmp_path / "empty.yaml").write_text("epochs: 2\n")
+    assert cli.main(["config", "show", "train", "--config", str(tmp_path / "empty.yaml")]) == 2
+    assert capsys.readouterr().err.endswith(f"  {tmp_path / 'empty.yaml'}: data_dir: required key is missing\n")
     assert cli.main(["config", "show", "train", "--config", str(tmp_path / "none.yaml")]) == 2
     assert f"{tmp_path / 'none.yaml'}: file not found" in capsys.readouterr().err
 
@@ -139,3 +148,16 @@ def test_config_show_without_a_kind_says_which_are_known(capsys):
     assert err.value.code == 2
     assert capsys.readouterr().err.splitlines()[-1] == (
         "recsearch config show: error: say which config: one of train, search, synth")
+
+
+def test_the_trainer_lists_print_config_and_takes_it_anywhere_on_its_line(tmp_path, capsys):
+    from recsearch.train import trainer
+
+    with pytest.raises(SystemExit):
+        trainer.main(["--help"])
+    assert "--print-config" in capsys.readouterr().out
+    path = tmp_path / "train.yaml"
+    path.write_text("data_dir: /data/x\n")
+    assert trainer.main(["hparams.seed=3", "--config", str(path), "--print-config", "epochs=2"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["hparams"]["seed"] == 3 and printed["epochs"] == 2 and printed["data_dir"] == "/data/x"

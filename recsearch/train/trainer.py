@@ -643,8 +643,14 @@ def _log(rank: int, message: str) -> None:
 def main(argv: list[str] | None = None, *, split_cache: SplitCache | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recsearch train", description="Train one DLRM.")
     parser.add_argument("--config", required=True, help="YAML file of TrainConfig fields (configs/train/)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (every key, defaults included) instead of training")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. hparams.batch_size=4096")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
+    if args.print_config:
+        from recsearch import config_show
+
+        return config_show.print_config_main("train", list(argv if argv is not None else sys.argv[1:]))
     try:
         logs.configure()
     except ValueError as err:

@@ -4,6 +4,7 @@ which trial processes inherit) decides what a command prints; one handler, one f
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import pytest
@@ -50,3 +51,11 @@ def test_configuring_again_replaces_the_handler_instead_of_doubling_lines(capsys
     logs.configure("info")
     logs.get("search").debug("[search] hidden")
     assert capsys.readouterr().out == ""
+
+
+def test_torch_fx_tracing_notice_is_shown_at_debug_only():
+    notice = logging.getLogger(logs.TORCH_FX_TRACE_LOGGER)
+    logs.configure("info")
+    assert not notice.isEnabledFor(logging.WARNING)
+    logs.configure("debug")
+    assert notice.isEnabledFor(logging.WARNING)
