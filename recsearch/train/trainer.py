@@ -152,6 +152,10 @@ def _train(
         raise ValueError(
             f"no training batch: {train_loader.num_rows} train rows < batch {hp.batch_size} x {world_size} ranks"
         )
+    # every split the run will evaluate, opened now (the loaders are kept): an empty one fails
+    # here, not after the whole run has trained
+    for split in dict.fromkeys((*(("val",) if cfg.eval_every_steps else ()), *cfg.eval_splits)):
+        loader(split, False, cfg.eval_rows, every_row=True)
 
     progress.beat("setup", 0)
     engine = make_engine(cfg, rows, device, world_size, train_loader)

@@ -335,3 +335,27 @@ def test_tables_too_big_for_the_machine_fail_before_anything_is_allocated(tmp_pa
     assert 1_000_000 <= cap < 4_294_967_290
     capped = _write_config(tmp_path, data, max_rows_per_table=1000, max_steps=2, latency_batch_sizes=[])
     assert trainer.main(["--config", str(capped)]) == 0
+
+
+def test_an_empty_evaluation_split_fails_before_training(tmp_path, learnable_data, capsys):
+    """A last day of one row leaves the test split empty: found at setup, not after the run."""
+    import dataclasses
+    import shutil
+
+    import numpy as np
+
+    from recsearch.data import layout
+
+    data = tmp_path / "data"
+    shutil.copytree(learnable_data, data)
+    last = len(DAY_ROWS) - 1
+    for kind in ("dense", "sparse", "labels"):
+        path = layout.day_file(data, last, kind)
+        np.save(path, np.load(path)[:1])
+    layout.write_meta(data, dataclasses.replace(layout.read_meta(data), day_rows=(*DAY_ROWS[:-1], 1), bayes={}))
+    cfg = _write_config(tmp_path, data, max_steps=4, latency_batch_sizes=[])
+    assert trainer.main(["--config", str(cfg)]) == 2
+    captured = capsys.readouterr()
+    assert f"{data}: split 'test' has no rows" in captured.err
+    assert "step 4/4" not in captured.out and "training 4 steps" not in captured.out
+    assert _result(tmp_path)["status"] == "failed"
