@@ -158,6 +158,6 @@ def test_the_trainer_lists_print_config_and_takes_it_anywhere_on_its_line(tmp_pa
     assert "--print-config" in capsys.readouterr().out
     path = tmp_path / "train.yaml"
     path.write_text("data_dir: /data/x\n")
-    assert trainer.main(["hparams.seed=3", "--config", str(path), "--print-config", "epochs=2"]) == 0
+    assert cli.main(["train", "hparams.seed=3", "--config", str(path), "--print-config", "epochs=2"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["hparams"]["seed"] == 3 and printed["epochs"] == 2 and printed["data_dir"] == "/data/x"

@@ -651,10 +651,8 @@ def main(argv: list[str] | None = None, *, split_cache: SplitCache | None = None
                         help="print the resolved config (every key, defaults included) instead of training")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. hparams.batch_size=4096")
     args = parser.parse_intermixed_args(argv)
-    if args.print_config:
-        from recsearch import config_show
-
-        return config_show.print_config_main("train", list(argv if argv is not None else sys.argv[1:]))
+    if args.print_config:  # `recsearch train --print-config` is answered by recsearch.cli before this
+        parser.error("--print-config: run it as `recsearch train --print-config ...`")
     try:
         logs.configure()
     except ValueError as err:
