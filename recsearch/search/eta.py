@@ -2,11 +2,14 @@
 
 The remaining work is counted in rung runs (one trial trained at one rung's rows): the search's
 budget of `trials` configurations, grouped in brackets of `bracket_size`, each bracket promoting
-the best max(1, n // eta) of a rung to the next (recsearch.search.asha) — failures, which end a
-trial early, are not foreseen, so the estimate errs long. A rung's run takes the mean wall time of
-the runs of that rung that finished; a rung with none yet takes the nearest rung's, scaled by the
-ratio of training rows (which overstates a larger rung: its fixed start-up cost is scaled too).
-The runs left share `concurrency` workers.
+the best max(1, n // eta) of a rung to the next (recsearch.search.asha). A run that finished counts
+as done whether it trained or failed (a rung note is written for both); a failed run ends its trial,
+so a rung above gets no more runs than the rung below has runs that did not fail. Failures still to
+come are not foreseen, so the estimate errs long. A rung's run takes the mean wall time of the runs
+of that rung that trained (those that failed, often in their first steps, when none did); a rung
+with none yet takes the nearest rung's, scaled by the ratio of training rows (which overstates a
+larger rung: its fixed start-up cost is scaled too). The runs left share `concurrency` workers.
+With every trial of the budget finished, nothing is left: ETA 0 s.
 """
 
 from __future__ import annotations
@@ -27,16 +30,52 @@ def planned_runs(trials: int, bracket_size: int, eta: int, n_rungs: int) -> list
     return out
 
 
-def finished_walls(rung_notes: Sequence[Mapping[str, Any]], n_rungs: int) -> list[list[float]]:
-    """The wall seconds of every finished run, by rung, from trials' `rungs` notes
-    ({"0": {"wall_s": 12.3, ...}, ...})."""
-    walls: list[list[float]] = [[] for _ in range(n_rungs)]
+def failed(entry: Mapping[str, Any] | None) -> bool:
+    """Whether a rung note is a run that failed: its AUC recorded as none (diverged, crashed, timed
+    out, no result), or an error without an AUC."""
+    e = entry or {}
+    return e.get("auc") is None and ("auc" in e or bool(e.get("error")))
+
+
+def _entries(rung_notes: Sequence[Mapping[str, Any]], n_rungs: int) -> list[list[Mapping[str, Any]]]:
+    """Every finished run's rung note, by rung."""
+    out: list[list[Mapping[str, Any]]] = [[] for _ in range(n_rungs)]
     for rungs in rung_notes:
         for rung, entry in rungs.items():
-            wall_s = (entry or {}).get("wall_s")
-            if wall_s is not None and 0 <= int(rung) < n_rungs:
-                walls[int(rung)].append(float(wall_s))
+            if 0 <= int(rung) < n_rungs:
+                out[int(rung)].append(entry or {})
+    return out
+
+
+def finished_runs(rung_notes: Sequence[Mapping[str, Any]], n_rungs: int) -> list[int]:
+    """How many runs finished at each rung, failed ones included (each has a rung note)."""
+    return [len(entries) for entries in _entries(rung_notes, n_rungs)]
+
+
+def failed_runs(rung_notes: Sequence[Mapping[str, Any]], n_rungs: int) -> list[int]:
+    """How many of those failed, at each rung."""
+    return [sum(failed(e) for e in entries) for entries in _entries(rung_notes, n_rungs)]
+
+
+def finished_walls(rung_notes: Sequence[Mapping[str, Any]], n_rungs: int) -> list[list[float]]:
+    """The wall seconds of the finished runs, by rung, from trials' `rungs` notes
+    ({"0": {"wall_s": 12.3, "auc": 0.71, ...}, ...}): those that trained, or at a rung where every
+    run failed, those that failed."""
+    walls: list[list[float]] = []
+    for entries in _entries(rung_notes, n_rungs):
+        timed = [e for e in entries if e.get("wall_s") is not None]
+        trained = [e for e in timed if not failed(e)]
+        walls.append([float(e["wall_s"]) for e in (trained or timed)])
     return walls
+
+
+def expected_runs(planned: Sequence[int], failed_at: Sequence[int]) -> list[int]:
+    """The planned runs of each rung, less those failures took away: a rung above gets at most
+    as many runs as the rung below has runs that did not fail."""
+    out: list[int] = []
+    for rung, plan in enumerate(planned):
+        out.append(plan if rung == 0 else min(plan, max(0, out[-1] - failed_at[rung - 1])))
+    return out
 
 
 def rung_wall_s(walls: Sequence[Sequence[float]], train_rows: Sequence[int]) -> list[float] | None:
@@ -55,12 +94,14 @@ def rung_wall_s(walls: Sequence[Sequence[float]], train_rows: Sequence[int]) -> 
 
 
 def remaining_s(planned: Sequence[int], walls: Sequence[Sequence[float]], train_rows: Sequence[int],
-                concurrency: int) -> float | None:
-    """Seconds until the planned runs are done, on `concurrency` workers; None: nothing to go on."""
+                concurrency: int, done: Sequence[int] | None = None) -> float | None:
+    """Seconds until the planned runs are done, on `concurrency` workers; None: nothing to go on.
+    `done`: the runs finished at each rung (default: those with a wall time in `walls`)."""
     per_run_s = rung_wall_s(walls, train_rows)
     if per_run_s is None:
         return None
-    left = [max(0, p - len(w)) for p, w in zip(planned, walls)]
+    done = [len(w) for w in walls] if done is None else done
+    left = [max(0, p - d) for p, d in zip(planned, done)]
     return sum(n * s for n, s in zip(left, per_run_s)) / max(1, concurrency)
 
 
@@ -79,6 +120,9 @@ def progress_eta(rung_notes: Sequence[Mapping[str, Any]], trials_done: int, tria
     """'7/20 trials done, ETA 3 min 20 s' ('ETA -' until a run has finished)."""
     n_rungs = len(train_rows)
     walls = finished_walls(rung_notes, n_rungs)
-    left_s = remaining_s(planned_runs(trials, bracket_size, eta, n_rungs), walls, train_rows, concurrency)
+    planned = expected_runs(planned_runs(trials, bracket_size, eta, n_rungs), failed_runs(rung_notes, n_rungs))
+    left_s = remaining_s(planned, walls, train_rows, concurrency, finished_runs(rung_notes, n_rungs))
+    if trials_done >= trials:
+        left_s = 0.0  # every trial of the budget finished, however it ended
     eta_text = "-" if left_s is None else format_duration(left_s)
     return f"{trials_done}/{trials} trials done, ETA {eta_text}"

@@ -61,3 +61,35 @@ def test_a_search_prints_trials_done_and_an_eta_on_every_progress_line(tmp_path,
     assert lines[1].endswith(f"| 0/4 trials done, ETA {eta.format_duration(9 * w)}")
     done = [int(ln.rsplit("| ", 1)[1].split("/")[0]) for ln in lines]
     assert done == sorted(done) and lines[-1].endswith("| 4/4 trials done, ETA 0 s")
+
+
+def _run(wall_s, auc=None, error=None):
+    """A rung note as the search loop writes it (recsearch.search.loop._record_rung)."""
+    return {"train_rows": 100, "score": auc, "auc": auc, "wall_s": wall_s, "error": error}
+
+
+def test_failed_runs_count_as_done_and_take_away_the_rungs_above():
+    rows = [100, 300]
+    diverged = "non-finite loss (diverged) at step 40"
+    # every candidate of a bracket of 3 diverged at rung 0: nothing is left (no rung-1 run can come)
+    notes = [{"0": _run(0.8, error=diverged)}] * 3
+    assert eta.failed_runs(notes, 2) == [3, 0] and eta.finished_runs(notes, 2) == [3, 0]
+    assert eta.expected_runs(eta.planned_runs(3, 3, 3, 2), [3, 0]) == [3, 0]
+    assert eta.progress_eta(notes, 3, 3, 3, 3, rows, 1) == "3/3 trials done, ETA 0 s"
+    # even with a failed run that has no wall time (a runner error), the finished search is done
+    assert eta.progress_eta([{"0": _run(None, error="submit failed")}] * 3, 3, 3, 3, 3, rows, 1) == \
+        "3/3 trials done, ETA 0 s"
+
+
+def test_failed_runs_neither_stay_planned_nor_shorten_the_estimate_of_trained_ones():
+    rows = [100, 300]
+    # 6 trials, brackets of 3 (rung 1 planned: 2 runs); 4 rung-0 runs finished, two of them failed
+    # after 1 s, two trained in 10 s: 2 rung-0 runs left at 10 s (not the 5.5 s mean of all four),
+    # and 2 rung-1 runs at 30 s (scaled by rows); 4 - 2 failed still leaves 2 for rung 1
+    notes = [{"0": _run(10.0, auc=0.7)}, {"0": _run(10.0, auc=0.71)}, {"0": _run(1.0, error="x")},
+             {"0": _run(1.0, error="y")}]
+    assert eta.finished_walls(notes, 2) == [[10.0, 10.0], []]
+    assert eta.progress_eta(notes, 2, 6, 3, 3, rows, 1) == "2/6 trials done, ETA 1 min 20 s"
+    # with all four failed: 2 rung-0 runs left at their 1 s; rung 1 gets at most 6 - 4 = 2 survivors
+    notes = [{"0": _run(1.0, error="x")}] * 4
+    assert eta.expected_runs(eta.planned_runs(6, 3, 3, 2), eta.failed_runs(notes, 2)) == [6, 2]
