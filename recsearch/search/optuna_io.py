@@ -86,7 +86,7 @@ def export_study(
     if not (search_dir / "journal.jsonl").exists():
         raise FileNotFoundError(f"{search_dir}: no journal.jsonl: not a search directory")
     if out.exists() and not force:
-        raise FileExistsError(f"{out} exists: pass force to replace it")
+        raise FileExistsError(f"{out} exists: pass --force to replace it (force=True from Python)")
     rows = [row_of(r) for r in JournalStore(search_dir, read_only=True).trials()]  # an export writes nothing there
     finished = [r for r in rows if r.state.finished]
     distributions = _distributions(finished)
@@ -262,7 +262,14 @@ def _reward_reader(study: Any, objective: str | None) -> Any:
 
 def _choices(space: SearchSpace, params: dict[str, Any]) -> tuple[int, ...]:
     """Option indices of the space that give these decision values (a DCN knob absent from a
-    non-DCN trial takes the first option, which does not affect the model)."""
+    non-DCN trial takes the first option, which does not affect the model). A parameter that is no
+    decision of the space (another model's `model_args.*`, a knob of another program) is an error:
+    the trial's reward was earned by a model this space cannot build."""
+    names = {d.name for d in space.decisions}
+    foreign = [name for name in params if name not in names]
+    if foreign:
+        raise ValueError(f"{', '.join(sorted(foreign))}: not a decision of this space (a trial of another "
+                         f"model or search space)")
     choices = []
     for decision in space.decisions:
         options = [o.value if hasattr(o, "value") else o for o in decision.options]

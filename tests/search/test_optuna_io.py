@@ -248,3 +248,40 @@ def test_without_optuna_the_bayesian_controller_and_a_warm_start_are_config_erro
     assert f"warm_start: reading the Optuna study {study} needs optuna" in problems[0]
     assert "controller: bayesian needs optuna, which cannot be imported" in problems[1]
     assert "pip install 'recsearch[search]'" in problems[1]
+
+
+def test_a_study_of_another_model_is_skipped_with_the_reason_not_credited_to_this_space(tmp_path):
+    # a two-tower search's study (its model_args decisions beside the DLRM knobs it was decoded
+    # with) warm-starting a plain DLRM search: its AUCs were earned by another model
+    from recsearch.search.space import SearchSpace, SpaceConfig
+    from recsearch.types import Topology
+
+    space = SearchSpace(SpaceConfig(bottom_width=(128, 256), top_width=(256,)), Topology(1, 2**30), 10_000)
+    path = tmp_path / "tt.log"
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    study = optuna.create_study(storage=storage, study_name="tt", direction="maximize")
+    dist = optuna.distributions.CategoricalDistribution
+    base = {"embedding_dim": 16, "bottom_depth": 2, "bottom_width": 128, "top_depth": 1, "top_width": 256,
+            "interaction": "dot", "batch_size": 2048, "embedding_optimizer": "rowwise_adagrad",
+            "embedding_lr": 0.01, "dense_optimizer": "adagrad", "dense_lr": 0.003, "warmup_steps": 0,
+            "decay_steps": 0}
+    for params, auc in (({**base, "model_args.tower": "[16, 8]"}, 0.70), ({**base, "model_args.split": 6}, 0.71),
+                        (base, 0.69)):
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: dist([v]) for k, v in params.items()}, value=auc))
+    warm = optuna_io.warm_start(path, space)
+    assert [r for _, r in warm.observations] == [0.69]
+    assert warm.skipped == [
+        "trial 0: model_args.tower: not a decision of this space (a trial of another model or search space)",
+        "trial 1: model_args.split: not a decision of this space (a trial of another model or search space)",
+    ]
+
+
+def test_an_export_onto_an_existing_file_names_the_force_flag(tmp_path, capsys):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "journal.jsonl").write_text("")
+    out = tmp_path / "study.log"
+    out.write_text("keep")
+    assert cli.main(["optuna", "export", str(tmp_path / "s"), "--out", str(out)]) == 2
+    assert f"{out} exists: pass --force to replace it" in capsys.readouterr().err
+    assert out.read_text() == "keep"
