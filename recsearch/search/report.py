@@ -26,8 +26,8 @@ import math
 import shutil
 import sys
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ from recsearch.search.results import (
     fmt,
     read_search,
 )
+from recsearch.search.store import TrialRecord
 from recsearch.types import TrialState
 
 BEST_CONFIG = "best_train.yaml"
@@ -70,13 +71,15 @@ BUDGETED = {"latency": "latency_p50_ms", "step_cost": "est_step_cost_ms"}
 @dataclass(frozen=True)
 class Counts:
     trials: int  # journal entries (reference and rejected included)
-    trained: int  # candidates that reached a trainer (the search's budget unit)
+    trained: int  # candidates with a finished run (the search's budget unit): the next four
     complete: int
     failed: int
     pruned: int  # stopped early by successive halving
     rejected: int  # never trained: did not fit the topology / over the step-cost budget
     unfinished: int  # PENDING or RUNNING: the search is running, or was killed
     reference: int
+    undecided: int = 0  # trained at a lower rung, its outcome not decided yet (waiting, or training higher)
+    running: int = 0  # candidates started or queued whose first run has not finished: not trained yet
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ class Report:
     counts: Counts
     budget_trials: int | None  # the search's `trials` setting
     elapsed_s: float  # first trial created -> last journal update
-    compute_s: float  # sum of the trials' own wall times
+    compute_s: float  # sum of the wall times of every run of every trial (each rung of a promoted trial)
     budget: Budget
     best: TrialRow | None  # best within the budget (or overall when no budget is known)
     best_overall: TrialRow | None
@@ -105,20 +108,50 @@ class Report:
     importance: Importance | None
     importance_note: str | None
     bayes_auc: float | None  # the data's Bayes-optimal validation AUC, when the data knows it
-    rows: tuple[TrialRow, ...]
+    rows: tuple[TrialRow, ...]  # wall_s: the trial's runs at every rung together
+    # trial id -> its latency as the budget judges it, where that is not the raw p50 (the budget is
+    # the reference's latency: judged by the ratio to the reference timed in the same rounds)
+    judged: dict[int, float] = field(default_factory=dict)
 
 
-def count(rows: Sequence[TrialRow]) -> Counts:
+def finished_runs(record: TrialRecord) -> int:
+    """How many runs of the trial finished: its rung notes (one per rung run, failed ones too;
+    the search loop writes them), or for a trial without them (the reference) one if it ended."""
+    rungs = record.notes.get("rungs") or {}
+    return len(rungs) if rungs else int(record.state.finished and record.notes.get("wall_s") is not None)
+
+
+def total_wall_s(record: TrialRecord) -> float | None:
+    """The wall seconds of all the trial's runs: every rung it trained at (its rung notes: a
+    promoted trial's lower rungs too), else its one run's (the reference's)."""
+    walls = [entry.get("wall_s") for entry in (record.notes.get("rungs") or {}).values() if entry]
+    walls = [float(w) for w in walls if isinstance(w, (int, float)) and math.isfinite(w)]
+    if walls:
+        return sum(walls)
+    wall_s = record.notes.get("wall_s")
+    return float(wall_s) if isinstance(wall_s, (int, float)) and math.isfinite(wall_s) else None
+
+
+def count(rows: Sequence[TrialRow], runs: Mapping[int, int] | None = None) -> Counts:
+    """The rows counted by kind and state. `runs`: trial id -> its finished runs (finished_runs);
+    an unfinished candidate with none is running (or queued), not trained. Without it every
+    unfinished candidate is taken for one that has not trained yet."""
     cands = [r for r in rows if r.kind == CANDIDATE]
+    runs = runs or {}
+    unfinished = [r for r in cands if not r.state.finished]
+    undecided = sum(runs.get(r.trial_id, 0) > 0 for r in unfinished)
+    finished = sum(r.state.finished for r in cands)
     return Counts(
         trials=len(rows),
-        trained=len(cands),
+        trained=finished + undecided,
         complete=sum(r.state is TrialState.COMPLETE for r in cands),
         failed=sum(r.state is TrialState.FAILED for r in cands),
         pruned=sum(r.state is TrialState.PRUNED for r in cands),
         rejected=sum(r.kind == REJECTED for r in rows),
         unfinished=sum(not r.state.finished for r in rows),
         reference=sum(r.kind == REFERENCE for r in rows),
+        undecided=undecided,
+        running=len(unfinished) - undecided,
     )
 
 
@@ -137,6 +170,12 @@ def budget_of(search: SearchDir, rows: Sequence[TrialRow], cost_key: str) -> Bud
     if ref is not None and ref.value(cost_key) is not None:
         return Budget(cost_key, ref.value(cost_key), f"the reference config's (trial {ref.trial_id})")
     return Budget(cost_key, None, "none known (no budget in search.yaml, no finished reference)")
+
+
+def judged_by_ratio(cost_key: str, budget: Budget) -> bool:
+    """Whether the budget judges latency by the paired ratio to the reference rather than by the
+    raw p50: a p50 budget that is the reference's own latency (as the search's reward does)."""
+    return cost_key == "latency_p50_ms" and budget.limit is not None and not budget.source.startswith("objective.budget_ms")
 
 
 def _against_budget(row: TrialRow, cost_key: str, budget: Budget, reference: TrialRow | None = None) -> float | None:
@@ -158,13 +197,20 @@ def build_report(
         raise ValueError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if cost_key not in COSTS:
         raise ValueError(f"--latency-key must be one of {', '.join(COSTS)}, got {cost_key!r}")
-    rows = search.rows
+    walls = {r.trial_id: total_wall_s(r) for r in search.records}
+    rows = [replace(r, wall_s=walls.get(r.trial_id, r.wall_s)) for r in search.rows]
     order = ranked(rows, metric)
     budget = budget_of(search, rows, cost_key)
     within = order
+    judged: dict[int, float] = {}
     if budget.limit is not None:
         ref_row = next((r for r in rows if r.kind == REFERENCE and r.state is TrialState.COMPLETE), None)
         within = [r for r in order if (v := _against_budget(r, cost_key, budget, ref_row)) is not None and v <= budget.limit]
+        if judged_by_ratio(cost_key, budget):
+            # rows timed beside the reference (a ratio); the others are judged by their raw p50
+            judged = {r.trial_id: v for r in rows if r.state is TrialState.COMPLETE and r.kind != REJECTED
+                      and r.latency_vs_reference is not None
+                      and (v := _against_budget(r, cost_key, budget, ref_row)) is not None}
     sign = 1.0 if METRICS[metric] else -1.0
     trained = [r for r in rows if r.kind in (CANDIDATE, REFERENCE) and r.state is TrialState.COMPLETE]
     front = pareto_front((r.trial_id, _signed(r.value(metric), sign), r.value(cost_key)) for r in trained)
@@ -180,10 +226,10 @@ def build_report(
         search_dir=search.path,
         metric=metric,
         cost_key=cost_key,
-        counts=count(rows),
+        counts=count(rows, {r.trial_id: finished_runs(r) for r in search.records}),
         budget_trials=int(trials_setting) if isinstance(trials_setting, int) else None,
         elapsed_s=(max(updated) - min(created)) if created and updated else 0.0,
-        compute_s=sum(r.wall_s or 0.0 for r in rows),
+        compute_s=sum(r.wall_s or 0.0 for r in rows),  # every rung's run (total_wall_s)
         budget=budget,
         best=within[0] if within else None,
         best_overall=order[0] if order else None,
@@ -193,6 +239,7 @@ def build_report(
         importance_note=note,
         bayes_auc=_bayes_auc(search),
         rows=tuple(rows),
+        judged=judged,
     )
 
 
@@ -220,21 +267,43 @@ def _cell(text: str | None, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _cost(rep: Report, row: TrialRow) -> str:
+    """'latency p50 (ms) 1.1672' and, where the budget judges it otherwise, what it judged:
+    '(judged against the budget: 1.1893)'."""
+    text = f"{LABELS[rep.cost_key]} {fmt(row.value(rep.cost_key))}"
+    judged = rep.judged.get(row.trial_id)
+    return text + (f" (judged against the budget: {fmt(judged)})" if judged is not None else "")
+
+
+JUDGED_NOTE = (
+    "Within the budget is judged as the search's reward judged it: the budget is the reference's p50, and a "
+    "trial's latency is its p50 over the reference architecture timed in the same rounds, divided by the "
+    "reference trial's own such ratio, times the budget (the judged latency; the raw p50 is from another "
+    "moment of a shared machine and can disagree with it)."
+)
+
+
+def _counts_line(c: Counts, budget_trials: int | None) -> str:
+    budget_text = f" of the {budget_trials} budgeted" if budget_trials is not None else ""
+    undecided = f", {c.undecided} trained at a lower rung and not decided yet" if c.undecided else ""
+    return (f"- trained configurations: {c.trained}{budget_text} ({c.complete} complete, {c.failed} failed, "
+            f"{c.pruned} pruned by successive halving{undecided}); {c.running} running (no run finished yet)")
+
+
 def render_markdown(rep: Report, plots: dict[str, Path], best_config: Path | None, best_note: str) -> str:
     c, m, k = rep.counts, LABELS[rep.metric], LABELS[rep.cost_key]
     lines = [f"# Search report: {rep.search_dir}", ""]
     if c.unfinished:
         lines += [(f"**Partial:** {c.unfinished} trial(s) not finished (PENDING/RUNNING): the search is still "
                    f"running or was stopped; resume it with `recsearch search --resume {rep.search_dir}`."), ""]
-    budget_text = f" of the {rep.budget_trials} budgeted" if rep.budget_trials is not None else ""
     lines += [
         "## Counts and budget", "",
-        (f"- trained configurations: {c.trained}{budget_text} ({c.complete} complete, {c.failed} failed, "
-         f"{c.pruned} pruned by successive halving, {c.unfinished} unfinished)"),
+        _counts_line(c, rep.budget_trials),
         f"- rejected before training (did not fit / over the step-cost budget): {c.rejected}",
         f"- reference config trained: {'yes' if c.reference else 'no'}",
         (f"- elapsed: {rep.elapsed_s:.0f} s (first trial created to last update); "
-         f"trial compute: {rep.compute_s:.0f} s (sum of the trials' wall times)"),
+         f"trial compute: {rep.compute_s:.0f} s (sum of the wall times of every run: each rung of a promoted "
+         f"trial, its lower rungs included, and the reference's)"),
         f"- budget on {k}: " + (f"{rep.budget.limit:.4f} ms ({rep.budget.source})" if rep.budget.limit is not None
                                 else rep.budget.source),
         "",
@@ -245,17 +314,19 @@ def render_markdown(rep: Report, plots: dict[str, Path], best_config: Path | Non
     ref = rep.reference
     if rep.best is not None:
         b = rep.best
-        lines.append(f"Trial {b.trial_id}: {m} **{fmt(b.value(rep.metric))}**, {k} {fmt(b.value(rep.cost_key))}, "
+        lines.append(f"Trial {b.trial_id}: {m} **{fmt(b.value(rep.metric))}**, {_cost(rep, b)}, "
                      f"test AUC {fmt(b.test_auc)}, est. step cost {fmt(b.est_step_cost_ms)} ms: {b.summary}")
     else:
         lines.append(f"No complete candidate within the budget on {k}.")
+    if rep.judged:
+        lines.append(f"\n{JUDGED_NOTE}")
     if rep.best_overall is not None and rep.best_overall is not rep.best:
         o = rep.best_overall
         lines.append(f"\nBest regardless of {k}: trial {o.trial_id}, {m} {fmt(o.value(rep.metric))}, "
-                     f"{k} {fmt(o.value(rep.cost_key))}: {o.summary}")
+                     f"{_cost(rep, o)}: {o.summary}")
     if ref is not None:
         lines.append(f"\nReference config (trial {ref.trial_id}, {ref.state_label}): {m} {fmt(ref.value(rep.metric))}, "
-                     f"{k} {fmt(ref.value(rep.cost_key))}: {ref.summary}")
+                     f"{_cost(rep, ref)}: {ref.summary}")
         if rep.best is not None and ref.value(rep.metric) is not None:
             delta = rep.best.value(rep.metric) - ref.value(rep.metric)  # type: ignore[operator]
             lines.append(f"\nBest minus reference: {delta:+.4f} {m}.")
@@ -294,7 +365,7 @@ def render_markdown(rep: Report, plots: dict[str, Path], best_config: Path | Non
     else:
         lines.append(rep.importance_note or "")
     lines += ["", "## Trials", "",
-              f"| trial | kind | state | decisions | {m} | log loss | NE | {k} | est. cost (ms) | rows | wall (s) | error |",
+              f"| trial | kind | state | decisions | {m} | log loss | NE | {k} | est. cost (ms) | rows | wall (s), all rungs | error |",
               "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rep.rows:
         lines.append(
@@ -312,7 +383,8 @@ def summary_dict(rep: Report, best_config: Path | None) -> dict[str, Any]:
         return {"trial_id": r.trial_id, "kind": r.kind, "state": r.state_label, "auc": r.auc,
                 "test_auc": r.test_auc, "log_loss": r.log_loss, "ne": r.ne, "latency_p50_ms": r.latency_p50_ms,
                 "latency_p99_ms": r.latency_p99_ms, "est_step_cost_ms": r.est_step_cost_ms,
-                "reward": r.reward, "wall_s": r.wall_s, "params": r.params, "error": r.error,
+                "judged_cost": rep.judged.get(r.trial_id), "reward": r.reward, "wall_s": r.wall_s,
+                "params": r.params, "error": r.error,
                 "created_at_s": r.created_at_s}
     return {
         "search_dir": str(rep.search_dir), "metric": rep.metric, "cost_key": rep.cost_key,
@@ -545,8 +617,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(args.search_dir) / "report"
     c = rep.counts
     best = rep.best or rep.best_overall
-    print(f"[report] {c.trained} trained ({c.complete} complete, {c.failed} failed, {c.pruned} pruned), "
-          f"{c.rejected} rejected, {c.unfinished} unfinished; best: "
+    print(f"[report] {c.trained} trained ({c.complete} complete, {c.failed} failed, {c.pruned} pruned"
+          + (f", {c.undecided} not decided yet" if c.undecided else "")
+          + f"), {c.running} running, {c.rejected} rejected; best: "
           + (f"trial {best.trial_id} {LABELS[rep.metric]} {fmt(best.value(rep.metric))}" if best else "none")
           + f"; {out / 'report.md'}")
     return 0

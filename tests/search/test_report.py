@@ -45,7 +45,9 @@ def test_report_numbers_tables_plots_and_best_config(search, tmp_path):
     assert report.main([str(search.root), "--out", str(out)]) == 0
     md = (out / "report.md").read_text()
 
-    assert "trained configurations: 7 of the 12 budgeted (4 complete, 1 failed, 1 pruned by successive halving, 1 unfinished)" in md
+    # the running trial has not finished a run: not trained, counted apart
+    assert ("trained configurations: 6 of the 12 budgeted (4 complete, 1 failed, 1 pruned by successive halving); "
+            "1 running (no run finished yet)") in md
     assert "rejected before training (did not fit / over the step-cost budget): 1" in md
     assert "**Partial:** 1 trial(s) not finished" in md
     assert "budget on latency p50 (ms): 1.0000 ms (the reference config's (trial 0))" in md
@@ -83,8 +85,8 @@ def test_report_numbers_tables_plots_and_best_config(search, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best"]["trial_id"] == 2 and summary["best_overall"]["trial_id"] == 3
     assert summary["pareto_front"] == [1, 2, 3]
-    assert summary["counts"] == {"trials": 9, "trained": 7, "complete": 4, "failed": 1, "pruned": 1,
-                                 "rejected": 1, "unfinished": 1, "reference": 1}
+    assert summary["counts"] == {"trials": 9, "trained": 6, "complete": 4, "failed": 1, "pruned": 1,
+                                 "rejected": 1, "unfinished": 1, "reference": 1, "undecided": 0, "running": 1}
     assert summary["bayes_auc"] is None  # write_dataset's data has no planted ceiling
 
     best_yaml = out / "best_train.yaml"
@@ -236,3 +238,73 @@ def test_the_report_judges_the_latency_budget_as_the_search_did():
     reference = TrialRow(trial_id=0, kind="reference", state=TrialState.COMPLETE, params={}, latency_p50_ms=1.0,
                          latency_vs_reference=0.9)
     assert _against_budget(row, "latency_p50_ms", by_reference, reference) == pytest.approx(1.5 / 1.6 / 0.9)
+
+
+def _fake(tmp_path):
+    data = tmp_path / "data"
+    write_dataset(data)
+    return FakeSearch(tmp_path / "search", data)
+
+
+def test_compute_and_wall_include_every_rung_and_running_trials_are_not_trained(tmp_path):
+    from recsearch.search.store import JournalStore
+
+    s = _fake(tmp_path)
+    s.reference(0.75, 1.0, wall_s=5.0)
+    # promoted: rung 0 in 1.5 s, the top rung in 4 s (the trial's wall_s note holds the last rung only)
+    promoted = s.candidate(choices(bottom_width=1), 0.76, 0.95, wall_s=4.0)
+    s.store.set_state(promoted, TrialState.COMPLETE, notes={"rungs": {
+        "0": {"auc": 0.74, "wall_s": 1.5, "error": None}, "1": {"auc": 0.76, "wall_s": 4.0, "error": None}}})
+    # trained at rung 0 (2.5 s), its bracket not decided; two more running their first run
+    waiting = s.running(choices(bottom_width=2))
+    s.store.set_state(waiting, TrialState.PENDING, notes={"rungs": {"0": {"auc": 0.7, "wall_s": 2.5}}, "wall_s": 2.5})
+    s.running(choices(top_width=1))
+    s.running(choices(batch_size=1))
+    out = tmp_path / "rep"
+    assert report.main([str(s.root), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    assert ("- trained configurations: 2 of the 12 budgeted (1 complete, 0 failed, 0 pruned by successive "
+            "halving, 1 trained at a lower rung and not decided yet); 2 running (no run finished yet)") in md
+    # 5 (reference) + 1.5 + 4 (both rungs of the promoted trial) + 2.5
+    assert "trial compute: 13 s (sum of the wall times of every run: each rung of a promoted trial" in md
+    trials = md.split("## Trials")[1]
+    assert "| wall (s), all rungs |" in trials
+    cells = {int(c[0]): c for c in ([x.strip() for x in re.split(r"(?<!\\)\|", ln)[1:-1]]
+                                    for ln in trials.splitlines() if ln.startswith("| ")) if c[0].isdigit()}
+    assert cells[promoted][10] == "5.5" and cells[waiting][10] == "2.5"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["compute_s"] == pytest.approx(13.0)
+    assert summary["counts"]["running"] == 2 and summary["counts"]["undecided"] == 1
+    # a search whose every candidate is still in its first run: nothing trained yet
+    rows = read_search(s.root).rows
+    fresh = [r for r in rows if r.kind != "candidate" or r.state is TrialState.RUNNING]
+    c = report.count(fresh, {r.trial_id: report.finished_runs(r) for r in JournalStore(s.root, read_only=True).trials()})
+    assert (c.trained, c.running) == (0, 2)
+
+
+def test_the_budget_verdict_shows_the_latency_it_judged_beside_the_raw_p50(tmp_path):
+    from dataclasses import replace
+
+    s = _fake(tmp_path)
+    ref = s.reference(0.75, 1.175)
+    # raw p50 1.1672 is under the 1.175 budget, but timed beside the reference it was 5 % slower
+    slow = s.candidate(choices(bottom_width=1), 0.78, 1.1672)
+    for trial_id, ratio in ((ref, 1.0), (slow, 1.05)):
+        rec = s.store.get(trial_id)
+        s.store.set_state(trial_id, rec.state, result=replace(rec.result, latency_vs_reference=ratio))
+    out = tmp_path / "rep"
+    rep = report.write_report(s.root, out)
+    assert rep.best is None and rep.best_overall.trial_id == slow
+    md = (out / "report.md").read_text()
+    assert "No complete candidate within the budget on latency p50 (ms)." in md
+    assert (f"Best regardless of latency p50 (ms): trial {slow}, val AUC 0.7800, latency p50 (ms) 1.1672 "
+            f"(judged against the budget: 1.2338)") in md
+    assert f"Reference config (trial {ref}, COMPLETE): val AUC 0.7500, latency p50 (ms) 1.1750 (judged against the budget: 1.1750)" in md
+    assert "Within the budget is judged as the search's reward judged it" in md
+    assert json.loads((out / "summary.json").read_text())["best_overall"]["judged_cost"] == pytest.approx(1.23375)
+    # an explicit budget judges the raw p50: no judged figure, no note
+    raw = yaml.safe_load((s.root / "search.yaml").read_text())
+    raw["objective"]["budget_ms"] = 1.17
+    (s.root / "search.yaml").write_text(yaml.safe_dump(raw))
+    md = report.render_markdown(report.build_report(read_search(s.root)), {}, None, "x")
+    assert f"Trial {slow}: val AUC **0.7800**, latency p50 (ms) 1.1672, test AUC" in md and "judged" not in md
