@@ -72,9 +72,9 @@ def resolve_search(path: str | None, overrides: list[str], out_dir: str | None) 
     res = load_search_config(path, overrides)
     # the placement checks `recsearch search` runs next: nothing in the space fits, the reference does not
     checker = Checker(res.tables, res.cfg.topology.topology(), res.cfg.placer, res.cfg.seed)
-    problems = preflight_problems(res, checker)
+    problems = preflight_problems(res, checker, config.Origins.of(path, overrides).locate)  # file or command line
     if problems:
-        raise config.ConfigError([f"{path}: {p}" for p in problems])
+        raise config.ConfigError(problems)
     return res.resolved_dict(Path(out_dir or res.cfg.output_dir))
 
 

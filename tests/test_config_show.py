@@ -121,7 +121,7 @@ def test_search_print_config_runs_the_searchs_placement_checks(tmp_path, learnab
     argv = ["--config", str(path), "--out", str(tmp_path / "out")]
     assert cli.main(["search", "--print-config", *argv]) == 2
     shown = capsys.readouterr()
-    assert shown.out == "" and f"{path}: search space: no embedding_dim x embedding_optimizer option fits" in shown.err
+    assert shown.out == "" and f"{path}: space.embedding_dim: no embedding_dim x embedding_optimizer option fits" in shown.err
     assert cli.main(["search", *argv]) == 2
     assert capsys.readouterr().err.replace("recsearch search:", "recsearch search --print-config:", 1) == shown.err
     assert cli.main(["search", "--print-config", "--resume", str(tmp_path)]) == 2

@@ -7,11 +7,12 @@ anything is written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from recsearch.search.objective import over_cost_budget
 from recsearch.search.settings import Resolved
-from recsearch.search.space import SearchSpace
+from recsearch.search.space import SearchSpace, user_model_problems
 from recsearch.types import TableSpec, Topology, TrialSpec
 
 
@@ -103,8 +104,9 @@ def feasibility_problems(res: Resolved, checker: Checker, reference: TrialSpec |
     problems = []
     if not fitting:
         problems.append(
-            f"search space: no embedding_dim x embedding_optimizer option fits the topology "
-            f"({cfg.topology.devices} x {cfg.topology.memory_per_device_mb:g} MB): {probes[0][1].rejected}"
+            f"space.embedding_dim: no embedding_dim x embedding_optimizer option fits the topology "
+            f"({cfg.topology.devices} x {cfg.topology.memory_per_device_mb:g} MB): {probes[0][1].rejected}; "
+            f"give smaller embedding_dim options or more topology.memory_per_device_mb"
         )
     if reference is not None:
         check = checker.check(reference)
@@ -143,7 +145,7 @@ def step_cost_problems(res: Resolved, checker: Checker, fitting: list[tuple[Tria
     h = cheapest.hparams
     return [
         f"{key}: no candidate can be trained: the cheapest in the space (embedding_dim "
-        f"{cheapest.arch.embedding_dim}, batch_size {h.batch_size}, {h.embedding_optimizer}) has an {why}{source}; "
+        f"{cheapest.arch.embedding_dim}, batch_size {h.batch_size}, {h.embedding_optimizer}): {why}{source}; "
         f"raise the limit, or give the space smaller embedding_dim or batch_size options"
     ]
 
@@ -157,12 +159,22 @@ def reference_spec(res: Resolved) -> TrialSpec:
     )
 
 
-def preflight_problems(res: Resolved, checker: Checker) -> list[str]:
-    """Everything that makes the search impossible and needs the placer or the cost net, found
-    before anything is written: nothing fits, the reference does not fit, a step-cost budget or
-    cap that no candidate is within, or one without a cost model."""
+def preflight_problems(res: Resolved, checker: Checker, locate: Callable[[str], str] | None = None) -> list[str]:
+    """Everything that makes the search impossible and needs the placer or the cost net (or the
+    base train config's model), found before anything is written: nothing fits, the reference does
+    not fit, a step-cost budget or cap that no candidate is within, or one without a cost model,
+    built-in DLRM decisions searched for a model of the user's own. Each problem starts with its
+    key; `locate` (recsearch.config.Origins.locate of the config file and the command line's
+    key=value overrides) puts where that key was set in front: 'command line:
+    objective.max_step_cost_ms=0.1: ...' rather than the file's name."""
+    problems = _preflight(res, checker)
+    return [locate(p) for p in problems] if locate is not None else problems
+
+
+def _preflight(res: Resolved, checker: Checker) -> list[str]:
     cfg = res.cfg
-    problems = feasibility_problems(res, checker, reference_spec(res) if cfg.reference else None)
+    problems = user_model_problems(cfg.space, res.base.model)
+    problems += feasibility_problems(res, checker, reference_spec(res) if cfg.reference else None)
     if cfg.objective.metric == "step_cost" and cfg.objective.budget_ms is None:
         if checker.check(reference_spec(res)).est_step_cost_ms is None:
             problems.append(f"objective: step_cost budget from the reference needs a cost model: {checker.cost_note}")

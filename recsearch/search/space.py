@@ -15,7 +15,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from recsearch.types import ArchSpec, HParams, Interaction, Topology, TrialSpec
+from recsearch.types import (
+    DENSE_OPTIMIZERS,
+    EMBEDDING_OPTIMIZERS,
+    ArchSpec,
+    HParams,
+    Interaction,
+    SettingsError,
+    Topology,
+    TrialSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -59,6 +68,111 @@ class SpaceConfig:
     # searched like the ones above and passed to the model's factory as model_args
     model_args: dict[str, tuple[Any, ...]] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        problems = space_problems(self)
+        if problems:
+            raise SettingsError(problems)
+
+
+# The built-in DLRM's architecture knobs: a model of the user's own (the base train config's
+# `model`) is given the tables (embedding_dim, hence not here) and its own model_args, never these
+DLRM_ARCH = ("bottom_depth", "bottom_width", "top_depth", "top_width", "interaction", "dcn_num_layers",
+             "dcn_low_rank_dim")
+POSITIVE = ("embedding_dim", "bottom_width", "top_width", "batch_size", "dcn_low_rank_dim")
+NON_NEGATIVE = ("bottom_depth", "top_depth", "dcn_num_layers", "warmup_steps", "decay_start_step", "decay_steps")
+
+
+def _grid_problem(name: str, grid: LogGrid) -> str | None:
+    try:
+        grid.values()
+    except (ValueError, TypeError):
+        return f"{name} must be a log grid with 0 < low <= high and num >= 1, got low {grid.low!r}, high {grid.high!r}, num {grid.num!r}"
+    return None
+
+
+def space_problems(space: SpaceConfig) -> list[str]:
+    """'decision: what' for every bad option list of the space, all at once: an empty list, an
+    option given twice, a width or batch that is not positive, a depth or step count below 0, a
+    log grid that is no grid, an optimizer the trainer does not know, and embedding dims that
+    contradict an interaction (each dim x interaction is built once). Each problem starts with
+    the decision's name, so a config loader names where it was set (the file or the command line)."""
+    problems = []
+    for name in SpaceConfig.__dataclass_fields__:
+        if name == "model_args":
+            continue
+        raw = getattr(space, name)
+        if isinstance(raw, LogGrid):
+            why = _grid_problem(name, raw)
+            problems += [why] if why else []
+            continue
+        options = tuple(raw)
+        if not options:
+            problems.append(f"{name} has no options (an empty list)")
+        elif len(set(options)) != len(options):
+            problems.append(f"{name} lists an option twice: {[_shown(o) for o in options]}")
+        if name in POSITIVE and any(_bad_int(v, 1) for v in options):
+            problems.append(f"{name} options must be positive integers, got {[_shown(o) for o in options]}")
+        if name in NON_NEGATIVE and any(_bad_int(v, 0) for v in options):
+            problems.append(f"{name} options must be >= 0 (integers), got {[_shown(o) for o in options]}")
+    for key, known in (("embedding_optimizer", EMBEDDING_OPTIMIZERS), ("dense_optimizer", DENSE_OPTIMIZERS)):
+        unknown = [name for name in getattr(space, key) if name not in known]
+        if unknown:
+            problems.append(f"{key}: {', '.join(map(repr, unknown))} not one of {', '.join(known)}")
+    for name, raw in space.model_args.items():
+        options = tuple(_frozen(o) for o in raw)
+        if not options:
+            problems.append(f"model_args.{name} has no options (an empty list)")
+        elif len(set(options)) != len(options):
+            problems.append(f"model_args.{name} lists an option twice: {list(raw)}")
+    if not any(p.startswith(("embedding_dim ", "interaction ")) for p in problems):
+        problems += _architecture_problems(space)
+    return problems
+
+
+def _shown(option: Any) -> Any:
+    return option.value if isinstance(option, Interaction) else option
+
+
+def _bad_int(value: Any, low: int) -> bool:
+    return isinstance(value, bool) or not isinstance(value, int) or value < low
+
+
+def _architecture_problems(space: SpaceConfig) -> list[str]:
+    """Contradictions between architecture decisions, found now rather than by a trial that
+    crashes the search when first decoded (e.g. the projection interaction's branches end in 128
+    units, which an embedding dim of 48 does not divide). MLP widths and depths cannot contradict."""
+    problems = []
+    for dim in space.embedding_dim:
+        for inter in space.interaction:
+            try:
+                ArchSpec(embedding_dim=int(dim), bottom_mlp=(int(dim),), top_mlp=(1,), interaction=Interaction(inter))
+            except ValueError as err:
+                problems.append(f"embedding_dim {dim} with interaction {Interaction(inter).value}: {err}")
+    return [f"embedding_dim has contradictory options: {'; '.join(problems)}"] if problems else []
+
+
+def user_model_problems(space: SpaceConfig, model: str | None) -> list[str]:
+    """With a model of the user's own (`model`, the base train config's factory), the built-in
+    DLRM's architecture decisions searched over several options: the factory never sees them, so
+    each would multiply the trials without changing the model. One problem per such decision,
+    saying how to fix it. (embedding_dim is the tables' width the factory is given; batch size,
+    optimizers, learning rates, warmup and decay train any model.)"""
+    if not model:
+        return []
+    # the DCN knobs matter only under the DCN interaction (the controllers know): without it among
+    # the options, their defaults' several options are left alone
+    dcn = Interaction.DCN in {Interaction(i) for i in space.interaction}
+
+    def listed(options: tuple[Any, ...]) -> str:
+        return "[" + ", ".join(str(_shown(o)) for o in options) + "]"
+
+    return [
+        f"space.{name}: {listed(getattr(space, name))}: a knob of the built-in DLRM, and the base model "
+        f"{model} does not receive it: fix it to one option (e.g. space.{name}={listed(getattr(space, name)[:1])}); "
+        f"the model's own decisions go under space.model_args"
+        for name in DLRM_ARCH if len(getattr(space, name)) > 1 and (dcn or not name.startswith("dcn_"))
+    ]
+
 
 MODEL_ARG = "model_args."  # the prefix of a user model's decisions among the space's
 
@@ -88,56 +202,24 @@ class SearchSpace:
     decisions: tuple[Decision, ...] = field(init=False)
 
     def __post_init__(self) -> None:
+        # (the SpaceConfig checked its options when it was made: space_problems)
         decisions = []
         for name in SpaceConfig.__dataclass_fields__:
             if name == "model_args":
                 continue
             raw = getattr(self.space, name)
-            options = raw.values() if isinstance(raw, LogGrid) else tuple(raw)
-            if not options:
-                raise ValueError(f"search space: {name} has no options (an empty list)")
-            if len(set(options)) != len(options):
-                raise ValueError(f"search space: {name} lists an option twice: {list(options)}")
-            decisions.append(Decision(name, options))
+            decisions.append(Decision(name, raw.values() if isinstance(raw, LogGrid) else tuple(raw)))
         for name, raw in self.space.model_args.items():  # after the built-in ones: their indices stay put
-            options = tuple(_frozen(o) for o in raw)
-            if not options:
-                raise ValueError(f"search space: model_args.{name} has no options (an empty list)")
-            if len(set(options)) != len(options):
-                raise ValueError(f"search space: model_args.{name} lists an option twice: {list(raw)}")
-            decisions.append(Decision(f"{MODEL_ARG}{name}", options))
+            decisions.append(Decision(f"{MODEL_ARG}{name}", tuple(_frozen(o) for o in raw)))
         object.__setattr__(self, "decisions", tuple(decisions))
-        for name in ("embedding_dim", "bottom_width", "top_width", "batch_size", "dcn_low_rank_dim"):
-            if any(int(v) <= 0 for v in getattr(self.space, name)):
-                raise ValueError(f"search space: {name} options must be positive")
-        for name in ("bottom_depth", "top_depth", "dcn_num_layers", "warmup_steps", "decay_start_step", "decay_steps"):
-            if any(int(v) < 0 for v in getattr(self.space, name)):
-                raise ValueError(f"search space: {name} options must be >= 0")
         if self.train_rows <= 0:
             raise ValueError(f"search space: train_rows must be positive, got {self.train_rows}")
-        self._check_architectures()
         smallest_batch = min(self.space.batch_size)
         if smallest_batch * self.topology.world_size > self.train_rows:
             raise ValueError(
                 f"search space: train_rows={self.train_rows} is smaller than one global batch "
                 f"(batch {smallest_batch} x {self.topology.world_size} ranks)"
             )
-
-    def _check_architectures(self) -> None:
-        """Contradictions between architecture decisions are errors now, not trials that crash the
-        search when first decoded (e.g. the projection interaction's branches end in 128 units,
-        which an embedding dim of 48 does not divide). Every embedding dim x interaction (x DCN
-        knobs) is built once; MLP widths and depths cannot contradict (checked positive above)."""
-        problems = []
-        for dim in self.space.embedding_dim:
-            for inter in self.space.interaction:
-                try:
-                    ArchSpec(embedding_dim=int(dim), bottom_mlp=(int(dim),), top_mlp=(1,),
-                             interaction=Interaction(inter))
-                except ValueError as err:
-                    problems.append(f"embedding_dim {dim} with interaction {Interaction(inter).value}: {err}")
-        if problems:
-            raise ValueError("search space: contradictory options: " + "; ".join(problems))
 
     def describe(self) -> str:
         """The space in one line, for the search's first output and the benchmark's setup text:
@@ -150,8 +232,12 @@ class SearchSpace:
             shown = [o.value if isinstance(o, Interaction) else o for o in options]
             return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in shown)
 
-        varied = [f"{d.name} [{text(d.options, d.name)}]" for d in self.decisions if len(d.options) > 1]
-        fixed = [f"{d.name} {text(d.options, d.name)}" for d in self.decisions if len(d.options) == 1]
+        # a model of the user's own (it has decisions of its own) never sees the DLRM's architecture knobs
+        hidden = DLRM_ARCH if self.space.model_args else ()
+        varied = [f"{d.name} [{text(d.options, d.name)}]" for d in self.decisions
+                  if len(d.options) > 1 and d.name not in hidden]
+        fixed = [f"{d.name} {text(d.options, d.name)}" for d in self.decisions
+                 if len(d.options) == 1 and d.name not in hidden]
         return (f"{len(varied)} decisions, {self.cardinality:,} configurations: " + "; ".join(varied)
                 + (f" (fixed: {', '.join(fixed)})" if fixed else ""))
 

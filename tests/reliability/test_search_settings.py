@@ -90,7 +90,7 @@ def test_cli_refuses_bad_settings_before_writing_anything(tmp_path, learnable_da
 def test_a_space_nothing_fits_is_refused_before_the_directory_exists(tmp_path, learnable_data, capsys):
     path = write_config(tmp_path, tiny_config(learnable_data, **{"topology.memory_per_device_mb": 0.001}))
     assert loop.main(["--config", str(path), "--out", str(tmp_path / "out")]) == 2
-    assert f"{path}: search space: no embedding_dim x embedding_optimizer option fits" in capsys.readouterr().err
+    assert f"{path}: space.embedding_dim: no embedding_dim x embedding_optimizer option fits" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -88,3 +88,43 @@ def test_recsearch_search_refuses_an_unmeetable_cap_before_writing_anything(tmp_
     assert f"{path}: objective.max_step_cost_ms: no candidate can be trained" in err
     assert "is over objective.max_step_cost_ms = 0.000 ms" in err
     assert not out.exists()
+
+
+def test_preflight_problems_name_the_command_line_value_that_caused_them(tmp_path, data):
+    from recsearch import config
+
+    path, res = _resolved(tmp_path, data, **{"objective.max_step_cost_ms": 1e-6})
+    overrides = ["objective.max_step_cost_ms=1e-6"]
+    (problem,) = checks.preflight_problems(res, _checker(res), config.Origins.of(path, overrides).locate)
+    assert problem.startswith("command line: objective.max_step_cost_ms=1e-6: no candidate can be trained: "
+                              "the cheapest in the space (embedding_dim 4, batch_size 256, rowwise_adagrad): "
+                              "estimated step cost"), problem
+    # without the override, the file
+    (problem,) = checks.preflight_problems(res, _checker(res), config.Origins.of(path).locate)
+    assert problem.startswith(f"{path}: objective.max_step_cost_ms: no candidate can be trained")
+    path, res = _resolved(tmp_path, data, **{"topology.memory_per_device_mb": 0.001})
+    problem, *rest = checks.preflight_problems(res, _checker(res), config.Origins.of(path, ["space.embedding_dim=[4,8]"]).locate)
+    assert [p.split(": ")[:2] for p in rest] == [[str(path), "reference config"]]  # the reference does not fit either
+    assert problem.startswith("command line: space.embedding_dim=[4,8]: no embedding_dim x embedding_optimizer "
+                              "option fits the topology (1 x 0.001 MB)"), problem
+
+
+def test_a_users_model_with_built_in_dlrm_knobs_searched_is_refused_before_anything_is_written(tmp_path, data, capsys):
+    model = "examples.two_tower:two_tower"
+    settings = {"base.model": model, "base.model_args": {"tower": [8, 4], "split": 13},
+                "space.model_args": {"split": [6, 13]}, "space.bottom_width": [8, 16], "space.interaction": ["dot", "dcn"],
+                "space.top_width": [8], "space.dcn_num_layers": [1], "space.dcn_low_rank_dim": [64]}
+    path, res = _resolved(tmp_path, data, **settings)
+    problems = checks.preflight_problems(res, _checker(res))
+    assert [p.split(":")[0] for p in problems] == ["space.bottom_width", "space.interaction"]
+    assert problems[1] == (f"space.interaction: [dot, dcn]: a knob of the built-in DLRM, and the base model {model} "
+                           f"does not receive it: fix it to one option (e.g. space.interaction=[dot]); the model's "
+                           f"own decisions go under space.model_args")
+    out = tmp_path / "never"
+    assert loop.main(["--config", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{path}: space.bottom_width: [8, 16]: a knob of the built-in DLRM" in err and "space.interaction" in err
+    assert not out.exists()
+    # hyperparameters and the tables' width train any model: searched as before
+    _, res = _resolved(tmp_path, data, **{**settings, "space.bottom_width": [8], "space.interaction": ["dot"]})
+    assert checks.preflight_problems(res, _checker(res)) == []

@@ -83,7 +83,7 @@ def test_describe_lists_varied_decisions_then_fixed_ones_and_the_count():
 def test_contradictory_architecture_options_are_refused_before_any_decode():
     topo = Topology(world_size=1, device_memory_bytes=1 << 30)
     # DLRM_Projection's branches end in 128 units: dims 16 and 32 divide it, 48 does not
-    with pytest.raises(ValueError, match="contradictory options: embedding_dim 48 with interaction projection"):
+    with pytest.raises(ValueError, match="embedding_dim has contradictory options: embedding_dim 48 with interaction projection"):
         SearchSpace(SpaceConfig(embedding_dim=(16, 48), interaction=(Interaction.DOT, Interaction.PROJECTION)),
                     topo, train_rows=100_000)
     ok = SearchSpace(SpaceConfig(embedding_dim=(16, 32), interaction=(Interaction.PROJECTION,)), topo, train_rows=100_000)
@@ -91,3 +91,55 @@ def test_contradictory_architecture_options_are_refused_before_any_decode():
     assert spec.arch.interaction is Interaction.PROJECTION and spec.arch.embedding_dim == 32
     # dot and DCN work with any positive dim
     SearchSpace(SpaceConfig(embedding_dim=(3, 48), interaction=(Interaction.DOT, Interaction.DCN)), topo, train_rows=100_000)
+
+
+def test_every_bad_option_list_is_reported_at_once_where_it_was_set(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("space:\n  top_width: [0, 64]\n  batch_size: [512, 1024]\n")
+    from dataclasses import dataclass, field
+
+    @dataclass(frozen=True)
+    class Holder:  # a config with a space section, as a search config has
+        space: SpaceConfig = field(default_factory=SpaceConfig)
+
+    overrides = ["space.batch_size=[4096,512,512]", "space.dense_lr={low: 0.1, high: 0.01, num: 3}",
+                 "space.embedding_dim=[16,48]", "space.interaction=[dot,projection]"]
+    with pytest.raises(config.ConfigError) as err:
+        config.load(Holder, path, overrides)
+    assert sorted(err.value.problems) == sorted([
+        f"{path}: space.top_width options must be positive integers, got [0, 64]",
+        "command line: space.batch_size=[4096,512,512]: lists an option twice: [4096, 512, 512]",
+        "command line: space.dense_lr={low: 0.1, high: 0.01, num: 3}: must be a log grid with 0 < low <= high "
+        "and num >= 1, got low 0.1, high 0.01, num 3",
+        "command line: space.embedding_dim=[16,48]: has contradictory options: embedding_dim 48 with interaction "
+        "projection: projection_branch1 must end in a multiple of embedding_dim=48, got (512, 128); "
+        "projection_branch2 must end in a multiple of embedding_dim=48, got (512, 128)",
+    ])
+
+
+def test_built_in_dlrm_knobs_searched_for_a_users_model_are_refused_each_with_its_fix():
+    from recsearch.search.space import user_model_problems
+
+    space = SpaceConfig(bottom_depth=(1,), bottom_width=(64,), top_depth=(1,), top_width=(64, 128),
+                        interaction=(Interaction.DOT, Interaction.DCN), dcn_num_layers=(1,), dcn_low_rank_dim=(32,),
+                        embedding_dim=(8, 16), batch_size=(512, 1024), model_args={"split": (6, 13)})
+    assert user_model_problems(space, None) == []
+    assert user_model_problems(space, "examples.two_tower:two_tower") == [
+        "space.top_width: [64, 128]: a knob of the built-in DLRM, and the base model examples.two_tower:two_tower "
+        "does not receive it: fix it to one option (e.g. space.top_width=[64]); the model's own decisions go "
+        "under space.model_args",
+        "space.interaction: [dot, dcn]: a knob of the built-in DLRM, and the base model examples.two_tower:two_tower "
+        "does not receive it: fix it to one option (e.g. space.interaction=[dot]); the model's own decisions go "
+        "under space.model_args",
+    ]  # embedding_dim (the tables' width) and batch_size train any model
+    fixed = SpaceConfig(**{**space.__dict__, "top_width": (64,), "interaction": (Interaction.DOT,)})
+    assert user_model_problems(fixed, "examples.two_tower:two_tower") == []
+    # without DCN among the interactions its knobs decide nothing: their default options are left alone
+    assert user_model_problems(SpaceConfig(bottom_depth=(1,), bottom_width=(64,), top_depth=(1,), top_width=(64,),
+                                           interaction=(Interaction.DOT,)), "m:f") == []
+    # its one-line description leaves the DLRM knobs it does not receive out
+    text = SearchSpace(fixed, TOPO, train_rows=100_000).describe()
+    assert text.startswith("5 decisions, 128 configurations: embedding_dim [8, 16]; batch_size [512, 1024]; "
+                           "embedding_lr [log grid 0.01-0.3 x4]; dense_lr [log grid 0.003-0.1 x4]; "
+                           "model_args.split [6, 13] (fixed: embedding_optimizer rowwise_adagrad, ")
+    assert "bottom_width" not in text and "interaction" not in text and "embedding_optimizer rowwise_adagrad" in text
