@@ -29,7 +29,7 @@ from recsearch.placement.types import (
     PlacementError,
     Placer,
     check_fits,
-    format_bytes,
+    no_room_error,
     rank_caps,
     table_memory_bytes,
 )
@@ -39,12 +39,7 @@ from recsearch.types import TableSpec, Topology
 def _no_room(
     table: TableSpec, need: int, loads: Sequence[int], caps: Sequence[int], placer: str
 ) -> PlacementError:
-    free = ", ".join(f"rank {r}: {format_bytes(c - m)}" for r, (m, c) in enumerate(zip(loads, caps)))
-    cap = max(caps)
-    return PlacementError(
-        f"{placer}: table {table.name!r} needs {format_bytes(need)} ({need:,} bytes) but no device "
-        f"has that much left under the cap of {format_bytes(cap)} ({cap:,} bytes); free: {free}"
-    )
+    return no_room_error(placer, table, need, loads, caps)
 
 
 class _MemoryTracker:

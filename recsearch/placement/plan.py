@@ -14,8 +14,9 @@ enumerate_tables (every table of a module a sharder takes: EmbeddingBagCollectio
 EmbeddingCollection, ...; the sharding types and kernels its constraint and sharder allow) ->
 each rank's cap (the Topology's own per device, less the StorageReservation) -> split_tables
 (whole tables, or column-/row-wise pieces of those too big for a device) -> the Placer places the
-pieces (re-split finer if it cannot pack them) -> build_plan (construct_module_sharding_plan with
-table_wise / column_wise / row_wise / data_parallel and the chosen kernel; plan keys are module
+pieces (a few more tables split a step finer if it cannot pack them) -> build_plan
+(construct_module_sharding_plan with table_wise / column_wise / row_wise / data_parallel and the
+chosen kernel; plan keys are module
 paths relative to the module given, e.g. "model.sparse_arch.embedding_bag_collection" for
 recsearch's DLRMTrain). With LearnedShardingPlanner(data_parallel=True) the placer may also
 replicate whole tables (types.REPLICATED), which become data_parallel.
@@ -84,8 +85,9 @@ from recsearch.placement.types import (
     PlacementError,
     Placer,
     SequenceTableSpec,
+    describe_caps,
+    format_bytes,
     rank_of,
-    table_memory_bytes,
 )
 from recsearch.placement.torchrec_placer import default_local_world_size, torchrec_topology
 from recsearch.types import TableSpec, Topology
@@ -107,7 +109,8 @@ _OPTIMIZER_BY_FUSED = {
     "exact_adagrad": "adagrad",
     "adam": "adam",
 }
-MAX_SPLIT_ROUNDS = 6  # placement attempts, each with pieces at most half as big as the last
+# placement attempts: each splits one step finer the 1, 2, 4, ... tables with the largest pieces
+MAX_SPLIT_ROUNDS = 16
 # ParameterConstraints fields TorchRec's planner copies onto the table's ParameterSharding
 _CONSTRAINT_OPTIONS = (
     "cache_params",
@@ -505,6 +508,33 @@ def build_plan(
     return ShardingPlan(plan)
 
 
+@dataclass(frozen=True)
+class SplitFailure:
+    """One split the placer could not place: the split, the placer's error, and the bytes that
+    largest-first packing left over (Split.unpacked_bytes: how far it was from fitting)."""
+
+    split: Split
+    error: PlacementError
+    unpacked_bytes: int
+
+
+def closest_failure(failures: Sequence[SplitFailure], caps: Sequence[int]) -> PlacementError:
+    """The error to raise when no split was placed: the placer's error on the attempt that came
+    closest (fewest bytes left over; of those the coarsest, the first tried), saying which
+    split it was, how many were tried and each rank's cap."""
+    assert failures
+    best = min(range(len(failures)), key=lambda i: (failures[i].unpacked_bytes, i))
+    f = failures[best]
+    tried = (
+        f"the only split tried ({f.split.describe()})"
+        if len(failures) == 1
+        else f"split {best + 1} of {len(failures)} tried, the closest to fitting "
+        f"({f.split.describe()}; {format_bytes(f.unpacked_bytes)} left over by largest-first "
+        f"packing)"
+    )
+    return PlacementError(f"{f.error} [{tried}; room for tables: {describe_caps(caps)}]")
+
+
 class LearnedShardingPlanner:
     """A drop-in for TorchRec's EmbeddingShardingPlanner: the same constructor arguments and
     plan / collective_plan, with a Placer (learned or baseline) choosing the ranks.
@@ -720,7 +750,13 @@ class LearnedShardingPlanner:
         self, tables: Sequence[ShardableTable], caps: tuple[int, ...], device: str, optimizer: str
     ) -> tuple[Split, Placement]:
         """Split (only what fits no rank), place the pieces; when the placer cannot pack them,
-        split finer (pieces at most half as big, up to MAX_SPLIT_ROUNDS times) and place again."""
+        split a few more tables one step finer (split_tables' ladder: whole, column-wise in 2,
+        in more pieces, row-wise) and place again: first the table with the largest piece, then
+        the 2, 4, 8, ... with the largest pieces (ties in table order), up to MAX_SPLIT_ROUNDS
+        attempts. Splitting stops early when the ranks could not hold the pieces even together
+        (a finer split never needs less). When no attempt is placed, the error is the placer's
+        on the attempt that came closest (fewest bytes left over by largest-first packing; the
+        coarsest of those)."""
         requests = [t.request for t in tables]
         # whole tables that may be replicated: data_parallel allowed, and a kernel it can run
         # (TorchRec's data_parallel is dense only: a table whose constraint pins other kernels
@@ -732,17 +768,12 @@ class LearnedShardingPlanner:
             and (not t.kernels or DENSE in t.kernels)
         }
         placer = self.placer_for(optimizer)
-        max_piece: int | None = None
-        last: tuple[Split, PlacementError] | None = None
-        for _ in range(MAX_SPLIT_ROUNDS):
-            try:
-                split = split_tables(requests, caps, optimizer, max_piece)
-            except PlacementError:
-                if last is None:
-                    raise
-                break  # cannot split finer: the placer's error below says what did not fit
-            if last is not None and split.pieces == last[0].pieces:
-                break  # nothing left to split finer
+        at_least = [0] * len(requests)
+        failures: list[SplitFailure] = []
+        for attempt in range(MAX_SPLIT_ROUNDS):
+            split = split_tables(requests, caps, optimizer, at_least)
+            if not split.pieces:
+                return split, Placement((), len(caps))
             # ... and kept whole (table_wise) by this split: a column-wise piece, even one
             # as wide as its table, is never replicated (Split.ranks refuses it)
             self._replicable = {
@@ -753,17 +784,17 @@ class LearnedShardingPlanner:
             }
             free = CappedTopology.of(split.free_bytes, device)
             try:
-                if not split.pieces:
-                    return split, Placement((), len(caps))
                 placement = placer.place(split.pieces, free)
                 placement.validate(split.pieces, free, optimizer)
                 return split, placement
             except PlacementError as err:
-                last = (split, err)
-                biggest = max(table_memory_bytes(p, optimizer) for p in split.pieces)
-                max_piece = biggest // 2
-        assert last is not None
-        raise last[1]
+                failures.append(SplitFailure(split, err, split.unpacked_bytes(optimizer)))
+            finer = split.finer_candidates(optimizer)
+            if not finer or split.total_bytes(optimizer) > sum(caps):
+                break  # nothing left to split, or no split could fit
+            for i in finer[: 1 << attempt]:
+                at_least[i] = split.shardings[i].step + 1
+        raise closest_failure(failures, caps)
 
     def collective_plan(
         self,

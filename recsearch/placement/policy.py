@@ -64,7 +64,7 @@ from recsearch.placement.types import (
     PlacementError,
     alltoall_width,
     check_fits,
-    format_bytes,
+    no_room_error,
     rank_caps,
     table_memory_bytes,
 )
@@ -390,16 +390,8 @@ class _Episodes:
         p = self.p
         t = p.tables[int(p.order[self.step_index])]
         need = int(p.mem[p.order[self.step_index]])
-        free = ", ".join(
-            f"rank {r}: {format_bytes(int(c) - u)}"
-            for r, (u, c) in enumerate(zip(self.used[row], p.cap))
-        )
-        cap = int(p.cap.max())
-        return PlacementError(
-            f"learned placer: table {t.name!r} needs {format_bytes(need)} ({need:,} bytes) but "
-            f"no device has that much left under the cap of {format_bytes(cap)} "
-            f"({cap:,} bytes); free: {free}"
-        )
+        used = [int(u) for u in self.used[row]]
+        return no_room_error("learned placer", t, need, used, [int(c) for c in p.cap])
 
 
 # ------------------------------------------------------------------------------ the placer

@@ -7,7 +7,9 @@ column split fits, row-wise over every rank (TorchRec's `row_wise()`: rank r hol
 [r * ceil(R / W), ...), fixed, so those blocks are not placed but taken off each rank's room
 first). Tables constrained to row_wise or data_parallel are pinned the same way; to column_wise,
 they are split into pieces of `min_partition` columns (TorchRec's MIN_CW_DIM, 128, by default)
-or narrower pieces if those do not fit.
+or narrower pieces if those do not fit. Those choices, coarsest first, are a table's ladder; the
+planner asks for a step further down it (`at_least`) for a few tables at a time when the placer
+cannot pack the pieces.
 
 A placer may also replicate a whole table (`types.REPLICATED`: a copy on every rank, TorchRec's
 `data_parallel()`): `Split.ranks` makes that table data_parallel when its request allows
@@ -21,6 +23,7 @@ so it is cheap and the rules can be tested on their own. Memory is `table_memory
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -77,6 +80,8 @@ class TableSharding:
     sharding_type: str
     pieces: tuple[TableSpec, ...] = ()
     pinned_bytes: tuple[int, ...] = ()
+    step: int = 0  # the step of the table's ladder (split_tables) it got: 0 the coarsest
+    finer: bool = False  # whether a finer step of its ladder fits
 
 
 @dataclass(frozen=True)
@@ -141,6 +146,51 @@ class Split:
                 f"ParameterConstraints(sharding_types=[..., 'data_parallel']) for this table"
             )
 
+    def total_bytes(self, optimizer: str = DEFAULT_OPTIMIZER) -> int:
+        """Bytes of every piece and pinned shard: what the ranks must hold together. A finer
+        split never needs less (row-wise optimizer state is kept per piece)."""
+        placed = sum(table_memory_bytes(p, optimizer) for p in self.pieces)
+        return placed + sum(sum(s.pinned_bytes) for s in self.shardings)
+
+    def unpacked_bytes(self, optimizer: str = DEFAULT_OPTIMIZER) -> int:
+        """Bytes of the pieces that largest-first packing (each piece onto the rank with the
+        most room left) cannot place: 0 when it packs them; how far this split is from fitting,
+        to compare splits that no placer could pack."""
+        room = [-f for f in self.free_bytes]  # a max-heap of the room left
+        heapq.heapify(room)
+        left = 0
+        for need in sorted((table_memory_bytes(p, optimizer) for p in self.pieces), reverse=True):
+            most = -room[0]
+            if need <= most:
+                heapq.heapreplace(room, -(most - need))
+            else:
+                left += need
+        return left
+
+    def finer_candidates(self, optimizer: str = DEFAULT_OPTIMIZER) -> list[int]:
+        """Tables that a finer step of their ladder fits, placed ones (table_wise, column_wise)
+        with the largest piece first (ties: table order): the ones to split further when the
+        pieces cannot be packed."""
+        largest = {
+            i: max(table_memory_bytes(p, optimizer) for p in s.pieces)
+            for i, s in enumerate(self.shardings)
+            if s.finer and s.pieces
+        }
+        return sorted(largest, key=lambda i: (-largest[i], i))
+
+    def describe(self) -> str:
+        """The tables this split splits: "t2 column_wise in 2, t5 row_wise" (the first 8), or
+        "no table split"."""
+        parts = [
+            f"{t.name} {s.sharding_type}" + (f" in {len(s.pieces)}" if s.pieces else "")
+            for t, s in zip(self.tables, self.shardings)
+            if s.sharding_type in (ShardingKind.COLUMN_WISE, ShardingKind.ROW_WISE)
+        ]
+        if not parts:
+            return "no table split"
+        more = f" and {len(parts) - 8} more" if len(parts) > 8 else ""
+        return ", ".join(parts[:8]) + more
+
     def memory_per_rank(self, placement: Placement, optimizer: str = DEFAULT_OPTIMIZER) -> list[int]:
         """Bytes on each rank: the pinned shards plus the placed pieces (Placement's rule: a
         replicated piece on every rank)."""
@@ -180,32 +230,62 @@ def _describe(t: TableSpec, optimizer: str) -> str:
     return f"table {t.name!r} ({t.num_rows:,} rows x dim {t.dim}, {format_bytes(m)} with {optimizer} state)"
 
 
+def _ladder(req: TableRequest) -> list[tuple[ShardingKind, int]]:
+    """A table's shardings from coarsest to finest, as (kind, column pieces): whole (when
+    table_wise is allowed), its column splits (fewest pieces first), then row_wise (when
+    allowed). A table constrained to column_wise starts at pieces of min_partition columns."""
+    t, allowed = req.table, req.sharding_types
+    rungs: list[tuple[ShardingKind, int]] = []
+    if ShardingKind.TABLE_WISE in allowed:
+        rungs.append((ShardingKind.TABLE_WISE, 1))
+    if ShardingKind.COLUMN_WISE in allowed:
+        if ShardingKind.TABLE_WISE in allowed:  # split only because it is too big
+            counts = column_splits(t.dim, req.min_partition or COLUMN_ALIGN)
+        else:  # constrained to column_wise: pieces of min_partition columns, or narrower
+            first = max([1, *column_splits(t.dim, req.min_partition or DEFAULT_MIN_PARTITION)])
+            counts = [first] + [
+                k for k in column_splits(t.dim, req.min_partition or COLUMN_ALIGN) if k > first
+            ]
+        rungs.extend((ShardingKind.COLUMN_WISE, k) for k in counts)
+    if ShardingKind.ROW_WISE in allowed:
+        rungs.append((ShardingKind.ROW_WISE, 0))
+    return rungs
+
+
 def split_tables(
     requests: Sequence[TableRequest],
     caps_bytes: Sequence[int],
     optimizer: str = DEFAULT_OPTIMIZER,
-    max_piece_bytes: int | None = None,
+    at_least: Sequence[int] | None = None,
 ) -> Split:
     """Decide every table's sharding for ranks with these memory caps (see the module
     docstring); PlacementError naming the table when none of its allowed sharding types fits.
 
-    max_piece_bytes: the largest piece to hand the placer (default: the most room one rank has
-    after the pinned shards); a table above it is split when a split is allowed (the planner
-    lowers it when the placer cannot pack the pieces)."""
+    Each table gets the coarsest sharding of its ladder (_ladder: whole, column splits with
+    fewest pieces first, row_wise) that fits the rank with the most room. at_least: per table,
+    the ladder step to start from instead (0: the coarsest); the planner raises it, a few tables
+    at a time, when the placer cannot pack the pieces. A step that does not fit is passed over
+    for the next finer one that does, or the finest that fits. TableSharding.step / .finer say
+    which step a table got and whether a finer one fits."""
     world = len(caps_bytes)
     if world == 0:
         raise PlacementError("no ranks to place tables on")
+    if at_least is not None and len(at_least) != len(requests):
+        raise ValueError(f"at_least has {len(at_least)} entries for {len(requests)} tables")
     free = [int(c) for c in caps_bytes]
     shardings: list[TableSharding | None] = [None] * len(requests)
 
-    def pin(i: int, kind: ShardingKind) -> None:
+    def row_wise_bytes(t: TableSpec) -> list[int]:
+        return [
+            table_memory_bytes(replace(t, num_rows=n), optimizer) if n else 0
+            for n in row_blocks(t.num_rows, world)
+        ]
+
+    def pin(i: int, kind: ShardingKind, step: int = 0, finer: bool = False) -> None:
         req = requests[i]
         t = req.table
         if kind == ShardingKind.ROW_WISE:
-            blocks = row_blocks(t.num_rows, world)
-            pinned = [
-                table_memory_bytes(replace(t, num_rows=n), optimizer) if n else 0 for n in blocks
-            ]
+            pinned = row_wise_bytes(t)
         else:
             pinned = [table_memory_bytes(t, optimizer)] * world
         short = [r for r in range(world) if pinned[r] > free[r]]
@@ -219,7 +299,7 @@ def split_tables(
             )
         for r in range(world):
             free[r] -= pinned[r]
-        shardings[i] = TableSharding(kind.value, (), tuple(pinned))
+        shardings[i] = TableSharding(kind.value, (), tuple(pinned), step, finer)
 
     for i, req in enumerate(requests):
         unsupported = [s for s in req.sharding_types if s not in SUPPORTED_SHARDING]
@@ -250,61 +330,37 @@ def split_tables(
     )
     for i in rest:
         req = requests[i]
-        t, allowed = req.table, req.sharding_types
+        t = req.table
         room = max(free)
-        if max_piece_bytes is not None:
-            room = min(room, max_piece_bytes)
-        counts: list[int] = []
-        if ShardingKind.COLUMN_WISE in allowed:
-            if ShardingKind.TABLE_WISE in allowed:  # split only because it is too big
-                counts = column_splits(t.dim, req.min_partition or COLUMN_ALIGN)
-            else:  # constrained to column_wise: pieces of min_partition columns, or narrower
-                first = max([1, *column_splits(t.dim, req.min_partition or DEFAULT_MIN_PARTITION)])
-                counts = [first] + [
-                    k for k in column_splits(t.dim, req.min_partition or COLUMN_ALIGN) if k > first
-                ]
-        # splittable: some column split exists (equal multiples of COLUMN_ALIGN, at least
-        # min_partition wide) or row_wise is allowed; a table that is not stays whole where it
-        # fits a rank, whatever max_piece_bytes asks
-        splittable = bool(counts) or ShardingKind.ROW_WISE in allowed
-        whole = table_memory_bytes(t, optimizer)
-        if ShardingKind.TABLE_WISE in allowed and (
-            whole <= room or (not splittable and whole <= max(free))
-        ):
-            shardings[i] = TableSharding(ShardingKind.TABLE_WISE.value, (t,))
-            continue
-        if counts:
-            k = next(
-                (k for k in counts if table_memory_bytes(column_pieces(t, k)[0], optimizer) <= room),
-                None,
+
+        def fits(rung: tuple[ShardingKind, int]) -> bool:
+            kind, k = rung
+            if kind == ShardingKind.ROW_WISE:
+                return all(b <= f for b, f in zip(row_wise_bytes(t), free))
+            return table_memory_bytes(column_pieces(t, k)[0], optimizer) <= room
+
+        rungs = _ladder(req)
+        fitting = [j for j, rung in enumerate(rungs) if fits(rung)]
+        if not fitting and ShardingKind.ROW_WISE in req.sharding_types:
+            pin(i, ShardingKind.ROW_WISE)  # raises: names what row_wise needs on each rank
+        if not fitting:
+            where = f" in {req.where}" if req.where else ""
+            raise PlacementError(
+                f"{_describe(t, optimizer)}{where} fits no rank (the most room left on one is "
+                f"{format_bytes(room)}) and its allowed sharding types {list(req.sharding_types)} "
+                f"cannot split it small enough (column_wise needs dims in equal multiples of "
+                f"{COLUMN_ALIGN}; row_wise must be allowed for a row split)"
             )
-            if k is not None:
-                shardings[i] = TableSharding(ShardingKind.COLUMN_WISE.value, column_pieces(t, k))
-                continue
-        if ShardingKind.ROW_WISE in allowed:
-            pin(i, ShardingKind.ROW_WISE)
-            continue
-        if max_piece_bytes is not None:
-            # asked for finer pieces than this table's splits give: its finest split (or the
-            # whole table) that fits the rank with the most room, as without max_piece_bytes
-            fitting = [
-                k for k in counts if table_memory_bytes(column_pieces(t, k)[0], optimizer) <= max(free)
-            ]
-            if fitting:
-                shardings[i] = TableSharding(
-                    ShardingKind.COLUMN_WISE.value, column_pieces(t, fitting[-1])
-                )
-                continue
-            if ShardingKind.TABLE_WISE in allowed and whole <= max(free):
-                shardings[i] = TableSharding(ShardingKind.TABLE_WISE.value, (t,))
-                continue
-        where = f" in {req.where}" if req.where else ""
-        raise PlacementError(
-            f"{_describe(t, optimizer)}{where} fits no rank (the most room left on one is "
-            f"{format_bytes(room)}) and its allowed sharding types {list(allowed)} cannot split "
-            f"it small enough (column_wise needs dims in equal multiples of {COLUMN_ALIGN}; "
-            f"row_wise must be allowed for a row split)"
-        )
+        start = at_least[i] if at_least is not None else 0
+        step = next((j for j in fitting if j >= start), fitting[-1])
+        finer = step < fitting[-1]
+        kind, k = rungs[step]
+        if kind == ShardingKind.ROW_WISE:
+            pin(i, kind, step, finer)
+        elif kind == ShardingKind.TABLE_WISE:
+            shardings[i] = TableSharding(kind.value, (t,), (), step, finer)
+        else:
+            shardings[i] = TableSharding(kind.value, column_pieces(t, k), (), step, finer)
     done = [s for s in shardings if s is not None]
     assert len(done) == len(requests)
     pieces, owners = [], []

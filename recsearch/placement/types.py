@@ -94,6 +94,29 @@ class PlacementError(ValueError):
     its memory cap, a rank outside the world). The message names the table and the sizes."""
 
 
+def describe_caps(caps_bytes: Sequence[int]) -> str:
+    """Each rank's cap, for messages: "6.80 MiB on each of 2 ranks" or "rank 0: 6.80 MiB,
+    rank 1: 6.77 MiB"."""
+    if len(set(caps_bytes)) == 1:
+        return f"{format_bytes(caps_bytes[0])} on each of {len(caps_bytes)} ranks"
+    return ", ".join(f"rank {r}: {format_bytes(c)}" for r, c in enumerate(caps_bytes))
+
+
+def no_room_error(
+    placer: str, table: TableSpec, need_bytes: int, used_bytes: Sequence[int], caps_bytes: Sequence[int]
+) -> PlacementError:
+    """A placer's error for a table no rank has room for: what it needs, and each rank's room
+    left of its own cap (ranks' caps may differ: a storage reservation, pinned row-wise shards)."""
+    room = ", ".join(
+        f"rank {r}: {format_bytes(c - u)} of {format_bytes(c)} ({c:,} bytes)"
+        for r, (u, c) in enumerate(zip(used_bytes, caps_bytes))
+    )
+    return PlacementError(
+        f"{placer}: table {table.name!r} needs {format_bytes(need_bytes)} ({need_bytes:,} bytes) "
+        f"but no rank has that much left of its cap; left of each rank's cap: {room}"
+    )
+
+
 @dataclass(frozen=True)
 class CappedTopology(Topology):
     """A Topology whose devices have different memory caps (rank r: caps_bytes[r]); what the

@@ -85,7 +85,8 @@ def test_no_device_with_room_left_is_an_error_not_an_overcommit():
     tables = [TableSpec("x", 100, 16), TableSpec("y", 100, 16)]  # 6,400 B each with sgd
     with pytest.raises(PlacementError) as err:
         GreedyPlacer(baselines.size_key, "size_greedy", "sgd").place(tables, Topology(1, 10_000))
-    assert "needs 6.25 KiB (6,400 bytes)" in str(err.value) and "cap of" in str(err.value)
+    assert "needs 6.25 KiB (6,400 bytes)" in str(err.value)
+    assert "left of each rank's cap: rank 0: 3.52 KiB of 9.77 KiB (10,000 bytes)" in str(err.value)
 
 
 def test_torchrec_planner_baseline_is_table_wise_and_within_cap(tiny_pool):

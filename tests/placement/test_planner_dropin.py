@@ -274,13 +274,20 @@ def _big_and_mid(mid_dim):
     return model, planner
 
 
-def test_pieces_too_big_to_pack_are_split_finer_and_placed_again():
-    # mid 1875 x 8: the planner splits finer (big 4 x 32,000, mid 2 x 30,000): 94,000 B per rank
-    model, planner = _big_and_mid(mid_dim=8)
+@pytest.mark.parametrize("mid_dim", [8, 4])
+def test_pieces_too_big_to_pack_are_split_finer_and_placed_again(mid_dim):
+    # the table with the largest pieces is split one step finer first (big 4 x 32,000): that
+    # packs, so mid stays whole, whether or not it has a column split of its own (dim 8: it
+    # has; dim 4: it has none and the CPU sharder offers no row_wise)
+    model, planner = _big_and_mid(mid_dim)
     plan = planner.plan(model, [EmbeddingBagCollectionSharder()])
     widths = {t: [s.shard_sizes[1] for s in ps.sharding_spec.shards] for t, ps in plan.plan[""].items()}
-    assert widths == {"big": [8, 8, 8, 8], "mid": [4, 4]}
-    assert planner.last_split.memory_per_rank(planner.last_placement, "sgd") == [94_000, 94_000]
+    assert widths == {"big": [8, 8, 8, 8], "mid": [mid_dim]}
+    memory = planner.last_split.memory_per_rank(planner.last_placement, "sgd")
+    assert sorted(memory) == [92_000, 96_000]
+    ranks = plan_ranks(plan)[""]
+    mid_rank = ranks["mid"][1][0]
+    assert ranks["big"][1].count(mid_rank) == 1 and ranks["big"][1].count(1 - mid_rank) == 3
     # a table that cannot be split (table_wise only) and does not fit: named, nothing relaxed
     with pytest.raises(PlacementError, match="table 'big'.*fits no rank"):
         LearnedShardingPlanner(
@@ -291,18 +298,79 @@ def test_pieces_too_big_to_pack_are_split_finer_and_placed_again():
         ).plan(model, [EmbeddingBagCollectionSharder()])
 
 
-def test_planner_splits_finer_around_a_table_that_has_no_split():
-    # mid 3750 x 4 has no column split and the CPU sharders offer no row_wise: the planner asks
-    # for pieces of at most 32,000 B, and mid must stay whole rather than fail the plan
-    ebc, planner = _big_and_mid(mid_dim=4)
-    ranks = plan_ranks(planner.plan(ebc))[""]
-    assert ranks["mid"][0] == "table_wise"
-    kind, big_ranks = ranks["big"]
-    assert kind == "column_wise" and len(big_ranks) == 4  # quarters of 32,000 B
-    memory = planner.last_split.memory_per_rank(planner.last_placement, "sgd")
-    assert sorted(memory) == [92_000, 96_000]
-    mid_rank = ranks["mid"][1][0]
-    assert big_ranks.count(mid_rank) == 1 and big_ranks.count(1 - mid_rank) == 3
+def _three_tables(rows, data_type):
+    """3 tables of dim 16 that fit no 2 ranks whole (two would share one): a model that fits
+    when one of them is split column-wise in 2 (the ux report's p6_split)."""
+    from torchrec.modules.embedding_configs import DataType
+
+    return EmbeddingBagCollection(
+        tables=[
+            EmbeddingBagConfig(
+                name=f"t{i}",
+                embedding_dim=16,
+                num_embeddings=rows,
+                feature_names=[f"f{i}"],
+                data_type=getattr(DataType, data_type),
+            )
+            for i in range(3)
+        ],
+        device=torch.device("meta"),
+    )
+
+
+@pytest.mark.parametrize("rows, data_type", [(100_000, "FP16"), (55_000, "FP32")])
+@pytest.mark.parametrize("placer", ["size_greedy", "learned"])
+def test_splits_one_table_in_two_when_that_is_enough(rows, data_type, placer):
+    # 2 ranks of 8 MiB DDR, TorchRec's default 15% reservation: 6.80 MiB each. Whole, t0..t2
+    # are 3.6 MB (FP16, with row-wise state) / 3.74 MB (FP32): two do not share a rank. Split
+    # them all in 4 (as the planner did) and the row-wise state per piece no longer fits
+    # (FP16); splitting t0 alone in 2 does. TorchRec's own planner plans it too.
+    from torchrec.distributed.sharding_plan import get_default_sharders
+
+    topo = TorchRecTopology(world_size=2, compute_device="cpu", ddr_cap=8 << 20)
+    planner = LearnedShardingPlanner(topology=topo, batch_size=8, placer=placer, debug=False)
+    plan = planner.plan(_three_tables(rows, data_type), get_default_sharders())
+    got = {t: (kind, tuple(ranks)) for t, (kind, ranks) in plan_ranks(plan)[""].items()}
+    assert got["t0"] in (("column_wise", (0, 1)), ("column_wise", (1, 0)))
+    assert {got["t1"], got["t2"]} == {("table_wise", (0,)), ("table_wise", (1,))}
+    memory = planner.last_split.memory_per_rank(planner.last_placement, planner.last_optimizer)
+    assert all(m <= c for m, c in zip(memory, planner.last_caps_bytes))
+    # deterministic: the same plan again
+    again = LearnedShardingPlanner(topology=topo, batch_size=8, placer=placer, debug=False)
+    assert plan_ranks(again.plan(_three_tables(rows, data_type), get_default_sharders())) == (
+        plan_ranks(plan)
+    )
+
+
+def test_nothing_fits_reports_the_closest_split_and_each_ranks_cap():
+    # t0..t2: 1000 x 16 fp32 with row-wise state, 68,000 B whole, 36,000 B per half. Ranks of
+    # 103,000 and 103,500 B: whole, largest-first packing leaves one table (68,000 B) over;
+    # t0 in 2 (208,000 B in all, more than the 206,500 B the ranks hold) leaves both halves
+    # (72,000 B) over, and no finer split can fit: the whole-table attempt is the closest
+    from recsearch.placement.types import describe_caps
+
+    model = EmbeddingBagCollection(
+        tables=[
+            EmbeddingBagConfig(name=f"t{i}", embedding_dim=16, num_embeddings=1000, feature_names=[f"f{i}"])
+            for i in range(3)
+        ],
+        device=torch.device("meta"),
+    )
+    topo = _cpu_topology([103_000, 103_500])
+    planner = LearnedShardingPlanner(
+        topo, storage_reservation=FixedPercentageStorageReservation(0.0), placer="size_greedy"
+    )
+    with pytest.raises(PlacementError) as err:
+        planner.plan(model, [EmbeddingBagCollectionSharder()])
+    message = str(err.value)
+    assert "split 1 of 2 tried, the closest to fitting (no table split; 66.41 KiB left over" in message
+    assert "needs 66.41 KiB (68,000 bytes) but no rank has that much left of its cap" in message
+    assert (
+        "left of each rank's cap: rank 0: 34.18 KiB of 100.59 KiB (103,000 bytes), "
+        "rank 1: 34.67 KiB of 101.07 KiB (103,500 bytes)"
+    ) in message
+    assert describe_caps((103_000, 103_500)) in message
+    assert "under the cap of" not in message
 
 
 def test_row_blocks_are_torchrecs():

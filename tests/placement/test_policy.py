@@ -121,7 +121,9 @@ def test_nothing_fits_is_a_placement_error_naming_the_table(h100_policy):
     # a and b take one device each (equal cost: task order); c is the one left without room
     assert "learned placer: table 'c'" in msg
     assert f"needs {format_bytes(mem)} ({mem:,} bytes)" in msg
-    assert f"cap of {format_bytes(int(mem * 1.6))} ({int(mem * 1.6):,} bytes)" in msg
+    cap = int(mem * 1.6)
+    left = f"{format_bytes(cap - mem)} of {format_bytes(cap)} ({cap:,} bytes)"
+    assert f"left of each rank's cap: rank 0: {left}, rank 1: {left}" in msg
     huge = [TableSpec("huge", 10**6, 64)]
     with pytest.raises(PlacementError, match="table 'huge'.*does not fit"):
         h100_policy.place(huge, Topology(2, 1 << 20))
