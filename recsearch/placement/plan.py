@@ -112,13 +112,23 @@ _OPTIMIZER_BY_FUSED = {
 # placement attempts: each splits one step finer the 1, 2, 4, ... tables with the largest pieces
 MAX_SPLIT_ROUNDS = 16
 # ParameterConstraints fields TorchRec's planner copies onto the table's ParameterSharding
+# (ParameterSharding has each in TorchRec 1.6.1 and 1.8.0; copied deep, as TorchRec does)
 _CONSTRAINT_OPTIONS = (
     "cache_params",
     "enforce_hbm",
     "stochastic_rounding",
     "bounds_check_mode",
     "output_dtype",
+    "key_value_params",
 )
+# ParameterConstraints fields the planner does not use, with the value that asks for nothing
+# (a constraint setting another value gets a warning naming the field and the tables)
+IGNORED_CONSTRAINT_FIELDS = {
+    "is_weighted": False,
+    "feature_names": None,
+    "device_group": None,
+    "use_virtual_table": False,  # TorchRec 1.8
+}
 
 # Where recsearch's DLRMTrain keeps its EmbeddingBagCollection (recsearch.model.dlrm.EBC_MODULE_PATH;
 # repeated here because placement does not import the model package).
@@ -305,12 +315,15 @@ def enumerate_tables(
     device_type: str,
     stats: Sequence[TableSpec] | None = None,
     data_parallel: bool = False,
+    batch_size: int = TORCHREC_BATCH_SIZE,
 ) -> list[ShardableTable]:
     """Every shardable table of module with the sharding types and compute kernels it may get:
     its constraint's (TorchRec's ParameterConstraints by table name) intersected with its
     sharder's for device_type. A table left to choose (no sharding_types constraint) never gets
     data_parallel unless data_parallel is True (LearnedShardingPlanner(data_parallel=True)).
-    Pooling factors: stats (TableSpecs by name), else the constraint's pooling_factors, else 1.
+    Pooling factors: stats (TableSpecs by name), else the constraint's lookups per sample
+    (constraint_pooling: its pooling_factors, num_poolings and batch_sizes against batch_size,
+    the planner's per-rank batch), else 1.
     Tables are keyed by (module path, name), as TorchRec plans them: one name may occur in several
     modules (constraints and stats, by name, then apply to each); such tables are handed to the
     placer as placement_name's "name@module/path" so that the pieces' names stay unique."""
@@ -327,7 +340,7 @@ def enumerate_tables(
             if known is not None:
                 pooling = known.pooling_factor
             elif constraint is not None and constraint.pooling_factors:
-                pooling = float(sum(constraint.pooling_factors))
+                pooling = constraint_pooling(constraint, batch_size, name)
             rows, dim = int(param.shape[0]), int(param.shape[1])
             # an EmbeddingCollection's tables are not pooled: their all-to-all is per id
             spec_type = SequenceTableSpec if isinstance(cfg, EmbeddingConfig) else TableSpec
@@ -387,6 +400,38 @@ def enumerate_tables(
         )
         for t in out
     ]
+
+
+def constraint_pooling(constraint: ParameterConstraints, batch_size: int, table: str) -> float:
+    """Ids a table looks up per sample of the planner's per-rank batch, as TorchRec's planner
+    counts its lookups: the sum over features of pooling_factor x num_poolings (default 1)
+    x batch_sizes (default batch_size), over batch_size. The lists must match in length."""
+    factors = [float(f) for f in constraint.pooling_factors]
+    poolings = [float(n) for n in constraint.num_poolings or [1.0] * len(factors)]
+    batches = [int(b) for b in constraint.batch_sizes or [batch_size] * len(factors)]
+    if not len(factors) == len(poolings) == len(batches):
+        raise PlacementError(
+            f"table {table!r}: ParameterConstraints pooling_factors, num_poolings and batch_sizes "
+            f"must match in length (one per feature), got {len(factors)}, {len(poolings)} and "
+            f"{len(batches)}"
+        )
+    lookups = sum(f * n * b for f, n, b in zip(factors, poolings, batches))
+    if lookups <= 0:
+        raise PlacementError(f"table {table!r}: the constraint's lookups per batch are {lookups}")
+    return lookups / batch_size
+
+
+def ignored_constraints(constraints: Mapping[str, ParameterConstraints]) -> dict[str, list[str]]:
+    """ParameterConstraints field -> the tables (sorted) whose constraint sets a field the planner
+    does not use (IGNORED_CONSTRAINT_FIELDS) to something other than its default."""
+    found: dict[str, list[str]] = {}
+    for field_name, unset in IGNORED_CONSTRAINT_FIELDS.items():
+        tables = sorted(
+            name for name, c in constraints.items() if getattr(c, field_name, unset) not in (unset, None)
+        )
+        if tables:
+            found[field_name] = tables
+    return found
 
 
 def placement_name(path: str, name: str) -> str:
@@ -471,7 +516,7 @@ def build_plan(
     """The ShardingPlan giving each table its (sharding type, ranks), built per module with
     TorchRec's construct_module_sharding_plan and its sharder; per-table options of the
     constraints (cache_params, enforce_hbm, stochastic_rounding, bounds_check_mode,
-    output_dtype) carried over as TorchRec's planner does."""
+    output_dtype, key_value_params) carried over as TorchRec's planner does."""
     per_module: dict[str, dict[str, Any]] = {}
     modules: dict[str, tuple[nn.Module, ModuleSharder[nn.Module]]] = {}
     for t, (kind, ranks) in zip(tables, shardings):
@@ -503,7 +548,7 @@ def build_plan(
             for key in _CONSTRAINT_OPTIONS:
                 value = getattr(constraint, key, None)
                 if value is not None and hasattr(ps, key):
-                    setattr(ps, key, value)
+                    setattr(ps, key, copy.deepcopy(value))
         plan[path] = module_plan
     return ShardingPlan(plan)
 
@@ -544,11 +589,16 @@ class LearnedShardingPlanner:
     default caps). storage_reservation: any TorchRec StorageReservation; default TorchRec's
     HeuristicalStorageReservation(0.15) for a TorchRec Topology or None, no reservation for a
     recsearch Topology. constraints: TorchRec's ParameterConstraints by table name
-    (sharding_types, compute_kernels, min_partition, pooling_factors and the per-table kernel
-    options). batch_size: per rank, as TorchRec's (for the reservation and the torchrec placer).
-    TorchRec's search parts (enumerator, proposer, partitioner, performance_model, stats,
-    callbacks, timeout_seconds, plan_loader) are accepted and not used: the placer replaces them;
-    passing one warns.
+    (sharding_types, compute_kernels, min_partition; pooling_factors, num_poolings and
+    batch_sizes for the lookups per sample; the per-table options copied onto the table's
+    ParameterSharding: cache_params, enforce_hbm, stochastic_rounding, bounds_check_mode,
+    output_dtype, key_value_params); the fields it does not use (IGNORED_CONSTRAINT_FIELDS:
+    is_weighted, feature_names, device_group, use_virtual_table) warn once, naming the tables.
+    batch_size: per rank, as TorchRec's (for the reservation, the constraints' batch_sizes and
+    the torchrec placer). The positional order is TorchRec's, up to plan_loader; the arguments
+    after it are keyword-only. TorchRec's search parts (enumerator, proposer, partitioner,
+    performance_model, stats, callbacks, timeout_seconds, plan_loader) are accepted and not used:
+    the placer replaces them; passing one warns.
 
     placer: a Placer or a name (recsearch.placement.registry.PLACERS); "learned" (the default)
     is the shipped policy checked against the baselines under its own cost net, the cheapest
@@ -589,6 +639,7 @@ class LearnedShardingPlanner:
         debug: bool = True,
         callbacks: Any = None,
         timeout_seconds: int | None = None,
+        plan_loader: Any = None,
         *,
         placer: Placer | str = "learned",
         table_stats: Sequence[TableSpec] | None = None,
@@ -613,19 +664,31 @@ class LearnedShardingPlanner:
             "stats": stats,
             "callbacks": callbacks,
             "timeout_seconds": timeout_seconds,
+            "plan_loader": plan_loader,
         }
         self.heuristic_percentage = float(
             torchrec_kwargs.pop("heuristical_storage_reservation_percentage", 0.15)
         )
-        known_extra = {"plan_loader"}
-        bad = sorted(set(torchrec_kwargs) - known_extra)
-        if bad:
-            raise TypeError(f"LearnedShardingPlanner got unexpected keyword arguments {bad}")
-        ignored = [k for k, v in {**unused, **torchrec_kwargs}.items() if v is not None]
+        if torchrec_kwargs:
+            raise TypeError(
+                f"LearnedShardingPlanner got unexpected keyword arguments {sorted(torchrec_kwargs)}"
+            )
+        ignored = [k for k, v in unused.items() if v is not None]
         if ignored:
             warnings.warn(
                 f"LearnedShardingPlanner does not use TorchRec's {', '.join(ignored)}: the "
                 "placer chooses the ranks",
+                stacklevel=2,
+            )
+        unused_fields = ignored_constraints(constraints or {})
+        if unused_fields:
+            listed = "; ".join(
+                f"{field_name} (table{'s' if len(names) > 1 else ''} "
+                f"{', '.join(repr(n) for n in names)})"
+                for field_name, names in unused_fields.items()
+            )
+            warnings.warn(
+                f"LearnedShardingPlanner does not use these ParameterConstraints fields: {listed}",
                 stacklevel=2,
             )
         self.topology = topology
@@ -720,7 +783,13 @@ class LearnedShardingPlanner:
         start = time.perf_counter()
         caps, device, local = self._caps(module, sharders)
         tables = enumerate_tables(
-            module, sharders, self.constraints, device, self.table_stats, self.data_parallel
+            module,
+            sharders,
+            self.constraints,
+            device,
+            self.table_stats,
+            self.data_parallel,
+            self.batch_size,
         )
         if not tables:
             raise PlacementError(

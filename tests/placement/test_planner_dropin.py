@@ -98,6 +98,97 @@ def test_unknown_keyword_is_a_type_error_and_unused_torchrec_parts_warn():
         LearnedShardingPlanner(topology=Topology(2, 1 << 20), batch_size=8, debug=True)
 
 
+def test_positional_arguments_are_torchrecs_in_torchrecs_order():
+    import inspect
+
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD,)
+    theirs = [
+        p.name
+        for p in inspect.signature(EmbeddingShardingPlanner.__init__).parameters.values()
+        if p.kind in kinds and p.name != "self"
+    ]
+    ours = [
+        p.name
+        for p in inspect.signature(LearnedShardingPlanner.__init__).parameters.values()
+        if p.kind in kinds and p.name != "self"
+    ]
+    assert ours == theirs  # recsearch's own (placer, table_stats, ...) are keyword-only
+    assert theirs[-1] == "plan_loader" and len(theirs) == 13
+    # plan_loader as TorchRec's 13th positional argument: accepted, unused (a warning says so)
+    args = [Topology(2, 1 << 20), 8, None, None, None, None, None, None, None, False, None, None]
+    with pytest.warns(UserWarning, match="does not use TorchRec's plan_loader"):
+        planner = LearnedShardingPlanner(*args, object())
+    assert planner.batch_size == 8 and planner.debug is False
+
+
+def test_constraint_fields_it_does_not_use_warn_once_naming_field_and_tables():
+    constraints = {
+        "bag_0": ParameterConstraints(is_weighted=True),
+        "bag_1": ParameterConstraints(device_group="cpu", feature_names=["f1"]),
+        "bag_2": ParameterConstraints(device_group="cpu"),
+        "bag_3": ParameterConstraints(),  # defaults ask for nothing
+    }
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        LearnedShardingPlanner(Topology(2, 1 << 20), constraints=constraints)
+    messages = [str(w.message) for w in caught if "ParameterConstraints" in str(w.message)]
+    assert messages == [
+        "LearnedShardingPlanner does not use these ParameterConstraints fields: is_weighted "
+        "(table 'bag_0'); feature_names (table 'bag_1'); device_group (tables 'bag_1', 'bag_2')"
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        LearnedShardingPlanner(
+            Topology(2, 1 << 20),
+            constraints={"bag_0": ParameterConstraints(sharding_types=["table_wise"])},
+        )
+
+
+def test_num_poolings_and_batch_sizes_scale_the_lookups_as_torchrec_counts_them():
+    # TorchRec's lookups per batch: sum of pooling_factor x num_poolings x batch_sizes; per
+    # sample of the planner's batch of 64: bag_0 2 x 3 x 32 / 64 = 3, bag_1 4 x 1 x 64 / 64 = 4
+    constraints = {
+        "bag_0": ParameterConstraints(pooling_factors=[2.0], num_poolings=[3.0], batch_sizes=[32]),
+        "bag_1": ParameterConstraints(pooling_factors=[4.0]),
+    }
+    planner = LearnedShardingPlanner(
+        Topology(2, 1 << 20), batch_size=64, constraints=constraints, placer="round_robin"
+    )
+    planner.plan(TwoCollections(), _sharders())
+    pooling = {t.name: t.pooling_factor for t in planner.last_tables}
+    assert pooling["bag_0"] == 3.0 and pooling["bag_1"] == 4.0 and pooling["bag_2"] == 1.0
+    bad = {"bag_0": ParameterConstraints(pooling_factors=[2.0], num_poolings=[1.0, 1.0])}
+    with pytest.raises(PlacementError, match="table 'bag_0'.*must match in length.*1, 2 and 1"):
+        LearnedShardingPlanner(Topology(2, 1 << 20), constraints=bad).plan(
+            TwoCollections(), _sharders()
+        )
+
+
+def test_per_table_options_are_copied_onto_the_plan_as_torchrec_does():
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
+    from torchrec.distributed.types import KeyValueParams
+
+    kv = KeyValueParams(ssd_storage_directory="/tmp/kv_not_used")
+    constraints = {
+        "bag_1": ParameterConstraints(
+            stochastic_rounding=False, bounds_check_mode=BoundsCheckMode.NONE, key_value_params=kv
+        )
+    }
+    ours = LearnedShardingPlanner(
+        Topology(2, 1 << 20), constraints=constraints, placer="round_robin", debug=False
+    ).plan(TwoCollections(), _sharders())
+    theirs = EmbeddingShardingPlanner(
+        topology=TorchRecTopology(world_size=2, compute_device="cpu"),
+        constraints=constraints,
+        debug=False,
+    ).plan(TwoCollections(), _sharders())
+    a, b = ours.plan["ebc"]["bag_1"], theirs.plan["ebc"]["bag_1"]
+    for key in ("stochastic_rounding", "bounds_check_mode", "key_value_params"):
+        assert getattr(a, key) == getattr(b, key) == getattr(constraints["bag_1"], key)
+    assert a.key_value_params is not kv  # a copy, as TorchRec's
+    assert ours.plan["ebc"]["bag_0"].key_value_params is None
+
+
 def test_kernel_is_fused_by_default_and_dense_only_when_constrained():
     model = TwoCollections()
     planner = LearnedShardingPlanner(Topology(2, 1 << 20), placer="round_robin", debug=False)
