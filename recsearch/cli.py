@@ -61,6 +61,19 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+def group_usage(word: str) -> str | None:
+    """The help of a command group (`recsearch place`, `recsearch data`, ...): its subcommands
+    with their one-line help; None when word is no group."""
+    subs = {w[1]: help_text for w, (_, help_text) in commands().items() if w[0] == word and len(w) > 1}
+    if not subs:
+        return None
+    width = max(len(name) for name in subs) + 2
+    lines = [f"usage: recsearch {word} <subcommand> [args]", "", "subcommands:"]
+    lines += [f"  {name:<{width}} {help_text}" for name, help_text in subs.items()]
+    lines += ["", f"run `recsearch {word} <subcommand> --help` for a subcommand's options"]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
@@ -98,10 +111,14 @@ def main(argv: list[str] | None = None) -> int:
                     return 2
                 raise
             return int(module.main(argv[n_words:]) or 0)
-    group = [w for w in table if w[0] == argv[0] and len(w) > 1]
-    if group:
-        subs = ", ".join(w[1] for w in group)
-        print(f"recsearch {argv[0]}: expected one of: {subs}", file=sys.stderr)
+    group = group_usage(argv[0])
+    if group is not None and argv[1:2] in (["-h"], ["--help"]):
+        print(group)
+        return 0
+    if group is not None:
+        subs = ", ".join(w[1] for w in table if w[0] == argv[0] and len(w) > 1)
+        given = f"unknown subcommand {argv[1]!r}; " if len(argv) > 1 else ""
+        print(f"recsearch {argv[0]}: {given}expected one of: {subs}\n\n{group}", file=sys.stderr)
     else:
         print(f"recsearch: unknown command {argv[0]!r}\n\n{usage()}", file=sys.stderr)
     return 2

@@ -12,6 +12,30 @@ def test_usage_lists_commands_and_unknown_command_fails(capsys):
     assert "expected one of: synth, preprocess, stats" in capsys.readouterr().err
 
 
+def test_a_command_group_help_lists_its_subcommands_and_succeeds(capsys):
+    for group, flag in (("place", "--help"), ("data", "-h"), ("optuna", "--help")):
+        assert cli.main([group, flag]) == 0
+        text = capsys.readouterr().out
+        assert text.startswith(f"usage: recsearch {group} <subcommand> [args]")
+        subs = {w[1]: h for w, (_, h) in cli.commands().items() if w[0] == group and len(w) > 1}
+        assert subs
+        for name, help_text in subs.items():
+            line = next(line for line in text.splitlines() if line.strip().startswith(name + " "))
+            assert line.split(None, 1) == [name, help_text]
+    # without a subcommand, or with an unknown one: the same listing on stderr, exit 2
+    assert cli.main(["place"]) == 2
+    err = capsys.readouterr().err
+    assert "recsearch place: expected one of: tables, measure" in err and "subcommands:" in err
+    assert cli.main(["data", "nope"]) == 2
+    assert "recsearch data: unknown subcommand 'nope'; expected one of" in capsys.readouterr().err
+    # a subcommand's --help still reaches the subcommand (argparse exits 0)
+    try:
+        cli.main(["place", "tables", "--help"])
+    except SystemExit as stop:
+        assert stop.code == 0
+    assert "usage:" in capsys.readouterr().out
+
+
 def test_openmp_threads_wait_passively_unless_the_user_chose(monkeypatch):
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
