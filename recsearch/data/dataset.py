@@ -74,35 +74,47 @@ def expand_sizes(sizes: Sequence[int], key: str = KEY) -> tuple[int, ...]:
     return tuple(int(s) for s in sizes)
 
 
+def sizes_example(key: str = KEY) -> str:
+    """How to give one size for every table with `key`: a config key (key=[10000000]) or a
+    command's flag (--table-sizes 10000000)."""
+    return f"{key} 10000000" if key.startswith("-") else f"{key}=[10000000]"
+
+
 def dataset_meta(
     root: Path | str,
     num_embeddings_per_feature: Sequence[int] | None = None,
     *,
     cache_dir: Path | str | None = None,
+    key: str = KEY,
 ) -> layout.DatasetMeta:
     """The DatasetMeta of a dataset directory: its meta.json, or, for TorchRec's own npy files,
-    one built from the files with table sizes from the config or from the data (module doc)."""
+    one built from the files with table sizes from the config or from the data (module doc).
+
+    key: where the caller's table sizes come from, named in the advice about them (default the
+    train/search config key; `recsearch data stats` passes its --table-sizes)."""
     root = Path(root)
     has_meta = (root / layout.META_FILE).exists()
     if has_meta or WORK_FOLDER.fullmatch(root.name):  # read_meta says why a work folder is unfinished
         if has_meta and num_embeddings_per_feature is not None:
             raise ValueError(
-                f"{KEY} is set, but {root / layout.META_FILE} records the tables' sizes already: "
-                f"{KEY} is for directories of TorchRec's own npy files (no meta.json). Remove it "
+                f"{key} is set, but {root / layout.META_FILE} records the tables' sizes already: "
+                f"{key} is for directories of TorchRec's own npy files (no meta.json). Remove it "
                 "(cap the tables with max_rows_per_table instead)"
             )
         return layout.read_meta(root)
     days = torchrec_days(root)
     if num_embeddings_per_feature is not None:
-        meta = layout.infer_meta(root, expand_sizes(num_embeddings_per_feature))
-        return dataclasses.replace(meta, extra={"num_embeddings_from": f"config: {KEY}"})
-    derived = derive_sizes(root, days, cache_dir=cache_dir)
+        meta = layout.infer_meta(root, expand_sizes(num_embeddings_per_feature, key))
+        source = f"option: {key}" if key.startswith("-") else f"config: {key}"
+        return dataclasses.replace(meta, extra={"num_embeddings_from": source})
+    derived = derive_sizes(root, days, cache_dir=cache_dir, key=key)
     logging.getLogger(__name__).warning(
         "%s has no meta.json and %s is not set: table sizes derived from the data (max id + 1 "
-        "per feature over %s rows%s): %s; %s rows in all. Set %s to fix them (ids are then "
-        "hashed modulo the sizes)", root, KEY, f"{derived.rows_scanned:,}",
-        ", cached" if derived.from_cache else "", list(derived.num_embeddings_per_feature),
-        f"{sum(derived.num_embeddings_per_feature):,}", KEY,
+        "per feature over %s rows%s): %s; %s rows in all. Set %s to fix them: %d sizes, or one "
+        "for every table, e.g. %s (ids are then hashed modulo the sizes)", root, key,
+        f"{derived.rows_scanned:,}", ", cached" if derived.from_cache else "",
+        list(derived.num_embeddings_per_feature), f"{sum(derived.num_embeddings_per_feature):,}",
+        key, NUM_SPARSE_FEATURES, sizes_example(key),
     )
     meta = layout.infer_meta(root, derived.num_embeddings_per_feature)
     return dataclasses.replace(
@@ -149,9 +161,10 @@ def torchrec_days(root: Path) -> list[int]:
 
 
 def derive_sizes(
-    root: Path, days: Sequence[int], *, cache_dir: Path | str | None = None
+    root: Path, days: Sequence[int], *, cache_dir: Path | str | None = None, key: str = KEY
 ) -> DerivedSizes:
-    """Max id + 1 of each feature over the sparse files of `days` (cached: module doc)."""
+    """Max id + 1 of each feature over the sparse files of `days` (cached: module doc). key: the
+    config key or option to set instead, named when the sizes cannot be derived (dataset_meta)."""
     files = [layout.day_file(root, d, "sparse") for d in days]
     cache = _cache_file(files, cache_dir)
     cached = _read_cache(cache)
@@ -172,8 +185,8 @@ def derive_sizes(
                 feature = int(np.argmax(low < 0))
                 raise ValueError(
                     f"{path}: feature cat_{feature} has the negative id {int(low[feature])}: table "
-                    f"sizes cannot be derived from such ids; set {KEY} (ids are then hashed "
-                    "modulo the sizes)"
+                    f"sizes cannot be derived from such ids; set {key}, e.g. {sizes_example(key)} "
+                    "(ids are then hashed modulo the sizes)"
                 )
             np.maximum(max_ids, block.max(axis=0).astype(np.int64), out=max_ids)
         rows += sparse.shape[0]
@@ -184,12 +197,12 @@ def derive_sizes(
     if too_big:
         t, n = too_big[0]
         raise ValueError(
-            f"{root} has no meta.json and {KEY} is not set, and the table sizes cannot be derived "
+            f"{root} has no meta.json and {key} is not set, and the table sizes cannot be derived "
             f"from the data: feature cat_{t}'s ids reach {n - 1:,} ({len(too_big)} of "
             f"{NUM_SPARSE_FEATURES} features reach 2^31 or more). These are raw 32-bit Criteo hashes "
-            f"(TorchRec's npy_preproc_criteo keeps the hex values), not row numbers. Set {KEY}: "
-            f"{NUM_SPARSE_FEATURES} table sizes, or one for every table, e.g. {KEY}=[10000000]; ids "
-            "are hashed modulo them, as TorchRec's examples do"
+            f"(TorchRec's npy_preproc_criteo keeps the hex values), not row numbers. Set {key}: "
+            f"{NUM_SPARSE_FEATURES} table sizes, or one for every table, e.g. {sizes_example(key)}; "
+            "ids are hashed modulo them, as TorchRec's examples do"
         )
     derived = DerivedSizes(sizes, rows, from_cache=False)
     _write_cache(cache, derived)

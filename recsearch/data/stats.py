@@ -28,7 +28,7 @@ import numpy as np
 from recsearch import remote
 from recsearch.cliargs import list_flag
 from recsearch.data import layout
-from recsearch.data.dataset import DERIVED_FROM, KEY, dataset_meta, expand_sizes
+from recsearch.data.dataset import dataset_meta, expand_sizes
 from recsearch.data.loader import FEATURE_NAMES, NpyBatchLoader
 from recsearch.tables import (
     histogram_of_counts,
@@ -141,26 +141,8 @@ def format_table(tables: list[TableStats]) -> str:
     return "\n".join(lines)
 
 
-def _table_sizes_advice() -> str:
-    return (
-        "for recsearch data stats, give the table sizes with --table-sizes: one for every table "
-        f"or {NUM_SPARSE_FEATURES} comma-separated, e.g. --table-sizes 10000000 ({KEY} is the "
-        "key of train and search configs)"
-    )
-
-
-def _dataset_meta(root: str, table_sizes: tuple[int, ...] | None) -> layout.DatasetMeta:
-    """dataset_meta for this command: its advice about the table sizes of TorchRec's npy files
-    names the train and search config key, so the option of this command is added to it."""
-    try:
-        meta = dataset_meta(root, table_sizes)
-    except ValueError as err:
-        if KEY not in str(err):
-            raise
-        raise ValueError(f"{err}. {_table_sizes_advice()}") from err
-    if str(meta.extra.get("num_embeddings_from", "")).startswith(DERIVED_FROM):
-        print(f"note: {_table_sizes_advice()}", file=sys.stderr)
-    return meta
+# the option that gives this command's table sizes, named in recsearch.data.dataset's advice
+TABLE_SIZES_OPTION = "--table-sizes"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -182,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         help="cap table rows as training does (ids are hashed into the cap)",
     )
     parser.add_argument(
-        "--table-sizes",
+        TABLE_SIZES_OPTION,
         **list_flag(int, words=False),
         help=f"N or {NUM_SPARSE_FEATURES} comma-separated table sizes; for directories written by "
         "TorchRec's scripts (no meta.json) they default to max id + 1 per feature",
@@ -192,12 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size <= 0 or args.max_batches <= 0 or args.embedding_dim <= 0:
         parser.error("--batch-size, --max-batches and --embedding-dim must be positive")
     try:
-        table_sizes = expand_sizes(args.table_sizes, "--table-sizes") if args.table_sizes else None
+        table_sizes = (
+            expand_sizes(args.table_sizes, TABLE_SIZES_OPTION) if args.table_sizes else None
+        )
     except ValueError as err:
         parser.error(str(err))
     try:
         has_meta = (Path(args.root) / layout.META_FILE).exists()
-        meta = _dataset_meta(args.root, None if has_meta else table_sizes)
+        meta = dataset_meta(
+            args.root, None if has_meta else table_sizes, key=TABLE_SIZES_OPTION
+        )
         sizes = table_sizes or meta.num_embeddings_per_feature
         if args.max_rows_per_table:
             sizes = tuple(min(n, args.max_rows_per_table) for n in sizes)

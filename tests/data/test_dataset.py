@@ -238,3 +238,27 @@ def test_a_search_over_an_npy_preproc_folder_gives_every_trial_the_table_sizes(t
         assert result["status"] == "completed"
         assert result["config"]["num_embeddings_per_feature"] == [HASH]
         assert 0.0 < result["metrics"]["val"]["auc"] < 1.0
+
+
+def test_table_size_advice_names_the_callers_key(tmp_path, monkeypatch):
+    """dataset_meta / derive_sizes name where the caller's sizes come from: the train/search
+    config key by default, a command's option when it says so (key=)."""
+    from tests.conftest import write_dataset
+
+    monkeypatch.setenv("RECSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    write_dataset(tmp_path, day_rows=(20, 10))
+    (tmp_path / layout.META_FILE).unlink()
+    for day in (0, 1):  # raw 32-bit hashes
+        path = layout.day_file(tmp_path, day, "sparse")
+        np.save(path, np.load(path).astype(np.int64) + 2**31)
+    with pytest.raises(ValueError) as err:
+        dataset.dataset_meta(tmp_path)
+    assert "num_embeddings_per_feature is not set" in str(err.value)
+    assert "e.g. num_embeddings_per_feature=[10000000]" in str(err.value)
+    with pytest.raises(ValueError) as err:
+        dataset.dataset_meta(tmp_path, key="--table-sizes")
+    assert "--table-sizes is not set" in str(err.value)
+    assert "e.g. --table-sizes 10000000" in str(err.value)
+    assert "num_embeddings_per_feature" not in str(err.value)
+    meta = dataset.dataset_meta(tmp_path, [1000], key="--table-sizes")
+    assert meta.extra["num_embeddings_from"] == "option: --table-sizes"

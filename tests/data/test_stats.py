@@ -1,5 +1,6 @@
 import dataclasses
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -142,25 +143,36 @@ def test_cli_reads_torchrec_directories_with_table_sizes(tmp_path, capsys, monke
         stats.main([str(tmp_path), "--table-sizes", "1,2"])
 
 
-def test_cli_advice_on_table_sizes_names_its_own_option(tmp_path, capsys, monkeypatch):
-    """The table-size advice of recsearch.data.dataset names the train and search config key,
-    which `data stats` does not take: the command adds its own option, --table-sizes."""
+def test_cli_advice_on_table_sizes_names_its_own_option(tmp_path, capsys, caplog, monkeypatch):
+    """recsearch.data.dataset's table-size advice names the caller's option (dataset_meta /
+    derive_sizes key=): --table-sizes for `data stats`, never the train and search config key
+    it does not take, and once (no note of its own added)."""
     monkeypatch.setenv("RECSEARCH_CACHE_DIR", str(tmp_path / "cache"))
     write_dataset(tmp_path, day_rows=(20, 10))
     (tmp_path / layout.META_FILE).unlink()
-    advice = (
-        "for recsearch data stats, give the table sizes with --table-sizes: one for every table "
-        "or 26 comma-separated, e.g. --table-sizes 10000000 (num_embeddings_per_feature is the "
-        "key of train and search configs)"
-    )
-    assert stats.main([str(tmp_path), "--batch-size", "10"]) == 0  # sizes derived: a note
-    assert f"note: {advice}\n" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING, logger="recsearch.data.dataset"):
+        assert stats.main([str(tmp_path), "--batch-size", "10"]) == 0  # sizes derived: a warning
+    warned = " ".join(r.getMessage() for r in caplog.records if r.name == "recsearch.data.dataset")
+    assert "has no meta.json and --table-sizes is not set: table sizes derived" in warned
+    assert (
+        "Set --table-sizes to fix them: 26 sizes, or one for every table, e.g. --table-sizes "
+        "10000000 (ids are then hashed modulo the sizes)"
+    ) in warned
+    assert "num_embeddings_per_feature" not in warned
+    assert "note:" not in capsys.readouterr().err
     for day in (0, 1):  # raw 32-bit hashes, as TorchRec's npy_preproc_criteo keeps them
         path = layout.day_file(tmp_path, day, "sparse")
         np.save(path, np.load(path).astype(np.int64) + 2**31)
     assert stats.main([str(tmp_path), "--batch-size", "10"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("recsearch data stats: ") and "cannot be derived" in err
-    assert err.endswith(f"as TorchRec's examples do. {advice}\n")
+    assert "has no meta.json and --table-sizes is not set" in err
+    assert err.endswith(
+        "Set --table-sizes: 26 table sizes, or one for every table, e.g. --table-sizes 10000000; "
+        "ids are hashed modulo them, as TorchRec's examples do\n"
+    )
+    assert "num_embeddings_per_feature" not in err
+    caplog.clear()
     assert stats.main([str(tmp_path), "--batch-size", "10", "--table-sizes", "1000"]) == 0
     assert "note:" not in capsys.readouterr().err
+    assert not [r for r in caplog.records if r.name == "recsearch.data.dataset"]
