@@ -30,8 +30,11 @@ job cancelled. Only Ctrl-C, SIGTERM (taken the same way: the running trials are 
 
 On resume: the journal is replayed; a torchx job a dead search left behind (its handle is the
 trial's `app_handle` note) is cancelled first, so it does not write into the trial's directory
-beside its retry; trials that were running when the search died are failed as
-stale and retried (`runner.retries` times at the rung they were running); finished trials are
+beside its retry; trials still RUNNING in the journal were running when the search was killed:
+they are failed saying so and retried (`runner.retries` times at the rung they were running; a
+run the search cancelled itself on Ctrl-C or SIGTERM was journaled back to PENDING, uncounted,
+and simply runs again); a search.yaml edited in a key the finished trials were judged by (see
+`settings.RESUME_CHANGEABLE`) is refused against search.started.yaml; finished trials are
 never run again; the controller is reloaded from controller.pt (finished trials it had not yet
 observed are fed to it), or, when there is none, a fresh controller is fed every finished trial.
 A damaged journal or controller.pt, a lost journal beside earlier trials, or a directory that is
@@ -51,6 +54,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -66,7 +70,7 @@ from recsearch.signals import interrupt_exit_code, interrupt_name, sigterm_as_in
 from recsearch.search import controllers as ctl
 from recsearch.search.asha import Status, SuccessiveHalving
 from recsearch.search.checks import Check, Checker, preflight_problems, reference_spec, step_cost_budget_ms
-from recsearch.search.objective import latency_for_budget, over_cost_budget, reward
+from recsearch.search.objective import judged_latency_note, latency_for_budget, over_cost_budget, reward
 from recsearch.search.pareto import pareto_front
 from recsearch.search.runners import (
     LOG_FILE,
@@ -77,13 +81,16 @@ from recsearch.search.runners import (
     result_notes,
 )
 from recsearch.search.results import describe, fmt, is_reference
-from recsearch.search.settings import Resolved, load_search_config
+from recsearch.search.settings import Resolved, load_search_config, resume_change_problems, resume_changes
 from recsearch.search.store import JOURNAL_FILE, JournalError, JournalStore, TrialRecord
 from recsearch.train.config import LatencyReference, TrainConfig
 from recsearch.train.progress import last_activity_s
 from recsearch.types import TrialResult, TrialSpec, TrialState
 
 SEARCH_CONFIG = "search.yaml"
+# search.yaml as the search started, never edited: --resume refuses changes that would judge the
+# rest of the search by other rules than its finished trials (settings.resume_changes)
+STARTED_CONFIG = "search.started.yaml"
 CONTROLLER_FILE = "controller.pt"
 TRIALS_DIR = "trials"
 PLACEMENT_FILE = "placement.json"
@@ -207,12 +214,31 @@ class Search:
         return reference_spec(self.res)
 
     def prepare(self) -> None:
+        started = self._started_config()
         problems = preflight_problems(self.res, self.checker)
         if problems:
             raise config.ConfigError([f"{self.dir / SEARCH_CONFIG}: {p}" for p in problems])
         if self.cfg.objective.metric == "step_cost" and self.budget_ms is None:
             self.budget_ms = step_cost_budget_ms(self.res, self.checker)
         self._restore()
+        if started is None:  # a new search, or one started before this copy was kept
+            _write_atomically(self.dir / STARTED_CONFIG, (
+                f"# Written by recsearch search: {SEARCH_CONFIG} as this search started. Do not edit: --resume "
+                f"compares {SEARCH_CONFIG} with it and refuses changes that finished trials were not judged by.\n"
+                + yaml.safe_dump(self.res.resolved_dict(self.dir), sort_keys=False)))
+
+    def _started_config(self) -> dict[str, Any] | None:
+        """The config as the search started (STARTED_CONFIG; None: not written yet), after checking
+        that search.yaml changes none of its keys that --resume must keep (a ConfigError naming each
+        key, its old and new value, and what may change), before anything is loaded or written."""
+        path = self.dir / STARTED_CONFIG
+        if not path.exists():
+            return None
+        started = config.load_yaml(path)
+        changes = resume_changes(started, yaml.safe_load(yaml.safe_dump(self.res.resolved_dict(self.dir))))
+        if changes:
+            raise config.ConfigError(resume_change_problems(changes, self.dir / SEARCH_CONFIG, path))
+        return started
 
     def _restore(self) -> None:
         """Rebuild the scheduler and controller from the journal (a no-op for a new search)."""
@@ -240,10 +266,9 @@ class Search:
         orphans = [r for r in records if r.state is TrialState.RUNNING]
         for rec in orphans:
             self._cancel_orphan_job(rec)
-        if orphans:
-            self.store.fail_stale(0.0)  # this process holds the directory lock: they are orphans
-        for rec in orphans:
-            self._retry_or_fail(self.store.get(rec.trial_id))
+        for rec in orphans:  # this process holds the directory lock: their search was killed
+            self._retry_or_fail(self._fail_orphan(rec))
+        self._revive_reference()
         ref = next((r for r in self.store.trials() if is_reference(r)), None)
         if ref and ref.state is TrialState.COMPLETE and self._budget_awaits_reference():
             self.budget_ms = ref.result.latency_p50_ms
@@ -289,19 +314,53 @@ class Search:
         skipped = f"; {len(warm.skipped)} skipped ({warm.skipped[0]}{', ...' if len(warm.skipped) > 1 else ''})" if warm.skipped else ""
         self.echo(f"[search] warm start: the controller observed {len(warm.observations)} trials of {storage_file}{skipped}")
 
-    def _retry_or_fail(self, rec: TrialRecord) -> None:
-        """A trial whose run died with the previous search process (now failed as stale): within
-        the retry budget it is set PENDING and runs again; otherwise its failure stands. Retries
-        count per rung: a promoted trial's run at rung k is its first attempt there, however many
-        runs its lower rungs took."""
+    def _fail_orphan(self, rec: TrialRecord) -> TrialRecord:
+        """A trial found RUNNING on resume: its search was killed while it ran (a search that is
+        interrupted or terminated releases its runs, `JournalStore.release_run`), so that run
+        counts as an attempt. It is FAILED saying so, and whether runner.retries allows another;
+        `died_with_search` notes the rung (a reference failed so is run again once the retries
+        are raised: `_revive_reference`)."""
         rung = int(rec.notes.get("rung", 0))
-        tries = rec.rung_attempts.get(rung, rec.attempts)
+        tries, retries = rec.runs_counted(rung), self.cfg.runner.retries
+        quiet_s = time.time() - max(rec.heartbeat_at_s, rec.updated_at_s)
+        error = (f"the search was killed while it ran (its run {tries} at rung {rung}; last heartbeat "
+                 f"{quiet_s:.0f} s before this --resume)")
+        if tries > retries:
+            error += (f"; runner.retries {retries} used up, so it is not run again (a trial that kills its "
+                      f"machine must not loop): raise runner.retries in {self.dir / SEARCH_CONFIG} and "
+                      f"--resume to run it again")
+        result = TrialResult(rec.trial_id, TrialState.FAILED, error=error)
+        return self.store.set_state(rec.trial_id, TrialState.FAILED, result=result, notes={"died_with_search": rung})
+
+    def _retry_or_fail(self, rec: TrialRecord) -> None:
+        """A trial whose run died with the previous search process (now FAILED by `_fail_orphan`):
+        within the retry budget it is set PENDING and runs again; otherwise its failure stands.
+        Retries count per rung: a promoted trial's run at rung k is its first attempt there,
+        however many runs its lower rungs took; runs the search itself cancelled (Ctrl-C,
+        SIGTERM) are not counted."""
+        rung = int(rec.notes.get("rung", 0))
+        tries = rec.runs_counted(rung)
         if tries <= self.cfg.runner.retries:
             self.store.set_state(rec.trial_id, TrialState.PENDING,
-                                 notes={"retry": f"attempt {tries} at rung {rung} died with the search process"})
+                                 notes={"retry": f"attempt {tries} at rung {rung} died with the search process "
+                                                 f"(killed while it ran; runner.retries {self.cfg.runner.retries})"})
             return
         if not is_reference(rec):
-            self._record_rung(rec.trial_id, int(rec.notes.get("rung", 0)), rec.result, None, {})
+            self._record_rung(rec.trial_id, rung, rec.result, None, {})
+
+    def _revive_reference(self) -> None:
+        """A reference FAILED because its search was killed too often (`_fail_orphan`) blocks a
+        search whose budget is its latency; once runner.retries is raised past its counted runs,
+        it runs again."""
+        ref = next((r for r in self.store.trials() if is_reference(r)), None)
+        if ref is None or ref.state is not TrialState.FAILED or ref.notes.get("died_with_search") is None:
+            return
+        rung = int(ref.notes["died_with_search"])
+        tries = ref.runs_counted(rung)
+        if tries <= self.cfg.runner.retries:
+            self.store.set_state(ref.trial_id, TrialState.PENDING, notes={
+                "retry": f"{tries} runs at rung {rung} died with the search process; runner.retries is now "
+                         f"{self.cfg.runner.retries}"})
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self) -> int:
@@ -322,7 +381,8 @@ class Search:
                                   "(drop runner.torchx.dryrun and use a new --out to run the search)")
                         return 0
                     except KeyboardInterrupt as err:
-                        self._cancel_running()
+                        with _interrupts_ignored():  # a second Ctrl-C must not cut the journaling short
+                            self._cancel_running(release=err)
                         return self._interrupted(err)
                     except BaseException:
                         self._cancel_running()
@@ -375,9 +435,24 @@ class Search:
                 continue
             self._wait_one()
 
-    def _cancel_running(self) -> None:
-        for handle, _ in list(self.running.values()):
+    def _cancel_running(self, release: KeyboardInterrupt | None = None) -> None:
+        """Cancel every running trial. `release`: the search was interrupted (Ctrl-C, SIGTERM), so
+        each cancelled run is journaled back to PENDING as not counted (`_release`); an error of
+        the search itself leaves them RUNNING, counted by --resume."""
+        for trial_id, (handle, rung) in list(self.running.items()):
             self._cancel_quietly(handle)
+            if release is not None:
+                self._release(trial_id, rung, release, "was cancelled")
+
+    def _release(self, trial_id: int, rung: int, err: KeyboardInterrupt, what: str) -> None:
+        """Journal that the search ended this trial's run itself: back to PENDING, no attempt used."""
+        why = (f"its run at rung {rung} {what} by the search ({interrupt_name(err)}); not counted "
+               f"against runner.retries, it runs again on --resume")
+        try:
+            self.store.release_run(trial_id, why)
+        except (OSError, KeyError, JournalError) as journal_err:  # then --resume counts it as killed
+            self.echo(f"[search] warning: could not journal trial {trial_id}'s cancelled run "
+                      f"({type(journal_err).__name__}: {journal_err}); --resume counts it as an attempt")
 
     def _run_reference(self) -> None:
         refs = [r for r in self.store.trials() if is_reference(r)]
@@ -428,6 +503,11 @@ class Search:
                 self._fill_slots()
                 self._wait_one()
             return self._held or {}
+        except KeyboardInterrupt as err:  # held runs ended, unrecorded: they run again, uncounted
+            with _interrupts_ignored():
+                for trial_id, (_, rung) in sorted((self._held or {}).items()):
+                    self._release(trial_id, rung, err, "ended unrecorded (the reference had not finished) and was dropped")
+            raise
         finally:
             self._held = None
 
@@ -524,12 +604,19 @@ class Search:
                                 measure_latency=self._earlier_latency(trial_id, rung) is None)
         (workdir / TRIAL_CONFIG).write_text(yaml.safe_dump(config.to_dict(trial), sort_keys=False))
         running = {"rung": rung, "train_rows": rows, **(notes or {})}
+        if known.get("died_with_search") is not None:
+            running["died_with_search"] = None  # that run's death is not this one's
         if known.get("app_handle"):
             running["app_handle"] = None  # an earlier run's job, not this one's
         self.store.set_state(trial_id, TrialState.RUNNING, notes=running)
         self.heartbeat.add(trial_id)
         try:
             handle = self.runner.submit(spec, workdir)  # in-process: returns when the run has ended
+        except KeyboardInterrupt as err:  # the search's own Ctrl-C / SIGTERM as it started the run
+            self.heartbeat.discard(trial_id)
+            with _interrupts_ignored():
+                self._release(trial_id, rung, err, "was cancelled as it started")
+            raise
         except Exception as err:  # noqa: BLE001 - this trial's failure, not the search's
             self.heartbeat.discard(trial_id)
             error = f"the {type(self.runner).__name__} could not start it: {type(err).__name__}: {err}"
@@ -733,6 +820,13 @@ class Search:
             result.latency_p50_ms, result.latency_ratio, self.budget_ms, budget_is_reference, self.reference_ratio
         )
 
+    def _judged_note(self, result: TrialResult, digits: int) -> str:
+        """' (judged X ms = Rx budget)' where the latency budget judges the trial on another number
+        than its raw p50 (the paired ratio to the reference: objective.judged_latency_note)."""
+        if self.cfg.objective.metric != "latency" or self.budget_ms is None:
+            return ""
+        return judged_latency_note(result.latency_p50_ms, self._latency_for_budget(result), self.budget_ms, digits)
+
     def _record_rung(self, trial_id: int, rung: int, result: TrialResult | None, score: float | None, extra: dict) -> None:
         rec = self.store.get(trial_id)
         if result is None:
@@ -801,7 +895,7 @@ class Search:
         r = rec.result
         top = len(self.cfg.fidelity.train_rows) - 1
         auc = f"AUC {r.auc:.4f}" if r and r.auc is not None else "AUC  -    "
-        lat = f"lat {r.latency_p50_ms:.2f} ms" if r and r.latency_p50_ms is not None else "lat -"
+        lat = f"lat {r.latency_p50_ms:.2f} ms{self._judged_note(r, 2)}" if r and r.latency_p50_ms is not None else "lat -"
         wall = rec.notes.get("wall_s")
         best = self.best()
         # "best" is by reward (AUC less any latency penalty), so say both: a higher AUC elsewhere
@@ -856,7 +950,8 @@ class Search:
         for rec in self.best(3):
             r, score = rec.result, rec.notes.get("reward")
             self.echo(f"[search] best: trial {rec.trial_id} val AUC {fmt(r.auc)} test AUC {fmt(rec.notes.get('test_auc'))} "
-                      f"latency {fmt(r.latency_p50_ms, 3)} ms reward {fmt(score)}: {describe(rec.spec)}")
+                      f"latency {fmt(r.latency_p50_ms, 3)} ms{self._judged_note(r, 3)} reward {fmt(score)}: "
+                      f"{describe(rec.spec)}")
         # the same front as `recsearch report` (recsearch.search.pareto: exact ties stay on it)
         front = pareto_front((r.trial_id, r.result.auc, r.result.latency_p50_ms) for r in records
                              if r.state is TrialState.COMPLETE and r.result).points
@@ -864,6 +959,28 @@ class Search:
             self.echo("[search] Pareto front (AUC vs latency): " + ", ".join(
                 f"trial {p.trial_id}{' (reference)' if ref and p.trial_id == ref.trial_id else ''} {p.value:.4f} @ {p.cost:.3f} ms" for p in front))
         return {"counts": counts, "wall_s": wall, "pareto": [p.trial_id for p in front]}
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """A whole file or none: written beside it, then renamed over it."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _interrupts_ignored() -> Iterator[None]:
+    """SIGINT ignored while inside (in the main thread; elsewhere signals are not delivered): the
+    search journals the runs it cancels without a second Ctrl-C cutting that short. (A second
+    SIGTERM is ignored by recsearch.signals already.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _failed_handle(trial_id: int, workdir: Path, error: str) -> Handle:
@@ -989,7 +1106,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --config: resume the search directory if it already holds a search "
                              "(a requeued or retried job) instead of refusing")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. trials=20 runner.concurrency=2")
-    args = parser.parse_args(argv)
+    # key=value overrides may come anywhere, before or after the options
+    args = parser.parse_intermixed_args(argv)
     try:
         logs.configure()
     except ValueError as err:

@@ -72,6 +72,20 @@ def latency_for_budget(
     return latency_ms
 
 
+def judged_latency_note(latency_ms: float | None, judged_ms: float | None, budget_ms: float | None,
+                        digits: int = 3) -> str:
+    """What to print after a trial's raw p50 latency when the budget judges another number:
+    ' (judged 1.31 ms = 1.115x budget)', where `judged_ms` is `latency_for_budget`'s result (the
+    paired ratio to the reference scaled to the budget) and the two differ at `digits` decimals;
+    '' when they agree, or when either number or the budget is unknown. So a model whose raw p50
+    is below the budget but whose paired latency is over it says why it is judged over."""
+    if latency_ms is None or judged_ms is None or not budget_ms or not math.isfinite(judged_ms):
+        return ""
+    if f"{latency_ms:.{digits}f}" == f"{judged_ms:.{digits}f}":
+        return ""
+    return f" (judged {judged_ms:.{digits}f} ms = {judged_ms / budget_ms:.3f}x budget)"
+
+
 def reward(
     objective: ObjectiveConfig, auc: float | None, latency_ms: float | None, budget_ms: float | None
 ) -> float | None:

@@ -7,6 +7,7 @@ Torch-free: the search's base train config is read through recsearch.train.confi
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -174,6 +175,104 @@ class SearchConfig:
             out.append("objective.budget_ms: null (= the reference config's latency) but reference is false: "
                        "set a budget or train the reference")
         return out
+
+
+# What `--resume` takes from an edited search.yaml: keys that decide how and how long the search
+# goes on, not what its finished trials were (how they were trained, measured, rejected or
+# scored). Everything else is fixed when the search starts (new keys too, until listed here):
+# fidelity (rungs mixing row counts in a bracket), space and controller (controller.pt is of
+# that shape and kind; the trials' decisions), objective (rewards and rejections already
+# recorded), topology, placer and stats (placements, memory and cost checks), data_dir,
+# num_embeddings_per_feature, seed and the base train config (what every trial trained), reference.
+RESUME_CHANGEABLE = (
+    "trials", "max_rejected", "runner", "heartbeat_s", "warm_start",
+    "output_dir",  # the search directory is --resume's argument; this one is not read
+    "train",  # null in a resolved config: the base config is `base:`
+    # base train config keys that change no trial's result: logging, TensorBoard, checkpoints,
+    # prefetching, where the data lives in memory; the search sets the others it overrides itself
+    "base.log_every_steps", "base.tensorboard", "base.tensorboard_hparams", "base.checkpoint_every_steps",
+    "base.prefetch_batches", "base.data_on_device", "base.upload_to", "base.overwrite_output",
+    "base.resume_from", "base.device_lock",
+)
+
+
+@dataclass(frozen=True)
+class ConfigChange:
+    """A key of the resolved search config whose value differs from when the search started."""
+
+    key: str  # dotted: fidelity.train_rows
+    started: Any
+    now: Any
+
+
+def resume_changes(started: dict[str, Any], now: dict[str, Any]) -> list[ConfigChange]:
+    """The keys `--resume` refuses to change: those whose value in `now` (the edited search.yaml,
+    resolved) differs from `started` (the copy written when the search started), except the
+    RESUME_CHANGEABLE ones. Both are read with this recsearch's defaults first (`_with_defaults`),
+    so a setting added since the search started is not taken for a change; a key of a free-form
+    mapping (space.model_args, base.model_args) set on one side only is one."""
+    old, new = _flat(_with_defaults(started)), _flat(_with_defaults(now))
+    unset = _Unset()
+    return [ConfigChange(key, old.get(key, unset), new.get(key, unset)) for key in sorted(old.keys() | new.keys())
+            if old.get(key, unset) != new.get(key, unset) and not _changeable(key)]
+
+
+class _Unset:
+    """A key a mapping does not hold (shown as 'not set')."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Unset)
+
+    def __hash__(self) -> int:
+        return 0
+
+
+def _with_defaults(resolved: dict[str, Any]) -> dict[str, Any]:
+    """A resolved search config (search.yaml) with every key, defaults filled in: the search
+    settings as SearchConfig and `base:` as TrainConfig read them. One that does not build (written
+    by another recsearch version) is compared as it is."""
+    try:
+        raw = dict(resolved)
+        base = raw.pop("base", None) or {}
+        out = config.to_dict(config.build(SearchConfig, {**raw, "base": {}}))
+        out["base"] = config.to_dict(config.build(TrainConfig, base)) if base else {}
+        return out
+    except (config.ConfigError, TypeError, ValueError):
+        return resolved
+
+
+def resume_change_problems(changes: list[ConfigChange], search_yaml: Path, started_copy: Path) -> list[str]:
+    """One line per refused change (the key, its value when the search started and now), then
+    what to do and what --resume does take."""
+    lines = [f"{search_yaml}: {c.key}: was {_show(c.started)} when the search started ({started_copy.name}), "
+             f"now {_show(c.now)}" for c in changes]
+    keys = ", ".join(c.key for c in changes)
+    lines.append(f"the finished trials were trained, measured and judged with the old {keys}, so --resume cannot "
+                 f"change {'it' if len(changes) == 1 else 'them'}: put the old value back, or start a new search from "
+                 f"the edited file (recsearch search --config {search_yaml} --out NEW_DIR). --resume takes changes to: "
+                 + ", ".join(k + (".*" if k in ("runner",) else "") for k in RESUME_CHANGEABLE if k != "train")
+                 + " (docs/SEARCH.md)")
+    return lines
+
+
+def _changeable(key: str) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in RESUME_CHANGEABLE)
+
+
+def _flat(raw: Any, prefix: str = "") -> dict[str, Any]:
+    """{dotted key: value} of nested mappings (lists stay whole values; an empty mapping adds none)."""
+    if not isinstance(raw, dict):
+        return {prefix: raw} if prefix else {}
+    out: dict[str, Any] = {}
+    for k, v in raw.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, _Unset):
+        return "not set"
+    return repr(value) if isinstance(value, str) else json.dumps(value)
 
 
 def _at_least(key: str, value: float, low: float, unit: str = "") -> list[str]:

@@ -13,6 +13,12 @@ candidate), so no kill can leave a trial without them. Journals written before t
 and then a state line for the same trial) read the same. `add_notes` records what is learnt about
 a trial without a state change (a torchx job's handle once submitted); it is no new attempt.
 
+A run the search itself cancelled (Ctrl-C, SIGTERM: the search knew it was ending it) is put back
+PENDING by `release_run`, one state line marked `"cancelled": true`; it does not count against the
+trial's retries (`TrialRecord.runs_counted`). A run still RUNNING when a search is resumed was
+not released: its search was killed (SIGKILL, a lost machine), and that run counts, so a trial
+that kills its machine is not rerun forever.
+
 `JournalStore(root, read_only=True)` reads a search without writing anything there (no journal
 touched, no lock file created), for reports on a directory the reader may not write.
 """
@@ -52,11 +58,19 @@ class TrialRecord:
     # times it was set RUNNING at each rung (the `rung` note of the RUNNING entry, 0 without one):
     # a promotion to the next rung is a new run, not a retry of the last one
     rung_attempts: dict[int, int] = field(default_factory=dict)
+    # runs at each rung the search itself cancelled (release_run: Ctrl-C, SIGTERM), not retries
+    rung_cancelled: dict[int, int] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
 
     @property
     def trial_id(self) -> int:
         return self.spec.trial_id
+
+    def runs_counted(self, rung: int) -> int:
+        """Runs at `rung` that count against runner.retries: those set RUNNING there, less those the
+        search itself cancelled. A journal without rung notes (older searches) counts every run."""
+        started = self.rung_attempts.get(rung, self.attempts)
+        return max(0, started - self.rung_cancelled.get(rung, 0))
 
 
 class JournalStore:
@@ -143,6 +157,21 @@ class JournalStore:
             if notes:
                 entry["notes"] = notes
             self._append(entry)
+        return self._records[trial_id]
+
+    def release_run(self, trial_id: int, why: str) -> TrialRecord:
+        """A RUNNING trial whose run the search itself cancelled (Ctrl-C, SIGTERM) goes back to
+        PENDING, with `why` as its `interrupted` note, in one line marked `"cancelled": true`: the
+        run is not counted against its retries (`TrialRecord.runs_counted`), and the trial is not
+        failed. A trial that is not RUNNING is left as it is."""
+        self._writable()
+        with self._locked():
+            self._replay()
+            if trial_id not in self._records:
+                raise KeyError(f"no trial {trial_id} in {self.path}")
+            if self._records[trial_id].state is TrialState.RUNNING:
+                self._append({"op": "state", "trial_id": trial_id, "state": TrialState.PENDING.name,
+                              "cancelled": True, "notes": {"interrupted": why}})
         return self._records[trial_id]
 
     def heartbeat(self, trial_id: int) -> None:
@@ -273,11 +302,20 @@ class JournalStore:
                 result = config.build(TrialResult, entry["result"], origin=origin)
             except config.ConfigError as err:
                 raise JournalError(f"{origin}: invalid trial result: {'; '.join(err.problems)}") from err
-        rung_attempts = record.rung_attempts
-        if state == TrialState.RUNNING:
-            rung = notes.get("rung", record.notes.get("rung", 0))
+        rung_attempts, rung_cancelled = record.rung_attempts, record.rung_cancelled
+        cancelled = entry.get("cancelled", False)
+        if not isinstance(cancelled, bool):
+            raise self._error(line_no, f"cancelled must be true or false, got {cancelled!r}")
+        if cancelled and (state is not TrialState.PENDING or record.state is not TrialState.RUNNING):
+            raise self._error(line_no, f"a cancelled run of trial {trial_id} must take it from RUNNING to PENDING "
+                                       f"(it was {record.state.name}, this line says {state.name})")
+        if state == TrialState.RUNNING or cancelled:
+            rung = notes.get("rung", record.notes.get("rung", 0)) if not cancelled else record.notes.get("rung", 0)
             rung = rung if isinstance(rung, int) and not isinstance(rung, bool) else 0
-            rung_attempts = {**rung_attempts, rung: rung_attempts.get(rung, 0) + 1}
+            if cancelled:
+                rung_cancelled = {**rung_cancelled, rung: rung_cancelled.get(rung, 0) + 1}
+            else:
+                rung_attempts = {**rung_attempts, rung: rung_attempts.get(rung, 0) + 1}
         self._records[trial_id] = replace(
             record,
             state=state,
@@ -285,6 +323,7 @@ class JournalStore:
             updated_at_s=now,
             attempts=record.attempts + (state == TrialState.RUNNING),
             rung_attempts=rung_attempts,
+            rung_cancelled=rung_cancelled,
             notes={**record.notes, **notes},
         )
 

@@ -110,12 +110,13 @@ def test_ctrl_c_cancels_the_running_trial_and_resume_finishes_the_budget(tmp_pat
         child = int((out / "trials" / "1" / "child.pid").read_text())
         assert all_dead([child]) and not any(w.job for w in pool.workers)
     records = {r.trial_id: r for r in JournalStore(out).trials()}
-    assert records[0].state is TrialState.COMPLETE and records[1].state is TrialState.RUNNING
+    assert records[0].state is TrialState.COMPLETE and records[1].state is TrialState.PENDING
+    assert records[1].rung_cancelled == {0: 1} and "cancelled by the search" in records[1].notes["interrupted"]
     with ScriptedPool({}) as again:
         assert resume(out, runner=again).run() == 0
     after = {r.trial_id: r for r in JournalStore(out).trials()}
     assert len(after) == 3 and all(r.state is TrialState.COMPLETE for r in after.values())
-    assert after[1].attempts == 2 and "died with the search" in after[1].notes["retry"]
+    assert after[1].attempts == 2 and after[1].runs_counted(0) == 1 and "retry" not in after[1].notes
     assert after[0].attempts == 1  # finished before the interrupt: never run again
     assert all_dead(pool.pids | again.pids)
 

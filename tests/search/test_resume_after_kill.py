@@ -155,8 +155,9 @@ def test_the_search_writes_each_trial_in_one_create_line(tmp_path, learnable_dat
 @pytest.mark.slow
 def test_sigterm_cancels_the_running_trial_exits_143_and_resume_finishes(tmp_path, learnable_data):  # noqa: F811
     """SIGTERM to the search process alone (as a scheduler ending the job, or `kill`): the search
-    cancels its trial (the trainer child dies), says how to resume, exits 143; the trial stays
-    RUNNING in the journal, and --resume retries it and finishes the budget."""
+    cancels its trial (the trainer child dies), says how to resume, exits 143; the trial is
+    journaled back to PENDING (the cancelled run not counted as an attempt), and --resume runs it
+    again and finishes the budget."""
     raw = tiny_config(learnable_data, **{"runner.kind": "subprocess", "trials": 2, "fidelity.train_rows": [12288]})
     out = tmp_path / "out"
     proc = subprocess.Popen([*CLI, "search", "--config", str(write_config(tmp_path, raw)), "--out", str(out)],
@@ -172,7 +173,10 @@ def test_sigterm_cancels_the_running_trial_exits_143_and_resume_finishes(tmp_pat
     assert proc.returncode == 143, output[-3000:]
     assert f"[search] terminated (SIGTERM); resume with: recsearch search --resume {out}" in output
     assert all_dead(children), "the trial's trainer outlived the search"
-    (running,) = [r for r in JournalStore(out).trials() if r.state is TrialState.RUNNING]
+    assert not [r for r in JournalStore(out).trials() if r.state is TrialState.RUNNING]
+    (running,) = [r for r in JournalStore(out).trials() if r.notes.get("interrupted")]
+    assert running.state is TrialState.PENDING and running.runs_counted(0) == 0
+    assert "cancelled by the search (terminated (SIGTERM))" in running.notes["interrupted"]
     assert not (out / "trials" / str(running.trial_id) / "result.json").exists()
 
     runner = FakeRunner()

@@ -101,8 +101,9 @@ def _running_trial_log(out: Path, deadline_s: float) -> Path | None:
 @pytest.mark.slow
 def test_ctrl_c_cancels_the_running_trial_and_exits_130(tmp_path, learnable_data):  # noqa: F811
     """SIGINT to the search process alone (not its process group, so the trial's trainer is not
-    signalled too): the search cancels the trial itself, says how to resume, exits 130, and the
-    trial stays RUNNING in the journal for --resume to retry."""
+    signalled too): the search cancels the trial itself, says how to resume, exits 130, and
+    journals the trial back to PENDING, its cancelled run not counted as an attempt, for --resume
+    to run again."""
     raw = search_config(learnable_data, **{"runner.kind": "subprocess", "reference": False, "trials": 2,
                                            "objective.budget_ms": 100.0, "fidelity.train_rows": [12288]})
     out = tmp_path / "out"
@@ -122,7 +123,8 @@ def test_ctrl_c_cancels_the_running_trial_and_exits_130(tmp_path, learnable_data
     assert children and all_dead(children), "the trial's trainer outlived the search"
     trial_id = int(log.parent.name)
     (record,) = [r for r in JournalStore(out).trials() if r.trial_id == trial_id]
-    assert record.state is TrialState.RUNNING and not (log.parent / "result.json").exists()
+    assert record.state is TrialState.PENDING and not (log.parent / "result.json").exists()
+    assert record.runs_counted(0) == 0 and "cancelled by the search (interrupted (Ctrl-C))" in record.notes["interrupted"]
 
 
 def test_search_help_and_argument_errors():

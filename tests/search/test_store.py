@@ -200,3 +200,27 @@ def test_a_read_only_store_writes_nothing_and_refuses_writes(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such journal"):
         JournalStore(tmp_path / "elsewhere", read_only=True)
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_run_the_search_cancelled_is_pending_again_and_not_counted(tmp_path):
+    store = JournalStore(tmp_path)
+    rec = store.create_trial(_spec())
+    store.set_state(rec.trial_id, TrialState.RUNNING, notes={"rung": 1})
+    after = store.release_run(rec.trial_id, "its run at rung 1 was cancelled by the search")
+    assert after.state is TrialState.PENDING and after.rung_attempts == {1: 1} and after.rung_cancelled == {1: 1}
+    assert after.runs_counted(1) == 0 and after.notes["interrupted"].startswith("its run at rung 1")
+    store.release_run(rec.trial_id, "again")  # not RUNNING: nothing written
+    lines = [json.loads(x) for x in (tmp_path / "journal.jsonl").read_text().splitlines()]
+    assert [e.get("cancelled") for e in lines] == [None, None, True]
+    # replayed the same by another reader; a counted run after it counts
+    store.set_state(rec.trial_id, TrialState.RUNNING, notes={"rung": 1})
+    assert JournalStore(tmp_path).get(rec.trial_id).runs_counted(1) == 1
+
+
+def test_a_cancelled_line_for_a_trial_that_was_not_running_is_a_damaged_journal(tmp_path):
+    store = JournalStore(tmp_path)
+    store.create_trial(_spec())
+    with open(tmp_path / "journal.jsonl", "a") as fh:
+        fh.write(json.dumps({"op": "state", "trial_id": 0, "state": "PENDING", "cancelled": True, "time_s": 1.0}) + "\n")
+    with pytest.raises(ValueError, match=r"journal.jsonl: line 2: a cancelled run of trial 0 must take it from RUNNING"):
+        JournalStore(tmp_path)
