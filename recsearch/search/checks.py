@@ -156,6 +156,7 @@ def reference_spec(res: Resolved) -> TrialSpec:
     return TrialSpec(
         trial_id=-1, arch=base.arch, hparams=base.hparams, train_rows=res.cfg.fidelity.train_rows[-1],
         topology=res.cfg.topology.topology(), extra={"reference": "1"},
+        model_args=dict(base.model_args) if base.model is not None else {},  # what it trains (and is labelled by)
     )
 
 

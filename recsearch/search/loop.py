@@ -215,9 +215,9 @@ class Search:
 
     def prepare(self) -> None:
         started = self._started_config()
-        problems = preflight_problems(self.res, self.checker)
+        problems = preflight_problems(self.res, self.checker, config.Origins.of(self.dir / SEARCH_CONFIG).locate)
         if problems:
-            raise config.ConfigError([f"{self.dir / SEARCH_CONFIG}: {p}" for p in problems])
+            raise config.ConfigError(problems)
         if self.cfg.objective.metric == "step_cost" and self.budget_ms is None:
             self.budget_ms = step_cost_budget_ms(self.res, self.checker)
         self._restore()
@@ -1137,9 +1137,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise config.ConfigError([f"{search_dir}: already holds a search; continue it with "
                                           f"--resume {search_dir} (or pass --resume-if-exists) or pick another --out"])
             checker = Checker(res.tables, res.cfg.topology.topology(), res.cfg.placer, res.cfg.seed)
-            problems = preflight_problems(res, checker)
-            if problems:
-                raise config.ConfigError([f"{args.config}: {p}" for p in problems])
+            problems = preflight_problems(res, checker, config.Origins.of(args.config, args.overrides).locate)
+            if problems:  # each named where its key was set: the file or the command line
+                raise config.ConfigError(problems)
         search_dir.mkdir(parents=True, exist_ok=True)
         lock = _DirLock(search_dir / LOCK_FILE)
         if not args.resume:

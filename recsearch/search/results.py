@@ -127,7 +127,9 @@ def fmt(value: float | None, digits: int = 4) -> str:
 
 
 def describe(spec: TrialSpec) -> str:
-    """One line: embedding dim, MLP widths, interaction, batch, optimizers and learning rates."""
+    """One line: embedding dim, MLP widths, interaction, batch, optimizers and learning rates. A
+    model of the user's own (a spec with model_args, as the search space tells them apart) shows
+    its own decisions instead of the DLRM's MLPs and interaction, which it does not have."""
     a, h = spec.arch, spec.hparams
     inter = Interaction(a.interaction).value
     if inter == Interaction.DCN.value:
@@ -138,8 +140,9 @@ def describe(spec: TrialSpec) -> str:
     if h.decay_steps:
         warmup += f", decay {h.decay_start_step}+{h.decay_steps}"
     user = "".join(f", {k} {v}" for k, v in spec.model_args.items())
+    dlrm = "" if spec.model_args else f", bottom {bottom}, top {top}, {inter}"
     return (
-        f"dim {a.embedding_dim}, bottom {bottom}, top {top}, {inter}, batch {h.batch_size}, "
+        f"dim {a.embedding_dim}{dlrm}, batch {h.batch_size}, "
         f"emb {h.embedding_optimizer} {h.embedding_lr:g}, dense {h.dense_optimizer} {h.dense_lr:g}{warmup}{user}"
     )
 

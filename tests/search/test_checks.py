@@ -88,6 +88,10 @@ def test_recsearch_search_refuses_an_unmeetable_cap_before_writing_anything(tmp_
     assert f"{path}: objective.max_step_cost_ms: no candidate can be trained" in err
     assert "is over objective.max_step_cost_ms = 0.000 ms" in err
     assert not out.exists()
+    path, _ = _resolved(tmp_path, data)  # the same cap given on the command line is named there
+    assert loop.main(["--config", str(path), "--out", str(out), "objective.max_step_cost_ms=1e-6"]) == 2
+    assert "command line: objective.max_step_cost_ms=1e-6: no candidate can be trained" in capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_preflight_problems_name_the_command_line_value_that_caused_them(tmp_path, data):

@@ -143,3 +143,19 @@ def test_built_in_dlrm_knobs_searched_for_a_users_model_are_refused_each_with_it
                            "embedding_lr [log grid 0.01-0.3 x4]; dense_lr [log grid 0.003-0.1 x4]; "
                            "model_args.split [6, 13] (fixed: embedding_optimizer rowwise_adagrad, ")
     assert "bottom_width" not in text and "interaction" not in text and "embedding_optimizer rowwise_adagrad" in text
+
+
+def test_a_users_model_trial_is_labelled_by_its_own_decisions_not_the_dlrms():
+    from recsearch.search.results import describe
+
+    fixed = SpaceConfig(bottom_depth=(1,), bottom_width=(64,), top_depth=(1,), top_width=(64,),
+                        interaction=(Interaction.DOT,), embedding_dim=(8,), batch_size=(512,),
+                        model_args={"split": (6, 13)})
+    space = SearchSpace(fixed, TOPO, train_rows=100_000)
+    spec = space.decode(tuple(0 for _ in space.sizes))
+    assert describe(spec).startswith("dim 8, batch 512, emb rowwise_adagrad ")
+    assert describe(spec).endswith(", split 6") and "bottom" not in describe(spec) and "dot" not in describe(spec)
+    dlrm = SearchSpace(SpaceConfig(bottom_depth=(1,), bottom_width=(64,), top_depth=(1,), top_width=(64,),
+                                   interaction=(Interaction.DOT,), embedding_dim=(8,), batch_size=(512,)),
+                       TOPO, train_rows=100_000)
+    assert describe(dlrm.decode(tuple(0 for _ in dlrm.sizes))).startswith("dim 8, bottom 64, top 64, dot, batch 512")
