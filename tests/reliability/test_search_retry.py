@@ -63,16 +63,22 @@ def test_a_kill_during_rung_1_is_retried_at_rung_1_after_resume(tmp_path, learna
     assert ("FAILED", None) in states and states.count(("RUNNING", 1)) == 2
 
 
+def _killed_twice(tmp_path, raw, rows: int):
+    """A search whose run at `rows` is killed, then killed again on --resume; its directory."""
+    search, out = start_search(tmp_path, raw, runner=_KillAtRung(rows))
+    with pytest.raises(_Killed):
+        search.run()
+    with pytest.raises(_Killed):
+        resume(out, runner=_KillAtRung(rows)).run()
+    return out
+
+
 def test_retries_still_end_at_runner_retries_per_rung(tmp_path, learnable_data):
     """Killed at rung 1 twice with retries 1: the second death is final (FAILED, the search goes on
     and ends)."""
     raw = tiny_config(learnable_data, **{"fidelity.train_rows": [2048, 6144], "fidelity.eta": 2, "trials": 2,
                                          "runner.retries": 1})
-    search, out = start_search(tmp_path, raw, runner=_KillAtRung(6144))
-    with pytest.raises(_Killed):
-        search.run()
-    with pytest.raises(_Killed):
-        resume(out, runner=_KillAtRung(6144)).run()
+    out = _killed_twice(tmp_path, raw, 6144)
     victim = next(r for r in JournalStore(out).trials() if r.state is TrialState.RUNNING)
     assert victim.rung_attempts == {0: 1, 1: 2}
     runner = FakeRunner()
@@ -147,11 +153,7 @@ def test_a_sigkilled_reference_past_its_retries_names_the_kill_and_runs_again_on
     search.yaml, --resume runs the reference again and finishes the search."""
     raw = tiny_config(learnable_data, **{"reference": True, "objective.budget_ms": None, "trials": 2,
                                          "runner.retries": 1})
-    search, out = start_search(tmp_path, raw, runner=_KillAtRung(2048))
-    with pytest.raises(_Killed):
-        search.run()
-    with pytest.raises(_Killed):
-        resume(out, runner=_KillAtRung(2048)).run()
+    out = _killed_twice(tmp_path, raw, 2048)
     code = loop.main(["--resume", str(out)])
     err = capsys.readouterr().err
     assert code == 2
