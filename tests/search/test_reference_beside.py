@@ -235,8 +235,9 @@ class _StuckCandidates(SlowReference):
 def test_a_reference_that_fails_or_ctrl_c_beside_candidates_cancels_the_running_ones(tmp_path, learnable_data, how):  # noqa: F811
     """The budget is the reference's latency. It fails (RuntimeError: the search cannot score
     anything) or Ctrl-C comes while two candidate runs are held and two still run: the running
-    ones are cancelled, none is recorded, and the journal says RUNNING for all four (a resume
-    reruns them)."""
+    ones are cancelled and none is recorded. After Ctrl-C the journal puts all four back to
+    PENDING, no attempt counted (the search ended them itself); after the search's own error it
+    says RUNNING (a resume counts and reruns them)."""
     raw = search_config(learnable_data, **{"runner.kind": "subprocess", "runner.concurrency": 3, "runner.poll_s": 0.01,
                                            "trials": 6})
     runner = _StuckCandidates(how)
@@ -248,7 +249,8 @@ def test_a_reference_that_fails_or_ctrl_c_beside_candidates_cancels_the_running_
         assert search.run() == 130
     assert sorted(runner.cancelled) == ([0, 3, 4] if how == "ctrl-c" else [3, 4])
     records = {r.trial_id: r for r in JournalStore(out).trials()}
-    assert [records[t].state for t in (1, 2, 3, 4)] == [TrialState.RUNNING] * 4
+    after = TrialState.PENDING if how == "ctrl-c" else TrialState.RUNNING
+    assert [records[t].state for t in (1, 2, 3, 4)] == [after] * 4
     assert all(records[t].result is None for t in (1, 2, 3, 4))
 
 

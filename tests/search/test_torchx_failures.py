@@ -99,15 +99,15 @@ def test_cancel_asks_the_scheduler_once_and_only_for_a_running_job(tmp_path):
 def test_ctrl_c_during_a_torchx_trial_cancels_its_job_and_the_search_returns_130(tmp_path, learnable_data):  # noqa: F811
     """Ctrl-C while the search waits on a running job (raised out of the scheduler's status
     call, as a signal would be): the job is cancelled at the scheduler, the search returns 130
-    (what `recsearch search` exits with) and the trial stays RUNNING in the journal, for
-    --resume to retry."""
+    (what `recsearch search` exits with) and the trial is back to PENDING in the journal, its run
+    not counted against runner.retries, for --resume to run again."""
     fake = FakeTorchx({0: [AppState.RUNNING, AppState.RUNNING, KeyboardInterrupt()]})
     raw = tiny_config(learnable_data, **{"runner.poll_s": 0.01})
     search, out = start_search(tmp_path, raw, runner=_runner(tmp_path, fake))
     assert search.run() == 130
     assert fake.jobs and fake.cancelled == [fake.jobs[0]]
     (record,) = [r for r in JournalStore(out).trials() if r.trial_id == 0]
-    assert record.state is TrialState.RUNNING
+    assert record.state is TrialState.PENDING and "not counted against runner.retries" in record.notes["interrupted"]
     assert not fake.closed  # a runner the caller passed in is the caller's to close
 
 
