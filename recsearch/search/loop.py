@@ -235,7 +235,11 @@ class Search:
         if not path.exists():
             return None
         started = config.load_yaml(path)
-        changes = resume_changes(started, yaml.safe_load(yaml.safe_dump(self.res.resolved_dict(self.dir))))
+        # a budget no candidate's reward was computed with yet (the failed reference's advice)
+        rewarded = any(not is_reference(r) and not r.notes.get("rejected") and r.notes.get("reward") is not None
+                       for r in self.store.trials())
+        changes = resume_changes(started, yaml.safe_load(yaml.safe_dump(self.res.resolved_dict(self.dir))),
+                                 () if rewarded else ("objective.budget_ms",))
         if changes:
             raise config.ConfigError(resume_change_problems(changes, self.dir / SEARCH_CONFIG, path))
         return started
@@ -381,8 +385,7 @@ class Search:
                                   "(drop runner.torchx.dryrun and use a new --out to run the search)")
                         return 0
                     except KeyboardInterrupt as err:
-                        with _interrupts_ignored():  # a second Ctrl-C must not cut the journaling short
-                            self._cancel_running(release=err)
+                        self._cancel_running(release=err)
                         return self._interrupted(err)
                     except BaseException:
                         self._cancel_running()
@@ -437,19 +440,24 @@ class Search:
 
     def _cancel_running(self, release: KeyboardInterrupt | None = None) -> None:
         """Cancel every running trial. `release`: the search was interrupted (Ctrl-C, SIGTERM), so
-        each cancelled run is journaled back to PENDING as not counted (`_release`); an error of
-        the search itself leaves them RUNNING, counted by --resume."""
+        each run cancelled for sure is journaled back to PENDING as not counted (`_release`; a
+        second Ctrl-C can still stop a cancel that hangs, not a journal line). A run whose cancel
+        failed may still be running (a torchx job the scheduler did not hear about) and stays
+        RUNNING: --resume cancels its job by its handle first and counts it; so does an error of
+        the search itself."""
         for trial_id, (handle, rung) in list(self.running.items()):
-            self._cancel_quietly(handle)
-            if release is not None:
+            if self._cancel_quietly(handle) and release is not None:
                 self._release(trial_id, rung, release, "was cancelled")
 
     def _release(self, trial_id: int, rung: int, err: KeyboardInterrupt, what: str) -> None:
-        """Journal that the search ended this trial's run itself: back to PENDING, no attempt used."""
+        """Journal that the search ended this trial's run itself: back to PENDING, no attempt used
+        (a no-op for a trial whose result is already journaled). Signals wait while the line is
+        written: another Ctrl-C or SIGTERM must not cut it short."""
         why = (f"its run at rung {rung} {what} by the search ({interrupt_name(err)}); not counted "
                f"against runner.retries, it runs again on --resume")
         try:
-            self.store.release_run(trial_id, why)
+            with _interrupts_ignored():
+                self.store.release_run(trial_id, why)
         except (OSError, KeyError, JournalError) as journal_err:  # then --resume counts it as killed
             self.echo(f"[search] warning: could not journal trial {trial_id}'s cancelled run "
                       f"({type(journal_err).__name__}: {journal_err}); --resume counts it as an attempt")
@@ -467,10 +475,22 @@ class Search:
             self._submit(rec.trial_id, rec.spec, len(self.cfg.fidelity.train_rows) - 1)
             held = self._run_beside(rec.trial_id)
             rec = self.store.get(rec.trial_id)
+        unrecorded = dict(held)
+        try:
+            self._take_budget_from(rec)
+            for trial_id in sorted(held):  # held only while the budget awaited the reference: known now
+                self._finish(trial_id, *held[trial_id])
+                del unrecorded[trial_id]
+        except KeyboardInterrupt as err:  # the ones not recorded yet run again, uncounted
+            self._release_held(unrecorded, err)
+            raise
+
+    def _take_budget_from(self, rec: TrialRecord) -> None:
+        """The latency budget, where the reference's latency is it; RuntimeError where the
+        reference gives none (the held runs stay RUNNING in the journal: --resume reruns them)."""
         if rec.state is not TrialState.COMPLETE:
             error = rec.result.error if rec.result else "unknown"
             if self._budget_awaits_reference():
-                # the held runs stay RUNNING in the journal: a resumed search reruns them
                 raise RuntimeError(f"the reference config failed ({error}); it sets the latency budget: "
                                    f"fix it or set objective.budget_ms")
         elif self._budget_awaits_reference():
@@ -482,8 +502,10 @@ class Search:
             self.reference_ratio = rec.result.latency_ratio
             self.echo(f"[search] latency budget: {self.budget_ms:.3f} ms at batch "
                       f"{self.cfg.objective.serving_batch} (the reference config's p50)")
-        for trial_id in sorted(held):  # held only while the budget awaited the reference: known now
-            self._finish(trial_id, *held[trial_id])
+
+    def _release_held(self, held: dict[int, tuple[Handle, int]], err: KeyboardInterrupt) -> None:
+        for trial_id, (_, rung) in sorted(held.items()):
+            self._release(trial_id, rung, err, "ended unrecorded (the reference had not finished) and was dropped")
 
     def _run_beside(self, reference_id: int) -> dict[int, tuple[Handle, int]]:
         """Wait for the reference's run, with candidates in the other slots meanwhile: their
@@ -504,9 +526,7 @@ class Search:
                 self._wait_one()
             return self._held or {}
         except KeyboardInterrupt as err:  # held runs ended, unrecorded: they run again, uncounted
-            with _interrupts_ignored():
-                for trial_id, (_, rung) in sorted((self._held or {}).items()):
-                    self._release(trial_id, rung, err, "ended unrecorded (the reference had not finished) and was dropped")
+            self._release_held(self._held or {}, err)
             raise
         finally:
             self._held = None
@@ -692,7 +712,12 @@ class Search:
             if self._held is not None and not is_reference(self.store.get(trial_id)):
                 self._held[trial_id] = (handle, rung)  # recorded when the reference is (_run_beside)
                 continue
-            self._finish(trial_id, handle, rung)
+            try:
+                self._finish(trial_id, handle, rung)
+            except KeyboardInterrupt as err:
+                if trial_id not in self.running:  # interrupted before its result was journaled (else a no-op)
+                    self._release(trial_id, rung, err, "ended, and was interrupted while it was being recorded,")
+                raise
 
     def _ended(self, trial_id: int, handle: Handle) -> bool:
         """Whether the trial's run is over (or timed out and was killed). A poll that raises is
@@ -720,13 +745,15 @@ class Search:
         self._poll_errors.pop(trial_id, None)
         return state is not TrialState.RUNNING or self._timed_out(handle)
 
-    def _cancel_quietly(self, handle: Handle) -> None:
+    def _cancel_quietly(self, handle: Handle) -> bool:
         """Cancel a run whose end the search decided (timeout, polls that kept failing, the search's
-        own end); a cancel that raises is reported, and the others are still cancelled."""
+        own end); a cancel that raises is reported (False), and the others are still cancelled."""
         try:
             self.runner.cancel(handle)
         except Exception as err:  # noqa: BLE001 - the trial is failed either way
             self.echo(f"[search] warning: could not cancel trial {handle.trial_id}: {type(err).__name__}: {err}")
+            return False
+        return True
 
     def _timed_out(self, handle: Handle) -> bool:
         """Past runner.trial_timeout_s since it started, or no sign of work for runner.stall_timeout_s:
@@ -970,17 +997,17 @@ def _write_atomically(path: Path, text: str) -> None:
 
 @contextlib.contextmanager
 def _interrupts_ignored() -> Iterator[None]:
-    """SIGINT ignored while inside (in the main thread; elsewhere signals are not delivered): the
-    search journals the runs it cancels without a second Ctrl-C cutting that short. (A second
-    SIGTERM is ignored by recsearch.signals already.)"""
+    """SIGINT and SIGTERM ignored while inside (in the main thread; elsewhere signals are not
+    delivered): a journal line the search writes after an interrupt is not cut short by another."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _failed_handle(trial_id: int, workdir: Path, error: str) -> Handle:

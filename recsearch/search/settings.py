@@ -205,16 +205,17 @@ class ConfigChange:
     now: Any
 
 
-def resume_changes(started: dict[str, Any], now: dict[str, Any]) -> list[ConfigChange]:
+def resume_changes(started: dict[str, Any], now: dict[str, Any], also_changeable: tuple[str, ...] = ()) -> list[ConfigChange]:
     """The keys `--resume` refuses to change: those whose value in `now` (the edited search.yaml,
     resolved) differs from `started` (the copy written when the search started), except the
     RESUME_CHANGEABLE ones. Both are read with this recsearch's defaults first (`_with_defaults`),
     so a setting added since the search started is not taken for a change; a key of a free-form
-    mapping (space.model_args, base.model_args) set on one side only is one."""
+    mapping (space.model_args, base.model_args) set on one side only is one. `also_changeable`:
+    keys this search's journal lets change (objective.budget_ms before any candidate's reward)."""
     old, new = _flat(_with_defaults(started)), _flat(_with_defaults(now))
     unset = _Unset()
     return [ConfigChange(key, old.get(key, unset), new.get(key, unset)) for key in sorted(old.keys() | new.keys())
-            if old.get(key, unset) != new.get(key, unset) and not _changeable(key)]
+            if old.get(key, unset) != new.get(key, unset) and not _changeable(key, also_changeable)]
 
 
 class _Unset:
@@ -255,8 +256,8 @@ def resume_change_problems(changes: list[ConfigChange], search_yaml: Path, start
     return lines
 
 
-def _changeable(key: str) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in RESUME_CHANGEABLE)
+def _changeable(key: str, also: tuple[str, ...] = ()) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in (*RESUME_CHANGEABLE, *also))
 
 
 def _flat(raw: Any, prefix: str = "") -> dict[str, Any]:
