@@ -108,7 +108,9 @@ class TrainConfig:
     checkpoint_every_steps: int = 0  # 0: no checkpoints; else save every N steps (and at the end)
     embedding_precision: str = "fp32"  # fp32 | fp16: table weights (and fused optimizer updates)
     dense_precision: str = "fp32"  # fp32 | bf16: MLPs + interaction under autocast (fp32 weights)
-    resume_from: str | None = None  # "latest" (newest in output_dir/checkpoints) or a directory
+    # "latest" (newest in output_dir/checkpoints), a checkpoint directory, or "auto": latest if
+    # output_dir has a checkpoint, else a fresh run (a job that may be retried or requeued)
+    resume_from: str | None = None
     # a run that does not resume refuses an output_dir holding another run's checkpoints or
     # finished result; true deletes them first (recsearch.train.run_dir)
     overwrite_output: bool = False

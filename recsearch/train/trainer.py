@@ -95,6 +95,9 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ValueError(f"output_dir {out}: cannot create it ({type(err).__name__}: {err})") from err
+    if cfg.resume_from == "auto":  # a job that may be retried or requeued: it continues its own run, if any
+        has_checkpoint = (out / checkpoint.CHECKPOINT_DIR / checkpoint.LATEST_FILE).exists()
+        cfg = dataclasses.replace(cfg, resume_from="latest" if has_checkpoint else None)
     if cfg.resume_from is None:
         prepare_fresh_run(out, cfg.overwrite_output, rank)  # another run's work there: refused or cleared
     # progress.json for watchers (the search's stall detector): rewritten at most every 5 s while
@@ -709,6 +712,8 @@ def _resume_hint(cfg: TrainConfig) -> str:
     if newest is None or not newest.is_dir():
         return ("no checkpoint was written, nothing to resume" if not cfg.checkpoint_every_steps
                 else "no checkpoint was written yet, nothing to resume")
+    if cfg.resume_from == "auto":
+        return f"the newest checkpoint is {newest}: the same command continues from it (resume_from=auto)"
     return (f"the newest checkpoint is {newest}: continue with the same command and resume_from=latest"
             + ("" if cfg.resume_from == "latest" else " (in place of resume_from)" if cfg.resume_from else ""))
 

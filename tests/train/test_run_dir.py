@@ -106,3 +106,15 @@ def test_a_stopped_run_exits_with_the_signal_code_its_result_and_how_to_resume(t
     stopped_at = json.loads((checkpoint.resolve("latest", out) / checkpoint.LOOP_STATE_FILE).read_text())["step"]
     assert trainer.main(["--config", str(cfg), "resume_from=latest", f"max_steps={stopped_at + 2}"]) == 0
     assert json.loads((out / "result.json").read_text())["steps"] == stopped_at + 2
+
+
+def test_resume_from_auto_starts_fresh_then_continues_its_own_run(tmp_path, learnable_data, capsys):
+    """A retried or requeued job reruns the same command: the first run starts fresh, the rerun
+    continues from its newest checkpoint instead of being refused (a used folder) or failing (no
+    checkpoint yet, with resume_from=latest)."""
+    out = tmp_path / "run"
+    assert _run(tmp_path, learnable_data, out, "max_steps=4", "checkpoint_every_steps=2", "resume_from=auto") == 0
+    assert "resumed from" not in capsys.readouterr().out
+    assert _run(tmp_path, learnable_data, out, "max_steps=6", "checkpoint_every_steps=2", "resume_from=auto") == 0
+    assert "resumed from latest at step 4" in capsys.readouterr().out
+    assert json.loads((out / "result.json").read_text())["steps"] == 6
