@@ -353,11 +353,20 @@ class Search:
             self._record_rung(rec.trial_id, rung, rec.result, None, {})
 
     def _revive_reference(self) -> None:
-        """A reference FAILED because its search was killed too often (`_fail_orphan`) blocks a
-        search whose budget is its latency; once runner.retries is raised past its counted runs,
-        it runs again."""
+        """A FAILED reference blocks a search whose budget is its latency. One that failed on its
+        own (a submission the scheduler refused, a crash: the search said "fix it") runs again on
+        every --resume, the user's or a requeue's, which is how a fix is tried; one FAILED because
+        its search was killed too often (`_fail_orphan`: it may kill its machine) runs again only
+        once runner.retries is raised past its counted runs."""
         ref = next((r for r in self.store.trials() if is_reference(r)), None)
-        if ref is None or ref.state is not TrialState.FAILED or ref.notes.get("died_with_search") is None:
+        if ref is None or ref.state is not TrialState.FAILED or not self._budget_awaits_reference():
+            return
+        if ref.notes.get("died_with_search") is None:
+            error = ref.result.error if ref.result else "unknown"
+            self.store.set_state(ref.trial_id, TrialState.PENDING, notes={
+                "retry": f"the reference failed ({error[:300]}); it sets the latency budget, so --resume runs it again"})
+            self.echo(f"[search] the reference (trial {ref.trial_id}) failed before; it sets the latency budget: "
+                      "running it again")
             return
         rung = int(ref.notes["died_with_search"])
         tries = ref.runs_counted(rung)
@@ -491,8 +500,9 @@ class Search:
         if rec.state is not TrialState.COMPLETE:
             error = rec.result.error if rec.result else "unknown"
             if self._budget_awaits_reference():
-                raise RuntimeError(f"the reference config failed ({error}); it sets the latency budget: "
-                                   f"fix it or set objective.budget_ms")
+                raise RuntimeError(f"the reference config failed ({error}); it sets the latency budget: fix "
+                                   f"the cause (runner.* in {self.dir / SEARCH_CONFIG} may be edited) and "
+                                   f"`recsearch search --resume {self.dir}` runs it again, or set objective.budget_ms there")
         elif self._budget_awaits_reference():
             if rec.result.latency_p50_ms is None:  # a config check should have refused this search
                 raise RuntimeError(f"the reference config (trial {rec.trial_id}) completed without a latency at batch "

@@ -123,9 +123,28 @@ def test_the_failed_references_advice_objective_budget_ms_is_taken_by_resume(tmp
         search.run()
         raise AssertionError("the search went on without its budget")
     except RuntimeError as err:
-        assert "fix it or set objective.budget_ms" in str(err)
+        assert "`recsearch search --resume" in str(err) and "runs it again, or set objective.budget_ms there" in str(err)
     edited = yaml.safe_load((out / "search.yaml").read_text())
     edited["objective"]["budget_ms"] = 2.0
     (out / "search.yaml").write_text(yaml.safe_dump(edited, sort_keys=False))
     assert resume(out).run() == 0  # no candidate had a reward: nothing was judged by the old budget
     assert [r.state for r in JournalStore(out).trials()][1:] == [TrialState.COMPLETE] * 2
+
+
+def test_a_reference_that_failed_on_its_own_runs_again_on_resume(tmp_path, learnable_data, capsys):  # noqa: F811
+    """A submission the scheduler refused, a crash: the search says to fix the cause and resume,
+    and --resume runs the reference again (it was FAILED for good, and every resume or requeue
+    repeated the same error)."""
+    raw = tiny_config(learnable_data, **{"reference": True, "objective.budget_ms": None, "trials": 2})
+    search, out = start_search(tmp_path, raw, runner=_ReferenceFails())
+    try:
+        search.run()
+        raise AssertionError("the search went on without its budget")
+    except RuntimeError:
+        pass
+    assert JournalStore(out).get(0).state is TrialState.FAILED
+    runner = FakeRunner()  # the cause fixed
+    assert resume(out, runner=runner).run() == 0
+    reference = JournalStore(out).get(0)
+    assert reference.state is TrialState.COMPLETE and "the reference failed (RuntimeError: simulated" in reference.notes["retry"]
+    assert [t for t, _ in runner.submitted][:1] == [0]
