@@ -336,6 +336,11 @@ def load_search_config(path: Path | str, overrides: list[str] | None = None) -> 
     f = cfg.fidelity
     if cfg.runner.kind in ("inprocess", "pool") and cfg.topology.devices != 1:
         problems.append(at(f"runner.kind: {cfg.runner.kind} trains on one rank; topology.devices is {cfg.topology.devices}"))
+    gpus = cfg.runner.torchx.gpu
+    if cfg.runner.kind == "torchx" and gpus and gpus < cfg.topology.devices:  # one host, a rank per device
+        problems.append(at(f"runner.torchx.gpu: each torchx trial runs topology.devices={cfg.topology.devices} ranks on one "
+                           f"host, a GPU each, and asks for {gpus} GPUs: set runner.torchx.gpu to at least "
+                           f"{cfg.topology.devices}"))
     try:
         meta = dataset_meta(cfg.data_dir, base.num_embeddings_per_feature if base is not None else None)
     except (FileNotFoundError, ValueError) as err:

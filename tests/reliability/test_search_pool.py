@@ -172,3 +172,10 @@ def test_a_worker_dies_with_the_process_that_started_it(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert all_dead(pids)
+
+
+def test_torchx_trials_ask_for_a_gpu_per_rank(tmp_path, learnable_data):
+    raw = _pool_config(learnable_data, **{"topology.devices": 8, "runner.kind": "torchx", "runner.torchx.gpu": 4})
+    with pytest.raises(config.ConfigError, match=r"runner.torchx.gpu: each torchx trial runs topology.devices=8 ranks "
+                                                 r"on one host, a GPU each, and asks for 4 GPUs"):
+        loop.load_search_config(write_config(tmp_path, raw))
