@@ -8,10 +8,13 @@
 #
 # PyPI's torch and fbgemm-gpu wheels carry their CUDA runtime (nvidia-* wheels), so a plain
 # Python base image serves GPU nodes too; the node needs the NVIDIA driver and container toolkit.
+# STACK=cpu takes torch from PyTorch's CPU wheel index (CPU_INDEX, as README's CPU recipe does):
+# PyPI's Linux torch is the CUDA build, gigabytes of nvidia-* wheels a CPU image has no use for.
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
 ARG STACK=cuda
+ARG CPU_INDEX=https://download.pytorch.org/whl/cpu
 ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1
@@ -25,9 +28,13 @@ COPY pyproject.toml README.md ./
 COPY requirements/ requirements/
 COPY tools/install.sh tools/install.sh
 COPY recsearch/__init__.py recsearch/__init__.py
-RUN RECSEARCH_STACK=${STACK} VENV=/opt/venv tools/install.sh
+RUN if [ "${STACK}" = cpu ]; then export PIP_EXTRA_INDEX_URL="${CPU_INDEX}"; fi && RECSEARCH_STACK=${STACK} VENV=/opt/venv tools/install.sh
 
 COPY . .
 ENV PATH=/opt/venv/bin:${PATH} \
     VIRTUAL_ENV=/opt/venv
-RUN recsearch --version
+# The build fails unless the stack loads (a few seconds): torch, FBGEMM's kernels and TorchRec
+# (the CUDA build imports without a GPU; its operators fall back to the CPU), and a CPU image holds
+# the CPU build of torch. Then the CLI.
+RUN python -c "import torch, fbgemm_gpu, torchrec; from torchrec.distributed.train_pipeline import TrainPipelineSparseDist; assert '${STACK}' != 'cpu' or torch.version.cuda is None, 'STACK=cpu installed a CUDA build of torch ' + torch.__version__; print('torch', torch.__version__, 'fbgemm_gpu and torchrec import')" \
+    && recsearch --version

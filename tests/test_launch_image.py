@@ -69,7 +69,9 @@ def test_the_search_job_on_kubernetes_retries_and_resumes():
          "-s", "kubernetes", "-cfg", "queue=research", "launch/components.py:search",
          "--image", "registry.example/recsearch:0.1", "--out", "/mnt/runs/kaggle",
          "--config", "configs/search/kaggle_cluster.yaml", "--max_retries", "3",
-         "--mounts", "type=volume,src=runs-pvc,dst=/mnt/runs"],
+         "--mounts", "type=volume,src=runs-pvc,dst=/mnt/runs", "--", "data_dir=/mnt/runs/data/kaggle",
+         "runner.torchx.scheduler=kubernetes", "runner.torchx.image=registry.example/recsearch:0.1",
+         "runner.torchx.cfg={queue: research}"],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -77,3 +79,59 @@ def test_the_search_job_on_kubernetes_retries_and_resumes():
     assert "maxRetry: 3" in out and "image: registry.example/recsearch:0.1" in out
     assert "--resume-if-exists" in out and "--out" in out and "/mnt/runs/kaggle" in out
     assert "claimName: runs-pvc" in out
+    assert "- 'runner.torchx.cfg={queue: research}'" in out  # the trials' scheduler options, one argument
+
+
+def test_a_cpu_image_takes_torch_from_the_cpu_index():
+    """STACK=cpu: PyPI's Linux torch is the CUDA build (nvidia-* wheels); README's CPU recipe adds
+    PyTorch's CPU index, and so does the image's install step."""
+    text = (REPO / "Dockerfile").read_text()
+    assert "ARG CPU_INDEX=https://download.pytorch.org/whl/cpu" in text
+    run = next(line for line in text.splitlines() if line.startswith("RUN") and "tools/install.sh" in line)
+    assert run.startswith('RUN if [ "${STACK}" = cpu ]; then export PIP_EXTRA_INDEX_URL="${CPU_INDEX}"; fi && ')
+    for stack, index in (("cpu", "https://download.pytorch.org/whl/cpu"), ("cuda", None)):
+        shell = run[len("RUN "):].replace("tools/install.sh", 'echo "index=${PIP_EXTRA_INDEX_URL:-none}"')
+        shell = shell.replace("${STACK}", stack).replace("${CPU_INDEX}", "https://download.pytorch.org/whl/cpu")
+        out = subprocess.run(["sh", "-c", shell], capture_output=True, text=True, timeout=30, check=True,
+                             env={k: v for k, v in os.environ.items() if k != "PIP_EXTRA_INDEX_URL"}).stdout
+        assert out.strip() == f"index={index or 'none'}", (stack, out)
+
+
+@pytest.mark.slow
+def test_the_image_build_check_imports_the_stack():
+    """The build's check (not just `recsearch --version`) imports torch, fbgemm_gpu and torchrec
+    and, for STACK=cpu, fails on a CUDA build of torch; run here as the CPU image runs it."""
+    text = (REPO / "Dockerfile").read_text()
+    check = next(line for line in text.splitlines() if line.startswith('RUN python -c "import torch, fbgemm_gpu, torchrec'))
+    code = check[len('RUN python -c "'):check.rindex('"')].replace("${STACK}", "cpu")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0 and "fbgemm_gpu and torchrec import" in proc.stdout, proc.stderr[-2000:]
+    assert "recsearch --version" in text.split(check, 1)[1]
+
+
+def _doc_commands(path: Path) -> list[str]:
+    """The shell commands in a Markdown file's ```bash blocks, continuation lines joined."""
+    commands, block = [], None
+    for line in path.read_text().splitlines():
+        if line.startswith("```"):
+            block = [] if block is None and line.strip() == "```bash" else None
+            continue
+        if block is not None and line.strip() and not line.lstrip().startswith("#"):
+            block.append(line)
+            if not line.endswith("\\"):
+                commands.append(" ".join(part.rstrip("\\").strip() for part in block))
+                block.clear()
+    return commands
+
+
+def test_search_md_kubernetes_commands_carry_what_kubernetes_needs():
+    """Each Kubernetes command in docs/SEARCH.md names a Volcano queue (kaggle_cluster.yaml's cfg
+    holds Slurm options only) and an image; `torchx run` ones skip the Docker workspace patch."""
+    commands = [c for c in _doc_commands(REPO / "docs" / "SEARCH.md") if "kubernetes" in c]
+    searches = [c for c in commands if c.startswith("recsearch search")]
+    jobs = [c for c in commands if c.startswith("torchx run")]
+    assert len(searches) >= 2 and jobs
+    for command in searches:
+        assert "'runner.torchx.cfg={queue: research}'" in command and "runner.torchx.image=" in command, command
+    for command in jobs:
+        assert '--workspace ""' in command and "-cfg queue=" in command and "--image " in command, command

@@ -737,6 +737,16 @@ class TorchxRunner:
             raise RuntimeError(f"runner.torchx.scheduler: {err.args[0]}") from err
         except Exception as err:  # torchx's InvalidRunConfigException (and ValueError on bad types)
             raise RuntimeError(f"runner.torchx.cfg for scheduler {settings.scheduler!r}: {err}") from err
+        if settings.scheduler == "kubernetes":
+            if not settings.image:
+                raise RuntimeError(
+                    "runner.torchx.image is required for scheduler 'kubernetes': an image built from the "
+                    "repository's Dockerfile, pushed where the cluster pulls from (docs/SEARCH.md, \"Images and "
+                    "the torchx workspace\"); trials run it as it is"
+                )
+            if not settings.dryrun:  # a dry run renders requests without the cluster
+                self._runner.close()
+                self._runner = get_runner(client=kubernetes_api_client())
 
     def app(self, spec: TrialSpec, workdir: Path, config_at: str | None = None):  # -> AppDef
         """The trial's job: the `train` component on workdir/trial.yaml (or config_at, a URL)."""
@@ -857,6 +867,34 @@ class TorchxRunner:
     def close(self) -> None:
         """Release torchx's schedulers (local_cwd: ends any job still running)."""
         self._runner.close()
+
+
+def kubernetes_api_client() -> Any:
+    """A Kubernetes API client for torchx's kubernetes scheduler, from the kube config (KUBECONFIG
+    or ~/.kube/config) or else, in a pod, from its service account (in-cluster config). torchx
+    0.7.0 only tries the kube config and, without one, warns and goes on with a client that has no
+    host: each trial then fails at submission (`LocationValueError: No host specified.`). Without
+    either, this fails up front (RuntimeError), before the search writes any trial."""
+    try:
+        from kubernetes import client, config
+    except ImportError as err:
+        raise RuntimeError("runner.torchx.scheduler kubernetes needs the kubernetes client: "
+                           "pip install kubernetes (torchx[kubernetes])") from err
+    configuration = client.Configuration()
+    try:
+        config.load_kube_config(client_configuration=configuration)
+    except Exception as kube_err:  # noqa: BLE001 - ConfigException, an unreadable file, ...
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+        except Exception as pod_err:  # noqa: BLE001
+            raise RuntimeError(
+                "runner.torchx.scheduler kubernetes: no Kubernetes credentials to submit trials with: "
+                f"no kube config ({kube_err}) and no in-cluster config ({pod_err}). The search submits "
+                "each trial as a Volcano job: run it where a kubeconfig (KUBECONFIG or ~/.kube/config) "
+                "reaches the cluster, or in a pod whose service account may create, get and delete "
+                "jobs.batch.volcano.sh (and get pods and their logs) in the namespace"
+            ) from pod_err
+    return client.ApiClient(configuration)
 
 
 def make_runner(kind: str, serving_batch: int, threads: int | None, torchx: TorchxSettings,

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from dataclasses import replace
 
 import pytest
 import torch.distributed as dist
@@ -142,7 +143,7 @@ def test_torchx_dryrun_renders_slurm_and_kubernetes_trial_jobs(tmp_path):
     slurm = TorchxRunner(TorchxSettings(scheduler="slurm", gpu=8, dryrun=True, cfg={"partition": "gpu"}))
     h = slurm.submit(_spec(3, world_size=8), workdir)
     text = h.info["dryrun"]
-    assert h.state is TrialState.PENDING and "#SBATCH --job-name=train-0" in text
+    assert h.state is TrialState.PENDING and "#SBATCH --job-name=recsearch_trial_3-0" in text
     assert "--partition=gpu" in text and "--gpus-per-task=8" in text
     assert f"recsearch.cli train --config {workdir / 'trial.yaml'}" in text and "--nproc_per_node 8" in text
     k8s = TorchxRunner(TorchxSettings(scheduler="kubernetes", gpu=2, image="ghcr.io/acme/recsearch:0.1",
@@ -287,3 +288,45 @@ def test_a_trial_whose_starter_is_gone_never_runs(tmp_path):
     ran = subprocess.run(die_with_parent.command_for(os.getpid(), [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]),
                          cwd=REPO, capture_output=True, text=True, timeout=60, check=False)
     assert ran.returncode == 0 and marker.exists(), ran.stderr
+
+
+def _no_kube_config(monkeypatch, in_cluster_host=None):
+    """No kube config here; in a pod (in_cluster_host) the service account's config loads."""
+    from kubernetes import config
+
+    def no_file(*_args, **_kwargs):
+        raise config.ConfigException("Invalid kube-config file. No configuration found.")
+
+    def in_cluster(client_configuration=None, **_kwargs):
+        if in_cluster_host is None:
+            raise config.ConfigException("Service host/port is not set.")
+        client_configuration.host = in_cluster_host
+
+    monkeypatch.setattr(config, "load_kube_config", no_file)
+    monkeypatch.setattr(config, "load_incluster_config", in_cluster)
+
+
+def test_torchx_kubernetes_without_credentials_fails_up_front(monkeypatch):
+    """torchx 0.7.0 only warns without a kube config and each trial then fails at submission with
+    `LocationValueError: No host specified.`; the runner refuses to start instead."""
+    _no_kube_config(monkeypatch)
+    settings = TorchxSettings(scheduler="kubernetes", image="ghcr.io/acme/recsearch:0.1", cfg={"queue": "research"})
+    with pytest.raises(RuntimeError, match=r"no Kubernetes credentials.*no kube config \(Invalid kube-config.*"
+                                           r"no in-cluster config \(Service host/port is not set.\).*jobs.batch.volcano.sh"):
+        TorchxRunner(settings)
+    TorchxRunner(replace(settings, dryrun=True)).close()  # a dry run needs no cluster
+    with pytest.raises(RuntimeError, match="runner.torchx.image is required for scheduler 'kubernetes'"):
+        TorchxRunner(TorchxSettings(scheduler="kubernetes", cfg={"queue": "research"}, dryrun=True))
+
+
+def test_torchx_kubernetes_in_a_pod_uses_the_service_account(monkeypatch):
+    """In a pod without a kube config, the in-cluster config is loaded and handed to torchx's
+    scheduler (which would only have tried the kube config)."""
+    _no_kube_config(monkeypatch, in_cluster_host="https://10.0.0.1:443")
+    runner = TorchxRunner(TorchxSettings(scheduler="kubernetes", image="ghcr.io/acme/recsearch:0.1",
+                                         cfg={"queue": "research"}))
+    try:
+        scheduler = runner._runner._scheduler("kubernetes")
+        assert scheduler._api_client().configuration.host == "https://10.0.0.1:443"
+    finally:
+        runner.close()

@@ -142,7 +142,7 @@ def test_torchx_dryrun_search_prints_the_first_trials_slurm_request_and_runs_not
     assert loop.main(["--config", str(write_config(tmp_path, raw)), "--out", str(tmp_path / "out")]) == 0
     text = capsys.readouterr().out
     trial_cfg = tmp_path / "out" / "trials" / "0" / "trial.yaml"
-    assert "#SBATCH --job-name=train-0" in text and "--partition=gpu" in text
+    assert "#SBATCH --job-name=recsearch_trial_0-0" in text and "--partition=gpu" in text
     assert f"recsearch.cli train --config {trial_cfg.resolve()}" in text
     assert trial_cfg.exists() and not (tmp_path / "out" / "trials" / "0" / "result.json").exists()
 
@@ -203,3 +203,21 @@ def test_shipped_search_configs_are_valid(path):
     space = SearchSpace(cfg.space, cfg.topology.topology(), cfg.fidelity.train_rows[-1])
     assert space.cardinality > cfg.trials
     assert config.load_yaml(cfg.train)  # its base train config exists
+
+
+def test_a_kubernetes_search_without_credentials_stops_before_any_trial(tmp_path, learnable_data, capsys, monkeypatch):  # noqa: F811
+    from kubernetes import config
+
+    from recsearch.search import loop
+
+    def missing(*_args, **_kwargs):
+        raise config.ConfigException("not here")
+
+    monkeypatch.setattr(config, "load_kube_config", missing)
+    monkeypatch.setattr(config, "load_incluster_config", missing)
+    raw = search_config(learnable_data, **{"runner.kind": "torchx", "runner.torchx": {
+        "scheduler": "kubernetes", "image": "ghcr.io/acme/recsearch:0.1", "cfg": {"queue": "research"}}})
+    assert loop.main(["--config", str(write_config(tmp_path, raw)), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "no Kubernetes credentials to submit trials with" in err and "jobs.batch.volcano.sh" in err
+    assert not (tmp_path / "out" / "trials").exists()
