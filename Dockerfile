@@ -33,8 +33,7 @@ RUN if [ "${STACK}" = cpu ]; then export PIP_EXTRA_INDEX_URL="${CPU_INDEX}"; fi 
 COPY . .
 ENV PATH=/opt/venv/bin:${PATH} \
     VIRTUAL_ENV=/opt/venv
-# The build fails unless the stack loads (a few seconds): torch, FBGEMM's kernels and TorchRec
-# (the CUDA build imports without a GPU; its operators fall back to the CPU), and a CPU image holds
-# the CPU build of torch. Then the CLI.
-RUN python -c "import torch, fbgemm_gpu, torchrec; from torchrec.distributed.train_pipeline import TrainPipelineSparseDist; assert '${STACK}' != 'cpu' or torch.version.cuda is None, 'STACK=cpu installed a CUDA build of torch ' + torch.__version__; print('torch', torch.__version__, 'fbgemm_gpu and torchrec import')" \
+# The build fails unless the stack loads (a few seconds; tools/image_check.py): torch, FBGEMM's
+# kernels and TorchRec, and a CPU image holds the CPU build of torch. Then the CLI.
+RUN python tools/image_check.py "${STACK}" \
     && recsearch --version

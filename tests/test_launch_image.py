@@ -102,11 +102,11 @@ def test_the_image_build_check_imports_the_stack():
     """The build's check (not just `recsearch --version`) imports torch, fbgemm_gpu and torchrec
     and, for STACK=cpu, fails on a CUDA build of torch; run here as the CPU image runs it."""
     text = (REPO / "Dockerfile").read_text()
-    check = next(line for line in text.splitlines() if line.startswith('RUN python -c "import torch, fbgemm_gpu, torchrec'))
-    code = check[len('RUN python -c "'):check.rindex('"')].replace("${STACK}", "cpu")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    check = next(line for line in text.splitlines() if line.startswith("RUN python tools/image_check.py"))
+    assert '"${STACK}"' in check and "recsearch --version" in text.split(check, 1)[1]
+    proc = subprocess.run([sys.executable, str(REPO / "tools" / "image_check.py"), "cpu"], capture_output=True,
+                          text=True, timeout=300, check=False)
     assert proc.returncode == 0 and "fbgemm_gpu and torchrec import" in proc.stdout, proc.stderr[-2000:]
-    assert "recsearch --version" in text.split(check, 1)[1]
 
 
 def _doc_commands(path: Path) -> list[str]:
@@ -135,3 +135,24 @@ def test_search_md_kubernetes_commands_carry_what_kubernetes_needs():
         assert "'runner.torchx.cfg={queue: research}'" in command and "runner.torchx.image=" in command, command
     for command in jobs:
         assert '--workspace ""' in command and "-cfg queue=" in command and "--image " in command, command
+
+
+def test_the_image_check_lets_a_cuda_build_host_without_the_driver_pass_and_nothing_else(monkeypatch, capsys):
+    import builtins
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("image_check", REPO / "tools" / "image_check.py")
+    image_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(image_check)
+    real_import = builtins.__import__
+
+    def no_driver(name, *args, **kwargs):
+        if name == "fbgemm_gpu":
+            raise OSError("libcuda.so.1: cannot open shared object file: No such file or directory")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_driver)
+    assert image_check.main(["cuda"]) == 0
+    assert "needs the NVIDIA driver to load, which this build host lacks" in capsys.readouterr().err
+    with pytest.raises(OSError, match="libcuda"):
+        image_check.main(["cpu"])  # a CPU image has no business needing it
