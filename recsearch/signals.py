@@ -51,3 +51,33 @@ def sigterm_as_interrupt() -> Iterator[bool]:
         yield True
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C and SIGTERM that come while inside wait for the block to end (a checkpoint being
+    written completes, so the newest one is whole: a scheduler's SIGTERM leaves time for that),
+    then are raised again, to whatever handled them before. A second Ctrl-C meanwhile acts at once
+    (a save that hangs). Signals ignored before stay ignored; outside the main thread, nothing
+    changes. A block that raises drops them: its error ends the run anyway."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and signal.SIGINT in caught:
+            raise KeyboardInterrupt()
+        caught.append(signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: handler for sig, handler in previous.items() if handler not in (signal.SIG_IGN, None)}
+    for sig in previous:
+        signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for sig in dict.fromkeys(caught):
+        signal.raise_signal(sig)

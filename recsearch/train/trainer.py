@@ -30,7 +30,7 @@ import torch.distributed as dist
 from torch.utils.tensorboard import SummaryWriter
 
 from recsearch import config, logs, remote
-from recsearch.signals import interrupt_exit_code, interrupt_name, sigterm_as_interrupt
+from recsearch.signals import interrupt_exit_code, interrupt_name, interrupts_deferred, sigterm_as_interrupt
 from recsearch.data.dataset import dataset_meta
 from recsearch.data.layout import DatasetMeta
 from recsearch.data.loader import NpyBatchLoader
@@ -270,7 +270,8 @@ def _train(
                 if cfg.auc_threshold is not None and val_metrics.auc >= cfg.auc_threshold:
                     state.status = "early_stopped"
             if cfg.checkpoint_every_steps and (state.step % cfg.checkpoint_every_steps == 0 or state.step >= max_steps):
-                checkpoint.save(out, state.step, engine.model, engine.optimizer, dataclasses.asdict(state), data_order)
+                with interrupts_deferred():  # a stop during the save lands after it: the checkpoint is whole
+                    checkpoint.save(out, state.step, engine.model, engine.optimizer, dataclasses.asdict(state), data_order)
                 progress.beat("checkpoint", state.step)
             if state.epoch >= cfg.epochs:
                 break

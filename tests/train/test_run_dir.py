@@ -85,7 +85,7 @@ def test_a_resume_of_another_model_is_refused_naming_the_shapes(tmp_path, learna
 def test_a_stopped_run_exits_with_the_signal_code_its_result_and_how_to_resume(tmp_path, learnable_data, sig, code, how):
     out = tmp_path / "run"
     cfg = _write_config(tmp_path, learnable_data, latency_batch_sizes=[], output_dir=str(out), epochs=50,
-                        checkpoint_every_steps=10, log_every_steps=1)
+                        checkpoint_every_steps=1, log_every_steps=1)  # mostly saving: a stop lands in a save
     proc = subprocess.Popen([*CLI, "train", "--config", str(cfg)], cwd=REPO, env=env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
@@ -118,3 +118,25 @@ def test_resume_from_auto_starts_fresh_then_continues_its_own_run(tmp_path, lear
     assert _run(tmp_path, learnable_data, out, "max_steps=6", "checkpoint_every_steps=2", "resume_from=auto") == 0
     assert "resumed from latest at step 4" in capsys.readouterr().out
     assert json.loads((out / "result.json").read_text())["steps"] == 6
+
+
+def test_sigterm_during_a_checkpoint_save_lands_after_it_and_the_checkpoint_is_whole(tmp_path, learnable_data,
+                                                                                      monkeypatch, capsys):
+    """A scheduler's SIGTERM that comes while a checkpoint is written: the save completes (the
+    newest checkpoint is whole, `latest` names it), then the run stops with exit 143 (it was
+    exit 2, a CheckpointError wrapping the interrupt, and a half-written checkpoint)."""
+    real_save = checkpoint.save
+    saves = []
+
+    def save_with_a_stop_inside(out_dir, step, *args, **kwargs):
+        saves.append(step)
+        if len(saves) == 2:
+            signal.raise_signal(signal.SIGTERM)  # lands inside the save
+        return real_save(out_dir, step, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", save_with_a_stop_inside)
+    out = tmp_path / "run"
+    assert _run(tmp_path, learnable_data, out, "max_steps=8", "checkpoint_every_steps=2") == 143
+    assert saves == [2, 4] and checkpoint.resolve("latest", out).name == "step_00000004"
+    assert "terminated (SIGTERM); the newest checkpoint is" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
