@@ -28,14 +28,15 @@ def interrupt_name(err: KeyboardInterrupt) -> str:
 
 
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[bool]:
+def sigterm_as_interrupt(take_over: bool = False) -> Iterator[bool]:
     """While inside, SIGTERM raises Terminated in the main thread; a second SIGTERM while the
     first is handled is ignored; the previous handler is restored on the way out.
 
-    Yields whether it took SIGTERM over: only in the main thread, and only where nobody else
-    handles it already (a search running trials in its own process keeps its own handler, and
-    an interrupt there is the search's, not the trial's)."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+    Yields whether it took SIGTERM over: only in the main thread, and, unless `take_over` (the
+    program that owns the process: the search), only where nobody else handles it already (a
+    search running a trial in its own process keeps its handler: the interrupt is the search's)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or (not take_over and previous != signal.SIG_DFL):
         yield False
         return
     terminating = threading.Event()
@@ -50,7 +51,23 @@ def sigterm_as_interrupt() -> Iterator[bool]:
     try:
         yield True
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def handlers_kept() -> Iterator[None]:
+    """The SIGINT and SIGTERM handlers as they were before the block, whatever it installs (a
+    library that sets its own, as torchx's local scheduler does when it is created)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 @contextlib.contextmanager

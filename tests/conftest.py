@@ -54,3 +54,16 @@ def tiny_dataset(tmp_path):
     root = tmp_path / "data"
     write_dataset(root)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_as_they_were():
+    """A test that installs SIGINT/SIGTERM handlers (torchx's local scheduler does, when created)
+    does not leave them to the tests after it."""
+    import signal
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for sig, handler in before.items():
+        if handler is not None:
+            signal.signal(sig, handler)

@@ -382,7 +382,7 @@ class Search:
         130 when interrupted (Ctrl-C), 143 when terminated (SIGTERM). Whatever way it ends, the
         heartbeat thread is joined and no trial it started is left running (a crash, Ctrl-C or
         SIGTERM cancels them; --resume retries them)."""
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt(take_over=True):  # the search owns its process
             try:
                 self.prepare()
                 self.echo(f"[search] space: {self.res.space.describe()}")

@@ -49,6 +49,7 @@ import yaml
 
 from recsearch import remote
 from recsearch.search.die_with_parent import command_for
+from recsearch.signals import handlers_kept
 from recsearch.train.result import ResultError, TrainResult, finite
 from recsearch.types import RESULT_FILE, TrialResult, TrialSpec, TrialState
 
@@ -731,8 +732,11 @@ class TorchxRunner:
         self.serving_batch = serving_batch
         self._runner = get_runner()
         # A missing or mistyped scheduler option fails here, before any trial, not at submission.
+        # (Creating torchx's local scheduler sets SIGINT and SIGTERM handlers of its own, which
+        # would turn the search's Ctrl-C into torchx's SignalException: the search's are kept.)
         try:
-            self._runner.scheduler_run_opts(settings.scheduler).resolve(dict(settings.cfg))
+            with handlers_kept():
+                self._runner.scheduler_run_opts(settings.scheduler).resolve(dict(settings.cfg))
         except KeyError as err:
             raise RuntimeError(f"runner.torchx.scheduler: {err.args[0]}") from err
         except Exception as err:  # torchx's InvalidRunConfigException (and ValueError on bad types)

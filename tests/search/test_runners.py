@@ -330,3 +330,18 @@ def test_torchx_kubernetes_in_a_pod_uses_the_service_account(monkeypatch):
         assert scheduler._api_client().configuration.host == "https://10.0.0.1:443"
     finally:
         runner.close()
+
+
+def test_torchx_local_scheduler_does_not_take_the_searchs_ctrl_c_and_sigterm():
+    """torchx's local scheduler sets SIGINT and SIGTERM handlers of its own when it is created
+    (its SignalException would replace the search's KeyboardInterrupt and Terminated); the
+    runner keeps the handlers it found."""
+    from recsearch.signals import sigterm_as_interrupt
+
+    with sigterm_as_interrupt(take_over=True):
+        before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+        runner = TorchxRunner(TorchxSettings(scheduler="local_cwd"))
+        try:
+            assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+        finally:
+            runner.close()
