@@ -52,6 +52,12 @@ def _fs(url: str):  # -> (fsspec.AbstractFileSystem, path within it)
         ) from err
 
 
+def check_backend(url: str) -> None:
+    """RemoteError when no fsspec backend serves `url`'s protocol (s3fs for s3://, ...): found
+    before a run writes anything there, not at its first upload."""
+    _fs(url)
+
+
 def read_text(location: str | os.PathLike[str]) -> str:
     """The text of a file at a path or URL; FileNotFoundError if there is none."""
     if not is_url(location):

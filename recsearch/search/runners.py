@@ -730,6 +730,11 @@ class TorchxRunner:
             raise RuntimeError("runner torchx needs torchx installed: pip install torchx") from err
         self.settings = settings
         self.serving_batch = serving_batch
+        if settings.remote_dir:  # each trial's files go there: no backend, no trial could run
+            try:
+                remote.check_backend(settings.remote_dir)
+            except remote.RemoteError as err:
+                raise RuntimeError(f"runner.torchx.remote_dir: {err}") from err
         self._runner = get_runner()
         # A missing or mistyped scheduler option fails here, before any trial, not at submission.
         # (Creating torchx's local scheduler sets SIGINT and SIGTERM handlers of its own, which

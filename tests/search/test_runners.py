@@ -345,3 +345,9 @@ def test_torchx_local_scheduler_does_not_take_the_searchs_ctrl_c_and_sigterm():
             assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
         finally:
             runner.close()
+
+
+def test_a_remote_dir_without_its_fsspec_backend_fails_before_any_trial():
+    with pytest.raises(RuntimeError, match=r"runner.torchx.remote_dir: nosuchproto://bucket/x: no fsspec backend"):
+        TorchxRunner(TorchxSettings(scheduler="slurm", dryrun=True, remote_dir="nosuchproto://bucket/x"))
+    TorchxRunner(TorchxSettings(scheduler="slurm", dryrun=True, remote_dir="memory://bucket/x")).close()
