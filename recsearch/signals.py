@@ -55,19 +55,29 @@ def sigterm_as_interrupt(take_over: bool = False) -> Iterator[bool]:
 
 
 @contextlib.contextmanager
-def handlers_kept() -> Iterator[None]:
+def handlers_kept(during: Any = None) -> Iterator[None]:
     """The SIGINT and SIGTERM handlers as they were before the block, whatever it installs (a
-    library that sets its own, as torchx's local scheduler does when it is created)."""
+    library that sets its own, as torchx's local scheduler does when it is created). `during`: a
+    handler (signal.SIG_IGN, ...) both signals get while inside. Main thread only (elsewhere
+    signals are neither delivered nor settable): outside it nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if during is not None:
+        for sig in previous:
+            signal.signal(sig, during)
     try:
         yield
     finally:
         for sig, handler in previous.items():
-            if handler is not None:
-                signal.signal(sig, handler)
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def interrupts_ignored() -> contextlib.AbstractContextManager[None]:
+    """SIGINT and SIGTERM ignored while inside: a journal line written after an interrupt is not
+    cut short by another."""
+    return handlers_kept(during=signal.SIG_IGN)
 
 
 @contextlib.contextmanager

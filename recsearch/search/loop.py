@@ -54,7 +54,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import sys
 import threading
 import time
@@ -66,7 +65,7 @@ from typing import Any
 import yaml
 
 from recsearch import config, logs, remote
-from recsearch.signals import interrupt_exit_code, interrupt_name, sigterm_as_interrupt
+from recsearch.signals import interrupt_exit_code, interrupt_name, interrupts_ignored, sigterm_as_interrupt
 from recsearch.search import controllers as ctl
 from recsearch.search.asha import Status, SuccessiveHalving
 from recsearch.search.checks import Check, Checker, preflight_problems, reference_spec, step_cost_budget_ms
@@ -465,7 +464,7 @@ class Search:
         why = (f"its run at rung {rung} {what} by the search ({interrupt_name(err)}); not counted "
                f"against runner.retries, it runs again on --resume")
         try:
-            with _interrupts_ignored():
+            with interrupts_ignored():
                 self.store.release_run(trial_id, why)
         except (OSError, KeyError, JournalError) as journal_err:  # then --resume counts it as killed
             self.echo(f"[search] warning: could not journal trial {trial_id}'s cancelled run "
@@ -644,7 +643,7 @@ class Search:
             handle = self.runner.submit(spec, workdir)  # in-process: returns when the run has ended
         except KeyboardInterrupt as err:  # the search's own Ctrl-C / SIGTERM as it started the run
             self.heartbeat.discard(trial_id)
-            with _interrupts_ignored():
+            with interrupts_ignored():
                 self._release(trial_id, rung, err, "was cancelled as it started")
             raise
         except Exception as err:  # noqa: BLE001 - this trial's failure, not the search's
@@ -1003,21 +1002,6 @@ def _write_atomically(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _interrupts_ignored() -> Iterator[None]:
-    """SIGINT and SIGTERM ignored while inside (in the main thread; elsewhere signals are not
-    delivered): a journal line the search writes after an interrupt is not cut short by another."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def _failed_handle(trial_id: int, workdir: Path, error: str) -> Handle:

@@ -149,15 +149,25 @@ def _older_checkpoints(root: Path, newest: Path) -> list[Path]:
     return others[KEEP_CHECKPOINTS - 1:]
 
 
+def latest_named(out_dir: Path | str) -> Path | None:
+    """The checkpoint directory `<out_dir>/checkpoints/latest` names (whether or not it is still
+    there), or None where no pointer can be read: the run has saved no checkpoint."""
+    pointer = Path(out_dir) / CHECKPOINT_DIR / LATEST_FILE
+    try:
+        name = pointer.read_text().strip()
+    except OSError:
+        return None
+    return pointer.parent / name if name else None
+
+
 def resolve(resume_from: str, out_dir: Path | str) -> Path:
     """`latest` (the run's newest complete checkpoint) or a checkpoint directory."""
     if resume_from == "latest":
-        pointer = Path(out_dir) / CHECKPOINT_DIR / LATEST_FILE
-        if not pointer.exists():
+        path = latest_named(out_dir)
+        if path is None:
             raise CheckpointError(f"resume_from=latest: no checkpoint in {Path(out_dir) / CHECKPOINT_DIR}")
-        path = pointer.parent / pointer.read_text().strip()
         if not path.is_dir():
-            raise CheckpointError(f"resume_from=latest: {pointer} names {path.name}, which is not there")
+            raise CheckpointError(f"resume_from=latest: {path.parent / LATEST_FILE} names {path.name}, which is not there")
     else:
         path = Path(resume_from)
         if not path.is_dir():

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from recsearch.train.checkpoint import CHECKPOINT_DIR, LATEST_FILE
+from recsearch.train.checkpoint import CHECKPOINT_DIR, latest_named
 from recsearch.train.progress import PROGRESS_FILE
 from recsearch.types import RESULT_FILE
 
@@ -35,10 +35,8 @@ def previous_run(out: Path) -> str | None:
     checkpoints = out / CHECKPOINT_DIR
     steps = sorted(p.name for p in checkpoints.glob("step_*") if p.is_dir()) if checkpoints.is_dir() else []
     if steps:
-        try:
-            newest = (checkpoints / LATEST_FILE).read_text().strip() or steps[-1]
-        except OSError:
-            newest = steps[-1]
+        named = latest_named(out)
+        newest = named.name if named is not None else steps[-1]
         found.append(f"{len(steps)} checkpoint{'s' if len(steps) > 1 else ''} (latest: {newest})")
     status = finished_status(out)
     if status is not None:

@@ -96,7 +96,7 @@ def train(
     except OSError as err:
         raise ValueError(f"output_dir {out}: cannot create it ({type(err).__name__}: {err})") from err
     if cfg.resume_from == "auto":  # a job that may be retried or requeued: it continues its own run, if any
-        has_checkpoint = (out / checkpoint.CHECKPOINT_DIR / checkpoint.LATEST_FILE).exists()
+        has_checkpoint = checkpoint.latest_named(out) is not None
         cfg = dataclasses.replace(cfg, resume_from="latest" if has_checkpoint else None)
     if cfg.resume_from is None:
         prepare_fresh_run(out, cfg.overwrite_output, rank)  # another run's work there: refused or cleared
@@ -705,11 +705,7 @@ def _rank() -> int:
 
 def _resume_hint(cfg: TrainConfig) -> str:
     """Where an interrupted run can continue from, in words."""
-    pointer = Path(cfg.output_dir) / checkpoint.CHECKPOINT_DIR / checkpoint.LATEST_FILE
-    try:
-        newest = pointer.parent / pointer.read_text().strip()
-    except OSError:
-        newest = None
+    newest = checkpoint.latest_named(cfg.output_dir)
     if newest is None or not newest.is_dir():
         return ("no checkpoint was written, nothing to resume" if not cfg.checkpoint_every_steps
                 else "no checkpoint was written yet, nothing to resume")
