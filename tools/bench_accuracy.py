@@ -100,7 +100,7 @@ def run_all(args: argparse.Namespace) -> tuple[dict, list[RunOutcome]]:
         out = args.workdir / f"dlrm_{emb}_{dense}"
         cmd = [sys.executable, "-m", "recsearch.cli", "train", "--config", str(args.config_train),
                f"data_dir={args.data}", f"output_dir={out}", f"embedding_precision={emb}",
-               f"dense_precision={dense}", "tensorboard=false"]  # fmt: skip
+               f"dense_precision={dense}", "tensorboard=false", "overwrite_output=true"]  # fmt: skip (a rerun replaces it)
         runs.append(_run(cmd, out, f"DLRM, embeddings {emb}, dense {dense}"))
     return meta, runs
 

@@ -116,6 +116,7 @@ def run_group(data: Path, out: Path, group: str, quick: bool, runs: Path | None 
         overrides = [
             f"data_dir={data}", f"output_dir={(runs or out / 'runs') / _slug(case.name)}",
             "eval_rows=200000", "latency_batch_sizes=[256]", "latency_iters=20", "latency_max_seconds=3", "tensorboard=false",
+            "overwrite_output=true",  # a rerun of the script (the GPU window's second try) replaces the case's run
             *log_every, *case.overrides,
         ]
         record: dict = {"group": group, "case": case.name, "overrides": overrides, "note": case.note,

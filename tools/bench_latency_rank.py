@@ -62,6 +62,7 @@ def _command(data: Path, out: Path, candidate: Candidate, mode: str, lock: Path)
     cmd = [
         sys.executable, "-m", "recsearch.cli", "train", "--config", str(REPO / "configs" / "train" / "quickstart.yaml"),
         f"data_dir={data}", f"output_dir={out}", "max_steps=30", "tensorboard=false", "eval_rows=2048",
+        "overwrite_output=true",  # every repetition times a fresh run in the same scratch folder
         f"latency_batch_sizes=[{SERVING_BATCH}]", *candidate.overrides,
     ]
     if mode == "locked":

@@ -185,7 +185,7 @@ class Runner:
         cmd = [
             sys.executable, "-m", "recsearch.cli", "train",
             "--config", str(REPO / "configs" / "train" / "kaggle_reference.yaml"),
-            f"data_dir={self.npy_dir}", f"output_dir={out}", f"max_steps={steps}",
+            f"data_dir={self.npy_dir}", f"output_dir={out}", f"max_steps={steps}", "overwrite_output=true",
             f"hparams.batch_size={self.args.batch_size}", "max_rows_per_table=null",
             f"arch.embedding_dim={shape.dim}", f"arch.bottom_mlp={list(shape.bottom)}",
             f"arch.top_mlp={list(shape.top)}", f"device={self.args.device}",
