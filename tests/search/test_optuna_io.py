@@ -131,22 +131,35 @@ def test_a_study_warm_starts_a_controller(search_dir, tmp_path):
     assert len(bayes.study.trials) == len(warm.observations)
 
 
-def test_a_foreign_single_objective_study_maps_onto_the_space(tmp_path):
+# A DLRM configuration as a foreign study's trial names it (bottom_width set per trial).
+FOREIGN_BASE = {"embedding_dim": 16, "bottom_depth": 2, "top_depth": 1, "top_width": 256, "interaction": "dot",
+                "batch_size": 2048, "embedding_optimizer": "rowwise_adagrad", "embedding_lr": 0.01,
+                "dense_optimizer": "adagrad", "dense_lr": 0.003, "warmup_steps": 0, "decay_steps": 0}
+
+
+def _foreign_study(path, name: str, direction: str, trials) -> None:
+    """A study written by someone else's Optuna code: (params, value) trials, each parameter a
+    one-choice categorical, in a journal file at `path`."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    study = optuna.create_study(storage=storage, study_name=name, direction=direction)
+    dist = optuna.distributions.CategoricalDistribution
+    for params, value in trials:
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions={k: dist([v]) for k, v in params.items()}, value=value))
+
+
+def _small_space():
     from recsearch.search.space import SearchSpace, SpaceConfig
     from recsearch.types import Topology
 
-    space = SearchSpace(SpaceConfig(bottom_width=(128, 256), top_width=(256,)), Topology(1, 2**30), 10_000)
+    return SearchSpace(SpaceConfig(bottom_width=(128, 256), top_width=(256,)), Topology(1, 2**30), 10_000)
+
+
+def test_a_foreign_single_objective_study_maps_onto_the_space(tmp_path):
+    space = _small_space()
     path = tmp_path / "mine.log"
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    study = optuna.create_study(storage=storage, study_name="mine", direction="minimize")
-    dist = optuna.distributions.CategoricalDistribution
-    base = {"embedding_dim": 16, "bottom_depth": 2, "top_depth": 1, "top_width": 256, "interaction": "dot",
-            "batch_size": 2048, "embedding_optimizer": "rowwise_adagrad", "embedding_lr": 0.01,
-            "dense_optimizer": "adagrad", "dense_lr": 0.003, "warmup_steps": 0, "decay_steps": 0}
-    for width, loss in ((128, 0.45), (256, 0.44), (512, 0.43)):
-        params = {**base, "bottom_width": width}
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={k: dist([v]) for k, v in params.items()}, value=loss))
+    _foreign_study(path, "mine", "minimize",
+                   [({**FOREIGN_BASE, "bottom_width": width}, loss) for width, loss in ((128, 0.45), (256, 0.44), (512, 0.43))])
     warm = optuna_io.warm_start(path, space)
     assert [(s.arch.bottom_mlp, r) for s, r in warm.observations] == [((128, 128, 16), -0.45), ((256, 256, 16), -0.44)]
     assert len(warm.skipped) == 1 and "bottom_width=512 is not an option of this space" in warm.skipped[0]
@@ -253,22 +266,11 @@ def test_without_optuna_the_bayesian_controller_and_a_warm_start_are_config_erro
 def test_a_study_of_another_model_is_skipped_with_the_reason_not_credited_to_this_space(tmp_path):
     # a two-tower search's study (its model_args decisions beside the DLRM knobs it was decoded
     # with) warm-starting a plain DLRM search: its AUCs were earned by another model
-    from recsearch.search.space import SearchSpace, SpaceConfig
-    from recsearch.types import Topology
-
-    space = SearchSpace(SpaceConfig(bottom_width=(128, 256), top_width=(256,)), Topology(1, 2**30), 10_000)
+    space = _small_space()
     path = tmp_path / "tt.log"
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    study = optuna.create_study(storage=storage, study_name="tt", direction="maximize")
-    dist = optuna.distributions.CategoricalDistribution
-    base = {"embedding_dim": 16, "bottom_depth": 2, "bottom_width": 128, "top_depth": 1, "top_width": 256,
-            "interaction": "dot", "batch_size": 2048, "embedding_optimizer": "rowwise_adagrad",
-            "embedding_lr": 0.01, "dense_optimizer": "adagrad", "dense_lr": 0.003, "warmup_steps": 0,
-            "decay_steps": 0}
-    for params, auc in (({**base, "model_args.tower": "[16, 8]"}, 0.70), ({**base, "model_args.split": 6}, 0.71),
-                        (base, 0.69)):
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions={k: dist([v]) for k, v in params.items()}, value=auc))
+    base = {**FOREIGN_BASE, "bottom_width": 128}
+    _foreign_study(path, "tt", "maximize", [({**base, "model_args.tower": "[16, 8]"}, 0.70),
+                                            ({**base, "model_args.split": 6}, 0.71), (base, 0.69)])
     warm = optuna_io.warm_start(path, space)
     assert [r for _, r in warm.observations] == [0.69]
     assert warm.skipped == [
